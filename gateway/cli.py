@@ -1,0 +1,167 @@
+"""``gateway [--home DIR] COMMAND …`` — the operations interface of PROTOCOL §9."""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from . import __version__
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_NOT_BUILT = 4
+
+
+class Home:
+    """The gateway's home folder: ``keys/``, ``data/`` and ``gateway.toml``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    @property
+    def keys(self) -> Path:
+        return self.root / "keys"
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+
+def _not_built(name: str) -> Callable[[argparse.Namespace, Home], int]:
+    def run(args: argparse.Namespace, home: Home) -> int:
+        print(f"gateway {name}: not built yet in this version", file=sys.stderr)
+        return EXIT_NOT_BUILT
+
+    return run
+
+
+def _cmd_init(args: argparse.Namespace, home: Home) -> int:
+    from .keystore import KeyStore, KeyStoreExists
+
+    try:
+        store = KeyStore.create(home.keys, party=args.party)
+    except KeyStoreExists as exc:
+        print(f"gateway init: refused: {exc}", file=sys.stderr)
+        return 1
+    home.data.mkdir(parents=True, exist_ok=True)
+    print(f"initialised gateway {store.party} in {home.root}")
+    print(f"signer {store.signer().signer}; certificate {home.keys / 'gateway.crt'}")
+    return EXIT_OK
+
+
+def _open_store(home: Home):  # type: ignore[no-untyped-def]
+    from .keystore import KeyStore
+
+    return KeyStore(home.keys)
+
+
+def _cmd_cert(args: argparse.Namespace, home: Home) -> int:
+    sys.stdout.write(_open_store(home).certificate_pem().decode("ascii"))
+    return EXIT_OK
+
+
+def _cmd_peer_add(args: argparse.Namespace, home: Home) -> int:
+    store = _open_store(home)
+    try:
+        pem = Path(args.cert).read_bytes()
+        peer = store.add_peer(args.id, args.role, pem, connect=args.connect)
+    except (OSError, ValueError) as exc:
+        print(f"gateway peer add: {exc}", file=sys.stderr)
+        return 1
+    print(f"registered {peer.party} {peer.role} {peer.key_type} signer {peer.signer}"
+          + (f" connect {peer.connect}" if peer.connect else ""))
+    return EXIT_OK
+
+
+def _cmd_peer_list(args: argparse.Namespace, home: Home) -> int:
+    peers = _open_store(home).peers()
+    print(f"{'PARTY':<12} {'ROLE':<7} {'KEY':<8} {'SIGNER':<16}  CONNECT")
+    for p in peers:
+        print(f"{p.party:<12} {p.role:<7} {p.key_type:<8} {p.signer:<16}  {p.connect or '-'}")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gateway",
+        description="SBDX/1 securities-bank e-CNY message-exchange gateway",
+    )
+    parser.add_argument("--version", action="version", version=f"gateway {__version__}")
+    parser.add_argument("--home", type=Path, default=Path.cwd(),
+                        help="gateway home (keys/, data/, gateway.toml); default: current directory")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("init", help="create the gateway's keys, certificate and dev CA")
+    p.add_argument("--party", default="GW01")
+    p.set_defaults(run=_cmd_init)
+
+    p = sub.add_parser("cert", help="print the gateway certificate (PEM)")
+    p.set_defaults(run=_cmd_cert)
+
+    peer = sub.add_parser("peer", help="register and list peers").add_subparsers(
+        dest="peer_command", metavar="SUBCOMMAND")
+    peer.required = True
+    p = peer.add_parser("add", help="register a peer certificate or public key")
+    p.add_argument("--id", required=True)
+    p.add_argument("--role", required=True, choices=["BANK", "BROKER"])
+    p.add_argument("--cert", required=True, help="PEM certificate or public key file")
+    p.add_argument("--connect", metavar="HOST:PORT")
+    p.set_defaults(run=_cmd_peer_add)
+    p = peer.add_parser("list", help="peers, roles and key fingerprints")
+    p.set_defaults(run=_cmd_peer_list)
+
+    p = sub.add_parser("serve", help="run the gateway until SIGTERM/SIGINT")
+    p.add_argument("--listen", metavar="HOST:PORT")
+    p.add_argument("--tls", action="store_true")
+    p.set_defaults(run=_not_built("serve"))
+
+    eod = sub.add_parser("eod", help="end-of-day clearing files").add_subparsers(
+        dest="eod_command", metavar="SUBCOMMAND")
+    eod.required = True
+    p = eod.add_parser("check", help="check and reconcile one file")
+    p.add_argument("file", type=Path)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=_not_built("eod check"))
+    p = eod.add_parser("export", help="write a signed file from the journal")
+    p.add_argument("--date", required=True)
+    p.add_argument("--type", required=True, choices=["XFER", "SIGN", "PAY", "OTC"])
+    p.add_argument("--to", required=True)
+    p.add_argument("--out", type=Path, default=Path("."))
+    p.set_defaults(run=_not_built("eod export"))
+    p = eod.add_parser("watch", help="check every complete file dropped into DIR")
+    p.add_argument("dir", type=Path)
+    p.set_defaults(run=_not_built("eod watch"))
+
+    sim = sub.add_parser("sim", help="reference bank/broker peers").add_subparsers(
+        dest="sim_command", metavar="ROLE")
+    sim.required = True
+    for role in ("bank", "broker"):
+        p = sim.add_parser(role, help=f"simulated {role}")
+        p.add_argument("--connect", required=True, metavar="HOST:PORT")
+        p.set_defaults(run=_not_built(f"sim {role}"))
+
+    p = sub.add_parser("demo", help="gateway + simulated bank and broker, a business day")
+    p.set_defaults(run=_not_built("demo"))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    home = Home(args.home.resolve())
+    try:
+        return int(args.run(args, home))
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a clear line for the operator, never a traceback dump
+        from .keystore import KeyStoreMissing
+
+        if isinstance(exc, KeyStoreMissing):
+            print(f"gateway: {exc}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""Gateway configuration (PROTOCOL §9): ``HOME/gateway.toml``, table ``[gateway]``.
+
+Every limit is a named field with a default and a one-line reason.  Keys of
+§9 keep their protocol names; the extra ones are documented in
+docs/operations.md.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import re
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+CONFIG_FILE = "gateway.toml"
+_PARTY = re.compile(r"[A-Z0-9]{2,12}\Z")
+
+
+class ConfigError(ValueError):
+    """The configuration file is unreadable or holds a bad value."""
+
+
+@dataclass(frozen=True)
+class Config:
+    #: The gateway's own PartyId (§1).
+    party: str = "GW01"
+    #: Where peers connect in (§9).
+    listen: str = "127.0.0.1:7700"
+    #: Heartbeat interval we announce and expect; 3 silent intervals close (§5.4).
+    heartbeat_seconds: float = 30.0
+    #: How long a relayed request may wait for its answer before B330 + reversal (§6).
+    relay_timeout_seconds: float = 10.0
+    #: Session key lifetime by time (§5.3).
+    rotate_seconds: float = 3600.0
+    #: Session key lifetime by messages (§5.3).
+    rotate_messages: int = 100_000
+    #: How long a replaced key is still accepted (§5.3).
+    grace_seconds: float = 30.0
+    #: Allowed distance between a message's Time and our clock (§5).
+    max_skew_seconds: float = 300.0
+    #: Largest payload accepted (§2): bounds per-connection buffer memory.
+    max_frame_bytes: int = 1024 * 1024
+    #: Non-business days besides weekends (§6 OTC booking).
+    holidays: tuple[dt.date, ...] = ()
+    # --- gateway-specific limits (docs/operations.md) -------------------------
+    #: Requests relayed for one session and not yet answered: beyond it, S902.
+    max_inflight_per_session: int = 1000
+    #: Days MsgIds are remembered for replay defence (§5 asks for at least 7).
+    replay_retention_days: int = 8
+    #: Seconds after LOGON before the gateway starts a KEYX itself (§5.3).
+    keyx_after_logon_seconds: float = 5.0
+    #: Bytes queued for a peer that does not read: beyond it, the session closes.
+    max_send_buffer_bytes: int = 16 * 1024 * 1024
+    #: Simultaneous inbound connections accepted; more are closed at once.
+    max_connections: int = 256
+    #: SQLite ``synchronous`` for the journal: FULL survives power loss.
+    journal_synchronous: str = "FULL"
+    #: First and largest delay between reversal retries, seconds.
+    reversal_retry_initial_seconds: float = 1.0
+    reversal_retry_max_seconds: float = 60.0
+    #: Serve TLS on the listen port (client certificates required).
+    tls: bool = False
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def listen_host_port(self) -> tuple[str, int]:
+        return split_host_port(self.listen)
+
+
+def split_host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ConfigError(f"address {text!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def _coerce(name: str, default: Any, value: Any) -> Any:
+    if name == "holidays":
+        try:
+            return tuple(v if isinstance(v, dt.date) else dt.date.fromisoformat(str(v))
+                         for v in value)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"holidays: {exc}") from None
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} must be true or false")
+        return value
+    if isinstance(default, int | float) and not isinstance(value, int | float):
+        raise ConfigError(f"{name} must be a number")
+    if isinstance(default, int) and not isinstance(default, bool):
+        if int(value) != value or value <= 0:
+            raise ConfigError(f"{name} must be a positive whole number")
+        return int(value)
+    if isinstance(default, float):
+        if value <= 0:
+            raise ConfigError(f"{name} must be positive")
+        return float(value)
+    if isinstance(default, str) and not isinstance(value, str):
+        raise ConfigError(f"{name} must be a string")
+    return value
+
+
+def from_mapping(values: dict[str, Any]) -> Config:
+    """Build a Config from the ``[gateway]`` table; unknown keys are an error."""
+    known = {f.name: f for f in fields(Config) if f.name != "extra"}
+    defaults = Config()
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"unknown setting [gateway].{key}")
+        kwargs[key] = _coerce(key, getattr(defaults, key), value)
+    cfg = Config(**kwargs)
+    if not _PARTY.match(cfg.party):
+        raise ConfigError("party must match [A-Z0-9]{2,12}")
+    if cfg.journal_synchronous not in ("FULL", "NORMAL", "EXTRA", "OFF"):
+        raise ConfigError("journal_synchronous must be FULL, EXTRA, NORMAL or OFF")
+    split_host_port(cfg.listen)
+    return cfg
+
+
+def load(home: Path) -> Config:
+    """Read ``HOME/gateway.toml`` if it exists; defaults otherwise."""
+    path = home / CONFIG_FILE
+    if not path.exists():
+        return Config()
+    try:
+        data = tomllib.loads(path.read_text("utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return from_mapping(data.get("gateway", {}))
