@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -82,6 +83,33 @@ def _cmd_peer_list(args: argparse.Namespace, home: Home) -> int:
     return EXIT_OK
 
 
+def setup_logging(level: int = logging.INFO) -> None:
+    logging.basicConfig(
+        level=level, stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _cmd_serve(args: argparse.Namespace, home: Home) -> int:
+    from twisted.internet import reactor
+
+    from . import config as config_mod
+    from .server import GatewayService
+
+    setup_logging()
+    try:
+        cfg = config_mod.load(home.root)
+    except config_mod.ConfigError as exc:
+        print(f"gateway serve: {exc}", file=sys.stderr)
+        return 1
+    svc = GatewayService(home.root, cfg, reactor, listen=args.listen,
+                         tls=True if args.tls else None)
+    reactor.callWhenRunning(svc.startService)  # type: ignore[attr-defined]
+    reactor.addSystemEventTrigger("before", "shutdown", svc.stopService)  # type: ignore[attr-defined]
+    reactor.run()  # type: ignore[attr-defined]
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gateway",
@@ -115,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the gateway until SIGTERM/SIGINT")
     p.add_argument("--listen", metavar="HOST:PORT")
     p.add_argument("--tls", action="store_true")
-    p.set_defaults(run=_not_built("serve"))
+    p.set_defaults(run=_cmd_serve)
 
     eod = sub.add_parser("eod", help="end-of-day clearing files").add_subparsers(
         dest="eod_command", metavar="SUBCOMMAND")

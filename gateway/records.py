@@ -1,0 +1,40 @@
+"""The business record state machine of PROTOCOL §6, written once.
+
+PENDING → SUCCEEDED | FAILED | REVERSING;  REVERSING → REVERSED.
+Final states never change again.  Every handler moves records only through
+:func:`transition`, so an impossible move is an error, not a silent overwrite.
+"""
+from __future__ import annotations
+
+PENDING = "PENDING"
+SUCCEEDED = "SUCCEEDED"
+FAILED = "FAILED"
+REVERSING = "REVERSING"
+REVERSED = "REVERSED"
+
+STATES = (PENDING, SUCCEEDED, FAILED, REVERSING, REVERSED)
+FINAL = frozenset({SUCCEEDED, FAILED, REVERSED})
+
+_ALLOWED: dict[str, frozenset[str]] = {
+    PENDING: frozenset({SUCCEEDED, FAILED, REVERSING}),
+    REVERSING: frozenset({REVERSED}),
+    SUCCEEDED: frozenset(),
+    FAILED: frozenset(),
+    REVERSED: frozenset(),
+}
+
+
+class IllegalTransition(RuntimeError):
+    """A record was asked to move where the machine does not allow."""
+
+
+def transition(current: str, new: str) -> str:
+    """Return ``new`` if ``current → new`` is legal, else raise."""
+    if new not in _ALLOWED.get(current, frozenset()):
+        raise IllegalTransition(f"record state {current} cannot become {new}")
+    return new
+
+
+def outcome(result_code: str) -> str:
+    """The final state a counterparty's Result leads to."""
+    return SUCCEEDED if result_code == "0000" else FAILED

@@ -1,0 +1,356 @@
+"""PROTOCOL §1/§6 verifying relay: routing, idempotency, in-flight limits, timeouts.
+
+:class:`Gateway` owns the sessions (it is their :class:`SessionOwner`), routes
+verified business requests to a ready session of the addressed party, journals
+each as a business record (the idempotency index), relays answers back and
+answers repeats from the journal.  Sans-IO: time comes from an injected clock,
+and the edge calls :meth:`Gateway.tick` and :meth:`Gateway.flush`.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import itertools
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from . import catalog, records
+from .config import Config
+from .errors import (
+    Busy,
+    BusinessError,
+    BizSnReused,
+    CounterpartyNotConnected,
+    GatewayError,
+    InternalError,
+    RESULT_TEXT,
+    SystemError_,
+    TimedOutReversing,
+    TypeNotAllowed,
+    UnknownSigner,
+)
+from .fieldcrypto import decrypt_field
+from .journal import Journal, Record
+from .keystore import KeyStore, Peer
+from .message import Head, Message, build_xml
+from .session import Session
+from .signature import Signer
+from .verification import Verified
+
+log = logging.getLogger(__name__)
+
+CHINA = dt.timezone(dt.timedelta(hours=8), "Asia/Shanghai")  # no DST since 1991
+
+
+@dataclass
+class Pending:
+    """A request relayed and not yet answered."""
+
+    origin: Session
+    origin_msg_id: str
+    record_key: tuple[str, str, str]
+    receiver: str
+    deadline: float
+    waiters: list[tuple[Session, str]] = field(default_factory=list)
+
+
+def content_hash(message: Message, plaintexts: Mapping[str, str]) -> str:
+    """Hash of what a request asks for: To + body fields, encrypted ones in plaintext."""
+    h = hashlib.sha256(message.head.to_party.encode())
+    for name, value in message.body.items():
+        h.update(b"\x00" + name.encode() + b"=" + str(plaintexts.get(name, value)).encode())
+    return h.hexdigest()
+
+
+def amount_fen(text: str | None) -> int | None:
+    return None if text is None else int(Decimal(text) * 100)
+
+
+class Gateway:
+    """The relay core and session owner."""
+
+    def __init__(self, config: Config, keystore: KeyStore, journal: Journal,
+                 clock: Callable[[], float],
+                 random_bytes: Callable[[int], bytes] = os.urandom) -> None:
+        self.config = config
+        self.keystore = keystore
+        self.journal = journal
+        self.signer: Signer = keystore.signer()
+        self._clock = clock
+        self._random = random_bytes
+        self._seq = itertools.count(int.from_bytes(random_bytes(3), "big"))
+        self.sessions: list[Session] = []
+        self._ready: dict[str, list[Session]] = {}
+        self._rr: dict[str, int] = {}
+        self.pending: dict[tuple[str, str], Pending] = {}
+        self._pending_by_record: dict[tuple[str, str, str], Pending] = {}
+
+    # --- SessionOwner -----------------------------------------------------------
+    def now(self) -> float:
+        return self._clock()
+
+    def random_bytes(self, n: int) -> bytes:
+        return self._random(n)
+
+    def _local_now(self) -> dt.datetime:
+        return dt.datetime.fromtimestamp(self.now(), CHINA)
+
+    def iso_time(self) -> str:
+        return self._local_now().isoformat(timespec="milliseconds")
+
+    def trade_date(self) -> str:
+        return self._local_now().date().isoformat()
+
+    def next_msg_id(self) -> str:
+        """``<party><epoch ms><seq>``: unique across restarts (ms clock + random start)."""
+        return f"{self.config.party}{int(self.now() * 1000):013d}{next(self._seq) % 10**6:06d}"
+
+    def find_peer(self, party: str) -> Peer | None:
+        return self.keystore.peer(party)
+
+    def add_session(self, session: Session) -> None:
+        self.sessions.append(session)
+
+    def session_ready(self, session: Session) -> None:
+        assert session.party is not None
+        self._ready.setdefault(session.party, []).append(session)
+
+    def session_closed(self, session: Session) -> None:
+        if session in self.sessions:
+            self.sessions.remove(session)
+        if session.party and session in self._ready.get(session.party, []):
+            self._ready[session.party].remove(session)
+        log.info("session %s (%s) closed", session.session_id, session.party or "-")
+
+    def ready_session(self, party: str) -> Session | None:
+        """A ready session of ``party``, round-robin."""
+        live = [s for s in self._ready.get(party, []) if s.ready]
+        if not live:
+            return None
+        i = self._rr.get(party, 0) % len(live)
+        self._rr[party] = i + 1
+        return live[i]
+
+    # --- inbound business messages ----------------------------------------------
+    def business_message(self, session: Session, verified: Verified) -> None:
+        message = verified.message
+        if message.kind.is_response:
+            self._on_response(session, message)
+            return
+        try:
+            self._on_request(session, verified)
+        except (BusinessError, SystemError_) as exc:
+            log.info("refused %s %s from %s: %s %s", message.type, message.head.msg_id,
+                     session.party, exc.code, exc.text)
+            self.answer(session, message, {"Result": exc.code, "ResultText": exc.text})
+
+    def _destination(self, session: Session, message: Message) -> Peer | None:
+        """Check §6 routing; None when the request is for the gateway itself."""
+        kind, head = message.kind, message.head
+        route = kind.route
+        assert route is not None and session.peer is not None
+        if session.peer.role not in route.origins:
+            raise TypeNotAllowed(f"{kind.business} may not be sent by a {session.peer.role}",
+                                 ref_msg_id=head.msg_id)
+        if route.to == catalog.TO_GATEWAY:
+            if head.to_party != self.config.party:
+                raise TypeNotAllowed(f"{kind.business} is answered by the gateway "
+                                     f"{self.config.party}", ref_msg_id=head.msg_id)
+            return None
+        dest = self.find_peer(head.to_party)
+        if dest is None:
+            raise UnknownSigner(f"unknown party {head.to_party}", ref_msg_id=head.msg_id)
+        want = route.to if route.to != catalog.TO_OTHER else (
+            catalog.BANK if session.peer.role == catalog.BROKER else catalog.BROKER)
+        if dest.role != want:
+            raise TypeNotAllowed(f"{kind.business} goes to a {want}, {dest.party} is a "
+                                 f"{dest.role}", ref_msg_id=head.msg_id)
+        return dest
+
+    def _plaintexts(self, verified: Verified) -> dict[str, str]:
+        message = verified.message
+        names = catalog.ENCRYPTED_FIELDS.get(catalog.BODY_BY_TYPE[message.type], ())
+        present = [n for n in names if isinstance(message.body.get(n), str)]
+        if not present:
+            return {}
+        assert verified.keys is not None
+        out: dict[str, str] = {}
+        for name in present:
+            try:
+                out[name] = decrypt_field(verified.keys.data_key, message.head.msg_id, name,
+                                          str(message.body[name]))
+            except GatewayError as exc:
+                exc.ref_msg_id = message.head.msg_id
+                raise
+        return out
+
+    def _on_request(self, session: Session, verified: Verified) -> None:
+        message = verified.message
+        dest = self._destination(session, message)
+        plaintexts = self._plaintexts(verified)
+        if dest is None:
+            self._answer_locally(session, message)
+            return
+        assert session.party is not None
+        biz_type, biz_sn = message.kind.business, str(message.body["BizSn"])
+        key = (session.party, biz_type, biz_sn)
+        digest = content_hash(message, plaintexts)
+        existing = self.journal.record(*key)
+        if existing is not None:
+            self._on_repeat(session, message, existing, digest)
+            return
+        if session.inflight >= self.config.max_inflight_per_session:
+            raise Busy(f"{session.inflight} requests in flight on this session")
+        target = self.ready_session(dest.party)
+        if target is None:
+            raise CounterpartyNotConnected(f"{dest.party} has no ready session")
+        now = self.now()
+        self.journal.insert_record(Record(
+            origin=session.party, biz_type=biz_type, biz_sn=biz_sn, receiver=dest.party,
+            msg_id=message.head.msg_id, content_hash=digest, state=records.PENDING,
+            trade_date=message.head.trade_date or self.trade_date(),
+            amount_fen=amount_fen(message.text("Amount")), result=None, response_xml=None,
+        ), now)
+        pending = Pending(session, message.head.msg_id, key, dest.party,
+                          now + self.config.relay_timeout_seconds)
+        self.pending[(dest.party, message.head.msg_id)] = pending
+        self._pending_by_record[key] = pending
+        session.inflight += 1
+        target.relay_xml(message.xml, message.type, message.head.msg_id, None, plaintexts)
+
+    def _on_repeat(self, session: Session, message: Message, existing: Record,
+                   digest: str) -> None:
+        if existing.content_hash != digest:
+            raise BizSnReused(f"BizSn {existing.biz_sn} was used for a different request")
+        log.info("repeat of %s %s from %s: not relayed again", existing.biz_type,
+                 existing.biz_sn, session.party)
+        if existing.response_xml is not None:
+            self._answer_from_record(session, message.head.msg_id, existing)
+            return
+        pending = self._pending_by_record.get((existing.origin, existing.biz_type,
+                                               existing.biz_sn))
+        if pending is not None:
+            pending.waiters.append((session, message.head.msg_id))
+        else:  # journaled before a restart and still unanswered
+            self.answer(session, message, {"Result": TimedOutReversing.code
+                                           if existing.state == records.REVERSING
+                                           else InternalError.code,
+                                           "ResultText": f"original is {existing.state}"})
+
+    def _answer_from_record(self, session: Session, request_msg_id: str,
+                            rec: Record) -> None:
+        """Repeat answered with the stored response's body, RefId = the repeat's MsgId."""
+        from .message import parse_message
+
+        assert rec.response_xml is not None
+        original = parse_message(rec.response_xml)
+        self._send_response(session, original.type, request_msg_id, original.body)
+
+    def _answer_locally(self, session: Session, message: Message) -> None:
+        if message.type == "XFER.QUERY.REQ":
+            self._answer_xfer_query(session, message)
+            return
+        self.answer(session, message, {"Result": InternalError.code,
+                                       "ResultText": f"{message.kind.business} is not "
+                                                     "available in this version"})
+
+    def _answer_xfer_query(self, session: Session, message: Message) -> None:
+        body = message.body
+        origin = str(body.get("OrigFrom") or session.party)
+        rec = self.journal.record(origin, str(body["OrigType"]), str(body["BizSn"]))
+        if rec is None:
+            self.answer(session, message, {"Result": "B313",
+                                           "ResultText": RESULT_TEXT["B313"]})
+            return
+        record: dict[str, str] = {"OrigType": rec.biz_type, "OrigFrom": rec.origin,
+                                  "Status": rec.state}
+        if rec.amount_fen is not None:
+            record["Amount"] = f"{Decimal(rec.amount_fen) / 100:.2f}"
+        if rec.result:
+            record["PeerResult"] = rec.result
+        self.answer(session, message, {"Result": "0000", "ResultText": "found",
+                                       "Record": [record]})
+
+    # --- answers ------------------------------------------------------------------
+    def answer(self, session: Session, request: Message, fields: Mapping[str, Any]) -> None:
+        """The gateway's own response to ``request`` (Result first, then BizSn)."""
+        body: dict[str, Any] = {"Result": fields["Result"],
+                                "ResultText": str(fields["ResultText"])[:256]}
+        if "BizSn" in request.body:
+            body["BizSn"] = request.body["BizSn"]
+        body.update({k: v for k, v in fields.items() if k not in body})
+        self._send_response(session, request.kind.response_type, request.head.msg_id, body)
+
+    def _send_response(self, session: Session, rsp_type: str, ref_id: str,
+                       body: Mapping[str, Any]) -> None:
+        session.send(rsp_type, body, ref_id=ref_id)
+
+    def _on_response(self, session: Session, message: Message) -> None:
+        ref = message.head.ref_id or ""
+        pending = self.pending.pop((session.party or "", ref), None)
+        result = str(message.body.get("Result", ""))
+        if pending is None:
+            self._late_response(session, message, result)
+            return
+        self._pending_by_record.pop(pending.record_key, None)
+        pending.origin.inflight -= 1
+        self.journal.update_record(*pending.record_key, self.now(),
+                                   state=records.outcome(result), result=result,
+                                   response_xml=message.xml)
+        origin = pending.origin
+        if origin.ready:
+            origin.relay_xml(message.xml, message.type, message.head.msg_id, ref)
+        for waiter, msg_id in pending.waiters:
+            if waiter.ready:
+                self._send_response(waiter, message.type, msg_id, message.body)
+
+    def _late_response(self, session: Session, message: Message, result: str) -> None:
+        rec = self.journal.record_by_msg(session.party or "", message.head.ref_id or "")
+        if rec is None:
+            log.warning("response %s from %s answers no request we relayed (RefId %s)",
+                        message.head.msg_id, session.party, message.head.ref_id)
+            return
+        log.warning("late answer %s to %s %s (record %s): journaled, not relayed", result,
+                    rec.biz_type, rec.biz_sn, rec.state)
+        if rec.state == records.PENDING:  # journaled before a restart, never timed out
+            self.journal.update_record(rec.origin, rec.biz_type, rec.biz_sn, self.now(),
+                                       state=records.outcome(result), result=result,
+                                       response_xml=message.xml)
+
+    # --- timers -------------------------------------------------------------------
+    def tick(self) -> None:
+        now = self.now()
+        for session in list(self.sessions):
+            session.tick()
+        for key, pending in list(self.pending.items()):
+            if now >= pending.deadline:
+                self._time_out(key, pending)
+
+    def _time_out(self, key: tuple[str, str], pending: Pending) -> None:
+        del self.pending[key]
+        self._pending_by_record.pop(pending.record_key, None)
+        pending.origin.inflight -= 1
+        origin, biz_type, biz_sn = pending.record_key
+        reversible = biz_type in catalog.REVERSIBLE
+        state = records.REVERSING if reversible else records.PENDING
+        code = TimedOutReversing.code if reversible else InternalError.code
+        text = (f"no answer from {pending.receiver} within "
+                f"{self.config.relay_timeout_seconds:g} s")
+        text += ", reversal in progress" if reversible else "; outcome unknown, query later"
+        log.warning("%s %s from %s timed out at %s: %s", biz_type, biz_sn, origin,
+                    pending.receiver, code)
+        if reversible:
+            self.journal.update_record(origin, biz_type, biz_sn, self.now(),
+                                       state=records.transition(records.PENDING, state),
+                                       result=code)
+        body = {"Result": code, "ResultText": text, "BizSn": biz_sn}
+        for session, msg_id in [(pending.origin, pending.origin_msg_id), *pending.waiters]:
+            if session.ready:
+                self._send_response(session, biz_type + ".RSP", msg_id, body)
+
+    def flush(self) -> int:
+        return self.journal.flush()

@@ -1,0 +1,226 @@
+"""The Twisted edge: protocol, factories, TLS context, service (no business logic).
+
+Bytes from a socket go to the connection's sans-IO :class:`~gateway.session.Session`;
+the relay core (:class:`~gateway.relay.Gateway`) is driven by a ticker and a
+per-reactor-turn journal flush, which commits and then releases the writes.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from OpenSSL import SSL, crypto
+from twisted.application import internet, service
+from twisted.internet import defer, endpoints, protocol, task
+from twisted.internet.interfaces import IPushProducer, IReactorTime
+from zope.interface import implementer
+
+from .config import Config, split_host_port
+from .journal import Journal
+from .keystore import KeyStore, Peer
+from .relay import Gateway
+from .session import Session, new_session_id
+
+log = logging.getLogger(__name__)
+
+TICK_SECONDS = 0.2
+
+
+@implementer(IPushProducer)
+class SessionProtocol(protocol.Protocol):
+    """One TCP (or TLS) connection; a :class:`Link` for its session."""
+
+    def __init__(self, factory: GatewayFactory, connect_to: Peer | None = None) -> None:
+        self.factory = factory
+        self.connect_to = connect_to
+        self.session: Session | None = None
+        self._paused = False
+        self._written_while_paused = 0
+
+    # Link ------------------------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        if self._paused:
+            self._written_while_paused += len(data)
+            if self._written_while_paused > self.factory.config.max_send_buffer_bytes:
+                log.warning("peer %s does not read: %d bytes queued, closing",
+                            self.session.party if self.session else "?",
+                            self._written_while_paused)
+                self.transport.abortConnection()
+                return
+        self.transport.write(data)
+
+    def close(self) -> None:
+        self.transport.loseConnection()
+
+    def peer_public_key(self) -> Any | None:
+        get = getattr(self.transport, "getPeerCertificate", None)
+        cert = get() if get is not None else None
+        return cert.to_cryptography().public_key() if cert is not None else None
+
+    # IPushProducer: the transport tells us when the peer stops reading ----------
+    def pauseProducing(self) -> None:
+        self._paused = True
+        self.transport.pauseProducing()  # stop reading from a peer we cannot answer
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self._written_while_paused = 0
+        self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        pass
+
+    # Protocol --------------------------------------------------------------------
+    def connectionMade(self) -> None:
+        gw = self.factory.gateway
+        if len(gw.sessions) >= self.factory.config.max_connections:
+            log.warning("connection limit %d reached; refusing %s",
+                        self.factory.config.max_connections, self.transport.getPeer())
+            self.transport.abortConnection()
+            return
+        self.transport.registerProducer(self, True)
+        self.session = Session(gw, self, new_session_id(gw.random_bytes), self.connect_to)
+        gw.add_session(self.session)
+        log.info("session %s: connection from %s", self.session.session_id,
+                 self.transport.getPeer())
+        self.factory.schedule_flush()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.session is not None:
+            self.session.receive_bytes(data)
+            self.factory.schedule_flush()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if self.session is not None:
+            self.session.close()
+            self.factory.schedule_flush()
+
+
+class GatewayFactory(protocol.Factory):
+    """Shared state for all connections: the relay core and the flush timer."""
+
+    def __init__(self, gateway: Gateway, reactor: IReactorTime) -> None:
+        self.gateway = gateway
+        self.config: Config = gateway.config
+        self.reactor = reactor
+        self._flush_call: Any = None
+
+    def buildProtocol(self, addr: Any) -> SessionProtocol:
+        return SessionProtocol(self)
+
+    def schedule_flush(self) -> None:
+        """Group commit: one journal commit per reactor turn, then the writes."""
+        if self._flush_call is None or not self._flush_call.active():
+            self._flush_call = self.reactor.callLater(0, self._flush)
+
+    def _flush(self) -> None:
+        self._flush_call = None
+        try:
+            self.gateway.flush()
+        except Exception:
+            log.exception("journal flush failed; stopping to protect the journal")
+            self.reactor.stop()  # type: ignore[attr-defined]
+
+    def tick(self) -> None:
+        try:
+            self.gateway.tick()
+        except Exception:
+            log.exception("timer tick failed")
+        self.schedule_flush()
+
+
+class OutboundFactory(protocol.Factory):
+    """Connections the gateway makes to peers with a connect address (it sends LOGON)."""
+
+    def __init__(self, parent: GatewayFactory, peer: Peer) -> None:
+        self.parent = parent
+        self.peer = peer
+
+    def buildProtocol(self, addr: Any) -> SessionProtocol:
+        return SessionProtocol(self.parent, connect_to=self.peer)
+
+
+class PeerCertificateContext:
+    """TLS 1.2+ server context: our certificate; a client certificate is required.
+
+    Any client certificate is accepted at handshake; at SYS.LOGON its public key
+    must be the registered key of the party logging on (E203 otherwise).
+    """
+
+    def __init__(self, keystore: KeyStore) -> None:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import serialization
+
+        self._cert = x509.load_pem_x509_certificate(keystore.certificate_pem())
+        key_pem = (keystore.keys_dir / "gateway.key").read_bytes()
+        self._key = serialization.load_pem_private_key(key_pem, password=None)
+
+    def getContext(self) -> SSL.Context:
+        ctx = SSL.Context(SSL.TLS_METHOD)
+        ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
+        ctx.use_certificate(crypto.X509.from_cryptography(self._cert))
+        ctx.use_privatekey(crypto.PKey.from_cryptography_key(self._key))
+        ctx.check_privatekey()
+        ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT,
+                       lambda conn, cert, errno, depth, ok: True)
+        return ctx
+
+
+class GatewayService(service.MultiService):
+    """Listening port, outbound peers, ticker; drains and flushes on stop."""
+
+    def __init__(self, home: Path, config: Config, reactor: Any, listen: str | None = None,
+                 tls: bool | None = None) -> None:
+        super().__init__()
+        self.reactor = reactor
+        self.config = config
+        self.keystore = KeyStore(home / "keys")
+        self.journal = Journal(home / "data" / "journal.sqlite3", config.journal_synchronous)
+        self.gateway = Gateway(config, self.keystore, self.journal, reactor.seconds)
+        self.factory = GatewayFactory(self.gateway, reactor)
+        self._host, self._port_number = split_host_port(listen or config.listen)
+        self.tls = config.tls if tls is None else tls
+        self._tls_context = PeerCertificateContext(self.keystore) if self.tls else None
+        self.port: Any = None
+        for peer in self.keystore.peers():
+            if peer.connect:
+                h, p = split_host_port(peer.connect)
+                ep = endpoints.HostnameEndpoint(reactor, h, p)
+                internet.ClientService(ep, OutboundFactory(self.factory, peer),
+                                       clock=reactor).setServiceParent(self)
+        self._ticker = task.LoopingCall(self.factory.tick)
+        self._ticker.clock = reactor
+
+    @property
+    def listening_port(self) -> int:
+        return int(self.port.getHost().port)
+
+    def startService(self) -> None:
+        if self._tls_context is not None:
+            self.port = self.reactor.listenSSL(self._port_number, self.factory,
+                                               self._tls_context, interface=self._host)
+        else:
+            self.port = self.reactor.listenTCP(self._port_number, self.factory,
+                                               interface=self._host)
+        super().startService()
+        self._ticker.start(TICK_SECONDS, now=False)
+        log.info("gateway %s serving on %s:%d%s", self.config.party, self._host,
+                 self.listening_port, " (TLS)" if self.tls else "")
+
+    @defer.inlineCallbacks
+    def stopService(self):  # type: ignore[no-untyped-def]
+        """Stop accepting, let in-flight requests be answered or time out, flush."""
+        log.info("gateway stopping: draining %d in-flight request(s)", len(self.gateway.pending))
+        yield self.port.stopListening()
+        deadline = self.reactor.seconds() + self.config.relay_timeout_seconds + 1
+        while self.gateway.pending and self.reactor.seconds() < deadline:
+            yield task.deferLater(self.reactor, TICK_SECONDS, lambda: None)
+        if self._ticker.running:
+            self._ticker.stop()
+        for session in list(self.gateway.sessions):
+            session.close()
+        self.gateway.flush()
+        yield service.MultiService.stopService(self)
+        self.journal.close()
+        log.info("gateway stopped; journal flushed")

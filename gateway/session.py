@@ -1,0 +1,469 @@
+"""PROTOCOL §5 session machine: logon → keyed → rotating → closing (sans-IO).
+
+A :class:`Session` is fed raw bytes (:meth:`Session.receive_bytes`) and a
+periodic :meth:`Session.tick`; it writes frames and closes through the
+:class:`Link` it was given, and hands verified business messages to its
+:class:`SessionOwner` (the relay).  Every outbound frame is journaled and
+leaves only after the journal commit (``journal.after_commit``).
+"""
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from . import catalog
+from .config import Config
+from .envelope import Envelope, join_payload, split_payload
+from .errors import (
+    GatewayError,
+    MalformedFrame,
+    SessionNotReady,
+    SignatureInvalid,
+    UnknownKeyId,
+    UnknownSigner,
+    WireError,
+)
+from .fieldcrypto import encrypt_field
+from .framing import FrameDecoder, encode_frame
+from .journal import Journal
+from .kex import Ephemeral, KeyExchangeFailed, SessionKeys, complete, respond
+from .keyring import KeyRing
+from .keystore import Peer
+from .mac import mac_field
+from .message import Head, Message, build_xml, parse_message, parse_xml, read_msg_id, replace_texts
+from .signature import Signer, signer_id
+from .verification import Verified, check_fresh, check_sender, check_signature, verify_message
+
+log = logging.getLogger(__name__)
+
+AWAITING_LOGON = "AWAITING_LOGON"  # inbound: waiting for the peer's SYS.LOGON.REQ
+LOGON_SENT = "LOGON_SENT"  # outbound: our SYS.LOGON.REQ is out
+OPEN = "OPEN"  # logged on (keyed once keyring.has_key)
+CLOSED = "CLOSED"
+
+#: How long our SYS.KEYX.REQ may wait for its answer before we try again.
+KEYX_ANSWER_SECONDS = 30.0
+
+
+class Link(Protocol):
+    """What a session needs of its connection."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+    def peer_public_key(self) -> Any | None:
+        """The TLS client certificate's public key, or None without TLS."""
+
+
+class SessionOwner(Protocol):
+    """What a session needs of the gateway that owns it."""
+
+    config: Config
+    journal: Journal
+    signer: Signer
+
+    def now(self) -> float: ...
+
+    def random_bytes(self, n: int) -> bytes: ...
+
+    def iso_time(self) -> str: ...
+
+    def trade_date(self) -> str: ...
+
+    def next_msg_id(self) -> str: ...
+
+    def find_peer(self, party: str) -> Peer | None: ...
+
+    def session_ready(self, session: Session) -> None: ...
+
+    def session_closed(self, session: Session) -> None: ...
+
+    def business_message(self, session: Session, verified: Verified) -> None: ...
+
+
+@dataclass
+class _PendingKeyx:
+    key_id: str
+    ephemeral: Ephemeral
+    nonce: str
+    sent_at: float
+
+
+class Session:
+    """One connection's SBDX/1 session with one peer."""
+
+    def __init__(self, owner: SessionOwner, link: Link, session_id: str,
+                 connect_to: Peer | None = None) -> None:
+        cfg = owner.config
+        self.owner = owner
+        self.link = link
+        self.session_id = session_id
+        self.peer: Peer | None = None
+        self.state = AWAITING_LOGON
+        self.decoder = FrameDecoder(cfg.max_frame_bytes)
+        self.keyring = KeyRing(owner.now, cfg.grace_seconds, cfg.rotate_seconds,
+                               cfg.rotate_messages)
+        self.heartbeat = cfg.heartbeat_seconds
+        now = owner.now()
+        self.opened_at = now
+        self.last_heard = now
+        self.last_sent = now
+        self.keyx_due_at: float | None = None
+        self._keyx: _PendingKeyx | None = None
+        self._key_seq = 0
+        self.inflight = 0
+        self._link_closed = False
+        if connect_to is not None:
+            self._send_logon(connect_to)
+
+    # --- identity ---------------------------------------------------------------
+    @property
+    def party(self) -> str | None:
+        return self.peer.party if self.peer else None
+
+    @property
+    def ready(self) -> bool:
+        """Logged on and keyed: business messages may flow."""
+        return self.state == OPEN and self.keyring.has_key
+
+    def __repr__(self) -> str:
+        return f"<Session {self.session_id} {self.party or '?'} {self.state}>"
+
+    # --- input ------------------------------------------------------------------
+    def receive_bytes(self, data: bytes) -> None:
+        """Feed bytes from the connection; act on every complete frame."""
+        if self.state == CLOSED:
+            return
+        try:
+            payloads = self.decoder.feed(data)
+        except WireError as exc:  # E100/E101: the stream is unusable
+            self._refuse(exc, None)
+            return
+        for payload in payloads:
+            if self.state == CLOSED:
+                return
+            self.receive_payload(payload)
+        try:
+            self.decoder.check_pending()
+        except WireError as exc:
+            self._refuse(exc, None)
+
+    def receive_payload(self, payload: bytes) -> None:
+        self.last_heard = self.owner.now()
+        xml: bytes | None = None
+        try:
+            envelope, xml = split_payload(payload)
+            message = parse_message(xml)
+            self._dispatch(envelope, message)
+        except GatewayError as exc:
+            self._refuse(exc, xml)
+        except Exception:  # never let one message take the gateway down
+            log.exception("session %s: internal error handling a message", self.session_id)
+            from .errors import InternalError
+
+            self._refuse(InternalError("internal error"), xml)
+
+    def _dispatch(self, envelope: Envelope, message: Message) -> None:
+        msg_type = message.type
+        if self.state == AWAITING_LOGON:
+            if msg_type != "SYS.LOGON.REQ":
+                raise SessionNotReady("log on first (SYS.LOGON.REQ)",
+                                      ref_msg_id=message.head.msg_id)
+            self._on_logon_req(envelope, message)
+            return
+        if self.state == LOGON_SENT:
+            if msg_type != "SYS.LOGON.RSP":
+                raise SessionNotReady("waiting for SYS.LOGON.RSP", ref_msg_id=message.head.msg_id)
+            self._on_logon_rsp(envelope, message)
+            return
+        assert self.peer is not None
+        verified = verify_message(
+            envelope, message, keyring=self.keyring, public_key=self.peer.public_key,
+            party=self.peer.party, replay=self.owner.journal, now=self.owner.now(),
+            max_skew=self.owner.config.max_skew_seconds,
+        )
+        self._journal_in(envelope, message)
+        self.keyring.note_message()
+        handler = self._SYS_HANDLERS.get(msg_type)
+        if handler is not None:
+            handler(self, verified)
+        elif message.kind.is_sys:
+            raise SessionNotReady(f"{msg_type} not expected now", ref_msg_id=message.head.msg_id)
+        else:
+            self.owner.business_message(self, verified)
+
+    # --- logon --------------------------------------------------------------------
+    def _authenticate_logon(self, envelope: Envelope, message: Message, party: str,
+                            role: str | None) -> Peer:
+        peer = self.owner.find_peer(party)
+        if peer is None or (role is not None and peer.role != role):
+            raise UnknownSigner(f"party {party} is not registered"
+                                + (f" as {role}" if role else ""), ref_msg_id=message.head.msg_id)
+        check_signature(envelope, message, peer.public_key)
+        check_sender(message, party)
+        tls_key = self.link.peer_public_key()
+        if tls_key is not None and signer_id(tls_key) != peer.signer:
+            raise UnknownSigner(f"TLS client certificate is not {party}'s registered key",
+                                ref_msg_id=message.head.msg_id)
+        if message.head.to_party != self.owner.config.party:
+            raise UnknownSigner(f"logon addressed to {message.head.to_party}, "
+                                f"this gateway is {self.owner.config.party}",
+                                ref_msg_id=message.head.msg_id)
+        check_fresh(message, self.owner.journal, self.owner.now(),
+                    self.owner.config.max_skew_seconds)
+        return peer
+
+    def _on_logon_req(self, envelope: Envelope, message: Message) -> None:
+        body = message.body
+        self.peer = self._authenticate_logon(envelope, message, str(body["PartyId"]),
+                                             str(body["Role"]))
+        self._journal_in(envelope, message)
+        self.heartbeat = float(str(body["HeartbeatSec"]))
+        self.state = OPEN
+        self.keyx_due_at = self.owner.now() + self.owner.config.keyx_after_logon_seconds
+        log.info("session %s: %s logged on as %s", self.session_id, self.peer.party,
+                 self.peer.role)
+        self.send("SYS.LOGON.RSP", {
+            "Result": "0000", "ResultText": "logged on", "SessionId": self.session_id,
+            "Nonce": self.owner.random_bytes(16).hex(), "TradeDate": self.owner.trade_date(),
+        }, ref_id=message.head.msg_id)
+
+    def _send_logon(self, peer: Peer) -> None:
+        self.peer = peer
+        self.state = LOGON_SENT
+        self.send("SYS.LOGON.REQ", {
+            "PartyId": self.owner.config.party, "Role": catalog.GATEWAY,
+            "Nonce": self.owner.random_bytes(16).hex(),
+            "HeartbeatSec": str(int(self.owner.config.heartbeat_seconds)),
+        })
+
+    def _on_logon_rsp(self, envelope: Envelope, message: Message) -> None:
+        assert self.peer is not None
+        self._authenticate_logon(envelope, message, self.peer.party, None)
+        self._journal_in(envelope, message)
+        if message.body.get("Result") != "0000":
+            log.warning("session %s: %s refused our logon: %s %s", self.session_id,
+                        self.peer.party, message.body.get("Result"), message.body.get("ResultText"))
+            self.close()
+            return
+        self.state = OPEN
+        self.keyx_due_at = self.owner.now()  # we connected out: key at once
+        log.info("session %s: logged on to %s", self.session_id, self.peer.party)
+
+    # --- key exchange -------------------------------------------------------------
+    def _new_key_id(self) -> str:
+        self._key_seq += 1
+        return f"G{self._key_seq:03d}{self.owner.random_bytes(4).hex()}"
+
+    def start_keyx(self) -> None:
+        eph = Ephemeral.generate(self.owner.random_bytes)
+        pending = _PendingKeyx(self._new_key_id(), eph, self.owner.random_bytes(16).hex(),
+                               self.owner.now())
+        self._keyx = pending
+        self.send("SYS.KEYX.REQ", {"KeyId": pending.key_id, "Curve": "X25519",
+                                   "PublicKey": eph.public_b64, "Nonce": pending.nonce})
+
+    def _on_keyx_req(self, verified: Verified) -> None:
+        body, head = verified.message.body, verified.message.head
+        key_id = str(body["KeyId"])
+        eph = Ephemeral.generate(self.owner.random_bytes)
+        nonce = self.owner.random_bytes(16).hex()
+        try:
+            keys = respond(eph, str(body["PublicKey"]), str(body["Nonce"]), nonce, key_id)
+            self._install(keys)
+        except (KeyExchangeFailed, ValueError) as exc:
+            log.warning("session %s: KEYX %s refused: %s", self.session_id, key_id, exc)
+            self.send("SYS.KEYX.RSP", {"Result": UnknownKeyId.code,
+                                       "ResultText": f"key exchange refused: {exc}"},
+                      ref_id=head.msg_id)
+            return
+        # The answer goes out under the keys of before (or none): MAC is not used on KEYX.
+        self.send("SYS.KEYX.RSP", {"Result": "0000", "ResultText": "key installed",
+                                   "KeyId": key_id, "PublicKey": eph.public_b64,
+                                   "Nonce": nonce, "Kcv": keys.kcv}, ref_id=head.msg_id)
+
+    def _on_keyx_rsp(self, verified: Verified) -> None:
+        body = verified.message.body
+        pending, self._keyx = self._keyx, None
+        if pending is None or body.get("KeyId") not in (None, pending.key_id):
+            log.warning("session %s: unexpected SYS.KEYX.RSP ignored", self.session_id)
+            return
+        if body.get("Result") != "0000":
+            log.warning("session %s: peer refused KEYX %s: %s %s", self.session_id,
+                        pending.key_id, body.get("Result"), body.get("ResultText"))
+            return
+        try:
+            keys = complete(pending.ephemeral, str(body["PublicKey"]), pending.nonce,
+                            str(body["Nonce"]), pending.key_id, str(body["Kcv"]))
+            self._install(keys)
+        except (KeyExchangeFailed, ValueError, KeyError) as exc:
+            log.warning("session %s: KEYX %s failed: %s", self.session_id, pending.key_id, exc)
+
+    def _install(self, keys: SessionKeys) -> None:
+        was_ready = self.ready
+        self.keyring.install(keys)
+        self.keyx_due_at = None
+        log.info("session %s: session key %s installed (kcv %s)", self.session_id,
+                 keys.key_id, keys.kcv)
+        if not was_ready and self.ready:
+            self.owner.session_ready(self)
+
+    # --- other SYS messages -------------------------------------------------------
+    def _on_heartbeat(self, verified: Verified) -> None:
+        pass  # last_heard already moved
+
+    def _on_echo_req(self, verified: Verified) -> None:
+        self.send("SYS.ECHO.RSP", {"Result": "0000", "ResultText": "echo",
+                                   "Text": verified.message.body.get("Text")},
+                  ref_id=verified.message.head.msg_id)
+
+    def _on_logoff_req(self, verified: Verified) -> None:
+        self.send("SYS.LOGOFF.RSP", {"Result": "0000", "ResultText": "logged off"},
+                  ref_id=verified.message.head.msg_id)
+        self.close()
+
+    def _on_logoff_rsp(self, verified: Verified) -> None:
+        self.close()
+
+    def _on_error(self, verified: Verified) -> None:
+        body = verified.message.body
+        log.warning("session %s: %s reports %s %s (ref %s)", self.session_id, self.party,
+                    body.get("Code"), body.get("Text"), body.get("RefMsgId"))
+
+    _SYS_HANDLERS: Mapping[str, Callable[[Session, Verified], None]] = {
+        "SYS.KEYX.REQ": _on_keyx_req,
+        "SYS.KEYX.RSP": _on_keyx_rsp,
+        "SYS.HEARTBEAT": _on_heartbeat,
+        "SYS.ECHO.REQ": _on_echo_req,
+        "SYS.LOGOFF.REQ": _on_logoff_req,
+        "SYS.LOGOFF.RSP": _on_logoff_rsp,
+        "SYS.ERROR": _on_error,
+    }
+
+    # --- timers -------------------------------------------------------------------
+    def tick(self) -> None:
+        """Called about once a second: heartbeats, silence, key exchange and rotation."""
+        if self.state == CLOSED:
+            return
+        now = self.owner.now()
+        if now - self.last_heard > 3 * self.heartbeat:
+            log.warning("session %s: %s silent for %.0f s (3 heartbeats): closing",
+                        self.session_id, self.party or "peer", now - self.last_heard)
+            self.close()
+            return
+        if self.state != OPEN:
+            return
+        if self._keyx is not None and now - self._keyx.sent_at > KEYX_ANSWER_SECONDS:
+            log.warning("session %s: KEYX %s unanswered; retrying", self.session_id,
+                        self._keyx.key_id)
+            self._keyx = None
+        if self._keyx is None and self._keyx_due(now):
+            self.start_keyx()
+        if self.keyring.has_key and now - self.last_sent >= self.heartbeat:
+            self.send("SYS.HEARTBEAT", {})
+
+    def _keyx_due(self, now: float) -> bool:
+        if not self.keyring.has_key:
+            return self.keyx_due_at is not None and now >= self.keyx_due_at
+        return self.keyring.rotation_due
+
+    # --- output -------------------------------------------------------------------
+    def send(self, msg_type: str, body: Mapping[str, Any], ref_id: str | None = None) -> str:
+        """Build, sign, MAC, journal and (after commit) write a message from the gateway."""
+        assert self.peer is not None
+        head = Head(type=msg_type, msg_id=self.owner.next_msg_id(),
+                    from_party=self.owner.config.party, to_party=self.peer.party,
+                    time=self.owner.iso_time(), trade_date=self.owner.trade_date(), ref_id=ref_id)
+        self.send_xml(build_xml(head, body), msg_type, head.msg_id, ref_id)
+        return head.msg_id
+
+    def relay_xml(self, xml: bytes, msg_type: str, msg_id: str, ref_id: str | None,
+                  plaintexts: Mapping[str, str] | None = None) -> None:
+        """Forward another party's xml unchanged, but for re-encrypted fields (§4)."""
+        if plaintexts:
+            keys = self.keyring.current
+            if keys is None:
+                raise SessionNotReady("destination session has no key")
+            xml = replace_texts(xml, {
+                name: encrypt_field(keys.data_key, msg_id, name, value,
+                                    self.owner.random_bytes(12))
+                for name, value in plaintexts.items()
+            })
+        self.send_xml(xml, msg_type, msg_id, ref_id)
+
+    def send_xml(self, xml: bytes, msg_type: str, msg_id: str | None,
+                 ref_id: str | None) -> None:
+        if self._link_closed:
+            return
+        keys = self.keyring.current if catalog.needs_mac(msg_type) else None
+        envelope = Envelope(
+            key_id=keys.key_id if keys else None,
+            mac=mac_field(keys.mac_key, xml) if keys else None,
+            sig=self.owner.signer.sign(xml).format(),
+        )
+        payload = join_payload(envelope, xml)
+        self.owner.journal.log_message(self.owner.now(), "OUT", self.session_id, self.party,
+                                       msg_type, msg_id, ref_id, envelope.format(), xml)
+        self.last_sent = self.owner.now()
+        if keys:
+            self.keyring.note_message()
+        frame = encode_frame(payload, max(self.owner.config.max_frame_bytes, len(payload)))
+        self.owner.journal.after_commit(lambda: self._write(frame))
+
+    def _write(self, frame: bytes) -> None:
+        if not self._link_closed:
+            self.link.write(frame)
+
+    def _close_link(self) -> None:
+        if not self._link_closed:
+            self._link_closed = True
+            self.link.close()
+
+    def _journal_in(self, envelope: Envelope, message: Message) -> None:
+        head = message.head
+        self.owner.journal.log_message(self.owner.now(), "IN", self.session_id, self.party,
+                                       head.type, head.msg_id, head.ref_id, envelope.format(),
+                                       message.xml)
+
+    # --- refusals and closing -----------------------------------------------------
+    def _refuse(self, exc: GatewayError, xml: bytes | None) -> None:
+        ref = exc.ref_msg_id
+        if ref is None and xml is not None:
+            try:
+                ref = read_msg_id(parse_xml(xml))
+            except GatewayError:
+                ref = None
+        log.warning("session %s: %s refused message%s: %s %s", self.session_id,
+                    self.party or "peer", f" {ref}" if ref else "", exc.code, exc.text)
+        closing = exc.closes_session or (
+            self.state in (AWAITING_LOGON, LOGON_SENT)
+            and isinstance(exc, SignatureInvalid | UnknownSigner)
+        )
+        if self.peer is not None or closing or isinstance(exc, MalformedFrame):
+            self._send_error(exc, ref)
+        if closing:
+            self.close()
+
+    def _send_error(self, exc: GatewayError, ref: str | None) -> None:
+        body = {"Code": exc.code, "Text": exc.text[:512], "RefMsgId": ref}
+        to = self.party or "UNKNOWN"
+        head = Head(type="SYS.ERROR", msg_id=self.owner.next_msg_id(),
+                    from_party=self.owner.config.party, to_party=to if to.isalnum() else "UNKNOWN",
+                    time=self.owner.iso_time(), trade_date=self.owner.trade_date())
+        self.send_xml(build_xml(head, body), "SYS.ERROR", head.msg_id, None)
+
+    def close(self) -> None:
+        """Close after everything queued so far has been written."""
+        if self.state == CLOSED:
+            return
+        self.state = CLOSED
+        self.owner.session_closed(self)
+        self.owner.journal.after_commit(self._close_link)
+
+
+def new_session_id(random_bytes: Callable[[int], bytes] = secrets.token_bytes) -> str:
+    return "S" + random_bytes(8).hex()

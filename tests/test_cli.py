@@ -1,0 +1,81 @@
+"""The console command of PROTOCOL §9, run as a user would (subprocess)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gateway", *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_help_lists_every_command_of_the_protocol() -> None:
+    out = run("--help")
+    assert out.returncode == 0
+    for command in ("init", "cert", "peer", "serve", "eod", "sim", "demo"):
+        assert command in out.stdout
+
+
+@pytest.mark.parametrize("args", [["eod", "watch", "x"], ["demo"],
+                                  ["sim", "bank", "--connect", "127.0.0.1:1"]])
+def test_commands_not_built_yet_say_so_and_fail(args: list[str], tmp_path) -> None:  # type: ignore[no-untyped-def]
+    out = run("--home", str(tmp_path), *args)
+    assert out.returncode != 0
+    assert "not built yet" in out.stderr
+    assert out.stdout == ""
+
+
+def test_init_creates_owner_only_keys_and_refuses_twice(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import stat
+
+    first = run("--home", str(tmp_path), "init", "--party", "GW01")
+    assert first.returncode == 0, first.stderr
+    for name in ("gateway.key", "storage.key", "ca.key"):
+        assert stat.S_IMODE((tmp_path / "keys" / name).stat().st_mode) == 0o600
+    before = (tmp_path / "keys" / "gateway.key").read_bytes()
+    second = run("--home", str(tmp_path), "init")
+    assert second.returncode != 0
+    assert "refused" in second.stderr
+    assert (tmp_path / "keys" / "gateway.key").read_bytes() == before
+    assert "PRIVATE KEY" not in first.stdout + first.stderr + second.stdout + second.stderr
+
+
+def test_cert_and_peer_add_and_list(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    assert run("--home", str(tmp_path), "init").returncode == 0
+    cert = run("--home", str(tmp_path), "cert")
+    assert cert.returncode == 0 and cert.stdout.startswith("-----BEGIN CERTIFICATE-----")
+    key = ed25519.Ed25519PrivateKey.generate().public_key()
+    pem = tmp_path / "ccb.pem"
+    pem.write_bytes(key.public_bytes(serialization.Encoding.PEM,
+                                     serialization.PublicFormat.SubjectPublicKeyInfo))
+    added = run("--home", str(tmp_path), "peer", "add", "--id", "CCB", "--role", "BANK",
+                "--cert", str(pem), "--connect", "127.0.0.1:7801")
+    assert added.returncode == 0, added.stderr
+    from gateway.signature import signer_id
+
+    listed = run("--home", str(tmp_path), "peer", "list")
+    assert listed.returncode == 0
+    line = next(x for x in listed.stdout.splitlines() if x.startswith("CCB"))
+    assert "BANK" in line and signer_id(key) in line and "127.0.0.1:7801" in line
+
+
+def test_peer_add_rejects_bad_party_id(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    assert run("--home", str(tmp_path), "init").returncode == 0
+    pem = tmp_path / "x.pem"
+    pem.write_text("not a pem")
+    out = run("--home", str(tmp_path), "peer", "add", "--id", "ccb", "--role", "BANK",
+              "--cert", str(pem))
+    assert out.returncode != 0
+
+
+def test_cert_without_init_tells_the_user_to_run_init(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    out = run("--home", str(tmp_path), "cert")
+    assert out.returncode != 0
+    assert "gateway init" in out.stderr
+    assert "Traceback" not in out.stderr

@@ -1,0 +1,113 @@
+"""PROTOCOL §4 through the codec: samples parse, bad ones map to E110/E111/E112."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from lxml import etree
+
+from gateway import catalog
+from gateway.errors import GatewayError, SchemaInvalid, UnknownMessageType, XmlMalformed
+from gateway.message import Head, build_xml, parse_message, replace_texts
+
+SAMPLES = Path(__file__).parent / "samples"
+VALID = sorted((SAMPLES / "valid").glob("*.xml"))
+INVALID = json.loads((SAMPLES / "invalid" / "expected.json").read_text("utf-8"))
+
+
+def test_every_message_type_of_the_catalogue_has_a_valid_sample() -> None:
+    assert {p.stem for p in VALID} == set(catalog.ALL_TYPES)
+
+
+@pytest.mark.parametrize("path", VALID, ids=lambda p: p.stem)
+def test_valid_sample_parses_with_head_and_body(path: Path) -> None:
+    xml = path.read_bytes()
+    msg = parse_message(xml)
+    assert msg.type == path.stem
+    assert msg.xml is xml
+    assert msg.head.from_party and msg.head.msg_id
+    if msg.kind.is_response:
+        assert msg.head.ref_id
+        assert "Result" in msg.body and "ResultText" in msg.body
+
+
+@pytest.mark.parametrize("name", sorted(INVALID), ids=str)
+def test_data_type_rule_violation_is_e111_naming_the_element(name: str) -> None:
+    xml = (SAMPLES / "invalid" / name).read_bytes()
+    with pytest.raises(GatewayError) as info:
+        parse_message(xml)
+    assert info.value.code == "E111", info.value
+    assert INVALID[name]["element"] in info.value.text
+
+
+def test_e111_text_names_the_path_of_the_bad_element() -> None:
+    xml = (SAMPLES / "valid" / "XFER.OUT.REQ.xml").read_bytes()
+    bad = xml.replace(b"<Amount>", b"<Amount>9", 1).replace(b".50</Amount>", b".5</Amount>")
+    bad = etree.tostring(etree.fromstring(xml))  # normalise, then break the amount
+    root = etree.fromstring(bad)
+    amount = root.find(".//{urn:sbdx:1}Amount")
+    amount.text = "12.5"
+    with pytest.raises(SchemaInvalid) as info:
+        parse_message(etree.tostring(root))
+    assert "Msg/Body/XferOutReq/Amount" in info.value.text
+    assert info.value.ref_msg_id == parse_message(xml).head.msg_id
+
+
+def test_type_body_mismatch_is_e111() -> None:
+    xml = (SAMPLES / "valid" / "XFER.OUT.REQ.xml").read_bytes()
+    swapped = xml.replace(b"<Type>XFER.OUT.REQ</Type>", b"<Type>XFER.IN.REQ</Type>")
+    assert swapped != xml
+    with pytest.raises(SchemaInvalid) as info:
+        parse_message(swapped)
+    assert "XferOutReq" in info.value.text and "XFER.IN.REQ" in info.value.text
+
+
+def test_unknown_type_is_e112() -> None:
+    xml = (SAMPLES / "valid" / "XFER.OUT.REQ.xml").read_bytes()
+    with pytest.raises(UnknownMessageType) as info:
+        parse_message(xml.replace(b"<Type>XFER.OUT.REQ</Type>", b"<Type>XFER.SIDEWAYS.REQ</Type>"))
+    assert info.value.code == "E112"
+
+
+@pytest.mark.parametrize(
+    "xml",
+    [
+        b"<Msg xmlns='urn:sbdx:1'><Head>",
+        b"not xml at all",
+        b"",
+        b"\xff\xfe<Msg/>",
+        b"<?xml version='1.0'?><!DOCTYPE Msg [<!ENTITY x 'y'>]><Msg xmlns='urn:sbdx:1'>&x;</Msg>",
+        b"<?xml version='1.0'?><!DOCTYPE Msg SYSTEM 'http://127.0.0.1:1/x.dtd'><Msg/>",
+    ],
+    ids=["truncated", "text", "empty", "bad-encoding", "entity", "external-dtd"],
+)
+def test_not_well_formed_or_doctype_is_e110(xml: bytes) -> None:
+    with pytest.raises(XmlMalformed) as info:
+        parse_message(xml)
+    assert info.value.code == "E110"
+
+
+def test_builder_output_validates_and_round_trips() -> None:
+    head = Head(type="CTS.SIGN.REQ", msg_id="GTJA1", from_party="GTJA", to_party="CCB",
+                time="2026-11-25T09:30:00+08:00", trade_date="2026-11-25")
+    body = {"BizSn": "S1", "FundAcct": "100020003000", "WalletId": "0071130812093028",
+            "WalletLevel": "1", "WalletKind": "PERSONAL", "CustName": "张三 & <李四>",
+            "IdType": "01", "IdNo": "A" * 40, "Phone": None, "Channel": "APP"}
+    msg = parse_message(build_xml(head, body))
+    assert msg.head == head
+    assert msg.body["CustName"] == "张三 & <李四>"
+    assert "Phone" not in msg.body
+    again = parse_message(replace_texts(msg.xml, {"IdNo": "B" * 40}))
+    assert again.body["IdNo"] == "B" * 40 and again.body["CustName"] == msg.body["CustName"]
+
+
+def test_builder_handles_repeated_records() -> None:
+    head = Head(type="CTS.QUERY.RSP", msg_id="GW011", ref_id="GTJA9", from_party="GW01",
+                to_party="GTJA", time="2026-11-25T09:30:00+08:00")
+    rec = {"AgreementNo": "A1", "FundAcct": "100020003000", "WalletId": "0071130812093028",
+           "WalletLevel": "1", "WalletKind": "PERSONAL", "Status": "ACTIVE",
+           "SignDate": "2026-11-25"}
+    msg = parse_message(build_xml(head, {"Result": "0000", "ResultText": "ok",
+                                         "Agreement": [rec, {**rec, "AgreementNo": "A2"}]}))
+    assert [r["AgreementNo"] for r in msg.body["Agreement"]] == ["A1", "A2"]

@@ -1,0 +1,262 @@
+"""`gateway serve` over real loopback sockets: sessions, relay, journal, codes (§1–§7)."""
+from __future__ import annotations
+
+import sqlite3
+import time
+
+import pytest
+from conftest import BANK, BROKER
+
+from peer import TestPeer, now_iso
+
+WALLET = "0071130812093028"
+FUND = "100020003000"
+
+
+def xfer(biz_sn: str, amount: str = "1234.50") -> list[tuple[str, str]]:
+    return [("BizSn", biz_sn), ("FundAcct", FUND), ("WalletId", WALLET), ("Amount", amount),
+            ("Ccy", "CNY")]
+
+
+def bank_answers(bank: TestPeer, result: str = "0000", bank_sn: str = "CCB0001"):  # type: ignore[no-untyped-def]
+    req = bank.recv("XFER.OUT.REQ", "XFER.IN.REQ")
+    bank.verify_from_gateway(req)
+    bank.send(req.type.replace(".REQ", ".RSP"),
+              [("Result", result), ("ResultText", "ok" if result == "0000" else "no"),
+               ("BizSn", req.body["BizSn"]), ("BankSn", bank_sn), ("SweepRef", "SW1")],
+              to=BROKER, ref=req.head("MsgId"))
+    return req
+
+
+@pytest.fixture
+def pair(start_gateway):  # type: ignore[no-untyped-def]
+    gw = start_gateway()
+    bank = gw.peer(BANK).open_session()
+    broker = gw.peer(BROKER).open_session()
+    yield gw, bank, broker
+    bank.close()
+    broker.close()
+
+
+def test_logon_keyx_and_a_relayed_round_trip(pair) -> None:  # type: ignore[no-untyped-def]
+    gw, bank, broker = pair
+    msg_id = broker.send("XFER.OUT.REQ", xfer("V1"), to=BANK)
+    req = bank_answers(bank)
+    assert req.head("MsgId") == msg_id and req.head("From") == BROKER
+    assert req.body["Amount"] == "1234.50"
+    rsp = broker.recv("XFER.OUT.RSP")
+    broker.verify_from_gateway(rsp)
+    assert rsp.head("RefId") == msg_id
+    assert rsp.body["Result"] == "0000" and rsp.body["BankSn"] == "CCB0001"
+
+
+def test_repeat_is_answered_from_the_journal_and_never_relayed_twice(pair) -> None:  # type: ignore[no-untyped-def]
+    gw, bank, broker = pair
+    broker.send("XFER.OUT.REQ", xfer("V2"), to=BANK)
+    bank_answers(bank, bank_sn="CCB0002")
+    first = broker.recv("XFER.OUT.RSP")
+    repeat_id = broker.send("XFER.OUT.REQ", xfer("V2"), to=BANK)
+    again = broker.recv("XFER.OUT.RSP")
+    assert again.head("RefId") == repeat_id
+    assert again.body == first.body
+    with pytest.raises(TimeoutError):
+        bank.recv("XFER.OUT.REQ", timeout=1)
+
+
+def test_bizsn_reused_with_other_content_is_b312(pair) -> None:  # type: ignore[no-untyped-def]
+    gw, bank, broker = pair
+    broker.send("XFER.OUT.REQ", xfer("V3"), to=BANK)
+    bank_answers(bank)
+    broker.recv("XFER.OUT.RSP")
+    rsp = broker.request("XFER.OUT.REQ", xfer("V3", amount="1.00"), to=BANK)
+    assert rsp.body["Result"] == "B312"
+    assert rsp.body["BizSn"] == "V3"
+
+
+def test_destination_not_connected_is_s901(start_gateway) -> None:  # type: ignore[no-untyped-def]
+    gw = start_gateway()
+    broker = gw.peer(BROKER).open_session()
+    rsp = broker.request("XFER.OUT.REQ", xfer("V4"), to=BANK)
+    assert rsp.type == "XFER.OUT.RSP" and rsp.body["Result"] == "S901"
+
+
+def test_type_not_allowed_for_the_role_is_e208(pair) -> None:  # type: ignore[no-untyped-def]
+    gw, bank, broker = pair
+    rsp = bank.request("PAY.ORDER.REQ", [("BizSn", "P1"), ("OrderNo", "O1"), ("WalletId", WALLET),
+                                         ("Amount", "10.00"), ("Ccy", "CNY"),
+                                         ("ProductCode", "L2"), ("ProductKind", "LEVEL2"),
+                                         ("ServiceEnd", "2026-12-31")], to=BROKER)
+    assert rsp.type == "SYS.ERROR" and rsp.body["Code"] == "E208"
+
+
+def test_bad_messages_get_their_code_while_a_healthy_session_keeps_working(pair) -> None:  # type: ignore[no-untyped-def]
+    gw, bank, broker = pair
+    bad = gw.peer(BROKER).open_session()
+
+    def code_of(frame_bytes: bytes) -> str:
+        bad.send_raw(frame_bytes)
+        f = bad.recv("SYS.ERROR")
+        return f.body["Code"]
+
+    def healthy(n: int) -> None:
+        broker.send("XFER.OUT.REQ", xfer(f"H{n}"), to=BANK)
+        bank_answers(bank)
+        assert broker.recv("XFER.OUT.RSP").body["Result"] == "0000"
+
+    _, good = bad.build("XFER.OUT.REQ", xfer("X1"), to=BANK)
+
+    def framed(payload: bytes) -> bytes:
+        return b"%08d" % len(payload) + payload
+
+    kid, mac = bad.mac(good)
+    env = f"SBDX1 {kid} {mac} {bad.sign(good)}".encode()
+    assert code_of(framed(env + b"\n<Msg")) == "E110"
+    healthy(1)
+    _, invalid = bad.build("XFER.OUT.REQ", xfer("X2", amount="12.5"), to=BANK)
+    assert code_of(bad.frame(invalid)) == "E111"
+    _, unknown = bad.build("XFER.OUT.REQ", xfer("X3"), to=BANK)
+    unknown = unknown.replace(b"XFER.OUT.REQ", b"XFER.SIDE.REQ")
+    assert code_of(bad.frame(unknown)) == "E112"
+    _, x4 = bad.build("XFER.OUT.REQ", xfer("X4"), to=BANK)
+    flipped = bad.frame(x4).replace(b"HS256:", b"HS256:A", 1)
+    assert code_of(flipped) == "E200"
+    _, x5 = bad.build("XFER.OUT.REQ", xfer("X5"), to=BANK)
+    assert code_of(bad.frame(x5, mac=False)) == "E200"
+    _, x6 = bad.build("XFER.OUT.REQ", xfer("X6"), to=BANK)
+    bad.keys["NOPE"] = bad.keys[bad.key_id]
+    assert code_of(bad.frame(x6, key_id="NOPE")) == "E201"
+    _, x7 = bad.build("XFER.OUT.REQ", xfer("X7"), to=BANK)
+    f7 = bad.frame(x7)
+    sig_at = f7.index(b"ES256:") + 6 + 17 + 10
+    f7 = f7[:sig_at] + (b"A" if f7[sig_at:sig_at + 1] != b"A" else b"B") + f7[sig_at + 1:]
+    assert code_of(f7) == "E202"
+    healthy(2)
+    _, x8 = bad.build("XFER.OUT.REQ", xfer("X8"), to=BANK)
+    assert code_of(bad.frame(x8, sign=False)) == "E202"
+    other = gw.peer(BANK)  # signs with the bank's key on the broker's session
+    _, x9 = bad.build("XFER.OUT.REQ", xfer("X9"), to=BANK)
+    kid, mac = bad.mac(x9)
+    assert code_of(framed(f"SBDX1 {kid} {mac} {other.sign(x9)}".encode() + b"\n" + x9)) == "E203"
+    msg_id, x10 = bad.build("XFER.OUT.REQ", xfer("X10"), to=BANK)
+    bad.send_raw(bad.frame(x10))
+    bank_answers(bank)
+    bad.recv("XFER.OUT.RSP")
+    _, replay = bad.build("XFER.OUT.REQ", xfer("X11"), to=BANK, msg_id=msg_id)
+    assert code_of(bad.frame(replay)) == "E204"
+    _, skewed = bad.build("XFER.OUT.REQ", xfer("X12"), to=BANK, time=now_iso(-3600))
+    assert code_of(bad.frame(skewed)) == "E205"
+    _, tampered = bad.build("CTS.SIGN.REQ", [
+        ("BizSn", "C1"), ("FundAcct", FUND), ("WalletId", WALLET), ("WalletLevel", "1"),
+        ("WalletKind", "PERSONAL"), ("CustName", "张三"), ("IdType", "01"),
+        ("IdNo", "110101199003071234"), ("Channel", "APP")], to=BANK, encrypt=("IdNo",))
+    tampered = tampered.replace(b'enc="A256GCM">', b'enc="A256GCM">AAAA', 1)
+    assert code_of(bad.frame(tampered)) == "E209"
+    healthy(3)
+    # E207: a fresh session that logged on but has no key yet
+    fresh = gw.peer(BROKER).connect()
+    assert fresh.logon().body["Result"] == "0000"
+    fresh.send("XFER.OUT.REQ", xfer("X13"), to=BANK)
+    assert fresh.recv("SYS.ERROR").body["Code"] == "E207"
+    # E100 and E101 close the connection
+    bad.send_raw(b"0000001xjunk")
+    assert bad.recv("SYS.ERROR").body["Code"] == "E100"
+    assert bad.closed_by_gateway()
+    big = gw.peer(BROKER).open_session()
+    big.send_raw(b"99999999")
+    assert big.recv("SYS.ERROR").body["Code"] == "E101"
+    assert big.closed_by_gateway()
+    healthy(4)
+
+
+def test_logon_with_unknown_party_or_wrong_key_is_refused_and_closed(start_gateway) -> None:  # type: ignore[no-untyped-def]
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    gw = start_gateway()
+    stranger = TestPeer("ABC", "BROKER", ec.generate_private_key(ec.SECP256R1()), gw.port)
+    stranger.connect()
+    rsp = stranger.request("SYS.LOGON.REQ", [("PartyId", "ABC"), ("Role", "BROKER"),
+                                             ("Nonce", "00" * 16), ("HeartbeatSec", 30)], mac=False)
+    assert rsp.body.get("Code", rsp.body.get("Result")) == "E203"
+    assert stranger.closed_by_gateway()
+    impostor = TestPeer(BROKER, "BROKER", ec.generate_private_key(ec.SECP256R1()), gw.port)
+    impostor.connect()
+    rsp = impostor.logon()
+    assert rsp.body.get("Code", rsp.body.get("Result")) == "E203"
+    assert impostor.closed_by_gateway()
+
+
+def test_key_rotation_old_key_accepted_in_grace_refused_after(start_gateway) -> None:  # type: ignore[no-untyped-def]
+    gw = start_gateway(grace_seconds=1.0)
+    bank = gw.peer(BANK).open_session()
+    broker = gw.peer(BROKER).open_session()
+    old = broker.key_id
+    broker.keyx()
+    assert broker.key_id != old
+    broker.send("XFER.OUT.REQ", xfer("R1"), to=BANK, key_id=old)
+    bank_answers(bank)
+    assert broker.recv("XFER.OUT.RSP").body["Result"] == "0000"
+    time.sleep(1.5)
+    rsp = broker.request("XFER.OUT.REQ", xfer("R2"), to=BANK, key_id=old)
+    assert rsp.type == "SYS.ERROR" and rsp.body["Code"] == "E201"
+    broker.send("XFER.OUT.REQ", xfer("R3"), to=BANK)
+    bank_answers(bank)
+    assert broker.recv("XFER.OUT.RSP").body["Result"] == "0000"
+
+
+def test_gateway_starts_keyx_when_the_peer_does_not(start_gateway) -> None:  # type: ignore[no-untyped-def]
+    gw = start_gateway(keyx_after_logon_seconds=0.5)
+    broker = gw.peer(BROKER).connect()
+    broker.logon()
+    req = broker.recv("SYS.KEYX.REQ", timeout=5)
+    broker.answer_keyx(req)
+    rsp = broker.request("SYS.ECHO.REQ", [("Text", "ping")])
+    assert rsp.body["Text"] == "ping"
+    broker.verify_from_gateway(rsp)
+
+
+def test_heartbeats_flow_and_silence_closes_the_session(start_gateway) -> None:  # type: ignore[no-untyped-def]
+    gw = start_gateway()
+    broker = gw.peer(BROKER).connect()
+    broker.logon(heartbeat=1)
+    broker.keyx()
+    hb = broker.recv("SYS.HEARTBEAT", timeout=3)
+    broker.verify_from_gateway(hb)
+    started = time.monotonic()
+    assert broker.closed_by_gateway(timeout=8)
+    assert 2.0 < time.monotonic() - started < 6.0
+    gw.wait_for_log("silent")
+
+
+def test_logoff_ends_the_session(pair) -> None:  # type: ignore[no-untyped-def]
+    gw, bank, broker = pair
+    rsp = broker.request("SYS.LOGOFF.REQ", [("Reason", "end of day")])
+    assert rsp.body["Result"] == "0000"
+    assert broker.closed_by_gateway()
+
+
+def test_sigterm_drains_and_exits_zero(pair) -> None:  # type: ignore[no-untyped-def]
+    gw, bank, broker = pair
+    assert gw.stop() == 0
+    assert "journal flushed" in gw.log_text()
+
+
+def test_acknowledged_request_survives_sigkill_and_repeat_gets_same_answer(home, start_gateway) -> None:  # type: ignore[no-untyped-def]
+    gw = start_gateway()
+    bank = gw.peer(BANK).open_session()
+    broker = gw.peer(BROKER).open_session()
+    broker.send("XFER.OUT.REQ", xfer("K1"), to=BANK)
+    bank_answers(bank, bank_sn="CCB0099")
+    first = broker.recv("XFER.OUT.RSP")
+    gw.kill()  # SIGKILL right after the acknowledgement reached the broker
+    db = sqlite3.connect(home.root / "data" / "journal.sqlite3")
+    state, = db.execute("SELECT state FROM record WHERE biz_sn='K1'").fetchone()
+    db.close()
+    assert state == "SUCCEEDED"
+    gw2 = start_gateway()
+    bank2 = gw2.peer(BANK).open_session()
+    broker2 = gw2.peer(BROKER).open_session()
+    broker2.send("XFER.OUT.REQ", xfer("K1"), to=BANK)
+    again = broker2.recv("XFER.OUT.RSP")
+    assert again.body == first.body
+    with pytest.raises(TimeoutError):
+        bank2.recv("XFER.OUT.REQ", timeout=1)
