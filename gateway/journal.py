@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -51,12 +51,62 @@ MIGRATIONS: tuple[str, ...] = (
         amount_fen INTEGER,
         result TEXT,
         response_xml BLOB,
+        fund_acct TEXT,
+        wallet_id TEXT,
+        order_no TEXT,
+        product_code TEXT,
+        service_end TEXT,
+        orig_type TEXT,
+        orig_from TEXT,
+        orig_biz_sn TEXT,
+        bank_sn TEXT,
+        sweep_ref TEXT,
+        book_date TEXT,
+        agreement_no TEXT,
         created_at REAL NOT NULL,
         updated_at REAL NOT NULL,
         PRIMARY KEY (origin, biz_type, biz_sn)
     ) WITHOUT ROWID;
     CREATE INDEX record_msg ON record (receiver, msg_id);
     CREATE INDEX record_state ON record (state);
+    CREATE INDEX record_wallet ON record (wallet_id, biz_type);
+    CREATE INDEX record_orig ON record (orig_from, orig_type, orig_biz_sn);
+    CREATE INDEX record_day ON record (trade_date, receiver);
+    CREATE TABLE agreement (
+        agreement_no TEXT UNIQUE,
+        broker TEXT NOT NULL,
+        bank TEXT NOT NULL,
+        fund_acct TEXT NOT NULL,
+        wallet_id TEXT NOT NULL,
+        wallet_level TEXT NOT NULL,
+        wallet_kind TEXT NOT NULL,
+        status TEXT NOT NULL,
+        sign_date TEXT NOT NULL,
+        end_date TEXT,
+        cust_name TEXT NOT NULL,
+        id_type TEXT NOT NULL,
+        id_no_sealed TEXT NOT NULL,
+        phone_sealed TEXT,
+        sign_biz_sn TEXT NOT NULL,
+        PRIMARY KEY (broker, sign_biz_sn)
+    );
+    CREATE INDEX agreement_fund ON agreement (fund_acct, status);
+    CREATE INDEX agreement_wallet ON agreement (wallet_id, status);
+    CREATE TABLE reversal (
+        origin TEXT NOT NULL,
+        biz_type TEXT NOT NULL,
+        biz_sn TEXT NOT NULL,
+        receiver TEXT NOT NULL,
+        reversal_sn TEXT NOT NULL,
+        amount_fen INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_at REAL NOT NULL,
+        last_msg_id TEXT,
+        result TEXT,
+        PRIMARY KEY (origin, biz_type, biz_sn)
+    ) WITHOUT ROWID;
+    CREATE INDEX reversal_due ON reversal (state, next_at);
     """,
 )
 
@@ -73,15 +123,70 @@ class Record:
     content_hash: str
     state: str
     trade_date: str
-    amount_fen: int | None
+    amount_fen: int | None = None
+    result: str | None = None
+    response_xml: bytes | None = None
+    fund_acct: str | None = None
+    wallet_id: str | None = None
+    order_no: str | None = None
+    product_code: str | None = None
+    service_end: str | None = None
+    orig_type: str | None = None
+    orig_from: str | None = None
+    orig_biz_sn: str | None = None
+    bank_sn: str | None = None
+    sweep_ref: str | None = None
+    book_date: str | None = None
+    agreement_no: str | None = None
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.origin, self.biz_type, self.biz_sn)
+
+
+@dataclass(frozen=True, slots=True)
+class Agreement:
+    """A CTS agreement binding a fund account to a wallet (§6 CTS.SIGN)."""
+
+    agreement_no: str | None
+    broker: str
+    bank: str
+    fund_acct: str
+    wallet_id: str
+    wallet_level: str
+    wallet_kind: str
+    status: str
+    sign_date: str
+    end_date: str | None
+    cust_name: str
+    id_type: str
+    id_no_sealed: str
+    phone_sealed: str | None
+    sign_biz_sn: str
+
+
+@dataclass(frozen=True, slots=True)
+class Reversal:
+    """A queued gateway-originated XFER.REVERSE (§6 timeouts)."""
+
+    origin: str
+    biz_type: str
+    biz_sn: str
+    receiver: str
+    reversal_sn: str
+    amount_fen: int
+    state: str
+    attempts: int
+    next_at: float
+    last_msg_id: str | None
     result: str | None
-    response_xml: bytes | None
 
 
-_RECORD_COLUMNS = (
-    "origin, biz_type, biz_sn, receiver, msg_id, content_hash, state, trade_date, "
-    "amount_fen, result, response_xml"
-)
+_RECORD_COLUMNS = ", ".join(f.name for f in fields(Record))
+_AGREEMENT_COLUMNS = ", ".join(f.name for f in fields(Agreement))
+_REVERSAL_COLUMNS = ", ".join(f.name for f in fields(Reversal))
+_UPDATABLE = frozenset({"state", "result", "response_xml", "bank_sn", "sweep_ref", "book_date",
+                        "agreement_no"})
 
 
 class Journal:
@@ -173,41 +278,111 @@ class Journal:
         return self._write("DELETE FROM seen_msg_id WHERE seen_at < ?", (older_than,)).rowcount
 
     # --- business records -----------------------------------------------------
+    def _records(self, where: str, args: tuple[object, ...]) -> list[Record]:
+        rows = self._db.execute(f"SELECT {_RECORD_COLUMNS} FROM record WHERE {where}", args)
+        return [Record(*r) for r in rows]
+
     def record(self, origin: str, biz_type: str, biz_sn: str) -> Record | None:
-        row = self._db.execute(
-            f"SELECT {_RECORD_COLUMNS} FROM record WHERE origin=? AND biz_type=? AND biz_sn=?",
-            (origin, biz_type, biz_sn),
-        ).fetchone()
-        return Record(*row) if row else None
+        found = self._records("origin=? AND biz_type=? AND biz_sn=?", (origin, biz_type, biz_sn))
+        return found[0] if found else None
 
     def record_by_msg(self, receiver: str, msg_id: str) -> Record | None:
-        row = self._db.execute(
-            f"SELECT {_RECORD_COLUMNS} FROM record WHERE receiver=? AND msg_id=?",
-            (receiver, msg_id),
-        ).fetchone()
-        return Record(*row) if row else None
+        found = self._records("receiver=? AND msg_id=?", (receiver, msg_id))
+        return found[0] if found else None
 
     def records_in_state(self, *states: str) -> list[Record]:
         marks = ",".join("?" for _ in states)
-        rows = self._db.execute(
-            f"SELECT {_RECORD_COLUMNS} FROM record WHERE state IN ({marks})", states
-        ).fetchall()
-        return [Record(*r) for r in rows]
+        return self._records(f"state IN ({marks})", states)
+
+    def records_of_wallet(self, wallet_id: str, biz_types: tuple[str, ...],
+                          states: tuple[str, ...]) -> list[Record]:
+        t = ",".join("?" for _ in biz_types)
+        s = ",".join("?" for _ in states)
+        return self._records(f"wallet_id=? AND biz_type IN ({t}) AND state IN ({s})",
+                             (wallet_id, *biz_types, *states))
+
+    def records_referring(self, orig_from: str, orig_type: str, orig_biz_sn: str,
+                          biz_type: str) -> list[Record]:
+        """Records (refunds, redemptions, reversals) that name an original; oldest first."""
+        rows = self._records(
+            "orig_from=? AND orig_type=? AND orig_biz_sn=? AND biz_type=?"
+            " ORDER BY created_at", (orig_from, orig_type, orig_biz_sn, biz_type))
+        return rows
+
+    def records_of_day(self, trade_date: str, parties: tuple[str, str],
+                       biz_types: tuple[str, ...]) -> list[Record]:
+        t = ",".join("?" for _ in biz_types)
+        return self._records(
+            f"trade_date=? AND biz_type IN ({t}) AND ((origin=? AND receiver=?)"
+            " OR (origin=? AND receiver=?)) ORDER BY created_at",
+            (trade_date, *biz_types, parties[0], parties[1], parties[1], parties[0]))
 
     def insert_record(self, rec: Record, now: float) -> None:
-        self._write(
-            f"INSERT INTO record ({_RECORD_COLUMNS}, created_at, updated_at)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (rec.origin, rec.biz_type, rec.biz_sn, rec.receiver, rec.msg_id, rec.content_hash,
-             rec.state, rec.trade_date, rec.amount_fen, rec.result, rec.response_xml, now, now),
-        )
+        marks = ",".join("?" for _ in range(len(fields(Record)) + 2))
+        self._write(f"INSERT INTO record ({_RECORD_COLUMNS}, created_at, updated_at)"
+                    f" VALUES ({marks})", (*astuple(rec), now, now))
 
-    def update_record(self, origin: str, biz_type: str, biz_sn: str, now: float, *,
-                      state: str, result: str | None = None,
-                      response_xml: bytes | None = None) -> None:
-        self._write(
-            "UPDATE record SET state=?, result=COALESCE(?, result),"
-            " response_xml=COALESCE(?, response_xml), updated_at=?"
-            " WHERE origin=? AND biz_type=? AND biz_sn=?",
-            (state, result, response_xml, now, origin, biz_type, biz_sn),
-        )
+    def update_record(self, key: tuple[str, str, str], now: float, **changes: object) -> None:
+        """Change a record's mutable fields (None values leave a field as it is)."""
+        bad = set(changes) - _UPDATABLE
+        if bad:
+            raise ValueError(f"record fields {sorted(bad)} cannot change")
+        sets = ", ".join(f"{k}=COALESCE(?, {k})" for k in changes)
+        self._write(f"UPDATE record SET {sets}, updated_at=? WHERE origin=? AND biz_type=?"
+                    " AND biz_sn=?", (*changes.values(), now, *key))
+
+    # --- agreements -------------------------------------------------------------
+    def insert_agreement(self, agreement: Agreement) -> None:
+        marks = ",".join("?" for _ in fields(Agreement))
+        self._write(f"INSERT INTO agreement ({_AGREEMENT_COLUMNS}) VALUES ({marks})",
+                    astuple(agreement))
+
+    def end_agreement(self, agreement_no: str, end_date: str) -> None:
+        self._write("UPDATE agreement SET status='ENDED', end_date=? WHERE agreement_no=?",
+                    (end_date, agreement_no))
+
+    def settle_agreement(self, broker: str, sign_biz_sn: str, status: str,
+                         agreement_no: str | None) -> None:
+        """A pending sign becomes ACTIVE (with its AgreementNo) or FAILED."""
+        self._write("UPDATE agreement SET status=?, agreement_no=? WHERE broker=? AND"
+                    " sign_biz_sn=? AND status='PENDING'",
+                    (status, agreement_no, broker, sign_biz_sn))
+
+    def agreements(self, *, fund_acct: str | None = None, wallet_id: str | None = None,
+                   active_only: bool = False) -> list[Agreement]:
+        """Agreements by fund account and/or wallet; ``active_only`` keeps ACTIVE and
+        PENDING (a sign in flight already occupies its account and wallet)."""
+        where, args = [], []
+        if fund_acct is not None:
+            where.append("fund_acct=?")
+            args.append(fund_acct)
+        if wallet_id is not None:
+            where.append("wallet_id=?")
+            args.append(wallet_id)
+        if active_only:
+            where.append("status IN ('ACTIVE', 'PENDING')")
+        sql = f"SELECT {_AGREEMENT_COLUMNS} FROM agreement"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        return [Agreement(*r) for r in self._db.execute(sql + " ORDER BY sign_date", args)]
+
+    # --- reversal queue -----------------------------------------------------------
+    def queue_reversal(self, rev: Reversal) -> None:
+        marks = ",".join("?" for _ in fields(Reversal))
+        self._write(f"INSERT OR IGNORE INTO reversal ({_REVERSAL_COLUMNS}) VALUES ({marks})",
+                    astuple(rev))
+
+    def reversals_due(self, now: float) -> list[Reversal]:
+        rows = self._db.execute(f"SELECT {_REVERSAL_COLUMNS} FROM reversal WHERE state='QUEUED'"
+                                " AND next_at<=? ORDER BY next_at", (now,))
+        return [Reversal(*r) for r in rows]
+
+    def reversal_by_msg(self, receiver: str, msg_id: str) -> Reversal | None:
+        row = self._db.execute(f"SELECT {_REVERSAL_COLUMNS} FROM reversal WHERE receiver=?"
+                               " AND last_msg_id=?", (receiver, msg_id)).fetchone()
+        return Reversal(*row) if row else None
+
+    def update_reversal(self, key: tuple[str, str, str], **changes: object) -> None:
+        sets = ", ".join(f"{k}=?" for k in changes)
+        self._write(f"UPDATE reversal SET {sets} WHERE origin=? AND biz_type=? AND biz_sn=?",
+                    (*changes.values(), *key))

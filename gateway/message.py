@@ -237,13 +237,18 @@ def build_xml(head: Head, body: Mapping[str, Any] | Iterable[tuple[str, Any]]) -
 def replace_texts(xml: bytes, replacements: Mapping[str, str]) -> bytes:
     """Return ``xml`` with the Body fields named in ``replacements`` given new text.
 
-    Used to re-encrypt IdNo/Phone for the next hop; everything else stays as
-    received.  The document is re-serialised by lxml.
+    Used to re-encrypt IdNo/Phone for the next hop and to fill BookDate; a
+    field not present is appended at the end of the Body element (callers only
+    fill trailing fields).  Everything else stays as received; the document is
+    re-serialised by lxml.
     """
     root = parse_xml(xml)
     body = root[1][0]
+    todo = dict(replacements)
     for child in body:
         name = _local(child.tag)
-        if name in replacements:
-            child.text = replacements[name]
+        if name in todo:
+            child.text = todo.pop(name)
+    for name, text in todo.items():
+        etree.SubElement(body, _NS_PREFIX + name).text = text
     return XML_DECL + etree.tostring(root, encoding="UTF-8") + b"\n"

@@ -1,7 +1,8 @@
 """The business record state machine of PROTOCOL §6, written once.
 
-PENDING → SUCCEEDED | FAILED | REVERSING;  REVERSING → REVERSED.
-Final states never change again.  Every handler moves records only through
+PENDING → SUCCEEDED | FAILED | REVERSING;  REVERSING → REVERSED;
+SUCCEEDED → REVERSED when a peer's explicit XFER.REVERSE of it succeeds.
+FAILED and REVERSED never change again.  Every handler moves records only through
 :func:`transition`, so an impossible move is an error, not a silent overwrite.
 """
 from __future__ import annotations
@@ -13,12 +14,12 @@ REVERSING = "REVERSING"
 REVERSED = "REVERSED"
 
 STATES = (PENDING, SUCCEEDED, FAILED, REVERSING, REVERSED)
-FINAL = frozenset({SUCCEEDED, FAILED, REVERSED})
+FINAL = frozenset({SUCCEEDED, FAILED, REVERSED})  # no answer still awaited
 
 _ALLOWED: dict[str, frozenset[str]] = {
     PENDING: frozenset({SUCCEEDED, FAILED, REVERSING}),
     REVERSING: frozenset({REVERSED}),
-    SUCCEEDED: frozenset(),
+    SUCCEEDED: frozenset({REVERSED}),
     FAILED: frozenset(),
     REVERSED: frozenset(),
 }

@@ -15,28 +15,30 @@ import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any
 
 from . import catalog, records
+from .bookdate import Calendar
 from .config import Config
 from .errors import (
-    Busy,
-    BusinessError,
     BizSnReused,
+    BusinessError,
+    Busy,
     CounterpartyNotConnected,
     GatewayError,
     InternalError,
-    RESULT_TEXT,
     SystemError_,
     TimedOutReversing,
     TypeNotAllowed,
     UnknownSigner,
 )
-from .fieldcrypto import decrypt_field
+from .fieldcrypto import StorageCipher, decrypt_field
 from .journal import Journal, Record
 from .keystore import KeyStore, Peer
-from .message import Head, Message, build_xml
+from .message import Message, parse_message, replace_texts
+from .queries import cts_query, xfer_query
+from .reversal import ReversalQueue
+from .rules import Repeat, Rules
 from .session import Session
 from .signature import Signer
 from .verification import Verified
@@ -58,16 +60,16 @@ class Pending:
     waiters: list[tuple[Session, str]] = field(default_factory=list)
 
 
+def _record_dict(rec: Record) -> dict[str, Any]:
+    return {f: getattr(rec, f) for f in Record.__dataclass_fields__}
+
+
 def content_hash(message: Message, plaintexts: Mapping[str, str]) -> str:
     """Hash of what a request asks for: To + body fields, encrypted ones in plaintext."""
     h = hashlib.sha256(message.head.to_party.encode())
     for name, value in message.body.items():
         h.update(b"\x00" + name.encode() + b"=" + str(plaintexts.get(name, value)).encode())
     return h.hexdigest()
-
-
-def amount_fen(text: str | None) -> int | None:
-    return None if text is None else int(Decimal(text) * 100)
 
 
 class Gateway:
@@ -88,6 +90,14 @@ class Gateway:
         self._rr: dict[str, int] = {}
         self.pending: dict[tuple[str, str], Pending] = {}
         self._pending_by_record: dict[tuple[str, str, str], Pending] = {}
+        self.calendar = Calendar(config.holidays)
+        self.rules = Rules(journal, self.calendar, StorageCipher(keystore.storage_key()),
+                           lambda: self._local_now().date())
+        self.reversals = ReversalQueue(config, journal, self.ready_session)
+        recovered = self.reversals.recover(self.now())
+        if recovered:
+            log.warning("%d unanswered request(s) from before the restart queued for reversal",
+                        recovered)
 
     # --- SessionOwner -----------------------------------------------------------
     def now(self) -> float:
@@ -118,6 +128,7 @@ class Gateway:
     def session_ready(self, session: Session) -> None:
         assert session.party is not None
         self._ready.setdefault(session.party, []).append(session)
+        self.reversals.send_due(self.now(), party=session.party)
 
     def session_closed(self, session: Session) -> None:
         if session in self.sessions:
@@ -192,10 +203,10 @@ class Gateway:
         message = verified.message
         dest = self._destination(session, message)
         plaintexts = self._plaintexts(verified)
+        assert session.party is not None
         if dest is None:
             self._answer_locally(session, message)
             return
-        assert session.party is not None
         biz_type, biz_sn = message.kind.business, str(message.body["BizSn"])
         key = (session.party, biz_type, biz_sn)
         digest = content_hash(message, plaintexts)
@@ -208,13 +219,20 @@ class Gateway:
         target = self.ready_session(dest.party)
         if target is None:
             raise CounterpartyNotConnected(f"{dest.party} has no ready session")
+        base = Record(origin=session.party, biz_type=biz_type, biz_sn=biz_sn,
+                      receiver=dest.party, msg_id=message.head.msg_id, content_hash=digest,
+                      state=records.PENDING,
+                      trade_date=message.head.trade_date or self.trade_date())
+        try:
+            admitted = self.rules.admit(session.party, message, plaintexts)
+        except BusinessError as exc:  # refused: journaled FAILED, so a repeat gets the same
+            self._refuse_recorded(session, message, base, exc)
+            return
+        if isinstance(admitted, Repeat):
+            self.answer(session, message, admitted.body)
+            return
         now = self.now()
-        self.journal.insert_record(Record(
-            origin=session.party, biz_type=biz_type, biz_sn=biz_sn, receiver=dest.party,
-            msg_id=message.head.msg_id, content_hash=digest, state=records.PENDING,
-            trade_date=message.head.trade_date or self.trade_date(),
-            amount_fen=amount_fen(message.text("Amount")), result=None, response_xml=None,
-        ), now)
+        self.journal.insert_record(Record(**{**_record_dict(base), **admitted}), now)
         pending = Pending(session, message.head.msg_id, key, dest.party,
                           now + self.config.relay_timeout_seconds)
         self.pending[(dest.party, message.head.msg_id)] = pending
@@ -222,91 +240,90 @@ class Gateway:
         session.inflight += 1
         target.relay_xml(message.xml, message.type, message.head.msg_id, None, plaintexts)
 
+    def _refuse_recorded(self, session: Session, message: Message, base: Record,
+                         exc: BusinessError) -> None:
+        """A rule refused the request: answer, and journal it FAILED with that answer."""
+        log.info("refused %s %s from %s: %s %s", message.type, base.biz_sn, session.party,
+                 exc.code, exc.text)
+        xml = self.answer(session, message, {"Result": exc.code, "ResultText": exc.text})
+        self.journal.insert_record(Record(**{**_record_dict(base), "state": records.FAILED,
+                                             "result": exc.code, "response_xml": xml}),
+                                   self.now())
+
     def _on_repeat(self, session: Session, message: Message, existing: Record,
                    digest: str) -> None:
         if existing.content_hash != digest:
             raise BizSnReused(f"BizSn {existing.biz_sn} was used for a different request")
         log.info("repeat of %s %s from %s: not relayed again", existing.biz_type,
                  existing.biz_sn, session.party)
-        if existing.response_xml is not None:
-            self._answer_from_record(session, message.head.msg_id, existing)
+        if existing.response_xml is not None and existing.state != records.REVERSING:
+            original = parse_message(existing.response_xml)
+            self._send_response(session, original.type, message.head.msg_id, original.body)
             return
-        pending = self._pending_by_record.get((existing.origin, existing.biz_type,
-                                               existing.biz_sn))
+        pending = self._pending_by_record.get(existing.key)
         if pending is not None:
             pending.waiters.append((session, message.head.msg_id))
+        elif existing.state in (records.REVERSING, records.REVERSED):
+            self.answer(session, message, {"Result": TimedOutReversing.code,
+                                           "ResultText": f"timed out; {existing.state}"})
         else:  # journaled before a restart and still unanswered
-            self.answer(session, message, {"Result": TimedOutReversing.code
-                                           if existing.state == records.REVERSING
-                                           else InternalError.code,
-                                           "ResultText": f"original is {existing.state}"})
-
-    def _answer_from_record(self, session: Session, request_msg_id: str,
-                            rec: Record) -> None:
-        """Repeat answered with the stored response's body, RefId = the repeat's MsgId."""
-        from .message import parse_message
-
-        assert rec.response_xml is not None
-        original = parse_message(rec.response_xml)
-        self._send_response(session, original.type, request_msg_id, original.body)
+            self.answer(session, message, {"Result": InternalError.code,
+                                           "ResultText": f"original is {existing.state}; "
+                                                         "query later"})
 
     def _answer_locally(self, session: Session, message: Message) -> None:
+        assert session.party is not None
         if message.type == "XFER.QUERY.REQ":
-            self._answer_xfer_query(session, message)
-            return
-        self.answer(session, message, {"Result": InternalError.code,
-                                       "ResultText": f"{message.kind.business} is not "
-                                                     "available in this version"})
-
-    def _answer_xfer_query(self, session: Session, message: Message) -> None:
-        body = message.body
-        origin = str(body.get("OrigFrom") or session.party)
-        rec = self.journal.record(origin, str(body["OrigType"]), str(body["BizSn"]))
-        if rec is None:
-            self.answer(session, message, {"Result": "B313",
-                                           "ResultText": RESULT_TEXT["B313"]})
-            return
-        record: dict[str, str] = {"OrigType": rec.biz_type, "OrigFrom": rec.origin,
-                                  "Status": rec.state}
-        if rec.amount_fen is not None:
-            record["Amount"] = f"{Decimal(rec.amount_fen) / 100:.2f}"
-        if rec.result:
-            record["PeerResult"] = rec.result
-        self.answer(session, message, {"Result": "0000", "ResultText": "found",
-                                       "Record": [record]})
+            self.answer(session, message, xfer_query(self.journal, message, session.party))
+        else:
+            self.answer(session, message, cts_query(self.journal, message))
 
     # --- answers ------------------------------------------------------------------
-    def answer(self, session: Session, request: Message, fields: Mapping[str, Any]) -> None:
-        """The gateway's own response to ``request`` (Result first, then BizSn)."""
+    def answer(self, session: Session, request: Message, fields: Mapping[str, Any]) -> bytes:
+        """The gateway's own response to ``request`` (Result first, then BizSn); its xml."""
         body: dict[str, Any] = {"Result": fields["Result"],
                                 "ResultText": str(fields["ResultText"])[:256]}
         if "BizSn" in request.body:
             body["BizSn"] = request.body["BizSn"]
         body.update({k: v for k, v in fields.items() if k not in body})
-        self._send_response(session, request.kind.response_type, request.head.msg_id, body)
+        return self._send_response(session, request.kind.response_type, request.head.msg_id,
+                                   body)
 
     def _send_response(self, session: Session, rsp_type: str, ref_id: str,
-                       body: Mapping[str, Any]) -> None:
-        session.send(rsp_type, body, ref_id=ref_id)
+                       body: Mapping[str, Any]) -> bytes:
+        return session.send(rsp_type, body, ref_id=ref_id).xml
 
     def _on_response(self, session: Session, message: Message) -> None:
         ref = message.head.ref_id or ""
-        pending = self.pending.pop((session.party or "", ref), None)
         result = str(message.body.get("Result", ""))
+        if message.type == "XFER.REVERSE.RSP" and self.reversals.answered(
+                session.party or "", ref, result, self.now()):
+            return
+        pending = self.pending.pop((session.party or "", ref), None)
         if pending is None:
             self._late_response(session, message, result)
             return
         self._pending_by_record.pop(pending.record_key, None)
         pending.origin.inflight -= 1
-        self.journal.update_record(*pending.record_key, self.now(),
-                                   state=records.outcome(result), result=result,
-                                   response_xml=message.xml)
+        rec = self.journal.record(*pending.record_key)
+        assert rec is not None
+        xml = self._settle(rec, message, result)
         origin = pending.origin
         if origin.ready:
-            origin.relay_xml(message.xml, message.type, message.head.msg_id, ref)
+            origin.relay_xml(xml, message.type, message.head.msg_id, ref)
+        body = parse_message(xml).body if xml is not message.xml else message.body
         for waiter, msg_id in pending.waiters:
             if waiter.ready:
-                self._send_response(waiter, message.type, msg_id, message.body)
+                self._send_response(waiter, message.type, msg_id, body)
+
+    def _settle(self, rec: Record, message: Message, result: str) -> bytes:
+        """Apply an answer to its record (and registry); return the xml to relay on."""
+        changes, fill = self.rules.answered(rec, message, self._local_now(), self.now())
+        xml = replace_texts(message.xml, fill) if fill else message.xml
+        self.journal.update_record(rec.key, self.now(),
+                                   state=records.transition(rec.state, records.outcome(result)),
+                                   result=result, response_xml=xml, **changes)
+        return xml
 
     def _late_response(self, session: Session, message: Message, result: str) -> None:
         rec = self.journal.record_by_msg(session.party or "", message.head.ref_id or "")
@@ -317,9 +334,7 @@ class Gateway:
         log.warning("late answer %s to %s %s (record %s): journaled, not relayed", result,
                     rec.biz_type, rec.biz_sn, rec.state)
         if rec.state == records.PENDING:  # journaled before a restart, never timed out
-            self.journal.update_record(rec.origin, rec.biz_type, rec.biz_sn, self.now(),
-                                       state=records.outcome(result), result=result,
-                                       response_xml=message.xml)
+            self._settle(rec, message, result)
 
     # --- timers -------------------------------------------------------------------
     def tick(self) -> None:
@@ -329,28 +344,27 @@ class Gateway:
         for key, pending in list(self.pending.items()):
             if now >= pending.deadline:
                 self._time_out(key, pending)
+        self.reversals.send_due(now)
 
     def _time_out(self, key: tuple[str, str], pending: Pending) -> None:
         del self.pending[key]
         self._pending_by_record.pop(pending.record_key, None)
         pending.origin.inflight -= 1
-        origin, biz_type, biz_sn = pending.record_key
-        reversible = biz_type in catalog.REVERSIBLE
-        state = records.REVERSING if reversible else records.PENDING
+        rec = self.journal.record(*pending.record_key)
+        assert rec is not None
+        reversible = rec.biz_type in catalog.REVERSIBLE
         code = TimedOutReversing.code if reversible else InternalError.code
         text = (f"no answer from {pending.receiver} within "
                 f"{self.config.relay_timeout_seconds:g} s")
         text += ", reversal in progress" if reversible else "; outcome unknown, query later"
-        log.warning("%s %s from %s timed out at %s: %s", biz_type, biz_sn, origin,
+        log.warning("%s %s from %s timed out at %s: %s", rec.biz_type, rec.biz_sn, rec.origin,
                     pending.receiver, code)
         if reversible:
-            self.journal.update_record(origin, biz_type, biz_sn, self.now(),
-                                       state=records.transition(records.PENDING, state),
-                                       result=code)
-        body = {"Result": code, "ResultText": text, "BizSn": biz_sn}
+            self.reversals.enqueue(rec, self.now())
+        body = {"Result": code, "ResultText": text, "BizSn": rec.biz_sn}
         for session, msg_id in [(pending.origin, pending.origin_msg_id), *pending.waiters]:
             if session.ready:
-                self._send_response(session, biz_type + ".RSP", msg_id, body)
+                self._send_response(session, rec.biz_type + ".RSP", msg_id, body)
 
     def flush(self) -> int:
         return self.journal.flush()

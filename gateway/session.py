@@ -85,6 +85,14 @@ class SessionOwner(Protocol):
     def business_message(self, session: Session, verified: Verified) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """A message the gateway built and queued."""
+
+    msg_id: str
+    xml: bytes
+
+
 @dataclass
 class _PendingKeyx:
     key_id: str
@@ -372,14 +380,15 @@ class Session:
         return self.keyring.rotation_due
 
     # --- output -------------------------------------------------------------------
-    def send(self, msg_type: str, body: Mapping[str, Any], ref_id: str | None = None) -> str:
+    def send(self, msg_type: str, body: Mapping[str, Any], ref_id: str | None = None) -> Sent:
         """Build, sign, MAC, journal and (after commit) write a message from the gateway."""
         assert self.peer is not None
         head = Head(type=msg_type, msg_id=self.owner.next_msg_id(),
                     from_party=self.owner.config.party, to_party=self.peer.party,
                     time=self.owner.iso_time(), trade_date=self.owner.trade_date(), ref_id=ref_id)
-        self.send_xml(build_xml(head, body), msg_type, head.msg_id, ref_id)
-        return head.msg_id
+        xml = build_xml(head, body)
+        self.send_xml(xml, msg_type, head.msg_id, ref_id)
+        return Sent(head.msg_id, xml)
 
     def relay_xml(self, xml: bytes, msg_type: str, msg_id: str, ref_id: str | None,
                   plaintexts: Mapping[str, str] | None = None) -> None:

@@ -6,7 +6,6 @@ import time
 
 import pytest
 from conftest import BANK, BROKER
-
 from peer import TestPeer, now_iso
 
 WALLET = "0071130812093028"
