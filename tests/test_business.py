@@ -1,0 +1,288 @@
+"""PROTOCOL §6 business rules end to end over real sockets (issue 5)."""
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+import time
+from typing import Any
+
+import pytest
+from conftest import BANK, BROKER
+from peer import Frame, TestPeer
+
+FUND, WALLET = "100020003000", "0071130812093028"
+CORP = "0099000011112222"
+
+
+def answer(bank: TestPeer, result: str = "0000", **extra: str) -> Frame:
+    """The bank answers the next relayed request with ``result`` and ``extra`` fields."""
+    req = bank.recv()
+    assert req.type.endswith(".REQ"), req.type
+    fields: list[tuple[str, Any]] = [("Result", result), ("ResultText", "ok"),
+                                     ("BizSn", req.body["BizSn"])]
+    fields += list(extra.items())
+    bank.send(req.type.replace(".REQ", ".RSP"), fields, to=req.head("From"),
+              ref=req.head("MsgId"))
+    return req
+
+
+def sign_fields(biz_sn: str, fund: str = FUND, wallet: str = WALLET, level: str = "1",
+                kind: str = "PERSONAL") -> list[tuple[str, Any]]:
+    return [("BizSn", biz_sn), ("FundAcct", fund), ("WalletId", wallet), ("WalletLevel", level),
+            ("WalletKind", kind), ("CustName", "张三"), ("IdType", "01"),
+            ("IdNo", "110101199003071234"), ("Phone", "13800138000"), ("Channel", "APP")]
+
+
+def xfer(biz_sn: str, amount: str = "100.00", fund: str = FUND,
+         wallet: str = WALLET) -> list[tuple[str, Any]]:
+    return [("BizSn", biz_sn), ("FundAcct", fund), ("WalletId", wallet), ("Amount", amount),
+            ("Ccy", "CNY")]
+
+
+def pay(biz_sn: str, end: str, amount: str = "99.00") -> list[tuple[str, Any]]:
+    return [("BizSn", biz_sn), ("OrderNo", "O" + biz_sn), ("WalletId", WALLET),
+            ("Amount", amount), ("Ccy", "CNY"), ("ProductCode", "L2DATA"),
+            ("ProductKind", "LEVEL2"), ("ServiceEnd", end)]
+
+
+def otc(biz_sn: str, kind: str = "CORPORATE", wallet: str = CORP) -> list[tuple[str, Any]]:
+    return [("BizSn", biz_sn), ("OrderNo", "OTC" + biz_sn), ("CorpWalletId", wallet),
+            ("WalletKind", kind), ("ProductCode", "SY001"), ("Amount", "500000.00"),
+            ("Ccy", "CNY")]
+
+
+def call(peer: TestPeer, msg_type: str, fields: list[tuple[str, Any]], to: str = BANK,
+         bank: TestPeer | None = None, result: str = "0000", encrypt: tuple[str, ...] = (),
+         **extra: str) -> Frame:
+    """Send a request; if ``bank`` is given it answers; return the originator's answer."""
+    msg_id = peer.send(msg_type, fields, to=to, encrypt=encrypt)
+    if bank is not None:
+        answer(bank, result, **extra)
+    return peer._answer_to(msg_id, msg_type)
+
+
+@pytest.fixture
+def day(start_gateway):  # type: ignore[no-untyped-def]
+    gw = start_gateway(relay_timeout_seconds=1.5, reversal_retry_initial_seconds=0.5,
+                       reversal_retry_max_seconds=1.0)
+    bank = gw.peer(BANK).open_session()
+    broker = gw.peer(BROKER).open_session()
+    yield gw, bank, broker
+    bank.close()
+    broker.close()
+
+
+def signed(bank: TestPeer, broker: TestPeer, biz_sn: str = "S1", **kw: str) -> Frame:
+    rsp = call(broker, "CTS.SIGN.REQ", sign_fields(biz_sn, **kw), bank=bank,
+               encrypt=("IdNo", "Phone"), AgreementNo="AG" + biz_sn)
+    assert rsp.body["Result"] == "0000", rsp.body
+    return rsp
+
+
+def test_sign_relays_reencrypted_identity_and_registers_the_agreement(day) -> None:  # type: ignore[no-untyped-def]
+    gw, bank, broker = day
+    msg_id = broker.send("CTS.SIGN.REQ", sign_fields("S1"), to=BANK, encrypt=("IdNo", "Phone"))
+    req = answer(bank, AgreementNo="AG1")
+    assert bank.decrypt(msg_id, "IdNo", req.body["IdNo"], req.key_id) == "110101199003071234"
+    assert bank.decrypt(msg_id, "Phone", req.body["Phone"], req.key_id) == "13800138000"
+    assert broker._answer_to(msg_id, "CTS.SIGN.REQ").body["AgreementNo"] == "AG1"
+    q = call(broker, "CTS.QUERY.REQ", [("FundAcct", FUND)], to="GW01")
+    assert [(a["AgreementNo"], a["Status"]) for a in q.records("Agreement")] == [("AG1", "ACTIVE")]
+    db = sqlite3.connect(gw.home.root / "data" / "journal.sqlite3")
+    sealed, = db.execute("SELECT id_no_sealed FROM agreement").fetchone()
+    assert "110101199003071234" not in sealed and sealed.startswith("v1:")
+    raw = b"".join(r[0] for r in db.execute("SELECT xml FROM message"))
+    assert b"110101199003071234" not in raw
+
+
+def test_sign_rules_b302_and_b301(day) -> None:  # type: ignore[no-untyped-def]
+    gw, bank, broker = day
+    rsp = call(broker, "CTS.SIGN.REQ", sign_fields("S0", level="2"), encrypt=("IdNo", "Phone"))
+    assert rsp.body["Result"] == "B302"
+    signed(bank, broker)
+    again = call(broker, "CTS.SIGN.REQ", sign_fields("S2", wallet="0071130812099999"),
+                 encrypt=("IdNo", "Phone"))
+    assert again.body["Result"] == "B301"
+    other = call(broker, "CTS.SIGN.REQ", sign_fields("S3", fund="999988887777"),
+                 encrypt=("IdNo", "Phone"))
+    assert other.body["Result"] == "B301"
+
+
+def test_transfers_need_an_agreement_and_a_positive_amount(day) -> None:  # type: ignore[no-untyped-def]
+    gw, bank, broker = day
+    assert call(broker, "XFER.IN.REQ", xfer("T0")).body["Result"] == "B300"
+    signed(bank, broker)
+    assert call(broker, "XFER.IN.REQ", xfer("T1", amount="0.00")).body["Result"] == "B311"
+    assert call(broker, "XFER.IN.REQ", xfer("T2", wallet="0071130812099999")).body["Result"] \
+        == "B300"
+
+
+def test_transfers_both_directions_keep_bank_sn_and_sweep_ref(day) -> None:  # type: ignore[no-untyped-def]
+    gw, bank, broker = day
+    signed(bank, broker)
+    rsp = call(broker, "XFER.IN.REQ", xfer("T1"), bank=bank, BankSn="B1", SweepRef="SW1")
+    assert (rsp.body["Result"], rsp.body["SweepRef"]) == ("0000", "SW1")
+    # bank-initiated XFER.OUT to the broker
+    msg_id = bank.send("XFER.OUT.REQ", xfer("BK1"), to=BROKER)
+    answer(broker, BankSn="B2")
+    assert bank._answer_to(msg_id, "XFER.OUT.REQ").body["Result"] == "0000"
+    q = call(bank, "XFER.QUERY.REQ", [("BizSn", "BK1"), ("OrigType", "XFER.OUT")], to="GW01")
+    rec = q.records("Record")[0]
+    assert (rec["Status"], rec["Amount"], rec["BankSn"]) == ("SUCCEEDED", "100.00", "B2")
+
+
+@pytest.mark.parametrize("kind", ["XFER.IN", "XFER.OUT", "PAY.ORDER", "OTC.SUBSCRIBE"])
+def test_repeat_of_each_money_moving_type_is_not_relayed_twice(day, kind) -> None:  # type: ignore[no-untyped-def]
+    gw, bank, broker = day
+    signed(bank, broker)
+    end = (dt.date.today() + dt.timedelta(days=30)).isoformat()
+    fields = {"XFER.IN": xfer("M1"), "XFER.OUT": xfer("M1"), "PAY.ORDER": pay("M1", end),
+              "OTC.SUBSCRIBE": otc("M1")}[kind]
+    first = call(broker, kind + ".REQ", fields, bank=bank, BankSn="BS1")
+    second = call(broker, kind + ".REQ", fields)
+    assert second.body == first.body
+    with pytest.raises(TimeoutError):
+        bank.recv(timeout=0.8)
+    changed = [(k, "1.00" if k == "Amount" else v) for k, v in fields]
+    assert call(broker, kind + ".REQ", changed).body["Result"] == "B312"
+
+
+def test_unsign_rules_b300_b304_then_success(day) -> None:  # type: ignore[no-untyped-def]
+    gw, bank, broker = day
+    unsign = [("BizSn", "U1"), ("FundAcct", FUND), ("WalletId", WALLET), ("AgreementNo", "AGS1")]
+    assert call(broker, "CTS.UNSIGN.REQ", unsign).body["Result"] == "B300"
+    signed(bank, broker)
+    end = (dt.date.today() + dt.timedelta(days=30)).isoformat()
+    assert call(broker, "PAY.ORDER.REQ", pay("P1", end), bank=bank).body["Result"] == "0000"
+    unsign2 = [("BizSn", "U2"), *unsign[1:]]
+    assert call(broker, "CTS.UNSIGN.REQ", unsign2).body["Result"] == "B304"
+    refund = [("BizSn", "R1"), ("OrigBizSn", "P1"), ("Amount", "99.00")]
+    assert call(broker, "PAY.REFUND.REQ", refund, bank=bank).body["Result"] == "0000"
+    # a transfer in flight also blocks the unsign
+    broker.send("XFER.IN.REQ", xfer("T9"), to=BANK)
+    bank.recv("XFER.IN.REQ")  # the bank holds its answer
+    unsign3 = [("BizSn", "U3"), *unsign[1:]]
+    assert call(broker, "CTS.UNSIGN.REQ", unsign3).body["Result"] == "B304"
+    broker.recv("XFER.IN.RSP", timeout=5)  # times out: B330, reversal
+    bank.recv("XFER.REVERSE.REQ", timeout=5)  # not answered yet: still REVERSING
+    unsign4 = [("BizSn", "U4"), *unsign[1:]]
+    assert call(broker, "CTS.UNSIGN.REQ", unsign4).body["Result"] == "B304"
+
+
+def test_unsign_succeeds_with_nothing_outstanding(day) -> None:  # type: ignore[no-untyped-def]
+    gw, bank, broker = day
+    signed(bank, broker)
+    past = (dt.date.today() - dt.timedelta(days=1)).isoformat()
+    assert call(broker, "PAY.ORDER.REQ", pay("P1", past), bank=bank).body["Result"] == "0000"
+    unsign = [("BizSn", "U1"), ("FundAcct", FUND), ("WalletId", WALLET), ("AgreementNo", "AGS1")]
+    assert call(broker, "CTS.UNSIGN.REQ", unsign, bank=bank).body["Result"] == "0000"
+    q = call(broker, "CTS.QUERY.REQ", [("WalletId", WALLET)], to="GW01")
+    assert q.records("Agreement")[0]["Status"] == "ENDED"
+    assert call(broker, "XFER.IN.REQ", xfer("T1")).body["Result"] == "B300"
+
+
+def test_refund_rules_b313_and_b314(day) -> None:  # type: ignore[no-untyped-def]
+    gw, bank, broker = day
+    refund = [("BizSn", "R1"), ("OrigBizSn", "NOPE"), ("Amount", "1.00")]
+    assert call(broker, "PAY.REFUND.REQ", refund).body["Result"] == "B313"
+    end = (dt.date.today() + dt.timedelta(days=3)).isoformat()
+    assert call(broker, "PAY.ORDER.REQ", pay("P1", end), bank=bank).body["Result"] == "0000"
+    ok = [("BizSn", "R2"), ("OrigBizSn", "P1"), ("Amount", "99.00")]
+    assert call(broker, "PAY.REFUND.REQ", ok, bank=bank).body["Result"] == "0000"
+    twice = [("BizSn", "R3"), ("OrigBizSn", "P1"), ("Amount", "99.00")]
+    assert call(broker, "PAY.REFUND.REQ", twice).body["Result"] == "B314"
+
+
+def test_otc_corporate_only_booking_date_and_redeem(day) -> None:  # type: ignore[no-untyped-def]
+    gw, bank, broker = day
+    assert call(broker, "OTC.SUBSCRIBE.REQ", otc("O1", kind="PERSONAL")).body["Result"] == "B302"
+    signed(bank, broker)  # WALLET is now known as a personal wallet
+    assert call(broker, "OTC.SUBSCRIBE.REQ", otc("O2", wallet=WALLET)).body["Result"] == "B302"
+    rsp = call(broker, "OTC.SUBSCRIBE.REQ", otc("O3"), bank=bank, BankSn="BO3")
+    assert rsp.body["Result"] == "0000"
+    from gateway.bookdate import CHINA, Calendar
+
+    expected = Calendar().book_date(dt.datetime.now(CHINA)).isoformat()
+    assert rsp.body["BookDate"] == expected
+    redeem = [("BizSn", "D1"), ("OrigBizSn", "NOPE"), ("CorpWalletId", CORP), ("Amount", "1.00")]
+    assert call(broker, "OTC.REDEEM.REQ", redeem).body["Result"] == "B313"
+    redeem = [("BizSn", "D2"), ("OrigBizSn", "O3"), ("CorpWalletId", CORP),
+              ("Amount", "500000.00")]
+    assert call(broker, "OTC.REDEEM.REQ", redeem, bank=bank).body["Result"] == "0000"
+
+
+def test_explicit_reversal_rules_and_first_result_returned(day) -> None:  # type: ignore[no-untyped-def]
+    gw, bank, broker = day
+    signed(bank, broker)
+    call(broker, "XFER.OUT.REQ", xfer("T1"), bank=bank)
+    rev = [("BizSn", "V0"), ("OrigType", "XFER.OUT"), ("OrigFrom", BROKER),
+           ("OrigBizSn", "NOPE"), ("Amount", "100.00")]
+    assert call(broker, "XFER.REVERSE.REQ", rev).body["Result"] == "B313"
+    wrong = [("BizSn", "V1"), ("OrigType", "XFER.OUT"), ("OrigFrom", BROKER),
+             ("OrigBizSn", "T1"), ("Amount", "99.00")]
+    assert call(broker, "XFER.REVERSE.REQ", wrong).body["Result"] == "B311"
+    good = [("BizSn", "V2"), *wrong[1:4], ("Amount", "100.00")]
+    first = call(broker, "XFER.REVERSE.REQ", good, bank=bank, BankSn="RV1")
+    assert first.body["Result"] == "0000"
+    again = call(broker, "XFER.REVERSE.REQ", [("BizSn", "V3"), *good[1:]])
+    assert again.body["Result"] == "0000" and again.body["BankSn"] == "RV1"
+    with pytest.raises(TimeoutError):
+        bank.recv(timeout=0.8)
+    q = call(broker, "XFER.QUERY.REQ", [("BizSn", "T1"), ("OrigType", "XFER.OUT")], to="GW01")
+    assert q.records("Record")[0]["Status"] == "REVERSED"
+
+
+def test_timeout_b330_reversal_reversed_and_late_answer_ignored(day) -> None:  # type: ignore[no-untyped-def]
+    gw, bank, broker = day
+    signed(bank, broker)
+    msg_id = broker.send("XFER.IN.REQ", xfer("T1", amount="250.00"), to=BANK)
+    original = bank.recv("XFER.IN.REQ")
+    rsp = broker._answer_to(msg_id, "XFER.IN.REQ")
+    assert rsp.body["Result"] == "B330"
+    rev = bank.recv("XFER.REVERSE.REQ", timeout=5)
+    assert rev.head("From") == "GW01"
+    assert (rev.body["OrigType"], rev.body["OrigFrom"], rev.body["OrigBizSn"],
+            rev.body["Amount"]) == ("XFER.IN", BROKER, "T1", "250.00")
+    # the late answer to the original is journaled and not relayed
+    bank.send("XFER.IN.RSP", [("Result", "0000"), ("ResultText", "late"), ("BizSn", "T1")],
+              to=BROKER, ref=original.head("MsgId"))
+    bank.send("XFER.REVERSE.RSP", [("Result", "0000"), ("ResultText", "reversed"),
+                                   ("BizSn", rev.body["BizSn"])], to="GW01",
+              ref=rev.head("MsgId"))
+    gw.wait_for_log("REVERSED")
+    q = call(broker, "XFER.QUERY.REQ", [("BizSn", "T1"), ("OrigType", "XFER.IN")], to="GW01")
+    assert q.records("Record")[0]["Status"] == "REVERSED"
+    with pytest.raises(TimeoutError):
+        broker.recv("XFER.IN.RSP", timeout=0.8)
+    assert call(broker, "XFER.IN.REQ", xfer("T1", amount="250.00")).body["Result"] == "B330"
+
+
+def test_reversal_survives_sigkill_and_completes_after_restart(home, start_gateway) -> None:  # type: ignore[no-untyped-def]
+    settings = dict(relay_timeout_seconds=1.0, reversal_retry_initial_seconds=0.5,
+                    reversal_retry_max_seconds=1.0)
+    gw = start_gateway(**settings)
+    bank = gw.peer(BANK).open_session()
+    broker = gw.peer(BROKER).open_session()
+    signed(bank, broker)
+    broker.send("XFER.OUT.REQ", xfer("T1"), to=BANK)
+    bank.recv("XFER.OUT.REQ")
+    assert broker.recv("XFER.OUT.RSP", timeout=5).body["Result"] == "B330"
+    bank.recv("XFER.REVERSE.REQ", timeout=5)  # unacknowledged
+    gw.kill()
+    gw2 = start_gateway(**settings)
+    bank2 = gw2.peer(BANK).open_session()
+    rev = bank2.recv("XFER.REVERSE.REQ", timeout=10)
+    assert rev.body["OrigBizSn"] == "T1"
+    bank2.send("XFER.REVERSE.RSP", [("Result", "0000"), ("ResultText", "ok"),
+                                    ("BizSn", rev.body["BizSn"])], to="GW01",
+               ref=rev.head("MsgId"))
+    gw2.wait_for_log("REVERSED")
+    broker2 = gw2.peer(BROKER).open_session()
+    assert call(broker2, "XFER.OUT.REQ", xfer("T1")).body["Result"] == "B330"
+    with pytest.raises(TimeoutError):
+        bank2.recv("XFER.OUT.REQ", timeout=0.8)
+    time.sleep(0.1)
+    db = sqlite3.connect(home.root / "data" / "journal.sqlite3")
+    relayed = db.execute("SELECT count(*) FROM message WHERE direction='OUT' AND "
+                         "msg_type='XFER.OUT.REQ'").fetchone()[0]
+    assert relayed == 1
