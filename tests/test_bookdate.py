@@ -38,7 +38,7 @@ def test_configured_holiday_is_skipped() -> None:
 
 
 def test_time_in_another_offset_is_converted_to_shanghai() -> None:
-    utc = dt.datetime(2026, 11, 25, 1, 30, tzinfo=dt.timezone.utc)  # 09:30 in Shanghai
+    utc = dt.datetime(2026, 11, 25, 1, 30, tzinfo=dt.UTC)  # 09:30 in Shanghai
     assert Calendar().book_date(utc) == WED
     assert Calendar().book_date(utc - dt.timedelta(seconds=1)) == THU
 

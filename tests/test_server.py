@@ -5,11 +5,10 @@ import sqlite3
 import time
 
 import pytest
-from conftest import BANK, BROKER
-from peer import TestPeer, now_iso
 
-WALLET = "0071130812093028"
-FUND = "100020003000"
+from conftest import BANK, BROKER
+from flows import FUND, WALLET, signed
+from peer import TestPeer, now_iso
 
 
 def xfer(biz_sn: str, amount: str = "1234.50") -> list[tuple[str, str]]:
@@ -32,6 +31,7 @@ def pair(start_gateway):  # type: ignore[no-untyped-def]
     gw = start_gateway()
     bank = gw.peer(BANK).open_session()
     broker = gw.peer(BROKER).open_session()
+    signed(bank, broker)
     yield gw, bank, broker
     bank.close()
     broker.close()
@@ -117,8 +117,10 @@ def test_bad_messages_get_their_code_while_a_healthy_session_keeps_working(pair)
     unknown = unknown.replace(b"XFER.OUT.REQ", b"XFER.SIDE.REQ")
     assert code_of(bad.frame(unknown)) == "E112"
     _, x4 = bad.build("XFER.OUT.REQ", xfer("X4"), to=BANK)
-    flipped = bad.frame(x4).replace(b"HS256:", b"HS256:A", 1)
-    assert code_of(flipped) == "E200"
+    payload = bad.frame(x4)[8:]
+    mac_at = payload.index(b"HS256:") + 6
+    wrong = b"B" if payload[mac_at:mac_at + 1] == b"A" else b"A"
+    assert code_of(framed(payload[:mac_at] + wrong + payload[mac_at + 1:])) == "E200"
     _, x5 = bad.build("XFER.OUT.REQ", xfer("X5"), to=BANK)
     assert code_of(bad.frame(x5, mac=False)) == "E200"
     _, x6 = bad.build("XFER.OUT.REQ", xfer("X6"), to=BANK)
@@ -188,6 +190,7 @@ def test_key_rotation_old_key_accepted_in_grace_refused_after(start_gateway) -> 
     gw = start_gateway(grace_seconds=1.0)
     bank = gw.peer(BANK).open_session()
     broker = gw.peer(BROKER).open_session()
+    signed(bank, broker)
     old = broker.key_id
     broker.keyx()
     assert broker.key_id != old
@@ -218,9 +221,9 @@ def test_heartbeats_flow_and_silence_closes_the_session(start_gateway) -> None: 
     broker = gw.peer(BROKER).connect()
     broker.logon(heartbeat=1)
     broker.keyx()
+    started = time.monotonic()  # the last message the gateway heard from us
     hb = broker.recv("SYS.HEARTBEAT", timeout=3)
     broker.verify_from_gateway(hb)
-    started = time.monotonic()
     assert broker.closed_by_gateway(timeout=8)
     assert 2.0 < time.monotonic() - started < 6.0
     gw.wait_for_log("silent")
@@ -243,6 +246,7 @@ def test_acknowledged_request_survives_sigkill_and_repeat_gets_same_answer(home,
     gw = start_gateway()
     bank = gw.peer(BANK).open_session()
     broker = gw.peer(BROKER).open_session()
+    signed(bank, broker)
     broker.send("XFER.OUT.REQ", xfer("K1"), to=BANK)
     bank_answers(bank, bank_sn="CCB0099")
     first = broker.recv("XFER.OUT.RSP")

@@ -1,0 +1,312 @@
+"""On-disk keys: the gateway's signing key and certificate, dev CA, storage key, peers."""
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from gateway.signature import PublicKey, Signer, key_type, load_public_key, signer_id
+
+PARTY_RE = re.compile(r"[A-Z0-9]{2,12}")
+ROLES = ("BANK", "BROKER")
+CERT_DAYS = 3650
+
+GATEWAY_KEY = "gateway.key"
+GATEWAY_CRT = "gateway.crt"
+STORAGE_KEY = "storage.key"
+CA_KEY = "ca.key"
+CA_CRT = "ca.crt"
+GATEWAY_JSON = "gateway.json"
+PEERS_JSON = "peers.json"
+PEERS_DIR = "peers"
+
+
+class KeyStoreExists(Exception):
+    """``gateway init`` would overwrite existing keys."""
+
+
+class KeyStoreMissing(Exception):
+    """No key store yet: ``gateway init`` has not been run."""
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A registered counterparty and its long-term public key."""
+
+    party: str
+    role: str
+    key_type: str
+    signer: str
+    connect: str | None
+    public_key: PublicKey = field(compare=False, repr=False)
+    pem: bytes = field(repr=False)
+
+
+# --- file helpers ---------------------------------------------------------------
+def _write_private(path: Path, data: bytes) -> None:
+    """Create ``path`` 0600 exclusively (never overwrite) and write ``data``."""
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        try:
+            path.unlink()
+        except OSError:
+            pass
+        raise
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temp file then ``os.replace`` it over ``path``."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _pkcs8(key: Any) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _cert_pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _sign_hash(key: Any) -> hashes.HashAlgorithm | None:
+    return None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
+
+
+def _leaf_cert(
+    subject_cn: str,
+    public_key: Any,
+    issuer_name: x509.Name | None,
+    signing_key: Any,
+    now: datetime,
+    dns: str,
+    issuer_public_key: Any,
+) -> x509.Certificate:
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject_cn)])
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer_name or subject)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=CERT_DAYS))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName(dns), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_public_key), critical=False
+        )
+    )
+    return builder.sign(signing_key, _sign_hash(signing_key))
+
+
+# --- key files ----------------------------------------------------------------
+def generate_key_file(path: Path, kind: str = "ES256") -> Signer:
+    """Generate a private key (ES256, ED25519, PS256/RSA-2048) into a new 0600 PKCS#8 file."""
+    kind = kind.upper()
+    if kind == "ES256":
+        key: Any = ec.generate_private_key(ec.SECP256R1())
+        alg = "ES256"
+    elif kind == "ED25519":
+        key = ed25519.Ed25519PrivateKey.generate()
+        alg = "ED25519"
+    elif kind in ("PS256", "RSA", "RSA-2048", "RS256"):
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        alg = "RS256" if kind == "RS256" else "PS256"
+    else:
+        raise ValueError(f"unknown key kind {kind!r}")
+    _write_private(Path(path), _pkcs8(key))
+    return Signer(key, alg)
+
+
+def load_signer(path: Path) -> Signer:
+    """Load a PKCS#8 PEM private key file as a Signer (default algorithm)."""
+    key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+    if not isinstance(key, (ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey, rsa.RSAPrivateKey)):
+        raise ValueError("unsupported private key type")
+    return Signer(key)
+
+
+# --- the store ----------------------------------------------------------------
+class KeyStore:
+    """The gateway's key directory."""
+
+    def __init__(self, keys_dir: Path) -> None:
+        self.keys_dir = Path(keys_dir)
+        if not (self.keys_dir / GATEWAY_KEY).exists():
+            raise KeyStoreMissing(f"no gateway key in {self.keys_dir}: run `gateway init` first")
+        self._signer: Signer | None = None
+
+    def __repr__(self) -> str:
+        return f"KeyStore({str(self.keys_dir)!r})"
+
+    @classmethod
+    def create(cls, keys_dir: Path, party: str = "GW01", now: datetime | None = None) -> KeyStore:
+        """Create a fresh key store; refuse (KeyStoreExists) if a gateway key exists."""
+        keys_dir = Path(keys_dir)
+        if not PARTY_RE.fullmatch(party):
+            raise ValueError("party id must match [A-Z0-9]{2,12}")
+        if (keys_dir / GATEWAY_KEY).exists():
+            raise KeyStoreExists(f"{keys_dir / GATEWAY_KEY} already exists; not overwriting")
+        now = now or datetime.now(UTC)
+        keys_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            os.chmod(keys_dir, 0o700)
+        except OSError:
+            pass
+        (keys_dir / PEERS_DIR).mkdir(exist_ok=True)
+
+        gw_key = ec.generate_private_key(ec.SECP256R1())
+        try:
+            _write_private(keys_dir / GATEWAY_KEY, _pkcs8(gw_key))
+        except FileExistsError:
+            raise KeyStoreExists(f"{keys_dir / GATEWAY_KEY} already exists; not overwriting") from None
+
+        ca_key = ec.generate_private_key(ec.SECP256R1())
+        ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"SBDX dev CA {party}")])
+        ca_cert = (
+            x509.CertificateBuilder()
+            .subject_name(ca_name)
+            .issuer_name(ca_name)
+            .public_key(ca_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(minutes=5))
+            .not_valid_after(now + timedelta(days=CERT_DAYS))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True, content_commitment=False, key_encipherment=False,
+                    data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                    crl_sign=True, encipher_only=False, decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA256())
+        )
+        gw_cert = _leaf_cert(party, gw_key.public_key(), None, gw_key, now, "localhost",
+                             gw_key.public_key())
+
+        _write_private(keys_dir / STORAGE_KEY, os.urandom(32))
+        _write_private(keys_dir / CA_KEY, _pkcs8(ca_key))
+        _write_atomic(keys_dir / CA_CRT, _cert_pem(ca_cert))
+        _write_atomic(keys_dir / GATEWAY_CRT, _cert_pem(gw_cert))
+        _write_atomic(keys_dir / GATEWAY_JSON, json.dumps({"party": party}, indent=2).encode() + b"\n")
+        if not (keys_dir / PEERS_JSON).exists():
+            _write_atomic(keys_dir / PEERS_JSON, b"{}\n")
+        return cls(keys_dir)
+
+    # --- own keys --------------------------------------------------------------
+    @property
+    def party(self) -> str:
+        """This gateway's PartyId."""
+        return str(json.loads((self.keys_dir / GATEWAY_JSON).read_text("utf-8"))["party"])
+
+    def signer(self) -> Signer:
+        """The gateway's long-term signer."""
+        if self._signer is None:
+            self._signer = load_signer(self.keys_dir / GATEWAY_KEY)
+        return self._signer
+
+    def certificate_pem(self) -> bytes:
+        """The gateway's certificate (PEM)."""
+        return (self.keys_dir / GATEWAY_CRT).read_bytes()
+
+    def storage_key(self) -> bytes:
+        """The 32-byte at-rest encryption key."""
+        key = (self.keys_dir / STORAGE_KEY).read_bytes()
+        if len(key) != 32:
+            raise ValueError("storage key file is corrupt (expected 32 bytes)")
+        return key
+
+    def ca_cert_pem(self) -> bytes:
+        """The dev CA certificate (PEM)."""
+        return (self.keys_dir / CA_CRT).read_bytes()
+
+    def issue_certificate(self, party: str, public_key: PublicKey, dns: str = "localhost") -> bytes:
+        """Issue a dev-CA certificate (serverAuth + clientAuth) for ``public_key``."""
+        key_type(public_key)  # reject unsupported keys
+        ca_key = serialization.load_pem_private_key((self.keys_dir / CA_KEY).read_bytes(), None)
+        ca_cert = x509.load_pem_x509_certificate(self.ca_cert_pem())
+        cert = _leaf_cert(party, public_key, ca_cert.subject, ca_key, datetime.now(UTC),
+                          dns, ca_cert.public_key())
+        return _cert_pem(cert)
+
+    # --- peers -----------------------------------------------------------------
+    def _peers_raw(self) -> dict[str, dict[str, Any]]:
+        path = self.keys_dir / PEERS_JSON
+        if not path.exists():
+            return {}
+        return dict(json.loads(path.read_text("utf-8")))
+
+    def _make_peer(self, party: str, entry: dict[str, Any]) -> Peer:
+        pem = (self.keys_dir / PEERS_DIR / f"{party}.pem").read_bytes()
+        pk = load_public_key(pem)
+        return Peer(party=party, role=entry["role"], key_type=key_type(pk), signer=signer_id(pk),
+                    connect=entry.get("connect"), public_key=pk, pem=pem)
+
+    def add_peer(self, party: str, role: str, pem: bytes, connect: str | None = None) -> Peer:
+        """Register (or replace) a peer's certificate or public key."""
+        if not isinstance(party, str) or not PARTY_RE.fullmatch(party):
+            raise ValueError("party id must match [A-Z0-9]{2,12}")
+        if role not in ROLES:
+            raise ValueError("role must be BANK or BROKER")
+        pk = load_public_key(pem)
+        peers_dir = self.keys_dir / PEERS_DIR
+        peers_dir.mkdir(exist_ok=True)
+        _write_atomic(peers_dir / f"{party}.pem", pem)
+        raw = self._peers_raw()
+        raw[party] = {"role": role, "connect": connect, "key_type": key_type(pk),
+                      "signer": signer_id(pk)}
+        _write_atomic(self.keys_dir / PEERS_JSON,
+                      json.dumps(raw, indent=2, sort_keys=True).encode() + b"\n")
+        return self._make_peer(party, raw[party])
+
+    def peers(self) -> list[Peer]:
+        """All registered peers, sorted by PartyId."""
+        raw = self._peers_raw()
+        return [self._make_peer(p, raw[p]) for p in sorted(raw)]
+
+    def peer(self, party: str) -> Peer | None:
+        """The peer with PartyId ``party``, or None."""
+        raw = self._peers_raw()
+        if party not in raw:
+            return None
+        return self._make_peer(party, raw[party])
+
+    def peer_by_signer(self, signer: str) -> Peer | None:
+        """The peer whose key has signer id ``signer``, or None."""
+        for p in self.peers():
+            if p.signer == signer:
+                return p
+        return None

@@ -1,0 +1,171 @@
+"""Envelope signatures (PROTOCOL §3): ES256, ED25519, PS256, RS256."""
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import Union
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+
+from gateway.errors import SignatureInvalid, UnknownSigner
+
+ALGS = ("ES256", "ED25519", "PS256", "RS256")
+MIN_RSA_BITS = 2048
+PSS_SALT = 32
+
+PublicKey = Union[ec.EllipticCurvePublicKey, ed25519.Ed25519PublicKey, rsa.RSAPublicKey]
+PrivateKey = Union[ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey, rsa.RSAPrivateKey]
+
+_SIGNER_RE = re.compile(r"[0-9a-f]{16}")
+
+
+def signer_id(public_key: PublicKey) -> str:
+    """First 16 lowercase hex chars of SHA-256 of the DER SubjectPublicKeyInfo."""
+    der = public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(der).hexdigest()[:16]
+
+
+def _check_supported(pk: object) -> PublicKey:
+    if isinstance(pk, ec.EllipticCurvePublicKey):
+        if not isinstance(pk.curve, ec.SECP256R1):
+            raise ValueError(f"unsupported EC curve {pk.curve.name}; only P-256")
+        return pk
+    if isinstance(pk, ed25519.Ed25519PublicKey):
+        return pk
+    if isinstance(pk, rsa.RSAPublicKey):
+        if pk.key_size < MIN_RSA_BITS:
+            raise ValueError(f"RSA key too small ({pk.key_size} bits); need >= {MIN_RSA_BITS}")
+        return pk
+    raise ValueError("unsupported key type; only EC P-256, Ed25519, RSA >= 2048")
+
+
+def load_public_key(pem: bytes) -> PublicKey:
+    """Load a PUBLIC KEY or CERTIFICATE PEM; only EC P-256, Ed25519, RSA >= 2048."""
+    if b"-----BEGIN CERTIFICATE-----" in pem:
+        pk = x509.load_pem_x509_certificate(pem).public_key()
+    elif b"-----BEGIN PUBLIC KEY-----" in pem:
+        pk = serialization.load_pem_public_key(pem)
+    else:
+        raise ValueError("expected a PUBLIC KEY or CERTIFICATE PEM")
+    return _check_supported(pk)
+
+
+def key_type(pk: PublicKey) -> str:
+    """Return ``EC-P256``, ``ED25519`` or ``RSA``."""
+    pk = _check_supported(pk)
+    if isinstance(pk, ec.EllipticCurvePublicKey):
+        return "EC-P256"
+    if isinstance(pk, ed25519.Ed25519PublicKey):
+        return "ED25519"
+    return "RSA"
+
+
+def allowed_algs(pk: PublicKey) -> tuple[str, ...]:
+    """Signature algorithms allowed for the key."""
+    return {"EC-P256": ("ES256",), "ED25519": ("ED25519",), "RSA": ("PS256", "RS256")}[key_type(pk)]
+
+
+@dataclass(frozen=True)
+class SignatureField:
+    """The envelope ``sig`` field: ``ALG:signer:base64``."""
+
+    alg: str
+    signer: str
+    signature: bytes
+
+    def format(self) -> str:
+        """Render as ``ALG:signer:base64``."""
+        return f"{self.alg}:{self.signer}:{base64.b64encode(self.signature).decode('ascii')}"
+
+    @classmethod
+    def parse(cls, text: str) -> SignatureField:
+        """Parse ``ALG:signer:base64``; raise SignatureInvalid on bad syntax."""
+        if not isinstance(text, str) or text in ("", "-"):
+            raise SignatureInvalid("signature missing")
+        parts = text.split(":")
+        if len(parts) != 3:
+            raise SignatureInvalid("signature field malformed")
+        alg, signer, b64 = parts
+        if alg not in ALGS:
+            raise SignatureInvalid("unknown signature algorithm")
+        if not _SIGNER_RE.fullmatch(signer):
+            raise SignatureInvalid("signer id malformed")
+        try:
+            sig = base64.b64decode(b64.encode("ascii"), validate=True)
+        except (binascii.Error, ValueError, UnicodeEncodeError):
+            raise SignatureInvalid("signature is not valid base64") from None
+        if not sig:
+            raise SignatureInvalid("signature empty")
+        return cls(alg, signer, sig)
+
+
+def _pss() -> padding.PSS:
+    return padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=PSS_SALT)
+
+
+class Signer:
+    """Signs xml bytes with a long-term private key."""
+
+    def __init__(self, private_key: PrivateKey, alg: str | None = None) -> None:
+        pk = _check_supported(private_key.public_key())
+        allowed = allowed_algs(pk)
+        if alg is None:
+            alg = allowed[0]
+        if alg not in allowed:
+            raise ValueError(f"algorithm {alg} not allowed for {key_type(pk)} key")
+        self._key = private_key
+        self.alg: str = alg
+        self.public_key: PublicKey = pk
+        self.signer: str = signer_id(pk)
+
+    def __repr__(self) -> str:
+        return f"Signer(alg={self.alg!r}, signer={self.signer!r})"
+
+    @property
+    def private_key(self) -> PrivateKey:
+        """The private key (for serialisation by the key store)."""
+        return self._key
+
+    def sign(self, data: bytes) -> SignatureField:
+        """Sign ``data`` and return the envelope field."""
+        k = self._key
+        if self.alg == "ES256":
+            sig = k.sign(data, ec.ECDSA(hashes.SHA256()))
+        elif self.alg == "ED25519":
+            sig = k.sign(data)
+        elif self.alg == "PS256":
+            sig = k.sign(data, _pss(), hashes.SHA256())
+        else:
+            sig = k.sign(data, padding.PKCS1v15(), hashes.SHA256())
+        return SignatureField(self.alg, self.signer, sig)
+
+
+def verify(public_key: PublicKey, field: SignatureField, data: bytes) -> None:
+    """Check ``field`` over ``data`` with the registered key of the party."""
+    if field.signer != signer_id(public_key):
+        raise UnknownSigner("signer is not the registered key of the party")
+    try:
+        allowed = allowed_algs(public_key)
+    except ValueError:
+        raise SignatureInvalid("unsupported key type") from None
+    if field.alg not in allowed:
+        raise SignatureInvalid("algorithm not allowed for the signer's key")
+    try:
+        if field.alg == "ES256":
+            public_key.verify(field.signature, data, ec.ECDSA(hashes.SHA256()))
+        elif field.alg == "ED25519":
+            public_key.verify(field.signature, data)
+        elif field.alg == "PS256":
+            public_key.verify(field.signature, data, _pss(), hashes.SHA256())
+        else:
+            public_key.verify(field.signature, data, padding.PKCS1v15(), hashes.SHA256())
+    except (InvalidSignature, ValueError):
+        raise SignatureInvalid("signature does not verify") from None

@@ -1,0 +1,64 @@
+"""Business flows shared by the integration tests (the peers' side of §6)."""
+from __future__ import annotations
+
+from typing import Any
+
+from conftest import BANK
+from peer import Frame, TestPeer
+
+FUND, WALLET = "100020003000", "0071130812093028"
+CORP = "0099000011112222"
+
+
+def answer(bank: TestPeer, result: str = "0000", **extra: str) -> Frame:
+    """The bank answers the next relayed request with ``result`` and ``extra`` fields."""
+    req = bank.recv()
+    assert req.type.endswith(".REQ"), req.type
+    fields: list[tuple[str, Any]] = [("Result", result), ("ResultText", "ok"),
+                                     ("BizSn", req.body["BizSn"])]
+    fields += list(extra.items())
+    bank.send(req.type.replace(".REQ", ".RSP"), fields, to=req.head("From"),
+              ref=req.head("MsgId"))
+    return req
+
+
+def sign_fields(biz_sn: str, fund: str = FUND, wallet: str = WALLET, level: str = "1",
+                kind: str = "PERSONAL") -> list[tuple[str, Any]]:
+    return [("BizSn", biz_sn), ("FundAcct", fund), ("WalletId", wallet), ("WalletLevel", level),
+            ("WalletKind", kind), ("CustName", "张三"), ("IdType", "01"),
+            ("IdNo", "110101199003071234"), ("Phone", "13800138000"), ("Channel", "APP")]
+
+
+def xfer(biz_sn: str, amount: str = "100.00", fund: str = FUND,
+         wallet: str = WALLET) -> list[tuple[str, Any]]:
+    return [("BizSn", biz_sn), ("FundAcct", fund), ("WalletId", wallet), ("Amount", amount),
+            ("Ccy", "CNY")]
+
+
+def pay(biz_sn: str, end: str, amount: str = "99.00") -> list[tuple[str, Any]]:
+    return [("BizSn", biz_sn), ("OrderNo", "O" + biz_sn), ("WalletId", WALLET),
+            ("Amount", amount), ("Ccy", "CNY"), ("ProductCode", "L2DATA"),
+            ("ProductKind", "LEVEL2"), ("ServiceEnd", end)]
+
+
+def otc(biz_sn: str, kind: str = "CORPORATE", wallet: str = CORP) -> list[tuple[str, Any]]:
+    return [("BizSn", biz_sn), ("OrderNo", "OTC" + biz_sn), ("CorpWalletId", wallet),
+            ("WalletKind", kind), ("ProductCode", "SY001"), ("Amount", "500000.00"),
+            ("Ccy", "CNY")]
+
+
+def call(peer: TestPeer, msg_type: str, fields: list[tuple[str, Any]], to: str = BANK,
+         bank: TestPeer | None = None, result: str = "0000", encrypt: tuple[str, ...] = (),
+         **extra: str) -> Frame:
+    """Send a request; if ``bank`` is given it answers; return the originator's answer."""
+    msg_id = peer.send(msg_type, fields, to=to, encrypt=encrypt)
+    if bank is not None:
+        answer(bank, result, **extra)
+    return peer._answer_to(msg_id, msg_type)
+
+
+def signed(bank: TestPeer, broker: TestPeer, biz_sn: str = "S1", **kw: str) -> Frame:
+    rsp = call(broker, "CTS.SIGN.REQ", sign_fields(biz_sn, **kw), bank=bank,
+               encrypt=("IdNo", "Phone"), AgreementNo="AG" + biz_sn)
+    assert rsp.body["Result"] == "0000", rsp.body
+    return rsp
