@@ -25,6 +25,8 @@ from .session import Session, new_session_id
 log = logging.getLogger(__name__)
 
 TICK_SECONDS = 0.2
+#: How long a closing connection may take to finish its (TLS) shutdown.
+CLOSE_GRACE_SECONDS = 1.0
 
 
 @implementer(IPushProducer)
@@ -37,6 +39,7 @@ class SessionProtocol(protocol.Protocol):
         self.session: Session | None = None
         self._paused = False
         self._written_while_paused = 0
+        self._abort_call: Any = None
 
     # Link ------------------------------------------------------------------------
     def write(self, data: bytes) -> None:
@@ -51,7 +54,14 @@ class SessionProtocol(protocol.Protocol):
         self.transport.write(data)
 
     def close(self) -> None:
+        """Close after the queued writes; a peer that does not complete the (TLS)
+        shutdown within CLOSE_GRACE_SECONDS is cut off."""
         self.transport.loseConnection()
+        self._abort_call = self.factory.reactor.callLater(CLOSE_GRACE_SECONDS, self._abort)
+
+    def _abort(self) -> None:
+        if self.connected:
+            self.transport.abortConnection()
 
     def peer_public_key(self) -> Any | None:
         get = getattr(self.transport, "getPeerCertificate", None)
@@ -92,6 +102,8 @@ class SessionProtocol(protocol.Protocol):
             self.factory.schedule_flush()
 
     def connectionLost(self, reason: Any = None) -> None:
+        if self._abort_call is not None and self._abort_call.active():
+            self._abort_call.cancel()
         if self.session is not None:
             self.session.close()
             self.factory.schedule_flush()
