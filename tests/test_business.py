@@ -229,3 +229,27 @@ def test_reversal_survives_sigkill_and_completes_after_restart(home, start_gatew
     relayed = db.execute("SELECT count(*) FROM message WHERE direction='OUT' AND "
                          "msg_type='XFER.OUT.REQ'").fetchone()[0]
     assert relayed == 1
+
+
+def test_gateway_log_holds_no_key_material_or_identity_data(day) -> None:  # type: ignore[no-untyped-def]
+    import base64
+
+    gw, bank, broker = day
+    signed(bank, broker)
+    call(broker, "XFER.IN.REQ", xfer("T1"), bank=bank)
+    broker.keyx()  # a rotation, so several session keys exist
+    call(broker, "XFER.IN.REQ", xfer("T2"), bank=bank)
+    log = gw.log_text()
+    secrets: list[str] = ["110101199003071234", "13800138000", "PRIVATE KEY"]
+    for peer in (bank, broker):
+        for mac_key, data_key in peer.keys.values():
+            for key in (mac_key, data_key):
+                secrets += [key.hex(), base64.b64encode(key).decode()]
+    keys_dir = gw.home.root / "keys"
+    storage = (keys_dir / "storage.key").read_bytes()
+    secrets += [storage.hex(), base64.b64encode(storage).decode()]
+    pem = (keys_dir / "gateway.key").read_text()
+    secrets += [line for line in pem.splitlines() if line and not line.startswith("-----")]
+    assert "session key" in log  # the log did talk about keys, by id and check value only
+    for secret in secrets:
+        assert secret not in log
