@@ -142,6 +142,15 @@ def read_msg_id(root: etree._Element) -> str | None:
     return None
 
 
+def read_from(root: etree._Element) -> str | None:
+    """Best effort, validated-looking From of a (possibly invalid) document."""
+    node = root.find(f"{_NS_PREFIX}Head/{_NS_PREFIX}From")
+    text = None if node is None else node.text
+    if text and 2 <= len(text) <= 12 and text.isascii() and text.isalnum() and text.isupper():
+        return text
+    return None
+
+
 def parse_message(xml: bytes) -> Message:
     """Parse and validate ``xml``; raise E110/E111/E112 with a clear text."""
     root = parse_xml(xml)

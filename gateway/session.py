@@ -19,7 +19,6 @@ from .config import Config
 from .envelope import Envelope, join_payload, split_payload
 from .errors import (
     GatewayError,
-    MalformedFrame,
     SessionNotReady,
     SignatureInvalid,
     UnknownKeyId,
@@ -33,7 +32,16 @@ from .kex import Ephemeral, KeyExchangeFailed, SessionKeys, complete, respond
 from .keyring import KeyRing
 from .keystore import Peer
 from .mac import mac_field
-from .message import Head, Message, build_xml, parse_message, parse_xml, read_msg_id, replace_texts
+from .message import (
+    Head,
+    Message,
+    build_xml,
+    parse_message,
+    parse_xml,
+    read_from,
+    read_msg_id,
+    replace_texts,
+)
 from .signature import Signer, signer_id
 from .verification import Verified, check_fresh, check_sender, check_signature, verify_message
 
@@ -440,28 +448,29 @@ class Session:
 
     # --- refusals and closing -----------------------------------------------------
     def _refuse(self, exc: GatewayError, xml: bytes | None) -> None:
-        ref = exc.ref_msg_id
-        if ref is None and xml is not None:
+        """Log the refusal, answer SYS.ERROR, and close if the stream or logon is bad."""
+        ref, sender = exc.ref_msg_id, None
+        if xml is not None:
             try:
-                ref = read_msg_id(parse_xml(xml))
+                root = parse_xml(xml)
+                ref = ref or read_msg_id(root)
+                sender = read_from(root)
             except GatewayError:
-                ref = None
+                pass
         log.warning("session %s: %s refused message%s: %s %s", self.session_id,
                     self.party or "peer", f" {ref}" if ref else "", exc.code, exc.text)
         closing = exc.closes_session or (
             self.state in (AWAITING_LOGON, LOGON_SENT)
             and isinstance(exc, SignatureInvalid | UnknownSigner)
         )
-        if self.peer is not None or closing or isinstance(exc, MalformedFrame):
-            self._send_error(exc, ref)
+        self._send_error(exc, ref, self.party or sender or "UNKNOWN")
         if closing:
             self.close()
 
-    def _send_error(self, exc: GatewayError, ref: str | None) -> None:
+    def _send_error(self, exc: GatewayError, ref: str | None, to: str) -> None:
         body = {"Code": exc.code, "Text": exc.text[:512], "RefMsgId": ref}
-        to = self.party or "UNKNOWN"
         head = Head(type="SYS.ERROR", msg_id=self.owner.next_msg_id(),
-                    from_party=self.owner.config.party, to_party=to if to.isalnum() else "UNKNOWN",
+                    from_party=self.owner.config.party, to_party=to,
                     time=self.owner.iso_time(), trade_date=self.owner.trade_date())
         self.send_xml(build_xml(head, body), "SYS.ERROR", head.msg_id, None)
 

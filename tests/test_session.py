@@ -1,0 +1,148 @@
+"""The session machine without sockets: a fake clock and a link that records (§5)."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import BROKER, make_home
+from lxml import etree
+
+from gateway.config import Config
+from gateway.framing import FrameDecoder
+from gateway.journal import Journal
+from gateway.keystore import KeyStore
+from gateway.relay import Gateway
+from gateway.session import CLOSED, Session
+from peer import Frame, TestPeer
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = time.time()
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, seconds: float) -> None:
+        self.t += seconds
+
+
+class RecordingLink:
+    def __init__(self) -> None:
+        self.decoder = FrameDecoder()
+        self.frames: list[Frame] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        for payload in self.decoder.feed(data):
+            line, xml = payload.split(b"\n", 1)
+            _, key_id, mac, sig = line.decode().split(" ")
+            self.frames.append(Frame(key_id, mac, sig, xml, etree.fromstring(xml)))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def peer_public_key(self) -> Any:
+        return None
+
+    def types(self) -> list[str]:
+        return [f.type for f in self.frames]
+
+
+class Harness:
+    def __init__(self, tmp: Path, **settings: Any) -> None:
+        home = make_home(tmp / "gw")
+        self.clock = FakeClock()
+        cfg = Config(**settings)
+        self.journal = Journal(tmp / "gw" / "data" / "j.sqlite3")
+        self.gateway = Gateway(cfg, KeyStore(home.root / "keys"), self.journal, self.clock)
+        self.link = RecordingLink()
+        self.session = Session(self.gateway, self.link, "S1")
+        self.gateway.add_session(self.session)
+        self.peer = TestPeer(BROKER, "BROKER", home.keys[BROKER], port=0)
+
+    def feed(self, msg_type: str, fields: list[tuple[str, Any]], mac: bool = True) -> None:
+        _, xml = self.peer.build(msg_type, fields)
+        self.session.receive_bytes(self.peer.frame(xml, mac=mac))
+        self.gateway.flush()
+
+    def tick(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+        self.gateway.tick()
+        self.gateway.flush()
+
+    def logon(self, heartbeat: int = 30) -> None:
+        self.feed("SYS.LOGON.REQ", [("PartyId", BROKER), ("Role", "BROKER"),
+                                    ("Nonce", "ab" * 16), ("HeartbeatSec", heartbeat)], mac=False)
+        assert self.link.frames[-1].body["Result"] == "0000"
+
+    def answer_keyx(self) -> None:
+        req = self.link.frames[-1]
+        assert req.type == "SYS.KEYX.REQ"
+        sent = []
+        self.peer.send_raw = sent.append  # type: ignore[method-assign]
+        self.peer.answer_keyx(req)
+        self.session.receive_bytes(sent[0])
+        self.gateway.flush()
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Harness:
+    return Harness(tmp_path, heartbeat_seconds=30.0)
+
+
+def test_gateway_starts_keyx_five_seconds_after_logon(harness: Harness) -> None:
+    harness.logon()
+    harness.tick(4.8)
+    assert "SYS.KEYX.REQ" not in harness.link.types()
+    harness.tick(0.4)
+    assert harness.link.types()[-1] == "SYS.KEYX.REQ"
+    harness.answer_keyx()
+    assert harness.session.ready
+
+
+def test_heartbeat_every_interval_and_close_after_three_silent_ones(harness: Harness) -> None:
+    harness.logon(heartbeat=10)
+    harness.tick(5.1)
+    harness.answer_keyx()
+    harness.tick(10.0)
+    assert harness.link.types()[-1] == "SYS.HEARTBEAT"
+    harness.tick(19.8)  # 29.8 s of silence since the KEYX answer
+    assert harness.session.state != CLOSED
+    harness.tick(0.4)
+    assert harness.session.state == CLOSED and harness.link.closed
+
+
+def test_rotation_after_rotate_messages(tmp_path: Path) -> None:
+    h = Harness(tmp_path, rotate_messages=3)
+    h.logon()
+    h.tick(5.1)
+    h.answer_keyx()
+    first = h.session.keyring.current
+    for i in range(3):
+        h.feed("SYS.ECHO.REQ", [("Text", str(i))])
+    h.tick(0.2)
+    assert h.link.types()[-1] == "SYS.KEYX.REQ"
+    h.answer_keyx()
+    assert h.session.keyring.current != first
+
+
+def test_rotation_after_rotate_seconds(tmp_path: Path) -> None:
+    h = Harness(tmp_path, rotate_seconds=60.0, heartbeat_seconds=1000.0)
+    h.logon(heartbeat=1000)
+    h.tick(5.1)
+    h.answer_keyx()
+    h.tick(59.0)
+    assert h.link.types().count("SYS.KEYX.REQ") == 1
+    h.tick(1.5)
+    assert h.link.types().count("SYS.KEYX.REQ") == 2
+
+
+def test_business_message_before_logon_is_e207_and_nothing_is_journaled(harness: Harness) -> None:
+    harness.feed("SYS.ECHO.REQ", [("Text", "x")], mac=False)
+    error = harness.link.frames[-1]
+    assert error.body["Code"] == "E207" and error.head("To") == BROKER
+    assert list(harness.journal.messages()) != []  # our SYS.ERROR is journaled
+    assert all(row["direction"] == "OUT" for row in harness.journal.messages())
