@@ -6,7 +6,6 @@ import binascii
 import hashlib
 import re
 from dataclasses import dataclass
-from typing import Union
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -19,8 +18,8 @@ ALGS = ("ES256", "ED25519", "PS256", "RS256")
 MIN_RSA_BITS = 2048
 PSS_SALT = 32
 
-PublicKey = Union[ec.EllipticCurvePublicKey, ed25519.Ed25519PublicKey, rsa.RSAPublicKey]
-PrivateKey = Union[ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey, rsa.RSAPrivateKey]
+PublicKey = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | rsa.RSAPublicKey
+PrivateKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey
 
 _SIGNER_RE = re.compile(r"[0-9a-f]{16}")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import stat
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -14,7 +14,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gateway.keystore import (
-    KeyStore, KeyStoreExists, KeyStoreMissing, generate_key_file, load_signer,
+    KeyStore,
+    KeyStoreExists,
+    KeyStoreMissing,
+    generate_key_file,
+    load_signer,
 )
 from gateway.signature import signer_id, verify
 
@@ -27,7 +31,7 @@ def _pub_pem(pk) -> bytes:  # type: ignore[no-untyped-def]
 
 def _self_signed(key, cn: str) -> bytes:  # type: ignore[no-untyped-def]
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
             .public_key(key.public_key()).serial_number(1)
             .not_valid_before(now).not_valid_after(now + timedelta(days=1))

@@ -263,3 +263,40 @@ def test_acknowledged_request_survives_sigkill_and_repeat_gets_same_answer(home,
     assert again.body == first.body
     with pytest.raises(TimeoutError):
         bank2.recv("XFER.OUT.REQ", timeout=1)
+
+
+def test_gateway_connects_out_logs_on_keys_and_relays(home, start_gateway) -> None:  # type: ignore[no-untyped-def]
+    import socket
+
+    from cryptography.hazmat.primitives import serialization
+
+    from gateway.keystore import KeyStore
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    port = listener.getsockname()[1]
+    pem = home.keys[BANK].public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    KeyStore(home.root / "keys").add_peer(BANK, "BANK", pem, connect=f"127.0.0.1:{port}")
+    gw = start_gateway()
+    listener.settimeout(10)
+    conn, _ = listener.accept()
+    bank = gw.peer(BANK)
+    bank.sock = conn
+    logon = bank.recv("SYS.LOGON.REQ")
+    bank.verify_from_gateway(logon)  # signed by the gateway's long-term key
+    assert (logon.body["PartyId"], logon.body["Role"]) == ("GW01", "GATEWAY")
+    assert logon.head("To") == BANK and logon.mac == "-"
+    bank.send("SYS.LOGON.RSP", [("Result", "0000"), ("ResultText", "welcome"),
+                                ("SessionId", "B1"), ("Nonce", "cd" * 16),
+                                ("TradeDate", "2026-11-25")], mac=False,
+              ref=logon.head("MsgId"))
+    keyx = bank.recv("SYS.KEYX.REQ")  # the gateway keys at once when it dialled out
+    bank.answer_keyx(keyx)
+    broker = gw.peer(BROKER).open_session()
+    signed(bank, broker)
+    msg_id = broker.send("XFER.OUT.REQ", xfer("OUT1"), to=BANK)
+    bank_answers(bank)
+    assert broker._answer_to(msg_id, "XFER.OUT.REQ").body["Result"] == "0000"
+    listener.close()

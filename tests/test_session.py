@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import BROKER, make_home
 from lxml import etree
 
 from gateway.config import Config
@@ -15,6 +14,8 @@ from gateway.journal import Journal
 from gateway.keystore import KeyStore
 from gateway.relay import Gateway
 from gateway.session import CLOSED, Session
+
+from conftest import BROKER, make_home
 from peer import Frame, TestPeer
 
 

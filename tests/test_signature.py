@@ -15,7 +15,13 @@ from gateway.errors import DecryptionFailed, MacInvalid, SignatureInvalid, Unkno
 from gateway.fieldcrypto import StorageCipher, decrypt_field, encrypt_field
 from gateway.mac import mac_field, verify_mac
 from gateway.signature import (
-    SignatureField, Signer, allowed_algs, key_type, load_public_key, signer_id, verify,
+    SignatureField,
+    Signer,
+    allowed_algs,
+    key_type,
+    load_public_key,
+    signer_id,
+    verify,
 )
 
 XML = b'<?xml version="1.0" encoding="UTF-8"?>\n<Msg xmlns="urn:sbdx:1"><Head/></Msg>\n'

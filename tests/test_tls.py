@@ -6,9 +6,10 @@ import ssl
 from pathlib import Path
 
 import pytest
-from conftest import BROKER
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+
+from conftest import BROKER
 
 
 def client_context(home_root: Path, tmp: Path, key: ec.EllipticCurvePrivateKey,
