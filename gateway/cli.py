@@ -110,6 +110,44 @@ def _cmd_serve(args: argparse.Namespace, home: Home) -> int:
     return EXIT_OK
 
 
+def _cmd_sim(args: argparse.Namespace, home: Home) -> int:
+    """A reference bank or broker that dials the gateway and serves until stopped."""
+    from twisted.internet import reactor
+
+    from .sim.runtime import ensure_key, start_sim
+
+    setup_logging()
+    role = args.sim_command.upper()
+    party = args.party or ("CCB" if role == "BANK" else "GTJA")
+    cert_path = args.gateway_cert or home.keys / "gateway.crt"
+    if not cert_path.exists():
+        print(f"gateway sim: no gateway certificate at {cert_path} (--gateway-cert)",
+              file=sys.stderr)
+        return 1
+    pub = ensure_key(home.root, party)
+    print(f"{role.lower()} {party}: public key {pub} (register it: gateway peer add --id "
+          f"{party} --role {role} --cert {pub})", flush=True)
+    sim = start_sim(reactor, home.root, role, party, args.connect, cert_path.read_bytes(),
+                    args.gateway_party)
+    if role == "BANK":
+        sim.book.seed(args.broker)
+        withheld = set(args.withhold or [])
+        sim.book.withhold = lambda m: str(m.body.get("BizSn")) in withheld
+        if args.delay:
+            sim.node.answer_later = lambda send: reactor.callLater(args.delay, send)  # type: ignore[attr-defined]
+    else:
+        sim.book.seed()
+    reactor.addSystemEventTrigger("before", "shutdown", sim.stop)  # type: ignore[attr-defined]
+    reactor.run()  # type: ignore[attr-defined]
+    return EXIT_OK
+
+
+def _cmd_demo(args: argparse.Namespace, home: Home) -> int:
+    from .demo import main as demo_main
+
+    return demo_main(args.keep)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gateway",
@@ -166,12 +204,22 @@ def build_parser() -> argparse.ArgumentParser:
         dest="sim_command", metavar="ROLE")
     sim.required = True
     for role in ("bank", "broker"):
-        p = sim.add_parser(role, help=f"simulated {role}")
+        p = sim.add_parser(role, help=f"simulated {role} (keys and ledger under --home)")
         p.add_argument("--connect", required=True, metavar="HOST:PORT")
-        p.set_defaults(run=_not_built(f"sim {role}"))
+        p.add_argument("--party", help="PartyId (default CCB for a bank, GTJA for a broker)")
+        p.add_argument("--gateway-cert", type=Path, help="default: HOME/keys/gateway.crt")
+        p.add_argument("--gateway-party", default="GW01")
+        if role == "bank":
+            p.add_argument("--broker", default="GTJA", help="the broker whose clients it seeds")
+            p.add_argument("--withhold", nargs="*", metavar="BIZSN",
+                           help="book these requests but never answer (timeout tests)")
+            p.add_argument("--delay", type=float, default=0.0, help="answer after N seconds")
+        p.set_defaults(run=_cmd_sim)
 
     p = sub.add_parser("demo", help="gateway + simulated bank and broker, a business day")
-    p.set_defaults(run=_not_built("demo"))
+    p.add_argument("--keep", type=Path, metavar="DIR",
+                   help="run in DIR and keep it (default: a temporary folder, removed)")
+    p.set_defaults(run=_cmd_demo)
     return parser
 
 

@@ -8,9 +8,7 @@ and the edge calls :meth:`Gateway.tick` and :meth:`Gateway.flush`.
 """
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
-import itertools
 import logging
 import os
 from collections.abc import Callable, Mapping
@@ -36,17 +34,14 @@ from .fieldcrypto import StorageCipher, decrypt_field
 from .journal import Journal, Record
 from .keystore import KeyStore, Peer
 from .message import Message, parse_message, replace_texts
+from .node import Node
 from .queries import cts_query, xfer_query
 from .reversal import ReversalQueue
 from .rules import Repeat, Rules
 from .session import Session
-from .signature import Signer
 from .verification import Verified
 
 log = logging.getLogger(__name__)
-
-CHINA = dt.timezone(dt.timedelta(hours=8), "Asia/Shanghai")  # no DST since 1991
-
 
 @dataclass
 class Pending:
@@ -72,19 +67,14 @@ def content_hash(message: Message, plaintexts: Mapping[str, str]) -> str:
     return h.hexdigest()
 
 
-class Gateway:
+class Gateway(Node):
     """The relay core and session owner."""
 
     def __init__(self, config: Config, keystore: KeyStore, journal: Journal,
                  clock: Callable[[], float],
                  random_bytes: Callable[[int], bytes] = os.urandom) -> None:
-        self.config = config
+        super().__init__(config, journal, keystore.signer(), clock, random_bytes)
         self.keystore = keystore
-        self.journal = journal
-        self.signer: Signer = keystore.signer()
-        self._clock = clock
-        self._random = random_bytes
-        self._seq = itertools.count(int.from_bytes(random_bytes(3), "big"))
         self.sessions: list[Session] = []
         self._ready: dict[str, list[Session]] = {}
         self._rr: dict[str, int] = {}
@@ -92,7 +82,7 @@ class Gateway:
         self._pending_by_record: dict[tuple[str, str, str], Pending] = {}
         self.calendar = Calendar(config.holidays)
         self.rules = Rules(journal, self.calendar, StorageCipher(keystore.storage_key()),
-                           lambda: self._local_now().date())
+                           lambda: self.local_now().date())
         self.reversals = ReversalQueue(config, journal, self.ready_session)
         recovered = self.reversals.recover(self.now())
         if recovered:
@@ -100,25 +90,6 @@ class Gateway:
                         recovered)
 
     # --- SessionOwner -----------------------------------------------------------
-    def now(self) -> float:
-        return self._clock()
-
-    def random_bytes(self, n: int) -> bytes:
-        return self._random(n)
-
-    def _local_now(self) -> dt.datetime:
-        return dt.datetime.fromtimestamp(self.now(), CHINA)
-
-    def iso_time(self) -> str:
-        return self._local_now().isoformat(timespec="milliseconds")
-
-    def trade_date(self) -> str:
-        return self._local_now().date().isoformat()
-
-    def next_msg_id(self) -> str:
-        """``<party><epoch ms><seq>``: unique across restarts (ms clock + random start)."""
-        return f"{self.config.party}{int(self.now() * 1000):013d}{next(self._seq) % 10**6:06d}"
-
     def find_peer(self, party: str) -> Peer | None:
         return self.keystore.peer(party)
 
@@ -246,9 +217,11 @@ class Gateway:
         log.info("refused %s %s from %s: %s %s", message.type, base.biz_sn, session.party,
                  exc.code, exc.text)
         xml = self.answer(session, message, {"Result": exc.code, "ResultText": exc.text})
-        self.journal.insert_record(Record(**{**_record_dict(base), "state": records.FAILED,
-                                             "result": exc.code, "response_xml": xml}),
-                                   self.now())
+        # Never relayed: the gateway itself is the party that answered it, so the
+        # counterparty's end-of-day file rightly does not list it.
+        self.journal.insert_record(Record(**{**_record_dict(base), "receiver": self.config.party,
+                                             "state": records.FAILED, "result": exc.code,
+                                             "response_xml": xml}), self.now())
 
     def _on_repeat(self, session: Session, message: Message, existing: Record,
                    digest: str) -> None:
@@ -318,12 +291,15 @@ class Gateway:
 
     def _settle(self, rec: Record, message: Message, result: str) -> bytes:
         """Apply an answer to its record (and registry); return the xml to relay on."""
-        changes, fill = self.rules.answered(rec, message, self._local_now(), self.now())
+        changes, fill = self.rules.answered(rec, message, self.local_now(), self.now())
         xml = replace_texts(message.xml, fill) if fill else message.xml
         self.journal.update_record(rec.key, self.now(),
                                    state=records.transition(rec.state, records.outcome(result)),
                                    result=result, response_xml=xml, **changes)
         return xml
+
+    def peer_error(self, session: Session, verified: Verified) -> None:
+        """A peer's SYS.ERROR: logged by the session; nothing to settle here."""
 
     def _late_response(self, session: Session, message: Message, result: str) -> None:
         rec = self.journal.record_by_msg(session.party or "", message.head.ref_id or "")
@@ -366,5 +342,3 @@ class Gateway:
             if session.ready:
                 self._send_response(session, rec.biz_type + ".RSP", msg_id, body)
 
-    def flush(self) -> int:
-        return self.journal.flush()

@@ -90,7 +90,8 @@ class SessionProtocol(protocol.Protocol):
             self.transport.abortConnection()
             return
         self.transport.registerProducer(self, True)
-        self.session = Session(gw, self, new_session_id(gw.random_bytes), self.connect_to)
+        self.session = Session(gw, self, new_session_id(gw.random_bytes), self.connect_to,
+                               peer_side=self.factory.peer_side)
         gw.add_session(self.session)
         log.info("session %s: connection from %s", self.session.session_id,
                  self.transport.getPeer())
@@ -110,7 +111,10 @@ class SessionProtocol(protocol.Protocol):
 
 
 class GatewayFactory(protocol.Factory):
-    """Shared state for all connections: the relay core and the flush timer."""
+    """Shared state for all connections: the node (relay core) and the flush timer."""
+
+    #: True when the node is a bank/broker whose sessions face a relaying gateway.
+    peer_side = False
 
     def __init__(self, gateway: Gateway, reactor: IReactorTime) -> None:
         self.gateway = gateway

@@ -68,11 +68,12 @@ class Link(Protocol):
 
 
 class SessionOwner(Protocol):
-    """What a session needs of the gateway that owns it."""
+    """What a session needs of the node (gateway or reference peer) that owns it."""
 
     config: Config
     journal: Journal
     signer: Signer
+    role: str
 
     def now(self) -> float: ...
 
@@ -91,6 +92,8 @@ class SessionOwner(Protocol):
     def session_closed(self, session: Session) -> None: ...
 
     def business_message(self, session: Session, verified: Verified) -> None: ...
+
+    def peer_error(self, session: Session, verified: Verified) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,8 +116,12 @@ class Session:
     """One connection's SBDX/1 session with one peer."""
 
     def __init__(self, owner: SessionOwner, link: Link, session_id: str,
-                 connect_to: Peer | None = None) -> None:
+                 connect_to: Peer | None = None, *, peer_side: bool = False) -> None:
+        """``connect_to``: we dialled that party and log on to it.  ``peer_side``:
+        we are a bank/broker talking to a gateway, which relays other parties'
+        messages (their ``From`` is the original sender, the hop is signed by it)."""
         cfg = owner.config
+        self.peer_side = peer_side
         self.owner = owner
         self.link = link
         self.session_id = session_id
@@ -199,8 +206,8 @@ class Session:
         assert self.peer is not None
         verified = verify_message(
             envelope, message, keyring=self.keyring, public_key=self.peer.public_key,
-            party=self.peer.party, replay=self.owner.journal, now=self.owner.now(),
-            max_skew=self.owner.config.max_skew_seconds,
+            party=None if self.peer_side else self.peer.party, replay=self.owner.journal,
+            now=self.owner.now(), max_skew=self.owner.config.max_skew_seconds,
         )
         self._journal_in(envelope, message)
         self.keyring.note_message()
@@ -252,7 +259,7 @@ class Session:
         self.peer = peer
         self.state = LOGON_SENT
         self.send("SYS.LOGON.REQ", {
-            "PartyId": self.owner.config.party, "Role": catalog.GATEWAY,
+            "PartyId": self.owner.config.party, "Role": self.owner.role,
             "Nonce": self.owner.random_bytes(16).hex(),
             "HeartbeatSec": str(int(self.owner.config.heartbeat_seconds)),
         })
@@ -349,6 +356,7 @@ class Session:
         body = verified.message.body
         log.warning("session %s: %s reports %s %s (ref %s)", self.session_id, self.party,
                     body.get("Code"), body.get("Text"), body.get("RefMsgId"))
+        self.owner.peer_error(self, verified)
 
     _SYS_HANDLERS: Mapping[str, Callable[[Session, Verified], None]] = {
         "SYS.KEYX.REQ": _on_keyx_req,
@@ -388,12 +396,24 @@ class Session:
         return self.keyring.rotation_due
 
     # --- output -------------------------------------------------------------------
-    def send(self, msg_type: str, body: Mapping[str, Any], ref_id: str | None = None) -> Sent:
-        """Build, sign, MAC, journal and (after commit) write a message from the gateway."""
+    def send(self, msg_type: str, body: Mapping[str, Any], ref_id: str | None = None,
+             to: str | None = None, secret: Mapping[str, str] | None = None) -> Sent:
+        """Build, sign, MAC, journal and (after commit) write a message of ours.
+
+        ``to`` defaults to the session's party; a peer addresses business
+        messages to the counterparty the gateway relays them to.  ``secret`` fields
+        (IdNo, Phone) are encrypted under the current data key (§4)."""
         assert self.peer is not None
         head = Head(type=msg_type, msg_id=self.owner.next_msg_id(),
-                    from_party=self.owner.config.party, to_party=self.peer.party,
+                    from_party=self.owner.config.party, to_party=to or self.peer.party,
                     time=self.owner.iso_time(), trade_date=self.owner.trade_date(), ref_id=ref_id)
+        if secret:
+            keys = self.keyring.current
+            if keys is None:
+                raise SessionNotReady("no session key to encrypt with")
+            body = {name: (encrypt_field(keys.data_key, head.msg_id, name, secret[name],
+                                         self.owner.random_bytes(12)) if name in secret else value)
+                    for name, value in body.items()}
         xml = build_xml(head, body)
         self.send_xml(xml, msg_type, head.msg_id, ref_id)
         return Sent(head.msg_id, xml)

@@ -19,8 +19,7 @@ def test_help_lists_every_command_of_the_protocol() -> None:
         assert command in out.stdout
 
 
-@pytest.mark.parametrize("args", [["eod", "watch", "x"], ["demo"],
-                                  ["sim", "bank", "--connect", "127.0.0.1:1"]])
+@pytest.mark.parametrize("args", [["eod", "watch", "x"], ["demo"]])
 def test_commands_not_built_yet_say_so_and_fail(args: list[str], tmp_path) -> None:  # type: ignore[no-untyped-def]
     out = run("--home", str(tmp_path), *args)
     assert out.returncode != 0

@@ -33,6 +33,11 @@ PROTOCOL_TYPES = {
 NS = "{urn:sbdx:1}"
 
 
+def body_name(msg_type: str) -> str:
+    """The Body child for a Head/Type: XFER.OUT.REQ -> XferOutReq."""
+    return "".join(part.capitalize() for part in msg_type.split("."))
+
+
 @pytest.fixture(scope="module")
 def lxml_schema() -> etree.XMLSchema:
     return etree.XMLSchema(etree.parse(str(ROOT)))
@@ -57,7 +62,18 @@ def test_valid_sample_passes_and_its_body_matches_its_type(path: Path, lxml_sche
     msg_type = doc.findtext(f"{NS}Head/{NS}Type")
     assert msg_type == path.stem
     (child,) = doc.find(f"{NS}Body")
-    assert child.tag == NS + "".join(p.capitalize() for p in msg_type.split("."))
+    assert child.tag == NS + body_name(msg_type)
+
+
+def test_schema_declares_exactly_the_protocol_bodies(second_schema) -> None:  # type: ignore[no-untyped-def]
+    declared = set(second_schema.elements) - {"Msg"}
+    assert declared == {body_name(t) for t in PROTOCOL_TYPES}
+    body = second_schema.types["Body"].content
+    assert {e.local_name for e in body.iter_elements()} == declared
+    for name in declared:
+        children = [e.local_name for e in second_schema.elements[name].type.content.iter_elements()]
+        if name.endswith("Rsp"):
+            assert children[:2] == ["Result", "ResultText"], name
 
 
 @pytest.mark.parametrize("path", INVALID, ids=lambda p: p.stem)
@@ -65,7 +81,9 @@ def test_invalid_sample_fails_naming_the_element(path: Path, lxml_schema,
                                                  second_schema) -> None:  # type: ignore[no-untyped-def]
     doc = etree.parse(str(path))
     assert not lxml_schema.validate(doc)
-    assert EXPECTED[path.name]["element"] in str(lxml_schema.error_log)
+    element = EXPECTED[path.name]["element"]
+    assert any(f"}}{element}'" in e.message for e in lxml_schema.error_log), \
+        str(lxml_schema.error_log)
     assert not second_schema.is_valid(str(path))
 
 

@@ -1,0 +1,125 @@
+"""End-of-day clearing file format (PROTOCOL §8), as data.
+
+A file is ``<TYPE>_<FROM>_<TO>_<YYYYMMDD>.txt``: one ``H`` line, ``D`` lines, one
+``T`` line, UTF-8, LF, ``|``-separated.  Each TYPE's D-record layout is a tuple of
+``(field name, regular expression)``; the line parser, the per-field diagnosis and
+the writer are all driven by it.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass
+
+TYPES = ("XFER", "SIGN", "PAY", "OTC", "BAL")
+RECONCILED_TYPES = ("XFER", "SIGN", "PAY", "OTC")
+VERSION = "SBDX1"
+
+NAME_RE = re.compile(r"(XFER|SIGN|PAY|OTC|BAL)_([A-Z0-9]{2,12})_([A-Z0-9]{2,12})_([0-9]{8})\.txt")
+
+BIZSN = r"[A-Za-z0-9]{1,32}"
+FUND = r"[0-9]{6,20}"
+WALLET = r"[0-9]{16}"
+AMOUNT = r"(?:0|[1-9][0-9]{0,12})\.[0-9]{2}"
+BALANCE = r"-?(?:0|[1-9][0-9]{0,12})\.[0-9]{2}"
+STATUS = r"[SFR]"
+TOKEN = r"[A-Za-z0-9_-]{1,32}"
+OPT_TOKEN = r"[A-Za-z0-9_-]{0,32}"
+DATE = r"[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])"
+OPT_DATE = f"(?:{DATE})?"
+TIME = (DATE + r"T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,9})?"
+        r"(?:Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])")
+
+Layout = tuple[tuple[str, str], ...]
+
+LAYOUTS: dict[str, Layout] = {
+    "XFER": (("BizSn", BIZSN), ("Direction", "IN|OUT|REV"), ("FundAcct", FUND),
+             ("WalletId", WALLET), ("Amount", AMOUNT), ("Status", STATUS),
+             ("BankSn", OPT_TOKEN), ("SweepRef", OPT_TOKEN), ("Time", TIME)),
+    "SIGN": (("BizSn", BIZSN), ("Action", "SIGN|UNSIGN"), ("FundAcct", FUND),
+             ("WalletId", WALLET), ("AgreementNo", OPT_TOKEN), ("Status", STATUS),
+             ("Time", TIME)),
+    "PAY": (("BizSn", BIZSN), ("OrderNo", TOKEN), ("WalletId", WALLET), ("Amount", AMOUNT),
+            ("Status", STATUS), ("ProductCode", TOKEN), ("Time", TIME)),
+    "OTC": (("BizSn", BIZSN), ("OrderNo", TOKEN), ("CorpWalletId", WALLET), ("Amount", AMOUNT),
+            ("Status", STATUS), ("BookDate", OPT_DATE), ("Time", TIME)),
+    "BAL": (("FundAcct", FUND), ("WalletId", WALLET), ("Balance", BALANCE)),
+}
+
+#: The column the trailer sums, per TYPE.
+SUM_FIELD = {"XFER": "Amount", "PAY": "Amount", "OTC": "Amount", "BAL": "Balance"}
+#: Date-valued fields whose calendar validity is checked beyond the pattern.
+DATE_FIELDS = ("BookDate", "Time")
+HEADER_FIELDS = ("H", "Version", "Type", "Date", "From", "To", "Created")
+TRAILER_RE = re.compile(r"T\|(0|[1-9][0-9]{0,11})\|(-?(?:0|[1-9][0-9]{0,14})\.[0-9]{2})"
+                        r"\|([0-9a-f]{64})")
+CREATED_RE = re.compile(TIME)
+
+
+@dataclass(frozen=True)
+class FileName:
+    """The parts of a clearing file's name."""
+
+    file_type: str
+    from_party: str
+    to_party: str
+    day: dt.date
+
+    @property
+    def text(self) -> str:
+        return f"{self.file_type}_{self.from_party}_{self.to_party}_{self.day:%Y%m%d}.txt"
+
+
+def parse_name(name: str) -> FileName:
+    """Parse a file name; raise ValueError naming what is wrong."""
+    m = NAME_RE.fullmatch(name)
+    if m is None:
+        raise ValueError(f"file name {name!r} does not match "
+                         "<TYPE>_<FROM>_<TO>_<YYYYMMDD>.txt (TYPE XFER|SIGN|PAY|OTC|BAL, "
+                         "PartyId [A-Z0-9]{2,12})")
+    try:
+        day = dt.datetime.strptime(m.group(4), "%Y%m%d").date()
+    except ValueError:
+        raise ValueError(f"file name {name!r}: {m.group(4)} is not a calendar date") from None
+    return FileName(m.group(1), m.group(2), m.group(3), day)
+
+
+def field_names(file_type: str) -> tuple[str, ...]:
+    return tuple(name for name, _ in LAYOUTS[file_type])
+
+
+def line_regex(file_type: str) -> re.Pattern[str]:
+    """One compiled pattern matching a whole well-formed D line, a group per field."""
+    return re.compile("D\\|" + "\\|".join(f"({rx})" for _, rx in LAYOUTS[file_type]))
+
+
+def fen(amount: str) -> int:
+    """``"1234.50"`` → 123450 (the text is already known well-formed)."""
+    return int(amount.replace(".", "", 1))
+
+
+def fen_text(value: int) -> str:
+    """123450 → ``"1234.50"``; -1200 → ``"-12.00"``."""
+    sign = "-" if value < 0 else ""
+    whole, cents = divmod(abs(value), 100)
+    return f"{sign}{whole}.{cents:02d}"
+
+
+def valid_date(text: str) -> bool:
+    """True if ``YYYY-MM-DD`` is a real calendar date."""
+    try:
+        dt.date.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
+
+
+def diagnose(file_type: str, fields: list[str]) -> tuple[str, str]:
+    """The first bad field of a D line that failed the fast match: (field, reason)."""
+    layout = LAYOUTS[file_type]
+    if len(fields) != len(layout):
+        return "D", f"expected {len(layout)} fields after D, found {len(fields)}"
+    for (name, rx), value in zip(layout, fields):
+        if not re.fullmatch(rx, value):
+            return name, f"{value!r} is not a valid {name}"
+    return "D", "malformed record"

@@ -1,0 +1,2 @@
+"""Reference bank and broker peers (``gateway sim bank|broker``) for demos, tests
+and benchmarks: real keys, real sessions, real SQLite ledgers."""

@@ -1,0 +1,118 @@
+"""A bank or broker node: owns its sessions to the gateway (peer side of §5),
+sends requests and matches answers, and books requests the gateway relays to it."""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from ..config import Config
+from ..errors import CounterpartyNotConnected
+from ..fieldcrypto import decrypt_field
+from ..journal import Journal
+from ..keystore import Peer
+from ..message import Message
+from ..node import Node
+from ..session import Session
+from ..signature import Signer
+from ..verification import Verified
+
+log = logging.getLogger(__name__)
+
+Answer = Callable[[Message], None]
+
+
+class Book(Protocol):
+    """The party's business logic: book a relayed request, return the answer body."""
+
+    def handle(self, message: Message, plain: Mapping[str, str]) -> dict[str, Any] | None: ...
+
+
+class PeerNode(Node):
+    """One simulated party with one or more sessions to the gateway."""
+
+    def __init__(self, config: Config, journal: Journal, signer: Signer,
+                 clock: Callable[[], float], gateway: Peer, role: str, book: Book) -> None:
+        super().__init__(config, journal, signer, clock)
+        self.role = role
+        self.gateway = gateway
+        self.book = book
+        self.sessions: list[Session] = []
+        self._ready: list[Session] = []
+        self._waiting: dict[str, Answer] = {}
+        self.on_ready: list[Callable[[], None]] = []
+        #: Answer sending hook: the edge may delay it (``sim --delay``).
+        self.answer_later: Callable[[Callable[[], None]], None] = lambda send: send()
+
+    # --- SessionOwner -----------------------------------------------------------
+    def find_peer(self, party: str) -> Peer | None:
+        return self.gateway if party == self.gateway.party else None
+
+    def add_session(self, session: Session) -> None:
+        self.sessions.append(session)
+
+    def session_ready(self, session: Session) -> None:
+        self._ready.append(session)
+        log.info("%s ready on session %s", self.config.party, session.session_id)
+        callbacks, self.on_ready = self.on_ready, []
+        for callback in callbacks:
+            callback()
+
+    def session_closed(self, session: Session) -> None:
+        for bucket in (self.sessions, self._ready):
+            if session in bucket:
+                bucket.remove(session)
+
+    @property
+    def ready(self) -> bool:
+        return any(s.ready for s in self._ready)
+
+    def business_message(self, session: Session, verified: Verified) -> None:
+        message = verified.message
+        if message.kind.is_response:
+            waiter = self._waiting.pop(message.head.ref_id or "", None)
+            if waiter is not None:
+                waiter(message)
+            return
+        plain = {name: decrypt_field(verified.keys.data_key, message.head.msg_id, name,
+                                     str(message.body[name]))
+                 for name in ("IdNo", "Phone")
+                 if verified.keys is not None and isinstance(message.body.get(name), str)}
+        body = self.book.handle(message, plain)
+        if body is None:
+            log.info("%s withholds its answer to %s %s", self.config.party, message.type,
+                     message.body.get("BizSn"))
+            return
+
+        def send() -> None:
+            if session.ready:
+                session.send(message.kind.response_type, body, ref_id=message.head.msg_id,
+                             to=message.head.from_party)
+                self.flush()
+
+        self.answer_later(send)
+
+    def peer_error(self, session: Session, verified: Verified) -> None:
+        ref = str(verified.message.body.get("RefMsgId") or "")
+        waiter = self._waiting.pop(ref, None)
+        if waiter is not None:
+            waiter(verified.message)
+
+    def tick(self) -> None:
+        for session in list(self.sessions):
+            session.tick()
+
+    # --- requests ---------------------------------------------------------------
+    def request(self, msg_type: str, body: Mapping[str, Any], to: str, on_answer: Answer,
+                secret: Mapping[str, str] | None = None) -> str:
+        """Send a request on a ready session; ``on_answer`` gets the response or SYS.ERROR."""
+        session = next((s for s in self._ready if s.ready), None)
+        if session is None:
+            raise CounterpartyNotConnected("no ready session to the gateway")
+        sent = session.send(msg_type, body, to=to, secret=secret)
+        self._waiting[sent.msg_id] = on_answer
+        return sent.msg_id
+
+    @property
+    def outstanding(self) -> int:
+        return len(self._waiting)

@@ -1,0 +1,106 @@
+"""Twisted edge of the reference peers: build a node from its home, dial the gateway."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from twisted.application import internet
+from twisted.internet import endpoints, task
+
+from ..config import Config, split_host_port
+from ..journal import Journal
+from ..keystore import Peer, generate_key_file, load_signer
+from ..server import TICK_SECONDS, GatewayFactory, SessionProtocol
+from ..signature import key_type, load_public_key, signer_id
+from .bank import BankBook
+from .broker import BrokerBook
+from .ledger import Ledger
+from .node import PeerNode
+
+log = logging.getLogger(__name__)
+
+
+def gateway_peer(cert_pem: bytes, party: str) -> Peer:
+    """The gateway as the sims see it: its party id and certificate key."""
+    key = load_public_key(cert_pem)
+    return Peer(party=party, role="GATEWAY", key_type=key_type(key), signer=signer_id(key),
+                connect=None, public_key=key, pem=cert_pem)
+
+
+def key_file(home: Path, party: str) -> Path:
+    return home / "keys" / f"{party}.key"
+
+
+def ensure_key(home: Path, party: str) -> Path:
+    """The peer's long-term ES256 key (0600), created on first use; returns its
+    public-key PEM path, which the gateway operator registers with `peer add`."""
+    path = key_file(home, party)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    signer = load_signer(path) if path.exists() else generate_key_file(path, "ES256")
+    from cryptography.hazmat.primitives import serialization
+
+    pub = home / "keys" / f"{party}.pub.pem"
+    pub.write_bytes(signer.public_key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    return pub
+
+
+@dataclass
+class Sim:
+    """A running simulated party."""
+
+    node: PeerNode
+    book: Any
+    factory: GatewayFactory
+    service: Any
+    ticker: task.LoopingCall
+
+    def stop(self) -> None:
+        if self.ticker.running:
+            self.ticker.stop()
+        for session in list(self.node.sessions):
+            session.close()
+        self.node.flush()
+        self.service.stopService()
+
+
+class PeerFactory(GatewayFactory):
+    """Connections of a bank/broker node to the gateway (it logs on)."""
+
+    peer_side = True
+
+    def buildProtocol(self, addr: Any) -> SessionProtocol:
+        node = self.gateway
+        assert isinstance(node, PeerNode)
+        return SessionProtocol(self, connect_to=node.gateway)
+
+
+def start_sim(reactor: Any, home: Path, role: str, party: str, connect: str,
+              gateway_cert: bytes, gateway_party: str = "GW01",
+              heartbeat_seconds: float = 30.0) -> Sim:
+    """Build the node (keys, journal, ledger) and keep a session to the gateway."""
+    ensure_key(home, party)
+    signer = load_signer(key_file(home, party))
+    data = home / "data"
+    journal = Journal(data / f"{party}-journal.sqlite3")
+    ledger = Ledger(data / f"{party}-ledger.sqlite3")
+    today = lambda: node.trade_date()  # noqa: E731
+    now_iso = lambda: node.iso_time()  # noqa: E731
+    book: Any = (BankBook(ledger, party, today, now_iso) if role == "BANK"
+                 else BrokerBook(ledger, party, today, now_iso))
+    cfg = Config(party=party, heartbeat_seconds=heartbeat_seconds)
+    node = PeerNode(cfg, journal, signer, reactor.seconds, gateway_peer(gateway_cert,
+                                                                         gateway_party),
+                    role, book)
+    factory = PeerFactory(node, reactor)
+    host, port = split_host_port(connect)
+    service = internet.ClientService(endpoints.HostnameEndpoint(reactor, host, port), factory,
+                                     clock=reactor)
+    service.startService()
+    ticker = task.LoopingCall(factory.tick)
+    ticker.clock = reactor
+    ticker.start(TICK_SECONDS, now=False)
+    log.info("%s %s dialling the gateway at %s", role.lower(), party, connect)
+    return Sim(node, book, factory, service, ticker)
