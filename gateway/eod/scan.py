@@ -111,12 +111,8 @@ class Scanner:
 
     # --- lines ------------------------------------------------------------------------
     def _lines(self, block: bytes) -> None:
-        try:
-            text = block.decode("utf-8")
-        except UnicodeDecodeError:
-            for raw in block.split(b"\n")[:-1] if block.endswith(b"\n") else block.split(b"\n"):
-                self._one_raw(raw)
-            return
+        # Invalid UTF-8 survives as lone surrogates, which no field pattern accepts.
+        text = block.decode("utf-8", "surrogateescape")
         lines = text.split("\n")
         if lines and lines[-1] == "":
             lines.pop()
@@ -125,14 +121,6 @@ class Scanner:
             self.result.header = lines[0]
             lines = lines[1:]
         self._records(lines)
-
-    def _one_raw(self, raw: bytes) -> None:
-        try:
-            self._lines(raw + b"\n")
-        except RecursionError:  # pragma: no cover - defensive
-            raise
-        except Exception:
-            raise
 
     def _records(self, lines: list[str]) -> None:
         res, rx, keep, sum_at = self.result, self._rx.fullmatch, self._keep, self._sum_at
@@ -180,6 +168,8 @@ class Scanner:
             return
         fields = line[2:].split("|")
         name, reason = diagnose(self.file_type, fields)
+        if any("\udc80" <= c <= "\udcff" for c in line):
+            reason = "not valid UTF-8"
         self._error(n, name, reason)
         if self._sum_at < 0 or self.result.total_fen is None:
             return
@@ -190,9 +180,10 @@ class Scanner:
 
     def _error(self, n: int, name: str, reason: str) -> None:
         if self.result.error is None:
+            self._flush()  # the records before the first bad one still count for duplicates
             self.result.error = RecordError(n, name, reason)
 
     def _flush(self) -> None:
         if self._rows and self._sink is not None and self.result.error is None:
             self._sink(self._rows)
-        self._rows = []
+        self._rows.clear()

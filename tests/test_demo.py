@@ -1,0 +1,57 @@
+"""`gateway demo` as a new user runs it, and the books it leaves behind (issue 6)."""
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def test_demo_runs_a_whole_business_day_and_exits_zero(tmp_path: Path) -> None:
+    started = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "gateway", "demo", "--keep", str(tmp_path)],
+                         capture_output=True, text=True, timeout=120)
+    elapsed = time.monotonic() - started
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert elapsed < 60
+    text = out.stdout
+    assert "RESULT: every step did what it should" in text
+    for flow in ("CTS", "XFER", "PAY", "OTC"):
+        assert f"\n{flow} " in text
+    assert "B330" in text and "REVERSED" in text  # the timeout → reversal path ran
+    assert "unsign 李四: service still valid" in text and "B304" in text
+    assert " BAD " not in text
+    assert "Traceback" not in out.stderr
+    # the books it leaves: every wallet debit reached the aggregate account, reversal once
+    bank = sqlite3.connect(tmp_path / "ccb" / "data" / "CCB-ledger.sqlite3")
+    dedicated, = bank.execute("SELECT balance_fen FROM account WHERE id='DEDICATED'").fetchone()
+    assert dedicated == 0
+    ops = bank.execute("SELECT biz_key, biz_type, result, amount_fen, wallet_id, reversed"
+                       " FROM op WHERE biz_type IN ('XFER.IN', 'XFER.OUT')").fetchall()
+    assert ops
+    for key, kind, result, amount, wallet, reversed_ in ops:
+        net: dict[str, int] = {}
+        for debit, credit, fen in bank.execute(
+                "SELECT debit, credit, amount_fen FROM posting WHERE biz_key=?", (key,)):
+            net[debit] = net.get(debit, 0) - fen
+            net[credit] = net.get(credit, 0) + fen
+        moved = {acct: fen for acct, fen in net.items() if fen}
+        if result != "0000" or reversed_:
+            assert moved == {}, (key, moved)  # refused or reversed: nothing stuck anywhere
+        else:
+            sign = -1 if kind == "XFER.IN" else 1
+            assert moved == {wallet: sign * amount, "AGGREGATE": -sign * amount}, (key, moved)
+    undone, = bank.execute("SELECT count(*) FROM posting WHERE reversal=1").fetchone()
+    assert undone == 2  # the one timed-out transfer: two postings undone, once
+    journal = sqlite3.connect(tmp_path / "gateway" / "data" / "journal.sqlite3")
+    states = dict(journal.execute("SELECT state, count(*) FROM record GROUP BY state"))
+    assert states.get("REVERSED") == 1 and "PENDING" not in states and "REVERSING" not in states
+
+
+def test_demo_leaves_no_process_behind(tmp_path: Path) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "gateway", "demo"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert proc.wait(timeout=120) == 0
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert not [line for line in ps.splitlines() if "gateway demo" in line and "ps -eo" not in line]
