@@ -111,6 +111,8 @@ def from_mapping(values: dict[str, Any]) -> Config:
             raise ConfigError(f"unknown setting [gateway].{key}")
         kwargs[key] = _coerce(key, getattr(defaults, key), value)
     cfg = Config(**kwargs)
+    if cfg.replay_retention_days < 7:
+        raise ConfigError("replay_retention_days must be at least 7 (PROTOCOL §5)")
     if not _PARTY.match(cfg.party):
         raise ConfigError("party must match [A-Z0-9]{2,12}")
     if cfg.journal_synchronous not in ("FULL", "NORMAL", "EXTRA", "OFF"):

@@ -84,6 +84,7 @@ class Gateway(Node):
         self.rules = Rules(journal, self.calendar, StorageCipher(keystore.storage_key()),
                            lambda: self.local_now().date())
         self.reversals = ReversalQueue(config, journal, self.ready_session)
+        self._next_purge = self.now()
         recovered = self.reversals.recover(self.now())
         if recovered:
             log.warning("%d unanswered request(s) from before the restart queued for reversal",
@@ -321,6 +322,17 @@ class Gateway(Node):
             if now >= pending.deadline:
                 self._time_out(key, pending)
         self.reversals.send_due(now)
+        if now >= self._next_purge:
+            self._purge_replay_store(now)
+
+    def _purge_replay_store(self, now: float) -> None:
+        """Forget MsgIds older than ``replay_retention_days`` (§5 asks for ≥ 7 days)."""
+        cutoff = now - self.config.replay_retention_days * 86400
+        purged = self.journal.purge_seen(cutoff)
+        if purged:
+            log.info("forgot %d MsgIds older than %d days", purged,
+                     self.config.replay_retention_days)
+        self._next_purge = now + 3600
 
     def _time_out(self, key: tuple[str, str], pending: Pending) -> None:
         del self.pending[key]

@@ -147,3 +147,23 @@ def test_business_message_before_logon_is_e207_and_nothing_is_journaled(harness:
     assert error.body["Code"] == "E207" and error.head("To") == BROKER
     assert list(harness.journal.messages()) != []  # our SYS.ERROR is journaled
     assert all(row["direction"] == "OUT" for row in harness.journal.messages())
+
+
+def test_msgids_are_remembered_for_the_retention_period_then_forgotten(tmp_path: Path) -> None:
+    h = Harness(tmp_path, replay_retention_days=7)
+    h.logon()
+    h.tick(5.1)
+    h.answer_keyx()
+    sender_count = h.journal._db.execute("SELECT count(*) FROM seen_msg_id").fetchone()[0]
+    assert sender_count == 2  # LOGON and KEYX answer
+    h.tick(6 * 86400)  # heartbeats aside, nothing is forgotten within 7 days
+    assert h.journal._db.execute("SELECT count(*) FROM seen_msg_id").fetchone()[0] == 2
+    h.tick(1.01 * 86400 + 3600)
+    assert h.journal._db.execute("SELECT count(*) FROM seen_msg_id").fetchone()[0] == 0
+
+
+def test_retention_below_seven_days_is_refused() -> None:
+    from gateway.config import ConfigError, from_mapping
+
+    with pytest.raises(ConfigError):
+        from_mapping({"replay_retention_days": 3})
