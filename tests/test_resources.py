@@ -1,0 +1,92 @@
+"""Resource bounds (issue 9): connection limit, idle pre-logon connections, slow readers,
+heartbeat floods — memory stays bounded and other sessions keep working."""
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+from conftest import BANK, BROKER
+from flows import answer, signed, xfer
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def round_trip_ms(bank, broker, sn: str) -> float:  # type: ignore[no-untyped-def]
+    started = time.perf_counter()
+    msg_id = broker.send("XFER.IN.REQ", xfer(sn, amount="1.00"), to=BANK)
+    answer(bank)
+    assert broker._answer_to(msg_id, "XFER.IN.REQ").body["Result"] == "0000"
+    return (time.perf_counter() - started) * 1000
+
+
+def test_connections_beyond_the_limit_are_closed_at_once(start_gateway) -> None:  # type: ignore[no-untyped-def]
+    gw = start_gateway(max_connections=10)
+    socks = [socket.create_connection(("127.0.0.1", gw.port), timeout=5) for _ in range(10)]
+    extra = socket.create_connection(("127.0.0.1", gw.port), timeout=5)
+    extra.settimeout(5)
+    try:
+        assert extra.recv(100) == b""  # closed by the gateway ...
+    except ConnectionResetError:
+        pass  # ... or reset: either way refused at once
+    gw.wait_for_log("connection limit 10 reached")
+    for s in socks:
+        s.close()
+
+
+def test_a_connection_that_never_logs_on_is_dropped(start_gateway) -> None:  # type: ignore[no-untyped-def]
+    gw = start_gateway(heartbeat_seconds=1.0)
+    idle = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+    idle.sendall(b"0000")  # a slow-loris: half a length header, then nothing
+    started = time.monotonic()
+    assert idle.recv(100) == b""
+    assert time.monotonic() - started < 6
+
+
+def test_slow_reader_is_bounded_and_others_keep_their_latency(start_gateway) -> None:  # type: ignore[no-untyped-def]
+    gw = start_gateway(max_send_buffer_bytes=256 * 1024)
+    bank = gw.peer(BANK).open_session()
+    broker = gw.peer(BROKER).open_session()
+    signed(bank, broker)
+    baseline = max(round_trip_ms(bank, broker, f"A{i}") for i in range(5))
+    slow = gw.peer(BROKER).open_session()
+    slow.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # type: ignore[union-attr]
+    before = rss_kib(gw.proc.pid)
+    _, xml = slow.build("SYS.ECHO.REQ", [("Text", "x" * 256)])
+    frame = slow.frame(xml)
+    slow.sock.setblocking(False)  # type: ignore[union-attr]
+    sent = 0
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and sent < 20_000:
+        try:
+            _, xml = slow.build("SYS.ECHO.REQ", [("Text", "x" * 256)])
+            slow.sock.send(slow.frame(xml))  # type: ignore[union-attr]
+            sent += 1
+        except (BlockingIOError, BrokenPipeError, ConnectionResetError):
+            break  # the gateway stopped reading us (back-pressure) or cut us off
+    del frame
+    during = max(round_trip_ms(bank, broker, f"B{i}") for i in range(5))
+    grown = rss_kib(gw.proc.pid) - before
+    assert grown < 64 * 1024, f"gateway grew {grown} KiB for a peer that does not read"
+    assert during < max(10 * baseline, 200), (baseline, during)
+
+
+def test_heartbeat_flood_does_not_starve_other_sessions(start_gateway) -> None:  # type: ignore[no-untyped-def]
+    gw = start_gateway()
+    bank = gw.peer(BANK).open_session()
+    broker = gw.peer(BROKER).open_session()
+    signed(bank, broker)
+    flood = gw.peer(BROKER).open_session()
+    burst = b"".join(flood.frame(flood.build("SYS.HEARTBEAT", [])[1]) for _ in range(3000))
+    before = rss_kib(gw.proc.pid)
+    flood.send_raw(burst)
+    worst = max(round_trip_ms(bank, broker, f"C{i}") for i in range(5))
+    assert worst < 2000, worst
+    assert rss_kib(gw.proc.pid) - before < 64 * 1024
+    echo = flood.request("SYS.ECHO.REQ", [("Text", "still here")])
+    assert echo.body["Text"] == "still here"
