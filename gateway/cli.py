@@ -4,14 +4,13 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
 
 EXIT_OK = 0
 EXIT_USAGE = 2
-EXIT_NOT_BUILT = 4
 
 
 class Home:
@@ -27,14 +26,6 @@ class Home:
     @property
     def data(self) -> Path:
         return self.root / "data"
-
-
-def _not_built(name: str) -> Callable[[argparse.Namespace, Home], int]:
-    def run(args: argparse.Namespace, home: Home) -> int:
-        print(f"gateway {name}: not built yet in this version", file=sys.stderr)
-        return EXIT_NOT_BUILT
-
-    return run
 
 
 def _cmd_init(args: argparse.Namespace, home: Home) -> int:
@@ -148,6 +139,25 @@ def _cmd_demo(args: argparse.Namespace, home: Home) -> int:
     return demo_main(args.keep)
 
 
+def _cmd_eod_check(args: argparse.Namespace, home: Home) -> int:
+    from .eod import check_command
+
+    return check_command(home.root, args.file, args.json)
+
+
+def _cmd_eod_export(args: argparse.Namespace, home: Home) -> int:
+    from .eod import export_command
+
+    return export_command(home.root, args.date, args.type, args.to, args.out)
+
+
+def _cmd_eod_watch(args: argparse.Namespace, home: Home) -> int:
+    from .eod import watch_command
+
+    setup_logging()
+    return watch_command(home.root, args.dir, poll_seconds=args.poll, once=args.once)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gateway",
@@ -189,16 +199,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = eod.add_parser("check", help="check and reconcile one file")
     p.add_argument("file", type=Path)
     p.add_argument("--json", action="store_true")
-    p.set_defaults(run=_not_built("eod check"))
+    p.set_defaults(run=_cmd_eod_check)
     p = eod.add_parser("export", help="write a signed file from the journal")
     p.add_argument("--date", required=True)
     p.add_argument("--type", required=True, choices=["XFER", "SIGN", "PAY", "OTC"])
     p.add_argument("--to", required=True)
     p.add_argument("--out", type=Path, default=Path("."))
-    p.set_defaults(run=_not_built("eod export"))
+    p.set_defaults(run=_cmd_eod_export)
     p = eod.add_parser("watch", help="check every complete file dropped into DIR")
     p.add_argument("dir", type=Path)
-    p.set_defaults(run=_not_built("eod watch"))
+    p.add_argument("--poll", type=float, default=1.0, help="seconds between folder scans")
+    p.add_argument("--once", action="store_true", help="process what is there, then exit")
+    p.set_defaults(run=_cmd_eod_watch)
 
     sim = sub.add_parser("sim", help="reference bank/broker peers").add_subparsers(
         dest="sim_command", metavar="ROLE")

@@ -58,7 +58,7 @@ def home(tmp_path: Path) -> GatewayHome:
 class RunningGateway:
     """``gateway serve`` in a subprocess; its log is collected for assertions."""
 
-    def __init__(self, home: GatewayHome, *args: str) -> None:
+    def __init__(self, home: GatewayHome, *args: str, listen: str = "127.0.0.1:0") -> None:
         self.home = home
         self.log: list[str] = []
         self._port_seen = threading.Event()
@@ -66,7 +66,7 @@ class RunningGateway:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway", "--home", str(home.root), "serve",
-             "--listen", "127.0.0.1:0", *args],
+             "--listen", listen, *args],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
         threading.Thread(target=self._drain, daemon=True).start()
         if not self._port_seen.wait(30):
@@ -114,10 +114,10 @@ class RunningGateway:
 def start_gateway(home: GatewayHome) -> Iterator[Any]:
     running: list[RunningGateway] = []
 
-    def start(*args: str, **settings: Any) -> RunningGateway:
+    def start(*args: str, listen: str = "127.0.0.1:0", **settings: Any) -> RunningGateway:
         if settings:
             home.write_config(**settings)
-        gw = RunningGateway(home, *args)
+        gw = RunningGateway(home, *args, listen=listen)
         running.append(gw)
         return gw
 

@@ -199,14 +199,25 @@ class TestPeer:
         msg_id = self.send(msg_type, fields, **kw)
         return self._answer_to(msg_id, msg_type)
 
-    def _answer_to(self, msg_id: str, msg_type: str) -> Frame:
+    def _answer_to(self, msg_id: str, msg_type: str, timeout: float = 10) -> Frame:
+        """The response (or SYS.ERROR) answering ``msg_id``; other frames are kept."""
+        def answers(f: Frame) -> bool:
+            return f.head("RefId") == msg_id or (f.type == "SYS.ERROR"
+                                                 and f.body.get("RefMsgId") == msg_id)
+
+        for i, f in enumerate(self.inbox):
+            if answers(f):
+                return self.inbox.pop(i)
         while True:
-            f = self.recv(msg_type.replace(".REQ", ".RSP"), "SYS.ERROR")
-            if f.head("RefId") == msg_id or f.body.get("RefMsgId") == msg_id:
+            f = self.recv_frame(timeout)
+            if f.type == "SYS.HEARTBEAT":
+                continue
+            if f.type == "SYS.KEYX.REQ":
+                self.answer_keyx(f)
+                continue
+            if answers(f):
                 return f
             self.inbox.append(f)
-            if len(self.inbox) > 50:
-                raise AssertionError("no answer to " + msg_id)
 
     # --- session ------------------------------------------------------------
     def logon(self, heartbeat: int = 30) -> Frame:

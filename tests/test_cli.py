@@ -4,8 +4,6 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import pytest
-
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "gateway", *args],
@@ -17,14 +15,6 @@ def test_help_lists_every_command_of_the_protocol() -> None:
     assert out.returncode == 0
     for command in ("init", "cert", "peer", "serve", "eod", "sim", "demo"):
         assert command in out.stdout
-
-
-@pytest.mark.parametrize("args", [["eod", "watch", "x"], ["demo"]])
-def test_commands_not_built_yet_say_so_and_fail(args: list[str], tmp_path) -> None:  # type: ignore[no-untyped-def]
-    out = run("--home", str(tmp_path), *args)
-    assert out.returncode != 0
-    assert "not built yet" in out.stderr
-    assert out.stdout == ""
 
 
 def test_init_creates_owner_only_keys_and_refuses_twice(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import BANK, BROKER, RunningGateway, make_home
-from flows import answer, signed, xfer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.errors import RESULT_TEXT
+
+from conftest import BANK, BROKER, RunningGateway, make_home
+from flows import answer, signed, xfer
 from peer import TestPeer
 
 CODES = set(RESULT_TEXT) - {"0000"}

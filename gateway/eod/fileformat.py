@@ -50,7 +50,6 @@ LAYOUTS: dict[str, Layout] = {
 SUM_FIELD = {"XFER": "Amount", "PAY": "Amount", "OTC": "Amount", "BAL": "Balance"}
 #: Date-valued fields whose calendar validity is checked beyond the pattern.
 DATE_FIELDS = ("BookDate", "Time")
-HEADER_FIELDS = ("H", "Version", "Type", "Date", "From", "To", "Created")
 TRAILER_RE = re.compile(r"T\|(0|[1-9][0-9]{0,11})\|(-?(?:0|[1-9][0-9]{0,14})\.[0-9]{2})"
                         r"\|([0-9a-f]{64})")
 CREATED_RE = re.compile(TIME)
@@ -88,9 +87,57 @@ def field_names(file_type: str) -> tuple[str, ...]:
     return tuple(name for name, _ in LAYOUTS[file_type])
 
 
+def kept_fields(file_type: str) -> tuple[str, ...]:
+    """The D fields the checker keeps (all but Time, which is never compared)."""
+    return tuple(n for n, _ in LAYOUTS[file_type] if n != "Time")
+
+
+#: The run of D fields §8 compares unconditionally, per reconciled TYPE.  They are
+#: contiguous in the line, so the checker captures them as ONE string ("core",
+#: ``|f1|f2|…``) and the journal side builds the same string: equal cores = equal
+#: fields.  BankSn/SweepRef (compared where both hold one), ProductCode (not a
+#: compared field) and Time (never compared) stay outside the core.
+CORE_FIELDS: dict[str, tuple[str, ...]] = {
+    "XFER": ("Direction", "FundAcct", "WalletId", "Amount", "Status"),
+    "SIGN": ("Action", "FundAcct", "WalletId", "AgreementNo", "Status"),
+    "PAY": ("OrderNo", "WalletId", "Amount", "Status"),
+    "OTC": ("OrderNo", "CorpWalletId", "Amount", "Status", "BookDate"),
+}
+
+
+def row_fields(file_type: str) -> tuple[str, ...]:
+    """Names of the groups :func:`line_regex` captures, in order."""
+    if file_type not in CORE_FIELDS:
+        return kept_fields(file_type)
+    core = CORE_FIELDS[file_type]
+    extras = tuple(n for n in kept_fields(file_type)[1:] if n not in core)
+    return ("BizSn", "core", *(("Amount",) if "Amount" in core else ()), *extras)
+
+
 def line_regex(file_type: str) -> re.Pattern[str]:
-    """One compiled pattern matching a whole well-formed D line, a group per field."""
-    return re.compile("D\\|" + "\\|".join(f"({rx})" for _, rx in LAYOUTS[file_type]))
+    """One pattern for a well-formed D line and its LF, capturing :func:`row_fields`.
+
+    Used with ``findall`` over a block of lines (one C call per block) and with
+    ``fullmatch`` per line when a block holds a bad line.
+    """
+    layout = LAYOUTS[file_type]
+    core = CORE_FIELDS.get(file_type, ())
+    if core and tuple(n for n, _ in layout[1:1 + len(core)]) != core:
+        raise AssertionError(f"{file_type}: compared fields must follow BizSn contiguously")
+    parts = []
+    for name, rx in layout:
+        if name in core:
+            continue
+        parts.append(f"(?:{rx})" if name == "Time" else f"({rx})")
+    if core:
+        inner = "".join(f"\\|({rx})" if n == "Amount" else f"\\|(?:{rx})"
+                        for n, rx in layout[1:1 + len(core)])
+        parts[0] += f"({inner})"
+    return re.compile("^D\\|" + "\\|".join(parts) + "\n", re.MULTILINE)
+
+
+#: Every date in a block of D lines (BookDate, and the date of Time), for calendar checks.
+DATE_IN_LINE_RE = re.compile(r"\|([0-9]{4}-[0-9]{2}-[0-9]{2})[T|\n]")
 
 
 def fen(amount: str) -> int:
@@ -119,7 +166,9 @@ def diagnose(file_type: str, fields: list[str]) -> tuple[str, str]:
     layout = LAYOUTS[file_type]
     if len(fields) != len(layout):
         return "D", f"expected {len(layout)} fields after D, found {len(fields)}"
-    for (name, rx), value in zip(layout, fields):
+    for (name, rx), value in zip(layout, fields, strict=True):
         if not re.fullmatch(rx, value):
             return name, f"{value!r} is not a valid {name}"
+        if name in DATE_FIELDS and value and not valid_date(value[:10]):
+            return name, f"{value!r} is not a calendar date"
     return "D", "malformed record"

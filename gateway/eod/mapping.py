@@ -7,6 +7,8 @@ exporter; never compared).
 """
 from __future__ import annotations
 
+from .fileformat import CORE_FIELDS, LAYOUTS
+
 FINAL_STATES = ("SUCCEEDED", "FAILED", "REVERSED")
 
 STATUS_SQL = ("CASE state WHEN 'SUCCEEDED' THEN 'S' WHEN 'FAILED' THEN 'F' "
@@ -30,11 +32,37 @@ _COMMON = {"BizSn": "biz_sn", "FundAcct": "fund_acct", "WalletId": "wallet_id",
                         "ELSE 'REV' END",
            "Action": "CASE biz_type WHEN 'CTS.SIGN' THEN 'SIGN' ELSE 'UNSIGN' END"}
 
-#: Business fields §8 compares (ProductCode is not among them; Time never is).
-COMPARED = ("Direction", "Action", "FundAcct", "WalletId", "CorpWalletId", "OrderNo",
-            "Amount", "Status", "AgreementNo", "BookDate")
-#: Compared only where both sides hold a value.
+#: Compared only where both sides hold a value (the rest of §8's list is the
+#: "core" of fileformat.CORE_FIELDS; ProductCode is not compared, Time never is).
 COMPARED_IF_BOTH = ("BankSn", "SweepRef")
+
+NEVER_NULL = ("Direction", "Action", "Status")  # CASE expressions over NOT NULL columns
+
+
+def core_sql(file_type: str) -> str:
+    """SQL building the journal side's core string ``|f1|f2|…`` (NULL if Amount is)."""
+    parts = []
+    for name in CORE_FIELDS[file_type]:
+        if name == "Amount":
+            parts.append("(amount_fen / 100) || '.' || substr(100 + amount_fen % 100, 2)")
+        elif name in NEVER_NULL:
+            parts.append(_COMMON[name])
+        else:
+            parts.append(f"COALESCE({_COMMON[name]}, '')")
+    return " || ".join(f"'|' || {p}" for p in parts)
+
+
+def core_day_query(file_type: str, trade_date: str, gateway: str, from_party: str,
+                   to_party: str) -> tuple[str, tuple[object, ...]]:
+    """The day's journal rows as: bizsn, core, the if-both fields, each core field
+    (``c_<name>``, for reporting differences) and ``final``."""
+    core = CORE_FIELDS[file_type]
+    both = [n for n, _ in LAYOUTS[file_type] if n in COMPARED_IF_BOTH]
+    cols = ", ".join([f"{core_sql(file_type)} AS core",
+                      *(f"{_COMMON[n]} AS {column(n)}" for n in both),
+                      *(f"{_COMMON[n]} AS c_{column(n)}" for n in core)])
+    sql, args = day_query(file_type, ("BizSn",), trade_date, gateway, from_party, to_party)
+    return sql.replace("biz_sn AS bizsn,", f"biz_sn AS bizsn, {cols},", 1), args
 
 
 def column(field_name: str) -> str:
@@ -52,8 +80,8 @@ def scope(gateway: str, from_party: str, to_party: str) -> tuple[str, tuple[str,
     """
     peers = [p for p in (from_party, to_party) if p != gateway]
     if len(peers) == 2:
-        return ("((origin=? AND receiver=?) OR (origin=? AND receiver=?))",
-                (peers[0], peers[1], peers[1], peers[0]))
+        return ("(origin IN (?, ?) AND receiver IN (?, ?) AND origin <> receiver)",
+                (peers[0], peers[1], peers[0], peers[1]))
     if len(peers) == 1:
         return "((origin=? OR receiver=?) AND receiver<>?)", (peers[0], peers[0], gateway)
     return "receiver<>?", (gateway,)

@@ -1,23 +1,28 @@
-"""Reconciliation in SQL: the file's records in a temp table joined with the journal.
+"""Reconciliation in SQL: the file's records in a scratch table joined with the journal.
 
-Neither side is held in Python: the scanner streams well-formed records into table
-``f`` of a private on-disk SQLite database (journal and fsync off — it is scratch),
-the day's journal records are copied into table ``j`` through a read-only ATTACH,
-and the four outcomes are SQL queries.  Only discrepancies come back to Python.
+Neither side is held in Python.  The scanner streams well-formed records into table
+``f`` of a private on-disk SQLite database (rollback journal and fsync off — it is
+scratch; row ``seq`` = line − 1), a UNIQUE index on BizSn is then built (which is
+also the duplicate check), and the journal, attached read-only, is joined to it in
+one pass that returns only discrepancies.  Only if the file holds records the
+journal lacks is a second, BizSn-indexed copy of the day's journal keys made to
+list them.
 """
 from __future__ import annotations
 
 import sqlite3
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .fileformat import LAYOUTS, FileName, fen_text
-from .mapping import COMPARED, COMPARED_IF_BOTH, column, day_query
+from .fileformat import CORE_FIELDS, FileName, fen_text, row_fields
+from .mapping import COMPARED_IF_BOTH, column, core_day_query
 from .scan import Row
 
 CACHE_KIB = 65536  # page cache of the scratch database: bounds memory for any file size
+FEN_SPLIT = 100_000_000  # sum fen as high and low parts: no int64 overflow in SQL
 
 
 @dataclass
@@ -39,112 +44,129 @@ class Workspace:
 
     def __init__(self, file_type: str) -> None:
         self.file_type = file_type
-        self.fields = tuple(n for n, _ in LAYOUTS[file_type] if n != "Time")
+        self.fields = row_fields(file_type)
+        self.core = CORE_FIELDS[file_type]
         self._dir = tempfile.TemporaryDirectory(prefix="sbdx-eod-")
         self.db = sqlite3.connect(f"file:{self._dir.name}/check.sqlite3", uri=True,
                                   isolation_level=None)
         for pragma in ("journal_mode=OFF", "synchronous=OFF", "temp_store=FILE",
-                       f"cache_size=-{CACHE_KIB}", "locking_mode=EXCLUSIVE"):
+                       f"cache_size=-{CACHE_KIB}"):
             self.db.execute(f"PRAGMA {pragma}")
-        cols = ", ".join(f"{column(n)} TEXT" for n in self.fields)
-        self.db.execute(f"CREATE TABLE f (line INTEGER NOT NULL, {cols}, fen INTEGER, "
-                        "dup_line INTEGER, PRIMARY KEY (bizsn)) WITHOUT ROWID")
-        marks = ",".join("?" for _ in range(len(self.fields) + 2))
+        cols = ", ".join(f"{column(n)} {'INTEGER' if n == 'Amount' else 'TEXT'}"
+                         for n in self.fields)
+        self.db.execute(f"CREATE TABLE f (seq INTEGER PRIMARY KEY, {cols})")
+        values = ", ".join(f"CAST(REPLACE(?{i}, '.', '') AS INTEGER)" if n == "Amount"
+                           else f"?{i}" for i, n in enumerate(self.fields, 1))
         names = ", ".join(column(n) for n in self.fields)
-        self._insert = (f"INSERT INTO f (line, {names}, fen) VALUES ({marks}) "
-                        "ON CONFLICT (bizsn) DO UPDATE SET "
-                        "dup_line = COALESCE(f.dup_line, excluded.line)")
+        self._insert = f"INSERT INTO f ({names}) VALUES ({values})"
         self.db.execute("BEGIN")
 
     def close(self) -> None:
         self.db.close()
         self._dir.cleanup()
 
-    def sink(self, rows: list[Row]) -> None:
-        """Scanner sink: one executemany per batch."""
+    def sink(self, rows: Sequence[Row]) -> None:
+        """Scanner sink: one executemany per block."""
         self.db.executemany(self._insert, rows)
 
+    def total_fen(self) -> int:
+        """Sum of the Amount column of the records in ``f``."""
+        if "Amount" not in self.fields:
+            return 0
+        hi, lo = self.db.execute(f"SELECT COALESCE(SUM(amount / {FEN_SPLIT}), 0), "
+                                 f"COALESCE(SUM(amount % {FEN_SPLIT}), 0) FROM f").fetchone()
+        return int(hi) * FEN_SPLIT + int(lo)
+
     def first_duplicate(self) -> tuple[int, str, int] | None:
-        """(line, BizSn, first line) of the earliest repeated BizSn, or None."""
+        """(line, BizSn, first line) of the earliest repeated BizSn, or None.
+
+        Building the UNIQUE index the join needs is the duplicate check.
+        """
         self.db.execute("COMMIT")
-        row = self.db.execute("SELECT dup_line, bizsn, line FROM f WHERE dup_line IS NOT NULL "
-                              "ORDER BY dup_line LIMIT 1").fetchone()
-        return None if row is None else (int(row[0]), str(row[1]), int(row[2]))
+        try:
+            self.db.execute("CREATE UNIQUE INDEX f_sn ON f (bizsn)")
+            return None
+        except sqlite3.IntegrityError:
+            pass
+        self.db.execute("CREATE INDEX f_sn ON f (bizsn)")
+        row = self.db.execute("SELECT b.seq + 1, b.bizsn, MIN(a.seq) + 1 FROM f b "
+                              "JOIN f a ON a.bizsn = b.bizsn AND a.seq < b.seq "
+                              "GROUP BY b.seq ORDER BY b.seq LIMIT 1").fetchone()
+        return (int(row[0]), str(row[1]), int(row[2]))
 
     # --- the journal side ------------------------------------------------------------
-    def load_journal(self, journal: Path, gateway: str, name: FileName) -> None:
-        """Copy the journal records the file covers into table ``j``."""
-        sql, args = day_query(name.file_type, self.fields, name.day.isoformat(), gateway,
-                              name.from_party, name.to_party)
-        if journal.exists():
-            uri = f"file:{journal}?mode=ro"
-            self.db.execute("ATTACH DATABASE ? AS jr", (uri,))
-            self.db.execute("CREATE TABLE j AS " + sql.format(db="jr."), args)
-            self.db.execute("DETACH DATABASE jr")
-        else:  # no journal yet: the gateway has seen no business at all
-            cols = ", ".join(column(n) for n in self.fields)
-            self.db.execute(f"CREATE TABLE j ({cols}, final)")
-        self.db.execute("CREATE INDEX j_sn ON j (bizsn)")
-
-    def reconcile(self) -> Reconciliation:
+    def reconcile(self, journal: Path, gateway: str, name: FileName) -> Reconciliation:
+        """Compare ``f`` (indexed, duplicate-free) with the journal records it covers."""
         out = Reconciliation()
-        out.missing_in_file = [r[0] for r in self.db.execute(
-            "SELECT bizsn FROM j WHERE final AND NOT EXISTS "
-            "(SELECT 1 FROM f WHERE f.bizsn = j.bizsn) ORDER BY bizsn")]
-        out.extra_in_file = [r[0] for r in self.db.execute(
-            "SELECT bizsn FROM f WHERE NOT EXISTS (SELECT 1 FROM j WHERE j.bizsn = f.bizsn) "
-            "ORDER BY line")]
-        joined = self.db.execute("SELECT COUNT(*) FROM f JOIN j ON j.bizsn = f.bizsn").fetchone()
-        out.mismatched = list(self._mismatches())
-        out.matched = int(joined[0]) - len(out.mismatched)
+        total = self.db.execute("SELECT COUNT(*) FROM f").fetchone()[0]
+        if not journal.exists():  # no journal yet: the gateway has seen no business
+            out.extra_in_file = [r[0] for r in self.db.execute("SELECT bizsn FROM f ORDER BY seq")]
+            return out
+        sql, args = core_day_query(name.file_type, name.day.isoformat(), gateway,
+                                   name.from_party, name.to_party)
+        self.db.execute("ATTACH DATABASE ? AS jr", (f"file:{journal}?mode=ro",))
+        try:
+            day = sql.format(db="jr.")
+            joined = self.db.execute(f"SELECT COUNT(*) FROM ({day}) AS j "
+                                     "JOIN f ON f.bizsn = j.bizsn", args).fetchone()[0]
+            self._discrepancies(day, args, out)
+            if joined < total:
+                out.extra_in_file = self._extra(day, args)
+        finally:
+            self.db.execute("DETACH DATABASE jr")
+        out.matched = joined - len(out.mismatched)
         return out
 
-    def _compared(self) -> tuple[list[str], list[str]]:
-        always = [n for n in self.fields if n in COMPARED]
-        if_both = [n for n in self.fields if n in COMPARED_IF_BOTH]
-        return always, if_both
+    def _both(self) -> list[str]:
+        return [n for n in self.fields if n in COMPARED_IF_BOTH]
 
     def _differs(self) -> str:
-        always, if_both = self._compared()
-        terms = []
-        for n in always:
-            if n == "Amount":
-                terms.append("f.fen IS NOT j.amount")
-            else:
-                terms.append(f"f.{column(n)} IS NOT COALESCE(j.{column(n)}, '')")
-        for n in if_both:
-            c = column(n)
+        terms = ["f.core IS NOT j.core"]
+        for c in map(column, self._both()):
             terms.append(f"(f.{c} <> '' AND COALESCE(j.{c}, '') <> '' AND f.{c} <> j.{c})")
         return " OR ".join(terms)
 
-    def _mismatches(self) -> Any:
-        always, if_both = self._compared()
-        names = always + if_both
-        f_cols = ", ".join("f.fen" if n == "Amount" else f"f.{column(n)}" for n in names)
-        j_cols = ", ".join(f"j.{column(n)}" for n in names)
-        sql = (f"SELECT f.bizsn, {f_cols}, {j_cols} FROM f JOIN j ON j.bizsn = f.bizsn "
-               f"WHERE {self._differs()} ORDER BY f.line")
-        width = len(names)
-        for row in self.db.execute(sql):
-            yield {"BizSn": row[0], "fields": _differing(names, row[1:1 + width],
-                                                         row[1 + width:])}
+    def _discrepancies(self, day: str, args: tuple[object, ...], out: Reconciliation) -> None:
+        both = self._both()
+        cols = ", ".join(["f.core", *(f"f.{column(n)}" for n in both),
+                          *(f"j.c_{column(n)}" for n in self.core),
+                          *(f"j.{column(n)}" for n in both)])
+        sql = (f"SELECT j.bizsn, f.seq, {cols} FROM ({day}) AS j "
+               "LEFT JOIN f ON f.bizsn = j.bizsn "
+               f"WHERE (f.seq IS NULL AND j.final) OR (f.seq IS NOT NULL AND ({self._differs()}))"
+               " ORDER BY f.seq, j.bizsn")
+        names = [*self.core, *both]
+        for row in self.db.execute(sql, args):
+            if row[1] is None:
+                out.missing_in_file.append(row[0])
+                continue
+            file_vals = [*row[2].split("|")[1:], *row[3:3 + len(both)]]
+            out.mismatched.append({"BizSn": row[0], "fields": _differing(
+                names, file_vals, row[3 + len(both):])})
+
+    def _extra(self, day: str, args: tuple[object, ...]) -> list[str]:
+        """BizSns of the file the journal lacks (only run when there are some)."""
+        self.db.execute(f"CREATE TABLE jk AS SELECT bizsn FROM ({day})", args)
+        self.db.execute("CREATE INDEX jk_sn ON jk (bizsn)")
+        return [r[0] for r in self.db.execute(
+            "SELECT bizsn FROM f WHERE NOT EXISTS (SELECT 1 FROM jk WHERE jk.bizsn = f.bizsn) "
+            "ORDER BY seq")]
 
 
-def _show(name: str, value: object) -> str | None:
+def _journal_text(name: str, value: object) -> str:
     if value is None:
-        return None
-    return fen_text(int(value)) if name == "Amount" else str(value)  # type: ignore[arg-type]
+        return ""
+    return fen_text(int(value)) if name == "Amount" else str(value)  # type: ignore[call-overload]
 
 
-def _differing(names: list[str], file_vals: tuple[Any, ...],
+def _differing(names: list[str], file_vals: list[Any],
                journal_vals: tuple[Any, ...]) -> dict[str, dict[str, str | None]]:
+    """The fields that differ, as text, for one mismatched record."""
     out: dict[str, dict[str, str | None]] = {}
-    for name, fv, jv in zip(names, file_vals, journal_vals):
+    for name, fv, jv in zip(names, file_vals, journal_vals, strict=True):
+        fv, jv = fv or "", _journal_text(name, jv)
         if name in COMPARED_IF_BOTH and (not fv or not jv):
             continue
-        if name != "Amount" and (fv or "") == (jv or ""):
-            continue
-        if name == "Amount" and fv == jv:
-            continue
-        out[name] = {"file": _show(name, fv), "journal": _show(name, jv)}
+        if fv != jv:
+            out[name] = {"file": fv, "journal": jv if jv or name != "Amount" else None}
     return out

@@ -2,24 +2,36 @@
 
 Sans-IO: :class:`Scanner` never opens a file.  It hashes the bytes before the last
 line (the trailer's digest) and, by a copy of that hash, the whole file (what the
-signature covers); it keeps the first and last lines, counts and sums the records,
-remembers the first malformed record (line number and field), and hands the
-well-formed records to a ``sink`` in batches (the reconciliation's temp table).
+signature covers); it keeps the first and last lines, counts the records, remembers
+the first malformed record (line number and field), and hands the well-formed
+records to a ``sink`` block by block (the reconciliation's scratch table).
+
+Fast path: a block of complete lines (about 1 MiB) is parsed by one ``findall`` of
+the D-line pattern; if it matched every line, the block is well-formed.  Only a
+block holding a bad line is walked line by line to name the line and field.
 """
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 
-from .fileformat import DATE_FIELDS, LAYOUTS, SUM_FIELD, diagnose, line_regex, valid_date
+from .fileformat import (
+    DATE_IN_LINE_RE,
+    SUM_FIELD,
+    diagnose,
+    field_names,
+    line_regex,
+    row_fields,
+    valid_date,
+)
 
-BATCH_ROWS = 50_000
-DATE_CACHE_MAX = 4096
+DATE_CACHE_MAX = 4096  # distinct valid dates remembered (bounded memory)
 
-Row = tuple[object, ...]
-Sink = Callable[[list[Row]], None]
+Row = tuple[str, ...]
+#: Receives well-formed records (kept fields, file order); returns nothing.
+Sink = Callable[[Sequence[Row]], None]
 
 
 @dataclass(frozen=True)
@@ -36,7 +48,12 @@ class RecordError:
 
 @dataclass
 class ScanResult:
-    """Everything the checks need, gathered in one pass."""
+    """Everything the checks need, gathered in one pass.
+
+    ``unsunk_fen`` sums the records *not* handed to the sink (all of them when there
+    is no sink; those after the first malformed record otherwise); ``None`` when a
+    malformed amount makes the sum unknowable (the record error then speaks).
+    """
 
     size: int = 0
     header: str | None = None
@@ -44,7 +61,7 @@ class ScanResult:
     body_sha256: str = ""
     file_sha256: bytes = b""
     records: int = 0
-    total_fen: int | None = 0
+    unsunk_fen: int | None = 0
     error: RecordError | None = None
     overdrafts: list[tuple[int, str, str, str]] = field(default_factory=list)
 
@@ -55,19 +72,16 @@ class Scanner:
     def __init__(self, file_type: str, sink: Sink | None = None) -> None:
         self.file_type = file_type
         self._sink = sink
-        layout = LAYOUTS[file_type]
-        names = [n for n, _ in layout]
-        self._names = names
+        self._names = row_fields(file_type)
         self._rx = line_regex(file_type)
-        self._sum_at = names.index(SUM_FIELD[file_type]) if file_type in SUM_FIELD else -1
-        self._keep = len(names) - 1 if names[-1] == "Time" else len(names)
-        self._date_at = [i for i, n in enumerate(names) if n in DATE_FIELDS]
+        self._sum_at = self._names.index(SUM_FIELD[file_type]) if file_type in SUM_FIELD else -1
+        layout = field_names(file_type)
+        self._raw_sum_at = layout.index(SUM_FIELD[file_type]) if file_type in SUM_FIELD else -1
         self._dates_ok: set[str] = set()
         self._hash = hashlib.sha256()
         self._carry = b""
         self._pending: bytes | None = None
         self._line = 0
-        self._rows: list[Row] = []
         self.result = ScanResult()
 
     # --- bytes in -----------------------------------------------------------------
@@ -86,7 +100,7 @@ class Scanner:
         self._carry = buf[last + 1:]
         if block:
             self._hash.update(block)
-            self._lines(block)
+            self._block(block)
 
     def finish(self) -> ScanResult:
         """No more bytes: settle the last line (the trailer) and the digests."""
@@ -94,96 +108,88 @@ class Scanner:
         if self._carry:  # the last line has no LF: the one before it is not the last
             if self._pending is not None:
                 self._hash.update(self._pending)
-                self._lines(self._pending)
+                self._block(self._pending)
             self._pending = self._carry
         if self._pending is not None:
             if self._line == 0:  # a one-line file: that line is the header, no trailer
                 self._hash.update(self._pending)
-                self._lines(self._pending)
+                self._block(self._pending)
             else:
                 res.trailer = self._pending
         res.body_sha256 = self._hash.hexdigest()
         whole = self._hash.copy()
         whole.update(res.trailer or b"")
         res.file_sha256 = whole.digest()
-        self._flush()
         return res
 
-    # --- lines ------------------------------------------------------------------------
-    def _lines(self, block: bytes) -> None:
+    # --- blocks of complete lines ---------------------------------------------------------
+    def _block(self, block: bytes) -> None:
         # Invalid UTF-8 survives as lone surrogates, which no field pattern accepts.
         text = block.decode("utf-8", "surrogateescape")
-        lines = text.split("\n")
-        if lines and lines[-1] == "":
-            lines.pop()
-        if self._line == 0 and lines:
+        if self._line == 0:
+            end = text.find("\n")
+            self.result.header = text if end < 0 else text[:end]
             self._line = 1
-            self.result.header = lines[0]
-            lines = lines[1:]
-        self._records(lines)
+            text = "" if end < 0 else text[end + 1:]
+        lines = text.count("\n")
+        rows = self._rx.findall(text)
+        if len(rows) == lines and self._dates_valid(text):
+            self._good(rows, self._line + 1)
+            self._line += lines
+        else:
+            self._walk(text)
+        self.result.records += lines
 
-    def _records(self, lines: list[str]) -> None:
-        res, rx, keep, sum_at = self.result, self._rx.fullmatch, self._keep, self._sum_at
-        date_at, dates_ok, rows = self._date_at, self._dates_ok, self._rows
-        n = self._line
-        total = 0
-        for line in lines:
-            n += 1
-            m = rx(line)
-            if m is None:
-                self._bad(n, line)
-                continue
-            g = m.groups()
-            amount = int(g[sum_at].replace(".", "", 1)) if sum_at >= 0 else 0
-            total += amount
-            for i in date_at:
-                day = g[i][:10]
-                if day and day not in dates_ok and not self._new_date(n, i, day):
-                    break
-            if amount < 0:
-                res.overdrafts.append((n, g[0], g[1], g[2]))
-            if res.error is None:
-                rows.append((n, *g[:keep], amount))
-                if len(rows) >= BATCH_ROWS:
-                    self._flush()
-        res.records += len(lines)
-        if res.total_fen is not None:
-            res.total_fen += total
-        self._line = n
+    def _dates_valid(self, text: str) -> bool:
+        dates = set(DATE_IN_LINE_RE.findall(text)) - self._dates_ok
+        if all(valid_date(d) for d in dates):
+            if len(self._dates_ok) > DATE_CACHE_MAX:
+                self._dates_ok.clear()
+            self._dates_ok |= dates
+            return True
+        return False
 
-    def _new_date(self, n: int, i: int, day: str) -> bool:
-        if not valid_date(day):
-            self._error(n, self._names[i], f"{day!r} is not a calendar date")
-            return False
-        if len(self._dates_ok) >= DATE_CACHE_MAX:
-            self._dates_ok.clear()
-        self._dates_ok.add(day)
-        return True
+    def _good(self, rows: Sequence[Row], first_line: int) -> None:
+        res = self.result
+        if self._sink is not None and res.error is None:
+            self._sink(rows)
+            return
+        if self._sum_at >= 0 and res.unsunk_fen is not None:
+            at = self._sum_at
+            res.unsunk_fen += sum(int(r[at].replace(".", "", 1)) for r in rows)
+        if self.file_type == "BAL":
+            res.overdrafts.extend((first_line + i, r[0], r[1], r[2])
+                                  for i, r in enumerate(rows) if r[2].startswith("-"))
+
+    def _walk(self, text: str) -> None:
+        """A block with a bad line: line by line, to locate the first bad field."""
+        match = self._rx.fullmatch
+        for line in text.split("\n")[:-1] if text.endswith("\n") else text.split("\n"):
+            self._line += 1
+            m = match(line + "\n")
+            if m is not None and self._dates_valid(line + "\n"):
+                self._good((m.groups(),), self._line)
+            else:
+                self._bad(self._line, line)
 
     def _bad(self, n: int, line: str) -> None:
-        """A line that failed the fast match: locate the field; keep the sum if possible."""
+        """Locate the bad field of a line; keep the sum if its amount is still a number."""
         if not line.startswith("D|"):
             self._error(n, "D", f"expected a D record, found {line[:20]!r}")
-            self.result.total_fen = None if self._sum_at >= 0 else 0
+            self.result.unsunk_fen = None if self._sum_at >= 0 else 0
             return
         fields = line[2:].split("|")
         name, reason = diagnose(self.file_type, fields)
         if any("\udc80" <= c <= "\udcff" for c in line):
             reason = "not valid UTF-8"
         self._error(n, name, reason)
-        if self._sum_at < 0 or self.result.total_fen is None:
+        if self._sum_at < 0 or self.result.unsunk_fen is None:
             return
         try:
-            self.result.total_fen += int(Decimal(fields[self._sum_at]) * 100)
+            self.result.unsunk_fen += int(Decimal(fields[self._raw_sum_at]) * 100)
         except (IndexError, InvalidOperation, ValueError):
-            self.result.total_fen = None  # the record error speaks instead of the sum
+            self.result.unsunk_fen = None
 
     def _error(self, n: int, name: str, reason: str) -> None:
         if self.result.error is None:
-            self._flush()  # the records before the first bad one still count for duplicates
             self.result.error = RecordError(n, name, reason)
-
-    def _flush(self) -> None:
-        if self._rows and self._sink is not None and self.result.error is None:
-            self._sink(self._rows)
-        self._rows.clear()

@@ -1,0 +1,69 @@
+"""Exporting a signed clearing file from the journal (``gateway eod export``).
+
+The gateway writes ``<TYPE>_<GW>_<TO>_<YYYYMMDD>.txt``: the final (SUCCEEDED, FAILED,
+REVERSED) journal records of that trade date it relayed to or from TO, in the order
+they were journaled, mapped exactly as the reconciliation maps them — so the file
+reconciles with zero discrepancies against the journal it came from.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+from gateway.keystore import KeyStore
+
+from .fileformat import LAYOUTS, RECONCILED_TYPES, fen_text
+from .mapping import day_query
+from .writer import write_file
+
+#: Offset the exporter stamps times in (trading days are Asia/Shanghai, no DST).
+CST = dt.timezone(dt.timedelta(hours=8))
+
+
+def _text(name: str, value: object) -> str:
+    if value is None:
+        return ""
+    if name == "Amount":
+        return fen_text(int(value))  # type: ignore[call-overload]
+    if name == "Time":
+        return dt.datetime.fromtimestamp(float(value), CST).isoformat(  # type: ignore[arg-type]
+            timespec="seconds")
+    return str(value)
+
+
+def journal_records(journal: Path, file_type: str, day: dt.date, gateway: str,
+                    to_party: str) -> Iterator[list[str]]:
+    """The D fields of every final journal record the file covers, streamed."""
+    names = tuple(n for n, _ in LAYOUTS[file_type])
+    if not journal.exists():
+        return
+    sql, args = day_query(file_type, names, day.isoformat(), gateway, gateway, to_party)
+    db = sqlite3.connect(f"file:{journal}?mode=ro", uri=True)
+    try:
+        rows = db.execute(f"SELECT * FROM ({sql.format(db='')}) WHERE final "
+                          "ORDER BY time, bizsn", args)
+        for row in rows:
+            yield [_text(n, v) for n, v in zip(names, row[:-1], strict=True)]
+    finally:
+        db.close()
+
+
+def export_file(home: Path, day: dt.date, file_type: str, to_party: str, out_dir: Path,
+                now: dt.datetime | None = None) -> Path:
+    """Write and sign the file; return its path.  ValueError on bad arguments."""
+    if file_type not in RECONCILED_TYPES:
+        raise ValueError(f"cannot export {file_type!r}: the journal holds XFER, SIGN, PAY "
+                         "and OTC business (BAL files are written by brokers)")
+    keys = KeyStore(Path(home) / "keys")
+    gateway = keys.party
+    if to_party == gateway:
+        raise ValueError("the counterparty must be a peer, not the gateway itself")
+    if keys.peer(to_party) is None:
+        raise ValueError(f"{to_party} is not a registered peer")
+    created = now or dt.datetime.now(CST)
+    records = journal_records(Path(home) / "data" / "journal.sqlite3", file_type, day,
+                              gateway, to_party)
+    return write_file(out_dir, file_type, gateway, to_party, day, records, keys.signer(),
+                      created)

@@ -1,0 +1,132 @@
+"""Crash consistency under load (issue 9): the gateway is SIGKILLed at random moments
+while transfers flow through it to a real bank simulator; after restarts and
+reversals every BizSn is in exactly one final state and both sides agree."""
+from __future__ import annotations
+
+import random
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from typing import Any
+
+from gateway.keystore import KeyStore
+from gateway.sim.runtime import ensure_key
+
+from conftest import BROKER
+from flows import WALLET, call, sign_fields, xfer
+from peer import TestPeer
+
+FINAL = {"SUCCEEDED", "FAILED", "REVERSED"}
+KILLS = 3
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def drive(broker: TestPeer, sent: dict[str, str], answers: dict[str, str], seconds: float,
+          rng: random.Random) -> None:
+    """Keep ~10 transfers in flight until the gateway dies or time runs out."""
+    inflight: dict[str, str] = {}
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline:
+            while len(inflight) < 10:
+                sn = f"T{len(sent):05d}"
+                kind = "XFER.OUT.REQ" if rng.random() < 0.3 and len(answers) > 20 else "XFER.IN.REQ"
+                sent[sn] = kind
+                inflight[broker.send(kind, xfer(sn, amount="1.00"), to="CCB")] = sn
+            frame = broker.recv("XFER.IN.RSP", "XFER.OUT.RSP", timeout=5)
+            sn = inflight.pop(frame.head("RefId") or "", frame.body.get("BizSn", ""))
+            answers[sn] = frame.body["Result"]
+    except (ConnectionError, TimeoutError, OSError):
+        pass  # the gateway was killed under us
+
+
+def settle(broker: TestPeer, sent: dict[str, str], answers: dict[str, str]) -> None:
+    """Ask again (same content) for every BizSn without an answer: never relayed twice."""
+    for sn, kind in sent.items():
+        if sn not in answers or answers[sn] not in ("0000", "B310", "B330"):
+            rsp = call(broker, kind, xfer(sn, amount="1.00"))
+            answers[sn] = rsp.body.get("Result", rsp.body.get("Code"))
+
+
+def test_sigkill_under_load_loses_nothing_and_moves_nothing_twice(home, start_gateway,
+                                                                   tmp_path) -> None:  # type: ignore[no-untyped-def]
+    rng = random.Random(20261125)
+    sim_home = tmp_path / "ccb"
+    KeyStore(home.root / "keys").add_peer("CCB", "BANK", ensure_key(sim_home, "CCB").read_bytes())
+    port = free_port()
+    settings: dict[str, Any] = dict(relay_timeout_seconds=1.0, reversal_retry_initial_seconds=0.3,
+                                    reversal_retry_max_seconds=1.0)
+    gw = start_gateway(listen=f"127.0.0.1:{port}", **settings)
+    bank = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "--home", str(sim_home), "sim", "bank", "--connect",
+         f"127.0.0.1:{port}", "--gateway-cert", str(home.root / "keys" / "gateway.crt")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        gw.wait_for_log(r"CCB logged on as BANK", timeout=15)
+        gw.wait_for_log(r"session key G\w+ installed")
+        broker = gw.peer(BROKER).open_session()
+        fields = [(k, v) for k, v in sign_fields("S1") if k != "Phone"]
+        assert call(broker, "CTS.SIGN.REQ", fields, encrypt=("IdNo",)).body["Result"] == "0000"
+        ledger = sqlite3.connect(sim_home / "data" / "CCB-ledger.sqlite3")
+        opening = ledger.execute("SELECT balance_fen FROM account WHERE id=?",
+                                 (WALLET,)).fetchone()[0]
+        sent: dict[str, str] = {}
+        answers: dict[str, str] = {}
+        for _ in range(KILLS):
+            drive(broker, sent, answers, rng.uniform(0.5, 1.5), rng)
+            gw.kill()  # SIGKILL at a random moment of the load
+            gw = start_gateway(listen=f"127.0.0.1:{port}")
+            gw.wait_for_log(r"CCB logged on as BANK", timeout=30)
+            broker = gw.peer(BROKER).open_session()
+        drive(broker, sent, answers, 0.5, rng)
+        settle(broker, sent, answers)
+        journal = sqlite3.connect(home.root / "data" / "journal.sqlite3")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            open_ = journal.execute("SELECT count(*) FROM record WHERE state IN"
+                                    " ('PENDING','REVERSING')").fetchone()[0]
+            if not open_:
+                break
+            time.sleep(0.2)
+        states = {sn: st for sn, st in journal.execute(
+            "SELECT biz_sn, state FROM record WHERE origin='GTJA' AND biz_type LIKE 'XFER.%'")}
+        # every BizSn the broker sent is in exactly one final state
+        assert set(states) == set(sent)
+        assert set(states.values()) <= FINAL, states
+        # the broker's answers agree with the journal
+        for sn, state in states.items():
+            want = {"SUCCEEDED": {"0000"}, "REVERSED": {"B330"}, "FAILED": {"B310", "B399"}}
+            assert answers[sn] in want[state] or (state == "FAILED" and answers[sn] != "0000"), \
+                (sn, state, answers[sn])
+        # the bank's books agree with those states: money moved once, or not at all
+        booked = {sn: (res, rev) for sn, res, rev in ledger.execute(
+            "SELECT biz_sn, result, reversed FROM op WHERE origin='GTJA' AND biz_type LIKE"
+            " 'XFER.%'")}
+        net = 0
+        for sn, state in states.items():
+            res, rev = booked.get(sn, (None, 0))
+            moved = res == "0000" and not rev
+            assert moved == (state == "SUCCEEDED"), (sn, state, res, rev)
+            if moved:
+                net += -100 if sent[sn] == "XFER.IN.REQ" else 100
+        balance = ledger.execute("SELECT balance_fen FROM account WHERE id=?",
+                                 (WALLET,)).fetchone()[0]
+        assert balance == opening + net
+        assert len(sent) > 50 and sum(s == "SUCCEEDED" for s in states.values()) > 20
+        relayed = journal.execute(
+            "SELECT msg_id, count(*) FROM message WHERE direction='OUT' AND msg_type LIKE"
+            " 'XFER.%.REQ' AND msg_id NOT LIKE 'GW01%' GROUP BY msg_id HAVING count(*) > 1"
+        ).fetchall()
+        assert relayed == []  # no request relayed twice
+
+    finally:
+        bank.send_signal(signal.SIGTERM)
+        bank.wait(20)

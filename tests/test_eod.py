@@ -1,0 +1,561 @@
+"""End-of-day clearing files (PROTOCOL §8/§9): check, reconcile, export, watch.
+
+Real keys (a key store, peer keys registered by PEM) and a real journal built with
+gateway.journal; the code under test reads the journal read-only.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import shutil
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from gateway.eod import check_command, export_command, watch_command, write_file
+from gateway.eod.fileformat import fen, fen_text
+from gateway.eod.signing import sign_file
+from gateway.journal import Journal, Record
+from gateway.keystore import KeyStore, generate_key_file
+from gateway.signature import Signer
+
+DAY = dt.date(2026, 11, 25)
+CREATED = dt.datetime(2026, 11, 25, 18, 0, tzinfo=dt.timezone(dt.timedelta(hours=8)))
+T = "2026-11-25T10:00:00+08:00"
+BANK, BROKER, GW = "CCB", "GTJA", "GW01"
+FUND, WALLET, CORP = "1234567890", "0000111122223333", "9999000011112222"
+NAME = "XFER_CCB_GTJA_20261125.txt"
+
+
+def pem(signer: Signer) -> bytes:
+    return signer.public_key.public_bytes(serialization.Encoding.PEM,
+                                          serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def rec(origin: str, biz_type: str, biz_sn: str, state: str = "SUCCEEDED", *,
+        receiver: str | None = None, day: str = "2026-11-25", **kw: object) -> Record:
+    receiver = receiver or (BANK if origin == BROKER else BROKER)
+    return Record(origin=origin, biz_type=biz_type, biz_sn=biz_sn, receiver=receiver,
+                  msg_id="M" + biz_sn, content_hash="h" + biz_sn, state=state, trade_date=day,
+                  **kw)  # type: ignore[arg-type]
+
+
+JOURNAL = [
+    rec(BROKER, "XFER.IN", "X1", amount_fen=10050, fund_acct=FUND, wallet_id=WALLET,
+        bank_sn="B1", sweep_ref="S1"),
+    rec(BANK, "XFER.OUT", "X2", "FAILED", amount_fen=2000, fund_acct=FUND, wallet_id=WALLET),
+    rec(BROKER, "XFER.IN", "X3", "REVERSED", amount_fen=700, fund_acct=FUND, wallet_id=WALLET),
+    rec(BANK, "XFER.REVERSE", "X4", amount_fen=700, fund_acct=FUND, wallet_id=WALLET,
+        orig_type="XFER.IN", orig_from=BROKER, orig_biz_sn="X3"),
+    rec(BROKER, "XFER.OUT", "X5", "PENDING", amount_fen=100, fund_acct=FUND, wallet_id=WALLET),
+    rec(BROKER, "XFER.IN", "X6", "FAILED", receiver=GW, amount_fen=1, fund_acct=FUND,
+        wallet_id=WALLET, result="B300"),
+    rec(BROKER, "XFER.IN", "X7", day="2026-11-24", amount_fen=5, fund_acct=FUND,
+        wallet_id=WALLET),
+    rec(BROKER, "CTS.SIGN", "C1", fund_acct=FUND, wallet_id=WALLET, agreement_no="AG1"),
+    rec(BROKER, "PAY.ORDER", "P1", amount_fen=9900, wallet_id=WALLET, order_no="O1",
+        product_code="L2", bank_sn="PB1"),
+    rec(BROKER, "PAY.REFUND", "P2", amount_fen=9900, wallet_id=WALLET, order_no="O1"),
+    rec(BROKER, "OTC.SUBSCRIBE", "O1", amount_fen=100000000, wallet_id=CORP, order_no="OR1",
+        product_code="IC1", book_date="2026-11-26"),
+]
+
+XFER_ROWS = [
+    ["X1", "IN", FUND, WALLET, "100.50", "S", "B1", "S1", T],
+    ["X2", "OUT", FUND, WALLET, "20.00", "F", "", "", T],
+    ["X3", "IN", FUND, WALLET, "7.00", "R", "", "", T],
+    ["X4", "REV", FUND, WALLET, "7.00", "S", "BR4", "", T],
+]
+
+
+class Env:
+    def __init__(self, root: Path) -> None:
+        self.home = root / "home"
+        self.keys = KeyStore.create(self.home / "keys", party=GW)
+        self.bank = generate_key_file(root / "ccb.key", "ES256")
+        self.broker = generate_key_file(root / "gtja.key", "ED25519")
+        self.keys.add_peer(BANK, "BANK", pem(self.bank))
+        self.keys.add_peer(BROKER, "BROKER", pem(self.broker))
+        journal = Journal(self.home / "data" / "journal.sqlite3")
+        for i, r in enumerate(JOURNAL):
+            journal.insert_record(r, 1_790_000_000.0 + i)
+        journal.flush()
+        journal.close()
+        self.drop = root / "drop"
+        self.drop.mkdir()
+
+    def write(self, rows: Sequence[Sequence[str]], file_type: str = "XFER",
+              frm: str = BANK, to: str = BROKER, signer: Signer | None = None,
+              out: Path | None = None) -> Path:
+        return write_file(out or self.drop, file_type, frm, to, DAY, rows,
+                          signer or self.bank, CREATED)
+
+    def raw(self, name: str, lines: list[str], *, trailer: str | None = None,
+            signer: Signer | None = None) -> Path:
+        """A file from raw lines; trailer computed correctly unless given."""
+        body = "".join(line + "\n" for line in lines).encode()
+        if trailer is None:
+            amounts = [fen(line.split("|")[5]) for line in lines[1:]]
+            trailer = (f"T|{len(lines) - 1}|{fen_text(sum(amounts))}|"
+                       f"{hashlib.sha256(body).hexdigest()}")
+        data = body + (trailer + "\n").encode()
+        path = self.drop / name
+        path.write_bytes(data)
+        sig = sign_file(signer or self.bank, path, hashlib.sha256(data).digest())
+        path.with_name(name + ".sig").write_bytes(sig)
+        return path
+
+    def check(self, path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, dict]:
+        code = check_command(self.home, path, True)
+        return code, json.loads(capsys.readouterr().out)
+
+
+@pytest.fixture()
+def env(tmp_path: Path) -> Env:
+    return Env(tmp_path)
+
+
+def header(name: str = NAME) -> str:
+    t, frm, to, day = name[:-4].split("_")
+    return f"H|SBDX1|{t}|{day}|{frm}|{to}|2026-11-25T18:00:00+08:00"
+
+
+# --- valid files ------------------------------------------------------------------------
+def test_valid_bank_file_reconciles_fully(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    path = env.write(XFER_ROWS)
+    before = path.read_bytes()
+    code, out = env.check(path, capsys)
+    assert code == 0, out
+    assert set(out) == {"file", "valid", "reason", "records", "matched", "missing_in_file",
+                        "extra_in_file", "mismatched"}
+    assert out["valid"] is True and out["reason"] is None
+    assert out["records"] == 4 and out["matched"] == 4
+    assert out["missing_in_file"] == out["extra_in_file"] == out["mismatched"] == []
+    assert path.read_bytes() == before and path.with_name(NAME + ".sig").exists()
+
+
+def test_text_report_without_json(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    code = check_command(env.home, env.write(XFER_ROWS), False)
+    text = capsys.readouterr().out
+    assert code == 0 and "VALID, 4 records" in text and "matched 4" in text
+
+
+def test_trailer_written_by_write_file(env: Env) -> None:
+    lines = env.write(XFER_ROWS).read_text().splitlines()
+    assert lines[0] == header()
+    body = "".join(line + "\n" for line in lines[:-1]).encode()
+    assert lines[-1] == f"T|4|134.50|{hashlib.sha256(body).hexdigest()}"
+
+
+def test_ed25519_signed_file_verifies(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    path = env.write([["C1", "SIGN", FUND, WALLET, "AG1", "S", T]], "SIGN", BROKER, BANK,
+                     env.broker)
+    assert len(path.with_name(path.name + ".sig").read_bytes()) == 64
+    code, out = env.check(path, capsys)
+    assert code == 0 and out["matched"] == 1, out
+
+
+def test_rsa_pkcs1_and_pss_signatures_verify(tmp_path: Path, env: Env,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    for kind in ("RS256", "PS256"):
+        signer = generate_key_file(tmp_path / f"{kind}.key", kind)
+        env.keys.add_peer(BANK, "BANK", pem(signer))
+        code, out = env.check(env.write(XFER_ROWS, signer=signer), capsys)
+        assert code == 0, (kind, out)
+
+
+def test_pay_and_otc_files_reconcile(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    pay = env.write([["P1", "O1", WALLET, "99.00", "S", "L2", T]], "PAY")
+    otc = env.write([["O1", "OR1", CORP, "1000000.00", "S", "2026-11-26", T]], "OTC")
+    for path in (pay, otc):
+        code, out = env.check(path, capsys)
+        assert (code, out["matched"]) == (0, 1), out
+
+
+# --- rejections, one per §8 failure kind -------------------------------------------------
+def assert_rejected(env: Env, path: Path, capsys: pytest.CaptureFixture[str],
+                    *needles: str) -> dict:
+    code, out = env.check(path, capsys)
+    assert code == 2 and out["valid"] is False, out
+    for needle in needles:
+        assert needle in out["reason"], out["reason"]
+    return out
+
+
+def test_bad_name_rejected(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    path = env.write(XFER_ROWS)
+    bad = path.with_name("XFER_CCB_GTJA_2026112.txt")
+    shutil.copy(path, bad)
+    shutil.copy(path.with_name(NAME + ".sig"), bad.with_name(bad.name + ".sig"))
+    assert_rejected(env, bad, capsys, "name:", "does not match")
+
+
+def test_unknown_signer_rejected(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    path = env.write(XFER_ROWS, frm="ICBC")
+    assert_rejected(env, path, capsys, "legitimacy", "unknown signer", "ICBC")
+
+
+def test_bad_signature_rejected(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    path = env.write(XFER_ROWS, signer=env.broker)  # signed by GTJA's key, named CCB
+    assert_rejected(env, path, capsys, "legitimacy", "does not verify", "CCB")
+
+
+def test_tampered_content_fails_signature(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    path = env.write(XFER_ROWS)
+    path.write_bytes(path.read_bytes().replace(b"100.50", b"900.50"))
+    assert_rejected(env, path, capsys, "legitimacy")
+
+
+def test_header_mismatch_rejected(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    lines = [header().replace("|GTJA|", "|HTSC|")] + ["D|" + "|".join(r) for r in XFER_ROWS]
+    path = env.raw(NAME, lines)
+    assert_rejected(env, path, capsys, "header", "To", "HTSC")
+
+
+def test_trailer_digest_rejected(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    lines = [header()] + ["D|" + "|".join(r) for r in XFER_ROWS]
+    path = env.raw(NAME, lines, trailer="T|4|134.50|" + "0" * 64)
+    assert_rejected(env, path, capsys, "integrity", "digest")
+
+
+def _trailer(lines: list[str], count: int, total: str) -> str:
+    body = "".join(line + "\n" for line in lines).encode()
+    return f"T|{count}|{total}|{hashlib.sha256(body).hexdigest()}"
+
+
+def test_trailer_count_rejected(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    lines = [header()] + ["D|" + "|".join(r) for r in XFER_ROWS]
+    path = env.raw(NAME, lines, trailer=_trailer(lines, 5, "134.50"))
+    assert_rejected(env, path, capsys, "integrity", "count 5", "4 records")
+
+
+def test_trailer_sum_rejected(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    lines = [header()] + ["D|" + "|".join(r) for r in XFER_ROWS]
+    path = env.raw(NAME, lines, trailer=_trailer(lines, 4, "134.51"))
+    assert_rejected(env, path, capsys, "integrity", "sum 134.51", "134.50")
+
+
+@pytest.mark.parametrize(("index", "value", "field"), [
+    (4, "100.5", "Amount"), (3, "00001111", "WalletId"), (1, "SIDEWAYS", "Direction"),
+    (5, "X", "Status"), (8, "2026-11-25 10:00:00", "Time"), (8, "2026-02-30T10:00:00Z", "Time"),
+    (2, "12AB", "FundAcct"), (0, "X-1", "BizSn")])
+def test_bad_record_field_rejected_with_line_and_field(
+        env: Env, capsys: pytest.CaptureFixture[str], index: int, value: str,
+        field: str) -> None:
+    rows = [list(r) for r in XFER_ROWS]
+    rows[2][index] = value
+    lines = [header()] + ["D|" + "|".join(r) for r in rows]
+    amounts = sum(fen(r[4]) if r[4] != "100.5" else 10050 for r in rows)
+    path = env.raw(NAME, lines, trailer=_trailer(lines, 4, fen_text(amounts)))
+    assert_rejected(env, path, capsys, "record", "line 4", f"field {field}")
+
+
+def test_wrong_field_count_rejected(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    lines = [header()] + ["D|" + "|".join(r) for r in XFER_ROWS]
+    lines[3] += "|extra"
+    path = env.raw(NAME, lines, trailer=_trailer(lines, 4, "134.50"))
+    assert_rejected(env, path, capsys, "record", "line 4", "expected 9 fields")
+
+
+def test_duplicate_bizsn_rejected(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    rows = XFER_ROWS + [XFER_ROWS[1]]
+    path = env.write(rows)
+    assert_rejected(env, path, capsys, "record", "line 6", "duplicate BizSn X2", "line 3")
+
+
+def test_missing_signature_file_rejected(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    path = env.write(XFER_ROWS)
+    path.with_name(NAME + ".sig").unlink()
+    assert_rejected(env, path, capsys, "signature file", "missing")
+
+
+# --- discrepancies ----------------------------------------------------------------------------
+def test_missing_extra_and_mismatched_reported_by_bizsn(
+        env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    rows = [list(r) for r in XFER_ROWS[1:]]             # X1 missing
+    rows[0][4] = "21.00"                                 # X2 amount differs
+    rows[1][5] = "S"                                     # X3 status differs
+    rows.append(["Z9", "IN", FUND, WALLET, "1.00", "S", "", "", T])  # extra
+    rows.append(["X5", "OUT", FUND, WALLET, "1.00", "S", "", "", T])  # journal PENDING
+    code, out = env.check(env.write(rows), capsys)
+    assert code == 3 and out["valid"] is True and out["reason"] is None
+    assert out["missing_in_file"] == ["X1"]
+    assert out["extra_in_file"] == ["Z9"]
+    assert out["mismatched"] == [
+        {"BizSn": "X2", "fields": {"Amount": {"file": "21.00", "journal": "20.00"}}},
+        {"BizSn": "X3", "fields": {"Status": {"file": "S", "journal": "R"}}},
+        {"BizSn": "X5", "fields": {"Status": {"file": "S", "journal": "PENDING"}}},
+    ]
+    assert out["matched"] == 1  # X4 only
+
+
+def test_bank_refs_compared_only_where_both_hold_one(
+        env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    rows = [list(r) for r in XFER_ROWS]
+    rows[0][6] = "OTHER"        # BankSn differs, both hold one
+    rows[0][7] = ""             # SweepRef absent in the file: not compared
+    rows[0][8] = "2026-11-25T23:59:59Z"  # Time is never compared
+    code, out = env.check(env.write(rows), capsys)
+    assert code == 3
+    assert out["mismatched"] == [{"BizSn": "X1",
+                                  "fields": {"BankSn": {"file": "OTHER", "journal": "B1"}}}]
+
+
+# --- BAL ------------------------------------------------------------------------------------
+def test_bal_overdraft_is_alerted_file_stays_valid(
+        env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    rows = [[FUND, WALLET, "500.00"], ["2234567890", "0000111122224444", "-12.00"]]
+    path = env.write(rows, "BAL", BROKER, BANK, env.broker)
+    assert path.read_text().splitlines()[-1].startswith("T|2|488.00|")
+    code, out = env.check(path, capsys)
+    assert code == 0 and out["valid"] is True and out["matched"] == 0, out
+    check_command(env.home, path, False)
+    text = capsys.readouterr().out
+    assert "ALERT overdraft" in text and "-12.00" in text and "2234567890" in text
+
+
+def test_bal_trailer_sum_must_equal_total(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    name = "BAL_GTJA_CCB_20261125.txt"
+    lines = [header(name), f"D|{FUND}|{WALLET}|500.00", f"D|{FUND}1|{WALLET}|-12.00"]
+    path = env.raw(name, lines, trailer=_trailer(lines, 2, "500.00"), signer=env.broker)
+    assert_rejected(env, path, capsys, "integrity", "sum 500.00", "488.00")
+
+
+# --- export ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("file_type", ["XFER", "SIGN", "PAY", "OTC"])
+def test_export_rechecks_valid_and_reconciled(
+        env: Env, tmp_path: Path, capsys: pytest.CaptureFixture[str], file_type: str) -> None:
+    out_dir = tmp_path / "out"
+    assert export_command(env.home, "2026-11-25", file_type, BROKER, out_dir) == 0
+    path = Path(capsys.readouterr().out.strip())
+    assert path.name == f"{file_type}_GW01_GTJA_20261125.txt"
+    code, out = env.check(path, capsys)
+    assert code == 0 and out["missing_in_file"] == [] and out["mismatched"] == [], out
+    assert out["records"] == {"XFER": 4, "SIGN": 1, "PAY": 1, "OTC": 1}[file_type]
+
+
+def test_export_verifies_with_stock_openssl(env: Env, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl")
+    assert export_command(env.home, "2026-11-25", "XFER", BROKER, tmp_path) == 0
+    path = Path(capsys.readouterr().out.strip())
+    pub = tmp_path / "gw_pub.pem"
+    pub.write_bytes(pem(env.keys.signer()))
+    run = subprocess.run(["openssl", "dgst", "-sha256", "-verify", str(pub), "-signature",
+                          str(path) + ".sig", str(path)], capture_output=True, text=True)
+    assert run.returncode == 0 and "Verified OK" in run.stdout, run.stderr
+
+
+def test_openssl_signed_file_is_accepted(env: Env, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl")
+    path = env.write(XFER_ROWS)
+    sig = path.with_name(NAME + ".sig")
+    sig.unlink()
+    subprocess.run(["openssl", "dgst", "-sha256", "-sign", str(tmp_path / "ccb.key"), "-out",
+                    str(sig), str(path)], check=True)
+    assert env.check(path, capsys)[0] == 0
+
+
+def test_export_refuses_bal_and_bad_date(env: Env, tmp_path: Path) -> None:
+    assert export_command(env.home, "2026-11-25", "BAL", BROKER, tmp_path) == 2
+    assert export_command(env.home, "25/11/2026", "XFER", BROKER, tmp_path) == 2
+    assert list(tmp_path.glob("*.txt")) == []
+
+
+# --- watch --------------------------------------------------------------------------------------
+def test_watch_ignores_file_until_sig_then_accepts(env: Env, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    staged = env.write(XFER_ROWS, out=tmp_path / "stage")
+    data = staged.read_bytes()
+    target = env.drop / NAME
+    with open(target, "wb") as f:  # first write
+        f.write(data[:100])
+    assert watch_command(env.home, env.drop, once=True) == 0
+    assert target.read_bytes() == data[:100]
+    with open(target, "ab") as f:  # second write, still no .sig
+        f.write(data[100:])
+    assert watch_command(env.home, env.drop, once=True) == 0
+    assert target.exists() and not (env.drop / "accepted").exists()
+    shutil.copy(staged.with_name(NAME + ".sig"), env.drop / (NAME + ".sig"))  # late .sig
+    assert watch_command(env.home, env.drop, once=True) == 0
+    done = env.drop / "accepted"
+    assert (done / NAME).read_bytes() == data and (done / (NAME + ".sig")).exists()
+    report = json.loads((done / (NAME + ".report.json")).read_text())
+    assert report["valid"] is True and report["matched"] == 4
+    assert "VALID" in (done / (NAME + ".report.txt")).read_text()
+    assert not target.exists()
+
+
+def test_watch_rejects_and_accepts_with_discrepancies(env: Env) -> None:
+    env.write(XFER_ROWS[1:])  # X1 missing: valid with discrepancies -> accepted
+    bad = env.write(XFER_ROWS, "XFER", BANK, "HTSC")
+    bad.write_bytes(bad.read_bytes().replace(b"100.50", b"100.51"))
+    assert watch_command(env.home, env.drop, once=True) == 0
+    assert (env.drop / "accepted" / NAME).exists()
+    assert json.loads((env.drop / "accepted" / (NAME + ".report.json")).read_text())[
+        "missing_in_file"] == ["X1"]
+    rejected = env.drop / "rejected" / bad.name
+    assert rejected.exists() and (env.drop / "rejected" / (bad.name + ".sig")).exists()
+    assert "legitimacy" in json.loads(
+        (env.drop / "rejected" / (bad.name + ".report.json")).read_text())["reason"]
+
+
+def test_watch_restart_mid_folder_processes_each_file_once(
+        env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    first = env.write(XFER_ROWS)
+    second = env.write([["P1", "O1", WALLET, "99.00", "S", "L2", T]], "PAY")
+    # a first run that crashed between moving the file and moving its .sig
+    accepted = env.drop / "accepted"
+    accepted.mkdir()
+    shutil.move(first, accepted / first.name)
+    assert watch_command(env.home, env.drop, once=True) == 0  # "restart"
+    assert (accepted / (first.name + ".sig")).exists()
+    assert (accepted / second.name).exists() and (accepted / (second.name + ".sig")).exists()
+    assert sorted(p.name for p in env.drop.iterdir()) == ["accepted"]
+    capsys.readouterr()
+    assert watch_command(env.home, env.drop, once=True) == 0  # second restart: nothing to do
+    assert capsys.readouterr().out == ""
+
+
+def test_watch_duplicate_drop_rejected_earlier_copy_kept(env: Env, tmp_path: Path) -> None:
+    staged = env.write(XFER_ROWS, out=tmp_path / "stage")
+    for _ in range(2):
+        shutil.copy(staged, env.drop / NAME)
+        shutil.copy(staged.with_name(NAME + ".sig"), env.drop / (NAME + ".sig"))
+        assert watch_command(env.home, env.drop, once=True) == 0
+    assert (env.drop / "accepted" / NAME).read_bytes() == staged.read_bytes()
+    report = json.loads((env.drop / "rejected" / (NAME + ".report.json")).read_text())
+    assert report["valid"] is False and report["reason"].startswith("duplicate")
+    assert (env.drop / "rejected" / NAME).read_bytes() == staged.read_bytes()
+
+
+def test_watch_resend_after_rejection_is_checked_again(env: Env, tmp_path: Path) -> None:
+    staged = env.write(XFER_ROWS, out=tmp_path / "stage")
+    (env.drop / NAME).write_bytes(staged.read_bytes() + b"junk\n")
+    shutil.copy(staged.with_name(NAME + ".sig"), env.drop / (NAME + ".sig"))
+    watch_command(env.home, env.drop, once=True)
+    shutil.copy(staged, env.drop / NAME)
+    shutil.copy(staged.with_name(NAME + ".sig"), env.drop / (NAME + ".sig"))
+    watch_command(env.home, env.drop, once=True)
+    assert (env.drop / "rejected" / NAME).read_bytes().endswith(b"junk\n")
+    assert (env.drop / "accepted" / NAME).read_bytes() == staged.read_bytes()
+
+
+# --- more format edges ------------------------------------------------------------------------
+def test_ed25519_sig_verifies_with_openssl_pkeyutl(env: Env, tmp_path: Path) -> None:
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl")
+    path = env.write([["C1", "SIGN", FUND, WALLET, "AG1", "S", T]], "SIGN", BROKER, BANK,
+                     env.broker)
+    pub = tmp_path / "gtja.pem"
+    pub.write_bytes(pem(env.broker))
+    run = subprocess.run(["openssl", "pkeyutl", "-verify", "-pubin", "-inkey", str(pub),
+                          "-rawin", "-in", str(path), "-sigfile", str(path) + ".sig"],
+                         capture_output=True, text=True)
+    if "rawin" in run.stderr and run.returncode != 0:
+        pytest.skip("this openssl has no -rawin")
+    assert run.returncode == 0, run.stderr
+
+
+def test_bal_overdraft_alert_names_its_line(
+        env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    rows = [[f"{1000000 + i}", WALLET, "-1.00" if i == 3 else "2.00"] for i in range(5)]
+    path = env.write(rows, "BAL", BROKER, BANK, env.broker)
+    check_command(env.home, path, False)
+    assert "line 5 FundAcct 1000003" in capsys.readouterr().out
+
+
+def test_empty_and_trailerless_files_rejected(env: Env,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    empty = env.drop / NAME
+    empty.write_bytes(b"")
+    empty.with_name(NAME + ".sig").write_bytes(sign_file(env.bank, empty,
+                                                         hashlib.sha256(b"").digest()))
+    assert_rejected(env, empty, capsys, "header", "empty")
+    name = "XFER_CCB_GTJA_20261124.txt"
+    data = (header(name) + "\n" + "D|" + "|".join(XFER_ROWS[0]) + "\n").encode()
+    path = env.drop / name
+    path.write_bytes(data)
+    path.with_name(name + ".sig").write_bytes(sign_file(env.bank, path,
+                                                        hashlib.sha256(data).digest()))
+    assert_rejected(env, path, capsys, "integrity", "not a trailer")
+
+
+def test_crlf_file_rejected(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    lines = [header() + "\r"] + ["D|" + "|".join(r) + "\r" for r in XFER_ROWS]
+    path = env.raw(NAME, lines, trailer=_trailer(lines, 4, "134.50"))
+    assert_rejected(env, path, capsys, "header", "CRLF")
+
+
+def test_large_file_spanning_many_blocks(env: Env, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    rows = [[f"B{i:07d}", "IN", FUND, WALLET, "1.00", "S", "", "", T] for i in range(30000)]
+    rows[25000][4] = "1.0"  # a bad field far beyond the first 1 MiB block
+    lines = [header()] + ["D|" + "|".join(r) for r in rows]
+    path = env.raw(NAME, lines, trailer=_trailer(lines, 30000, "30000.00"))
+    assert_rejected(env, path, capsys, "line 25002", "field Amount")
+    code, out = env.check(env.write(rows[:25000] + rows[25001:]), capsys)
+    assert code == 3 and len(out["extra_in_file"]) == 29999 and out["missing_in_file"] == [
+        "X1", "X2", "X3", "X4"]
+
+
+def test_watch_without_key_store_is_an_operator_error(tmp_path: Path) -> None:
+    assert watch_command(tmp_path, tmp_path, once=True) == 1
+
+
+def test_nonexistent_file_rejected(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    assert_rejected(env, env.drop / NAME, capsys, "does not exist")
+
+
+# --- the console command, run as an operator would ------------------------------------------
+
+def _console(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    import sys
+    return subprocess.run([sys.executable, "-m", "gateway", "--home", str(home), *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+JSON_KEYS = {"file", "valid", "reason", "records", "matched", "missing_in_file",
+             "extra_in_file", "mismatched"}
+
+
+def test_console_eod_check_exit_codes_and_json_keys(env: Env) -> None:
+    good = env.write(XFER_ROWS)
+    out = _console(env.home, "eod", "check", str(good), "--json")
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert set(report) == JSON_KEYS
+    assert report["valid"] is True and report["records"] == 4
+
+    discrepant = env.write(XFER_ROWS[:3])
+    out = _console(env.home, "eod", "check", str(discrepant), "--json")
+    assert out.returncode == 3, out.stderr
+    report = json.loads(out.stdout)
+    assert set(report) == JSON_KEYS and report["missing_in_file"]
+
+    discrepant.with_name(discrepant.name + ".sig").write_bytes(b"\x00" * 70)
+    out = _console(env.home, "eod", "check", str(discrepant), "--json")
+    assert out.returncode == 2
+    report = json.loads(out.stdout)
+    assert set(report) == JSON_KEYS and report["valid"] is False
+    assert "signature" in report["reason"]
+    assert discrepant.exists()  # check never moves or deletes input
+
+
+def test_console_eod_export_writes_a_file_that_checks(env: Env, tmp_path: Path) -> None:
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    out = _console(env.home, "eod", "export", "--date", "2026-11-25", "--type", "XFER",
+                   "--to", BROKER, "--out", str(out_dir))
+    assert out.returncode == 0, out.stderr
+    files = sorted(p.name for p in out_dir.iterdir())
+    assert files == ["XFER_GW01_GTJA_20261125.txt", "XFER_GW01_GTJA_20261125.txt.sig"]
+    out = _console(env.home, "eod", "check", str(out_dir / files[0]), "--json")
+    assert json.loads(out.stdout)["valid"] is True
