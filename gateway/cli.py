@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import __version__
@@ -119,13 +119,20 @@ def _cmd_sim(args: argparse.Namespace, home: Home) -> int:
     print(f"{role.lower()} {party}: public key {pub} (register it: gateway peer add --id "
           f"{party} --role {role} --cert {pub})", flush=True)
     sim = start_sim(reactor, home.root, role, party, args.connect, cert_path.read_bytes(),
-                    args.gateway_party)
+                    args.gateway_party, connections=args.connections)
     if role == "BANK":
         sim.book.seed(args.broker)
         withheld = set(args.withhold or [])
         sim.book.withhold = lambda m: str(m.body.get("BizSn")) in withheld
         if args.delay:
-            sim.node.answer_later = lambda send: reactor.callLater(args.delay, send)  # type: ignore[attr-defined]
+            def later(send: Callable[[], None]) -> None:
+                def answer() -> None:
+                    send()
+                    sim.node.flush()
+
+                reactor.callLater(args.delay, answer)  # type: ignore[attr-defined]
+
+            sim.node.answer_later = later
     else:
         sim.book.seed()
     reactor.addSystemEventTrigger("before", "shutdown", sim.stop)  # type: ignore[attr-defined]
@@ -221,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--party", help="PartyId (default CCB for a bank, GTJA for a broker)")
         p.add_argument("--gateway-cert", type=Path, help="default: HOME/keys/gateway.crt")
         p.add_argument("--gateway-party", default="GW01")
+        p.add_argument("--connections", type=int, default=1, metavar="N",
+                       help="sessions to hold with the gateway (default 1)")
         if role == "bank":
             p.add_argument("--broker", default="GTJA", help="the broker whose clients it seeds")
             p.add_argument("--withhold", nargs="*", metavar="BIZSN",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections.abc import Callable, Iterator
-from dataclasses import astuple, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -185,6 +185,18 @@ class Reversal:
 _RECORD_COLUMNS = ", ".join(f.name for f in fields(Record))
 _AGREEMENT_COLUMNS = ", ".join(f.name for f in fields(Agreement))
 _REVERSAL_COLUMNS = ", ".join(f.name for f in fields(Reversal))
+_RECORD_FIELDS = tuple(f.name for f in fields(Record))
+_AGREEMENT_FIELDS = tuple(f.name for f in fields(Agreement))
+_REVERSAL_FIELDS = tuple(f.name for f in fields(Reversal))
+_INSERT_RECORD = (f"INSERT INTO record ({_RECORD_COLUMNS}, created_at, updated_at)"
+                  f" VALUES ({','.join('?' * (len(_RECORD_FIELDS) + 2))})")
+
+
+def _values(row: object, names: tuple[str, ...]) -> tuple[object, ...]:
+    """A flat dataclass as a tuple (``astuple`` deep-copies every field: slow)."""
+    return tuple(getattr(row, name) for name in names)
+
+
 _UPDATABLE = frozenset({"state", "result", "response_xml", "bank_sn", "sweep_ref", "book_date",
                         "agreement_no"})
 
@@ -318,9 +330,7 @@ class Journal:
             (trade_date, *biz_types, parties[0], parties[1], parties[1], parties[0]))
 
     def insert_record(self, rec: Record, now: float) -> None:
-        marks = ",".join("?" for _ in range(len(fields(Record)) + 2))
-        self._write(f"INSERT INTO record ({_RECORD_COLUMNS}, created_at, updated_at)"
-                    f" VALUES ({marks})", (*astuple(rec), now, now))
+        self._write(_INSERT_RECORD, (*_values(rec, _RECORD_FIELDS), now, now))
 
     def update_record(self, key: tuple[str, str, str], now: float, **changes: object) -> None:
         """Change a record's mutable fields (None values leave a field as it is)."""
@@ -335,7 +345,7 @@ class Journal:
     def insert_agreement(self, agreement: Agreement) -> None:
         marks = ",".join("?" for _ in fields(Agreement))
         self._write(f"INSERT INTO agreement ({_AGREEMENT_COLUMNS}) VALUES ({marks})",
-                    astuple(agreement))
+                    _values(agreement, _AGREEMENT_FIELDS))
 
     def end_agreement(self, agreement_no: str, end_date: str) -> None:
         self._write("UPDATE agreement SET status='ENDED', end_date=? WHERE agreement_no=?",
@@ -370,7 +380,7 @@ class Journal:
     def queue_reversal(self, rev: Reversal) -> None:
         marks = ",".join("?" for _ in fields(Reversal))
         self._write(f"INSERT OR IGNORE INTO reversal ({_REVERSAL_COLUMNS}) VALUES ({marks})",
-                    astuple(rev))
+                    _values(rev, _REVERSAL_FIELDS))
 
     def reversals_due(self, now: float) -> list[Reversal]:
         rows = self._db.execute(f"SELECT {_REVERSAL_COLUMNS} FROM reversal WHERE state='QUEUED'"

@@ -5,6 +5,7 @@ import ipaddress
 import json
 import os
 import re
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -166,6 +167,8 @@ class KeyStore:
         if not (self.keys_dir / GATEWAY_KEY).exists():
             raise KeyStoreMissing(f"no gateway key in {self.keys_dir}: run `gateway init` first")
         self._signer: Signer | None = None
+        self._peer_cache: tuple[tuple[int, int], dict[str, Peer]] | None = None
+        self._peers_checked_at = -1.0
 
     def __repr__(self) -> str:
         return f"KeyStore({str(self.keys_dir)!r})"
@@ -290,19 +293,34 @@ class KeyStore:
                       "signer": signer_id(pk)}
         _write_atomic(self.keys_dir / PEERS_JSON,
                       json.dumps(raw, indent=2, sort_keys=True).encode() + b"\n")
+        self._peer_cache = None
         return self._make_peer(party, raw[party])
+
+    def _peer_table(self) -> dict[str, Peer]:
+        """Registered peers, read once and again only when peers.json changes (so a
+        `peer add` takes effect in a running gateway without a file read per message;
+        the file is looked at no more than once a second)."""
+        now = time.monotonic()
+        if self._peer_cache is not None and now - self._peers_checked_at < 1.0:
+            return self._peer_cache[1]
+        self._peers_checked_at = now
+        try:
+            st = (self.keys_dir / PEERS_JSON).stat()
+            stamp = (st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            stamp = (0, 0)
+        if self._peer_cache is None or self._peer_cache[0] != stamp:
+            raw = self._peers_raw()
+            self._peer_cache = (stamp, {p: self._make_peer(p, raw[p]) for p in sorted(raw)})
+        return self._peer_cache[1]
 
     def peers(self) -> list[Peer]:
         """All registered peers, sorted by PartyId."""
-        raw = self._peers_raw()
-        return [self._make_peer(p, raw[p]) for p in sorted(raw)]
+        return list(self._peer_table().values())
 
     def peer(self, party: str) -> Peer | None:
         """The peer with PartyId ``party``, or None."""
-        raw = self._peers_raw()
-        if party not in raw:
-            return None
-        return self._make_peer(party, raw[party])
+        return self._peer_table().get(party)
 
     def peer_by_signer(self, signer: str) -> Peer | None:
         """The peer whose key has signer id ``signer``, or None."""

@@ -52,6 +52,7 @@ class Pending:
     record_key: tuple[str, str, str]
     receiver: str
     deadline: float
+    record: Record  # as journaled PENDING (only an answer or the timeout changes it)
     waiters: list[tuple[Session, str]] = field(default_factory=list)
 
 
@@ -204,9 +205,10 @@ class Gateway(Node):
             self.answer(session, message, admitted.body)
             return
         now = self.now()
-        self.journal.insert_record(Record(**{**_record_dict(base), **admitted}), now)
+        record = Record(**{**_record_dict(base), **admitted})
+        self.journal.insert_record(record, now)
         pending = Pending(session, message.head.msg_id, key, dest.party,
-                          now + self.config.relay_timeout_seconds)
+                          now + self.config.relay_timeout_seconds, record)
         self.pending[(dest.party, message.head.msg_id)] = pending
         self._pending_by_record[key] = pending
         session.inflight += 1
@@ -279,9 +281,7 @@ class Gateway(Node):
             return
         self._pending_by_record.pop(pending.record_key, None)
         pending.origin.inflight -= 1
-        rec = self.journal.record(*pending.record_key)
-        assert rec is not None
-        xml = self._settle(rec, message, result)
+        xml = self._settle(pending.record, message, result)
         origin = pending.origin
         if origin.ready:
             origin.relay_xml(xml, message.type, message.head.msg_id, ref)
@@ -338,8 +338,7 @@ class Gateway(Node):
         del self.pending[key]
         self._pending_by_record.pop(pending.record_key, None)
         pending.origin.inflight -= 1
-        rec = self.journal.record(*pending.record_key)
-        assert rec is not None
+        rec = pending.record
         reversible = rec.biz_type in catalog.REVERSIBLE
         code = TimedOutReversing.code if reversible else InternalError.code
         text = (f"no answer from {pending.receiver} within "

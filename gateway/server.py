@@ -89,6 +89,7 @@ class SessionProtocol(protocol.Protocol):
                         self.factory.config.max_connections, self.transport.getPeer())
             self.transport.abortConnection()
             return
+        self._no_delay()
         self.transport.registerProducer(self, True)
         self.session = Session(gw, self, new_session_id(gw.random_bytes), self.connect_to,
                                peer_side=self.factory.peer_side)
@@ -96,6 +97,16 @@ class SessionProtocol(protocol.Protocol):
         log.info("session %s: connection from %s", self.session.session_id,
                  self.transport.getPeer())
         self.factory.schedule_flush()
+
+    def _no_delay(self) -> None:
+        """Frames are written whole, after the journal commit: Nagle's algorithm would
+        only hold a small answer back waiting for the peer's delayed ACK (≈40 ms)."""
+        handle = self.transport
+        set_no_delay = getattr(handle, "setTcpNoDelay", None)
+        if set_no_delay is None:  # TLS: the option belongs to the TCP transport below
+            set_no_delay = getattr(getattr(handle, "transport", None), "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            set_no_delay(True)
 
     def dataReceived(self, data: bytes) -> None:
         if self.session is not None:

@@ -24,12 +24,23 @@ PrivateKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | rsa.RSAPri
 _SIGNER_RE = re.compile(r"[0-9a-f]{16}")
 
 
+#: signer ids of the key objects in use (the key is kept so its id() stays its own)
+_SIGNER_IDS: dict[int, tuple[PublicKey, str]] = {}
+
+
 def signer_id(public_key: PublicKey) -> str:
     """First 16 lowercase hex chars of SHA-256 of the DER SubjectPublicKeyInfo."""
+    known = _SIGNER_IDS.get(id(public_key))
+    if known is not None and known[0] is public_key:
+        return known[1]
     der = public_key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    return hashlib.sha256(der).hexdigest()[:16]
+    signer = hashlib.sha256(der).hexdigest()[:16]
+    if len(_SIGNER_IDS) >= 1024:
+        _SIGNER_IDS.clear()
+    _SIGNER_IDS[id(public_key)] = (public_key, signer)
+    return signer
 
 
 def _check_supported(pk: object) -> PublicKey:

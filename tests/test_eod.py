@@ -293,6 +293,19 @@ def test_missing_extra_and_mismatched_reported_by_bizsn(
     assert out["matched"] == 1  # X4 only
 
 
+def test_reversed_record_its_receiver_never_saw_may_be_absent(
+        env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    """X3 (GTJA → CCB) timed out and was reversed: the request may never have reached
+    CCB (§6: a reversal of an unknown original is success), so CCB's file may omit it;
+    the originator's file may not."""
+    code, out = env.check(env.write([r for r in XFER_ROWS if r[0] != "X3"]), capsys)
+    assert code == 0 and out["missing_in_file"] == [] and out["matched"] == 3, out
+    broker_file = env.write([r for r in XFER_ROWS if r[0] != "X3"], frm=BROKER, to=BANK,
+                            signer=env.broker)
+    code, out = env.check(broker_file, capsys)
+    assert code == 3 and out["missing_in_file"] == ["X3"], out
+
+
 def test_bank_refs_compared_only_where_both_hold_one(
         env: Env, capsys: pytest.CaptureFixture[str]) -> None:
     rows = [list(r) for r in XFER_ROWS]
@@ -502,8 +515,9 @@ def test_large_file_spanning_many_blocks(env: Env, tmp_path: Path,
     path = env.raw(NAME, lines, trailer=_trailer(lines, 30000, "30000.00"))
     assert_rejected(env, path, capsys, "line 25002", "field Amount")
     code, out = env.check(env.write(rows[:25000] + rows[25001:]), capsys)
+    # X3 (reversed, CCB its receiver) may be absent from CCB's file: not missing
     assert code == 3 and len(out["extra_in_file"]) == 29999 and out["missing_in_file"] == [
-        "X1", "X2", "X3", "X4"]
+        "X1", "X2", "X4"]
 
 
 def test_watch_without_key_store_is_an_operator_error(tmp_path: Path) -> None:

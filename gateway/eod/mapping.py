@@ -38,6 +38,14 @@ COMPARED_IF_BOTH = ("BankSn", "SweepRef")
 
 NEVER_NULL = ("Direction", "Action", "Status")  # CASE expressions over NOT NULL columns
 
+#: Whether the file must list a journal record (``?`` = the file's writer).  A record the
+#: gateway REVERSED after a relay timeout may be unknown to its receiver: the request can
+#: be lost with the connection (or the gateway) before it arrives, and §6 has receivers
+#: answer the reversal of an unknown original with success.  Money moved on neither
+#: side, so the receiver's file may omit it; if it lists the record, it must say ``R``.
+OWED_SQL = ("(state IN ({finals}) AND NOT (state = 'REVERSED' AND receiver = ?))"
+            .format(finals=",".join(f"'{s}'" for s in FINAL_STATES)))
+
 
 def core_sql(file_type: str) -> str:
     """SQL building the journal side's core string ``|f1|f2|…`` (NULL if Amount is)."""
@@ -55,14 +63,17 @@ def core_sql(file_type: str) -> str:
 def core_day_query(file_type: str, trade_date: str, gateway: str, from_party: str,
                    to_party: str) -> tuple[str, tuple[object, ...]]:
     """The day's journal rows as: bizsn, core, the if-both fields, each core field
-    (``c_<name>``, for reporting differences) and ``final``."""
+    (``c_<name>``, for reporting differences), ``owed`` (the file must list it, see
+    OWED_SQL) and ``final``."""
     core = CORE_FIELDS[file_type]
     both = [n for n, _ in LAYOUTS[file_type] if n in COMPARED_IF_BOTH]
     cols = ", ".join([f"{core_sql(file_type)} AS core",
                       *(f"{_COMMON[n]} AS {column(n)}" for n in both),
-                      *(f"{_COMMON[n]} AS c_{column(n)}" for n in core)])
+                      *(f"{_COMMON[n]} AS c_{column(n)}" for n in core),
+                      f"{OWED_SQL} AS owed"])
     sql, args = day_query(file_type, ("BizSn",), trade_date, gateway, from_party, to_party)
-    return sql.replace("biz_sn AS bizsn,", f"biz_sn AS bizsn, {cols},", 1), args
+    # OWED_SQL's parameter comes first: the SELECT list precedes day_query's WHERE.
+    return sql.replace("biz_sn AS bizsn,", f"biz_sn AS bizsn, {cols},", 1), (from_party, *args)
 
 
 def column(field_name: str) -> str:

@@ -133,7 +133,7 @@ class Workspace:
                           *(f"j.{column(n)}" for n in both)])
         sql = (f"SELECT j.bizsn, f.seq, {cols} FROM ({day}) AS j "
                "LEFT JOIN f ON f.bizsn = j.bizsn "
-               f"WHERE (f.seq IS NULL AND j.final) OR (f.seq IS NOT NULL AND ({self._differs()}))"
+               f"WHERE (f.seq IS NULL AND j.owed) OR (f.seq IS NOT NULL AND ({self._differs()}))"
                " ORDER BY f.seq, j.bizsn")
         names = [*self.core, *both]
         for row in self.db.execute(sql, args):

@@ -72,6 +72,9 @@ class BankBook:
         L.open_account("0099000011112222", CORPORATE, 2_000_000_000, level=1,
                        name="上海某某科技有限公司", id_type="10", id_no="91310000MA1FL0000X")
 
+    def flush(self) -> None:
+        self.ledger.flush()
+
     # --- dispatch -----------------------------------------------------------------
     def handle(self, message: Message, plain: Mapping[str, str]) -> dict[str, Any] | None:
         body = message.body

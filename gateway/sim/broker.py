@@ -32,6 +32,9 @@ class BrokerBook:
         L.open_account("100020003018", FUND, name="李四", link="0071130812093036")
         L.open_account("100020003026", FUND, name="王五", link="0071130812093044")
 
+    def flush(self) -> None:
+        self.ledger.flush()
+
     def balance(self, fund_acct: str) -> int:
         acct = self.ledger.account(fund_acct)
         return acct.balance_fen if acct else 0

@@ -27,6 +27,9 @@ class Book(Protocol):
 
     def handle(self, message: Message, plain: Mapping[str, str]) -> dict[str, Any] | None: ...
 
+    def flush(self) -> None:
+        """Make what was booked durable (before any answer leaves)."""
+
 
 class PeerNode(Node):
     """One simulated party with one or more sessions to the gateway."""
@@ -85,10 +88,9 @@ class PeerNode(Node):
             return
 
         def send() -> None:
-            if session.ready:
+            if session.ready:  # written after the next flush (booking, then journal)
                 session.send(message.kind.response_type, body, ref_id=message.head.msg_id,
                              to=message.head.from_party)
-                self.flush()
 
         self.answer_later(send)
 
@@ -98,6 +100,11 @@ class PeerNode(Node):
         if waiter is not None:
             waiter(verified.message)
 
+    def flush(self) -> int:
+        """Group commit: the books first, then the journal, then the queued writes."""
+        self.book.flush()
+        return super().flush()
+
     def tick(self) -> None:
         for session in list(self.sessions):
             session.tick()
@@ -106,12 +113,21 @@ class PeerNode(Node):
     def request(self, msg_type: str, body: Mapping[str, Any], to: str, on_answer: Answer,
                 secret: Mapping[str, str] | None = None) -> str:
         """Send a request on a ready session; ``on_answer`` gets the response or SYS.ERROR."""
-        session = next((s for s in self._ready if s.ready), None)
+        session = self._next_ready()
         if session is None:
             raise CounterpartyNotConnected("no ready session to the gateway")
         sent = session.send(msg_type, body, to=to, secret=secret)
         self._waiting[sent.msg_id] = on_answer
         return sent.msg_id
+
+    def _next_ready(self) -> Session | None:
+        """The ready sessions take turns (round-robin), as a multi-link host would."""
+        for _ in range(len(self._ready)):
+            session = self._ready.pop(0)
+            self._ready.append(session)
+            if session.ready:
+                return session
+        return None
 
     @property
     def outstanding(self) -> int:

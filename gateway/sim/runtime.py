@@ -54,7 +54,7 @@ class Sim:
     node: PeerNode
     book: Any
     factory: GatewayFactory
-    service: Any
+    services: list[Any]
     ticker: task.LoopingCall
 
     def stop(self) -> None:
@@ -63,7 +63,8 @@ class Sim:
         for session in list(self.node.sessions):
             session.close()
         self.node.flush()
-        self.service.stopService()
+        for service in self.services:
+            service.stopService()
 
 
 class PeerFactory(GatewayFactory):
@@ -79,13 +80,14 @@ class PeerFactory(GatewayFactory):
 
 def start_sim(reactor: Any, home: Path, role: str, party: str, connect: str,
               gateway_cert: bytes, gateway_party: str = "GW01",
-              heartbeat_seconds: float = 30.0) -> Sim:
-    """Build the node (keys, journal, ledger) and keep a session to the gateway."""
+              heartbeat_seconds: float = 30.0, connections: int = 1) -> Sim:
+    """Build the node (keys, journal, ledger) and keep ``connections`` sessions to the
+    gateway (requests take turns over them)."""
     ensure_key(home, party)
     signer = load_signer(key_file(home, party))
     data = home / "data"
     journal = Journal(data / f"{party}-journal.sqlite3")
-    ledger = Ledger(data / f"{party}-ledger.sqlite3")
+    ledger = Ledger(data / f"{party}-ledger.sqlite3", group_commit=True)
     today = lambda: node.trade_date()  # noqa: E731
     now_iso = lambda: node.iso_time()  # noqa: E731
     book: Any = (BankBook(ledger, party, today, now_iso) if role == "BANK"
@@ -96,11 +98,13 @@ def start_sim(reactor: Any, home: Path, role: str, party: str, connect: str,
                     role, book)
     factory = PeerFactory(node, reactor)
     host, port = split_host_port(connect)
-    service = internet.ClientService(endpoints.HostnameEndpoint(reactor, host, port), factory,
-                                     clock=reactor)
-    service.startService()
+    services = [internet.ClientService(endpoints.HostnameEndpoint(reactor, host, port), factory,
+                                       clock=reactor) for _ in range(connections)]
+    for service in services:
+        service.startService()
     ticker = task.LoopingCall(factory.tick)
     ticker.clock = reactor
     ticker.start(TICK_SECONDS, now=False)
-    log.info("%s %s dialling the gateway at %s", role.lower(), party, connect)
-    return Sim(node, book, factory, service, ticker)
+    log.info("%s %s dialling the gateway at %s (%d connection%s)", role.lower(), party, connect,
+             connections, "" if connections == 1 else "s")
+    return Sim(node, book, factory, services, ticker)

@@ -1,0 +1,341 @@
+"""Relayed round-trip benchmark (issue 8): one command, results in docs/BENCHMARKS.md.
+
+    python bench/relay.py                 # floor, closed loop at max, open loop at half
+    python bench/relay.py --durability    # ... and closed loop per journal setting
+    python bench/relay.py --profile       # ... and a cProfile of the gateway at max load
+
+Each load run starts, on loopback and as separate processes, with full security
+(MAC + ES256 signatures on every hop, XSD validation, durable journal):
+  - `gateway serve` (a fresh home: keys, the bank and broker registered),
+  - `gateway sim bank` (its own ledger; aggregate account funded for the run),
+  - bench/relay_driver.py, the broker: a sim broker node with N sessions sending
+    XFER.OUT round trips (broker → gateway → bank → gateway → broker).
+Reported: round trips/s, p50/p90/p99/max latency, gateway CPU seconds per round trip
+(from /proc, over the measured window), errors; then it checks that every BizSn was
+answered exactly once (journals of all three parties) and that the bank's ledger
+moved by exactly the expected sum. The floor (bench/relay_floor.py) runs in its own
+process of the same kind, so the report prints gateway CPU / floor.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import pstats
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+sys.path.insert(0, str(ROOT))
+
+from gateway.keystore import KeyStore  # noqa: E402
+from gateway.sim.bank import AGGREGATE, BankBook  # noqa: E402
+from gateway.sim.ledger import Ledger  # noqa: E402
+from gateway.sim.runtime import ensure_key  # noqa: E402
+
+PY = sys.executable
+WALLET = "0071130812093028"
+AMOUNT_FEN = 100
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(path: Path, text: str, timeout: float, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and text in path.read_text(errors="replace"):
+            return
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited ({proc.returncode}); see {path}")
+        time.sleep(0.05)
+    raise TimeoutError(f"{text!r} not in {path} after {timeout}s")
+
+
+@dataclass
+class Setup:
+    root: Path
+    port: int
+
+    @property
+    def gw(self) -> Path:
+        return self.root / "gw"
+
+    @property
+    def bank(self) -> Path:
+        return self.root / "ccb"
+
+    @property
+    def broker(self) -> Path:
+        return self.root / "gtja"
+
+
+def prepare(root: Path, settings: dict[str, Any]) -> Setup:
+    """Fresh homes: the gateway's keys with CCB and GTJA registered; the bank's books."""
+    setup = Setup(root, free_port())
+    store = KeyStore.create(setup.gw / "keys", party="GW01")
+    store.add_peer("CCB", "BANK", ensure_key(setup.bank, "CCB").read_bytes())
+    store.add_peer("GTJA", "BROKER", ensure_key(setup.broker, "GTJA").read_bytes())
+    lines = ["[gateway]", f'listen = "127.0.0.1:{setup.port}"']
+    lines += [f'{k} = "{v}"' if isinstance(v, str) else f"{k} = {v}" for k, v in settings.items()]
+    (setup.gw / "gateway.toml").write_text("\n".join(lines) + "\n")
+    ledger = Ledger(setup.bank / "data" / "CCB-ledger.sqlite3")
+    ledger.open_account(AGGREGATE, AGGREGATE, 10**13)  # the settlement funds of the day
+    BankBook(ledger, "CCB", lambda: "", lambda: "").seed("GTJA")
+    ledger.db.close()
+    return setup
+
+
+def wallet_balance(setup: Setup) -> int:
+    db = sqlite3.connect(setup.bank / "data" / "CCB-ledger.sqlite3")
+    try:
+        return int(db.execute("SELECT balance_fen FROM account WHERE id=?",
+                              (WALLET,)).fetchone()[0])
+    finally:
+        db.close()
+
+
+def one_run(args: argparse.Namespace, label: str, *, rate: float = 0.0,
+            settings: dict[str, Any] | None = None, profile: Path | None = None,
+            profile_who: str = "gateway") -> dict[str, Any]:
+    root = Path(tempfile.mkdtemp(prefix="sbdx-bench-"))
+    setup = prepare(root, settings or {})
+    gw_log, bank_log = root / "gateway.log", root / "bank.log"
+    gw_cmd = [PY, "-m", "gateway", "--home", str(setup.gw), "serve"]
+    bank_cmd = [PY, "-m", "gateway", "--home", str(setup.bank), "sim", "bank", "--connect",
+                f"127.0.0.1:{setup.port}", "--gateway-cert", str(setup.gw / "keys/gateway.crt")]
+    if profile and profile_who == "gateway":
+        gw_cmd = [PY, "-m", "cProfile", "-o", str(profile), *gw_cmd[1:]]
+    if profile and profile_who == "bank":
+        bank_cmd = [PY, "-m", "cProfile", "-o", str(profile), *bank_cmd[1:]]
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        with gw_log.open("wb") as out:
+            gw = subprocess.Popen(gw_cmd, stdout=out, stderr=subprocess.STDOUT)
+        procs.append(gw)
+        wait_for(gw_log, "serving on", 30, gw)
+        with bank_log.open("wb") as out:
+            bank = subprocess.Popen(bank_cmd, stdout=out, stderr=subprocess.STDOUT)
+        procs.append(bank)
+        wait_for(gw_log, "CCB logged on as BANK", 30, gw)
+        opening = wallet_balance(setup)
+        result_file = root / "driver.json"
+        driver = subprocess.run(
+            [PY, str(BENCH / "relay_driver.py"), "--home", str(setup.broker), "--connect",
+             f"127.0.0.1:{setup.port}", "--gateway-cert", str(setup.gw / "keys/gateway.crt"),
+             "--connections", str(args.connections), "--window", str(args.window),
+             "--rate", str(rate), "--warmup", str(args.warmup), "--seconds", str(args.seconds),
+             "--gateway-pid", str(gw.pid), "--bank-pid", str(bank.pid), "--tag", "R",
+             "--out", str(result_file)], capture_output=True, text=True, timeout=900)
+        if driver.returncode != 0 or not result_file.exists():
+            raise RuntimeError(f"driver failed: {driver.stderr[-2000:]}")
+        result = json.loads(result_file.read_text())
+        if "error" in result:
+            raise RuntimeError(f"driver: {result['error']}")
+        time.sleep(0.5)  # let the bank's last commit land before reading its books
+        result["label"] = label
+        result["checks"] = check_books(setup, result, opening)
+        result["errors_in_logs"] = count_errors(gw_log) + count_errors(bank_log)
+    finally:
+        for proc in reversed(procs):
+            proc.send_signal(signal.SIGTERM)
+        for proc in reversed(procs):
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+        else:
+            print(f"kept {root}", file=sys.stderr)
+    cpu = result["cpu"]
+    answered = result["throughput"] * args.seconds
+    for who in ("gateway", "bank", "driver"):
+        if who in cpu["from"]:
+            spent = cpu["to"][who] - cpu["from"][who]
+            result[f"{who}_cpu_us_per_rt"] = round(spent / answered * 1e6, 1) if answered else None
+    return result
+
+
+def count_errors(log: Path) -> int:
+    text = log.read_text(errors="replace")
+    return text.count("Traceback") + text.count(" ERROR ")
+
+
+def check_books(setup: Setup, result: dict[str, Any], opening: int) -> dict[str, Any]:
+    """Exactly once, end to end: the journals of all three parties and the bank's ledger."""
+    sent = result["biz_sns"]
+    ok = {sn for sn, res in sent.items() if res == "0000"}
+    gw = sqlite3.connect(setup.gw / "data" / "journal.sqlite3")
+    states = dict(gw.execute("SELECT biz_sn, state FROM record WHERE origin='GTJA' AND"
+                             " biz_type='XFER.OUT'"))
+    relayed_twice = gw.execute(
+        "SELECT count(*) FROM (SELECT msg_id FROM message WHERE direction='OUT' AND"
+        " msg_type='XFER.OUT.REQ' GROUP BY msg_id HAVING count(*) > 1)").fetchone()[0]
+    answered_twice = gw.execute(
+        "SELECT count(*) FROM (SELECT ref_id FROM message WHERE direction='OUT' AND"
+        " msg_type='XFER.OUT.RSP' AND party='GTJA' GROUP BY ref_id HAVING count(*) > 1)"
+    ).fetchone()[0]
+    gw.close()
+    broker = sqlite3.connect(setup.broker / "data" / "GTJA-journal.sqlite3")
+    broker_rsp = broker.execute(
+        "SELECT count(*), count(DISTINCT ref_id) FROM message WHERE direction='IN' AND"
+        " msg_type='XFER.OUT.RSP'").fetchone()
+    broker.close()
+    bank = sqlite3.connect(setup.bank / "data" / "CCB-ledger.sqlite3")
+    booked = dict(bank.execute("SELECT biz_sn, result FROM op WHERE origin='GTJA' AND"
+                               " biz_type='XFER.OUT'"))
+    bank.close()
+    moved = wallet_balance(setup) - opening
+    checks = {
+        "sent": len(sent),
+        "answered_0000": len(ok),
+        "journal_succeeded": sum(1 for s in states.values() if s == "SUCCEEDED"),
+        "journal_matches_answers": all(states.get(sn) == "SUCCEEDED" for sn in ok)
+        and len(states) == len(sent),
+        "bank_booked_ok": sum(1 for r in booked.values() if r == "0000"),
+        "bank_matches_answers": {sn for sn, r in booked.items() if r == "0000"} == ok,
+        "relayed_twice": relayed_twice,
+        "answered_twice_by_gateway": answered_twice,
+        "broker_got_each_answer_once": broker_rsp[0] == broker_rsp[1] == len(sent),
+        "wallet_moved_fen": moved,
+        "wallet_expected_fen": len(ok) * AMOUNT_FEN,
+    }
+    checks["ok"] = (checks["journal_matches_answers"] and checks["bank_matches_answers"]
+                    and relayed_twice == 0 and answered_twice == 0
+                    and checks["broker_got_each_answer_once"]
+                    and moved == len(ok) * AMOUNT_FEN and len(ok) == len(sent))
+    return checks
+
+
+def floor(synchronous: str, group: int) -> dict[str, Any]:
+    out = subprocess.run([PY, str(BENCH / "relay_floor.py"), "--synchronous", synchronous,
+                          "--group", str(group)], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def profile_summary(path: Path, top: int = 25) -> str:
+    import io
+
+    buf = io.StringIO()
+    stats = pstats.Stats(str(path), stream=buf)
+    stats.sort_stats("tottime").print_stats(top)
+    return buf.getvalue()
+
+
+def machine() -> str:
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import sqlite3 as sq
+
+    import cryptography
+    import lxml.etree as et
+    return (f"{os.cpu_count()} CPUs ({cpu}), Python {platform.python_version()}, "
+            f"SQLite {sq.sqlite_version}, lxml {'.'.join(map(str, et.LXML_VERSION))}, "
+            f"libxml2 {'.'.join(map(str, et.LIBXML_VERSION))}, cryptography "
+            f"{cryptography.__version__}")
+
+
+def row(r: dict[str, Any], floor_us: float) -> str:
+    lat = r["latency_ms"]
+    gw = r.get("gateway_cpu_us_per_rt")
+    ratio = f"{gw / floor_us:.2f}" if gw else "-"
+    errors = sum(v for k, v in r["results"].items() if k != "0000") + r["errors_in_logs"]
+    return (f"| {r['label']} | {r['throughput']:.0f} | {lat.get('p50')} | {lat.get('p90')} | "
+            f"{lat.get('p99')} | {lat.get('max')} | {gw} | {ratio} | {r.get('bank_cpu_us_per_rt')}"
+            f" | {r.get('driver_cpu_us_per_rt')} | {errors} | "
+            f"{'yes' if r['checks']['ok'] else 'NO'} |")
+
+
+HEADER = ("| run | round trips/s | p50 ms | p90 ms | p99 ms | max ms | gateway CPU µs/rt | "
+          "÷ floor | bank CPU µs/rt | broker CPU µs/rt | errors | exactly once + ledger |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--connections", type=int, default=4)
+    p.add_argument("--window", type=int, default=16, help="closed loop: outstanding per link")
+    p.add_argument("--warmup", type=float, default=3.0)
+    p.add_argument("--seconds", type=float, default=15.0)
+    p.add_argument("--open-rate", type=float, default=0.0,
+                   help="open-loop rate (default: half the closed-loop result)")
+    p.add_argument("--durability", action="store_true",
+                   help="also run closed loop with journal_synchronous NORMAL and OFF")
+    p.add_argument("--profile", choices=["gateway", "bank"],
+                   help="also run closed loop with this process under cProfile")
+    p.add_argument("--floor-group", type=int, default=16, help="hops per commit in the floor")
+    p.add_argument("--closed-only", action="store_true", help="skip the open-loop run")
+    p.add_argument("--keep", action="store_true", help="keep the run folders")
+    p.add_argument("--json", type=Path, help="write all results here")
+    args = p.parse_args(argv)
+
+    runs: list[dict[str, Any]] = []
+    base = floor("FULL", args.floor_group)
+    print(f"floor: {base['round_trip_us']} µs per round trip {base['hop_us']}", flush=True)
+    closed = one_run(args, "closed loop, max (journal FULL)")
+    runs.append(closed)
+    print(row(closed, base["round_trip_us"]), flush=True)
+    if not args.closed_only:
+        rate = args.open_rate or round(closed["throughput"] / 2)
+        opened = one_run(args, f"open loop at {rate:.0f}/s (journal FULL)", rate=rate)
+        runs.append(opened)
+        print(row(opened, base["round_trip_us"]), flush=True)
+    floors = {"FULL": base}
+    if args.durability:
+        for sync in ("NORMAL", "OFF"):
+            floors[sync] = floor(sync, args.floor_group)
+            r = one_run(args, f"closed loop, max (journal {sync})",
+                        settings={"journal_synchronous": sync})
+            runs.append(r)
+            print(row(r, floors[sync]["round_trip_us"]), flush=True)
+    prof_text = ""
+    if args.profile:
+        prof = Path(tempfile.mkdtemp(prefix="sbdx-prof-")) / "gateway.prof"
+        r = one_run(args, f"closed loop, max, {args.profile} under cProfile", profile=prof,
+                    profile_who=args.profile)
+        runs.append(r)
+        prof_text = profile_summary(prof)
+    print()
+    print(f"Machine: {machine()}")
+    print(f"Floor (journal FULL, commit every {args.floor_group} hops): "
+          f"{base['round_trip_us']} µs per round trip")
+    print(json.dumps(base["ops_us"], indent=1, ensure_ascii=False))
+    print(HEADER)
+    for r in runs:
+        print(row(r, floors.get("NORMAL" if "NORMAL" in r["label"] else
+                                "OFF" if "OFF)" in r["label"] else "FULL")["round_trip_us"]))
+    for r in runs:
+        print(r["label"], json.dumps(r["checks"]))
+    if prof_text:
+        print(prof_text)
+    if args.json:
+        for r in runs:
+            r.pop("biz_sns", None)
+        args.json.write_text(json.dumps({"machine": machine(), "floors": floors, "runs": runs},
+                                        indent=1, ensure_ascii=False))
+    return 0 if all(r["checks"]["ok"] for r in runs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""The floor of one relayed round trip: what a verifying, signing, journaling relay
+cannot avoid, measured operation by operation in a plain Python process of the same
+kind as the gateway (same interpreter, lxml, cryptography, SQLite).
+
+Per hop (the request hop broker → gateway → bank, then the response hop back):
+parse + XSD validate, MAC verify, signature verify (ES256), build, MAC, sign (ES256),
+and the hop's journal writes (evidence in and out, the MsgId remembered, the business
+record inserted or updated) committed in groups as the gateway's group commit does.
+A round trip is two hops. Prints one JSON object (µs per operation and the sums).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
+
+from gateway.journal import Journal, Record  # noqa: E402
+from gateway.mac import mac_field, verify_mac  # noqa: E402
+from gateway.message import Head, build_xml, parse_message  # noqa: E402
+from gateway.signature import SignatureField, Signer, verify  # noqa: E402
+
+T = "2026-11-25T10:00:00.000+08:00"
+
+
+def per_call_us(fn: Callable[[], object], seconds: float) -> float:
+    """Median of five timed batches, µs per call."""
+    fn()
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds / 10:
+        fn()
+        n += 1
+    batch = max(n, 10)
+    results = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for _ in range(batch):
+            fn()
+        results.append((time.perf_counter() - t0) / batch * 1e6)
+    return sorted(results)[2]
+
+
+def hop_messages() -> tuple[tuple[Head, dict[str, str]], tuple[Head, dict[str, str]]]:
+    req = (Head(type="XFER.OUT.REQ", msg_id="GTJA1790000000000000001", from_party="GTJA",
+                to_party="CCB", time=T, trade_date="2026-11-25"),
+           {"BizSn": "BR00000001", "FundAcct": "100020003000", "WalletId": "0071130812093028",
+            "Amount": "1.00", "Ccy": "CNY"})
+    rsp = (Head(type="XFER.OUT.RSP", msg_id="CCB1790000000000000001", from_party="CCB",
+                to_party="GTJA", time=T, trade_date="2026-11-25",
+                ref_id="GTJA1790000000000000001"),
+           {"Result": "0000", "ResultText": "交易成功", "BizSn": "BR00000001",
+            "BankSn": "BK0123456789ABCDEF0123"})
+    return req, rsp
+
+
+def measure(seconds: float, synchronous: str, group: int) -> dict[str, object]:
+    sender = Signer(ec.generate_private_key(ec.SECP256R1()))
+    gateway = Signer(ec.generate_private_key(ec.SECP256R1()))
+    mac_key = os.urandom(32)
+    ops: dict[str, dict[str, float]] = {}
+    tmp = Path(tempfile.mkdtemp(prefix="sbdx-floor-"))
+    journal = Journal(tmp / "journal.sqlite3", synchronous=synchronous)
+    counter = iter(range(10**9))
+    for hop, (head, body) in zip(("request", "response"), hop_messages(), strict=True):
+        xml = build_xml(head, body)
+        mac = mac_field(mac_key, xml)
+        sig = sender.sign(xml).format()
+        field = SignatureField.parse(sig)
+
+        def journal_hop(hop: str = hop, xml: bytes = xml) -> None:
+            i = next(counter)
+            msg_id = f"M{i}"
+            journal.log_message(0.0, "IN", "S1", "GTJA", "XFER.OUT.REQ", msg_id, None, b"env",
+                                xml)
+            journal.remember("GTJA", msg_id, 0.0)
+            if hop == "request":
+                journal.insert_record(Record(origin="GTJA", biz_type="XFER.OUT", biz_sn=msg_id,
+                                             receiver="CCB", msg_id=msg_id, content_hash="h",
+                                             state="PENDING", trade_date="2026-11-25",
+                                             amount_fen=100), 0.0)
+            else:
+                journal.update_record(("GTJA", "XFER.OUT", f"M{i - 1}"), 0.0,
+                                      state="SUCCEEDED", result="0000", response_xml=xml)
+            journal.log_message(0.0, "OUT", "S2", "CCB", "XFER.OUT.REQ", msg_id, None, b"env",
+                                xml)
+            if i % group == group - 1:
+                journal.flush()
+
+        ops[hop] = {
+            "parse_validate": per_call_us(lambda xml=xml: parse_message(xml), seconds),
+            "mac_verify": per_call_us(lambda xml=xml, mac=mac: verify_mac(mac_key, xml, mac),
+                                      seconds),
+            "sig_verify": per_call_us(
+                lambda xml=xml, field=field: verify(sender.public_key, field, xml), seconds),
+            "build": per_call_us(lambda head=head, body=body: build_xml(head, body), seconds),
+            "mac": per_call_us(lambda xml=xml: mac_field(mac_key, xml), seconds),
+            "sign": per_call_us(lambda xml=xml: gateway.sign(xml), seconds),
+            "journal": per_call_us(journal_hop, seconds),
+        }
+    journal.close()
+    hops = {hop: round(sum(v.values()), 1) for hop, v in ops.items()}
+    return {"ops_us": {h: {k: round(v, 1) for k, v in o.items()} for h, o in ops.items()},
+            "hop_us": hops, "round_trip_us": round(sum(hops.values()), 1),
+            "synchronous": synchronous, "commit_group": group}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--seconds", type=float, default=1.0, help="time per operation")
+    p.add_argument("--synchronous", default="FULL")
+    p.add_argument("--group", type=int, default=8, help="hops per journal commit")
+    args = p.parse_args(argv)
+    print(json.dumps(measure(args.seconds, args.synchronous, args.group)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
