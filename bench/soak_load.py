@@ -78,6 +78,7 @@ class Broker:
         self.rng = random.Random(seed)
         self.withheld = collections.deque(withheld)
         self.withhold_every = withhold_every
+        self.next_withhold: float | None = None
         self.service_end = service_end
         self.inflight: dict[str, Sent] = {}
         self.business: dict[tuple[str, str], Business] = {}
@@ -95,15 +96,16 @@ class Broker:
     def run(self, seconds: float) -> None:
         started = time.monotonic()
         sent = 0
-        next_withhold = started + self.withhold_every
+        if self.next_withhold is None:  # paced across run() slices
+            self.next_withhold = started + self.withhold_every
         while (now := time.monotonic()) < started + seconds:
             due = int((now - started) * self.rate)
             for _ in range(min(due - sent, 50)):
                 self.send_one()
                 sent += 1
-            if now >= next_withhold and self.withheld:
+            if now >= self.next_withhold and self.withheld:
                 self.send_business("XFER.IN.REQ", self.withheld.popleft(), "withheld", 100)
-                next_withhold += self.withhold_every
+                self.next_withhold += self.withhold_every
             self.pump(0.005)
 
     def drain(self, seconds: float) -> None:
