@@ -52,6 +52,9 @@ class Config:
     keyx_after_logon_seconds: float = 5.0
     #: Bytes queued for a peer that does not read: beyond it, the session closes.
     max_send_buffer_bytes: int = 16 * 1024 * 1024
+    #: Bytes read from one socket per reactor turn (bounds the work done before answers
+    #: leave; also Twisted's send-buffer threshold for pausing the reader).
+    read_chunk_bytes: int = 16 * 1024
     #: Simultaneous inbound connections accepted; more are closed at once.
     max_connections: int = 256
     #: SQLite ``synchronous`` for the journal: FULL survives power loss.

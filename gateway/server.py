@@ -90,6 +90,7 @@ class SessionProtocol(protocol.Protocol):
             self.transport.abortConnection()
             return
         self._no_delay()
+        self._bound_reads()
         self.transport.registerProducer(self, True)
         self.session = Session(gw, self, new_session_id(gw.random_bytes), self.connect_to,
                                peer_side=self.factory.peer_side)
@@ -107,6 +108,18 @@ class SessionProtocol(protocol.Protocol):
             set_no_delay = getattr(getattr(handle, "transport", None), "setTcpNoDelay", None)
         if set_no_delay is not None:
             set_no_delay(True)
+
+    def _bound_reads(self) -> None:
+        """Read at most ``read_chunk_bytes`` per socket per reactor turn.  Twisted's
+        default (64 KiB ≈ 40 frames) lets one turn verify, journal and sign a whole
+        burst before a single answer leaves, so the peers downstream sit idle meanwhile;
+        ~10 frames per turn keeps gateway, bank and broker working side by side
+        (docs/BENCHMARKS.md: +25 % relayed round trips/s).  The same attribute is the
+        send-buffer size beyond which Twisted pauses us as a producer."""
+        handle = getattr(self.transport, "transport", None) or self.transport  # TLS: below
+        for t in {id(handle): handle, id(self.transport): self.transport}.values():
+            if hasattr(t, "bufferSize"):
+                t.bufferSize = self.factory.config.read_chunk_bytes
 
     def dataReceived(self, data: bytes) -> None:
         if self.session is not None:

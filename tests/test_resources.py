@@ -90,3 +90,32 @@ def test_heartbeat_flood_does_not_starve_other_sessions(start_gateway) -> None: 
     assert rss_kib(gw.proc.pid) - before < 64 * 1024
     echo = flood.request("SYS.ECHO.REQ", [("Text", "still here")])
     assert echo.body["Text"] == "still here"
+
+
+def test_a_logged_on_slow_loris_is_closed_after_three_heartbeats(start_gateway) -> None:  # type: ignore[no-untyped-def]
+    """Bytes that never complete a frame are not a sign of life: a session that trickles
+    one byte at a time is closed when 3 heartbeat intervals pass without a frame."""
+    gw = start_gateway()
+    bank = gw.peer(BANK).open_session()
+    broker = gw.peer(BROKER).open_session()
+    signed(bank, broker)
+    loris = gw.peer(BROKER)
+    loris.connect()
+    assert loris.logon(heartbeat=1).body["Result"] == "0000"
+    loris.keyx()
+    _, xml = loris.build("SYS.ECHO.REQ", [("Text", "never finished")])
+    trickle = loris.frame(xml)
+    started = time.monotonic()
+    closed_after = None
+    for byte in trickle[:-1]:  # never the last byte
+        try:
+            loris.sock.sendall(bytes([byte]))  # type: ignore[union-attr]
+        except OSError:
+            closed_after = time.monotonic() - started
+            break
+        time.sleep(0.25)
+        if time.monotonic() - started > 15:
+            break
+    assert closed_after is not None and closed_after < 8, closed_after
+    assert gw.wait_for_log(r"silent for \d+ s \(3 heartbeats\): closing")
+    assert round_trip_ms(bank, broker, "L1") < 2000  # the others never noticed
