@@ -92,6 +92,9 @@ def parse_xml(xml: bytes) -> etree._Element:
         raise XmlMalformed(f"not well-formed: {exc.msg}") from None
     if root is None:
         raise XmlMalformed("empty document")
+    encoding = root.getroottree().docinfo.encoding
+    if encoding is not None and encoding.upper() not in ("UTF-8", "UTF8"):
+        raise XmlMalformed(f"messages are UTF-8 (§4), not {encoding}")
     return root
 
 

@@ -85,7 +85,7 @@ HOSTILE: dict[str, bytes] = {
                    b'<Msg xmlns="urn:sbdx:1"/>',
     "xinclude": b'<?xml version="1.0"?><Msg xmlns="urn:sbdx:1" xmlns:xi="http://www.w3.org/2001/'
                 b'XInclude"><xi:include href="file:///etc/passwd"/></Msg>',
-    "deep-nesting": nested(10_000),
+    "deep-nesting": nested(5_000),  # 35 KB: inside the frame limit, beyond libxml2's depth
     "invalid-utf8": VALID_XML.replace(b"<Memo>", b"<Memo>\xff\xfe\xc3("),
     "wrong-namespace": VALID_XML.replace(b"urn:sbdx:1", b"urn:sbdx:9"),
     "duplicated-element": VALID_XML.replace(b"<Ccy>CNY</Ccy>", b"<Ccy>CNY</Ccy><Ccy>CNY</Ccy>"),
@@ -94,11 +94,20 @@ HOSTILE: dict[str, bytes] = {
 }
 
 
+#: The code each hostile document gets.  E207 for the last: comments and processing
+#: instructions are dropped by the parser, so the document is valid and is refused only
+#: because the connection has not logged on.
+EXPECTED = {"billion-laughs": "E110", "xxe-file": "E110", "xxe-network": "E110",
+            "xinclude": "E111", "deep-nesting": "E110", "invalid-utf8": "E110",
+            "wrong-namespace": "E111", "duplicated-element": "E111", "utf16": "E110",
+            "pi-and-comments": "E207"}
+
+
 @pytest.mark.parametrize("name", sorted(HOSTILE))
 def test_hostile_xml_is_refused_with_a_code(fuzz_gw, name: str) -> None:  # type: ignore[no-untyped-def]
     gw, state = fuzz_gw
     got = outcome(gw, envelope(HOSTILE[name]))
-    assert got in CODES, got
+    assert got == EXPECTED[name], got
     healthy_round_trip(state)
 
 

@@ -79,8 +79,11 @@ def test_unknown_type_is_e112() -> None:
         b"\xff\xfe<Msg/>",
         b"<?xml version='1.0'?><!DOCTYPE Msg [<!ENTITY x 'y'>]><Msg xmlns='urn:sbdx:1'>&x;</Msg>",
         b"<?xml version='1.0'?><!DOCTYPE Msg SYSTEM 'http://127.0.0.1:1/x.dtd'><Msg/>",
+        "<?xml version='1.0' encoding='UTF-16'?><Msg xmlns='urn:sbdx:1'/>".encode("utf-16"),
+        b"<?xml version='1.0' encoding='ISO-8859-1'?><Msg xmlns='urn:sbdx:1'/>",
     ],
-    ids=["truncated", "text", "empty", "bad-encoding", "entity", "external-dtd"],
+    ids=["truncated", "text", "empty", "bad-encoding", "entity", "external-dtd", "utf-16",
+         "latin-1"],
 )
 def test_not_well_formed_or_doctype_is_e110(xml: bytes) -> None:
     with pytest.raises(XmlMalformed) as info:

@@ -119,3 +119,26 @@ def test_a_logged_on_slow_loris_is_closed_after_three_heartbeats(start_gateway) 
     assert closed_after is not None and closed_after < 8, closed_after
     assert gw.wait_for_log(r"silent for \d+ s \(3 heartbeats\): closing")
     assert round_trip_ms(bank, broker, "L1") < 2000  # the others never noticed
+
+
+def test_requests_beyond_the_in_flight_limit_get_s902_and_nothing_is_lost(start_gateway) -> None:  # type: ignore[no-untyped-def]
+    """A session with ``max_inflight_per_session`` relayed requests unanswered gets S902
+    (busy) for the next one; once answers come back it may send again."""
+    gw = start_gateway(max_inflight_per_session=3)
+    bank = gw.peer(BANK).open_session()
+    broker = gw.peer(BROKER).open_session()
+    signed(bank, broker)
+    held = [broker.send("XFER.IN.REQ", xfer(f"Q{i}", amount="1.00"), to=BANK) for i in range(3)]
+    relayed = [bank.recv() for _ in held]  # all three reached the bank, none answered
+    over = broker.send("XFER.IN.REQ", xfer("Q3", amount="1.00"), to=BANK)
+    refused = broker._answer_to(over, "XFER.IN.REQ")
+    assert (refused.type, refused.body["Result"]) == ("XFER.IN.RSP", "S902"), refused.body
+    for req in relayed:
+        bank.send("XFER.IN.RSP", [("Result", "0000"), ("ResultText", "ok"),
+                                  ("BizSn", req.body["BizSn"])], to=BROKER,
+                  ref=req.head("MsgId"))
+    assert [broker._answer_to(m, "XFER.IN.REQ").body["Result"] for m in held] == ["0000"] * 3
+    # busy is transient: the refused BizSn may be sent again, and now goes through
+    again = broker.send("XFER.IN.REQ", xfer("Q3", amount="1.00"), to=BANK)
+    answer(bank)
+    assert broker._answer_to(again, "XFER.IN.REQ").body["Result"] == "0000"
