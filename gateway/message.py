@@ -190,7 +190,8 @@ def parse_message(xml: bytes) -> Message:
 
 
 def _read_head(head_el: etree._Element) -> Head:
-    values = {_local(c.tag): c.text or "" for c in head_el}
+    n = _NS_LEN  # validated: every element is in the namespace
+    values = {c.tag[n:]: c.text or "" for c in head_el}
     return Head(
         ver=values["Ver"],
         type=values["Type"],
@@ -205,12 +206,13 @@ def _read_head(head_el: etree._Element) -> Head:
 
 def _read_body(body: etree._Element) -> dict[str, BodyValue]:
     out: dict[str, BodyValue] = {}
+    n = _NS_LEN  # validated: every element is in the namespace
     for child in body:
-        name = _local(child.tag)
+        name = child.tag[n:]
         if len(child):
             records = out.setdefault(name, [])
             assert isinstance(records, list)
-            records.append({_local(c.tag): c.text or "" for c in child})
+            records.append({c.tag[n:]: c.text or "" for c in child})
         else:
             out[name] = child.text or ""
     return out
