@@ -255,7 +255,7 @@ def check_books(day: Day, bank: Sim, broker: Sim, opening_total: int) -> None:
         day.check(f"{name.lower()} account not negative", L.account(name).balance_fen >= 0)
 
 
-def summary(day: Day, home: Path, eod: list[str]) -> str:
+def summary(day: Day, home: Path, eod: list[str], kept: bool = True) -> str:
     lines = ["", "SBDX gateway demo — one business day", "=" * 60]
     flows: dict[str, list[Outcome]] = {}
     for o in day.outcomes:
@@ -272,13 +272,15 @@ def summary(day: Day, home: Path, eod: list[str]) -> str:
     for what, ok, detail in day.checks:
         lines.append(f"   {'ok ' if ok else 'BAD'} {what}" + (f": {detail}" if detail else ""))
     lines += ["end of day"] + [f"   {x}" for x in eod]
-    lines += [f"journal: {home / 'gateway' / 'data' / 'journal.sqlite3'}",
-              f"files:   {home / 'eod'}",
-              "RESULT: " + ("every step did what it should" if day.ok else "FAILED"), ""]
+    lines += ([f"journal: {home / 'gateway' / 'data' / 'journal.sqlite3'}",
+               f"files:   {home / 'eod'}"] if kept else
+              ["journal and files: removed (gateway demo --keep DIR keeps them)"])
+    lines += ["RESULT: " + ("every step did what it should" if day.ok else "FAILED"), ""]
     return "\n".join(lines)
 
 
-def run_demo(home: Path, reactor: Any, end_of_day: Callable[..., Any] | None = None) -> bool:
+def run_demo(home: Path, reactor: Any, end_of_day: Callable[..., Any] | None = None,
+             kept: bool = True) -> bool:
     """Run the day; returns True when every step and check passed."""
     gw_home = home / "gateway"
     store = KeyStore.create(gw_home / "keys", party=GW)
@@ -323,7 +325,7 @@ def run_demo(home: Path, reactor: Any, end_of_day: Callable[..., Any] | None = N
     reactor.callWhenRunning(main)
     reactor.callLater(50, lambda: reactor.stop() if reactor.running else None)
     reactor.run()
-    print(summary(day, home, eod_lines))
+    print(summary(day, home, eod_lines, kept))
     return day.ok
 
 
@@ -334,11 +336,9 @@ def main(keep: Path | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     home = keep or Path(tempfile.mkdtemp(prefix="sbdx-demo-"))
     home.mkdir(parents=True, exist_ok=True)
-    try:
-        from .demo_eod import end_of_day
-    except ImportError:  # pragma: no cover - EOD not present
-        end_of_day = None  # type: ignore[assignment]
-    ok = run_demo(home, reactor, end_of_day)
+    from .demo_eod import end_of_day
+
+    ok = run_demo(home, reactor, end_of_day, kept=keep is not None)
     if keep is None:
         shutil.rmtree(home, ignore_errors=True)
     return 0 if ok else 1

@@ -23,6 +23,8 @@ def test_demo_runs_a_whole_business_day_and_exits_zero(tmp_path: Path) -> None:
     assert "unsign 李四: service still valid" in text and "B304" in text
     assert " BAD " not in text
     assert "Traceback" not in out.stderr
+    journal = tmp_path / "gateway" / "data" / "journal.sqlite3"
+    assert f"journal: {journal}" in text and journal.exists()  # kept, and says where
     # the books it leaves: every wallet debit reached the aggregate account, reversal once
     bank = sqlite3.connect(tmp_path / "ccb" / "data" / "CCB-ledger.sqlite3")
     dedicated, = bank.execute("SELECT balance_fen FROM account WHERE id='DEDICATED'").fetchone()
