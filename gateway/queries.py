@@ -9,8 +9,10 @@ from .message import Message
 from .rules import fen_text
 
 
-def cts_query(journal: Journal, message: Message) -> dict[str, Any]:
-    """Agreements of a fund account or a wallet, from the registry (ACTIVE and ENDED)."""
+def cts_query(journal: Journal, message: Message, asker: str) -> dict[str, Any]:
+    """Agreements of a fund account or a wallet, from the registry (ACTIVE and ENDED);
+    only those the asker is party to (as broker or bank): one broker never sees
+    another's clients."""
     found = journal.agreements(fund_acct=message.text("FundAcct"),
                                wallet_id=message.text("WalletId"))
     agreements = [
@@ -18,6 +20,7 @@ def cts_query(journal: Journal, message: Message) -> dict[str, Any]:
          "WalletLevel": a.wallet_level, "WalletKind": a.wallet_kind, "Status": a.status,
          "SignDate": a.sign_date, **({"EndDate": a.end_date} if a.end_date else {})}
         for a in found if a.status in ("ACTIVE", "ENDED") and a.agreement_no
+        and asker in (a.broker, a.bank)
     ]
     text = f"{len(agreements)} agreement(s)"
     return {"Result": "0000", "ResultText": text, "Agreement": agreements}

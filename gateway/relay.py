@@ -252,7 +252,7 @@ class Gateway(Node):
         if message.type == "XFER.QUERY.REQ":
             self.answer(session, message, xfer_query(self.journal, message, session.party))
         else:
-            self.answer(session, message, cts_query(self.journal, message))
+            self.answer(session, message, cts_query(self.journal, message, session.party))
 
     # --- answers ------------------------------------------------------------------
     def answer(self, session: Session, request: Message, fields: Mapping[str, Any]) -> bytes:

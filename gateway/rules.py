@@ -97,7 +97,8 @@ class Rules:
     def _admit_cts_unsign(self, origin: str, m: Message, _: Mapping[str, str]) -> dict[str, Any]:
         fund, wallet, number = m.text("FundAcct"), m.text("WalletId"), m.text("AgreementNo")
         active = [a for a in self.journal.agreements(fund_acct=fund, wallet_id=wallet)
-                  if a.status == "ACTIVE" and a.agreement_no == number]
+                  if a.status == "ACTIVE" and a.agreement_no == number
+                  and (a.broker, a.bank) == (origin, m.head.to_party)]
         if not active:
             raise NoActiveAgreement(f"no active agreement {number} for {fund}/{wallet}")
         if self.journal.records_of_wallet(str(wallet), TRANSFERS, IN_FLIGHT):
@@ -121,10 +122,12 @@ class Rules:
     def _admit_transfer(self, origin: str, m: Message) -> dict[str, Any]:
         fen = _positive(m)
         fund, wallet = m.text("FundAcct"), m.text("WalletId")
+        parties = {origin, m.head.to_party}  # the agreement must be between these two
         bound = [a for a in self.journal.agreements(fund_acct=fund, wallet_id=wallet)
-                 if a.status == "ACTIVE"]
+                 if a.status == "ACTIVE" and {a.broker, a.bank} == parties]
         if not bound:
-            raise NoActiveAgreement(f"no active agreement binds {fund} and {wallet}")
+            raise NoActiveAgreement(f"no active agreement of {m.head.to_party} and {origin} "
+                                    f"binds {fund} and {wallet}")
         return {"fund_acct": fund, "wallet_id": wallet, "amount_fen": fen}
 
     def _admit_xfer_in(self, origin: str, m: Message, _: Mapping[str, str]) -> dict[str, Any]:
@@ -150,6 +153,12 @@ class Rules:
 
             first = parse_message(done[0].response_xml or b"")
             return Repeat({**first.body, "BizSn": m.body["BizSn"]})
+        if orig.state in (records.REVERSING, records.REVERSED):
+            raise AlreadyReversed(f"{otype} {osn} is already {orig.state.lower()} "
+                                  "(the gateway's reversal after a relay timeout)")
+        if any(r.state == records.PENDING for r in
+               self.journal.records_referring(ofrom, otype, osn, "XFER.REVERSE")):
+            raise AlreadyReversed(f"a reversal of {otype} {osn} is already in flight")
         return {"orig_type": otype, "orig_from": ofrom, "orig_biz_sn": osn, "amount_fen": fen,
                 "fund_acct": orig.fund_acct, "wallet_id": orig.wallet_id}
 

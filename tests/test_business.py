@@ -198,6 +198,12 @@ def test_timeout_b330_reversal_reversed_and_late_answer_ignored(day) -> None:  #
     with pytest.raises(TimeoutError):
         broker.recv("XFER.IN.RSP", timeout=0.8)
     assert call(broker, "XFER.IN.REQ", xfer("T1", amount="250.00")).body["Result"] == "B330"
+    # the gateway already reversed it: a peer's own reversal is B314 and is not relayed
+    rev2 = [("BizSn", "V9"), ("OrigType", "XFER.IN"), ("OrigFrom", BROKER),
+            ("OrigBizSn", "T1"), ("Amount", "250.00")]
+    assert call(broker, "XFER.REVERSE.REQ", rev2).body["Result"] == "B314"
+    with pytest.raises(TimeoutError):
+        bank.recv("XFER.REVERSE.REQ", timeout=0.8)
 
 
 def test_reversal_survives_sigkill_and_completes_after_restart(home, start_gateway) -> None:  # type: ignore[no-untyped-def]
@@ -253,3 +259,33 @@ def test_gateway_log_holds_no_key_material_or_identity_data(day) -> None:  # typ
     assert "session key" in log  # the log did talk about keys, by id and check value only
     for secret in secrets:
         assert secret not in log
+
+
+def test_an_agreement_serves_only_its_own_broker_and_bank(home, start_gateway) -> None:  # type: ignore[no-untyped-def]
+    """Another broker can neither move money on, nor end, nor see GTJA's agreement."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from gateway.keystore import KeyStore
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    KeyStore(home.root / "keys").add_peer("HTSC", "BROKER", key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    home.keys["HTSC"] = key
+    gw = start_gateway()
+    bank = gw.peer(BANK).open_session()
+    broker = gw.peer(BROKER).open_session()
+    other = gw.peer("HTSC").open_session()
+    signed(bank, broker)  # GTJA ⇄ CCB: AGS1
+    for kind in ("XFER.IN.REQ", "XFER.OUT.REQ"):
+        assert call(other, kind, xfer(f"H{kind[5:7]}")).body["Result"] == "B300"
+    unsign = [("BizSn", "HU1"), ("FundAcct", FUND), ("WalletId", WALLET),
+              ("AgreementNo", "AGS1")]
+    assert call(other, "CTS.UNSIGN.REQ", unsign).body["Result"] == "B300"
+    with pytest.raises(TimeoutError):
+        bank.recv(timeout=0.8)  # nothing of HTSC's reached the bank
+    assert call(other, "CTS.QUERY.REQ", [("FundAcct", FUND)], to="GW01").records(
+        "Agreement") == []
+    mine = call(broker, "CTS.QUERY.REQ", [("FundAcct", FUND)], to="GW01").records("Agreement")
+    assert [(a["AgreementNo"], a["Status"]) for a in mine] == [("AGS1", "ACTIVE")]
+    assert call(broker, "XFER.IN.REQ", xfer("G1"), bank=bank).body["Result"] == "0000"
