@@ -186,7 +186,23 @@ def parse_message(xml: bytes) -> Message:
             f"Msg/Body/{_local(child.tag)}: does not match Type {head.type} (expected {expected})",
             ref_msg_id=head.msg_id,
         )
+    if b"-02-29<" in xml:  # rare: the XSD's Date pattern cannot tell leap years
+        _check_leap_days(root, head.msg_id)
     return Message(head=head, body=_read_body(child), xml=xml)
+
+
+#: Elements of the XSD type ``Date`` (schemas/types.xsd).
+DATE_ELEMENTS = frozenset({"TradeDate", "ServiceEnd", "BookDate", "SignDate", "EndDate"})
+
+
+def _check_leap_days(root: etree._Element, msg_id: str) -> None:
+    for node in root.iter():
+        if (isinstance(node.tag, str) and _local(node.tag) in DATE_ELEMENTS
+                and (node.text or "").endswith("-02-29")):
+            year = int((node.text or "0")[:4])
+            if not (year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)):
+                raise SchemaInvalid(f"{readable_path(node)}: {node.text} is not a calendar "
+                                    "date", ref_msg_id=msg_id)
 
 
 def _read_head(head_el: etree._Element) -> Head:

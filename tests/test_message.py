@@ -114,3 +114,18 @@ def test_builder_handles_repeated_records() -> None:
     msg = parse_message(build_xml(head, {"Result": "0000", "ResultText": "ok",
                                          "Agreement": [rec, {**rec, "AgreementNo": "A2"}]}))
     assert [r["AgreementNo"] for r in msg.body["Agreement"]] == ["A1", "A2"]
+
+
+@pytest.mark.parametrize(("day", "ok"), [("2028-02-29", True), ("2000-02-29", True),
+                                         ("2027-02-29", False), ("2100-02-29", False)])
+def test_february_29_only_in_leap_years(day: str, ok: bool) -> None:
+    """The XSD's Date pattern knows days per month but not leap years: the codec does."""
+    xml = (SAMPLES / "valid" / "XFER.OUT.REQ.xml").read_bytes().replace(
+        b"<TradeDate>2026-11-25</TradeDate>", f"<TradeDate>{day}</TradeDate>".encode())
+    assert f"<TradeDate>{day}</TradeDate>".encode() in xml
+    if ok:
+        assert parse_message(xml).head.trade_date == day
+    else:
+        with pytest.raises(SchemaInvalid) as info:
+            parse_message(xml)
+        assert info.value.code == "E111" and "Msg/Head/TradeDate" in info.value.text
