@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .errors import MacInvalid, MalformedFrame, SignatureInvalid, UnknownKeyId
+from .errors import MacInvalid, MalformedEnvelope, SignatureInvalid, UnknownKeyId
 
 MAGIC = "SBDX1"
 ABSENT = "-"
@@ -35,7 +35,7 @@ def split_payload(payload: bytes) -> tuple[Envelope, bytes]:
     """Split a frame payload into its parsed envelope and the exact xml bytes."""
     cut = payload.find(b"\n", 0, MAX_ENVELOPE_BYTES + 1)
     if cut < 0:
-        raise MalformedFrame("payload has no envelope line (no LF within 1024 bytes)")
+        raise MalformedEnvelope("payload has no envelope line (no LF within 1024 bytes)")
     return parse_envelope(payload[:cut]), payload[cut + 1 :]
 
 
@@ -48,10 +48,10 @@ def parse_envelope(line: bytes) -> Envelope:
     try:
         text = line.decode("ascii")
     except UnicodeDecodeError:
-        raise MalformedFrame("envelope line is not ASCII") from None
+        raise MalformedEnvelope("envelope line is not ASCII") from None
     parts = text.split(" ")
     if len(parts) != 4 or parts[0] != MAGIC:
-        raise MalformedFrame("envelope must be 'SBDX1 key-id mac sig'")
+        raise MalformedEnvelope("envelope must be 'SBDX1 key-id mac sig'")
     _, key_id, mac, sig = parts
     if key_id != ABSENT and not _KEY_ID.match(key_id):
         raise UnknownKeyId("envelope key-id is not [A-Za-z0-9]{1,16}")

@@ -80,6 +80,14 @@ class MalformedFrame(WireError):
         return True
 
 
+class MalformedEnvelope(WireError):
+    """E100 for a bad envelope line inside a well-delimited frame: the length header
+    found the frame's end, so the stream stays usable and the session stays open (its
+    other requests in flight are not dropped); only a bad length header closes (§2)."""
+
+    code = "E100"
+
+
 class FrameTooLarge(WireError):
     code = "E101"
 

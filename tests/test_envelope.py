@@ -49,11 +49,13 @@ def test_bad_envelope_fields_map_to_codes(line: bytes, code: str) -> None:
     assert info.value.code == code
 
 
-def test_payload_without_envelope_line_is_e100() -> None:
-    from gateway.errors import MalformedFrame
+def test_payload_without_envelope_line_is_e100_and_keeps_the_session() -> None:
+    from gateway.errors import MalformedEnvelope
 
-    with pytest.raises(MalformedFrame):
+    with pytest.raises(MalformedEnvelope) as info:
         split_payload(b"SBDX1 - - -<Msg/>")
+    # the frame's length delimited it: the stream is still usable (only LEN errors close)
+    assert info.value.code == "E100" and not info.value.closes_session
 
 
 @given(st.binary(max_size=200))

@@ -158,7 +158,12 @@ def test_bad_messages_get_their_code_while_a_healthy_session_keeps_working(pair)
     assert fresh.logon().body["Result"] == "0000"
     fresh.send("XFER.OUT.REQ", xfer("X13"), to=BANK)
     assert fresh.recv("SYS.ERROR").body["Code"] == "E207"
-    # E100 and E101 close the connection
+    # a bad envelope line inside a well-formed frame: E100, the session stays open
+    bad.send_raw(framed(b"SBDX2 what\n<Msg/>"))
+    assert bad.recv("SYS.ERROR").body["Code"] == "E100"
+    echo = bad.request("SYS.ECHO.REQ", [("Text", "still open")])
+    assert echo.body["Text"] == "still open"
+    # a bad length header (E100) and an oversize one (E101) close the connection
     bad.send_raw(b"0000001xjunk")
     assert bad.recv("SYS.ERROR").body["Code"] == "E100"
     assert bad.closed_by_gateway()
