@@ -25,6 +25,7 @@ from .errors import (
     CounterpartyNotConnected,
     GatewayError,
     InternalError,
+    RejectedByCounterparty,
     SystemError_,
     TimedOutReversing,
     TypeNotAllowed,
@@ -185,7 +186,7 @@ class Gateway(Node):
         digest = content_hash(message, plaintexts)
         existing = self.journal.record(*key)
         if existing is not None:
-            self._on_repeat(session, message, existing, digest)
+            self._on_repeat(session, message, existing, digest, plaintexts)
             return
         if session.inflight >= self.config.max_inflight_per_session:
             raise Busy(f"{session.inflight} requests in flight on this session")
@@ -227,7 +228,7 @@ class Gateway(Node):
                                              "response_xml": xml}), self.now())
 
     def _on_repeat(self, session: Session, message: Message, existing: Record,
-                   digest: str) -> None:
+                   digest: str, plaintexts: Mapping[str, str]) -> None:
         if existing.content_hash != digest:
             raise BizSnReused(f"BizSn {existing.biz_sn} was used for a different request")
         log.info("repeat of %s %s from %s: not relayed again", existing.biz_type,
@@ -242,10 +243,34 @@ class Gateway(Node):
         elif existing.state in (records.REVERSING, records.REVERSED):
             self.answer(session, message, {"Result": TimedOutReversing.code,
                                            "ResultText": f"timed out; {existing.state}"})
-        else:  # journaled before a restart and still unanswered
+        elif existing.state == records.PENDING and existing.biz_type not in catalog.REVERSIBLE:
+            self._ask_again(session, message, existing, plaintexts)
+        else:
             self.answer(session, message, {"Result": InternalError.code,
                                            "ResultText": f"original is {existing.state}; "
                                                          "query later"})
+
+    def _ask_again(self, session: Session, message: Message, existing: Record,
+                   plaintexts: Mapping[str, str]) -> None:
+        """A repeat of a non-reversible request whose answer never came (timed out, S900,
+        or lost with a restart): its outcome is unknown and nothing can reverse it, so the
+        repeat itself — same content, its own MsgId — goes to the receiver, whose own
+        idempotency on (From, Type, BizSn) answers it once (§6).  The answer settles the
+        original record; until then the request holds its place (e.g. the wallet of a
+        CTS.SIGN)."""
+        if session.inflight >= self.config.max_inflight_per_session:
+            raise Busy(f"{session.inflight} requests in flight on this session")
+        target = self.ready_session(existing.receiver)
+        if target is None:
+            raise CounterpartyNotConnected(f"{existing.receiver} has no ready session")
+        log.info("repeat of %s %s from %s, unanswered so far: asking %s again",
+                 existing.biz_type, existing.biz_sn, session.party, existing.receiver)
+        pending = Pending(session, message.head.msg_id, existing.key, existing.receiver,
+                          self.now() + self.config.relay_timeout_seconds, existing)
+        self.pending[(existing.receiver, message.head.msg_id)] = pending
+        self._pending_by_record[existing.key] = pending
+        session.inflight += 1
+        target.relay_xml(message.xml, message.type, message.head.msg_id, None, plaintexts)
 
     def _answer_locally(self, session: Session, message: Message) -> None:
         assert session.party is not None
@@ -275,10 +300,15 @@ class Gateway(Node):
         if message.type == "XFER.REVERSE.RSP" and self.reversals.answered(
                 session.party or "", ref, result, self.now()):
             return
-        pending = self.pending.pop((session.party or "", ref), None)
+        pending = self.pending.get((session.party or "", ref))
         if pending is None:
             self._late_response(session, message, result)
             return
+        # not an answer we can settle with: SYS.ERROR E111 to the responder, the request
+        # stays in flight (and times out into reversal if nothing better comes)
+        self.rules.check_answer(pending.record, message,
+                                session.peer.role if session.peer else "")
+        del self.pending[(session.party or "", ref)]
         self._pending_by_record.pop(pending.record_key, None)
         pending.origin.inflight -= 1
         xml = self._settle(pending.record, message, result)
@@ -300,7 +330,30 @@ class Gateway(Node):
         return xml
 
     def peer_error(self, session: Session, verified: Verified) -> None:
-        """A peer's SYS.ERROR: logged by the session; nothing to settle here."""
+        """A peer's SYS.ERROR naming a request we relayed to it: the receiver refused the
+        message itself (it did not process it), so the originator gets ``B399`` with the
+        peer's code and text now instead of waiting for the timeout, and the record is
+        FAILED.  Other SYS.ERRORs are only logged (by the session)."""
+        body = verified.message.body
+        key = (session.party or "", str(body.get("RefMsgId") or ""))
+        pending = self.pending.pop(key, None)
+        if pending is None:
+            return
+        self._pending_by_record.pop(pending.record_key, None)
+        pending.origin.inflight -= 1
+        rec = pending.record
+        text = f"{pending.receiver} refused it: {body.get('Code')} {body.get('Text', '')}"
+        log.warning("%s %s from %s: %s", rec.biz_type, rec.biz_sn, rec.origin, text)
+        answer = {"Result": RejectedByCounterparty.code, "ResultText": text[:256],
+                  "BizSn": rec.biz_sn}
+        xml = None
+        for waiter, msg_id in [(pending.origin, pending.origin_msg_id), *pending.waiters]:
+            if waiter.ready:
+                xml = self._send_response(waiter, rec.biz_type + ".RSP", msg_id, answer)
+        if rec.biz_type == "CTS.SIGN":
+            self.journal.settle_agreement(rec.origin, rec.biz_sn, records.FAILED, None)
+        self.journal.update_record(rec.key, self.now(), state=records.FAILED,
+                                   result=RejectedByCounterparty.code, response_xml=xml)
 
     def _late_response(self, session: Session, message: Message, result: str) -> None:
         rec = self.journal.record_by_msg(session.party or "", message.head.ref_id or "")

@@ -21,6 +21,7 @@ from .errors import (
     InvalidAmount,
     NoActiveAgreement,
     OriginalNotFound,
+    SchemaInvalid,
     UnsignRefused,
     WalletNotAllowed,
 )
@@ -203,6 +204,26 @@ class Rules:
                 "orig_biz_sn": osn, "wallet_id": orig.wallet_id, "order_no": orig.order_no}
 
     # --- after the answer -------------------------------------------------------
+    #: Fields a bank's successful answer must carry (§6 "Responses carry …").
+    REQUIRED_ON_SUCCESS: dict[str, tuple[str, ...]] = {
+        "CTS.SIGN": ("AgreementNo",), "XFER.IN": ("BankSn", "SweepRef"),
+        "XFER.OUT": ("BankSn",), "PAY.ORDER": ("BankSn",), "OTC.SUBSCRIBE": ("BankSn",)}
+
+    def check_answer(self, rec: Record, response: Message, responder_role: str) -> None:
+        """An answer must name the request's BizSn, and a bank's ``0000`` must carry the
+        fields §6 lists for it; otherwise it settles nothing (E111 to the responder)."""
+        got = response.text("BizSn")
+        if got is not None and got != rec.biz_sn:
+            raise SchemaInvalid(f"Msg/Body/BizSn: {got} does not match the request's "
+                                f"{rec.biz_sn}", ref_msg_id=response.head.msg_id)
+        if response.text("Result") != "0000" or responder_role != "BANK":
+            return
+        missing = [n for n in self.REQUIRED_ON_SUCCESS.get(rec.biz_type, ())
+                   if not response.text(n)]
+        if missing:
+            raise SchemaInvalid(f"{response.type} with Result 0000 lacks "
+                                f"{', '.join(missing)} (§6)", ref_msg_id=response.head.msg_id)
+
     def answered(self, rec: Record, response: Message, now: dt.datetime,
                  at: float) -> tuple[dict[str, Any], dict[str, str]]:
         """Record changes an answer brings, and Body fields the gateway fills in."""

@@ -8,6 +8,9 @@ from peer import Frame, TestPeer
 
 FUND, WALLET = "100020003000", "0071130812093028"
 CORP = "0099000011112222"
+REQUIRED_ON_SUCCESS = {"CTS.SIGN.REQ": ("AgreementNo",), "XFER.IN.REQ": ("BankSn", "SweepRef"),
+                       "XFER.OUT.REQ": ("BankSn",), "PAY.ORDER.REQ": ("BankSn",),
+                       "OTC.SUBSCRIBE.REQ": ("BankSn",)}
 
 
 def answer(bank: TestPeer, result: str = "0000", **extra: str) -> Frame:
@@ -16,7 +19,12 @@ def answer(bank: TestPeer, result: str = "0000", **extra: str) -> Frame:
     assert req.type.endswith(".REQ"), req.type
     fields: list[tuple[str, Any]] = [("Result", result), ("ResultText", "ok"),
                                      ("BizSn", req.body["BizSn"])]
-    fields += list(extra.items())
+    if result == "0000":  # §6: what a bank's success must carry, unless the test says
+        sn = req.body["BizSn"]
+        for name in REQUIRED_ON_SUCCESS.get(req.type, ()):
+            extra.setdefault(name, {"AgreementNo": "AG", "BankSn": "BS", "SweepRef": "SW"}[name]
+                             + sn)
+    fields += [(k, v) for k, v in extra.items() if v is not None]
     bank.send(req.type.replace(".REQ", ".RSP"), fields, to=req.head("From"),
               ref=req.head("MsgId"))
     return req

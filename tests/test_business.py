@@ -289,3 +289,60 @@ def test_an_agreement_serves_only_its_own_broker_and_bank(home, start_gateway) -
     mine = call(broker, "CTS.QUERY.REQ", [("FundAcct", FUND)], to="GW01").records("Agreement")
     assert [(a["AgreementNo"], a["Status"]) for a in mine] == [("AGS1", "ACTIVE")]
     assert call(broker, "XFER.IN.REQ", xfer("G1"), bank=bank).body["Result"] == "0000"
+
+
+def test_an_answer_lacking_what_section_6_requires_settles_nothing(day) -> None:  # type: ignore[no-untyped-def]
+    """A bank's 0000 to XFER.IN without SweepRef, or naming another BizSn, is E111 to the
+    bank; the request stays in flight and, unanswered, times out into reversal."""
+    gw, bank, broker = day
+    signed(bank, broker)
+    msg_id = broker.send("XFER.IN.REQ", xfer("R1"), to=BANK)
+    req = bank.recv("XFER.IN.REQ")
+    for fields in ([("BizSn", "R1"), ("BankSn", "BS1")],  # no SweepRef
+                   [("BizSn", "R2"), ("BankSn", "BS1"), ("SweepRef", "SW1")]):  # other BizSn
+        bank.send("XFER.IN.RSP", [("Result", "0000"), ("ResultText", "ok"), *fields],
+                  to=BROKER, ref=req.head("MsgId"))
+        err = bank.recv("SYS.ERROR")
+        assert err.body["Code"] == "E111", err.body
+    assert broker._answer_to(msg_id, "XFER.IN.REQ").body["Result"] == "B330"
+    assert bank.recv("XFER.REVERSE.REQ", timeout=5).body["OrigBizSn"] == "R1"
+
+
+def test_a_receivers_sys_error_is_b399_at_once_and_frees_the_sign(day) -> None:  # type: ignore[no-untyped-def]
+    """The bank refuses the relayed CTS.SIGN itself (SYS.ERROR): the broker gets B399
+    with the bank's code without waiting for the timeout, the record is FAILED, and the
+    wallet is free to be signed again."""
+    gw, bank, broker = day
+    started = time.monotonic()
+    msg_id = broker.send("CTS.SIGN.REQ", sign_fields("S7"), to=BANK, encrypt=("IdNo", "Phone"))
+    req = bank.recv("CTS.SIGN.REQ")
+    bank.send("SYS.ERROR", [("Code", "E209"), ("Text", "cannot decrypt IdNo"),
+                            ("RefMsgId", req.head("MsgId"))], to="GW01")
+    rsp = broker._answer_to(msg_id, "CTS.SIGN.REQ")
+    assert rsp.body["Result"] == "B399" and "E209" in rsp.body["ResultText"], rsp.body
+    assert time.monotonic() - started < 1.5  # before relay_timeout_seconds
+    q = call(broker, "XFER.QUERY.REQ", [("BizSn", "S7"), ("OrigType", "CTS.SIGN")], to="GW01")
+    assert q.records("Record")[0]["Status"] == "FAILED"
+    signed(bank, broker, "S8")  # not B301: the failed sign does not hold the wallet
+
+
+def test_a_timed_out_sign_is_asked_again_on_repeat_and_settles(day) -> None:  # type: ignore[no-untyped-def]
+    """CTS.SIGN cannot be reversed: on timeout the broker gets S900 (outcome unknown) and
+    the wallet stays held; the broker's repeat goes to the bank again (the bank answers
+    it from its own idempotency), and that answer settles the agreement."""
+    gw, bank, broker = day
+    fields = sign_fields("S5")
+    first = broker.send("CTS.SIGN.REQ", fields, to=BANK, encrypt=("IdNo", "Phone"))
+    bank.recv("CTS.SIGN.REQ")  # the bank never answers this one
+    assert broker._answer_to(first, "CTS.SIGN.REQ").body["Result"] == "S900"
+    held = call(broker, "CTS.SIGN.REQ", sign_fields("S6"), encrypt=("IdNo", "Phone"))
+    assert held.body["Result"] == "B301"  # the unknown sign still holds the wallet
+    again = call(broker, "CTS.SIGN.REQ", fields, bank=bank, encrypt=("IdNo", "Phone"),
+                 AgreementNo="AG5")
+    assert (again.body["Result"], again.body["AgreementNo"]) == ("0000", "AG5")
+    q = call(broker, "CTS.QUERY.REQ", [("FundAcct", FUND)], to="GW01")
+    assert [(a["AgreementNo"], a["Status"]) for a in q.records("Agreement")] == [("AG5", "ACTIVE")]
+    third = call(broker, "CTS.SIGN.REQ", fields, encrypt=("IdNo", "Phone"))
+    assert third.body["AgreementNo"] == "AG5"  # answered from the journal now
+    with pytest.raises(TimeoutError):
+        bank.recv(timeout=0.8)

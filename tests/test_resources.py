@@ -134,9 +134,10 @@ def test_requests_beyond_the_in_flight_limit_get_s902_and_nothing_is_lost(start_
     refused = broker._answer_to(over, "XFER.IN.REQ")
     assert (refused.type, refused.body["Result"]) == ("XFER.IN.RSP", "S902"), refused.body
     for req in relayed:
-        bank.send("XFER.IN.RSP", [("Result", "0000"), ("ResultText", "ok"),
-                                  ("BizSn", req.body["BizSn"])], to=BROKER,
-                  ref=req.head("MsgId"))
+        sn = req.body["BizSn"]
+        bank.send("XFER.IN.RSP", [("Result", "0000"), ("ResultText", "ok"), ("BizSn", sn),
+                                  ("BankSn", "BS" + sn), ("SweepRef", "SW" + sn)],
+                  to=BROKER, ref=req.head("MsgId"))
     assert [broker._answer_to(m, "XFER.IN.REQ").body["Result"] for m in held] == ["0000"] * 3
     # busy is transient: the refused BizSn may be sent again, and now goes through
     again = broker.send("XFER.IN.REQ", xfer("Q3", amount="1.00"), to=BANK)
