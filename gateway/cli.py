@@ -89,7 +89,8 @@ def _cmd_serve(args: argparse.Namespace, home: Home) -> int:
 
     setup_logging()
     try:
-        cfg = config_mod.load(home.root)
+        cfg = config_mod.with_key_store_party(config_mod.load(home.root),
+                                              _key_store_party(home.root / "keys"))
     except config_mod.ConfigError as exc:
         print(f"gateway serve: {exc}", file=sys.stderr)
         return 1
@@ -99,6 +100,15 @@ def _cmd_serve(args: argparse.Namespace, home: Home) -> int:
     reactor.addSystemEventTrigger("before", "shutdown", svc.stopService)  # type: ignore[attr-defined]
     reactor.run()  # type: ignore[attr-defined]
     return EXIT_OK
+
+
+def _key_store_party(keys_dir: Path) -> str | None:
+    from .keystore import KeyStore
+
+    try:
+        return KeyStore(keys_dir).party
+    except (OSError, ValueError, KeyError):
+        return None  # no key store yet: serve reports that itself
 
 
 def _cmd_sim(args: argparse.Namespace, home: Home) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -113,7 +113,7 @@ def from_mapping(values: dict[str, Any]) -> Config:
         if key not in known:
             raise ConfigError(f"unknown setting [gateway].{key}")
         kwargs[key] = _coerce(key, getattr(defaults, key), value)
-    cfg = Config(**kwargs)
+    cfg = Config(**kwargs, extra={"explicit": frozenset(kwargs)})
     if cfg.replay_retention_days < 7:
         raise ConfigError("replay_retention_days must be at least 7 (PROTOCOL §5)")
     if not _PARTY.match(cfg.party):
@@ -134,3 +134,15 @@ def load(home: Path) -> Config:
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{path}: {exc}") from None
     return from_mapping(data.get("gateway", {}))
+
+
+def with_key_store_party(cfg: Config, store_party: str | None) -> Config:
+    """The PartyId ``gateway init --party`` wrote into the key store is the gateway's
+    identity (its certificate, its EOD files): ``serve`` uses it unless the config names
+    the party too, and then both must agree."""
+    if store_party is None or store_party == cfg.party:
+        return cfg
+    if "party" in cfg.extra.get("explicit", ()):
+        raise ConfigError(f"party {cfg.party} in {CONFIG_FILE} differs from {store_party} "
+                          "of the key store (gateway init --party)")
+    return replace(cfg, party=store_party)

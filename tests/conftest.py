@@ -36,10 +36,11 @@ class GatewayHome:
         (self.root / "gateway.toml").write_text("\n".join(lines) + "\n")
 
 
-def make_home(root: Path, parties: dict[str, str] | None = None) -> GatewayHome:
+def make_home(root: Path, parties: dict[str, str] | None = None,
+              gateway_party: str = "GW01") -> GatewayHome:
     from gateway.keystore import KeyStore
 
-    store = KeyStore.create(root / "keys", party="GW01")
+    store = KeyStore.create(root / "keys", party=gateway_party)
     keys: dict[str, ec.EllipticCurvePrivateKey] = {}
     for party, role in (parties or {BANK: "BANK", BROKER: "BROKER"}).items():
         key = ec.generate_private_key(ec.SECP256R1())

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 import time
 
 import pytest
 
-from conftest import BANK, BROKER
+from conftest import BANK, BROKER, RunningGateway, make_home
 from flows import FUND, WALLET, signed
 from peer import TestPeer, now_iso
 
@@ -305,3 +307,20 @@ def test_gateway_connects_out_logs_on_keys_and_relays(home, start_gateway) -> No
     bank_answers(bank)
     assert broker._answer_to(msg_id, "XFER.OUT.REQ").body["Result"] == "0000"
     listener.close()
+
+
+def test_serve_is_the_party_init_named(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`gateway init --party GW02` makes the gateway GW02: sessions log on to GW02 and
+    its answers come From GW02; a config naming another party refuses to start."""
+    home = make_home(tmp_path / "gw", gateway_party="GW02")
+    gw = RunningGateway(home)
+    try:
+        broker = gw.peer(BROKER, gateway="GW02").open_session()
+        echo = broker.request("SYS.ECHO.REQ", [("Text", "who")])
+        assert echo.head("From") == "GW02"
+    finally:
+        gw.kill()
+    home.write_config(party="GW01")
+    out = subprocess.run([sys.executable, "-m", "gateway", "--home", str(home.root), "serve"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "differs from GW02" in out.stderr, out.stderr
