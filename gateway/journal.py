@@ -321,6 +321,16 @@ class Journal:
             " ORDER BY created_at", (orig_from, orig_type, orig_biz_sn, biz_type))
         return rows
 
+    def same_bizsn_between(self, biz_sn: str, biz_types: tuple[str, ...],
+                           parties: tuple[str, str], trade_date: str) -> Record | None:
+        """A record of one of ``biz_types`` with this BizSn between the two parties (either
+        direction) on that trade date — what one end-of-day file of theirs would list."""
+        t = ",".join("?" for _ in biz_types)
+        found = self._records(
+            f"origin IN (?,?) AND biz_type IN ({t}) AND biz_sn=? AND receiver IN (?,?)"
+            " AND trade_date=? LIMIT 1", (*parties, *biz_types, biz_sn, *parties, trade_date))
+        return found[0] if found else None
+
     def records_of_day(self, trade_date: str, parties: tuple[str, str],
                        biz_types: tuple[str, ...]) -> list[Record]:
         t = ",".join("?" for _ in biz_types)

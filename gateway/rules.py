@@ -15,9 +15,11 @@ from typing import Any
 
 from . import records
 from .bookdate import Calendar
+from .eod.mapping import BIZ_TYPES as FILE_BIZ_TYPES
 from .errors import (
     AlreadyReversed,
     AlreadySigned,
+    BizSnReused,
     InvalidAmount,
     NoActiveAgreement,
     OriginalNotFound,
@@ -67,10 +69,30 @@ class Rules:
         self.today = today
 
     # --- before relaying --------------------------------------------------------
+    #: Types one end-of-day file lists together (§8 XFER: IN/OUT/REV; SIGN: SIGN/UNSIGN).
+    FILE_FAMILIES: dict[str, tuple[str, ...]] = {
+        t: fam for fam in FILE_BIZ_TYPES.values() if len(fam) > 1 for t in fam}
+
     def admit(self, origin: str, message: Message,
               plaintexts: Mapping[str, str]) -> dict[str, Any] | Repeat:
+        self._check_file_unique(origin, message)
         check = getattr(self, "_admit_" + message.kind.business.replace(".", "_").lower())
         return check(origin, message, plaintexts)
+
+    def _check_file_unique(self, origin: str, m: Message) -> None:
+        """§6 makes (From, Type, BizSn) unique, but one §8 file lists both parties' records
+        of a family by BizSn and refuses duplicates: a BizSn already used that trade date
+        between the same two parties in the same family is B312."""
+        family = self.FILE_FAMILIES.get(m.kind.business)
+        if family is None:
+            return
+        biz_sn = str(m.body["BizSn"])
+        day = m.head.trade_date or self.today().isoformat()
+        other = self.journal.same_bizsn_between(biz_sn, family, (origin, m.head.to_party), day)
+        if other is not None:
+            raise BizSnReused(f"BizSn {biz_sn} is already used by {other.biz_type} from "
+                              f"{other.origin} on {day}; the day's {family[0].split('.')[0]} "
+                              "file lists both by BizSn")
 
     def _admit_cts_sign(self, origin: str, m: Message, plain: Mapping[str, str]) -> dict[str, Any]:
         fund, wallet = m.text("FundAcct"), m.text("WalletId")

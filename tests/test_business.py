@@ -346,3 +346,17 @@ def test_a_timed_out_sign_is_asked_again_on_repeat_and_settles(day) -> None:  # 
     assert third.body["AgreementNo"] == "AG5"  # answered from the journal now
     with pytest.raises(TimeoutError):
         bank.recv(timeout=0.8)
+
+
+def test_a_bizsn_one_eod_file_would_list_twice_is_b312(day) -> None:  # type: ignore[no-untyped-def]
+    """(From, Type, BizSn) is the idempotency key, but the day's XFER file lists IN, OUT
+    and REV of both parties by BizSn and refuses duplicates (§8): the same BizSn for
+    another transfer type, or from the bank for the same pair, is B312."""
+    gw, bank, broker = day
+    signed(bank, broker)
+    assert call(broker, "XFER.IN.REQ", xfer("D1"), bank=bank).body["Result"] == "0000"
+    assert call(broker, "XFER.OUT.REQ", xfer("D1")).body["Result"] == "B312"
+    assert call(bank, "XFER.OUT.REQ", xfer("D1"), to=BROKER).body["Result"] == "B312"
+    assert call(broker, "XFER.OUT.REQ", xfer("D2"), bank=bank).body["Result"] == "0000"
+    unsign = [("BizSn", "S1"), ("FundAcct", FUND), ("WalletId", WALLET), ("AgreementNo", "AGS1")]
+    assert call(broker, "CTS.UNSIGN.REQ", unsign).body["Result"] == "B312"  # the SIGN's BizSn
