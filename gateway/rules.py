@@ -208,7 +208,10 @@ class Rules:
         wallet = str(m.text("CorpWalletId"))
         if m.text("WalletKind") != "CORPORATE":
             raise WalletNotAllowed("income certificates are subscribed from corporate wallets")
-        if any(a.wallet_kind == "PERSONAL" for a in self.journal.agreements(wallet_id=wallet)):
+        # known as PERSONAL: by an agreement the bank accepted (ACTIVE/ENDED) or one in
+        # flight; a sign the bank refused (FAILED) proves nothing about the wallet
+        if any(a.wallet_kind == "PERSONAL" and a.status != records.FAILED
+               for a in self.journal.agreements(wallet_id=wallet)):
             raise WalletNotAllowed(f"wallet {wallet} is registered as a personal wallet")
         return {"amount_fen": _positive(m), "wallet_id": wallet, "order_no": m.text("OrderNo"),
                 "product_code": m.text("ProductCode")}

@@ -360,3 +360,11 @@ def test_a_bizsn_one_eod_file_would_list_twice_is_b312(day) -> None:  # type: ig
     assert call(broker, "XFER.OUT.REQ", xfer("D2"), bank=bank).body["Result"] == "0000"
     unsign = [("BizSn", "S1"), ("FundAcct", FUND), ("WalletId", WALLET), ("AgreementNo", "AGS1")]
     assert call(broker, "CTS.UNSIGN.REQ", unsign).body["Result"] == "B312"  # the SIGN's BizSn
+
+
+def test_a_refused_personal_sign_does_not_bar_the_wallet_from_otc(day) -> None:  # type: ignore[no-untyped-def]
+    gw, bank, broker = day
+    claim = call(broker, "CTS.SIGN.REQ", sign_fields("S9", fund="100020009999", wallet=CORP),
+                 bank=bank, result="B303", encrypt=("IdNo", "Phone"))
+    assert claim.body["Result"] == "B303"  # the bank refused: CORP is no personal wallet
+    assert call(broker, "OTC.SUBSCRIBE.REQ", otc("O9"), bank=bank).body["Result"] == "0000"
