@@ -7,6 +7,7 @@ MAC and the signature cover them and the journal keeps them as evidence.
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,8 +83,48 @@ def _local(tag: str) -> str:
     return tag[_NS_LEN:] if tag.startswith(_NS_PREFIX) else tag
 
 
+#: Byte-order marks of the encodings §4 rules out (UTF-32 first: it starts like UTF-16LE).
+_FOREIGN_BOMS = ((b"\x00\x00\xfe\xff", "UTF-32"), (b"\xff\xfe\x00\x00", "UTF-32"),
+                 (b"\xfe\xff", "UTF-16"), (b"\xff\xfe", "UTF-16"))
+UTF8_BOM = b"\xef\xbb\xbf"
+_DECLARED_ENCODING = re.compile(rb"<\?xml\s[^>]*?\bencoding\s*=\s*[\"']([^\"']*)[\"']")
+
+
+def check_utf8(xml: bytes) -> None:
+    """§4 "UTF-8": refuse (E110) any other BOM, bytes that are not UTF-8, a NUL (how
+    BOM-less UTF-16/32 looks) and a declared encoding other than UTF-8.  A UTF-8 BOM
+    is allowed (docs/protocol.md); the bytes are checked, never rewritten."""
+    for bom, name in _FOREIGN_BOMS:
+        if xml.startswith(bom):
+            raise XmlMalformed(f"messages are UTF-8 (§4), not {name}")
+    if b"\x00" in xml:
+        raise XmlMalformed("NUL byte: messages are UTF-8 (§4), not UTF-16/UTF-32")
+    if not xml.isascii():
+        try:
+            xml.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise XmlMalformed(f"not UTF-8 (§4): bad byte at offset {exc.start}") from None
+    body = xml[len(UTF8_BOM):] if xml.startswith(UTF8_BOM) else xml
+    if body.startswith(b"<?xml"):
+        declared = _DECLARED_ENCODING.match(body[:body.find(b"?>") + 2])
+        if declared and declared.group(1).upper() != b"UTF-8":
+            name = declared.group(1).decode("ascii", "replace")[:20]
+            raise XmlMalformed(f"messages are UTF-8 (§4), not {name!r}")
+
+
+def _check_no_dtd(root: etree._Element) -> None:
+    docinfo = root.getroottree().docinfo
+    if docinfo.internalDTD is not None or docinfo.externalDTD is not None or docinfo.doctype:
+        raise XmlMalformed("DOCTYPE/ENTITY declarations are not allowed")
+    encoding = docinfo.encoding
+    if encoding is not None and encoding.upper() != "UTF-8":
+        raise XmlMalformed(f"messages are UTF-8 (§4), not {encoding}")
+
+
 def parse_xml(xml: bytes) -> etree._Element:
-    """Well-formedness only (E110); DOCTYPE and entity declarations are refused."""
+    """Well-formed UTF-8 without a DTD (E110).  The byte search for DOCTYPE/ENTITY is
+    sound because the bytes are UTF-8 by then; the parsed tree is checked again."""
+    check_utf8(xml)
     if b"<!DOCTYPE" in xml or b"<!ENTITY" in xml:
         raise XmlMalformed("DOCTYPE/ENTITY declarations are not allowed")
     try:
@@ -92,9 +133,7 @@ def parse_xml(xml: bytes) -> etree._Element:
         raise XmlMalformed(f"not well-formed: {exc.msg}") from None
     if root is None:
         raise XmlMalformed("empty document")
-    encoding = root.getroottree().docinfo.encoding
-    if encoding is not None and encoding.upper() not in ("UTF-8", "UTF8"):
-        raise XmlMalformed(f"messages are UTF-8 (§4), not {encoding}")
+    _check_no_dtd(root)
     return root
 
 
@@ -140,7 +179,11 @@ def _schema_error_text(root: etree._Element, entry: Any) -> str:
 def validate(root: etree._Element) -> None:
     """XSD validation (E111 with the path of the first offending element)."""
     schema = load_schema()
-    if not schema.validate(root):
+    try:
+        valid = schema.validate(root)
+    except etree.Error as exc:  # e.g. XMLSchemaValidateError on an entity node: E111, not S900
+        raise SchemaInvalid(f"schema validation failed: {str(exc)[:200]}") from None
+    if not valid:
         entry = schema.error_log[0]
         raise SchemaInvalid(_schema_error_text(root, entry))
 

@@ -129,3 +129,74 @@ def test_february_29_only_in_leap_years(day: str, ok: bool) -> None:
         with pytest.raises(SchemaInvalid) as info:
             parse_message(xml)
         assert info.value.code == "E111" and "Msg/Head/TradeDate" in info.value.text
+
+
+# --- §4 "UTF-8" and DTD hardening ------------------------------------------------
+SAMPLE = (SAMPLES / "valid" / "XFER.OUT.REQ.xml").read_bytes()
+_DECL = '<?xml version="1.0" encoding="UTF-8"?>'
+_ENTITY_DTD = '<!DOCTYPE Msg [<!ENTITY amt "1.00">]>'
+
+
+def _text_without_declaration() -> str:
+    text = SAMPLE.decode("utf-8")
+    assert text.startswith(_DECL)
+    return text[len(_DECL):].lstrip("\n")
+
+
+def _entity_doc(encoding: str) -> bytes:
+    """The sample in another encoding (BOM included), with an internal DTD and ``&amt;``."""
+    text = _ENTITY_DTD + _text_without_declaration().replace("<Memo>", "<Memo>&amt;")
+    return text.encode(encoding)
+
+
+@pytest.mark.parametrize("xml", [
+    _entity_doc("utf-16"),  # BOM, no declaration: lxml reports UTF-8 for it
+    _entity_doc("utf-32"),
+    _text_without_declaration().encode("utf-16"),  # valid message, wrong encoding
+    _text_without_declaration().encode("utf-16-be"),
+    _text_without_declaration().encode("utf-16-le"),  # no BOM: recognised by its NULs
+    _text_without_declaration().encode("utf-32"),
+    SAMPLE.replace(b"UTF-8", b"UTF-16"),  # declared other than UTF-8
+    SAMPLE.replace(b"UTF-8", b"utf8"),
+    SAMPLE.replace(b'encoding="UTF-8"', b"encoding='windows-1252'"),
+    SAMPLE.decode().replace("UTF-8", "GB18030").encode("gb18030"),
+    SAMPLE.replace("证转银".encode(), "证转银".encode("gbk")),  # GBK bytes: not UTF-8
+    SAMPLE.replace(b"<Memo>", b"<Memo>\xc0\xaf"),  # overlong encoding
+], ids=["utf16-bom-dtd-entity", "utf32-bom-dtd-entity", "utf16-bom", "utf16be-bom",
+        "utf16le-no-bom", "utf32-bom", "declared-utf16", "declared-utf8-alias",
+        "declared-cp1252", "gb18030", "gbk-bytes", "overlong-utf8"])
+def test_anything_but_utf8_is_e110(xml: bytes) -> None:
+    with pytest.raises(XmlMalformed) as info:
+        parse_message(xml)
+    assert info.value.code == "E110"
+
+
+def test_utf8_bom_is_accepted_and_the_exact_bytes_are_kept() -> None:
+    xml = b"\xef\xbb\xbf" + SAMPLE
+    msg = parse_message(xml)
+    assert msg.xml is xml and msg.xml.startswith(b"\xef\xbb\xbf")
+    assert msg.body["Memo"] == "证转银"
+
+
+def test_declared_utf8_in_lower_case_is_accepted() -> None:
+    assert parse_message(SAMPLE.replace(b'"UTF-8"', b"'utf-8'")).type == "XFER.OUT.REQ"
+
+
+def test_a_dtd_the_byte_guard_misses_is_refused_from_the_parsed_tree(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import gateway.message as message
+
+    monkeypatch.setattr(message, "check_utf8", lambda xml: None)
+    xml = _entity_doc("utf-16")
+    assert b"<!DOCTYPE" not in xml  # the byte search alone cannot see it
+    with pytest.raises(XmlMalformed) as info:
+        message.parse_message(xml)
+    assert info.value.code == "E110" and "DOCTYPE" in info.value.text
+
+
+def test_lxml_error_inside_schema_validation_is_e111_not_an_exception() -> None:
+    from gateway.message import _PARSER, validate
+
+    root = etree.fromstring(_entity_doc("utf-16"), _PARSER)  # what used to get through
+    with pytest.raises(SchemaInvalid) as info:
+        validate(root)
+    assert info.value.code == "E111"
