@@ -17,6 +17,7 @@ from .errors import (
     ReplayedMsgId,
     SessionNotReady,
     SignatureInvalid,
+    UnknownKeyId,
     UnknownSigner,
 )
 from .kex import SessionKeys
@@ -37,15 +38,16 @@ class Verified:
 
 
 def check_mac(envelope: Envelope, message: Message, keyring: KeyRing) -> SessionKeys | None:
-    """§3: MAC required once the session has a key (but SYS.LOGON.*/SYS.KEYX.*)."""
+    """§3: MAC required once the session has a key (but SYS.LOGON.*/SYS.KEYX.*).
+
+    Before any key exists (§5.3) business messages are E207 and SYS ones pass without
+    a MAC, which they then cannot carry: key-id and mac must both be ``-``."""
     msg_type = message.type
     if not catalog.needs_mac(msg_type):
         return None
     if not keyring.has_key:
-        if msg_type == "SYS.ERROR":
-            return None
-        raise SessionNotReady("no session key yet: run SYS.KEYX first",
-                              ref_msg_id=message.head.msg_id)
+        _check_unkeyed(envelope, message)
+        return None
     if envelope.mac is None or envelope.key_id is None:
         raise MacInvalid("MAC missing", ref_msg_id=message.head.msg_id)
     try:
@@ -55,6 +57,18 @@ def check_mac(envelope: Envelope, message: Message, keyring: KeyRing) -> Session
         exc.ref_msg_id = message.head.msg_id
         raise
     return keys
+
+
+def _check_unkeyed(envelope: Envelope, message: Message) -> None:
+    """A message on a session with no key yet: SYS only (E207), with no MAC (E201/E200)."""
+    msg_id = message.head.msg_id
+    if not message.kind.is_sys:
+        raise SessionNotReady("no session key yet: run SYS.KEYX first", ref_msg_id=msg_id)
+    if envelope.key_id is not None:
+        raise UnknownKeyId(f"key id {envelope.key_id} unknown: the session has no key yet",
+                           ref_msg_id=msg_id)
+    if envelope.mac is not None:
+        raise MacInvalid("MAC present but the session has no key yet", ref_msg_id=msg_id)
 
 
 def check_signature(envelope: Envelope, message: Message, public_key: object) -> None:

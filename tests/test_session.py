@@ -167,3 +167,58 @@ def test_retention_below_seven_days_is_refused() -> None:
 
     with pytest.raises(ConfigError):
         from_mapping({"replay_retention_days": 3})
+
+
+# --- §3/§5.3: SYS messages before the first key ------------------------------------
+def test_echo_and_heartbeat_before_any_key_are_answered_without_mac(harness: Harness) -> None:
+    harness.logon()
+    harness.feed("SYS.ECHO.REQ", [("Text", "before keyx")], mac=False)
+    echo = harness.link.frames[-1]
+    assert echo.type == "SYS.ECHO.RSP" and echo.body["Text"] == "before keyx"
+    assert (echo.key_id, echo.mac) == ("-", "-")  # no key: our answer carries none either
+    count = len(harness.link.frames)
+    harness.feed("SYS.HEARTBEAT", [], mac=False)
+    assert len(harness.link.frames) == count  # accepted: no answer, no SYS.ERROR
+    assert harness.session.state != CLOSED and not harness.session.ready
+
+
+def test_logoff_before_any_key_is_answered_and_closes(harness: Harness) -> None:
+    harness.logon()
+    harness.feed("SYS.LOGOFF.REQ", [], mac=False)
+    assert harness.link.frames[-1].type == "SYS.LOGOFF.RSP"
+    assert harness.link.frames[-1].body["Result"] == "0000"
+    assert harness.session.state == CLOSED and harness.link.closed
+
+
+def test_business_message_before_any_key_is_still_e207(harness: Harness) -> None:
+    from flows import xfer
+
+    harness.logon()
+    harness.feed("XFER.OUT.REQ", xfer("K1"), mac=False)
+    error = harness.link.frames[-1]
+    assert error.type == "SYS.ERROR" and error.body["Code"] == "E207"
+
+
+@pytest.mark.parametrize(("key_id", "mac", "code"), [
+    ("K1", "HS256:" + "A" * 44, "E201"),  # a key id the session cannot have
+    ("-", "HS256:" + "A" * 44, "E200"),  # a MAC with no key to check it against
+])
+def test_sys_message_before_any_key_must_not_claim_a_mac(harness: Harness, key_id: str,
+                                                          mac: str, code: str) -> None:
+    harness.logon()
+    msg_id, xml = harness.peer.build("SYS.ECHO.REQ", [("Text", "x")])
+    payload = f"SBDX1 {key_id} {mac} {harness.peer.sign(xml)}".encode() + b"\n" + xml
+    harness.session.receive_bytes(b"%08d" % len(payload) + payload)
+    harness.gateway.flush()
+    error = harness.link.frames[-1]
+    assert error.type == "SYS.ERROR" and error.body["Code"] == code
+    assert error.body["RefMsgId"] == msg_id
+
+
+def test_once_keyed_sys_messages_need_the_mac_again(harness: Harness) -> None:
+    harness.logon()
+    harness.tick(5.1)
+    harness.answer_keyx()
+    harness.feed("SYS.ECHO.REQ", [("Text", "x")], mac=False)
+    error = harness.link.frames[-1]
+    assert error.type == "SYS.ERROR" and error.body["Code"] == "E200"
