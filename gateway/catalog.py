@@ -99,11 +99,16 @@ def kind_of(msg_type: str) -> Kind:
     return Kind(msg_type, msg_type, False, False)
 
 
+#: SYS families §3 requires a signature on; the other SYS messages may omit it.
+SIGNED_SYS = ("SYS.LOGON.", "SYS.KEYX.")
+
+
 def needs_signature(msg_type: str) -> bool:
-    """§3: all but SYS.HEARTBEAT, SYS.ECHO.* (and SYS.ERROR) must be signed."""
-    return not (
-        msg_type == "SYS.HEARTBEAT" or msg_type.startswith("SYS.ECHO") or msg_type == "SYS.ERROR"
-    )
+    """§3: SYS.LOGON.*, SYS.KEYX.* and every business message must be signed.
+
+    SYS.HEARTBEAT, SYS.ECHO.*, SYS.LOGOFF.* and SYS.ERROR may omit it (a signature
+    that is present is still verified)."""
+    return not msg_type.startswith("SYS.") or msg_type.startswith(SIGNED_SYS)
 
 
 def needs_mac(msg_type: str) -> bool:

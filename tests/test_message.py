@@ -200,3 +200,15 @@ def test_lxml_error_inside_schema_validation_is_e111_not_an_exception() -> None:
     with pytest.raises(SchemaInvalid) as info:
         validate(root)
     assert info.value.code == "E111"
+
+
+# --- §3 which types must be signed ------------------------------------------------
+SIGNATURE_OPTIONAL = {"SYS.HEARTBEAT", "SYS.ECHO.REQ", "SYS.ECHO.RSP", "SYS.LOGOFF.REQ",
+                      "SYS.LOGOFF.RSP", "SYS.ERROR"}
+
+
+@pytest.mark.parametrize("msg_type", catalog.ALL_TYPES)
+def test_signature_required_exactly_on_logon_keyx_and_business(msg_type: str) -> None:
+    required = msg_type.startswith(("SYS.LOGON.", "SYS.KEYX.")) or not msg_type.startswith("SYS.")
+    assert catalog.needs_signature(msg_type) is required
+    assert catalog.needs_signature(msg_type) is (msg_type not in SIGNATURE_OPTIONAL)

@@ -222,3 +222,44 @@ def test_once_keyed_sys_messages_need_the_mac_again(harness: Harness) -> None:
     harness.feed("SYS.ECHO.REQ", [("Text", "x")], mac=False)
     error = harness.link.frames[-1]
     assert error.type == "SYS.ERROR" and error.body["Code"] == "E200"
+
+
+# --- §3: which messages must be signed ----------------------------------------------
+def _feed_unsigned(h: Harness, msg_type: str, fields: list[tuple[str, Any]]) -> str:
+    msg_id, xml = h.peer.build(msg_type, fields)
+    h.session.receive_bytes(h.peer.frame(xml, sign=False))
+    h.gateway.flush()
+    return msg_id
+
+
+def test_unsigned_logoff_and_error_are_accepted_alike(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.logon()
+    h.tick(5.1)
+    h.answer_keyx()
+    count = len(h.link.frames)
+    _feed_unsigned(h, "SYS.ERROR", [("Code", "E110"), ("Text", "peer could not parse")])
+    assert len(h.link.frames) == count  # no SYS.ERROR back
+    _feed_unsigned(h, "SYS.LOGOFF.REQ", [])
+    assert h.link.frames[-1].type == "SYS.LOGOFF.RSP"
+    assert h.session.state == CLOSED
+
+
+def test_unsigned_keyx_is_e202(harness: Harness) -> None:
+    harness.logon()
+    msg_id = _feed_unsigned(harness, "SYS.KEYX.REQ", [
+        ("KeyId", "P1"), ("Curve", "X25519"), ("PublicKey", "A" * 43 + "="), ("Nonce", "cd" * 16)])
+    error = harness.link.frames[-1]
+    assert error.type == "SYS.ERROR" and error.body["Code"] == "E202"
+    assert error.body["RefMsgId"] == msg_id and not harness.session.keyring.has_key
+
+
+def test_a_bad_signature_on_an_optional_one_is_still_e202(harness: Harness) -> None:
+    harness.logon()
+    _, xml = harness.peer.build("SYS.LOGOFF.REQ", [])
+    payload = f"SBDX1 - - {harness.peer.sign(xml + b' ')}".encode() + b"\n" + xml
+    harness.session.receive_bytes(b"%08d" % len(payload) + payload)
+    harness.gateway.flush()
+    error = harness.link.frames[-1]
+    assert error.type == "SYS.ERROR" and error.body["Code"] == "E202"
+    assert harness.session.state != CLOSED
