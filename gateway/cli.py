@@ -31,9 +31,9 @@ class Home:
 def _cmd_init(args: argparse.Namespace, home: Home) -> int:
     from .keystore import KeyStore, KeyStoreExists
 
-    try:
+    try:  # the party id and every target file are checked before anything is written
         store = KeyStore.create(home.keys, party=args.party)
-    except KeyStoreExists as exc:
+    except (KeyStoreExists, ValueError, OSError) as exc:
         print(f"gateway init: refused: {exc}", file=sys.stderr)
         return 1
     home.data.mkdir(parents=True, exist_ok=True)

@@ -30,6 +30,8 @@ CA_CRT = "ca.crt"
 GATEWAY_JSON = "gateway.json"
 PEERS_JSON = "peers.json"
 PEERS_DIR = "peers"
+#: The files ``gateway init`` creates; it refuses if any one of them exists.
+INIT_FILES = (GATEWAY_KEY, STORAGE_KEY, CA_KEY, CA_CRT, GATEWAY_CRT, GATEWAY_JSON)
 
 
 class KeyStoreExists(Exception):
@@ -68,6 +70,15 @@ def _write_private(path: Path, data: bytes) -> None:
         except OSError:
             pass
         raise
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    """Create a public file ``path`` (0644) exclusively and write ``data``."""
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -158,6 +169,80 @@ def load_signer(path: Path) -> Signer:
     return Signer(key)
 
 
+def check_party(party: object) -> str:
+    """A PartyId of §1 (``[A-Z0-9]{2,12}``), else ValueError."""
+    if not isinstance(party, str) or not PARTY_RE.fullmatch(party):
+        raise ValueError(f"party id {str(party)[:20]!r} must match [A-Z0-9]{{2,12}}")
+    return party
+
+
+def _dev_ca(party: str, now: datetime) -> tuple[Any, x509.Certificate]:
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"SBDX dev CA {party}")])
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=CERT_DAYS))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True, content_commitment=False, key_encipherment=False,
+                data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                crl_sign=True, encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    return ca_key, ca_cert
+
+
+def _new_store_files(party: str, now: datetime) -> dict[str, tuple[bytes, bool]]:
+    """Every file ``gateway init`` writes: name -> (content, private)."""
+    gw_key = ec.generate_private_key(ec.SECP256R1())
+    ca_key, ca_cert = _dev_ca(party, now)
+    gw_cert = _leaf_cert(party, gw_key.public_key(), None, gw_key, now, "localhost",
+                         gw_key.public_key())
+    return {
+        GATEWAY_KEY: (_pkcs8(gw_key), True),
+        STORAGE_KEY: (os.urandom(32), True),
+        CA_KEY: (_pkcs8(ca_key), True),
+        CA_CRT: (_cert_pem(ca_cert), False),
+        GATEWAY_CRT: (_cert_pem(gw_cert), False),
+        GATEWAY_JSON: (json.dumps({"party": party}, indent=2).encode() + b"\n", False),
+    }
+
+
+def _write_all_or_nothing(keys_dir: Path, files: dict[str, tuple[bytes, bool]]) -> None:
+    """Create every file exclusively (private ones 0600 from the start); if one cannot
+    be created (it appeared meanwhile), remove those this call made and refuse."""
+    made: list[Path] = []
+    try:
+        for name, (data, private) in files.items():
+            path = keys_dir / name
+            (_write_private if private else _write_new)(path, data)
+            made.append(path)
+    except FileExistsError as exc:
+        _remove(made)
+        raise KeyStoreExists(f"{exc.filename} appeared during init; not overwriting") from None
+    except BaseException:
+        _remove(made)
+        raise
+
+
+def _remove(paths: list[Path]) -> None:
+    for path in paths:
+        try:
+            path.unlink()
+        except OSError:
+            pass
+
+
 # --- the store ----------------------------------------------------------------
 class KeyStore:
     """The gateway's key directory."""
@@ -175,56 +260,21 @@ class KeyStore:
 
     @classmethod
     def create(cls, keys_dir: Path, party: str = "GW01", now: datetime | None = None) -> KeyStore:
-        """Create a fresh key store; refuse (KeyStoreExists) if a gateway key exists."""
+        """Create a fresh key store.  Refuses before writing anything: ValueError for a
+        bad party id, KeyStoreExists if any file of the store is already there."""
         keys_dir = Path(keys_dir)
-        if not PARTY_RE.fullmatch(party):
-            raise ValueError("party id must match [A-Z0-9]{2,12}")
-        if (keys_dir / GATEWAY_KEY).exists():
-            raise KeyStoreExists(f"{keys_dir / GATEWAY_KEY} already exists; not overwriting")
-        now = now or datetime.now(UTC)
-        keys_dir.mkdir(parents=True, exist_ok=True)
+        check_party(party)
+        existing = [name for name in INIT_FILES if (keys_dir / name).exists()]
+        if existing:
+            raise KeyStoreExists(f"{', '.join(existing)} already in {keys_dir}; not overwriting")
+        keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
             os.chmod(keys_dir, 0o700)
         except OSError:
             pass
         (keys_dir / PEERS_DIR).mkdir(exist_ok=True)
-
-        gw_key = ec.generate_private_key(ec.SECP256R1())
-        try:
-            _write_private(keys_dir / GATEWAY_KEY, _pkcs8(gw_key))
-        except FileExistsError:
-            raise KeyStoreExists(f"{keys_dir / GATEWAY_KEY} already exists; not overwriting") from None
-
-        ca_key = ec.generate_private_key(ec.SECP256R1())
-        ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"SBDX dev CA {party}")])
-        ca_cert = (
-            x509.CertificateBuilder()
-            .subject_name(ca_name)
-            .issuer_name(ca_name)
-            .public_key(ca_key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - timedelta(minutes=5))
-            .not_valid_after(now + timedelta(days=CERT_DAYS))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True, content_commitment=False, key_encipherment=False,
-                    data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                    crl_sign=True, encipher_only=False, decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-            .sign(ca_key, hashes.SHA256())
-        )
-        gw_cert = _leaf_cert(party, gw_key.public_key(), None, gw_key, now, "localhost",
-                             gw_key.public_key())
-
-        _write_private(keys_dir / STORAGE_KEY, os.urandom(32))
-        _write_private(keys_dir / CA_KEY, _pkcs8(ca_key))
-        _write_atomic(keys_dir / CA_CRT, _cert_pem(ca_cert))
-        _write_atomic(keys_dir / GATEWAY_CRT, _cert_pem(gw_cert))
-        _write_atomic(keys_dir / GATEWAY_JSON, json.dumps({"party": party}, indent=2).encode() + b"\n")
+        files = _new_store_files(party, now or datetime.now(UTC))
+        _write_all_or_nothing(keys_dir, files)
         if not (keys_dir / PEERS_JSON).exists():
             _write_atomic(keys_dir / PEERS_JSON, b"{}\n")
         return cls(keys_dir)

@@ -68,3 +68,23 @@ def test_cert_without_init_tells_the_user_to_run_init(tmp_path) -> None:  # type
     assert out.returncode != 0
     assert "gateway init" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_init_with_a_lowercase_party_is_refused_in_one_line(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    out = run("--home", str(tmp_path), "init", "--party", "gw")
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr
+    assert out.stderr.count("\n") == 1 and "refused" in out.stderr and "[A-Z0-9]" in out.stderr
+    assert not (tmp_path / "keys" / "gateway.key").exists()
+
+
+def test_init_with_storage_key_but_no_gateway_key_writes_nothing(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    (keys / "storage.key").write_bytes(b"\x01" * 32)
+    out = run("--home", str(tmp_path), "init")
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr and out.stderr.count("\n") == 1
+    assert "storage.key" in out.stderr
+    assert [p.name for p in keys.iterdir()] == ["storage.key"]
+    assert (keys / "storage.key").read_bytes() == b"\x01" * 32

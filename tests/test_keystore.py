@@ -146,3 +146,41 @@ def test_generate_and_load_key_file(tmp_path: Path, kind: str, alg: str) -> None
     assert loaded.signer == s.signer and loaded.alg == alg
     with pytest.raises(FileExistsError):
         generate_key_file(path, kind)
+
+
+@pytest.mark.parametrize("party", ["gw", "G", "GW-1", "ABCDEFGHIJKLM", ""])
+def test_create_with_a_bad_party_writes_nothing(tmp_path: Path, party: str) -> None:
+    with pytest.raises(ValueError, match=r"\[A-Z0-9\]\{2,12\}"):
+        KeyStore.create(tmp_path / "keys", party=party)
+    assert not (tmp_path / "keys").exists()
+
+
+@pytest.mark.parametrize("name", ["gateway.key", "storage.key", "ca.key", "ca.crt",
+                                  "gateway.crt", "gateway.json"])
+def test_create_refuses_if_any_store_file_exists_and_writes_nothing(tmp_path: Path,
+                                                                     name: str) -> None:
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    (keys / name).write_bytes(b"left over")
+    with pytest.raises(KeyStoreExists, match=name):
+        KeyStore.create(keys, party="GW01")
+    assert [p.name for p in keys.iterdir()] == [name]
+    assert (keys / name).read_bytes() == b"left over"
+
+
+def test_create_losing_a_race_removes_what_it_wrote(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import gateway.keystore as ks
+
+    keys = tmp_path / "keys"
+    real = ks._write_new
+
+    def racing(path: Path, data: bytes) -> None:
+        if path.name == "gateway.crt":  # another init got there first
+            path.write_bytes(b"theirs")
+        real(path, data)
+
+    monkeypatch.setattr(ks, "_write_new", racing)
+    with pytest.raises(KeyStoreExists):
+        KeyStore.create(keys, party="GW01")
+    assert sorted(p.name for p in keys.iterdir() if p.is_file()) == ["gateway.crt"]
+    assert (keys / "gateway.crt").read_bytes() == b"theirs"
