@@ -59,10 +59,14 @@ def _cmd_peer_add(args: argparse.Namespace, home: Home) -> int:
         pem = Path(args.cert).read_bytes()
         peer = store.add_peer(args.id, args.role, pem, connect=args.connect)
     except (OSError, ValueError) as exc:
-        print(f"gateway peer add: {exc}", file=sys.stderr)
+        print(f"gateway peer add: refused: {exc}", file=sys.stderr)
         return 1
     print(f"registered {peer.party} {peer.role} {peer.key_type} signer {peer.signer}"
           + (f" connect {peer.connect}" if peer.connect else ""))
+    others = [p for p in store.parties_with_key(peer.signer) if p != peer.party]
+    if others:
+        print(f"gateway peer add: warning: the same key is also registered for "
+              f"{', '.join(others)}", file=sys.stderr)
     return EXIT_OK
 
 

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from gateway.config import ConfigError, split_host_port
 from gateway.signature import PublicKey, Signer, key_type, load_public_key, signer_id
 
 PARTY_RE = re.compile(r"[A-Z0-9]{2,12}")
@@ -176,6 +177,30 @@ def check_party(party: object) -> str:
     return party
 
 
+def public_pem(pem: bytes) -> bytes:
+    """The certificate (PEM) or SubjectPublicKeyInfo (PEM) in ``pem``, re-serialised so
+    that nothing else in the file is kept; a file with a private key is refused."""
+    if b"PRIVATE KEY" in pem:
+        raise ValueError("the file holds a PRIVATE KEY: register only the peer's certificate "
+                         "or public key (the private key never leaves the peer)")
+    pk = load_public_key(pem)  # ValueError for anything else or an unsupported key
+    if b"-----BEGIN CERTIFICATE-----" in pem:
+        return _cert_pem(x509.load_pem_x509_certificate(pem))
+    return pk.public_bytes(serialization.Encoding.PEM,
+                           serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def check_connect(connect: str) -> tuple[str, int]:
+    """A peer's dial-out address: ``HOST:PORT`` as ``serve`` parses it, port 1–65535."""
+    try:
+        host, port = split_host_port(connect)
+    except ConfigError as exc:
+        raise ValueError(f"--connect: {exc}") from None
+    if not 1 <= port <= 65535 or any(c.isspace() for c in host):
+        raise ValueError(f"--connect: address {connect!r} is not HOST:PORT (port 1-65535)")
+    return host, port
+
+
 def _dev_ca(party: str, now: datetime) -> tuple[Any, x509.Certificate]:
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"SBDX dev CA {party}")])
@@ -329,15 +354,20 @@ class KeyStore:
                     connect=entry.get("connect"), public_key=pk, pem=pem)
 
     def add_peer(self, party: str, role: str, pem: bytes, connect: str | None = None) -> Peer:
-        """Register (or replace) a peer's certificate or public key."""
-        if not isinstance(party, str) or not PARTY_RE.fullmatch(party):
-            raise ValueError("party id must match [A-Z0-9]{2,12}")
+        """Register (or replace) a peer's certificate or public key.
+
+        Only the re-serialised certificate or SubjectPublicKeyInfo is stored, never the
+        file as given; a file holding any private key is refused (ValueError)."""
+        check_party(party)
         if role not in ROLES:
             raise ValueError("role must be BANK or BROKER")
-        pk = load_public_key(pem)
+        if connect is not None:
+            check_connect(connect)
+        stored = public_pem(pem)
+        pk = load_public_key(stored)
         peers_dir = self.keys_dir / PEERS_DIR
         peers_dir.mkdir(exist_ok=True)
-        _write_atomic(peers_dir / f"{party}.pem", pem)
+        _write_atomic(peers_dir / f"{party}.pem", stored)
         raw = self._peers_raw()
         raw[party] = {"role": role, "connect": connect, "key_type": key_type(pk),
                       "signer": signer_id(pk)}
@@ -345,6 +375,10 @@ class KeyStore:
                       json.dumps(raw, indent=2, sort_keys=True).encode() + b"\n")
         self._peer_cache = None
         return self._make_peer(party, raw[party])
+
+    def parties_with_key(self, signer: str) -> list[str]:
+        """Every registered party whose key has signer id ``signer``."""
+        return [p.party for p in self.peers() if p.signer == signer]
 
     def _peer_table(self) -> dict[str, Peer]:
         """Registered peers, read once and again only when peers.json changes (so a

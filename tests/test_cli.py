@@ -88,3 +88,67 @@ def test_init_with_storage_key_but_no_gateway_key_writes_nothing(tmp_path) -> No
     assert "storage.key" in out.stderr
     assert [p.name for p in keys.iterdir()] == ["storage.key"]
     assert (keys / "storage.key").read_bytes() == b"\x01" * 32
+
+
+def _peer_files() -> tuple[bytes, bytes]:
+    from datetime import UTC, datetime, timedelta
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "CCB")])
+    now = datetime.now(UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(1).not_valid_before(now)
+            .not_valid_after(now + timedelta(days=1)).sign(key, hashes.SHA256()))
+    priv = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+    return priv, cert.public_bytes(serialization.Encoding.PEM)
+
+
+def test_peer_add_refuses_a_file_with_a_private_key(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    assert run("--home", str(tmp_path), "init").returncode == 0
+    priv, cert = _peer_files()
+    bundle = tmp_path / "ccb-bundle.pem"
+    bundle.write_bytes(priv + cert)
+    out = run("--home", str(tmp_path), "peer", "add", "--id", "CCB", "--role", "BANK",
+              "--cert", str(bundle))
+    assert out.returncode == 1
+    assert "PRIVATE KEY" in out.stderr and "Traceback" not in out.stderr
+    assert out.stderr.count("\n") == 1
+    assert not (tmp_path / "keys" / "peers" / "CCB.pem").exists()
+    body = priv.decode().splitlines()[1]
+    for path in (tmp_path / "keys").rglob("*"):
+        assert not path.is_file() or body.encode() not in path.read_bytes(), path
+    (tmp_path / "ccb.crt").write_bytes(cert)
+    ok = run("--home", str(tmp_path), "peer", "add", "--id", "CCB", "--role", "BANK",
+             "--cert", str(tmp_path / "ccb.crt"))
+    assert ok.returncode == 0, ok.stderr
+    assert (tmp_path / "keys" / "peers" / "CCB.pem").read_bytes() == cert
+
+
+def test_peer_add_refuses_a_bad_connect_address(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    assert run("--home", str(tmp_path), "init").returncode == 0
+    _, cert = _peer_files()
+    (tmp_path / "ccb.crt").write_bytes(cert)
+    out = run("--home", str(tmp_path), "peer", "add", "--id", "CCB", "--role", "BANK",
+              "--cert", str(tmp_path / "ccb.crt"), "--connect", "bank-host-without-port")
+    assert out.returncode == 1
+    assert "--connect" in out.stderr and "Traceback" not in out.stderr
+    assert "CCB" not in run("--home", str(tmp_path), "peer", "list").stdout
+
+
+def test_peer_add_warns_when_the_key_is_already_another_partys(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    assert run("--home", str(tmp_path), "init").returncode == 0
+    _, cert = _peer_files()
+    (tmp_path / "ccb.crt").write_bytes(cert)
+    first = run("--home", str(tmp_path), "peer", "add", "--id", "CCB", "--role", "BANK",
+                "--cert", str(tmp_path / "ccb.crt"))
+    assert first.returncode == 0 and "warning" not in first.stderr
+    second = run("--home", str(tmp_path), "peer", "add", "--id", "ICBC", "--role", "BANK",
+                 "--cert", str(tmp_path / "ccb.crt"))
+    assert second.returncode == 0
+    assert "warning" in second.stderr and "CCB" in second.stderr

@@ -184,3 +184,55 @@ def test_create_losing_a_race_removes_what_it_wrote(tmp_path: Path, monkeypatch)
         KeyStore.create(keys, party="GW01")
     assert sorted(p.name for p in keys.iterdir() if p.is_file()) == ["gateway.crt"]
     assert (keys / "gateway.crt").read_bytes() == b"theirs"
+
+
+def _priv_pem(k) -> bytes:  # type: ignore[no-untyped-def]
+    return k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                           serialization.NoEncryption())
+
+
+@pytest.mark.parametrize("fmt", [serialization.PrivateFormat.PKCS8,
+                                 serialization.PrivateFormat.TraditionalOpenSSL])
+@pytest.mark.parametrize("key_first", [True, False])
+def test_peer_file_with_a_private_key_is_refused_and_nothing_stored(
+        store: KeyStore, fmt, key_first: bool) -> None:  # type: ignore[no-untyped-def]
+    key = ec.generate_private_key(ec.SECP256R1())
+    priv = key.private_bytes(serialization.Encoding.PEM, fmt, serialization.NoEncryption())
+    cert = _self_signed(key, "CCB")
+    with pytest.raises(ValueError, match="PRIVATE KEY"):
+        store.add_peer("CCB", "BANK", priv + cert if key_first else cert + priv)
+    assert not (store.keys_dir / "peers" / "CCB.pem").exists()
+    assert store.peers() == []
+
+
+def test_only_the_reserialised_certificate_or_public_key_is_stored(store: KeyStore) -> None:
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    cert = _self_signed(rsa_key, "CCB")
+    extra = _self_signed(ec.generate_private_key(ec.SECP256R1()), "OTHER")
+    store.add_peer("CCB", "BANK", b"Bag Attributes: junk\n" + cert + extra + b"trailing text\n")
+    assert (store.keys_dir / "peers" / "CCB.pem").read_bytes() == cert
+    ed = ed25519.Ed25519PrivateKey.generate().public_key()
+    store.add_peer("GTJA", "BROKER", b"# comment\n" + _pub_pem(ed) + b"more\n")
+    assert (store.keys_dir / "peers" / "GTJA.pem").read_bytes() == _pub_pem(ed)
+
+
+@pytest.mark.parametrize("connect", ["nohost", "host:", ":7700", "host:port", "host:99999",
+                                     "host:0", "ho st:7700"])
+def test_peer_with_a_bad_connect_address_is_refused(store: KeyStore, connect: str) -> None:
+    pem = _pub_pem(ed25519.Ed25519PrivateKey.generate().public_key())
+    with pytest.raises(ValueError, match="--connect"):
+        store.add_peer("CCB", "BANK", pem, connect=connect)
+    assert store.peers() == [] and not (store.keys_dir / "peers" / "CCB.pem").exists()
+
+
+def test_good_connect_addresses_are_kept(store: KeyStore) -> None:
+    pem = _pub_pem(ed25519.Ed25519PrivateKey.generate().public_key())
+    for connect in ("10.0.0.7:7801", "bank.example:7700", "[::1]:7700"):
+        assert store.add_peer("CCB", "BANK", pem, connect=connect).connect == connect
+
+
+def test_parties_with_the_same_key(store: KeyStore) -> None:
+    pem = _pub_pem(ed25519.Ed25519PrivateKey.generate().public_key())
+    a = store.add_peer("CCB", "BANK", pem)
+    store.add_peer("ICBC", "BANK", pem)
+    assert store.parties_with_key(a.signer) == ["CCB", "ICBC"]
