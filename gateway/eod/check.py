@@ -8,6 +8,8 @@ scratch table) and never modified.
 """
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,10 +17,11 @@ from pathlib import Path
 from gateway.keystore import KeyStore
 from gateway.signature import PublicKey
 
+from . import fingerprint
 from .fileformat import (
     CREATED_RE,
     RECONCILED_TYPES,
-    TRAILER_RE,
+    TRAILER_PARTS,
     VERSION,
     FileName,
     fen_text,
@@ -30,6 +33,8 @@ from .signing import BadSignature, verify_file
 
 READ_BYTES = 1 << 20
 JOURNAL = Path("data") / "journal.sqlite3"
+
+log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
 
@@ -73,9 +78,12 @@ def check_file(home: Path, path: Path, progress: Progress | None = None) -> Chec
         if not path.is_file():
             raise Rejected(f"file: {path} does not exist or is not a regular file")
         name = _name(path)
-        key = signer_key(KeyStore(Path(home) / "keys"), name.from_party)
+        keys = KeyStore(Path(home) / "keys")
+        key = signer_key(keys, name.from_party)
         sig = _signature(path)
-        _scan_and_check(home, path, name, key, sig, report, progress)
+        if not _proved(Path(home) / JOURNAL, keys.party, name, path, key, sig, report,
+                       progress):
+            _scan_and_check(home, keys.party, path, name, key, sig, report, progress)
     except Rejected as exc:
         report.valid, report.reason = False, str(exc)
     return report
@@ -95,13 +103,27 @@ def _signature(path: Path) -> bytes:
     return sig.read_bytes()
 
 
-def _scan_and_check(home: Path, path: Path, name: FileName, key: PublicKey, sig: bytes,
-                    report: CheckReport, progress: Progress | None) -> None:
+def _proved(journal: Path, gateway: str, name: FileName, path: Path, key: PublicKey,
+            sig: bytes, report: CheckReport, progress: Progress | None) -> bool:
+    """The fast path (fingerprint.py): True if it proved the file valid and matched."""
+    if not fingerprint.available(name, gateway, journal):
+        return False
+    try:
+        rec = fingerprint.prove(journal, gateway, name, path, key, sig, _header, progress)
+    except fingerprint.Declined as exc:
+        log.info("%s: exact check (%s)", path.name, exc)
+        return False
+    report.valid, report.records, report.reconciliation = True, rec.matched, rec
+    return True
+
+
+def _scan_and_check(home: Path, gateway: str, path: Path, name: FileName, key: PublicKey,
+                    sig: bytes, report: CheckReport, progress: Progress | None) -> None:
     ws = Workspace(name.file_type) if name.file_type in RECONCILED_TYPES else None
     try:
         scan = _read(path, Scanner(name.file_type, ws.sink if ws else None), progress)
-        report.records = scan.records
         _legitimacy(key, sig, path, scan, name)
+        report.records = scan.records
         _header(scan.header, name)
         unsunk = scan.unsunk_fen
         _trailer(scan, None if unsunk is None else unsunk + (ws.total_fen() if ws else 0))
@@ -109,7 +131,6 @@ def _scan_and_check(home: Path, path: Path, name: FileName, key: PublicKey, sig:
         report.valid = True
         report.overdrafts = scan.overdrafts
         if ws is not None:
-            gateway = KeyStore(Path(home) / "keys").party
             report.reconciliation = ws.reconcile(Path(home) / JOURNAL, gateway, name)
     finally:
         if ws is not None:
@@ -138,6 +159,9 @@ def _legitimacy(key: PublicKey, sig: bytes, path: Path, scan: ScanResult,
 def _header(header: str | None, name: FileName) -> None:
     if header is None:
         raise Rejected("header: the file is empty")
+    if header.startswith("\ufeff"):
+        raise Rejected("header: the file starts with a byte-order mark; §8 files are UTF-8 "
+                       "without one")
     if header.endswith("\r"):
         raise Rejected("header: CRLF line ends; §8 files use LF only")
     parts = header.split("|")
@@ -150,7 +174,8 @@ def _header(header: str | None, name: FileName) -> None:
         if got != want:
             raise Rejected(f"header: field {label} is {got!r}, the file name says {want!r}")
     if not CREATED_RE.fullmatch(parts[6]):
-        raise Rejected(f"header: field Created {parts[6]!r} is not ISO-8601 with a UTC offset")
+        raise Rejected(f"header: field Created {parts[6][:80]!r} is not an ISO-8601 extended "
+                       "date and time with a UTC offset (YYYY-MM-DDThh:mm:ss+hh:mm)")
 
 
 def _trailer(scan: ScanResult, total_fen: int | None) -> None:
@@ -159,17 +184,21 @@ def _trailer(scan: ScanResult, total_fen: int | None) -> None:
         raise Rejected("integrity: trailer line T missing")
     if not raw.endswith(b"\n"):
         raise Rejected("integrity: the trailer line does not end with LF")
-    m = TRAILER_RE.fullmatch(raw[:-1].decode("utf-8", "replace"))
-    if m is None:
+    parts = raw[:-1].decode("utf-8", "replace").split("|")
+    if len(parts) != 4 or parts[0] != "T":
         raise Rejected("integrity: the last line is not a trailer T|COUNT|SUM|SHA256")
-    if m.group(3) != scan.body_sha256:
-        raise Rejected(f"integrity: trailer digest {m.group(3)} does not match the sha256 of "
+    for (label, rx), value in zip(TRAILER_PARTS.items(), parts[1:], strict=True):
+        if not re.fullmatch(rx, value):
+            raise Rejected(f"integrity: trailer {label} {value[:80]!r} is malformed")
+    count, total, digest = parts[1:]
+    if digest.lower() != scan.body_sha256:
+        raise Rejected(f"integrity: trailer digest {digest} does not match the sha256 of "
                        f"the bytes before the trailer ({scan.body_sha256})")
-    if int(m.group(1)) != scan.records:
-        raise Rejected(f"integrity: trailer count {m.group(1)} but the file has "
+    if int(count) != scan.records:
+        raise Rejected(f"integrity: trailer count {count} but the file has "
                        f"{scan.records} records")
-    if total_fen is not None and m.group(2) != fen_text(total_fen):
-        raise Rejected(f"integrity: trailer sum {m.group(2)} but the records sum to "
+    if total_fen is not None and total != fen_text(total_fen):
+        raise Rejected(f"integrity: trailer sum {total} but the records sum to "
                        f"{fen_text(total_fen)}")
 
 

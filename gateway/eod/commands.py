@@ -6,6 +6,7 @@ invocation itself go to stderr.  The CLI parses arguments and calls these.
 from __future__ import annotations
 
 import datetime as dt
+import signal
 import sys
 import time
 from pathlib import Path
@@ -19,6 +20,15 @@ from .watch import sweep
 
 EXIT_USAGE = 2
 EXIT_OPERATOR = 1
+EXIT_INTERRUPTED = 130
+
+
+def _interrupt_on_sigterm() -> None:
+    """SIGTERM unwinds like Ctrl-C, so a check's scratch database is removed."""
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def _progress_bar() -> Progress | None:
@@ -45,11 +55,15 @@ def check_command(home: Path, file: Path, as_json: bool = False) -> int:
     Prints one JSON object (``as_json``) or a short text report; the file is left
     where it is, unmodified.
     """
+    _interrupt_on_sigterm()
     try:
         report = check_file(Path(home), Path(file), _progress_bar())
     except KeyStoreMissing as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_OPERATOR
+    except KeyboardInterrupt:
+        print("interrupted; nothing was judged", file=sys.stderr)
+        return EXIT_INTERRUPTED
     print(render.as_json(report) if as_json else render.as_text(report), end="\n" if as_json else "")
     return report.exit_code
 
@@ -89,6 +103,7 @@ def watch_command(home: Path, folder: Path, *, poll_seconds: float = 1.0,
     def log(text: str) -> None:
         print(text, flush=True)
 
+    _interrupt_on_sigterm()
     try:
         while True:
             sweep(Path(home), folder, log)

@@ -30,6 +30,15 @@ OPT_DATE = f"(?:{DATE})?"
 TIME = (DATE + r"T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,9})?"
         r"(?:Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])")
 
+#: Exact calendar dates (days per month, leap years; years 0001-9999 as
+#: ``datetime.date``), used where a line is matched as a whole; the per-field diagnosis
+#: of a bad line keeps DATE and names "not a calendar date" separately.
+CALENDAR_DATE = (r"(?:(?!0000)[0-9]{4}-(?:(?:0[13578]|1[02])-(?:0[1-9]|[12][0-9]|3[01])"
+                 r"|(?:0[469]|11)-(?:0[1-9]|[12][0-9]|30)|02-(?:0[1-9]|1[0-9]|2[0-8]))"
+                 r"|(?:[0-9]{2}(?:0[48]|[2468][048]|[13579][26])|(?:0[48]|[2468][048]|[13579][26])00)"
+                 r"-02-29)")
+CALENDAR_TIME = TIME.replace(DATE, CALENDAR_DATE, 1)
+
 Layout = tuple[tuple[str, str], ...]
 
 LAYOUTS: dict[str, Layout] = {
@@ -50,9 +59,11 @@ LAYOUTS: dict[str, Layout] = {
 SUM_FIELD = {"XFER": "Amount", "PAY": "Amount", "OTC": "Amount", "BAL": "Balance"}
 #: Date-valued fields whose calendar validity is checked beyond the pattern.
 DATE_FIELDS = ("BookDate", "Time")
-TRAILER_RE = re.compile(r"T\|(0|[1-9][0-9]{0,11})\|(-?(?:0|[1-9][0-9]{0,14})\.[0-9]{2})"
-                        r"\|([0-9a-f]{64})")
-CREATED_RE = re.compile(TIME)
+TRAILER_PARTS = {"count": r"0|[1-9][0-9]{0,11}",
+                 "sum": r"-?(?:0|[1-9][0-9]{0,14})\.[0-9]{2}",
+                 "digest": r"[0-9a-fA-F]{64}"}  # §8 says "hex": either case is read
+TRAILER_RE = re.compile("T" + "".join(f"\\|({rx})" for rx in TRAILER_PARTS.values()))
+CREATED_RE = re.compile(CALENDAR_TIME)
 
 
 @dataclass(frozen=True)
@@ -80,6 +91,9 @@ def parse_name(name: str) -> FileName:
         day = dt.datetime.strptime(m.group(4), "%Y%m%d").date()
     except ValueError:
         raise ValueError(f"file name {name!r}: {m.group(4)} is not a calendar date") from None
+    if m.group(2) == m.group(3):
+        raise ValueError(f"file name {name!r}: FROM and TO are the same party; TO is the "
+                         "counterparty whose business the file covers")
     return FileName(m.group(1), m.group(2), m.group(3), day)
 
 
@@ -114,13 +128,25 @@ def row_fields(file_type: str) -> tuple[str, ...]:
     return ("BizSn", "core", *(("Amount",) if "Amount" in core else ()), *extras)
 
 
+def _calendar(layout: Layout) -> Layout:
+    """The layout with its date fields matched as exact calendar dates."""
+    out = []
+    for name, rx in layout:
+        if name == "Time":
+            rx = CALENDAR_TIME
+        elif name in DATE_FIELDS:
+            rx = f"(?:{CALENDAR_DATE})?"
+        out.append((name, rx))
+    return tuple(out)
+
+
 def line_regex(file_type: str) -> re.Pattern[str]:
     """One pattern for a well-formed D line and its LF, capturing :func:`row_fields`.
 
     Used with ``findall`` over a block of lines (one C call per block) and with
-    ``fullmatch`` per line when a block holds a bad line.
+    ``fullmatch`` per line when a block holds a bad line.  Dates are calendar-exact.
     """
-    layout = LAYOUTS[file_type]
+    layout = _calendar(LAYOUTS[file_type])
     core = CORE_FIELDS.get(file_type, ())
     if core and tuple(n for n, _ in layout[1:1 + len(core)]) != core:
         raise AssertionError(f"{file_type}: compared fields must follow BizSn contiguously")
@@ -136,8 +162,17 @@ def line_regex(file_type: str) -> re.Pattern[str]:
     return re.compile("^D\\|" + "\\|".join(parts) + "\n", re.MULTILINE)
 
 
-#: Every date in a block of D lines (BookDate, and the date of Time), for calendar checks.
-DATE_IN_LINE_RE = re.compile(r"\|([0-9]{4}-[0-9]{2}-[0-9]{2})[T|\n]")
+def record_text_regex(file_type: str) -> re.Pattern[str]:
+    """A well-formed D line and its LF, capturing ONE group: the line without ``|Time``.
+
+    That text is what the journal keeps per record (``record.eod_line``); with one
+    group, ``findall`` over a block returns one string per line (gateway/eod/fingerprint.py).
+    """
+    layout = _calendar(LAYOUTS[file_type])
+    if layout[-1][0] != "Time":
+        raise AssertionError(f"{file_type}: Time must be the last field")
+    fields = "\\|".join(f"(?:{rx})" for _, rx in layout[:-1])
+    return re.compile(f"^(D\\|{fields})\\|(?:{layout[-1][1]})\n", re.MULTILINE)
 
 
 def fen(amount: str) -> int:

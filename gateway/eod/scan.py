@@ -7,27 +7,31 @@ the first malformed record (line number and field), and hands the well-formed
 records to a ``sink`` block by block (the reconciliation's scratch table).
 
 Fast path: a block of complete lines (about 1 MiB) is parsed by one ``findall`` of
-the D-line pattern; if it matched every line, the block is well-formed.  Only a
-block holding a bad line is walked line by line to name the line and field.
+the D-line pattern (dates calendar-exact); if it matched every line, the block is
+well-formed.  Only a block holding a bad line is walked line by line to name the line
+and field.  A line longer than ``MAX_LINE_BYTES`` is a bad record and is not kept:
+memory stays bounded whatever the file holds.
 """
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
 
 from .fileformat import (
-    DATE_IN_LINE_RE,
     SUM_FIELD,
     diagnose,
     field_names,
     line_regex,
     row_fields,
-    valid_date,
 )
 
-DATE_CACHE_MAX = 4096  # distinct valid dates remembered (bounded memory)
+#: A D line is < 300 bytes; a longer one is refused without being held in memory.
+MAX_LINE_BYTES = 64 * 1024
+#: What a bad record's amount must look like for its value to count towards the sum
+#: (anything else — "Infinity", "1e999999" — makes the sum unknowable, never parsed).
+LOOSE_AMOUNT_RE = re.compile(r"(-?)([0-9]{1,15})(?:\.([0-9]{1,2}))?")
 
 Row = tuple[str, ...]
 #: Receives well-formed records (kept fields, file order); returns nothing.
@@ -77,9 +81,10 @@ class Scanner:
         self._sum_at = self._names.index(SUM_FIELD[file_type]) if file_type in SUM_FIELD else -1
         layout = field_names(file_type)
         self._raw_sum_at = layout.index(SUM_FIELD[file_type]) if file_type in SUM_FIELD else -1
-        self._dates_ok: set[str] = set()
         self._hash = hashlib.sha256()
+        self._whole = hashlib.sha256()
         self._carry = b""
+        self._overlong = False  # inside a line longer than MAX_LINE_BYTES
         self._pending: bytes | None = None
         self._line = 0
         self.result = ScanResult()
@@ -87,10 +92,18 @@ class Scanner:
     # --- bytes in -----------------------------------------------------------------
     def feed(self, chunk: bytes) -> None:
         self.result.size += len(chunk)
+        self._whole.update(chunk)
+        if self._overlong:
+            chunk = self._skip_overlong(chunk)
+            if not chunk:
+                return
         buf = self._carry + chunk if self._carry else chunk
         last = buf.rfind(b"\n")
         if last < 0:
-            self._carry = buf
+            if len(buf) > MAX_LINE_BYTES:
+                self._start_overlong(buf)
+            else:
+                self._carry = buf
             return
         start_of_last = buf.rfind(b"\n", 0, last) + 1
         block = buf[:start_of_last]
@@ -101,6 +114,40 @@ class Scanner:
         if block:
             self._hash.update(block)
             self._block(block)
+        if len(self._carry) > MAX_LINE_BYTES:
+            self._start_overlong(self._carry)
+
+    # --- lines too long to keep -----------------------------------------------------------
+    def _settle_pending(self) -> None:
+        """The held line is not the last one: hash and parse it now."""
+        if self._pending is not None:
+            self._hash.update(self._pending)
+            self._block(self._pending)
+            self._pending = None
+
+    def _start_overlong(self, head: bytes) -> None:
+        """``head`` begins a line over the limit: it is a bad record, hashed, not kept."""
+        self._settle_pending()
+        self._hash.update(head)
+        self._carry = b""
+        self._overlong = True
+        if self._line == 0:  # the header itself: the header check will refuse it
+            self.result.header = head[:200].decode("utf-8", "replace")
+        else:
+            self._error(self._line + 1, "D", f"line longer than {MAX_LINE_BYTES} bytes")
+            self.result.unsunk_fen = None if self._sum_at >= 0 else 0
+            self.result.records += 1
+        self._line += 1
+
+    def _skip_overlong(self, chunk: bytes) -> bytes:
+        """Hash the rest of an over-long line; return what follows its LF."""
+        end = chunk.find(b"\n")
+        if end < 0:
+            self._hash.update(chunk)
+            return b""
+        self._hash.update(chunk[:end + 1])
+        self._overlong = False
+        return chunk[end + 1:]
 
     def finish(self) -> ScanResult:
         """No more bytes: settle the last line (the trailer) and the digests."""
@@ -117,9 +164,7 @@ class Scanner:
             else:
                 res.trailer = self._pending
         res.body_sha256 = self._hash.hexdigest()
-        whole = self._hash.copy()
-        whole.update(res.trailer or b"")
-        res.file_sha256 = whole.digest()
+        res.file_sha256 = self._whole.digest()
         return res
 
     # --- blocks of complete lines ---------------------------------------------------------
@@ -133,21 +178,12 @@ class Scanner:
             text = "" if end < 0 else text[end + 1:]
         lines = text.count("\n")
         rows = self._rx.findall(text)
-        if len(rows) == lines and self._dates_valid(text):
+        if len(rows) == lines:
             self._good(rows, self._line + 1)
             self._line += lines
         else:
             self._walk(text)
         self.result.records += lines
-
-    def _dates_valid(self, text: str) -> bool:
-        dates = set(DATE_IN_LINE_RE.findall(text)) - self._dates_ok
-        if all(valid_date(d) for d in dates):
-            if len(self._dates_ok) > DATE_CACHE_MAX:
-                self._dates_ok.clear()
-            self._dates_ok |= dates
-            return True
-        return False
 
     def _good(self, rows: Sequence[Row], first_line: int) -> None:
         res = self.result
@@ -159,7 +195,7 @@ class Scanner:
             res.unsunk_fen += sum(int(r[at].replace(".", "", 1)) for r in rows)
         if self.file_type == "BAL":
             res.overdrafts.extend((first_line + i, r[0], r[1], r[2])
-                                  for i, r in enumerate(rows) if r[2].startswith("-"))
+                                  for i, r in enumerate(rows) if r[2].startswith("-") and r[2] != "-0.00")
 
     def _walk(self, text: str) -> None:
         """A block with a bad line: line by line, to locate the first bad field."""
@@ -167,7 +203,7 @@ class Scanner:
         for line in text.split("\n")[:-1] if text.endswith("\n") else text.split("\n"):
             self._line += 1
             m = match(line + "\n")
-            if m is not None and self._dates_valid(line + "\n"):
+            if m is not None:
                 self._good((m.groups(),), self._line)
             else:
                 self._bad(self._line, line)
@@ -182,13 +218,18 @@ class Scanner:
         name, reason = diagnose(self.file_type, fields)
         if any("\udc80" <= c <= "\udcff" for c in line):
             reason = "not valid UTF-8"
+        elif line.endswith("\r"):
+            name, reason = "D", "CRLF line end; §8 files use LF only"
         self._error(n, name, reason)
         if self._sum_at < 0 or self.result.unsunk_fen is None:
             return
-        try:
-            self.result.unsunk_fen += int(Decimal(fields[self._raw_sum_at]) * 100)
-        except (IndexError, InvalidOperation, ValueError):
+        value = fields[self._raw_sum_at] if self._raw_sum_at < len(fields) else ""
+        m = LOOSE_AMOUNT_RE.fullmatch(value)
+        if m is None:
             self.result.unsunk_fen = None
+            return
+        fen = int(m.group(2)) * 100 + int((m.group(3) or "0").ljust(2, "0"))
+        self.result.unsunk_fen += -fen if m.group(1) else fen
 
     def _error(self, n: int, name: str, reason: str) -> None:
         if self.result.error is None:

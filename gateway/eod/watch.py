@@ -13,6 +13,7 @@ crash, and is finished.  Never more than one watcher per folder.
 """
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -25,13 +26,16 @@ SIG = ".sig"
 
 Log = Callable[[str], None]
 
+log = logging.getLogger(__name__)
+
 
 def complete_files(folder: Path) -> list[Path]:
     """Files of the folder whose ``.sig`` exists, by name (hidden temp files skipped)."""
     out = []
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
         name = entry.name
-        if name.startswith(".") or name.endswith(SIG) or not entry.is_file():
+        if (name.startswith(".") or name.endswith(SIG) or name in (ACCEPTED, REJECTED)
+                or not entry.is_file()):
             continue
         if (folder / (name + SIG)).is_file():
             out.append(folder / name)
@@ -94,7 +98,7 @@ def process(home: Path, folder: Path, path: Path, log: Log) -> CheckReport:
             f"duplicate: {path.name} was already accepted ({previous.relative_to(folder)}); "
             "a file is processed once"))
     else:
-        report = check_file(home, path)
+        report = _checked(home, path)
     slot = free_slot(folder / (ACCEPTED if report.valid else REJECTED), path.name)
     slot.mkdir(parents=True, exist_ok=True)
     _write_atomic(slot / f"{path.name}.report.json", as_json(report) + "\n")
@@ -107,8 +111,24 @@ def process(home: Path, folder: Path, path: Path, log: Log) -> CheckReport:
     return report
 
 
+def _checked(home: Path, path: Path) -> CheckReport:
+    """check_file, which never raises for a bad file; a bug must not jam the folder."""
+    try:
+        return check_file(home, path)
+    except Exception:  # noqa: BLE001 - logged with its traceback, the file is rejected
+        log.exception("checking %s failed", path.name)
+        return CheckReport(file=str(path), reason="check failed: internal error (see the "
+                                                  "watcher's log); the file was not judged")
+
+
 def sweep(home: Path, folder: Path, log: Log) -> int:
     """One pass over the folder; the number of files processed."""
+    blocked = [d for d in (ACCEPTED, REJECTED) if (folder / d).exists()
+               and not (folder / d).is_dir()]
+    if blocked:
+        log(f"cannot sort files: {', '.join(blocked)} in {folder} is not a directory; "
+            "move it away")
+        return 0
     finish_interrupted(folder, log)
     files = complete_files(folder)
     for path in files:

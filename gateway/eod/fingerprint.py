@@ -1,0 +1,211 @@
+"""Reconciliation by fingerprint: the fast proof that a file lists exactly the journal.
+
+A clearing file that reconciles cleanly — the everyday case — lists, each record's
+Time aside, exactly the lines the journal keeps for that day: every record carries its
+end-of-day line (``record.eod_line``, computed by SQLite on every write, the same text
+``gateway eod export`` writes).  Equal multisets of lines mean every record matched
+on every compared field of §8 (a line holds them all), none missing, none extra.
+
+So the file is read once, all of it in C: per block of complete lines one ``findall``
+of a one-group pattern validates every line (calendar-exact dates) and returns it
+without its Time; Python's keyed SipHash of each line is summed.  The journal side is
+one range scan of the day's lines (the record table is clustered by trade date),
+hashed and summed the same way.  Equal counts and equal sums prove equal multisets
+except with probability about 2^-64 per check; the hash key is the interpreter's
+random per-process secret, which a file writer cannot know, so no file can be built to
+collide.  With a fixed ``PYTHONHASHSEED`` the secret is known and this path is off.
+
+This path concludes only "valid and fully matched".  On anything else — a line that
+does not match, a failed check, a count or fingerprint difference — it returns None
+and the exact check (check.py: scratch table and join) runs from the start and gives
+the answer with its reasons.  Like the exact check it relies on the day's records of
+one pair of peers having distinct BizSns, which the gateway enforces when it admits
+them (B312, docs/business-rules.md); files addressed to or from the gateway itself
+cover several pairs and always take the exact path.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import sys
+from collections.abc import Callable
+from operator import itemgetter
+from pathlib import Path
+
+from gateway.signature import PublicKey
+
+from .fileformat import SUM_FIELD, TRAILER_RE, FileName, fen_text, record_text_regex
+from .mapping import BIZ_TYPES, FINAL_STATES, scope
+from .reconcile import Reconciliation
+from .scan import MAX_LINE_BYTES
+from .signing import BadSignature, verify_file
+
+READ_BYTES = 1 << 20
+#: Records the file may omit or list (REVERSED by the gateway, unseen by the writer),
+#: held as a set of hashes; more than this and the exact check runs instead.
+OPTIONAL_MAX = 100_000
+FETCH_ROWS = 8192
+JOURNAL_SCHEMA_WITH_LINES = 2
+
+Progress = Callable[[int, int], None]
+
+
+class Declined(Exception):
+    """The fast path cannot conclude; the exact check decides."""
+
+
+def available(name: FileName, gateway: str, journal: Path) -> bool:
+    """Whether this file may be proved by fingerprint at all."""
+    seed = os.environ.get("PYTHONHASHSEED", "random")
+    return (name.file_type in BIZ_TYPES and sys.flags.hash_randomization == 1
+            and seed == "random" and journal.is_file()
+            and gateway not in (name.from_party, name.to_party)
+            and name.from_party != name.to_party)
+
+
+class LineSums:
+    """Count, hash sum and (optionally) the hashes seen of a set of optional lines."""
+
+    def __init__(self, optional: dict[int, int]) -> None:
+        self.count = 0
+        self.hash_sum = 0
+        self._optional = optional.keys()
+        self.present: set[int] = set()
+
+    def add(self, lines: list[str]) -> None:
+        hashes = list(map(hash, lines))
+        self.count += len(hashes)
+        self.hash_sum += sum(hashes)
+        if self._optional:
+            self.present |= self._optional & set(hashes)
+
+
+class FileScan:
+    """One pass over the file: digests, header, trailer and the line sums."""
+
+    def __init__(self, file_type: str, sums: LineSums) -> None:
+        self._rx = record_text_regex(file_type)
+        self.sums = sums
+        self.body = hashlib.sha256()
+        self.whole = hashlib.sha256()
+        self.header: str | None = None
+        self.trailer: bytes = b""
+        self.trailer_sum = ""
+        self.size = 0
+
+    def read(self, path: Path, progress: Progress | None) -> None:
+        total = path.stat().st_size
+        carry = b""
+        with open(path, "rb") as f:
+            while chunk := f.read(READ_BYTES):
+                self.size += len(chunk)
+                self.whole.update(chunk)
+                buf = carry + chunk
+                cut = buf.rfind(b"\n", 0, len(buf) - 1) + 1  # keep the last line back
+                if cut == 0:
+                    if len(buf) > MAX_LINE_BYTES:
+                        raise Declined("over-long line")
+                    carry = buf
+                    continue
+                self._block(buf[:cut])
+                carry = buf[cut:]
+                if progress is not None:
+                    progress(self.size, total)
+        self.trailer = carry
+
+    def _block(self, block: bytes) -> None:
+        self.body.update(block)
+        text = block.decode("utf-8", "surrogateescape")
+        if self.header is None:
+            end = text.find("\n")
+            self.header, text = text[:end], text[end + 1:]
+        lines = self._rx.findall(text)
+        if len(lines) != text.count("\n"):
+            raise Declined("a line is not a well-formed record")
+        self.sums.add(lines)
+
+
+def prove(journal: Path, gateway: str, name: FileName, path: Path, key: PublicKey,
+          sig: bytes, header_ok: Callable[[str, FileName], object],
+          progress: Progress | None = None) -> Reconciliation:
+    """Valid and fully matched, or :class:`Declined`.  ``header_ok`` raises if not."""
+    db = sqlite3.connect(f"file:{journal}?mode=ro", uri=True)
+    try:
+        if db.execute("PRAGMA user_version").fetchone()[0] < JOURNAL_SCHEMA_WITH_LINES:
+            raise Declined("journal schema without end-of-day lines")
+        where, args = _day(name, gateway)
+        optional = _optional_lines(db, where, args, name.from_party)
+        scan = FileScan(name.file_type, LineSums(optional))
+        scan.read(path, progress)
+        _checks(scan, name, key, sig, path, header_ok)
+        owed = _owed_sums(db, where, args, name.from_party)
+    finally:
+        db.close()
+    _compare(scan, owed, optional, name)
+    return Reconciliation(matched=scan.sums.count)
+
+
+def _day(name: FileName, gateway: str) -> tuple[str, tuple[object, ...]]:
+    kinds = BIZ_TYPES[name.file_type]
+    pair, pair_args = scope(gateway, name.from_party, name.to_party)
+    where = (f"trade_date=? AND biz_type IN ({','.join('?' for _ in kinds)}) AND {pair}"
+             f" AND state IN ({','.join(repr(s) for s in FINAL_STATES)})")
+    return where, (name.day.isoformat(), *kinds, *pair_args)
+
+
+def _optional_lines(db: sqlite3.Connection, where: str, args: tuple[object, ...],
+                    writer: str) -> dict[int, int]:
+    """hash(line) → amount of the records the file may list or omit (mapping.OWED_SQL)."""
+    rows = db.execute(f"SELECT eod_line, COALESCE(amount_fen, 0) FROM record WHERE {where}"
+                      f" AND state='REVERSED' AND receiver=? LIMIT {OPTIONAL_MAX + 1}",
+                      (*args, writer)).fetchall()
+    out = {hash(line): amount for line, amount in rows}
+    if len(rows) > OPTIONAL_MAX or len(out) != len(rows):
+        raise Declined("optional records too many or not distinct")
+    return out
+
+
+def _owed_sums(db: sqlite3.Connection, where: str, args: tuple[object, ...],
+               writer: str) -> tuple[int, int, int]:
+    """(count, hash sum, amount sum in fen) of the records the file must list."""
+    cur = db.execute(f"SELECT eod_line, COALESCE(amount_fen, 0) FROM record WHERE {where}"
+                     " AND NOT (state='REVERSED' AND receiver=?)", (*args, writer))
+    sums, amount = LineSums({}), 0
+    line, fen = itemgetter(0), itemgetter(1)
+    while rows := cur.fetchmany(FETCH_ROWS):
+        sums.add(list(map(line, rows)))
+        amount += sum(map(fen, rows))
+    return sums.count, sums.hash_sum, amount
+
+
+def _checks(scan: FileScan, name: FileName, key: PublicKey, sig: bytes, path: Path,
+            header_ok: Callable[[str, FileName], object]) -> None:
+    """Legitimacy, header, trailer digest and count — as the exact check does them."""
+    try:
+        verify_file(key, sig, path, scan.whole.digest())
+    except BadSignature:
+        raise Declined("signature") from None
+    if scan.header is None:
+        raise Declined("no header")
+    try:
+        header_ok(scan.header, name)
+    except Exception:  # noqa: BLE001 - any refusal: the exact check words it
+        raise Declined("header") from None
+    m = TRAILER_RE.fullmatch(scan.trailer.removesuffix(b"\n").decode("ascii", "replace"))
+    if (m is None or not scan.trailer.endswith(b"\n") or m.group(3).lower() !=
+            scan.body.hexdigest() or int(m.group(1)) != scan.sums.count):
+        raise Declined("trailer")
+    scan.trailer_sum = m.group(2)
+
+
+def _compare(scan: FileScan, owed: tuple[int, int, int], optional: dict[int, int],
+             name: FileName) -> None:
+    count, hash_sum, amount = owed
+    present = scan.sums.present
+    if (scan.sums.count != count + len(present)
+            or scan.sums.hash_sum != hash_sum + sum(present)):
+        raise Declined("records differ from the journal's")
+    total = amount + sum(optional[h] for h in present)
+    if name.file_type in SUM_FIELD and scan.trailer_sum != fen_text(total):
+        raise Declined("trailer sum")
