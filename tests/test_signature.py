@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 import shutil
 import subprocess
@@ -173,26 +174,118 @@ def _run(*args: str) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run([OPENSSL or "openssl", *args], capture_output=True, check=False)
 
 
+SAMPLE = Path(__file__).parent / "samples" / "valid" / "XFER.OUT.REQ.xml"
+
+
+class _Wire:
+    """A session link that keeps the frames the gateway writes."""
+
+    def __init__(self) -> None:
+        from gateway.framing import FrameDecoder
+
+        self.decoder = FrameDecoder()
+        self.payloads: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.payloads.extend(self.decoder.feed(data))
+
+    def close(self) -> None:
+        pass
+
+    def peer_public_key(self) -> None:
+        return None
+
+
+def _gateway_relays(tmp_path: Path, xml: bytes) -> bytes:
+    """``gateway init`` in ``tmp_path``, then the payload (envelope LF xml) the gateway
+    writes when it relays ``xml`` on a session."""
+    import time
+
+    from gateway.config import Config
+    from gateway.journal import Journal
+    from gateway.keystore import KeyStore
+    from gateway.relay import Gateway
+    from gateway.session import Session
+
+    store = KeyStore.create(tmp_path / "keys", party="GW01")
+    journal = Journal(tmp_path / "journal.sqlite3")
+    try:
+        gw = Gateway(Config(), store, journal, time.time)
+        wire = _Wire()
+        session = Session(gw, wire, "S1")
+        session.relay_xml(xml, "XFER.OUT.REQ", "GTJA20261125000019", None)
+        gw.flush()
+    finally:
+        journal.close()
+    assert len(wire.payloads) == 1
+    return wire.payloads[0]
+
+
 @needs_openssl
-def test_gateway_es256_verifies_with_openssl(tmp_path: Path) -> None:
-    s = Signer(ec.generate_private_key(ec.SECP256R1()))
-    (tmp_path / "pub.pem").write_bytes(_pub_pem(s.public_key))
-    (tmp_path / "msg.xml").write_bytes(XML)
-    (tmp_path / "sig.der").write_bytes(s.sign(XML).signature)
+def test_gateway_signature_on_a_relayed_message_verifies_with_openssl(tmp_path: Path) -> None:
+    """§3: what the gateway sends is checkable with stock tools — its init key, its
+    certificate, a real message and the sig field of the envelope it wrote."""
+    from gateway.envelope import split_payload
+
+    xml = SAMPLE.read_bytes()
+    envelope, sent = split_payload(_gateway_relays(tmp_path, xml))
+    assert sent == xml  # the bytes relayed are the bytes signed
+    assert envelope.sig is not None
+    alg, signer, b64 = envelope.sig.split(":")
+    assert alg == "ES256"
+    (tmp_path / "msg.xml").write_bytes(sent)
+    (tmp_path / "sig.der").write_bytes(base64.b64decode(b64, validate=True))
+    cert = tmp_path / "keys" / "gateway.crt"
+    r = _run("x509", "-in", str(cert), "-pubkey", "-noout", "-out", str(tmp_path / "pub.pem"))
+    assert r.returncode == 0, r.stderr
+    der = _run("pkey", "-pubin", "-in", str(tmp_path / "pub.pem"), "-outform", "DER")
+    assert der.returncode == 0, der.stderr
+    assert signer == hashlib.sha256(der.stdout).hexdigest()[:16]  # §3 signer, by openssl
     r = _run("dgst", "-sha256", "-verify", str(tmp_path / "pub.pem"), "-signature",
              str(tmp_path / "sig.der"), str(tmp_path / "msg.xml"))
     assert r.returncode == 0, r.stderr
     assert b"Verified OK" in r.stdout
+    (tmp_path / "msg.xml").write_bytes(sent.replace(b"<Amount>", b"<Amount>1", 1))
+    r = _run("dgst", "-sha256", "-verify", str(tmp_path / "pub.pem"), "-signature",
+             str(tmp_path / "sig.der"), str(tmp_path / "msg.xml"))
+    assert r.returncode != 0 and b"Verified OK" not in r.stdout
 
 
 @needs_openssl
-@pytest.mark.parametrize("alg", ["ES256", "PS256", "ED25519"])
+@pytest.mark.parametrize("alg", ["PS256", "RS256", "ED25519"])
+def test_gateway_signatures_of_other_algs_verify_with_openssl(tmp_path: Path, alg: str) -> None:
+    from gateway.keystore import generate_key_file
+
+    key_file = tmp_path / "key.pem"
+    signer = generate_key_file(key_file, alg)
+    assert signer.alg == alg
+    xml = SAMPLE.read_bytes()
+    field = SignatureField.parse(signer.sign(xml).format())
+    msg, sig, pub = tmp_path / "msg.xml", tmp_path / "sig.bin", tmp_path / "pub.pem"
+    msg.write_bytes(xml)
+    sig.write_bytes(field.signature)
+    assert _run("pkey", "-in", str(key_file), "-pubout", "-out", str(pub)).returncode == 0
+    if alg == "ED25519":
+        args = ["pkeyutl", "-verify", "-pubin", "-inkey", str(pub), "-rawin", "-in", str(msg),
+                "-sigfile", str(sig)]
+    else:
+        pss = ["-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:32",
+               "-sigopt", "rsa_mgf1_md:sha256"] if alg == "PS256" else []
+        args = ["dgst", "-sha256", "-verify", str(pub), *pss, "-signature", str(sig), str(msg)]
+    r = _run(*args)
+    assert r.returncode == 0, r.stderr
+    assert b"Verified" in r.stdout  # "Verified OK" (dgst), "Signature Verified Successfully"
+
+
+@needs_openssl
+@pytest.mark.parametrize("alg", ["ES256", "PS256", "RS256", "ED25519"])
 def test_openssl_signatures_verify(tmp_path: Path, alg: str) -> None:
     k = _key(alg)
+    xml = SAMPLE.read_bytes()
     key_pem, msg, sig = tmp_path / "key.pem", tmp_path / "msg.xml", tmp_path / "sig.bin"
     key_pem.write_bytes(_priv_pem(k))
-    msg.write_bytes(XML)
-    if alg == "ES256":
+    msg.write_bytes(xml)
+    if alg in ("ES256", "RS256"):  # RSA: openssl's default padding is PKCS#1 v1.5
         args = ["dgst", "-sha256", "-sign", str(key_pem), "-out", str(sig), str(msg)]
     elif alg == "PS256":
         args = ["dgst", "-sha256", "-sign", str(key_pem), "-sigopt", "rsa_padding_mode:pss",
@@ -203,6 +296,10 @@ def test_openssl_signatures_verify(tmp_path: Path, alg: str) -> None:
     assert r.returncode == 0, r.stderr
     pk = k.public_key()
     field = SignatureField.parse(f"{alg}:{signer_id(pk)}:{base64.b64encode(sig.read_bytes()).decode()}")
-    verify(pk, field, XML)
+    verify(pk, field, xml)
     with pytest.raises(SignatureInvalid):
-        verify(pk, field, XML + b"x")
+        verify(pk, field, xml + b"x")
+    if alg in ("PS256", "RS256"):  # the other RSA padding must not pass for this one
+        other = "RS256" if alg == "PS256" else "PS256"
+        with pytest.raises(SignatureInvalid):
+            verify(pk, SignatureField(other, field.signer, field.signature), xml)
