@@ -6,11 +6,14 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from . import __version__
 
 EXIT_OK = 0
 EXIT_USAGE = 2
+#: ``serve`` stopped because the journal could not be committed (not by a signal).
+EXIT_JOURNAL_FAILED = 1
 
 
 class Home:
@@ -100,10 +103,35 @@ def _cmd_serve(args: argparse.Namespace, home: Home) -> int:
         return 1
     svc = GatewayService(home.root, cfg, reactor, listen=args.listen,
                          tls=True if args.tls else None)
+    flushes = FlushWatch(svc.gateway)
     reactor.callWhenRunning(svc.startService)  # type: ignore[attr-defined]
     reactor.addSystemEventTrigger("before", "shutdown", svc.stopService)  # type: ignore[attr-defined]
     reactor.run()  # type: ignore[attr-defined]
+    if flushes.failed:
+        print("gateway serve: stopped because the journal could not be committed "
+              "(see the log)", file=sys.stderr)
+        return EXIT_JOURNAL_FAILED
     return EXIT_OK
+
+
+class FlushWatch:
+    """Notes whether a journal flush of ``gateway`` failed.
+
+    The server stops the reactor when a flush fails, the same way SIGTERM does; this
+    lets ``serve`` tell the two apart and exit non-zero after the first.  It wraps the
+    node's public ``flush`` (every caller goes through the instance attribute)."""
+
+    def __init__(self, gateway: Any) -> None:
+        self.failed = False
+        self._flush: Callable[[], int] = gateway.flush
+        gateway.flush = self
+
+    def __call__(self) -> int:
+        try:
+            return self._flush()
+        except Exception:
+            self.failed = True
+            raise
 
 
 def _key_store_party(keys_dir: Path) -> str | None:

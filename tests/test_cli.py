@@ -152,3 +152,70 @@ def test_peer_add_warns_when_the_key_is_already_another_partys(tmp_path) -> None
                  "--cert", str(tmp_path / "ccb.crt"))
     assert second.returncode == 0
     assert "warning" in second.stderr and "CCB" in second.stderr
+
+
+#: ``gateway …`` with every journal commit failing once there is something to commit.
+FAILING_JOURNAL = """
+import sys
+from gateway import cli, journal
+
+real = journal.Journal.flush
+
+def flush(self):
+    if self.dirty:
+        raise OSError("disk full (test)")
+    return real(self)
+
+journal.Journal.flush = flush
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def _serve(tmp_path, *prefix: str) -> tuple[subprocess.Popen[str], int]:  # type: ignore[no-untyped-def]
+    import re
+    import time
+
+    assert run("--home", str(tmp_path), "init").returncode == 0
+    proc = subprocess.Popen([sys.executable, *prefix, "--home", str(tmp_path), "serve",
+                             "--listen", "127.0.0.1:0"], stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        found = re.search(r"serving on [\d.]+:(\d+)", line)
+        if found:
+            return proc, int(found.group(1))
+        if not line and proc.poll() is not None:
+            break
+    proc.kill()
+    raise AssertionError("gateway serve did not start")
+
+
+def test_serve_exits_non_zero_when_the_journal_flush_failed(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import socket
+
+    proc, port = _serve(tmp_path, "-c", FAILING_JOURNAL)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\n\r\n")  # E100: a SYS.ERROR to journal
+            assert proc.wait(30) == 1
+        assert proc.stderr is not None
+        rest = proc.stderr.read()
+        assert "journal flush failed" in rest and "could not be committed" in rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+
+
+def test_serve_exits_zero_on_sigterm(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import signal
+
+    proc, _ = _serve(tmp_path, "-m", "gateway")
+    try:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
