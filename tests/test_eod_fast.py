@@ -17,6 +17,20 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_eod import (
+    BANK,
+    BROKER,
+    DAY,
+    FUND,
+    GW,
+    NAME,
+    WALLET,
+    XFER_ROWS,
+    Env,
+    T,
+    _trailer,
+    header,
+)
 
 from gateway.eod import check_file, fingerprint, watch_command
 from gateway.eod.export import journal_records
@@ -24,10 +38,6 @@ from gateway.eod.fileformat import parse_name
 from gateway.eod.report import as_dict
 from gateway.eod.signing import sign_file
 from gateway.journal import MIGRATIONS, Journal
-
-from test_eod import (  # noqa: I001 - sibling test module
-    BANK, BROKER, DAY, FUND, GW, NAME, T, WALLET, XFER_ROWS, Env, _trailer, header,
-)
 
 JOURNAL_FILE = Path("data") / "journal.sqlite3"
 #: XFER_ROWS byte-equal to the journal's lines: X4's BankSn is absent in the journal
@@ -189,8 +199,9 @@ def test_journal_eod_line_is_what_export_writes(env: Env, file_type: str) -> Non
                 for r in journal_records(journal, file_type, DAY, GW, peer)}
     assert exported
     db = sqlite3.connect(journal)
-    stored = dict(db.execute("SELECT biz_sn, eod_line FROM record WHERE biz_sn IN (%s)"
-                             % ",".join("?" * len(exported)), tuple(exported)).fetchall())
+    marks = ",".join("?" * len(exported))
+    stored = dict(db.execute(f"SELECT biz_sn, eod_line FROM record WHERE biz_sn IN ({marks})",
+                             tuple(exported)).fetchall())
     assert stored == exported
 
 
