@@ -23,10 +23,10 @@ from twisted.internet import defer, task
 
 from .config import Config
 from .keystore import KeyStore
-from .message import Message
 from .rules import fen_text, to_fen
 from .server import GatewayService
 from .sim.bank import AGGREGATE, DEDICATED, MERCHANT, PRODUCT
+from .sim.drive import Originator, Reply
 from .sim.runtime import Sim, ensure_key, start_sim
 
 log = logging.getLogger(__name__)
@@ -55,184 +55,125 @@ class Outcome:
 
 @dataclass
 class Day:
+    """What the day did.  It passed only if it ran to its end (``completed``) and every
+    step and check did what it should: a day stopped by the timer, or that recorded
+    nothing, failed."""
+
     outcomes: list[Outcome] = field(default_factory=list)
     checks: list[tuple[str, bool, str]] = field(default_factory=list)
+    completed: bool = False
+    #: The step being waited for (named when the timer stops the day).
+    current: str | None = None
 
     def check(self, what: str, ok: bool, detail: str = "") -> None:
         self.checks.append((what, ok, detail))
 
     @property
     def ok(self) -> bool:
-        return all(o.ok for o in self.outcomes) and all(ok for _, ok, _ in self.checks)
+        return (self.completed and bool(self.outcomes) and all(o.ok for o in self.outcomes)
+                and all(ok for _, ok, _ in self.checks))
 
-
-def ask(sim: Sim, msg_type: str, body: dict[str, Any], to: str,
-        secret: dict[str, str] | None = None) -> defer.Deferred[Message]:
-    """Send a request from a simulated party; fires with the answer."""
-    d: defer.Deferred[Message] = defer.Deferred()
-    sim.node.request(msg_type, body, to, d.callback, secret)
-    sim.node.flush()
-    return d
-
-
-def result_of(answer: Message) -> str:
-    return str(answer.body.get("Result") or answer.body.get("Code"))
+    def timed_out(self, seconds: float) -> None:
+        """The timer stopped the day before it completed."""
+        waiting = f"; still waiting for: {self.current}" if self.current else ""
+        self.check(f"demo finished within {seconds:g} s", False,
+                   f"stopped by the timer before the day completed{waiting}")
 
 
 class Script:
-    """The business day, step by step, against the expected result of each step."""
+    """The business day, step by step, against the expected result of each step.  The
+    requests themselves are the simulators' own (:class:`gateway.sim.drive.Originator`)."""
 
     def __init__(self, day: Day, bank: Sim, broker: Sim, reactor: Any) -> None:
         self.day, self.bank, self.broker, self.reactor = day, bank, broker, reactor
-        self.n = 0
+        stamp = f"{dt.date.today():%Y%m%d}"
+        self.gtja = Originator(broker, BANK, reactor, stamp)
+        self.ccb = Originator(bank, BROKER, reactor, stamp + "B")
 
     def sn(self, prefix: str) -> str:
-        self.n += 1
-        return f"{prefix}{dt.date.today():%Y%m%d}{self.n:04d}"
+        return self.gtja.sn(prefix)
 
     @defer.inlineCallbacks
-    def step(self, flow: str, what: str, expected: str, msg_type: str, body: dict[str, Any],
-             *, sender: Sim | None = None, to: str = BANK, secret: dict[str, str] | None = None,
+    def step(self, flow: str, what: str, expected: str, pending: defer.Deferred[Reply],
              amount: str | None = None):  # type: ignore[no-untyped-def]
-        answer = yield ask(sender or self.broker, msg_type, body, to, secret)
-        got = result_of(answer)
-        detail = str(answer.body.get("ResultText", answer.body.get("Text", "")))
-        self.day.outcomes.append(Outcome(flow, what, expected, got,
-                                         to_fen(amount) or 0 if got == "0000" else 0, detail))
-        log.info("demo: %-5s %-48s expected %s got %s", flow, what, expected, got)
-        return answer
+        """Wait for one request's Reply and record it against ``expected``."""
+        self.day.current = what
+        reply = yield pending
+        self.day.outcomes.append(Outcome(flow, what, expected, reply.shown,
+                                         to_fen(amount) or 0 if reply.result == "0000"
+                                         and not reply.local else 0, reply.text))
+        log.info("demo: %-5s %-48s expected %s got %s", flow, what, expected, reply.shown)
+        return reply
 
-    def sign(self, who: tuple[str, ...], sn: str, level: str = "1") -> dict[str, Any]:
-        fund, wallet, name, id_type, _ = who
-        return {"BizSn": sn, "FundAcct": fund, "WalletId": wallet, "WalletLevel": level,
-                "WalletKind": "PERSONAL", "CustName": name, "IdType": id_type, "IdNo": "",
-                "Phone": None, "Channel": "APP"}
+    def sign(self, who: tuple[str, ...], expected: str, what: str, level: str = "1",
+             id_no: str | None = None) -> defer.Deferred[Reply]:
+        return self.step("CTS", what, expected, self.gtja.sign(who[0], self.sn("S"), level,
+                                                               id_no))
 
-    def xfer(self, who: tuple[str, ...], sn: str, amount: str) -> dict[str, Any]:
-        return {"BizSn": sn, "FundAcct": who[0], "WalletId": who[1], "Amount": amount,
-                "Ccy": "CNY"}
-
-    @defer.inlineCallbacks
     def transfer(self, kind: str, who: tuple[str, ...], amount: str, expected: str,
-                 what: str, sn: str | None = None):  # type: ignore[no-untyped-def]
-        """A broker-originated transfer, booked at the broker as a broker core would."""
-        sn = sn or self.sn("V")
-        fen = to_fen(amount) or 0
-        book = self.broker.book
-        if kind == "XFER.OUT" and not book.hold(sn, who[0], fen):
-            self.day.outcomes.append(Outcome("XFER", what, expected, "B310(local)"))
-            return None
-        answer = yield self.step("XFER", what, expected, kind + ".REQ",
-                                 self.xfer(who, sn, amount), amount=amount)
-        book.settle(kind, sn, who[0], who[1], fen, result_of(answer))
-        return answer
-
-    @defer.inlineCallbacks
-    def bank_transfer(self, who: tuple[str, ...], amount: str, expected: str,
-                      what: str):  # type: ignore[no-untyped-def]
-        """A bank-originated XFER.IN: the bank holds the money, then sweeps or releases."""
-        sn, fen = self.sn("K"), to_fen(amount) or 0
-        refused = self.bank.book.hold(sn, who[1], fen)
-        if refused:
-            self.day.outcomes.append(Outcome("XFER", what, expected, refused + "(local)"))
-            return None
-        answer = yield self.step("XFER", what, expected, "XFER.IN.REQ", self.xfer(who, sn, amount),
-                                 sender=self.bank, to=BROKER, amount=amount)
-        self.bank.book.settle(sn, who[0], who[1], fen, result_of(answer))
-        return answer
+                 what: str, sn: str | None = None) -> defer.Deferred[Reply]:
+        return self.step("XFER", what, expected,
+                         self.gtja.transfer(kind, who[0], amount, sn or self.sn("V")), amount)
 
     @defer.inlineCallbacks
     def run(self):  # type: ignore[no-untyped-def]
-        S = self.step
-        end_soon = (dt.date.today() + dt.timedelta(days=30)).isoformat()
+        S, g = self.step, self.gtja
         # --- CTS sign ------------------------------------------------------------
-        yield S("CTS", "sign 张三 (class-I wallet)", "0000", "CTS.SIGN.REQ",
-                self.sign(ZHANG, self.sn("S")), secret={"IdNo": ZHANG[4]})
-        yield S("CTS", "sign 王五: class-II wallet refused", "B302", "CTS.SIGN.REQ",
-                self.sign(WANG, self.sn("S"), level="2"), secret={"IdNo": WANG[4]})
-        yield S("CTS", "sign 李四 with a wrong ID number", "B303", "CTS.SIGN.REQ",
-                self.sign(LI, self.sn("S")), secret={"IdNo": "110101190001011234"})
-        yield S("CTS", "sign 李四", "0000", "CTS.SIGN.REQ", self.sign(LI, self.sn("S")),
-                secret={"IdNo": LI[4]})
-        yield S("CTS", "sign 张三 again: already signed", "B301", "CTS.SIGN.REQ",
-                self.sign(ZHANG, self.sn("S")), secret={"IdNo": ZHANG[4]})
+        yield self.sign(ZHANG, "0000", "sign 张三 (class-I wallet)")
+        yield self.sign(WANG, "B302", "sign 王五: class-II wallet refused", level="2")
+        yield self.sign(LI, "B303", "sign 李四 with a wrong ID number",
+                        id_no="110101190001011234")
+        yield self.sign(LI, "0000", "sign 李四")
+        yield self.sign(ZHANG, "B301", "sign 张三 again: already signed")
         # --- transfers -------------------------------------------------------------
         first = self.sn("V")
         yield self.transfer("XFER.IN", ZHANG, "50000.00", "0000", "张三 wallet → securities", first)
-        yield S("XFER", "the same request repeated (not relayed)", "0000", "XFER.IN.REQ",
-                self.xfer(ZHANG, first, "50000.00"))
-        yield S("XFER", "the same BizSn with another amount", "B312", "XFER.IN.REQ",
-                self.xfer(ZHANG, first, "1.00"))
+        yield S("XFER", "the same request repeated (not relayed)", "0000",
+                g.send("XFER.IN.REQ", g.xfer_body(first, ZHANG[0], ZHANG[1], "50000.00")))
+        yield S("XFER", "the same BizSn with another amount", "B312",
+                g.send("XFER.IN.REQ", g.xfer_body(first, ZHANG[0], ZHANG[1], "1.00")))
         yield self.transfer("XFER.IN", LI, "1000000.00", "B310", "李四: more than the wallet holds")
         yield self.transfer("XFER.OUT", ZHANG, "20000.00", "0000", "张三 securities → wallet")
         yield self.transfer("XFER.IN", WANG, "100.00", "B300", "王五: no agreement")
         yield self.transfer("XFER.IN", LI, "10000.00", "B330", "李四: bank silent → reversal",
                             SLOW)
-        yield self.wait_reversed(SLOW)
-        yield self.bank_transfer(LI, "5000.00", "0000", "bank-initiated: 李四 wallet → securities")
+        self.day.current = "the timed-out transfer is reversed"
+        state = yield g.wait_state(SLOW, "XFER.IN", "REVERSED", seconds=10)
+        self.day.outcomes.append(Outcome("XFER", "the timed-out transfer is reversed",
+                                         "REVERSED", state))
+        yield S("XFER", "bank-initiated: 李四 wallet → securities", "0000",
+                self.ccb.bank_transfer(LI[0], LI[1], "5000.00"), "5000.00")
         yield self.transfer("XFER.OUT", LI, "5000.00", "0000", "李四 securities → wallet")
         # --- paid services ---------------------------------------------------------
         order = self.sn("P")
-        yield S("PAY", "张三 buys Level-2 data ¥199.00", "0000", "PAY.ORDER.REQ",
-                {"BizSn": order, "OrderNo": "L2-0001", "WalletId": ZHANG[1], "Amount": "199.00",
-                 "Ccy": "CNY", "ProductCode": "L2QUOTE", "ProductKind": "LEVEL2",
-                 "ServiceEnd": end_soon}, amount="199.00")
-        yield S("PAY", "refund it", "0000", "PAY.REFUND.REQ",
-                {"BizSn": self.sn("F"), "OrigBizSn": order, "Amount": "199.00"})
-        yield S("PAY", "refund it again", "B314", "PAY.REFUND.REQ",
-                {"BizSn": self.sn("F"), "OrigBizSn": order, "Amount": "199.00"})
+        yield S("PAY", "张三 buys Level-2 data ¥199.00", "0000",
+                g.pay(ZHANG[1], "199.00", "L2QUOTE", "LEVEL2", sn=order, order="L2-0001"),
+                "199.00")
+        yield S("PAY", "refund it", "0000", g.refund(order, "199.00", self.sn("F")))
+        yield S("PAY", "refund it again", "B314", g.refund(order, "199.00", self.sn("F")))
         advice = self.sn("P")
-        yield S("PAY", "李四 buys advisory ¥88.00 (30 days)", "0000", "PAY.ORDER.REQ",
-                {"BizSn": advice, "OrderNo": "ADV-0001", "WalletId": LI[1], "Amount": "88.00",
-                 "Ccy": "CNY", "ProductCode": "ADVICE", "ProductKind": "ADVISORY",
-                 "ServiceEnd": end_soon}, amount="88.00")
+        yield S("PAY", "李四 buys advisory ¥88.00 (30 days)", "0000",
+                g.pay(LI[1], "88.00", "ADVICE", "ADVISORY", sn=advice, order="ADV-0001"),
+                "88.00")
         # --- unsign ----------------------------------------------------------------
-        unsign_zhang = self.broker.book.may_unsign(ZHANG[0])
-        self.day.outcomes.append(Outcome("CTS", "unsign 张三: broker refuses, funds left",
-                                         "refused", "refused" if not unsign_zhang else "sent"))
-        li_agreement = yield self.agreement_of(LI)
-        yield S("CTS", "unsign 李四: service still valid", "B304", "CTS.UNSIGN.REQ",
-                {"BizSn": self.sn("U"), "FundAcct": LI[0], "WalletId": LI[1],
-                 "AgreementNo": li_agreement})
-        yield S("PAY", "refund 李四's advisory", "0000", "PAY.REFUND.REQ",
-                {"BizSn": self.sn("F"), "OrigBizSn": advice, "Amount": "88.00"})
-        yield S("CTS", "unsign 李四", "0000", "CTS.UNSIGN.REQ",
-                {"BizSn": self.sn("U"), "FundAcct": LI[0], "WalletId": LI[1],
-                 "AgreementNo": li_agreement})
+        yield S("CTS", "unsign 张三: broker refuses, funds left", "B304(local)",
+                g.unsign(ZHANG[0], self.sn("U")))
+        yield S("CTS", "unsign 李四: service still valid", "B304", g.unsign(LI[0], self.sn("U")))
+        yield S("PAY", "refund 李四's advisory", "0000", g.refund(advice, "88.00", self.sn("F")))
+        yield S("CTS", "unsign 李四", "0000", g.unsign(LI[0], self.sn("U")))
         # --- income certificates ---------------------------------------------------
-        otc = {"OrderNo": "SY-0001", "CorpWalletId": CORP_WALLET, "WalletKind": "CORPORATE",
-               "ProductCode": "SY2026A01", "Amount": "1000000.00", "Ccy": "CNY"}
         sub = self.sn("O")
-        answer = yield S("OTC", "enterprise subscribes ¥1,000,000.00", "0000",
-                         "OTC.SUBSCRIBE.REQ", {"BizSn": sub, **otc}, amount="1000000.00")
-        self.day.check("OTC BookDate filled by the gateway", bool(answer.body.get("BookDate")),
-                       str(answer.body.get("BookDate")))
-        yield S("OTC", "subscribe from a personal wallet", "B302", "OTC.SUBSCRIBE.REQ",
-                {"BizSn": self.sn("O"), **otc, "CorpWalletId": ZHANG[1],
-                 "WalletKind": "PERSONAL"})
-        yield S("OTC", "redeem ¥400,000.00", "0000", "OTC.REDEEM.REQ",
-                {"BizSn": self.sn("D"), "OrigBizSn": sub, "CorpWalletId": CORP_WALLET,
-                 "Amount": "400000.00"}, amount="400000.00")
-
-    @defer.inlineCallbacks
-    def agreement_of(self, who: tuple[str, ...]):  # type: ignore[no-untyped-def]
-        answer = yield ask(self.broker, "CTS.QUERY.REQ", {"FundAcct": who[0]}, GW)
-        found = [a for a in answer.body.get("Agreement", []) if a["Status"] == "ACTIVE"]
-        return found[0]["AgreementNo"] if found else "NONE"
-
-    @defer.inlineCallbacks
-    def wait_reversed(self, biz_sn: str):  # type: ignore[no-untyped-def]
-        for _ in range(50):
-            answer = yield ask(self.broker, "XFER.QUERY.REQ",
-                               {"BizSn": biz_sn, "OrigType": "XFER.IN"}, GW)
-            status = (answer.body.get("Record") or [{}])[0].get("Status")
-            if status == "REVERSED":
-                self.day.outcomes.append(Outcome("XFER", "the timed-out transfer is reversed",
-                                                 "REVERSED", "REVERSED"))
-                return
-            yield task.deferLater(self.reactor, 0.2, lambda: None)
-        self.day.outcomes.append(Outcome("XFER", "the timed-out transfer is reversed",
-                                         "REVERSED", str(status)))
+        reply = yield S("OTC", "enterprise subscribes ¥1,000,000.00", "0000",
+                        g.otc_subscribe(CORP_WALLET, "1000000.00", "SY2026A01", sn=sub,
+                                        order="SY-0001"), "1000000.00")
+        self.day.check("OTC BookDate filled by the gateway", bool(reply.body.get("BookDate")),
+                       str(reply.body.get("BookDate")))
+        yield S("OTC", "subscribe from a personal wallet", "B302",
+                g.otc_subscribe(ZHANG[1], "1000000.00", "SY2026A01", "PERSONAL",
+                                sn=self.sn("O"), order="SY-0001"))
+        yield S("OTC", "redeem ¥400,000.00", "0000",
+                g.otc_redeem(sub, CORP_WALLET, "400000.00", self.sn("D")), "400000.00")
+        self.day.current = None
 
 
 def check_books(day: Day, bank: Sim, broker: Sim, opening_total: int) -> None:
@@ -275,13 +216,19 @@ def summary(day: Day, home: Path, eod: list[str], kept: bool = True) -> str:
     lines += ([f"journal: {home / 'gateway' / 'data' / 'journal.sqlite3'}",
                f"files:   {home / 'eod'}"] if kept else
               ["journal and files: removed (gateway demo --keep DIR keeps them)"])
+    if not day.completed:
+        lines.append("the day did not run to its end")
     lines += ["RESULT: " + ("every step did what it should" if day.ok else "FAILED"), ""]
     return "\n".join(lines)
 
 
+#: Seconds the whole day may take (it needs ~10); then the timer stops it as failed.
+TIMEOUT_SECONDS = 50.0
+
+
 def run_demo(home: Path, reactor: Any, end_of_day: Callable[..., Any] | None = None,
-             kept: bool = True) -> bool:
-    """Run the day; returns True when every step and check passed."""
+             kept: bool = True, timeout: float = TIMEOUT_SECONDS) -> bool:
+    """Run the day; returns True when it completed and every step and check passed."""
     gw_home = home / "gateway"
     store = KeyStore.create(gw_home / "keys", party=GW)
     for party, role in ((BANK, "BANK"), (BROKER, "BROKER")):
@@ -313,23 +260,39 @@ def run_demo(home: Path, reactor: Any, end_of_day: Callable[..., Any] | None = N
             check_books(day, bank, broker, opening)
             if end_of_day is not None:
                 eod_lines.extend(end_of_day(home, day, bank, broker, service))
+            day.completed = not timer.called
         except Exception as exc:  # a broken demo says why and fails
             log.exception("demo failed")
             day.check("demo ran to the end", False, repr(exc))
-        finally:
+        if timer.active():
+            timer.cancel()
+        yield shut_down()  # not in a finally: a generator closed at exit must not yield
+
+    stopping: list[defer.Deferred[None]] = []
+
+    def shut_down() -> defer.Deferred[None]:
+        """Stop the simulators and the gateway once, then the reactor."""
+        if not stopping:
             bank.stop()
             broker.stop()
-            yield service.stopService()
-            reactor.stop()
+            done = defer.maybeDeferred(service.stopService)
+            done.addBoth(lambda _: reactor.stop() if reactor.running else None)
+            stopping.append(done)
+        return stopping[0]
 
+    def out_of_time() -> None:
+        log.error("demo: not finished after %g s; stopping", timeout)
+        day.timed_out(timeout)
+        shut_down()
+
+    timer = reactor.callLater(timeout, out_of_time)
     reactor.callWhenRunning(main)
-    reactor.callLater(50, lambda: reactor.stop() if reactor.running else None)
     reactor.run()
     print(summary(day, home, eod_lines, kept))
     return day.ok
 
 
-def main(keep: Path | None = None) -> int:
+def main(keep: Path | None = None, timeout: float = TIMEOUT_SECONDS) -> int:
     from twisted.internet import reactor
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
@@ -338,7 +301,7 @@ def main(keep: Path | None = None) -> int:
     home.mkdir(parents=True, exist_ok=True)
     from .demo_eod import end_of_day
 
-    ok = run_demo(home, reactor, end_of_day, kept=keep is not None)
+    ok = run_demo(home, reactor, end_of_day, kept=keep is not None, timeout=timeout)
     if keep is None:
         shutil.rmtree(home, ignore_errors=True)
     return 0 if ok else 1

@@ -1,13 +1,16 @@
-"""The demo's end of day (§8): the bank's signed XFER file and the broker's BAL file,
-checked and reconciled by the gateway; the gateway's own XFER export re-checked."""
+"""The demo's end of day (§8): the bank's signed XFER, SIGN, PAY and OTC files and the
+broker's BAL file — written by the simulators' own code (gateway/sim/eod.py), as
+``gateway sim bank|broker --eod-dir`` writes them — checked and reconciled by the
+gateway; the gateway's own XFER export re-checked."""
 from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .eod import check_file, write_file
+from .eod import check_file
 from .eod.export import export_file
+from .sim.eod import write_bal_file, write_bank_files
 
 if TYPE_CHECKING:
     from .demo import Day
@@ -33,14 +36,12 @@ def end_of_day(home: Path, day: Day, bank: Sim, broker: Sim, service: Any) -> li
     out.mkdir(exist_ok=True)
     today = dt.date.fromisoformat(bank.node.trade_date())
     created = bank.node.local_now()
+    bank_party, broker_party = bank.node.config.party, broker.node.config.party
     files = [
-        write_file(out, "XFER", bank.node.config.party, broker.node.config.party, today,
-                   bank.book.xfer_records(today.isoformat(), broker.node.config.party,
-                                          service.config.party),
-                   bank.node.signer, created),
-        write_file(out, "BAL", broker.node.config.party, bank.node.config.party, today,
-                   broker.book.bal_records(), broker.node.signer, created),
-        export_file(gw_home, today, "XFER", bank.node.config.party, out, created),
+        *write_bank_files(bank.book, out, today, broker_party, service.config.party,
+                          bank.node.signer, created),
+        write_bal_file(broker.book, out, today, bank_party, broker.node.signer, created),
+        export_file(gw_home, today, "XFER", bank_party, out, created),
     ]
     lines = []
     for path in files:

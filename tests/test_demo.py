@@ -57,3 +57,43 @@ def test_demo_leaves_no_process_behind(tmp_path: Path) -> None:
     assert proc.wait(timeout=120) == 0
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert not [line for line in ps.splitlines() if "gateway demo" in line and "ps -eo" not in line]
+
+
+def test_a_day_that_recorded_nothing_or_did_not_complete_is_not_ok() -> None:
+    from gateway.demo import Day, Outcome
+
+    assert not Day().ok  # nothing recorded is not "every step did what it should"
+    day = Day(outcomes=[Outcome("XFER", "a step", "0000", "0000")])
+    assert not day.ok  # every step fine, but the day never reached its end
+    day.completed = True
+    assert day.ok
+    day.timed_out(3)
+    assert not day.ok
+
+
+HANG = """
+import sys
+from twisted.internet import defer
+import gateway.sim.drive as drive
+import gateway.demo as demo
+
+def never(self, *args, **kwargs):
+    return defer.Deferred()  # the gateway's answer never comes
+
+drive.Originator.wait_state = never
+sys.exit(demo.main(timeout=4))
+"""
+
+
+def test_a_hung_demo_is_stopped_by_its_timer_and_fails_saying_where() -> None:
+    started = time.monotonic()
+    out = subprocess.run([sys.executable, "-c", HANG], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert time.monotonic() - started < 30
+    text = out.stdout
+    assert "RESULT: FAILED" in text and "every step did what it should" not in text
+    assert "BAD demo finished within 4 s" in text
+    assert "still waiting for: the timed-out transfer is reversed" in text
+    assert "the day did not run to its end" in text
+    assert "Traceback" not in out.stderr and "Exception ignored" not in out.stderr

@@ -1,4 +1,5 @@
-"""`gateway sim bank` as a real process against a real gateway (issue 6)."""
+"""`gateway sim bank` as a real process against a real gateway (issue 6), and the
+simulators' books as units: reversal tombstones, e-CNY wallet limits."""
 from __future__ import annotations
 
 import signal
@@ -6,12 +7,17 @@ import sqlite3
 import subprocess
 import sys
 import time
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gateway.keystore import KeyStore
+from gateway.message import Head, Message
+from gateway.sim.bank import AGGREGATE, DEDICATED, PERSONAL, BankBook
+from gateway.sim.broker import BrokerBook
+from gateway.sim.ledger import Ledger
 from gateway.sim.runtime import ensure_key
 
 from conftest import BROKER
@@ -69,3 +75,208 @@ def test_sim_bank_checks_identity_funds_sweeps_and_reverses(sim_bank) -> None:  
         time.sleep(0.1)
     assert balance(sim_home, WALLET) == before - 100_000  # the silent one undone
     assert balance(sim_home, "AGGREGATE") == 100_000
+
+
+# --- the books as units: no gateway, no sockets --------------------------------------
+
+DAY = "2026-11-25"
+BANK_WALLET = "0071130812093999"
+
+
+class Books:
+    """A bank's books on a file, with a settable business day."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.day = DAY
+        self.n = 0
+        self.bank = self.reopen()
+
+    def reopen(self) -> BankBook:
+        self.bank = BankBook(Ledger(self.path), "CCB", lambda: self.day,
+                             lambda: f"{self.day}T10:00:00.000+08:00")
+        return self.bank
+
+    def request(self, kind: str, sender: str = "GTJA", **body: str) -> dict[str, Any]:
+        self.n += 1
+        head = Head(kind + ".REQ", f"{sender}{self.n:08d}", sender, "CCB",
+                    f"{self.day}T10:00:00.000+08:00", trade_date=self.day)
+        answer = self.bank.handle(Message(head, body, b""), {})
+        assert answer is not None
+        return answer
+
+    def pay(self, sn: str, amount: Decimal | str, wallet: str = BANK_WALLET) -> str:
+        return str(self.request("PAY.ORDER", BizSn=sn, OrderNo="O" + sn, WalletId=wallet,
+                                Amount=f"{Decimal(amount):.2f}", Ccy="CNY",
+                                ProductCode="L2DATA", ProductKind="LEVEL2",
+                                ServiceEnd="2026-12-31")["Result"])
+
+    def xfer(self, kind: str, sn: str, amount: Decimal | str, sender: str = "GTJA",
+             wallet: str = BANK_WALLET) -> dict[str, Any]:
+        return self.request(kind, sender, BizSn=sn, FundAcct=FUND, WalletId=wallet,
+                            Amount=f"{Decimal(amount):.2f}", Ccy="CNY")
+
+    def reverse(self, orig_type: str, orig_sn: str, amount: str, sn: str) -> dict[str, Any]:
+        return self.request("XFER.REVERSE", "GW01", BizSn=sn, OrigType=orig_type,
+                            OrigFrom="GTJA", OrigBizSn=orig_sn, Amount=amount)
+
+    def balance(self, acct: str) -> int:
+        got = self.bank.ledger.account(acct)
+        assert got is not None
+        return got.balance_fen
+
+
+def fen(amount: Decimal | str) -> int:
+    return int(Decimal(amount) * 100)
+
+
+@pytest.fixture
+def books(tmp_path: Path) -> Books:
+    b = Books(tmp_path / "CCB-ledger.sqlite3")
+    b.bank.seed("GTJA")
+    return b
+
+
+def open_wallet(books: Books, level: int, balance: Decimal | str, link: str | None = FUND,
+                wallet: str = BANK_WALLET) -> None:
+    books.bank.ledger.open_account(wallet, PERSONAL, fen(balance), level=level, name="测试",
+                                   id_type="01", id_no="110101199001011234", link=link)
+
+
+def test_an_original_after_its_reversal_is_refused_and_moves_nothing(books: Books) -> None:
+    """§6: the reversal of an unseen original is success — and the bank remembers it, so
+    the original arriving later (another session, reordering) cannot book money."""
+    open_wallet(books, 1, "1000.00")
+    rev = books.reverse("XFER.IN", "T1", "100.00", "GW01R1")
+    assert rev["Result"] == "0000"
+    assert books.bank.ledger.tombstone("GTJA|XFER.IN|T1") is not None
+    before = (books.balance(BANK_WALLET), books.balance(AGGREGATE), books.balance(DEDICATED))
+    late = books.xfer("XFER.IN", "T1", "100.00")
+    assert late["Result"] == "B399" and "reversed before it arrived" in late["ResultText"]
+    assert (books.balance(BANK_WALLET), books.balance(AGGREGATE),
+            books.balance(DEDICATED)) == before
+    moved = books.bank.ledger.db.execute("SELECT count(*) FROM posting WHERE biz_key=?",
+                                         ("GTJA|XFER.IN|T1",)).fetchone()[0]
+    assert moved == 0
+    # durable: a restarted bank still refuses it, and a repeat gets the same answer
+    books.bank.ledger.db.close()
+    books.reopen()
+    assert books.xfer("XFER.IN", "T1", "100.00")["Result"] == "B399"
+    assert books.pay("P1", "10.00") == "0000"  # other business is not affected
+    # the bank's XFER file says R for it, as the gateway's journal does (REVERSED)
+    rows = {r[0]: r for r in books.bank.xfer_records(DAY, "GTJA", "GW01")}
+    assert rows["T1"][5] == "R" and rows["T1"][6] == ""
+
+
+@pytest.mark.parametrize("kind", ["XFER.OUT", "PAY.ORDER", "OTC.SUBSCRIBE"])
+def test_every_reversible_original_is_refused_after_its_reversal(books: Books, kind: str) -> None:
+    open_wallet(books, 1, "1000.00")
+    assert books.reverse(kind, "X1", "5.00", "GW01R2")["Result"] == "0000"
+    total = books.bank.ledger.total()
+    if kind == "XFER.OUT":
+        late = books.xfer("XFER.OUT", "X1", "5.00")
+    elif kind == "PAY.ORDER":
+        late = {"Result": books.pay("X1", "5.00")}
+    else:
+        late = books.request("OTC.SUBSCRIBE", BizSn="X1", OrderNo="OX1",
+                             CorpWalletId="0099000011112222", WalletKind="CORPORATE",
+                             ProductCode="SY001", Amount="5.00", Ccy="CNY")
+    assert late["Result"] == "B399"
+    assert books.bank.ledger.total() == total
+    assert books.bank.ledger.db.execute("SELECT count(*) FROM posting WHERE biz_key LIKE"
+                                        " '%|X1'").fetchone()[0] == 0
+
+
+def test_broker_refuses_a_bank_transfer_after_its_reversal(tmp_path: Path) -> None:
+    day = DAY
+    broker = BrokerBook(Ledger(tmp_path / "GTJA-ledger.sqlite3"), "GTJA", lambda: day,
+                        lambda: f"{day}T10:00:00.000+08:00")
+    broker.seed()
+
+    def request(kind: str, sender: str, **body: str) -> dict[str, Any]:
+        head = Head(kind + ".REQ", f"{sender}{kind}", sender, "GTJA",
+                    f"{day}T10:00:00.000+08:00", trade_date=day)
+        answer = broker.handle(Message(head, body, b""), {})
+        assert answer is not None
+        return answer
+
+    assert request("XFER.REVERSE", "GW01", BizSn="R1", OrigType="XFER.IN", OrigFrom="CCB",
+                   OrigBizSn="K1", Amount="50.00")["Result"] == "0000"
+    late = request("XFER.IN", "CCB", BizSn="K1", FundAcct=FUND, WalletId=WALLET,
+                   Amount="50.00", Ccy="CNY")
+    assert late["Result"] == "B399" and "reversed before it arrived" in late["ResultText"]
+    assert broker.balance(FUND) == 0
+
+
+#: (class, balance cap, per payment, per day) as docs/simulators.md states them.
+LIMITS = [(2, "500000.00", "50000.00", "100000.00"),
+          (3, "20000.00", "5000.00", "10000.00"),
+          (4, "10000.00", "2000.00", "5000.00")]
+CENT = Decimal("0.01")
+
+
+@pytest.mark.parametrize(("level", "cap", "per_payment", "per_day"), LIMITS)
+def test_wallet_per_payment_limit_exact_passes_a_cent_more_fails(
+        books: Books, level: int, cap: str, per_payment: str, per_day: str) -> None:
+    open_wallet(books, level, cap)
+    assert books.pay("P1", Decimal(per_payment) + CENT) == "B302"
+    assert books.balance(BANK_WALLET) == fen(cap)
+    assert books.pay("P2", per_payment) == "0000"
+    assert books.balance(BANK_WALLET) == fen(cap) - fen(per_payment)
+
+
+@pytest.mark.parametrize(("level", "cap", "per_payment", "per_day"), LIMITS)
+def test_wallet_daily_limit_exact_passes_a_cent_more_fails_and_resets_next_day(
+        books: Books, level: int, cap: str, per_payment: str, per_day: str) -> None:
+    open_wallet(books, level, cap)
+    left, n = Decimal(per_day), 0
+    while left > 0:
+        n += 1
+        amount = min(Decimal(per_payment), left)
+        assert books.pay(f"D{n}", amount) == "0000", (n, amount)
+        left -= amount
+    assert books.pay("OVER", CENT) == "B302"
+    books.day = "2026-11-26"
+    assert books.pay("NEXT", CENT) == "0000"
+
+
+@pytest.mark.parametrize(("level", "cap", "per_payment", "per_day"), LIMITS)
+def test_wallet_balance_cap_exact_passes_a_cent_more_fails_and_nothing_sticks(
+        books: Books, level: int, cap: str, per_payment: str, per_day: str) -> None:
+    open_wallet(books, level, Decimal(cap) - 100)
+    books.bank.ledger.open_account("SOURCE", "TEST", fen("1000.00"))
+    books.bank.ledger.post("funding", "SOURCE", AGGREGATE, fen("1000.00"), DAY)
+    over = books.xfer("XFER.OUT", "X1", Decimal(100) + CENT)
+    assert over["Result"] == "B302", over
+    # refused after the aggregate → dedicated leg: that leg is rolled back too
+    assert books.balance(AGGREGATE) == fen("1000.00") and books.balance(DEDICATED) == 0
+    assert books.xfer("XFER.OUT", "X2", "100.00")["Result"] == "0000"
+    assert books.balance(BANK_WALLET) == fen(cap) and books.balance(DEDICATED) == 0
+
+
+def test_class_1_wallet_has_no_limits(books: Books) -> None:
+    open_wallet(books, 1, "2000000.00")
+    assert books.pay("P1", "600000.00") == "0000"
+    assert books.pay("P2", "600000.00") == "0000"
+
+
+def test_a_reversal_gives_back_the_daily_limit_it_consumed(books: Books) -> None:
+    open_wallet(books, 4, "10000.00")
+    assert books.pay("P1", "2000.00") == "0000"
+    assert books.pay("P2", "2000.00") == "0000"
+    assert books.pay("P3", "2000.00") == "B302"  # 6,000 > 5,000 a day
+    assert books.reverse("PAY.ORDER", "P2", "2000.00", "GW01R9")["Result"] == "0000"
+    assert books.balance(BANK_WALLET) == fen("8000.00")
+    assert books.pay("P4", "2000.00") == "0000"  # 4,000 used again, not 6,000
+    assert books.pay("P5", "1000.01") == "B302"  # 5,000.01
+    assert books.pay("P6", "1000.00") == "0000"  # exactly 5,000
+
+
+def test_a_bank_transfer_the_broker_refused_gives_back_limit_and_money(books: Books) -> None:
+    open_wallet(books, 4, "10000.00")
+    assert books.bank.hold("K1", BANK_WALLET, fen("2000.00")) is None
+    books.bank.settle("K1", FUND, BANK_WALLET, fen("2000.00"), "B300")
+    assert books.balance(BANK_WALLET) == fen("10000.00") and books.balance(DEDICATED) == 0
+    for sn in ("P1", "P2"):
+        assert books.pay(sn, "2000.00") == "0000"
+    assert books.pay("P3", "1000.00") == "0000"  # the refused 2,000 no longer counts

@@ -7,10 +7,12 @@ withheld — how the demo and tests make a relayed request time out).
 """
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from ..bookdate import Calendar
 from ..message import Message
 from ..rules import fen_text, to_fen
 from .ledger import Ledger, Op, biz_key
@@ -47,11 +49,13 @@ class BankBook:
     """Books requests against the ledger; one instance per simulated bank."""
 
     def __init__(self, ledger: Ledger, party: str, today: Callable[[], str],
-                 now_iso: Callable[[], str]) -> None:
+                 now_iso: Callable[[], str], calendar: Calendar | None = None) -> None:
         self.ledger = ledger
         self.party = party
         self.today = today
         self.now_iso = now_iso
+        #: Business days for OTC BookDate; give it the gateway's holidays (docs/simulators.md).
+        self.calendar = calendar or Calendar()
         self.withhold: Callable[[Message], bool] = lambda m: False
 
     def seed(self, broker: str) -> None:
@@ -98,33 +102,60 @@ class BankBook:
         return answer
 
     def _book(self, key: str, message: Message, plain: Mapping[str, str]) -> Op:
+        """Book one request atomically: a refusal rolls back whatever the handler had
+        posted (savepoint), then the refused operation itself is booked."""
         handler = getattr(self, "_" + message.kind.business.replace(".", "_").lower())
         body = message.body
         self.ledger.begin()
         try:
+            reversed_ = 0
             try:
+                buried = self.ledger.tombstone(key)
+                if buried is not None:
+                    # §6 made us answer its reversal with success: it must not move money now
+                    # (shown R when the gateway reversed it, as the gateway's journal says)
+                    reversed_ = int(buried.reversal_origin != message.head.from_party)
+                    raise Refused("B399", f"{message.kind.business} {body['BizSn']} was "
+                                  f"reversed before it arrived ({buried.reversal_key}); "
+                                  "not booked")
                 ref, sweep = handler(key, body, plain)
                 result, text = "0000", None
             except Refused as exc:
+                self.ledger.rollback()
+                self.ledger.begin()
                 ref, sweep, result, text = None, None, exc.code, exc.text
-            fund = message.text("FundAcct")
-            wallet = message.text("WalletId") or message.text("CorpWalletId")
-            if message.kind.business == "XFER.REVERSE":  # the original's account and wallet
-                orig = self.ledger.op(biz_key(str(body["OrigFrom"]), str(body["OrigType"]),
-                                              str(body["OrigBizSn"])))
-                fund, wallet = (orig.fund_acct, orig.wallet_id) if orig else (None, None)
-            op = Op(biz_key=key, biz_type=message.kind.business,
-                    origin=message.head.from_party, biz_sn=str(body["BizSn"]),
-                    day=message.head.trade_date or self.today(), at=self.now_iso(),
-                    result=result, amount_fen=to_fen(message.text("Amount")),
-                    fund_acct=fund, wallet_id=wallet,
-                    ref_sn=ref, sweep_ref=sweep, extra=text, reversed=0)
-            self.ledger.book(op)
+            self.ledger.book(self._op(key, message, result, ref, sweep, text, reversed_))
             self.ledger.commit()
         except BaseException:
             self.ledger.rollback()
             raise
+        op = self.ledger.op(key)
+        assert op is not None
         return op
+
+    def _op(self, key: str, message: Message, result: str, ref: str | None,
+            sweep: str | None, text: str | None, reversed_: int) -> Op:
+        body, kind = message.body, message.kind.business
+        fund = message.text("FundAcct")
+        wallet = message.text("WalletId") or message.text("CorpWalletId")
+        if kind == "XFER.REVERSE":  # the original's account and wallet
+            orig = self.ledger.op(biz_key(str(body["OrigFrom"]), str(body["OrigType"]),
+                                          str(body["OrigBizSn"])))
+            fund, wallet = (orig.fund_acct, orig.wallet_id) if orig else (None, None)
+        ok = result == "0000"
+        agreement = (ref if kind == "CTS.SIGN" and ok
+                     else message.text("AgreementNo") if kind == "CTS.UNSIGN" else None)
+        return Op(biz_key=key, biz_type=kind, origin=message.head.from_party,
+                  biz_sn=str(body["BizSn"]), day=message.head.trade_date or self.today(),
+                  at=self.now_iso(), result=result, amount_fen=to_fen(message.text("Amount")),
+                  fund_acct=fund, wallet_id=wallet, ref_sn=ref, sweep_ref=sweep, extra=text,
+                  reversed=reversed_, order_no=message.text("OrderNo"),
+                  product_code=message.text("ProductCode"), agreement_no=agreement,
+                  book_date=self._book_date() if kind == "OTC.SUBSCRIBE" and ok else None)
+
+    def _book_date(self) -> str:
+        """§6 OTC booking date by the gateway's rule, from our confirmation time."""
+        return self.calendar.book_date(dt.datetime.fromisoformat(self.now_iso())).isoformat()
 
     # --- checks -------------------------------------------------------------------
     def _wallet(self, wallet_id: str, kind: str = PERSONAL):  # type: ignore[no-untyped-def]
@@ -146,8 +177,8 @@ class BankBook:
                 raise Refused("B302", f"class {acct.level} wallet limit exceeded")
         if acct.balance_fen < fen:
             raise Refused("B310", "insufficient wallet balance")
-        self.ledger.post(key, wallet_id, to, fen, day)
-        self.ledger.note_outflow(wallet_id, fen, day)
+        self.ledger.post(key, wallet_id, to, fen, day,
+                         limit_use=limits is not None and acct.kind == PERSONAL)
 
     def _pay_in(self, key: str, source: str, wallet_id: str, fen: int) -> None:
         acct = self._wallet(wallet_id)
@@ -202,10 +233,13 @@ class BankBook:
         return serial("BK", key), None
 
     def _xfer_reverse(self, key: str, body: Mapping[str, Any], _: Mapping[str, str]):  # type: ignore[no-untyped-def]
-        """Undo the original exactly once; unknown or failed originals are success (§6)."""
+        """Undo the original exactly once; unknown or failed originals are success (§6).
+        An unknown one is buried: if it arrives later, it is refused (no money moves)."""
         orig = biz_key(str(body["OrigFrom"]), str(body["OrigType"]), str(body["OrigBizSn"]))
         op = self.ledger.op(orig)
-        if op is not None and op.result == "0000" and not op.reversed:
+        if op is None:
+            self.ledger.bury(orig, key, key.split("|")[0], self.now_iso())
+        elif op.result == "0000" and not op.reversed:
             self.ledger.undo(orig, self.today())
             self.ledger.mark_reversed(orig)
         return serial("RV", key), None
@@ -255,13 +289,26 @@ class BankBook:
             return
         self.ledger.begin()
         ok = result == "0000"
-        self.ledger.post(key, DEDICATED, AGGREGATE if ok else wallet_id, fen, self.today())
+        if ok:
+            self.ledger.post(key, DEDICATED, AGGREGATE, fen, self.today())
+        else:  # the hold is undone, and with it the day's limit usage
+            self.ledger.undo(key, self.today())
+        # B330: the gateway reverses it at the broker; its journal says REVERSED (R)
         self.ledger.book(Op(key, "XFER.IN", self.party, biz_sn, self.today(), self.now_iso(),
                             result, fen, fund_acct, wallet_id, serial("BK", key) if ok else None,
-                            serial("SW", key) if ok else None, None, 0))
+                            serial("SW", key) if ok else None, None, int(result == "B330")))
         self.ledger.commit()
 
-    # --- end of day ---------------------------------------------------------------
+    # --- end of day (§8) -------------------------------------------------------------
+    def eod_records(self, day: str, broker: str, gateway: str) -> dict[str, list[list[str]]]:
+        """D-records of the four files the bank writes for ``day`` with ``broker``:
+        XFER, SIGN, PAY (orders) and OTC (subscriptions); refunds and redemptions are
+        not listed (docs/eod.md)."""
+        return {"XFER": self.xfer_records(day, broker, gateway),
+                "SIGN": self._records(day, broker, ("CTS.SIGN", "CTS.UNSIGN"), self._sign_row),
+                "PAY": self._records(day, broker, ("PAY.ORDER",), self._pay_row),
+                "OTC": self._records(day, broker, ("OTC.SUBSCRIBE",), self._otc_row)}
+
     def xfer_records(self, day: str, broker: str, gateway: str) -> list[list[str]]:
         """§8 XFER D-records of the day with ``broker`` (gateway reversals show as R)."""
         out: list[list[str]] = []
@@ -271,9 +318,33 @@ class BankBook:
                 continue
             if op.origin not in (broker, self.party):
                 continue
-            status = "R" if op.reversed else ("S" if op.result == "0000" else "F")
             out.append([op.biz_sn, direction[op.biz_type], op.fund_acct or "",
-                        op.wallet_id or "",
-                        fen_text(op.amount_fen or 0), status,
+                        op.wallet_id or "", fen_text(op.amount_fen or 0), _status(op),
                         op.ref_sn or "", op.sweep_ref or "", op.at])
         return out
+
+    def _records(self, day: str, broker: str, kinds: tuple[str, ...],
+                 row: Callable[[Op], list[str]]) -> list[list[str]]:
+        return [row(op) for op in self.ledger.ops(day)
+                if op.biz_type in kinds and op.origin == broker]
+
+    @staticmethod
+    def _sign_row(op: Op) -> list[str]:
+        action = "SIGN" if op.biz_type == "CTS.SIGN" else "UNSIGN"
+        return [op.biz_sn, action, op.fund_acct or "", op.wallet_id or "",
+                op.agreement_no or "", _status(op), op.at]
+
+    @staticmethod
+    def _pay_row(op: Op) -> list[str]:
+        return [op.biz_sn, op.order_no or "", op.wallet_id or "", fen_text(op.amount_fen or 0),
+                _status(op), op.product_code or "", op.at]
+
+    @staticmethod
+    def _otc_row(op: Op) -> list[str]:
+        return [op.biz_sn, op.order_no or "", op.wallet_id or "", fen_text(op.amount_fen or 0),
+                _status(op), op.book_date or "", op.at]
+
+
+def _status(op: Op) -> str:
+    """§8 Status: R reversed, S succeeded, F failed."""
+    return "R" if op.reversed else ("S" if op.result == "0000" else "F")

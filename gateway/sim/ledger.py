@@ -3,6 +3,10 @@
 Every movement is a posting (debit account, credit account, amount) tagged with
 the business key that caused it, so a reversal can undo exactly that business
 once, and the books can be checked: the sum of all balances never changes.
+A posting that counted against its debit wallet's daily limit says so
+(``limit_use``), so undoing it gives that day's usage back.  A reversal that
+arrives before its original leaves a tombstone: the original, if it comes
+later, is refused and moves nothing.
 """
 from __future__ import annotations
 
@@ -30,7 +34,8 @@ CREATE TABLE IF NOT EXISTS posting (
     credit TEXT NOT NULL,
     amount_fen INTEGER NOT NULL,
     day TEXT NOT NULL,
-    reversal INTEGER NOT NULL DEFAULT 0
+    reversal INTEGER NOT NULL DEFAULT 0,
+    limit_use INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS posting_key ON posting (biz_key);
 CREATE TABLE IF NOT EXISTS op (
@@ -47,9 +52,33 @@ CREATE TABLE IF NOT EXISTS op (
     ref_sn TEXT,
     sweep_ref TEXT,
     extra TEXT,
-    reversed INTEGER NOT NULL DEFAULT 0
+    reversed INTEGER NOT NULL DEFAULT 0,
+    order_no TEXT,
+    product_code TEXT,
+    agreement_no TEXT,
+    book_date TEXT
+);
+CREATE INDEX IF NOT EXISTS op_day ON op (day);
+CREATE TABLE IF NOT EXISTS tombstone (
+    origin TEXT NOT NULL,
+    biz_type TEXT NOT NULL,
+    biz_sn TEXT NOT NULL,
+    reversal_key TEXT NOT NULL,
+    reversal_origin TEXT NOT NULL,
+    at TEXT NOT NULL,
+    PRIMARY KEY (origin, biz_type, biz_sn)
 );
 """
+
+#: Columns added after the first release: (table, column, declaration), for ledgers
+#: created before them (``ALTER TABLE`` appends, so ``SELECT *`` order stays the same).
+ADDED_COLUMNS = (
+    ("posting", "limit_use", "INTEGER NOT NULL DEFAULT 0"),
+    ("op", "order_no", "TEXT"),
+    ("op", "product_code", "TEXT"),
+    ("op", "agreement_no", "TEXT"),
+    ("op", "book_date", "TEXT"),
+)
 
 
 @dataclass(frozen=True)
@@ -84,6 +113,22 @@ class Op:
     sweep_ref: str | None
     extra: str | None
     reversed: int
+    order_no: str | None = None
+    product_code: str | None = None
+    agreement_no: str | None = None
+    book_date: str | None = None
+
+
+@dataclass(frozen=True)
+class Tombstone:
+    """An original reversed before it was seen: (origin, type, BizSn) and by whom."""
+
+    origin: str
+    biz_type: str
+    biz_sn: str
+    reversal_key: str
+    reversal_origin: str
+    at: str
 
 
 def biz_key(origin: str, biz_type: str, biz_sn: str) -> str:
@@ -103,7 +148,14 @@ class Ledger:
         self.db = sqlite3.connect(str(path), isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
+        self._add_missing_columns()
         self.db.executescript(SCHEMA)
+
+    def _add_missing_columns(self) -> None:
+        for table, column, decl in ADDED_COLUMNS:
+            have = {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
+            if have and column not in have:
+                self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
 
     # --- accounts -------------------------------------------------------------
     def open_account(self, acct_id: str, kind: str, balance_fen: int = 0, *,
@@ -134,27 +186,32 @@ class Ledger:
 
     # --- postings ---------------------------------------------------------------
     def post(self, key: str, debit: str, credit: str, amount_fen: int, day: str,
-             reversal: bool = False) -> None:
-        """Move ``amount_fen`` from ``debit`` to ``credit`` (caller checked funds)."""
+             reversal: bool = False, limit_use: bool = False) -> None:
+        """Move ``amount_fen`` from ``debit`` to ``credit`` (caller checked funds).
+        ``limit_use``: the amount counts against ``debit``'s outflow of ``day``."""
         self.db.execute("UPDATE account SET balance_fen = balance_fen - ? WHERE id=?",
                         (amount_fen, debit))
         self.db.execute("UPDATE account SET balance_fen = balance_fen + ? WHERE id=?",
                         (amount_fen, credit))
-        self.db.execute("INSERT INTO posting (biz_key, debit, credit, amount_fen, day, reversal)"
-                        " VALUES (?,?,?,?,?,?)", (key, debit, credit, amount_fen, day,
-                                                  int(reversal)))
-
-    def note_outflow(self, acct_id: str, amount_fen: int, day: str) -> None:
-        self.db.execute(
-            "UPDATE account SET out_today_fen = CASE WHEN out_day=? THEN out_today_fen ELSE 0 END"
-            " + ?, out_day=? WHERE id=?", (day, amount_fen, day, acct_id))
+        self.db.execute("INSERT INTO posting (biz_key, debit, credit, amount_fen, day, reversal,"
+                        " limit_use) VALUES (?,?,?,?,?,?,?)",
+                        (key, debit, credit, amount_fen, day, int(reversal), int(limit_use)))
+        if limit_use:
+            self.db.execute(
+                "UPDATE account SET out_today_fen = CASE WHEN out_day=? THEN out_today_fen"
+                " ELSE 0 END + ?, out_day=? WHERE id=?", (day, amount_fen, day, debit))
 
     def undo(self, key: str, day: str) -> int:
-        """Reverse every posting of ``key`` once; returns how many were undone."""
-        rows = self.db.execute("SELECT debit, credit, amount_fen FROM posting WHERE biz_key=?"
-                               " AND reversal=0 ORDER BY id DESC", (key,)).fetchall()
-        for debit, credit, amount in rows:
+        """Reverse every posting of ``key`` once; returns how many were undone.  An undone
+        outflow of the wallet's current limit day is given back to that day's usage."""
+        rows = self.db.execute("SELECT debit, credit, amount_fen, day, limit_use FROM posting"
+                               " WHERE biz_key=? AND reversal=0 ORDER BY id DESC",
+                               (key,)).fetchall()
+        for debit, credit, amount, booked_day, limit_use in rows:
             self.post(key, credit, debit, amount, day, reversal=True)
+            if limit_use:
+                self.db.execute("UPDATE account SET out_today_fen = MAX(0, out_today_fen - ?)"
+                                " WHERE id=? AND out_day=?", (amount, debit, booked_day))
         return len(rows)
 
     # --- operations -------------------------------------------------------------
@@ -163,19 +220,40 @@ class Ledger:
         return Op(*row) if row else None
 
     def book(self, op: Op) -> None:
-        self.db.execute("INSERT INTO op VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                        (op.biz_key, op.biz_type, op.origin, op.biz_sn, op.day, op.at, op.result,
-                         op.amount_fen, op.fund_acct, op.wallet_id, op.ref_sn, op.sweep_ref,
-                         op.extra, op.reversed))
+        self.db.execute(
+            "INSERT INTO op (biz_key, biz_type, origin, biz_sn, day, at, result, amount_fen,"
+            " fund_acct, wallet_id, ref_sn, sweep_ref, extra, reversed, order_no, product_code,"
+            " agreement_no, book_date) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (op.biz_key, op.biz_type, op.origin, op.biz_sn, op.day, op.at, op.result,
+             op.amount_fen, op.fund_acct, op.wallet_id, op.ref_sn, op.sweep_ref, op.extra,
+             op.reversed, op.order_no, op.product_code, op.agreement_no, op.book_date))
 
     def mark_reversed(self, key: str) -> None:
         self.db.execute("UPDATE op SET reversed=1 WHERE biz_key=?", (key,))
 
     def ops(self, day: str | None = None) -> list[Op]:
+        """Booked operations (of ``day``), in booking order."""
         sql, args = "SELECT * FROM op", ()
         if day:
             sql, args = sql + " WHERE day=?", (day,)
         return [Op(*r) for r in self.db.execute(sql + " ORDER BY rowid", args)]
+
+    def days(self) -> list[str]:
+        """Every day an operation was booked on, oldest first."""
+        return [d for d, in self.db.execute("SELECT DISTINCT day FROM op ORDER BY day")]
+
+    # --- reversals that came before their original --------------------------------
+    def bury(self, orig_key: str, reversal_key: str, reversal_origin: str, at: str) -> None:
+        """Remember that ``orig_key`` was reversed before it was seen (durable, once)."""
+        origin, biz_type, biz_sn = orig_key.split("|", 2)
+        self.db.execute("INSERT OR IGNORE INTO tombstone VALUES (?,?,?,?,?,?)",
+                        (origin, biz_type, biz_sn, reversal_key, reversal_origin, at))
+
+    def tombstone(self, orig_key: str) -> Tombstone | None:
+        origin, biz_type, biz_sn = orig_key.split("|", 2)
+        row = self.db.execute("SELECT * FROM tombstone WHERE origin=? AND biz_type=? AND"
+                              " biz_sn=?", (origin, biz_type, biz_sn)).fetchone()
+        return Tombstone(*row) if row else None
 
     def begin(self) -> None:
         if not self._group:
