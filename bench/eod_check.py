@@ -1,11 +1,16 @@
 """Benchmark: check + reconcile a signed 1,000,000-record XFER file (PROTOCOL §8).
 
-    python bench/eod_check.py [--records N] [--dir DIR]
+    python bench/eod_check.py [--records N] [--dir DIR] [--discrepancy]
 
 Generates (in a child process, so its memory does not count) a key store with the
 bank registered, a journal holding the day's N transfers, and the bank's signed
 XFER file listing the same N transfers; then runs the full check and reconciliation
 in this process and prints records/s and the peak RSS (ru_maxrss) of this process.
+
+A file that reconciles cleanly is proved by fingerprint (gateway/eod/fingerprint.py);
+``--discrepancy`` makes the file's last record differ from the journal's (amount + 0.01,
+trailer sum adjusted), so the fingerprint attempt fails and the exact check runs after
+it: the cost of a file with discrepancies.
 """
 from __future__ import annotations
 
@@ -42,9 +47,10 @@ def transfer(i: int) -> tuple[str, str, str, str, str, int, str, str, str]:
             f"{1_000_000_000 + i}", f"{6_200_000_000_000_000 + i}", f"BS{i:09d}")
 
 
-def file_rows(n: int) -> Iterator[list[str]]:
+def file_rows(n: int, discrepancy: bool = False) -> Iterator[list[str]]:
     for i in range(n):
         sn, _, direction, _, _, amount, fund, wallet, bank_sn = transfer(i)
+        amount += 1 if discrepancy and i == n - 1 else 0
         sweep = f"SW{i:09d}" if direction == "IN" else ""
         yield [sn, direction, fund, wallet, fen_text(amount), "S", bank_sn, sweep,
                "2026-11-25T10:00:00+08:00"]
@@ -64,7 +70,7 @@ def journal_rows(n: int) -> Iterator[tuple[object, ...]]:
                1_790_000_000.0 + i)
 
 
-def generate(root: Path, n: int) -> Path:
+def generate(root: Path, n: int, discrepancy: bool = False) -> Path:
     home = root / "home"
     keys = KeyStore.create(home / "keys", party="GW01")
     bank = generate_key_file(root / "ccb.key", "ES256")
@@ -81,23 +87,27 @@ def generate(root: Path, n: int) -> Path:
     db.commit()
     db.close()
     created = dt.datetime(2026, 11, 25, 18, 0, tzinfo=CST)
-    return write_file(root / "drop", "XFER", BANK, BROKER, DAY, file_rows(n), bank, created)
+    return write_file(root / "drop", "XFER", BANK, BROKER, DAY, file_rows(n, discrepancy), bank,
+                      created)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--records", type=int, default=1_000_000)
     ap.add_argument("--dir", type=Path, default=None, help="work directory (default: temp)")
+    ap.add_argument("--discrepancy", action="store_true",
+                    help="one record differs from the journal (exact check after the fast try)")
     ap.add_argument("--generate-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="sbdx-bench-") as tmp:
         root = args.dir or Path(tmp)
         if args.generate_only:
-            print(generate(root, args.records))
+            print(generate(root, args.records, args.discrepancy))
             return 0
         t0 = time.perf_counter()
         out = subprocess.run([sys.executable, __file__, "--generate-only", "--records",
-                              str(args.records), "--dir", str(root)],
+                              str(args.records), "--dir", str(root),
+                              *(["--discrepancy"] if args.discrepancy else [])],
                              check=True, capture_output=True, text=True).stdout.strip()
         path = Path(out)
         print(f"generated {args.records:,} records ({path.stat().st_size / 1e6:.1f} MB) "
@@ -111,7 +121,7 @@ def main() -> int:
               f"matched={rec.matched if rec else 0:,} exit={report.exit_code}")
         print(f"check+reconcile: {elapsed:.2f} s, {report.records / elapsed:,.0f} records/s, "
               f"peak RSS {peak_mb:.0f} MB")
-        return 0 if report.exit_code == 0 else 1
+        return 0 if report.exit_code == (3 if args.discrepancy else 0) else 1
 
 
 if __name__ == "__main__":
