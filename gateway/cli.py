@@ -144,42 +144,12 @@ def _key_store_party(keys_dir: Path) -> str | None:
 
 
 def _cmd_sim(args: argparse.Namespace, home: Home) -> int:
-    """A reference bank or broker that dials the gateway and serves until stopped."""
-    from twisted.internet import reactor
-
-    from .sim.runtime import ensure_key, start_sim
+    """A reference bank or broker that dials the gateway and serves until stopped (a
+    driving broker: until its script/load is done); gateway/sim/process.py."""
+    from .sim import process
 
     setup_logging()
-    role = args.sim_command.upper()
-    party = args.party or ("CCB" if role == "BANK" else "GTJA")
-    cert_path = args.gateway_cert or home.keys / "gateway.crt"
-    if not cert_path.exists():
-        print(f"gateway sim: no gateway certificate at {cert_path} (--gateway-cert)",
-              file=sys.stderr)
-        return 1
-    pub = ensure_key(home.root, party)
-    print(f"{role.lower()} {party}: public key {pub} (register it: gateway peer add --id "
-          f"{party} --role {role} --cert {pub})", flush=True)
-    sim = start_sim(reactor, home.root, role, party, args.connect, cert_path.read_bytes(),
-                    args.gateway_party, connections=args.connections)
-    if role == "BANK":
-        sim.book.seed(args.broker)
-        withheld = set(args.withhold or [])
-        sim.book.withhold = lambda m: str(m.body.get("BizSn")) in withheld
-        if args.delay:
-            def later(send: Callable[[], None]) -> None:
-                def answer() -> None:
-                    send()
-                    sim.node.flush()
-
-                reactor.callLater(args.delay, answer)  # type: ignore[attr-defined]
-
-            sim.node.answer_later = later
-    else:
-        sim.book.seed()
-    reactor.addSystemEventTrigger("before", "shutdown", sim.stop)  # type: ignore[attr-defined]
-    reactor.run()  # type: ignore[attr-defined]
-    return EXIT_OK
+    return process.run(args, home.root, args.gateway_cert or home.keys / "gateway.crt")
 
 
 def _cmd_demo(args: argparse.Namespace, home: Home) -> int:
@@ -261,22 +231,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--once", action="store_true", help="process what is there, then exit")
     p.set_defaults(run=_cmd_eod_watch)
 
+    from .sim import process as sim_process  # options only: no Twisted imported here
+
     sim = sub.add_parser("sim", help="reference bank/broker peers").add_subparsers(
         dest="sim_command", metavar="ROLE")
     sim.required = True
     for role in ("bank", "broker"):
         p = sim.add_parser(role, help=f"simulated {role} (keys and ledger under --home)")
-        p.add_argument("--connect", required=True, metavar="HOST:PORT")
-        p.add_argument("--party", help="PartyId (default CCB for a bank, GTJA for a broker)")
-        p.add_argument("--gateway-cert", type=Path, help="default: HOME/keys/gateway.crt")
-        p.add_argument("--gateway-party", default="GW01")
-        p.add_argument("--connections", type=int, default=1, metavar="N",
-                       help="sessions to hold with the gateway (default 1)")
-        if role == "bank":
-            p.add_argument("--broker", default="GTJA", help="the broker whose clients it seeds")
-            p.add_argument("--withhold", nargs="*", metavar="BIZSN",
-                           help="book these requests but never answer (timeout tests)")
-            p.add_argument("--delay", type=float, default=0.0, help="answer after N seconds")
+        sim_process.add_arguments(p, role)
         p.set_defaults(run=_cmd_sim)
 
     p = sub.add_parser("demo", help="gateway + simulated bank and broker, a business day")

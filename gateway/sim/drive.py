@@ -70,7 +70,7 @@ class Originator:
             self.sim.node.request(msg_type, body, to or self.counterparty, d.callback, secret)
         except CounterpartyNotConnected as exc:
             return defer.succeed(Reply("S901", str(exc), local=True))
-        self.sim.node.flush()
+        self.sim.factory.schedule_flush()  # one commit per reactor turn, then the writes
         return d.addCallback(reply_of)
 
     # --- account (CTS) ------------------------------------------------------------------
@@ -127,7 +127,7 @@ class Originator:
         reply = yield self.send(kind + ".REQ", self.xfer_body(sn, fund_acct, str(client.link),
                                                              amount))
         self.book.settle(kind, sn, fund_acct, str(client.link), fen, reply.result)
-        self.sim.node.flush()
+        self.sim.factory.schedule_flush()
         return reply
 
     @defer.inlineCallbacks
@@ -141,7 +141,7 @@ class Originator:
             return Reply(refused, "refused by the bank's own checks: not sent", local=True)
         reply = yield self.send("XFER.IN.REQ", self.xfer_body(sn, fund_acct, wallet_id, amount))
         self.book.settle(sn, fund_acct, wallet_id, fen, reply.result)
-        self.sim.node.flush()
+        self.sim.factory.schedule_flush()
         return reply
 
     @defer.inlineCallbacks

@@ -1,0 +1,261 @@
+"""``gateway sim bank|broker``: a simulated party as a process (PROTOCOL §9).
+
+It dials the gateway and serves what the gateway relays to it until SIGTERM/SIGINT.
+A broker may also originate business (``--script FILE``, ``--rate N``) and then
+exits; each party can write its end-of-day files (``--eod-dir``): the bank its
+XFER, SIGN, PAY and OTC files at the end and on SIGUSR1, the broker its BAL file at
+the end.  docs/simulators.md describes every option.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+#: Seconds the broker waits, at the end, for answers still outstanding (a relayed
+#: request the bank does not answer gets B330 after the gateway's relay timeout, 10 s).
+DRAIN_SECONDS = 15.0
+#: Seconds a driving broker waits for its first ready (logged-on, keyed) session.
+READY_SECONDS = 30.0
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def add_arguments(p: argparse.ArgumentParser, role: str) -> None:
+    """The options of ``gateway sim <role>``."""
+    p.add_argument("--connect", required=True, metavar="HOST:PORT")
+    p.add_argument("--party", help="PartyId (default CCB for a bank, GTJA for a broker)")
+    p.add_argument("--gateway-cert", type=Path, help="default: HOME/keys/gateway.crt")
+    p.add_argument("--gateway-party", default="GW01")
+    p.add_argument("--connections", type=int, default=1, metavar="N",
+                   help="sessions to hold with the gateway (default 1)")
+    p.add_argument("--eod-dir", type=Path, metavar="DIR",
+                   help="write this party's signed end-of-day files (§8) into DIR at the end"
+                        + (" and on SIGUSR1" if role == "bank" else ""))
+    p.add_argument("--eod-date", type=dt.date.fromisoformat, metavar="YYYY-MM-DD",
+                   help="trade date of those files (default: the trade date when written)")
+    if role == "bank":
+        p.add_argument("--broker", default="GTJA",
+                       help="the broker whose clients it seeds and whose files it writes")
+        p.add_argument("--withhold", nargs="*", metavar="BIZSN",
+                       help="book these requests but never answer (timeout tests)")
+        p.add_argument("--delay", type=float, default=0.0, help="answer after N seconds")
+        p.add_argument("--holidays", nargs="*", type=dt.date.fromisoformat, default=[],
+                       metavar="YYYY-MM-DD",
+                       help="the gateway's holidays, for the OTC BookDate in its OTC file")
+    else:
+        p.add_argument("--bank", default="CCB", help="the bank it sends to (default CCB)")
+        p.add_argument("--script", type=Path, metavar="FILE",
+                       help="originate the steps of FILE (docs/simulators.md), then exit")
+        p.add_argument("--rate", type=float, metavar="N",
+                       help="originate N mixed transfers a second (after --script, if any)")
+        p.add_argument("--seconds", type=float, metavar="S",
+                       help="with --rate: stop after S seconds, then exit (default: run "
+                            "until SIGTERM)")
+
+
+def run(args: argparse.Namespace, home: Path, gateway_cert: Path) -> int:
+    """Run the simulated party until it is stopped (or, driving, until it is done)."""
+    role = args.sim_command.upper()
+    party = args.party or ("CCB" if role == "BANK" else "GTJA")
+    if not gateway_cert.exists():
+        print(f"gateway sim: no gateway certificate at {gateway_cert} (--gateway-cert)",
+              file=sys.stderr)
+        return EXIT_FAILED
+    steps = None
+    if role == "BROKER" and args.script is not None:
+        from .script import ScriptError, parse_script
+
+        try:
+            steps = parse_script(args.script.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ScriptError) as exc:
+            print(f"gateway sim broker: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    if role == "BROKER" and args.rate is not None and args.rate <= 0:
+        print("gateway sim broker: --rate must be above 0", file=sys.stderr)
+        return EXIT_USAGE
+
+    from twisted.internet import reactor
+
+    from .runtime import ensure_key, start_sim
+
+    pub = ensure_key(home, party)
+    print(f"{role.lower()} {party}: public key {pub} (register it: gateway peer add --id "
+          f"{party} --role {role} --cert {pub})", flush=True)
+    sim = start_sim(reactor, home, role, party, args.connect, gateway_cert.read_bytes(),
+                    args.gateway_party, connections=args.connections)
+    if role == "BANK":
+        return _run_bank(args, sim, reactor)
+    return _run_broker(args, sim, reactor, steps)
+
+
+def _eod_day(args: argparse.Namespace, sim: Any) -> dt.date:
+    return args.eod_date or dt.date.fromisoformat(sim.node.trade_date())
+
+
+def _run_bank(args: argparse.Namespace, sim: Any, reactor: Any) -> int:
+    from ..bookdate import Calendar
+    from .eod import write_bank_files
+
+    sim.book.seed(args.broker)
+    sim.book.calendar = Calendar(args.holidays)
+    withheld = set(args.withhold or [])
+    sim.book.withhold = lambda m: str(m.body.get("BizSn")) in withheld
+    if args.delay:
+        def later(send: Callable[[], None]) -> None:
+            def answer() -> None:
+                send()
+                sim.node.flush()
+
+            reactor.callLater(args.delay, answer)
+
+        sim.node.answer_later = later
+
+    def write_eod() -> None:
+        sim.node.flush()
+        day = _eod_day(args, sim)
+        paths = write_bank_files(sim.book, args.eod_dir, day, args.broker,
+                                 sim.node.gateway.party, sim.node.signer, sim.node.local_now())
+        print("eod: wrote " + " ".join(str(p) for p in paths), flush=True)
+
+    def stop() -> None:
+        if args.eod_dir is not None:
+            _guarded(write_eod)
+        sim.stop()
+
+    if args.eod_dir is not None:
+        signal.signal(signal.SIGUSR1,
+                      lambda *_: reactor.callFromThread(_guarded, write_eod))
+    reactor.addSystemEventTrigger("before", "shutdown", stop)
+    reactor.run()
+    return EXIT_OK
+
+
+def _guarded(write: Callable[[], None]) -> None:
+    """End-of-day files are written or the reason is logged; the peer keeps running."""
+    try:
+        write()
+    except Exception:
+        log.exception("writing the end-of-day files failed")
+
+
+class Broker:
+    """A broker process: serves relayed requests, originates its script and load."""
+
+    def __init__(self, args: argparse.Namespace, sim: Any, reactor: Any,
+                 steps: list[Any] | None) -> None:
+        from .drive import Originator
+
+        self.args, self.sim, self.reactor, self.steps = args, sim, reactor, steps
+        self.originator = Originator(sim, args.bank, reactor)
+        self.load: Any = None
+        self.exit_code = EXIT_OK
+        self.finished = False
+        self._finishing: Any = None
+
+    @property
+    def driving(self) -> bool:
+        return self.steps is not None or self.args.rate is not None
+
+    def drive(self) -> Any:
+        from twisted.internet import defer, task
+
+        from .script import Load, ScriptRun
+
+        @defer.inlineCallbacks
+        def go():  # type: ignore[no-untyped-def]
+            waited = 0.0
+            while not self.sim.node.ready and waited < READY_SECONDS:
+                yield task.deferLater(self.reactor, 0.1, lambda: None)
+                waited += 0.1
+            if not self.sim.node.ready:
+                print(f"broker: no ready session after {READY_SECONDS:g} s", flush=True)
+                self.exit_code = EXIT_FAILED
+            else:
+                if self.steps is not None:
+                    tally = yield ScriptRun(self.originator, self.steps, self.reactor,
+                                            lambda line: print(line, flush=True)).run()
+                    self._report("script", tally)
+                if self.args.rate is not None and self._finishing is None:
+                    self.load = Load(self.originator, self.reactor, self.args.rate,
+                                     self.args.seconds)
+                    tally = yield self.load.run()
+                    self._report("rate", tally)
+            self.finished = True
+            if self._finishing is None and self.reactor.running:
+                self.reactor.stop()  # the shutdown trigger (finish) does the rest
+
+        d = go()
+        d.addErrback(self._crashed)
+        return d
+
+    def _crashed(self, failure: Any) -> None:
+        log.error("broker: driving failed: %s", failure.getTraceback())
+        self.exit_code = EXIT_FAILED
+        if self._finishing is None and self.reactor.running:
+            self.reactor.stop()
+
+    def _report(self, what: str, tally: Any) -> None:
+        results = ", ".join(f"{k} {v}" for k, v in sorted(tally.results.items()))
+        print(f"{what}: {tally.steps} answered ({results or 'none'}); "
+              + ("all as expected" if tally.ok else f"{len(tally.unexpected)} unexpected"),
+              flush=True)
+        for line in tally.unexpected[:20]:
+            print(f"  UNEXPECTED {line}", flush=True)
+        if not tally.ok:
+            self.exit_code = EXIT_FAILED
+
+    def finish(self) -> Any:
+        """At shutdown (end of the drive, or SIGTERM): stop the load, wait (bounded) for
+        outstanding answers, write the BAL file, close the sessions."""
+        from twisted.internet import defer, task
+
+        if self._finishing is not None:
+            return self._finishing
+
+        @defer.inlineCallbacks
+        def go():  # type: ignore[no-untyped-def]
+            if self.load is not None:
+                self.load.stop()
+            waited = 0.0
+            while self.sim.node.outstanding and waited < DRAIN_SECONDS:
+                yield task.deferLater(self.reactor, 0.1, lambda: None)
+                waited += 0.1
+            if self.sim.node.outstanding:
+                log.warning("broker: %d answer(s) still outstanding at the end",
+                            self.sim.node.outstanding)
+            if self.driving and not self.finished:
+                print("broker: stopped before the drive was done", flush=True)
+                self.exit_code = EXIT_FAILED
+            if self.args.eod_dir is not None:
+                _guarded(self._write_bal)
+            self.sim.stop()
+
+        self._finishing = go()
+        return self._finishing
+
+    def _write_bal(self) -> None:
+        from .eod import write_bal_file
+
+        self.sim.node.flush()
+        path = write_bal_file(self.sim.book, self.args.eod_dir, _eod_day(self.args, self.sim),
+                              self.args.bank, self.sim.node.signer, self.sim.node.local_now())
+        print(f"eod: wrote {path}", flush=True)
+
+
+def _run_broker(args: argparse.Namespace, sim: Any, reactor: Any,
+                steps: list[Any] | None) -> int:
+    sim.book.seed()
+    broker = Broker(args, sim, reactor, steps)
+    if broker.driving:
+        reactor.callWhenRunning(broker.drive)
+    reactor.addSystemEventTrigger("before", "shutdown", broker.finish)
+    reactor.run()
+    return broker.exit_code
