@@ -2,6 +2,7 @@
 simulators' books as units: reversal tombstones, e-CNY wallet limits."""
 from __future__ import annotations
 
+import re
 import signal
 import sqlite3
 import subprocess
@@ -280,3 +281,25 @@ def test_a_bank_transfer_the_broker_refused_gives_back_limit_and_money(books: Bo
     for sn in ("P1", "P2"):
         assert books.pay(sn, "2000.00") == "0000"
     assert books.pay("P3", "1000.00") == "0000"  # the refused 2,000 no longer counts
+
+
+def test_a_broker_script_parses_every_step_and_names_the_bad_line() -> None:
+    from gateway.sim.script import ScriptError, parse_script
+
+    steps = parse_script("# a day\n\nsign fund=100020003000 expect=0000\n"
+                         "xfer-in fund=100020003000 amount=10.00 sn=A1  # note\n"
+                         "wait 1.5\nwait sn=A1 state=REVERSED type=XFER.IN\n"
+                         "refund amount=1.00\notc-redeem amount=2.00 orig=O1\n")
+    assert [(s.line, s.verb) for s in steps] == [(3, "sign"), (4, "xfer-in"), (5, "wait"),
+                                                 (6, "wait"), (7, "refund"), (8, "otc-redeem")]
+    assert steps[0].expect == "0000" and steps[1].args["sn"] == "A1"
+    assert steps[2].args == {"seconds": "1.5"}
+    for text, message in [("fly fund=1", "unknown step 'fly'"),
+                          ("xfer-in fund=1", "missing amount"),
+                          ("xfer-in fund=1 amount=1.5", "is not an amount"),
+                          ("xfer-in fund=1 amount=1.50 colour=red", "unknown key(s) colour"),
+                          ("pay amount=1.00", "needs fund= or wallet="),
+                          ("sign fund", "is not key=value"),
+                          ("wait", "needs seconds"), ("wait soon", "is not a number")]:
+        with pytest.raises(ScriptError, match=r"script line 2: .*" + re.escape(message)):
+            parse_script("# first\n" + text)

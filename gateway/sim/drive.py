@@ -51,7 +51,7 @@ class Originator:
         self.sim, self.counterparty, self.reactor = sim, counterparty, reactor
         self.gateway = sim.node.gateway.party
         #: BizSn = prefix + stamp + sequence: unique per run (default: the start second).
-        self.stamp = stamp if stamp is not None else f"{dt.datetime.now():%Y%m%d%H%M%S}"
+        self.stamp = stamp if stamp is not None else f"{sim.node.local_now():%Y%m%d%H%M%S}"
         self._seq = itertools.count(1)
 
     @property

@@ -158,6 +158,7 @@ class Broker:
         self.load: Any = None
         self.exit_code = EXIT_OK
         self.finished = False
+        self.ending = False  # finish() has begun: the reactor is already stopping
         self._finishing: Any = None
 
     @property
@@ -183,14 +184,13 @@ class Broker:
                     tally = yield ScriptRun(self.originator, self.steps, self.reactor,
                                             lambda line: print(line, flush=True)).run()
                     self._report("script", tally)
-                if self.args.rate is not None and self._finishing is None:
+                if self.args.rate is not None and not self.ending:
                     self.load = Load(self.originator, self.reactor, self.args.rate,
                                      self.args.seconds)
                     tally = yield self.load.run()
                     self._report("rate", tally)
             self.finished = True
-            if self._finishing is None and self.reactor.running:
-                self.reactor.stop()  # the shutdown trigger (finish) does the rest
+            self._stop_reactor()  # the shutdown trigger (finish) does the rest
 
         d = go()
         d.addErrback(self._crashed)
@@ -199,7 +199,11 @@ class Broker:
     def _crashed(self, failure: Any) -> None:
         log.error("broker: driving failed: %s", failure.getTraceback())
         self.exit_code = EXIT_FAILED
-        if self._finishing is None and self.reactor.running:
+        self._stop_reactor()
+
+    def _stop_reactor(self) -> None:
+        if not self.ending and self.reactor.running:
+            self.ending = True
             self.reactor.stop()
 
     def _report(self, what: str, tally: Any) -> None:
@@ -219,6 +223,7 @@ class Broker:
 
         if self._finishing is not None:
             return self._finishing
+        self.ending = True
 
         @defer.inlineCallbacks
         def go():  # type: ignore[no-untyped-def]

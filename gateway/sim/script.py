@@ -7,9 +7,10 @@ A script is text, one step a line (docs/simulators.md has the reference)::
     xfer-in   fund=100020003000 amount=50000.00
     xfer-out  fund=100020003000 amount=20000.00   sn=OUT1
     pay       fund=100020003000 amount=199.00 product=L2QUOTE kind=LEVEL2 days=30
-    refund    amount=199.00                        # the last pay, unless orig=BIZSN
+    refund    amount=199.00                        # the last paid order, unless orig=BIZSN
     otc-subscribe wallet=0099000011112222 amount=1000000.00 product=SY2026A01
     otc-redeem    amount=400000.00                 # the last subscription, unless orig=
+                                                   # (last = the last one answered 0000)
     unsign    fund=100020003000                    # refused locally while funds are left
     wait      2.5                                  # or: wait sn=SLOW1 state=REVERSED
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,6 +51,8 @@ VERBS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "wait": (frozenset(), frozenset({"seconds", "state", "type"})),
 }
 COMMON = frozenset({"sn", "expect"})
+#: An amount as §6 writes it: yuan with two decimals (schemas/types.xsd).
+AMOUNT = re.compile(r"(?:0|[1-9][0-9]{0,12})\.[0-9]{2}")
 
 
 class ScriptError(ValueError):
@@ -104,7 +108,7 @@ def _check_step(n: int, verb: str, args: dict[str, str]) -> None:
     missing = required - set(args)
     if missing:
         raise ScriptError(n, f"{verb}: missing {', '.join(sorted(missing))}")
-    if "amount" in args and to_fen(args["amount"]) is None:
+    if "amount" in args and not AMOUNT.fullmatch(args["amount"]):
         raise ScriptError(n, f"amount {args['amount']!r} is not an amount like 100.00")
     if verb == "pay" and not ({"fund", "wallet"} & set(args)):
         raise ScriptError(n, "pay: needs fund= or wallet=")
@@ -140,12 +144,17 @@ class ScriptRun:
                  say: Callable[[str], None] = print) -> None:
         self.o, self.steps, self.reactor, self.say = originator, steps, reactor, say
         self.tally = Tally()
-        self._last: dict[str, tuple[str, str]] = {}  # verb → (BizSn, wallet) of the last
+        #: "pay"/"otc" → (BizSn, wallet) of the last one that succeeded (refund/redeem it)
+        self._last: dict[str, tuple[str, str]] = {}
+        self._sent: tuple[str, tuple[str, str]] | None = None
 
     @defer.inlineCallbacks
     def run(self):  # type: ignore[no-untyped-def]
         for step in self.steps:
+            self._sent = None
             got = yield self._one(step)
+            if self._sent is not None and got.result == "0000":
+                self._last[self._sent[0]] = self._sent[1]
             expected = step.expect
             ok = expected is None or expected in (got.result, got.shown)
             self.tally.steps += 1
@@ -171,14 +180,14 @@ class ScriptRun:
             return o.transfer(step.verb.upper().replace("-", "."), a["fund"], a["amount"], sn)
         if step.verb == "pay":
             wallet = a.get("wallet") or self._wallet_of(a["fund"])
-            self._last["pay"] = (sn, wallet)
+            self._sent = ("pay", (sn, wallet))
             return o.pay(wallet, a["amount"], a.get("product", "L2QUOTE"),
                          a.get("kind", "LEVEL2"), int(a.get("days", "30")), sn, a.get("order"))
         if step.verb == "refund":
             return o.refund(a.get("orig") or self._last.get("pay", ("NONE", ""))[0],
                             a["amount"], sn)
         if step.verb == "otc-subscribe":
-            self._last["otc"] = (sn, a["wallet"])
+            self._sent = ("otc", (sn, a["wallet"]))
             return o.otc_subscribe(a["wallet"], a["amount"], a.get("product", "SY001"),
                                    a.get("kind", "CORPORATE"), sn, a.get("order"))
         if step.verb == "otc-redeem":
