@@ -29,9 +29,14 @@ class IllegalTransition(RuntimeError):
     """A record was asked to move where the machine does not allow."""
 
 
+def allowed(current: str, new: str) -> bool:
+    """Whether ``current → new`` is a move of the machine."""
+    return new in _ALLOWED.get(current, frozenset())
+
+
 def transition(current: str, new: str) -> str:
     """Return ``new`` if ``current → new`` is legal, else raise."""
-    if new not in _ALLOWED.get(current, frozenset()):
+    if not allowed(current, new):
         raise IllegalTransition(f"record state {current} cannot become {new}")
     return new
 

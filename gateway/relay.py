@@ -87,6 +87,10 @@ class Gateway(Node):
                            lambda: self.local_now().date())
         self.reversals = ReversalQueue(config, journal, self.ready_session)
         self._next_purge = self.now()
+        #: Relayed, unanswered requests a session may have; 0 while draining, so the
+        #: one comparison the relay makes anyway also refuses new work then (S902).
+        self._inflight_limit = config.max_inflight_per_session
+        self.draining = False
         recovered = self.reversals.recover(self.now())
         if recovered:
             log.warning("%d unanswered request(s) from before the restart queued for reversal",
@@ -120,6 +124,18 @@ class Gateway(Node):
         self._rr[party] = i + 1
         return live[i]
 
+    def start_draining(self) -> None:
+        """Shutting down: requests that would be relayed get S902 from now on; those in
+        flight are still answered, or time out (B330 and a queued reversal)."""
+        self.draining = True
+        self._inflight_limit = 0
+        log.info("draining: new requests to relay are refused with S902")
+
+    def _busy(self, session: Session) -> Busy:
+        if self.draining:
+            return Busy("the gateway is shutting down; send it again after the restart")
+        return Busy(f"{session.inflight} requests in flight on this session")
+
     # --- inbound business messages ----------------------------------------------
     def business_message(self, session: Session, verified: Verified) -> None:
         message = verified.message
@@ -148,6 +164,10 @@ class Gateway(Node):
             return None
         dest = self.find_peer(head.to_party)
         if dest is None:
+            if head.to_party == self.config.party:  # a relayed type sent to the relay itself
+                raise TypeNotAllowed(f"{kind.business} is relayed to a bank or broker; "
+                                     f"the gateway {self.config.party} does not answer it",
+                                     ref_msg_id=head.msg_id)
             raise UnknownSigner(f"unknown party {head.to_party}", ref_msg_id=head.msg_id)
         want = route.to if route.to != catalog.TO_OTHER else (
             catalog.BANK if session.peer.role == catalog.BROKER else catalog.BROKER)
@@ -188,8 +208,8 @@ class Gateway(Node):
         if existing is not None:
             self._on_repeat(session, message, existing, digest, plaintexts)
             return
-        if session.inflight >= self.config.max_inflight_per_session:
-            raise Busy(f"{session.inflight} requests in flight on this session")
+        if session.inflight >= self._inflight_limit:
+            raise self._busy(session)
         target = self.ready_session(dest.party)
         if target is None:
             raise CounterpartyNotConnected(f"{dest.party} has no ready session")
@@ -223,9 +243,10 @@ class Gateway(Node):
         xml = self.answer(session, message, {"Result": exc.code, "ResultText": exc.text})
         # Never relayed: the gateway itself is the party that answered it, so the
         # counterparty's end-of-day file rightly does not list it.
-        self.journal.insert_record(Record(**{**_record_dict(base), "receiver": self.config.party,
-                                             "state": records.FAILED, "result": exc.code,
-                                             "response_xml": xml}), self.now())
+        self.journal.insert_record(Record(**{
+            **_record_dict(base), "receiver": self.config.party,
+            "state": records.transition(base.state, records.FAILED),  # born PENDING, refused
+            "result": exc.code, "response_xml": xml}), self.now())
 
     def _on_repeat(self, session: Session, message: Message, existing: Record,
                    digest: str, plaintexts: Mapping[str, str]) -> None:
@@ -258,8 +279,8 @@ class Gateway(Node):
         idempotency on (From, Type, BizSn) answers it once (§6).  The answer settles the
         original record; until then the request holds its place (e.g. the wallet of a
         CTS.SIGN)."""
-        if session.inflight >= self.config.max_inflight_per_session:
-            raise Busy(f"{session.inflight} requests in flight on this session")
+        if session.inflight >= self._inflight_limit:
+            raise self._busy(session)
         target = self.ready_session(existing.receiver)
         if target is None:
             raise CounterpartyNotConnected(f"{existing.receiver} has no ready session")
@@ -297,11 +318,11 @@ class Gateway(Node):
     def _on_response(self, session: Session, message: Message) -> None:
         ref = message.head.ref_id or ""
         result = str(message.body.get("Result", ""))
-        if message.type == "XFER.REVERSE.RSP" and self.reversals.answered(
-                session.party or "", ref, result, self.now()):
-            return
         pending = self.pending.get((session.party or "", ref))
         if pending is None:
+            if message.type == "XFER.REVERSE.RSP" and self.reversals.answered(
+                    session.party or "", ref, result, self.now()):
+                return  # the answer to one of the gateway's own reversals
             self._late_response(session, message, result)
             return
         # not an answer we can settle with: SYS.ERROR E111 to the responder, the request
@@ -352,7 +373,8 @@ class Gateway(Node):
                 xml = self._send_response(waiter, rec.biz_type + ".RSP", msg_id, answer)
         if rec.biz_type == "CTS.SIGN":
             self.journal.settle_agreement(rec.origin, rec.biz_sn, records.FAILED, None)
-        self.journal.update_record(rec.key, self.now(), state=records.FAILED,
+        self.journal.update_record(rec.key, self.now(),
+                                   state=records.transition(rec.state, records.FAILED),
                                    result=RejectedByCounterparty.code, response_xml=xml)
 
     def _late_response(self, session: Session, message: Message, result: str) -> None:

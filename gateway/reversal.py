@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from . import records
 from .config import Config
 from .journal import Journal, Record, Reversal
+from .message import parse_message
 from .rules import fen_text
 
 if TYPE_CHECKING:
@@ -76,16 +77,31 @@ class ReversalQueue:
         return sent
 
     def answered(self, receiver: str, ref_id: str, result: str, now: float) -> bool:
-        """Handle an XFER.REVERSE.RSP; True if it answered one of our reversals."""
-        rev = self.journal.reversal_by_msg(receiver, ref_id)
+        """Handle an XFER.REVERSE.RSP; True if it answered one of our reversals.
+
+        Any attempt's answer counts, not only the latest: a receiver slower than the
+        retry interval answers an earlier XFER.REVERSE (same BizSn, so the same
+        reversal at its end).  The latest attempt is found on the queue row; an earlier
+        one (also from before a restart) by the XFER.REVERSE.REQ the journal holds under
+        that MsgId.  An answer to a reversal already acknowledged changes nothing."""
+        rev = self.journal.reversal_by_msg(receiver, ref_id) if ref_id else None
         if rev is None:
-            return False
+            key = self._attempt(receiver, ref_id)
+            if key is None:
+                return False
+            rev = self._queued(key)
+            if rev is None:
+                log.info("answer %s to an earlier attempt at reversing %s %s from %s: "
+                         "already acknowledged, ignored", result, key[1], key[2], key[0])
+                return True
         key = (rev.origin, rev.biz_type, rev.biz_sn)
         if rev.state == DONE:
             return True
         if result in ACKNOWLEDGING:
             self.journal.update_reversal(key, state=DONE, result=result)
-            self.journal.update_record(key, now, state=records.REVERSED)
+            rec = self.journal.record(*key)
+            self.journal.update_record(key, now, state=records.transition(
+                rec.state if rec else "(no record)", records.REVERSED))
             log.info("reversal of %s %s from %s acknowledged (%s): REVERSED", rev.biz_type,
                      rev.biz_sn, rev.origin, result)
         else:
@@ -94,6 +110,25 @@ class ReversalQueue:
             self.journal.update_reversal(key, result=result,
                                          next_at=now + self.backoff(rev.attempts))
         return True
+
+    def _attempt(self, receiver: str, msg_id: str) -> tuple[str, str, str] | None:
+        """The original named by the XFER.REVERSE.REQ we sent ``receiver`` as ``msg_id``."""
+        if not msg_id:
+            return None
+        for row in list(self.journal.messages(msg_id)):
+            if (row["direction"], row["party"], row["msg_type"]) != \
+                    ("OUT", receiver, "XFER.REVERSE.REQ"):
+                continue
+            sent = parse_message(bytes(row["xml"]))
+            if sent.head.from_party == self.config.party:  # ours, not a relayed one
+                return (str(sent.body["OrigFrom"]), str(sent.body["OrigType"]),
+                        str(sent.body["OrigBizSn"]))
+        return None
+
+    def _queued(self, key: tuple[str, str, str]) -> Reversal | None:
+        """The reversal of ``key`` if it still waits for its acknowledgement."""
+        return next((r for r in self.journal.reversals_due(float("inf"))
+                     if (r.origin, r.biz_type, r.biz_sn) == key), None)
 
     def recover(self, now: float) -> int:
         """After a restart: relayed, unanswered reversible requests are reversed."""

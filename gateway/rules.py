@@ -24,6 +24,7 @@ from .errors import (
     NoActiveAgreement,
     OriginalNotFound,
     SchemaInvalid,
+    TimedOutReversing,
     UnsignRefused,
     WalletNotAllowed,
 )
@@ -37,7 +38,9 @@ IN_FLIGHT = (records.PENDING, records.REVERSING)
 
 @dataclass(frozen=True)
 class Repeat:
-    """``admit`` found the request already done: answer with this body, do not relay."""
+    """``admit`` found the request already done (or still being done by the gateway):
+    answer with this body, do not relay, journal no record — asked again, the request
+    is judged again, so it gets the final result once there is one."""
 
     body: Mapping[str, Any]
 
@@ -96,7 +99,10 @@ class Rules:
 
     def _admit_cts_sign(self, origin: str, m: Message, plain: Mapping[str, str]) -> dict[str, Any]:
         fund, wallet = m.text("FundAcct"), m.text("WalletId")
-        if m.text("WalletKind") == "PERSONAL" and m.text("WalletLevel") != "1":
+        if m.text("WalletKind") != "PERSONAL":
+            raise WalletNotAllowed(f"a {str(m.text('WalletKind')).lower()} wallet cannot be "
+                                   "signed: third-party custody needs a personal class-I wallet")
+        if m.text("WalletLevel") != "1":
             raise WalletNotAllowed(f"personal wallet level {m.text('WalletLevel')}: "
                                    "third-party custody needs a class-I wallet")
         if self.journal.agreements(fund_acct=fund, active_only=True):
@@ -176,9 +182,15 @@ class Rules:
 
             first = parse_message(done[0].response_xml or b"")
             return Repeat({**first.body, "BizSn": m.body["BizSn"]})
-        if orig.state in (records.REVERSING, records.REVERSED):
-            raise AlreadyReversed(f"{otype} {osn} is already {orig.state.lower()} "
-                                  "(the gateway's reversal after a relay timeout)")
+        if orig.state == records.REVERSED:  # by the gateway, after a relay timeout
+            return Repeat({"Result": "0000",
+                           "ResultText": f"{otype} {osn} was already reversed by the gateway "
+                                         f"after a relay timeout (acknowledged by "
+                                         f"{orig.receiver})"})
+        if orig.state == records.REVERSING:  # the gateway's reversal is still unacknowledged
+            return Repeat({"Result": TimedOutReversing.code,
+                           "ResultText": f"{otype} {osn} timed out and the gateway is "
+                                         "reversing it; ask again for its result"})
         if any(r.state == records.PENDING for r in
                self.journal.records_referring(ofrom, otype, osn, "XFER.REVERSE")):
             raise AlreadyReversed(f"a reversal of {otype} {osn} is already in flight")
@@ -272,6 +284,9 @@ class Rules:
         return changes, fill
 
     def mark_reversed(self, key: tuple[str, str, str], at: float) -> None:
+        """A peer's reversal of ``key`` succeeded: the original is REVERSED if the machine
+        allows it (an original still PENDING or already FAILED/REVERSED stays as it is)."""
         orig = self.journal.record(*key)
-        if orig is not None and orig.state in (records.SUCCEEDED, records.REVERSING):
-            self.journal.update_record(key, at, state=records.REVERSED)
+        if orig is not None and records.allowed(orig.state, records.REVERSED):
+            self.journal.update_record(key, at,
+                                       state=records.transition(orig.state, records.REVERSED))

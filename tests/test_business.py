@@ -175,7 +175,7 @@ def test_explicit_reversal_rules_and_first_result_returned(day) -> None:  # type
     assert q.records("Record")[0]["Status"] == "REVERSED"
 
 
-def test_timeout_b330_reversal_reversed_and_late_answer_ignored(day) -> None:  # type: ignore[no-untyped-def]
+def test_timeout_b330_reversal_reversed_late_answer_journaled_not_relayed(day) -> None:  # type: ignore[no-untyped-def]
     gw, bank, broker = day
     signed(bank, broker)
     msg_id = broker.send("XFER.IN.REQ", xfer("T1", amount="250.00"), to=BANK)
@@ -186,9 +186,15 @@ def test_timeout_b330_reversal_reversed_and_late_answer_ignored(day) -> None:  #
     assert rev.head("From") == "GW01"
     assert (rev.body["OrigType"], rev.body["OrigFrom"], rev.body["OrigBizSn"],
             rev.body["Amount"]) == ("XFER.IN", BROKER, "T1", "250.00")
+    # while the gateway's reversal is unacknowledged, a peer's own reversal of the same
+    # original is B330 (in progress), not relayed, and not journaled (asked again later,
+    # it gets the final result)
+    rev2 = [("BizSn", "V9"), ("OrigType", "XFER.IN"), ("OrigFrom", BROKER),
+            ("OrigBizSn", "T1"), ("Amount", "250.00")]
+    assert call(broker, "XFER.REVERSE.REQ", rev2).body["Result"] == "B330"
     # the late answer to the original is journaled and not relayed
-    bank.send("XFER.IN.RSP", [("Result", "0000"), ("ResultText", "late"), ("BizSn", "T1")],
-              to=BROKER, ref=original.head("MsgId"))
+    late_id = bank.send("XFER.IN.RSP", [("Result", "0000"), ("ResultText", "late"),
+                                        ("BizSn", "T1")], to=BROKER, ref=original.head("MsgId"))
     bank.send("XFER.REVERSE.RSP", [("Result", "0000"), ("ResultText", "reversed"),
                                    ("BizSn", rev.body["BizSn"])], to="GW01",
               ref=rev.head("MsgId"))
@@ -197,11 +203,15 @@ def test_timeout_b330_reversal_reversed_and_late_answer_ignored(day) -> None:  #
     assert q.records("Record")[0]["Status"] == "REVERSED"
     with pytest.raises(TimeoutError):
         broker.recv("XFER.IN.RSP", timeout=0.8)
+    db = sqlite3.connect(gw.home.root / "data" / "journal.sqlite3")
+    late = db.execute("SELECT direction, party, ref_id FROM message WHERE msg_id=?",
+                      (late_id,)).fetchall()
+    assert late == [("IN", BANK, original.head("MsgId"))]  # kept as evidence, only inbound
     assert call(broker, "XFER.IN.REQ", xfer("T1", amount="250.00")).body["Result"] == "B330"
-    # the gateway already reversed it: a peer's own reversal is B314 and is not relayed
-    rev2 = [("BizSn", "V9"), ("OrigType", "XFER.IN"), ("OrigFrom", BROKER),
-            ("OrigBizSn", "T1"), ("Amount", "250.00")]
-    assert call(broker, "XFER.REVERSE.REQ", rev2).body["Result"] == "B314"
+    # the gateway already reversed it: a peer's own reversal (the same V9, asked again)
+    # gets the first reversal's result, 0000 (§6), and is not relayed
+    done = call(broker, "XFER.REVERSE.REQ", rev2)
+    assert (done.body["Result"], done.body["BizSn"]) == ("0000", "V9"), done.body
     with pytest.raises(TimeoutError):
         bank.recv("XFER.REVERSE.REQ", timeout=0.8)
 

@@ -1,0 +1,292 @@
+"""More of PROTOCOL §6 over real sockets: reversal retries, repeats, routing, bytes kept;
+and the one record state machine (gateway/records.py) every handler goes through."""
+from __future__ import annotations
+
+import ast
+import datetime as dt
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import BANK, BROKER
+from flows import CORP, call, otc, pay, sign_fields, signed, xfer
+
+
+@pytest.fixture
+def day(start_gateway):  # type: ignore[no-untyped-def]
+    gw = start_gateway(relay_timeout_seconds=1.5, reversal_retry_initial_seconds=0.5,
+                       reversal_retry_max_seconds=1.0)
+    bank = gw.peer(BANK).open_session()
+    broker = gw.peer(BROKER).open_session()
+    yield gw, bank, broker
+    bank.close()
+    broker.close()
+
+
+def journal(gw: Any) -> sqlite3.Connection:
+    return sqlite3.connect(gw.home.root / "data" / "journal.sqlite3")
+
+
+def status(peer: Any, biz_sn: str, orig_type: str, orig_from: str | None = None) -> str:
+    fields = [("BizSn", biz_sn), ("OrigType", orig_type), ("OrigFrom", orig_from)]
+    return call(peer, "XFER.QUERY.REQ", fields, to="GW01").records("Record")[0]["Status"]
+
+
+def ack_reversal(bank: Any, attempt: Any, result: str = "0000") -> None:
+    bank.send("XFER.REVERSE.RSP", [("Result", result), ("ResultText", "reversed"),
+                                   ("BizSn", attempt.body["BizSn"])], to="GW01",
+              ref=attempt.head("MsgId"))
+
+
+def timed_out(bank: Any, broker: Any, biz_sn: str) -> None:
+    """Broker's XFER.OUT the bank never answers: B330, the gateway starts reversing."""
+    broker.send("XFER.OUT.REQ", xfer(biz_sn), to=BANK)
+    bank.recv("XFER.OUT.REQ")
+    assert broker.recv("XFER.OUT.RSP", timeout=5).body["Result"] == "B330"
+
+
+# --- the gateway's own reversals ------------------------------------------------------
+def test_a_receiver_slower_than_the_retry_interval_still_completes_the_reversal(day) -> None:  # type: ignore[no-untyped-def]
+    """The bank answers each XFER.REVERSE only after the next retry went out: the answer
+    to the first attempt settles it, and the late answers to the others do no harm."""
+    gw, bank, broker = day
+    signed(bank, broker)
+    timed_out(bank, broker, "T1")
+    attempts = [bank.recv("XFER.REVERSE.REQ", timeout=5) for _ in range(3)]
+    assert len({a.head("MsgId") for a in attempts}) == 3
+    assert {a.body["BizSn"] for a in attempts} == {attempts[0].body["BizSn"]}  # one reversal
+    ack_reversal(bank, attempts[0])  # two retries late
+    gw.wait_for_log(r"acknowledged \(0000\): REVERSED")
+    for attempt in attempts[1:]:
+        ack_reversal(bank, attempt)  # late duplicates
+    with pytest.raises(TimeoutError):
+        bank.recv("XFER.REVERSE.REQ", timeout=2.5)  # no further retry
+    assert status(broker, "T1", "XFER.OUT") == "REVERSED"
+    state, result = journal(gw).execute("SELECT state, result FROM reversal").fetchone()
+    assert (state, result) == ("DONE", "0000")
+    log = gw.log_text()
+    assert log.count("REVERSED") == 1 and "answers no request" not in log, log
+
+
+def test_a_reversal_the_receiver_drops_once_is_retried_and_completes(day) -> None:  # type: ignore[no-untyped-def]
+    gw, bank, broker = day
+    signed(bank, broker)
+    timed_out(bank, broker, "T2")
+    first = bank.recv("XFER.REVERSE.REQ", timeout=5)  # dropped: never answered
+    second = bank.recv("XFER.REVERSE.REQ", timeout=5)
+    assert second.head("MsgId") != first.head("MsgId")
+    assert second.body == first.body
+    ack_reversal(bank, second)
+    gw.wait_for_log(r"acknowledged \(0000\): REVERSED")
+    assert status(broker, "T2", "XFER.OUT") == "REVERSED"
+
+
+def test_a_peers_reversal_of_what_the_gateway_reversed_gets_the_first_result(day) -> None:  # type: ignore[no-untyped-def]
+    """§6 "a reversal already done returns its first result": B330 while the gateway's
+    reversal is in flight, 0000 once it is acknowledged; neither reaches the bank."""
+    gw, bank, broker = day
+    signed(bank, broker)
+    timed_out(bank, broker, "T3")
+    attempt = bank.recv("XFER.REVERSE.REQ", timeout=5)
+    mine = [("BizSn", "V3"), ("OrigType", "XFER.OUT"), ("OrigFrom", BROKER),
+            ("OrigBizSn", "T3"), ("Amount", "100.00")]
+    assert call(broker, "XFER.REVERSE.REQ", mine).body["Result"] == "B330"
+    from_bank = [("BizSn", "BV3"), *mine[1:]]  # the receiver may ask too
+    assert call(bank, "XFER.REVERSE.REQ", from_bank, to=BROKER).body["Result"] == "B330"
+    ack_reversal(bank, attempt)
+    gw.wait_for_log(r"acknowledged \(0000\): REVERSED")
+    done = call(broker, "XFER.REVERSE.REQ", mine)
+    assert (done.body["Result"], done.body["BizSn"]) == ("0000", "V3")
+    assert call(bank, "XFER.REVERSE.REQ", from_bank, to=BROKER).body["Result"] == "0000"
+    relayed = journal(gw).execute("SELECT count(*) FROM message WHERE direction='OUT' AND "
+                                  "msg_type='XFER.REVERSE.REQ' AND msg_id NOT LIKE 'GW01%'")
+    assert relayed.fetchone()[0] == 0
+
+
+# --- rules ------------------------------------------------------------------------------
+def test_a_corporate_wallet_cannot_be_signed_b302(day) -> None:  # type: ignore[no-untyped-def]
+    gw, bank, broker = day
+    for level in ("1", "2"):
+        rsp = call(broker, "CTS.SIGN.REQ", sign_fields("C" + level, wallet=CORP, level=level,
+                                                       kind="CORPORATE"),
+                   encrypt=("IdNo", "Phone"))
+        assert rsp.body["Result"] == "B302", rsp.body
+    with pytest.raises(TimeoutError):
+        bank.recv(timeout=0.8)
+    signed(bank, broker, "C3")  # a personal class-I wallet still signs
+
+
+def test_b311_on_pay_order_and_otc_subscribe(day) -> None:  # type: ignore[no-untyped-def]
+    gw, bank, broker = day
+    end = (dt.date.today() + dt.timedelta(days=30)).isoformat()
+    assert call(broker, "PAY.ORDER.REQ", pay("P0", end, amount="0.00")).body["Result"] == "B311"
+    zero = [(k, "0.00" if k == "Amount" else v) for k, v in otc("O0")]
+    assert call(broker, "OTC.SUBSCRIBE.REQ", zero).body["Result"] == "B311"
+    with pytest.raises(TimeoutError):
+        bank.recv(timeout=0.8)
+
+
+def test_xfer_in_originated_by_the_bank_and_queried_with_orig_from(day) -> None:  # type: ignore[no-untyped-def]
+    gw, bank, broker = day
+    signed(bank, broker)
+    rsp = call(bank, "XFER.IN.REQ", xfer("BI1", amount="66.00"), to=BROKER, bank=broker)
+    assert rsp.body["Result"] == "0000"
+    # the broker asks about the bank's record: OrigFrom names the other party
+    q = call(broker, "XFER.QUERY.REQ", [("BizSn", "BI1"), ("OrigType", "XFER.IN"),
+                                        ("OrigFrom", BANK)], to="GW01")
+    rec = q.records("Record")[0]
+    assert (rec["OrigFrom"], rec["Status"], rec["Amount"]) == (BANK, "SUCCEEDED", "66.00")
+    # without OrigFrom the asker is meant, and the broker has no XFER.IN BI1
+    mine = call(broker, "XFER.QUERY.REQ", [("BizSn", "BI1"), ("OrigType", "XFER.IN")],
+                to="GW01")
+    assert mine.body["Result"] == "B313"
+
+
+# --- idempotency -------------------------------------------------------------------------
+def _original_then(kind: str, bank: Any, broker: Any) -> list[tuple[str, Any]]:
+    """Set up what a PAY.REFUND / OTC.REDEEM / XFER.REVERSE needs; return its fields."""
+    if kind == "PAY.REFUND":
+        end = (dt.date.today() + dt.timedelta(days=30)).isoformat()
+        assert call(broker, "PAY.ORDER.REQ", pay("P1", end), bank=bank).body["Result"] == "0000"
+        return [("BizSn", "R1"), ("OrigBizSn", "P1"), ("Amount", "99.00")]
+    if kind == "OTC.REDEEM":
+        assert call(broker, "OTC.SUBSCRIBE.REQ", otc("O1"), bank=bank).body["Result"] == "0000"
+        return [("BizSn", "R1"), ("OrigBizSn", "O1"), ("CorpWalletId", CORP),
+                ("Amount", "500000.00")]
+    signed(bank, broker)
+    assert call(broker, "XFER.OUT.REQ", xfer("T1"), bank=bank).body["Result"] == "0000"
+    return [("BizSn", "R1"), ("OrigType", "XFER.OUT"), ("OrigFrom", BROKER),
+            ("OrigBizSn", "T1"), ("Amount", "100.00")]
+
+
+@pytest.mark.parametrize("kind", ["PAY.REFUND", "OTC.REDEEM", "XFER.REVERSE"])
+def test_repeat_of_a_refund_redemption_or_reversal_is_not_relayed_twice(day, kind) -> None:  # type: ignore[no-untyped-def]
+    gw, bank, broker = day
+    fields = _original_then(kind, bank, broker)
+    first = call(broker, kind + ".REQ", fields, bank=bank, BankSn="BK1")
+    assert first.body["Result"] == "0000"
+    second = call(broker, kind + ".REQ", fields)
+    assert second.body == first.body
+    with pytest.raises(TimeoutError):
+        bank.recv(timeout=0.8)
+    relayed = journal(gw).execute("SELECT count(*) FROM message WHERE direction='OUT' AND "
+                                  "msg_type=? AND party=?", (kind + ".REQ", BANK))
+    assert relayed.fetchone()[0] == 1
+
+
+def test_a_repeat_while_the_original_is_in_flight_waits_for_its_answer(day) -> None:  # type: ignore[no-untyped-def]
+    gw, bank, broker = day
+    signed(bank, broker)
+    first = broker.send("XFER.OUT.REQ", xfer("W1"), to=BANK)
+    req = bank.recv("XFER.OUT.REQ")
+    second = broker.send("XFER.OUT.REQ", xfer("W1"), to=BANK)
+    gw.wait_for_log("repeat of XFER.OUT W1 from GTJA: not relayed again")
+    bank.send("XFER.OUT.RSP", [("Result", "0000"), ("ResultText", "ok"), ("BizSn", "W1"),
+                               ("BankSn", "BW1")], to=BROKER, ref=req.head("MsgId"))
+    one = broker._answer_to(first, "XFER.OUT.REQ")
+    two = broker._answer_to(second, "XFER.OUT.REQ")
+    assert one.body == two.body and one.body["BankSn"] == "BW1"
+    with pytest.raises(TimeoutError):
+        bank.recv(timeout=0.8)  # relayed once
+
+
+# --- routing and bytes --------------------------------------------------------------------
+def test_requests_round_robin_across_two_sessions_of_the_bank(day) -> None:  # type: ignore[no-untyped-def]
+    gw, bank, broker = day
+    signed(bank, broker)
+    bank2 = gw.peer(BANK).open_session()
+    sent = [broker.send("XFER.OUT.REQ", xfer(f"RR{i}"), to=BANK) for i in range(4)]
+    got = {id(b): [b.recv("XFER.OUT.REQ").head("MsgId") for _ in range(2)] for b in (bank, bank2)}
+    assert sorted(got[id(bank)] + got[id(bank2)]) == sorted(sent)
+    for b in (bank, bank2):
+        with pytest.raises(TimeoutError):
+            b.recv("XFER.OUT.REQ", timeout=0.5)  # two each, none twice
+    bank2.close()
+
+
+def test_relayed_xml_is_byte_for_byte_what_the_sender_signed(day) -> None:  # type: ignore[no-untyped-def]
+    gw, bank, broker = day
+    signed(bank, broker)
+    msg_id, xml = broker.build("XFER.OUT.REQ", xfer("B1"), to=BANK)
+    broker.send_raw(broker.frame(xml))
+    req = bank.recv("XFER.OUT.REQ")
+    assert req.xml == xml
+    bank.verify_from_gateway(req)  # a fresh envelope: the gateway's MAC and signature
+    _, rsp_xml = bank.build("XFER.OUT.RSP", [("Result", "0000"), ("ResultText", "ok"),
+                                             ("BizSn", "B1"), ("BankSn", "BB1")],
+                            to=BROKER, ref=msg_id)
+    bank.send_raw(bank.frame(rsp_xml))
+    assert broker._answer_to(msg_id, "XFER.OUT.REQ").xml == rsp_xml
+
+
+def test_a_late_answer_to_an_unanswered_sign_settles_it_without_a_relay(day) -> None:  # type: ignore[no-untyped-def]
+    """Non-reversible: the timed-out CTS.SIGN stays PENDING (S900); the bank's late 0000 is
+    journaled, settles the record and the agreement, and is not relayed to the broker."""
+    gw, bank, broker = day
+    msg_id = broker.send("CTS.SIGN.REQ", sign_fields("S1"), to=BANK, encrypt=("IdNo", "Phone"))
+    req = bank.recv("CTS.SIGN.REQ")
+    assert broker._answer_to(msg_id, "CTS.SIGN.REQ").body["Result"] == "S900"
+    late = bank.send("CTS.SIGN.RSP", [("Result", "0000"), ("ResultText", "late"),
+                                      ("BizSn", "S1"), ("AgreementNo", "AGL1")],
+                     to=BROKER, ref=req.head("MsgId"))
+    gw.wait_for_log("late answer 0000 to CTS.SIGN S1")
+    assert status(broker, "S1", "CTS.SIGN") == "SUCCEEDED"
+    with pytest.raises(TimeoutError):
+        broker.recv("CTS.SIGN.RSP", timeout=0.8)
+    rows = journal(gw).execute("SELECT direction FROM message WHERE msg_id=?", (late,))
+    assert [r[0] for r in rows] == ["IN"]
+
+
+# --- the one state machine ------------------------------------------------------------------
+def test_a_reversal_acknowledged_for_a_record_not_reversing_is_an_illegal_move(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from gateway.config import Config
+    from gateway.journal import Journal, Record, Reversal
+    from gateway.records import IllegalTransition
+    from gateway.reversal import ReversalQueue
+
+    j = Journal(tmp_path / "j.sqlite3")
+    rec = Record(origin=BROKER, biz_type="XFER.OUT", biz_sn="T1", receiver=BANK, msg_id="M1",
+                 content_hash="h", state="FAILED", trade_date="2026-11-25", amount_fen=100)
+    j.insert_record(rec, 0.0)
+    j.queue_reversal(Reversal(origin=BROKER, biz_type="XFER.OUT", biz_sn="T1", receiver=BANK,
+                              reversal_sn="RV1", amount_fen=100, state="QUEUED", attempts=1,
+                              next_at=0.0, last_msg_id="GW01M1", result=None))
+    queue = ReversalQueue(Config(), j, lambda party: None)
+    with pytest.raises(IllegalTransition):
+        queue.answered(BANK, "GW01M1", "0000", 1.0)
+    j.close()
+
+
+def _state_values(tree: ast.AST) -> list[ast.expr]:
+    """Every value given to a business record's ``state``: ``update_record(state=…)``,
+    ``Record(state=…)`` and ``Record(**{"state": …})``."""
+    found: list[ast.expr] = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        name = ast.unparse(node.func).rsplit(".", 1)[-1]
+        if name not in ("update_record", "Record"):
+            continue
+        for kw in node.keywords:
+            if kw.arg == "state":
+                found.append(kw.value)
+            elif kw.arg is None and isinstance(kw.value, ast.Dict):
+                found += [v for k, v in zip(kw.value.keys, kw.value.values, strict=True)
+                          if isinstance(k, ast.Constant) and k.value == "state"]
+    return found
+
+
+def test_every_record_state_change_goes_through_the_state_machine() -> None:
+    """Records are born PENDING; every other state comes from records.transition()."""
+    root = Path(__file__).resolve().parent.parent / "gateway"
+    seen = 0
+    for module in ("relay.py", "reversal.py", "rules.py"):
+        for value in _state_values(ast.parse((root / module).read_text())):
+            seen += 1
+            text = ast.unparse(value)
+            assert text == "records.PENDING" or (
+                isinstance(value, ast.Call) and ast.unparse(value.func) == "records.transition"
+            ), f"{module}: record state set to {text} outside records.transition()"
+    assert seen >= 6
