@@ -13,7 +13,12 @@ from typing import Any
 from OpenSSL import SSL, crypto
 from twisted.application import internet, service
 from twisted.internet import defer, endpoints, protocol, task
-from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.interfaces import (
+    IHandshakeListener,
+    IOpenSSLClientConnectionCreator,
+    IPushProducer,
+    IReactorTime,
+)
 from zope.interface import implementer
 
 from .config import Config, split_host_port
@@ -21,6 +26,7 @@ from .journal import Journal
 from .keystore import KeyStore, Peer
 from .relay import Gateway
 from .session import Session, new_session_id
+from .signature import signer_id
 
 log = logging.getLogger(__name__)
 
@@ -29,13 +35,19 @@ TICK_SECONDS = 0.2
 CLOSE_GRACE_SECONDS = 1.0
 
 
-@implementer(IPushProducer)
+@implementer(IPushProducer, IHandshakeListener)
 class SessionProtocol(protocol.Protocol):
-    """One TCP (or TLS) connection; a :class:`Link` for its session."""
+    """One TCP (or TLS) connection; a :class:`Link` for its session.
 
-    def __init__(self, factory: GatewayFactory, connect_to: Peer | None = None) -> None:
+    ``after_handshake``: a TLS connection we dialled starts its session (and so sends
+    SYS.LOGON) only once the handshake is done: TLS buffers a write made before that and
+    pauses its producer — us — which would stop the very reads the handshake waits for."""
+
+    def __init__(self, factory: GatewayFactory, connect_to: Peer | None = None,
+                 after_handshake: bool = False) -> None:
         self.factory = factory
         self.connect_to = connect_to
+        self.after_handshake = after_handshake
         self.session: Session | None = None
         self._paused = False
         self._written_while_paused = 0
@@ -92,6 +104,15 @@ class SessionProtocol(protocol.Protocol):
         self._no_delay()
         self._bound_reads()
         self.transport.registerProducer(self, True)
+        if not self.after_handshake:
+            self._start_session()
+
+    def handshakeCompleted(self) -> None:
+        if self.after_handshake and self.session is None and self.connected:
+            self._start_session()
+
+    def _start_session(self) -> None:
+        gw = self.factory.gateway
         self.session = Session(gw, self, new_session_id(gw.random_bytes), self.connect_to,
                                peer_side=self.factory.peer_side)
         gw.add_session(self.session)
@@ -173,12 +194,33 @@ class GatewayFactory(protocol.Factory):
 class OutboundFactory(protocol.Factory):
     """Connections the gateway makes to peers with a connect address (it sends LOGON)."""
 
-    def __init__(self, parent: GatewayFactory, peer: Peer) -> None:
+    def __init__(self, parent: GatewayFactory, peer: Peer, tls: bool = False) -> None:
         self.parent = parent
         self.peer = peer
+        self.tls = tls
 
     def buildProtocol(self, addr: Any) -> SessionProtocol:
-        return SessionProtocol(self.parent, connect_to=self.peer)
+        return SessionProtocol(self.parent, connect_to=self.peer, after_handshake=self.tls)
+
+
+def _own_identity(keystore: KeyStore) -> tuple[crypto.X509, crypto.PKey]:
+    """The gateway's certificate and key, as pyOpenSSL wants them."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    cert = x509.load_pem_x509_certificate(keystore.certificate_pem())
+    key_pem = (keystore.keys_dir / "gateway.key").read_bytes()
+    key = serialization.load_pem_private_key(key_pem, password=None)
+    return crypto.X509.from_cryptography(cert), crypto.PKey.from_cryptography_key(key)
+
+
+def _tls_context(identity: tuple[crypto.X509, crypto.PKey]) -> SSL.Context:
+    ctx = SSL.Context(SSL.TLS_METHOD)
+    ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
+    ctx.use_certificate(identity[0])
+    ctx.use_privatekey(identity[1])
+    ctx.check_privatekey()
+    return ctx
 
 
 class PeerCertificateContext:
@@ -189,22 +231,40 @@ class PeerCertificateContext:
     """
 
     def __init__(self, keystore: KeyStore) -> None:
-        from cryptography import x509
-        from cryptography.hazmat.primitives import serialization
-
-        self._cert = x509.load_pem_x509_certificate(keystore.certificate_pem())
-        key_pem = (keystore.keys_dir / "gateway.key").read_bytes()
-        self._key = serialization.load_pem_private_key(key_pem, password=None)
+        self._identity = _own_identity(keystore)
 
     def getContext(self) -> SSL.Context:
-        ctx = SSL.Context(SSL.TLS_METHOD)
-        ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
-        ctx.use_certificate(crypto.X509.from_cryptography(self._cert))
-        ctx.use_privatekey(crypto.PKey.from_cryptography_key(self._key))
-        ctx.check_privatekey()
+        ctx = _tls_context(self._identity)
         ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT,
                        lambda conn, cert, errno, depth, ok: True)
         return ctx
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class DialOutTLS:
+    """TLS 1.2+ client side of a session the gateway dials: the gateway's certificate is
+    the client certificate; the peer's certificate must carry the peer's registered key
+    (checked at handshake, since we know whom we dialled, and again at SYS.LOGON.RSP
+    exactly as for inbound sessions).  Chains and names are not checked: the registered
+    key is the peer's identity, as it is for inbound sessions."""
+
+    def __init__(self, identity: tuple[crypto.X509, crypto.PKey], peer: Peer) -> None:
+        self._identity = identity
+        self._peer = peer
+
+    def clientConnectionForTLS(self, tls_protocol: Any) -> SSL.Connection:
+        ctx = _tls_context(self._identity)
+        ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, self._verify)
+        return SSL.Connection(ctx, None)
+
+    def _verify(self, conn: Any, cert: crypto.X509, errno: int, depth: int, ok: int) -> bool:
+        if depth > 0:
+            return True  # only the leaf's key matters
+        if signer_id(cert.to_cryptography().public_key()) == self._peer.signer:
+            return True
+        log.warning("dial-out to %s: its TLS certificate is not %s's registered key",
+                    self._peer.party, self._peer.party)
+        return False
 
 
 class GatewayService(service.MultiService):
@@ -223,11 +283,15 @@ class GatewayService(service.MultiService):
         self.tls = config.tls if tls is None else tls
         self._tls_context = PeerCertificateContext(self.keystore) if self.tls else None
         self.port: Any = None
+        identity = _own_identity(self.keystore) if self.tls else None
         for peer in self.keystore.peers():
             if peer.connect:
                 h, p = split_host_port(peer.connect)
-                ep = endpoints.HostnameEndpoint(reactor, h, p)
-                internet.ClientService(ep, OutboundFactory(self.factory, peer),
+                ep: Any = endpoints.HostnameEndpoint(reactor, h, p)
+                if identity is not None:  # --tls covers the sessions we dial too
+                    ep = endpoints.wrapClientTLS(DialOutTLS(identity, peer), ep)
+                internet.ClientService(ep, OutboundFactory(self.factory, peer,
+                                                           tls=identity is not None),
                                        clock=reactor).setServiceParent(self)
         self._ticker = task.LoopingCall(self.factory.tick)
         self._ticker.clock = reactor
@@ -250,8 +314,10 @@ class GatewayService(service.MultiService):
 
     @defer.inlineCallbacks
     def stopService(self):  # type: ignore[no-untyped-def]
-        """Stop accepting, let in-flight requests be answered or time out, flush."""
+        """Stop accepting (connections, and new requests on open sessions: S902), let
+        in-flight requests be answered or time out, flush."""
         log.info("gateway stopping: draining %d in-flight request(s)", len(self.gateway.pending))
+        self.gateway.start_draining()
         yield self.port.stopListening()
         deadline = self.reactor.seconds() + self.config.relay_timeout_seconds + 1
         while self.gateway.pending and self.reactor.seconds() < deadline:

@@ -140,6 +140,7 @@ class Session:
         self._key_seq = 0
         self.inflight = 0
         self._link_closed = False
+        self._journaled_in = False
         if connect_to is not None:
             self._send_logon(connect_to)
 
@@ -177,18 +178,19 @@ class Session:
 
     def receive_payload(self, payload: bytes) -> None:
         self.last_heard = self.owner.now()
+        self._journaled_in = False  # a refusal journals the raw payload unless this is set
         xml: bytes | None = None
         try:
             envelope, xml = split_payload(payload)
             message = parse_message(xml)
             self._dispatch(envelope, message)
         except GatewayError as exc:
-            self._refuse(exc, xml)
+            self._refuse(exc, xml, payload)
         except Exception:  # never let one message take the gateway down
             log.exception("session %s: internal error handling a message", self.session_id)
             from .errors import InternalError
 
-            self._refuse(InternalError("internal error"), xml)
+            self._refuse(InternalError("internal error"), xml, payload)
 
     def _dispatch(self, envelope: Envelope, message: Message) -> None:
         msg_type = message.type
@@ -462,14 +464,30 @@ class Session:
 
     def _journal_in(self, envelope: Envelope, message: Message) -> None:
         head = message.head
+        self._journaled_in = True
         self.owner.journal.log_message(self.owner.now(), "IN", self.session_id, self.party,
                                        head.type, head.msg_id, head.ref_id, envelope.format(),
                                        message.xml)
 
+    def _journal_refused(self, payload: bytes, root: Any | None, msg_id: str | None) -> None:
+        """§3 evidence of a refused message: its exact bytes (a whole frame payload, so at
+        most ``max_frame_bytes``; written in the turn's transaction like everything else),
+        with whatever of its head could be read.  ``party`` is the session's logged-on
+        party, as for every inbound row (NULL before logon: an unverified From is only in
+        the xml).  Without an LF the payload is kept whole as the envelope."""
+        cut = payload.find(b"\n")
+        envelope, xml = (payload, b"") if cut < 0 else (payload[:cut], payload[cut + 1:])
+        self.owner.journal.log_message(
+            self.owner.now(), "IN", self.session_id, self.party,
+            _head_token(root, "Type"), msg_id, _head_token(root, "RefId"), envelope, xml)
+
     # --- refusals and closing -----------------------------------------------------
-    def _refuse(self, exc: GatewayError, xml: bytes | None) -> None:
-        """Log the refusal, answer SYS.ERROR, and close if the stream or logon is bad."""
-        ref, sender = exc.ref_msg_id, None
+    def _refuse(self, exc: GatewayError, xml: bytes | None,
+                payload: bytes | None = None) -> None:
+        """Log the refusal, journal what was refused, answer SYS.ERROR, and close if the
+        stream or logon is bad.  ``payload`` is None for a framing error (bad LEN): then
+        there is no message to keep."""
+        ref, sender, root = exc.ref_msg_id, None, None
         if xml is not None:
             try:
                 root = parse_xml(xml)
@@ -477,6 +495,8 @@ class Session:
                 sender = read_from(root)
             except GatewayError:
                 pass
+        if payload is not None and not self._journaled_in:
+            self._journal_refused(payload, root, ref)
         log.warning("session %s: %s refused message%s: %s %s", self.session_id,
                     self.party or "peer", f" {ref}" if ref else "", exc.code, exc.text)
         closing = exc.closes_session or (
@@ -501,6 +521,16 @@ class Session:
         self.state = CLOSED
         self.owner.session_closed(self)
         self.owner.journal.after_commit(self._close_link)
+
+
+def _head_token(root: Any | None, name: str) -> str | None:
+    """Best effort Head/``name`` of a refused document: a short ASCII token, or None."""
+    if root is None:
+        return None
+    text = root.findtext(f"{{urn:sbdx:1}}Head/{{urn:sbdx:1}}{name}")
+    if text and len(text) <= 40 and text.isascii() and text.replace(".", "").isalnum():
+        return text
+    return None
 
 
 def new_session_id(random_bytes: Callable[[int], bytes] = secrets.token_bytes) -> str:

@@ -70,3 +70,17 @@ def signed(bank: TestPeer, broker: TestPeer, biz_sn: str = "S1", **kw: str) -> F
                encrypt=("IdNo", "Phone"), AgreementNo="AG" + biz_sn)
     assert rsp.body["Result"] == "0000", rsp.body
     return rsp
+
+
+def accept_gateway_logon(bank: TestPeer) -> Frame:
+    """The bank side of a session the gateway dialled: answer its LOGON and KEYX, then
+    echo once, so the session is surely keyed at the gateway before the test goes on."""
+    logon = bank.recv("SYS.LOGON.REQ")
+    bank.verify_from_gateway(logon)  # signed by the gateway's long-term key
+    bank.send("SYS.LOGON.RSP", [("Result", "0000"), ("ResultText", "welcome"),
+                                ("SessionId", "B1"), ("Nonce", "cd" * 16),
+                                ("TradeDate", "2026-11-25")], mac=False,
+              ref=logon.head("MsgId"))
+    bank.answer_keyx(bank.recv("SYS.KEYX.REQ"))  # the gateway keys at once when it dialled
+    assert bank.request("SYS.ECHO.REQ", [("Text", "keyed")]).body["Text"] == "keyed"
+    return logon

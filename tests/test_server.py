@@ -1,6 +1,9 @@
 """`gateway serve` over real loopback sockets: sessions, relay, journal, codes (§1–§7)."""
 from __future__ import annotations
 
+import os
+import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -9,7 +12,7 @@ import time
 import pytest
 
 from conftest import BANK, BROKER, RunningGateway, make_home
-from flows import FUND, WALLET, signed
+from flows import FUND, WALLET, accept_gateway_logon, signed
 from peer import TestPeer, now_iso
 
 
@@ -324,3 +327,168 @@ def test_serve_is_the_party_init_named(tmp_path) -> None:  # type: ignore[no-unt
     out = subprocess.run([sys.executable, "-m", "gateway", "--home", str(home.root), "serve"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 1 and "differs from GW02" in out.stderr, out.stderr
+
+
+def framed(payload: bytes) -> bytes:
+    return b"%08d" % len(payload) + payload
+
+
+def journal_of(gw: RunningGateway) -> sqlite3.Connection:
+    return sqlite3.connect(gw.home.root / "data" / "journal.sqlite3")
+
+
+def register_dialled_bank(home, port: int) -> None:  # type: ignore[no-untyped-def]
+    from cryptography.hazmat.primitives import serialization
+
+    from gateway.keystore import KeyStore
+
+    pem = home.keys[BANK].public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    KeyStore(home.root / "keys").add_peer(BANK, "BANK", pem, connect=f"127.0.0.1:{port}")
+
+
+def test_a_refused_message_is_kept_in_the_journal_as_evidence(pair) -> None:  # type: ignore[no-untyped-def]
+    """§3: the gateway keeps the bytes and envelope of everything it received, refused
+    messages too: exactly as received, with what of the head could be read."""
+    gw, bank, broker = pair
+    msg_id, xml = broker.build("XFER.OUT.REQ", xfer("E1"), to=BANK)
+    payload = broker.frame(xml)[8:]
+    mac_at = payload.index(b"HS256:") + 6
+    wrong = b"B" if payload[mac_at:mac_at + 1] == b"A" else b"A"
+    payload = payload[:mac_at] + wrong + payload[mac_at + 1:]
+    broker.send_raw(framed(payload))
+    err = broker.recv("SYS.ERROR")
+    assert (err.body["Code"], err.body["RefMsgId"]) == ("E200", msg_id)
+    db = journal_of(gw)
+    envelope = payload.split(b"\n", 1)[0]
+    kept = db.execute("SELECT direction, party, msg_type, ref_id, envelope, xml FROM message"
+                      " WHERE msg_id=?", (msg_id,)).fetchall()
+    assert kept == [("IN", BROKER, "XFER.OUT.REQ", None, envelope, xml)]
+    # not well-formed (E110), a bad envelope line (E100): kept, their head unknown (NULL)
+    for junk, code in ((envelope + b"\n<Msg", "E110"), (b"SBDX2 what\n<Msg/>", "E100")):
+        broker.send_raw(framed(junk))
+        assert broker.recv("SYS.ERROR").body["Code"] == code
+        env, rest = junk.split(b"\n", 1)
+        rows = db.execute("SELECT party, msg_type, msg_id FROM message WHERE direction='IN'"
+                          " AND envelope=? AND xml=?", (env, rest)).fetchall()
+        assert rows == [(BROKER, None, None)], (code, rows)
+    # refused after it was journaled (E208): kept once, not twice
+    rsp = bank.request("PAY.ORDER.REQ", [("BizSn", "P1"), ("OrderNo", "O1"),
+                                         ("WalletId", WALLET), ("Amount", "10.00"),
+                                         ("Ccy", "CNY"), ("ProductCode", "L2"),
+                                         ("ProductKind", "LEVEL2"),
+                                         ("ServiceEnd", "2026-12-31")], to=BROKER)
+    assert rsp.body["Code"] == "E208"
+    refused = db.execute("SELECT count(*) FROM message WHERE direction='IN' AND msg_id=?",
+                         (rsp.body["RefMsgId"],)).fetchone()[0]
+    assert refused == 1
+
+
+def test_a_flood_of_refused_frames_is_journaled_without_growing_memory(pair) -> None:  # type: ignore[no-untyped-def]
+    """Each refused frame is written to the journal in its turn's transaction and
+    dropped: 30 MiB of refused 256 KiB frames leave the gateway's memory where it was."""
+    import re
+    from pathlib import Path
+
+    gw, bank, broker = pair
+    bad = gw.peer(BROKER).open_session()
+    junk = framed(b"SBDX1 - - -\n<Msg>" + b"x" * (256 * 1024))  # E110, not well-formed
+
+    def flood(n: int) -> None:
+        for _ in range(n):
+            bad.send_raw(junk)
+        for _ in range(n):
+            assert bad.recv("SYS.ERROR", timeout=30).body["Code"] == "E110"
+
+    def rss_kib() -> int:
+        status = Path(f"/proc/{gw.proc.pid}/status").read_text()
+        return int(re.search(r"VmRSS:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
+
+    flood(20)  # warm up: buffers, SQLite page cache
+    before = rss_kib()
+    flood(120)
+    assert rss_kib() - before < 12 * 1024, (before, rss_kib())
+    kept = journal_of(gw).execute("SELECT count(*), max(length(xml)) FROM message WHERE "
+                                  "direction='IN' AND msg_type IS NULL").fetchone()
+    assert kept == (140, len(junk) - 8 - len(b"SBDX1 - - -\n"))
+    assert bad.request("SYS.ECHO.REQ", [("Text", "alive")]).body["Text"] == "alive"
+
+
+def test_a_relayed_type_sent_to_the_gateway_itself_is_e208(pair) -> None:  # type: ignore[no-untyped-def]
+    gw, bank, broker = pair
+    rsp = broker.request("XFER.OUT.REQ", xfer("G1"), to="GW01")
+    assert (rsp.type, rsp.body["Code"]) == ("SYS.ERROR", "E208"), rsp.body
+    assert "GW01 does not answer it" in rsp.body["Text"]
+    unknown = broker.request("XFER.OUT.REQ", xfer("G2"), to="NOBODY")
+    assert (unknown.type, unknown.body["Code"]) == ("SYS.ERROR", "E203")
+    with pytest.raises(TimeoutError):
+        bank.recv("XFER.OUT.REQ", timeout=0.8)
+
+
+def test_logon_with_a_bad_or_missing_signature_is_e202_and_closed(start_gateway) -> None:  # type: ignore[no-untyped-def]
+    gw = start_gateway()
+    for tampered in (True, False):
+        broker = gw.peer(BROKER).connect()
+        msg_id, xml = broker.build("SYS.LOGON.REQ", [
+            ("PartyId", BROKER), ("Role", "BROKER"), ("Nonce", os.urandom(16).hex()),
+            ("HeartbeatSec", 30)])
+        frame = broker.frame(xml, mac=False, sign=tampered)
+        if tampered:
+            at = frame.index(b"ES256:") + 6 + 17 + 10
+            frame = frame[:at] + (b"A" if frame[at:at + 1] != b"A" else b"B") + frame[at + 1:]
+        broker.send_raw(frame)
+        err = broker.recv("SYS.ERROR")
+        assert (err.body["Code"], err.body["RefMsgId"]) == ("E202", msg_id), err.body
+        assert broker.closed_by_gateway()
+        kept = journal_of(gw).execute("SELECT party, msg_type FROM message WHERE direction='IN'"
+                                      " AND msg_id=?", (msg_id,)).fetchall()
+        assert kept == [(None, "SYS.LOGON.REQ")]  # evidence; no party was logged on
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_drain_refuses_new_work_times_out_what_is_held_and_exits_zero(start_gateway,
+                                                                       signum) -> None:  # type: ignore[no-untyped-def]
+    """During the drain a new request gets S902; the one the bank holds is answered B330
+    when it times out, its reversal stays queued in the journal, and serve exits 0."""
+    gw = start_gateway(relay_timeout_seconds=2.0)
+    bank = gw.peer(BANK).open_session()
+    broker = gw.peer(BROKER).open_session()
+    signed(bank, broker)
+    held = broker.send("XFER.OUT.REQ", xfer("H1"), to=BANK)
+    bank.recv("XFER.OUT.REQ")  # the bank never answers
+    gw.proc.send_signal(signum)
+    gw.wait_for_log("new requests to relay are refused")
+    busy = broker.request("XFER.OUT.REQ", xfer("H2"), to=BANK)
+    assert busy.body["Result"] == "S902" and "shutting down" in busy.body["ResultText"]
+    assert broker._answer_to(held, "XFER.OUT.REQ").body["Result"] == "B330"
+    assert gw.proc.wait(30) == 0
+    assert "journal flushed" in gw.log_text()
+    db = journal_of(gw)
+    assert db.execute("SELECT state FROM record WHERE biz_sn='H1'").fetchall() == [("REVERSING",)]
+    assert db.execute("SELECT state FROM reversal WHERE biz_sn='H1'").fetchall() == [("QUEUED",)]
+    assert db.execute("SELECT count(*) FROM record WHERE biz_sn='H2'").fetchone()[0] == 0
+    relayed = db.execute("SELECT count(*) FROM message WHERE direction='OUT' AND "
+                         "msg_type='XFER.OUT.REQ'").fetchone()[0]
+    assert relayed == 1
+
+
+def test_dial_out_reconnects_after_the_peer_drops(home, start_gateway) -> None:  # type: ignore[no-untyped-def]
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    listener.settimeout(15)
+    register_dialled_bank(home, listener.getsockname()[1])
+    gw = start_gateway()
+    broker = gw.peer(BROKER).open_session()
+    for attempt in range(2):
+        conn, _ = listener.accept()  # the first dial, then the redial after the drop
+        bank = gw.peer(BANK)
+        bank.sock = conn
+        accept_gateway_logon(bank)
+        if attempt == 0:
+            signed(bank, broker)
+        msg_id = broker.send("XFER.OUT.REQ", xfer(f"RC{attempt}"), to=BANK)
+        bank_answers(bank)
+        assert broker._answer_to(msg_id, "XFER.OUT.REQ").body["Result"] == "0000"
+        conn.close()  # the bank drops the connection
+    listener.close()
