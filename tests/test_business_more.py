@@ -70,6 +70,26 @@ def test_a_receiver_slower_than_the_retry_interval_still_completes_the_reversal(
     assert log.count("REVERSED") == 1 and "answers no request" not in log, log
 
 
+def test_an_answer_to_an_attempt_from_before_a_restart_completes_the_reversal(
+        start_gateway) -> None:  # type: ignore[no-untyped-def]
+    settings = dict(relay_timeout_seconds=1.0, reversal_retry_initial_seconds=0.5,
+                    reversal_retry_max_seconds=1.0)
+    gw = start_gateway(**settings)
+    bank = gw.peer(BANK).open_session()
+    broker = gw.peer(BROKER).open_session()
+    signed(bank, broker)
+    timed_out(bank, broker, "T4")
+    before = bank.recv("XFER.REVERSE.REQ", timeout=5)
+    gw.kill()
+    gw2 = start_gateway(**settings)
+    bank2 = gw2.peer(BANK).open_session()
+    after = bank2.recv("XFER.REVERSE.REQ", timeout=10)  # the retry: left unanswered
+    assert after.head("MsgId") != before.head("MsgId")
+    ack_reversal(bank2, before)  # the bank answers the attempt it got before the restart
+    gw2.wait_for_log(r"acknowledged \(0000\): REVERSED")
+    assert status(gw2.peer(BROKER).open_session(), "T4", "XFER.OUT") == "REVERSED"
+
+
 def test_a_reversal_the_receiver_drops_once_is_retried_and_completes(day) -> None:  # type: ignore[no-untyped-def]
     gw, bank, broker = day
     signed(bank, broker)
