@@ -2,6 +2,9 @@
 heartbeat floods — memory stays bounded and other sessions keep working."""
 from __future__ import annotations
 
+import os
+import re
+import select
 import socket
 import time
 from pathlib import Path
@@ -143,3 +146,103 @@ def test_requests_beyond_the_in_flight_limit_get_s902_and_nothing_is_lost(start_
     again = broker.send("XFER.IN.REQ", xfer("Q3", amount="1.00"), to=BANK)
     answer(bank)
     assert broker._answer_to(again, "XFER.IN.REQ").body["Result"] == "0000"
+
+
+def fd_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def reading_pair(gw):  # type: ignore[no-untyped-def]
+    bank = gw.peer(BANK).open_session()
+    broker = gw.peer(BROKER).open_session()
+    return bank, broker
+
+
+def test_a_bank_that_stops_reading_relayed_requests_is_closed_at_the_send_buffer_limit(
+        start_gateway) -> None:  # type: ignore[no-untyped-def]
+    """The broker pushes relayed requests at a bank session that logged on and then stopped
+    reading: once ``max_send_buffer_bytes`` are queued for it the gateway closes it, so
+    its memory stays bounded; the other sessions keep working."""
+    limit = 2 * 1024 * 1024
+    gw = start_gateway(max_send_buffer_bytes=limit, max_inflight_per_session=1_000_000,
+                       relay_timeout_seconds=120.0)
+    slow = gw.peer(BANK)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: small window
+    sock.connect(("127.0.0.1", gw.port))
+    slow.sock = sock
+    assert slow.logon().body["Result"] == "0000"
+    slow.keyx()
+    broker = gw.peer(BROKER).open_session()
+    signed(slow, broker)
+    for i in range(1000):  # warm up (journal cache, allocator) while the bank still reads
+        msg_id = broker.send("XFER.IN.REQ", xfer(f"W{i}", amount="1.00"), to=BANK)
+        answer(slow)
+        assert broker._answer_to(msg_id, "XFER.IN.REQ").body["Result"] == "0000"
+    time.sleep(0.5)
+    before = rss_kib(gw.proc.pid)
+    pushed = 0
+    memo = [("Memo", "m" * 60)]
+    while pushed < 30_000:  # the bank reads nothing from here on
+        broker.send("XFER.IN.REQ", xfer(f"P{pushed}", amount="1.00") + memo, to=BANK)
+        pushed += 1
+        if pushed % 100 == 0 and "does not read" in gw.log_text():
+            break
+    line = gw.wait_for_log(r"peer CCB does not read: \d+ bytes queued, closing", timeout=10)
+    queued = int(re.search(r"read: (\d+) bytes", line).group(1))  # type: ignore[union-attr]
+    assert limit < queued <= limit + 4096, queued  # closed at the limit, not later
+    time.sleep(0.5)
+    grown = rss_kib(gw.proc.pid) - before
+    # most of it is the thousands of relayed requests still pending (~1 KiB each): the
+    # buffer itself is one limit; unbounded, the same push grows the gateway by ~50 MiB
+    assert grown * 1024 < 8 * limit, f"gateway grew {grown} KiB while {pushed} were pushed"
+    # the gateway works through the rest of the push (S901: no bank), then serves anew
+    echo = broker.request("SYS.ECHO.REQ", [("Text", "caught up")])
+    assert echo.body["Text"] == "caught up"
+    bank, other = reading_pair(gw)
+    assert round_trip_ms(bank, other, "AFTER1") < 2000
+
+
+def test_hundreds_of_connections_stay_bounded_in_fds_and_return_to_baseline(
+        start_gateway) -> None:  # type: ignore[no-untyped-def]
+    """Open 250 connections (within ``max_connections`` = 300, with the healthy pair),
+    then 100 more (beyond it): the gateway's fds stay bounded by the limit, the extra
+    ones are closed at once, a healthy round trip still works, and when they all close
+    the fd count returns to its baseline."""
+    gw = start_gateway(max_connections=300)
+    bank, broker = reading_pair(gw)
+    signed(bank, broker)
+    assert round_trip_ms(bank, broker, "F0") < 2000
+    pid = gw.proc.pid
+    baseline = fd_count(pid)
+    inside = [socket.create_connection(("127.0.0.1", gw.port), timeout=5) for _ in range(250)]
+    deadline = time.monotonic() + 10
+    while fd_count(pid) < baseline + 250 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert baseline + 250 <= fd_count(pid) <= baseline + 260
+    assert round_trip_ms(bank, broker, "F1") < 2000
+    beyond = [socket.create_connection(("127.0.0.1", gw.port), timeout=5) for _ in range(100)]
+    refused: set[socket.socket] = set()
+    deadline = time.monotonic() + 3
+    while len(refused) < 100 - (300 - 252) and time.monotonic() < deadline:
+        readable, _, _ = select.select([s for s in beyond if s not in refused], [], [], 0.2)
+        for s in readable:  # closed by the gateway: EOF or reset
+            try:
+                assert s.recv(100) == b""
+            except ConnectionResetError:
+                pass
+            refused.add(s)
+    assert len(refused) == 100 - (300 - 252), len(refused)
+    accepted = [s for s in beyond if s not in refused]  # within the limit: left open
+    assert select.select(accepted, [], [], 0.3)[0] == []
+    gw.wait_for_log("connection limit 300 reached")
+    peak = fd_count(pid)
+    assert peak <= baseline + (300 - 2) + 10, (baseline, peak)
+    assert round_trip_ms(bank, broker, "F2") < 2000
+    for s in inside + beyond:
+        s.close()
+    deadline = time.monotonic() + 10
+    while fd_count(pid) > baseline + 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert fd_count(pid) <= baseline + 2, (baseline, fd_count(pid))
+    assert round_trip_ms(bank, broker, "F3") < 2000
