@@ -1,7 +1,8 @@
 """Crash consistency under load (issue 9): the gateway is SIGKILLed at random moments
 while transfers flow through it to a real bank simulator; after restarts and
 reversals every BizSn is in exactly one final state and both sides agree — the books,
-and the bank's end-of-day XFER file (§8), which reconciles with 0 discrepancies."""
+and the bank's end-of-day files (§8: XFER, SIGN, PAY, OTC), which reconcile with 0
+discrepancies."""
 from __future__ import annotations
 
 import datetime as dt
@@ -18,9 +19,10 @@ from typing import Any
 
 import pytest
 
-from gateway.eod import check_command, write_file
+from gateway.eod import check_command
 from gateway.keystore import KeyStore, load_signer
 from gateway.sim.bank import BankBook
+from gateway.sim.eod import write_bank_files
 from gateway.sim.ledger import Ledger
 from gateway.sim.runtime import ensure_key, key_file
 
@@ -65,17 +67,16 @@ def settle(broker: TestPeer, sent: dict[str, str], answers: dict[str, str]) -> N
             answers[sn] = rsp.body.get("Result", rsp.body.get("Code"))
 
 
-def bank_xfer_file(sim_home: Path, out: Path, day: dt.date) -> Path:
-    """The bank's signed §8 XFER file of ``day`` with the broker, from the sim's ledger
-    (as the demo's end of day writes it)."""
+def bank_files(sim_home: Path, out: Path, day: dt.date) -> list[Path]:
+    """The bank's four signed §8 files of ``day`` with the broker (XFER, SIGN, PAY, OTC),
+    from the sim's ledger, by the code `gateway sim bank --eod-dir` writes them with."""
     ledger = Ledger(sim_home / "data" / "CCB-ledger.sqlite3")
     try:
         book = BankBook(ledger, "CCB", day.isoformat, lambda: dt.datetime.now(CN).isoformat())
-        records = book.xfer_records(day.isoformat(), BROKER, "GW01")
+        return write_bank_files(book, out, day, BROKER, "GW01",
+                                load_signer(key_file(sim_home, "CCB")), dt.datetime.now(CN))
     finally:
         ledger.db.close()
-    return write_file(out, "XFER", "CCB", BROKER, day, records,
-                      load_signer(key_file(sim_home, "CCB")), dt.datetime.now(CN))
 
 
 def eod_check(gateway_home: Path, path: Path, capsys: pytest.CaptureFixture[str]
@@ -163,14 +164,16 @@ def test_sigkill_under_load_loses_nothing_and_moves_nothing_twice(home, start_ga
             " 'XFER.%'")]
         listed = 0
         for day in days:
-            code, report = eod_check(home.root, bank_xfer_file(sim_home, tmp_path / "eod", day),
-                                     capsys)
-            assert report["valid"] is True, report["reason"]
-            problems = {k: report[k] for k in ("missing_in_file", "extra_in_file", "mismatched")}
-            assert problems == {"missing_in_file": [], "extra_in_file": [], "mismatched": []}, \
-                problems
-            assert report["matched"] == report["records"] and code == 0
-            listed += report["records"]
+            for path in bank_files(sim_home, tmp_path / "eod", day):  # XFER, SIGN, PAY, OTC
+                code, report = eod_check(home.root, path, capsys)
+                assert report["valid"] is True, report["reason"]
+                problems = {k: report[k] for k in ("missing_in_file", "extra_in_file",
+                                                   "mismatched")}
+                assert problems == {"missing_in_file": [], "extra_in_file": [],
+                                    "mismatched": []}, (path.name, problems)
+                assert report["matched"] == report["records"] and code == 0
+                if path.name.startswith("XFER_"):
+                    listed += report["records"]
         # a request lost in the killed gateway's send buffer never reached the bank, so
         # the bank's file does not list it; the gateway reversed it (docs/eod.md)
         unseen = set(sent) - set(booked)
