@@ -3,7 +3,7 @@
     python bench/eod_check.py [--records N] [--dir DIR] [--discrepancy]
 
 Generates (in a child process, so its memory does not count) a key store with the
-bank registered, a journal holding the day's N transfers, and the bank's signed
+bank registered, a journal holding the day's N transfers (each with a ~1 KB stored answer, as the gateway keeps), and the bank's signed
 XFER file listing the same N transfers; then runs the full check and reconciliation
 in this process and prints records/s and the peak RSS (ru_maxrss) of this process.
 
@@ -66,8 +66,11 @@ def journal_rows(n: int) -> Iterator[tuple[object, ...]]:
                      sweep_ref=f"SW{i:09d}" if direction == "IN" else None)
         yield (rec.origin, rec.biz_type, rec.biz_sn, rec.receiver, rec.msg_id,
                rec.content_hash, rec.state, rec.trade_date, rec.amount_fen, rec.fund_acct,
-               rec.wallet_id, rec.bank_sn, rec.sweep_ref, 1_790_000_000.0 + i,
+               rec.wallet_id, rec.bank_sn, rec.sweep_ref, i + 1, 1_790_000_000.0 + i,
                1_790_000_000.0 + i)
+
+
+RESPONSE = b"<Msg>" + b"x" * 1000 + b"</Msg>"  # the stored answer, ~1 KB as in a real journal
 
 
 def generate(root: Path, n: int, discrepancy: bool = False) -> Path:
@@ -82,8 +85,10 @@ def generate(root: Path, n: int, discrepancy: bool = False) -> Path:
     db.execute("PRAGMA synchronous=OFF")
     db.executemany("INSERT INTO record (origin, biz_type, biz_sn, receiver, msg_id, "
                    "content_hash, state, trade_date, amount_fen, fund_acct, wallet_id, "
-                   "bank_sn, sweep_ref, created_at, updated_at) "
-                   "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", journal_rows(n))
+                   "bank_sn, sweep_ref, response_id, created_at, updated_at) "
+                   "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", journal_rows(n))
+    db.executemany("INSERT INTO response (id, xml) VALUES (?, ?)",
+                   ((i + 1, RESPONSE) for i in range(n)))
     db.commit()
     db.close()
     created = dt.datetime(2026, 11, 25, 18, 0, tzinfo=CST)

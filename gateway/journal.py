@@ -110,11 +110,17 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # 2: records clustered by trade date (an end-of-day check reads one day's records as
     # one range of the table instead of an index probe per record: ~6x faster), the
-    # idempotency key (From, Type, BizSn) kept unique by its own index, and each record's
+    # idempotency key (From, Type, BizSn) kept unique by its own index, each record's
     # end-of-day line without Time (PROTOCOL §8, as `gateway eod export` writes it)
     # computed by SQLite on every insert and update, so the day's lines are read, never
-    # rebuilt, when a file is reconciled (gateway/eod/fingerprint.py).  SQL frozen here.
+    # rebuilt, when a file is reconciled (gateway/eod/fingerprint.py); and the stored
+    # answer (~1 KB of XML) moved out of the record row into `response`, so a record
+    # (~250 bytes) never spills into overflow pages of the clustered b-tree.  Frozen SQL.
     """
+    CREATE TABLE response (id INTEGER PRIMARY KEY, xml BLOB NOT NULL);
+    INSERT INTO response (id, xml)
+        SELECT row_number() OVER (ORDER BY origin, biz_type, biz_sn), response_xml
+        FROM record WHERE response_xml IS NOT NULL;
     CREATE TABLE record_v2 (
         origin TEXT NOT NULL,
         biz_type TEXT NOT NULL,
@@ -126,7 +132,7 @@ MIGRATIONS: tuple[str, ...] = (
         trade_date TEXT NOT NULL,
         amount_fen INTEGER,
         result TEXT,
-        response_xml BLOB,
+        response_id INTEGER,
         fund_acct TEXT,
         wallet_id TEXT,
         order_no TEXT,
@@ -174,11 +180,13 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (trade_date, origin, biz_type, biz_sn)
     ) WITHOUT ROWID;
     INSERT INTO record_v2 (origin, biz_type, biz_sn, receiver, msg_id, content_hash, state,
-        trade_date, amount_fen, result, response_xml, fund_acct, wallet_id, order_no,
+        trade_date, amount_fen, result, response_id, fund_acct, wallet_id, order_no,
         product_code, service_end, orig_type, orig_from, orig_biz_sn, bank_sn, sweep_ref,
         book_date, agreement_no, created_at, updated_at)
     SELECT origin, biz_type, biz_sn, receiver, msg_id, content_hash, state,
-        trade_date, amount_fen, result, response_xml, fund_acct, wallet_id, order_no,
+        trade_date, amount_fen, result, CASE WHEN response_xml IS NOT NULL THEN row_number()
+            OVER (PARTITION BY response_xml IS NULL ORDER BY origin, biz_type, biz_sn) END,
+        fund_acct, wallet_id, order_no,
         product_code, service_end, orig_type, orig_from, orig_biz_sn, bank_sn, sweep_ref,
         book_date, agreement_no, created_at, updated_at FROM record;
     DROP TABLE record;
@@ -264,12 +272,17 @@ class Reversal:
 
 
 _RECORD_COLUMNS = ", ".join(f.name for f in fields(Record))
+#: The stored answer lives in table ``response`` (schema v2); read back in place.
+_RECORD_SELECT = _RECORD_COLUMNS.replace(
+    "response_xml", "(SELECT xml FROM response WHERE id = record.response_id)", 1)
+_INSERT_FIELDS = tuple("response_id" if f.name == "response_xml" else f.name
+                       for f in fields(Record))
 _AGREEMENT_COLUMNS = ", ".join(f.name for f in fields(Agreement))
 _REVERSAL_COLUMNS = ", ".join(f.name for f in fields(Reversal))
 _RECORD_FIELDS = tuple(f.name for f in fields(Record))
 _AGREEMENT_FIELDS = tuple(f.name for f in fields(Agreement))
 _REVERSAL_FIELDS = tuple(f.name for f in fields(Reversal))
-_INSERT_RECORD = (f"INSERT INTO record ({_RECORD_COLUMNS}, created_at, updated_at)"
+_INSERT_RECORD = (f"INSERT INTO record ({', '.join(_INSERT_FIELDS)}, created_at, updated_at)"
                   f" VALUES ({','.join('?' * (len(_RECORD_FIELDS) + 2))})")
 
 
@@ -277,6 +290,8 @@ def _values(row: object, names: tuple[str, ...]) -> tuple[object, ...]:
     """A flat dataclass as a tuple (``astuple`` deep-copies every field: slow)."""
     return tuple(getattr(row, name) for name in names)
 
+
+_RESPONSE_AT = _RECORD_FIELDS.index("response_xml")
 
 _UPDATABLE = frozenset({"state", "result", "response_xml", "bank_sn", "sweep_ref", "book_date",
                         "agreement_no"})
@@ -372,7 +387,7 @@ class Journal:
 
     # --- business records -----------------------------------------------------
     def _records(self, where: str, args: tuple[object, ...]) -> list[Record]:
-        rows = self._db.execute(f"SELECT {_RECORD_COLUMNS} FROM record WHERE {where}", args)
+        rows = self._db.execute(f"SELECT {_RECORD_SELECT} FROM record WHERE {where}", args)
         return [Record(*r) for r in rows]
 
     def record(self, origin: str, biz_type: str, biz_sn: str) -> Record | None:
@@ -421,13 +436,23 @@ class Journal:
             (trade_date, *biz_types, parties[0], parties[1], parties[1], parties[0]))
 
     def insert_record(self, rec: Record, now: float) -> None:
-        self._write(_INSERT_RECORD, (*_values(rec, _RECORD_FIELDS), now, now))
+        values = [*_values(rec, _RECORD_FIELDS), now, now]
+        values[_RESPONSE_AT] = self._store_response(rec.response_xml)
+        self._write(_INSERT_RECORD, tuple(values))
+
+    def _store_response(self, xml: bytes | None) -> int | None:
+        """Keep an answer in ``response``; its id for ``record.response_id``."""
+        if xml is None:
+            return None
+        return self._write("INSERT INTO response (xml) VALUES (?)", (xml,)).lastrowid
 
     def update_record(self, key: tuple[str, str, str], now: float, **changes: object) -> None:
         """Change a record's mutable fields (None values leave a field as it is)."""
         bad = set(changes) - _UPDATABLE
         if bad:
             raise ValueError(f"record fields {sorted(bad)} cannot change")
+        if "response_xml" in changes:
+            changes["response_id"] = self._store_response(changes.pop("response_xml"))  # type: ignore[arg-type]
         sets = ", ".join(f"{k}=COALESCE(?, {k})" for k in changes)
         self._write(f"UPDATE record SET {sets}, updated_at=? WHERE origin=? AND biz_type=?"
                     " AND biz_sn=?", (*changes.values(), now, *key))

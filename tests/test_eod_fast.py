@@ -172,16 +172,25 @@ def test_v1_journal_migrates_keeping_records_and_gains_eod_lines(tmp_path: Path)
     db.executescript(MIGRATIONS[0] + "PRAGMA user_version=1;")
     db.execute("INSERT INTO record (origin, biz_type, biz_sn, receiver, msg_id, content_hash,"
                " state, trade_date, amount_fen, fund_acct, wallet_id, bank_sn, sweep_ref,"
-               " created_at, updated_at) VALUES ('GTJA','XFER.IN','X1','CCB','M1','h',"
-               "'SUCCEEDED','2026-11-25',10005,?,?,'B1','S1',1.0,1.0)", (FUND, WALLET))
+               " response_xml, created_at, updated_at) VALUES ('GTJA','XFER.IN','X1','CCB',"
+               "'M1','h','SUCCEEDED','2026-11-25',10005,?,?,'B1','S1',?,1.0,1.0)",
+               (FUND, WALLET, b"<Msg>answer</Msg>"))
+    db.execute("INSERT INTO record (origin, biz_type, biz_sn, receiver, msg_id, content_hash,"
+               " state, trade_date, created_at, updated_at) VALUES ('GTJA','CTS.SIGN','S1',"
+               "'CCB','M2','h','PENDING','2026-11-25',1.0,1.0)")
     db.close()
     journal = Journal(path)
     assert journal.schema_version == len(MIGRATIONS) == 2
     rec = journal.record("GTJA", "XFER.IN", "X1")
     assert rec is not None and rec.amount_fen == 10005 and rec.bank_sn == "B1"
+    assert rec.response_xml == b"<Msg>answer</Msg>"  # moved into table response
+    sign = journal.record("GTJA", "CTS.SIGN", "S1")
+    assert sign is not None and sign.response_xml is None
+    journal.update_record(sign.key, 2.0, state="SUCCEEDED", response_xml=b"<Msg>ok</Msg>")
+    assert journal.record(*sign.key).response_xml == b"<Msg>ok</Msg>"  # type: ignore[union-attr]
     journal.update_record(rec.key, 2.0, state="REVERSED")
     journal.flush()
-    line, = journal._db.execute("SELECT eod_line FROM record").fetchone()
+    line, = journal._db.execute("SELECT eod_line FROM record WHERE biz_sn='X1'").fetchone()
     assert line == f"D|X1|IN|{FUND}|{WALLET}|100.05|R|B1|S1"
     with pytest.raises(sqlite3.IntegrityError):  # (From, Type, BizSn) stays unique
         journal._db.execute("INSERT INTO record (origin, biz_type, biz_sn, receiver, msg_id,"

@@ -141,12 +141,18 @@ def test_rotation_after_rotate_seconds(tmp_path: Path) -> None:
     assert h.link.types().count("SYS.KEYX.REQ") == 2
 
 
-def test_business_message_before_logon_is_e207_and_nothing_is_journaled(harness: Harness) -> None:
+def test_message_before_logon_is_e207_kept_as_evidence_and_not_acted_on(
+        harness: Harness) -> None:
     harness.feed("SYS.ECHO.REQ", [("Text", "x")], mac=False)
     error = harness.link.frames[-1]
     assert error.body["Code"] == "E207" and error.head("To") == BROKER
-    assert list(harness.journal.messages()) != []  # our SYS.ERROR is journaled
-    assert all(row["direction"] == "OUT" for row in harness.journal.messages())
+    rows = list(harness.journal.messages())
+    inbound = [r for r in rows if r["direction"] == "IN"]
+    # §3: the refused bytes are kept as evidence, with no party (nobody has logged on)
+    assert len(inbound) == 1 and inbound[0]["party"] is None
+    assert inbound[0]["msg_type"] == "SYS.ECHO.REQ" and b"<Text>x</Text>" in inbound[0]["xml"]
+    assert [r["msg_type"] for r in rows if r["direction"] == "OUT"] == ["SYS.ERROR"]
+    assert harness.journal._db.execute("SELECT count(*) FROM seen_msg_id").fetchone()[0] == 0
 
 
 def test_msgids_are_remembered_for_the_retention_period_then_forgotten(tmp_path: Path) -> None:
