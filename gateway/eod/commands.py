@@ -16,6 +16,7 @@ from gateway.keystore import KeyStore, KeyStoreMissing
 from . import report as render
 from .check import Progress, check_file
 from .export import export_file
+from .reconcile import JournalTooOld
 from .watch import sweep
 
 EXIT_USAGE = 2
@@ -58,7 +59,7 @@ def check_command(home: Path, file: Path, as_json: bool = False) -> int:
     _interrupt_on_sigterm()
     try:
         report = check_file(Path(home), Path(file), _progress_bar())
-    except KeyStoreMissing as exc:
+    except (KeyStoreMissing, JournalTooOld) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_OPERATOR
     except KeyboardInterrupt:

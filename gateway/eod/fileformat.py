@@ -106,26 +106,28 @@ def kept_fields(file_type: str) -> tuple[str, ...]:
     return tuple(n for n, _ in LAYOUTS[file_type] if n != "Time")
 
 
-#: The run of D fields §8 compares unconditionally, per reconciled TYPE.  They are
-#: contiguous in the line, so the checker captures them as ONE string ("core",
-#: ``|f1|f2|…``) and the journal side builds the same string: equal cores = equal
-#: fields.  BankSn/SweepRef (compared where both hold one), ProductCode (not a
-#: compared field) and Time (never compared) stay outside the core.
+#: The D fields §8 compares unconditionally, per reconciled TYPE (BankSn/SweepRef are
+#: compared only where both sides hold one; ProductCode is not a compared field; Time
+#: never is).
 CORE_FIELDS: dict[str, tuple[str, ...]] = {
     "XFER": ("Direction", "FundAcct", "WalletId", "Amount", "Status"),
     "SIGN": ("Action", "FundAcct", "WalletId", "AgreementNo", "Status"),
     "PAY": ("OrderNo", "WalletId", "Amount", "Status"),
     "OTC": ("OrderNo", "CorpWalletId", "Amount", "Status", "BookDate"),
 }
+COMPARED_IF_BOTH = ("BankSn", "SweepRef")
 
 
 def row_fields(file_type: str) -> tuple[str, ...]:
-    """Names of the groups :func:`line_regex` captures, in order."""
+    """Names of the groups :func:`line_regex` captures, in order.
+
+    Reconciled types: the record's text without Time (``line``, what the journal keeps
+    as ``record.eod_line``), its BizSn and its Amount; BAL: every field but Time.
+    """
     if file_type not in CORE_FIELDS:
         return kept_fields(file_type)
-    core = CORE_FIELDS[file_type]
-    extras = tuple(n for n in kept_fields(file_type)[1:] if n not in core)
-    return ("BizSn", "core", *(("Amount",) if "Amount" in core else ()), *extras)
+    amount = ("Amount",) if "Amount" in field_names(file_type) else ()
+    return ("line", "BizSn", *amount)
 
 
 def _calendar(layout: Layout) -> Layout:
@@ -140,26 +142,27 @@ def _calendar(layout: Layout) -> Layout:
     return tuple(out)
 
 
+def _line_pattern(file_type: str, groups: tuple[str, ...]) -> re.Pattern[str]:
+    """A well-formed D line and its LF, capturing ``groups``; for reconciled types the
+    whole line without ``|Time`` is captured first, around them."""
+    layout = _calendar(LAYOUTS[file_type])
+    parts = [f"({rx})" if name in groups else f"(?:{rx})" for name, rx in layout]
+    sep = "\\|"
+    if file_type not in CORE_FIELDS:
+        return re.compile("^D" + sep + sep.join(parts) + "\n", re.MULTILINE)
+    if layout[-1][0] != "Time":
+        raise AssertionError(f"{file_type}: Time must be the last field")
+    return re.compile("^(D" + sep + sep.join(parts[:-1]) + ")" + sep + parts[-1] + "\n",
+                      re.MULTILINE)
+
+
 def line_regex(file_type: str) -> re.Pattern[str]:
     """One pattern for a well-formed D line and its LF, capturing :func:`row_fields`.
 
     Used with ``findall`` over a block of lines (one C call per block) and with
     ``fullmatch`` per line when a block holds a bad line.  Dates are calendar-exact.
     """
-    layout = _calendar(LAYOUTS[file_type])
-    core = CORE_FIELDS.get(file_type, ())
-    if core and tuple(n for n, _ in layout[1:1 + len(core)]) != core:
-        raise AssertionError(f"{file_type}: compared fields must follow BizSn contiguously")
-    parts = []
-    for name, rx in layout:
-        if name in core:
-            continue
-        parts.append(f"(?:{rx})" if name == "Time" else f"({rx})")
-    if core:
-        inner = "".join(f"\\|({rx})" if n == "Amount" else f"\\|(?:{rx})"
-                        for n, rx in layout[1:1 + len(core)])
-        parts[0] += f"({inner})"
-    return re.compile("^D\\|" + "\\|".join(parts) + "\n", re.MULTILINE)
+    return _line_pattern(file_type, row_fields(file_type))
 
 
 def record_text_regex(file_type: str) -> re.Pattern[str]:
@@ -168,11 +171,7 @@ def record_text_regex(file_type: str) -> re.Pattern[str]:
     That text is what the journal keeps per record (``record.eod_line``); with one
     group, ``findall`` over a block returns one string per line (gateway/eod/fingerprint.py).
     """
-    layout = _calendar(LAYOUTS[file_type])
-    if layout[-1][0] != "Time":
-        raise AssertionError(f"{file_type}: Time must be the last field")
-    fields = "\\|".join(f"(?:{rx})" for _, rx in layout[:-1])
-    return re.compile(f"^(D\\|{fields})\\|(?:{layout[-1][1]})\n", re.MULTILINE)
+    return _line_pattern(file_type, ())
 
 
 def fen(amount: str) -> int:

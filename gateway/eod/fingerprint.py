@@ -37,7 +37,7 @@ from gateway.signature import PublicKey
 
 from .fileformat import SUM_FIELD, TRAILER_RE, FileName, fen_text, record_text_regex
 from .mapping import BIZ_TYPES, FINAL_STATES, scope
-from .reconcile import Reconciliation
+from .reconcile import JOURNAL_SCHEMA_WITH_LINES, Reconciliation
 from .scan import MAX_LINE_BYTES
 from .signing import BadSignature, verify_file
 
@@ -46,7 +46,6 @@ READ_BYTES = 1 << 20
 #: held as a set of hashes; more than this and the exact check runs instead.
 OPTIONAL_MAX = 100_000
 FETCH_ROWS = 8192
-JOURNAL_SCHEMA_WITH_LINES = 2
 
 Progress = Callable[[int, int], None]
 

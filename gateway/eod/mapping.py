@@ -7,7 +7,6 @@ exporter; never compared).
 """
 from __future__ import annotations
 
-from .fileformat import CORE_FIELDS, LAYOUTS
 
 FINAL_STATES = ("SUCCEEDED", "FAILED", "REVERSED")
 
@@ -32,12 +31,6 @@ _COMMON = {"BizSn": "biz_sn", "FundAcct": "fund_acct", "WalletId": "wallet_id",
                         "ELSE 'REV' END",
            "Action": "CASE biz_type WHEN 'CTS.SIGN' THEN 'SIGN' ELSE 'UNSIGN' END"}
 
-#: Compared only where both sides hold a value (the rest of §8's list is the
-#: "core" of fileformat.CORE_FIELDS; ProductCode is not compared, Time never is).
-COMPARED_IF_BOTH = ("BankSn", "SweepRef")
-
-NEVER_NULL = ("Direction", "Action", "Status")  # CASE expressions over NOT NULL columns
-
 #: Whether the file must list a journal record (``?`` = the file's writer).  A record the
 #: gateway REVERSED after a relay timeout may be unknown to its receiver: the request can
 #: be lost with the connection (or the gateway) before it arrives, and §6 has receivers
@@ -47,33 +40,15 @@ OWED_SQL = ("(state IN ({finals}) AND NOT (state = 'REVERSED' AND receiver = ?))
             .format(finals=",".join(f"'{s}'" for s in FINAL_STATES)))
 
 
-def core_sql(file_type: str) -> str:
-    """SQL building the journal side's core string ``|f1|f2|…`` (NULL if Amount is)."""
-    parts = []
-    for name in CORE_FIELDS[file_type]:
-        if name == "Amount":
-            parts.append("(amount_fen / 100) || '.' || substr(100 + amount_fen % 100, 2)")
-        elif name in NEVER_NULL:
-            parts.append(_COMMON[name])
-        else:
-            parts.append(f"COALESCE({_COMMON[name]}, '')")
-    return " || ".join(f"'|' || {p}" for p in parts)
-
-
-def core_day_query(file_type: str, trade_date: str, gateway: str, from_party: str,
-                   to_party: str) -> tuple[str, tuple[object, ...]]:
-    """The day's journal rows as: bizsn, core, the if-both fields, each core field
-    (``c_<name>``, for reporting differences), ``owed`` (the file must list it, see
-    OWED_SQL) and ``final``."""
-    core = CORE_FIELDS[file_type]
-    both = [n for n, _ in LAYOUTS[file_type] if n in COMPARED_IF_BOTH]
-    cols = ", ".join([f"{core_sql(file_type)} AS core",
-                      *(f"{_COMMON[n]} AS {column(n)}" for n in both),
-                      *(f"{_COMMON[n]} AS c_{column(n)}" for n in core),
-                      f"{OWED_SQL} AS owed"])
+def lines_day_query(file_type: str, trade_date: str, gateway: str, from_party: str,
+                    to_party: str) -> tuple[str, tuple[object, ...]]:
+    """The day's journal rows a file covers as: bizsn, ``eod_line`` (the record as a D
+    line without Time, schema v2), ``owed`` (the file must list it, see OWED_SQL) and
+    ``final``."""
     sql, args = day_query(file_type, ("BizSn",), trade_date, gateway, from_party, to_party)
     # OWED_SQL's parameter comes first: the SELECT list precedes day_query's WHERE.
-    return sql.replace("biz_sn AS bizsn,", f"biz_sn AS bizsn, {cols},", 1), (from_party, *args)
+    return (sql.replace("biz_sn AS bizsn,", f"biz_sn AS bizsn, eod_line, {OWED_SQL} AS owed,", 1),
+            (from_party, *args))
 
 
 def column(field_name: str) -> str:

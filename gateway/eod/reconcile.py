@@ -1,12 +1,15 @@
 """Reconciliation in SQL: the file's records in a scratch table joined with the journal.
 
-Neither side is held in Python.  The scanner streams well-formed records into table
-``f`` of a private on-disk SQLite database (rollback journal and fsync off — it is
-scratch; row ``seq`` = line − 1), a UNIQUE index on BizSn is then built (which is
-also the duplicate check), and the journal, attached read-only, is joined to it in
-one pass that returns only discrepancies.  Only if the file holds records the
-journal lacks is a second, BizSn-indexed copy of the day's journal keys made to
-list them.
+Neither side is held in Python.  The scanner streams well-formed records — each as its
+text without Time, its BizSn and its amount — into table ``f`` of a private on-disk
+SQLite database (rollback journal and fsync off — it is scratch; row ``seq`` = line −
+1), a UNIQUE index on BizSn is then built (which is also the duplicate check), and the
+journal, attached read-only, is joined to it in one pass that returns only the rows
+whose texts differ from the journal's stored ``eod_line``; the differing §8 fields of
+those few are worked out in Python (a row whose texts differ only where §8 does not
+compare — a BankSn one side lacks, ProductCode — is matched).  Only if the file holds
+records the journal lacks is a second, BizSn-indexed copy of the day's journal keys
+made to list them.
 """
 from __future__ import annotations
 
@@ -17,9 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .fileformat import CORE_FIELDS, FileName, fen_text, row_fields
-from .mapping import COMPARED_IF_BOTH, column, core_day_query
+from .fileformat import COMPARED_IF_BOTH, CORE_FIELDS, FileName, field_names, row_fields
+from .mapping import column, lines_day_query
 from .scan import Row
+
+JOURNAL_SCHEMA_WITH_LINES = 2
+
+
+class JournalTooOld(Exception):
+    """The journal predates end-of-day lines (schema v1): the gateway migrates it."""
 
 CACHE_KIB = 65536  # page cache of the scratch database: bounds memory for any file size
 FEN_SPLIT = 100_000_000  # sum fen as high and low parts: no int64 overflow in SQL
@@ -45,7 +54,9 @@ class Workspace:
     def __init__(self, file_type: str) -> None:
         self.file_type = file_type
         self.fields = row_fields(file_type)
-        self.core = CORE_FIELDS[file_type]
+        names = field_names(file_type)[1:-1]  # after BizSn, before Time: as in ``line``
+        compared = (*CORE_FIELDS[file_type], *COMPARED_IF_BOTH)
+        self._compared = [(i, n) for i, n in enumerate(names) if n in compared]
         self._dir = tempfile.TemporaryDirectory(prefix="sbdx-eod-")
         self.db = sqlite3.connect(f"file:{self._dir.name}/check.sqlite3", uri=True,
                                   isolation_level=None)
@@ -102,13 +113,17 @@ class Workspace:
         if not journal.exists():  # no journal yet: the gateway has seen no business
             out.extra_in_file = [r[0] for r in self.db.execute("SELECT bizsn FROM f ORDER BY seq")]
             return out
-        sql, args = core_day_query(name.file_type, name.day.isoformat(), gateway,
-                                   name.from_party, name.to_party)
+        sql, args = lines_day_query(name.file_type, name.day.isoformat(), gateway,
+                                    name.from_party, name.to_party)
         self.db.execute("ATTACH DATABASE ? AS jr", (f"file:{journal}?mode=ro",))
         try:
+            if self.db.execute("PRAGMA jr.user_version").fetchone()[0] < JOURNAL_SCHEMA_WITH_LINES:
+                raise JournalTooOld(f"journal {journal} is schema v1; start the gateway once "
+                                    "to migrate it")
             day = sql.format(db="jr.")
-            joined = self.db.execute(f"SELECT COUNT(*) FROM ({day}) AS j "
-                                     "JOIN f ON f.bizsn = j.bizsn", args).fetchone()[0]
+            joined = self.db.execute(f"SELECT COUNT(*) FROM ({day}) AS j WHERE EXISTS "
+                                     "(SELECT 1 FROM f WHERE f.bizsn = j.bizsn)",
+                                     args).fetchone()[0]
             self._discrepancies(day, args, out)
             if joined < total:
                 out.extra_in_file = self._extra(day, args)
@@ -117,32 +132,33 @@ class Workspace:
         out.matched = joined - len(out.mismatched)
         return out
 
-    def _both(self) -> list[str]:
-        return [n for n in self.fields if n in COMPARED_IF_BOTH]
-
-    def _differs(self) -> str:
-        terms = ["f.core IS NOT j.core"]
-        for c in map(column, self._both()):
-            terms.append(f"(f.{c} <> '' AND COALESCE(j.{c}, '') <> '' AND f.{c} <> j.{c})")
-        return " OR ".join(terms)
-
     def _discrepancies(self, day: str, args: tuple[object, ...], out: Reconciliation) -> None:
-        both = self._both()
-        cols = ", ".join(["f.core", *(f"f.{column(n)}" for n in both),
-                          *(f"j.c_{column(n)}" for n in self.core),
-                          *(f"j.{column(n)}" for n in both)])
-        sql = (f"SELECT j.bizsn, f.seq, {cols} FROM ({day}) AS j "
+        sql = (f"SELECT j.bizsn, f.seq, f.line, j.eod_line FROM ({day}) AS j "
                "LEFT JOIN f ON f.bizsn = j.bizsn "
-               f"WHERE (f.seq IS NULL AND j.owed) OR (f.seq IS NOT NULL AND ({self._differs()}))"
+               "WHERE (f.seq IS NULL AND j.owed) OR (f.seq IS NOT NULL AND f.line IS NOT j.eod_line)"
                " ORDER BY f.seq, j.bizsn")
-        names = [*self.core, *both]
-        for row in self.db.execute(sql, args):
-            if row[1] is None:
-                out.missing_in_file.append(row[0])
+        for bizsn, seq, file_line, journal_line in self.db.execute(sql, args):
+            if seq is None:
+                out.missing_in_file.append(bizsn)
                 continue
-            file_vals = [*row[2].split("|")[1:], *row[3:3 + len(both)]]
-            out.mismatched.append({"BizSn": row[0], "fields": _differing(
-                names, file_vals, row[3 + len(both):])})
+            fields = self._differing(file_line, journal_line)
+            if fields:
+                out.mismatched.append({"BizSn": bizsn, "fields": fields})
+
+    def _differing(self, file_line: str,
+                   journal_line: str | None) -> dict[str, dict[str, str | None]]:
+        """The §8-compared fields that differ, as text (an absent journal amount: None)."""
+        file_vals = file_line.split("|")[2:]
+        journal_vals = journal_line.split("|")[2:] if journal_line is not None else []
+        out: dict[str, dict[str, str | None]] = {}
+        for i, name in self._compared:
+            fv = file_vals[i]
+            jv = journal_vals[i] if i < len(journal_vals) else ""
+            if name in COMPARED_IF_BOTH and (not fv or not jv):
+                continue
+            if fv != jv:
+                out[name] = {"file": fv, "journal": jv if jv or name != "Amount" else None}
+        return out
 
     def _extra(self, day: str, args: tuple[object, ...]) -> list[str]:
         """BizSns of the file the journal lacks (only run when there are some)."""
@@ -151,22 +167,3 @@ class Workspace:
         return [r[0] for r in self.db.execute(
             "SELECT bizsn FROM f WHERE NOT EXISTS (SELECT 1 FROM jk WHERE jk.bizsn = f.bizsn) "
             "ORDER BY seq")]
-
-
-def _journal_text(name: str, value: object) -> str:
-    if value is None:
-        return ""
-    return fen_text(int(value)) if name == "Amount" else str(value)  # type: ignore[call-overload]
-
-
-def _differing(names: list[str], file_vals: list[Any],
-               journal_vals: tuple[Any, ...]) -> dict[str, dict[str, str | None]]:
-    """The fields that differ, as text, for one mismatched record."""
-    out: dict[str, dict[str, str | None]] = {}
-    for name, fv, jv in zip(names, file_vals, journal_vals, strict=True):
-        fv, jv = fv or "", _journal_text(name, jv)
-        if name in COMPARED_IF_BOTH and (not fv or not jv):
-            continue
-        if fv != jv:
-            out[name] = {"file": fv, "journal": jv if jv or name != "Amount" else None}
-    return out
