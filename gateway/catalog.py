@@ -88,15 +88,25 @@ class Kind:
         return self.business + ".RSP"
 
 
-def kind_of(msg_type: str) -> Kind:
-    """Classify a known type (``KeyError`` for an unknown one)."""
-    if msg_type not in BODY_BY_TYPE:
-        raise KeyError(msg_type)
+def _kind(msg_type: str) -> Kind:
     if msg_type.endswith(".REQ"):
         return Kind(msg_type, msg_type[:-4], True, False)
     if msg_type.endswith(".RSP"):
         return Kind(msg_type, msg_type[:-4], False, True)
     return Kind(msg_type, msg_type, False, False)
+
+
+_KINDS: dict[str, Kind] = {}
+
+
+def kind_of(msg_type: str) -> Kind:
+    """Classify a known type (``KeyError`` for an unknown one); one frozen Kind per type."""
+    kind = _KINDS.get(msg_type)
+    if kind is None:
+        if msg_type not in BODY_BY_TYPE:
+            raise KeyError(msg_type)
+        kind = _KINDS[msg_type] = _kind(msg_type)
+    return kind
 
 
 #: SYS families §3 requires a signature on; the other SYS messages may omit it.

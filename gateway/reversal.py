@@ -135,7 +135,7 @@ class ReversalQueue:
         from .catalog import REVERSIBLE
 
         count = 0
-        for rec in self.journal.records_in_state(records.PENDING):
+        for rec in self.journal.open_records(records.PENDING):
             if rec.biz_type in REVERSIBLE:
                 log.warning("%s %s from %s was unanswered at restart: reversing", rec.biz_type,
                             rec.biz_sn, rec.origin)
