@@ -7,7 +7,6 @@ exporter; never compared).
 """
 from __future__ import annotations
 
-
 FINAL_STATES = ("SUCCEEDED", "FAILED", "REVERSED")
 
 STATUS_SQL = ("CASE state WHEN 'SUCCEEDED' THEN 'S' WHEN 'FAILED' THEN 'F' "
