@@ -124,13 +124,12 @@ class BankBook:
                 self.ledger.rollback()
                 self.ledger.begin()
                 ref, sweep, result, text = None, None, exc.code, exc.text
-            self.ledger.book(self._op(key, message, result, ref, sweep, text, reversed_))
+            op = self._op(key, message, result, ref, sweep, text, reversed_)
+            self.ledger.book(op)
             self.ledger.commit()
         except BaseException:
             self.ledger.rollback()
             raise
-        op = self.ledger.op(key)
-        assert op is not None
         return op
 
     def _op(self, key: str, message: Message, result: str, ref: str | None,

@@ -150,6 +150,9 @@ class Ledger:
         self.db.execute("PRAGMA synchronous=FULL")
         self._add_missing_columns()
         self.db.executescript(SCHEMA)
+        #: Tombstones are rare: while there is none, no booking needs to look one up.
+        self._tombstones = bool(self.db.execute("SELECT EXISTS (SELECT 1 FROM tombstone)")
+                                .fetchone()[0])
 
     def _add_missing_columns(self) -> None:
         for table, column, decl in ADDED_COLUMNS:
@@ -248,8 +251,11 @@ class Ledger:
         origin, biz_type, biz_sn = orig_key.split("|", 2)
         self.db.execute("INSERT OR IGNORE INTO tombstone VALUES (?,?,?,?,?,?)",
                         (origin, biz_type, biz_sn, reversal_key, reversal_origin, at))
+        self._tombstones = True
 
     def tombstone(self, orig_key: str) -> Tombstone | None:
+        if not self._tombstones:
+            return None
         origin, biz_type, biz_sn = orig_key.split("|", 2)
         row = self.db.execute("SELECT * FROM tombstone WHERE origin=? AND biz_type=? AND"
                               " biz_sn=?", (origin, biz_type, biz_sn)).fetchone()
