@@ -474,7 +474,11 @@ class Session:
         most ``max_frame_bytes``; written in the turn's transaction like everything else),
         with whatever of its head could be read.  ``party`` is the session's logged-on
         party, as for every inbound row (NULL before logon: an unverified From is only in
-        the xml).  Without an LF the payload is kept whole as the envelope."""
+        the xml).  Without an LF the payload is kept whole as the envelope.  Before logon
+        (nobody vouches for the bytes) at most ``UNAUTHENTICATED_EVIDENCE_BYTES`` are kept,
+        so an unauthenticated peer cannot fill the disk with megabyte frames."""
+        if self.party is None:
+            payload = payload[:UNAUTHENTICATED_EVIDENCE_BYTES]
         cut = payload.find(b"\n")
         envelope, xml = (payload, b"") if cut < 0 else (payload[:cut], payload[cut + 1:])
         self.owner.journal.log_message(
@@ -521,6 +525,10 @@ class Session:
         self.state = CLOSED
         self.owner.session_closed(self)
         self.owner.journal.after_commit(self._close_link)
+
+
+#: Bytes of a refused payload kept as evidence before the peer has logged on.
+UNAUTHENTICATED_EVIDENCE_BYTES = 4096
 
 
 def _head_token(root: Any | None, name: str) -> str | None:

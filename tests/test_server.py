@@ -492,3 +492,18 @@ def test_dial_out_reconnects_after_the_peer_drops(home, start_gateway) -> None: 
         assert broker._answer_to(msg_id, "XFER.OUT.REQ").body["Result"] == "0000"
         conn.close()  # the bank drops the connection
     listener.close()
+
+
+def test_before_logon_refused_bytes_are_kept_only_up_to_4_kib(pair) -> None:  # type: ignore[no-untyped-def]
+    """Nobody vouches for bytes sent before logon: a peer that has not logged on cannot
+    fill the disk with megabyte frames — its refused payloads are kept truncated."""
+    from gateway.session import UNAUTHENTICATED_EVIDENCE_BYTES
+
+    gw, bank, broker = pair
+    stranger = gw.peer(BROKER).connect()  # connected, never logged on
+    junk = b"SBDX1 - - -\n<Msg>" + b"y" * (512 * 1024)
+    stranger.send_raw(framed(junk))
+    assert stranger.recv("SYS.ERROR", timeout=30).body["Code"] == "E110"
+    kept = journal_of(gw).execute("SELECT party, envelope, xml FROM message WHERE "
+                                  "direction='IN' AND party IS NULL AND length(xml) > 1000").fetchall()
+    assert kept == [(None, b"SBDX1 - - -", junk[12:UNAUTHENTICATED_EVIDENCE_BYTES])]
