@@ -30,6 +30,7 @@ import os
 import sqlite3
 import sys
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from operator import itemgetter
 from pathlib import Path
 
@@ -128,19 +129,24 @@ class FileScan:
 def prove(journal: Path, gateway: str, name: FileName, path: Path, key: PublicKey,
           sig: bytes, header_ok: Callable[[str, FileName], object],
           progress: Progress | None = None) -> Reconciliation:
-    """Valid and fully matched, or :class:`Declined`.  ``header_ok`` raises if not."""
-    db = sqlite3.connect(f"file:{journal}?mode=ro", uri=True)
+    """Valid and fully matched, or :class:`Declined`.  ``header_ok`` raises if not.
+
+    The journal's day is read on a second thread while this one reads the file:
+    SQLite runs without the GIL, so its range scan overlaps the file's regex work."""
+    db = _open(journal)
     try:
         if db.execute("PRAGMA user_version").fetchone()[0] < JOURNAL_SCHEMA_WITH_LINES:
             raise Declined("journal schema without end-of-day lines")
         where, args = _day(name, gateway)
         optional = _optional_lines(db, where, args, name.from_party)
+    finally:
+        db.close()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="eod-journal") as pool:
+        owed_sums = pool.submit(_owed_sums, journal, where, args, name.from_party)
         scan = FileScan(name.file_type, LineSums(optional))
         scan.read(path, progress)
         _checks(scan, name, key, sig, path, header_ok)
-        owed = _owed_sums(db, where, args, name.from_party)
-    finally:
-        db.close()
+        owed = owed_sums.result()
     _compare(scan, owed, optional, name)
     return Reconciliation(matched=scan.sums.count)
 
@@ -165,17 +171,26 @@ def _optional_lines(db: sqlite3.Connection, where: str, args: tuple[object, ...]
     return out
 
 
-def _owed_sums(db: sqlite3.Connection, where: str, args: tuple[object, ...],
+def _open(journal: Path) -> sqlite3.Connection:
+    return sqlite3.connect(f"file:{journal}?mode=ro", uri=True)
+
+
+def _owed_sums(journal: Path, where: str, args: tuple[object, ...],
                writer: str) -> tuple[int, int, int]:
-    """(count, hash sum, amount sum in fen) of the records the file must list."""
-    cur = db.execute(f"SELECT eod_line, COALESCE(amount_fen, 0) FROM record WHERE {where}"
-                     " AND NOT (state='REVERSED' AND receiver=?)", (*args, writer))
-    sums, amount = LineSums({}), 0
-    line, fen = itemgetter(0), itemgetter(1)
-    while rows := cur.fetchmany(FETCH_ROWS):
-        sums.add(list(map(line, rows)))
-        amount += sum(map(fen, rows))
-    return sums.count, sums.hash_sum, amount
+    """(count, hash sum, amount sum in fen) of the records the file must list; opens
+    its own connection (it runs on the journal thread)."""
+    db = _open(journal)
+    try:
+        cur = db.execute(f"SELECT eod_line, COALESCE(amount_fen, 0) FROM record WHERE {where}"
+                         " AND NOT (state='REVERSED' AND receiver=?)", (*args, writer))
+        sums, amount = LineSums({}), 0
+        line, fen = itemgetter(0), itemgetter(1)
+        while rows := cur.fetchmany(FETCH_ROWS):
+            sums.add(list(map(line, rows)))
+            amount += sum(map(fen, rows))
+        return sums.count, sums.hash_sum, amount
+    finally:
+        db.close()
 
 
 def _checks(scan: FileScan, name: FileName, key: PublicKey, sig: bytes, path: Path,
