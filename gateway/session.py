@@ -474,10 +474,10 @@ class Session:
         most ``max_frame_bytes``; written in the turn's transaction like everything else),
         with whatever of its head could be read.  ``party`` is the session's logged-on
         party, as for every inbound row (NULL before logon: an unverified From is only in
-        the xml).  Without an LF the payload is kept whole as the envelope.  Before logon
-        (nobody vouches for the bytes) at most ``UNAUTHENTICATED_EVIDENCE_BYTES`` are kept,
+        the xml).  Without an LF the payload is kept whole as the envelope.  Until a logon
+        has been verified (nobody vouches for the bytes) at most ``UNAUTHENTICATED_EVIDENCE_BYTES`` are kept,
         so an unauthenticated peer cannot fill the disk with megabyte frames."""
-        if self.party is None:
+        if self.state != OPEN:  # no verified logon yet (in either direction)
             payload = payload[:UNAUTHENTICATED_EVIDENCE_BYTES]
         cut = payload.find(b"\n")
         envelope, xml = (payload, b"") if cut < 0 else (payload[:cut], payload[cut + 1:])

@@ -360,3 +360,33 @@ def test_watch_survives_a_failing_check_and_a_blocking_name(
     assert watch_command(env.home, env.drop, once=True) == 0
     assert "accepted in" in capsys.readouterr().out and (env.drop / NAME).exists()
     assert path.name == NAME
+
+
+@pytest.mark.parametrize("total", ["0.00", "5.00", "-0.00"])
+def test_sign_file_trailer_sum_must_be_zero_on_both_paths(
+        env: Env, monkeypatch: pytest.MonkeyPatch, total: str) -> None:
+    """A SIGN file has no amounts: its trailer sum is 0.00 (the fast path once let any
+    well-formed sum through)."""
+    name = "SIGN_CCB_GTJA_20261125.txt"
+    lines = [header(name), f"D|C1|SIGN|{FUND}|{WALLET}|AG1|S|{T}"]
+    body = "".join(x + "\n" for x in lines).encode()
+    data = body + f"T|1|{total}|{hashlib.sha256(body).hexdigest()}\n".encode()
+    path = _raw_signed(env, name, data)
+    fast = as_dict(check_file(env.home, path))
+    exact_only(monkeypatch)
+    assert fast == as_dict(check_file(env.home, path))
+    if total == "0.00":
+        assert fast["valid"] and fast["matched"] == 1
+    else:
+        assert not fast["valid"] and fast["reason"].startswith("integrity: trailer sum")
+
+
+def test_overlong_line_reason_does_not_depend_on_where_blocks_end(env: Env) -> None:
+    """A 100 KB line inside one 1 MiB read block gets the same reason as one that spans
+    blocks."""
+    long_line = "D|" + "A" * 100_000
+    lines = [header(), "D|" + "|".join(CLEAN_ROWS[0]), long_line]
+    body = "".join(x + "\n" for x in lines).encode()
+    data = body + f"T|2|100.50|{hashlib.sha256(body).hexdigest()}\n".encode()
+    report = check_file(env.home, _raw_signed(env, NAME, data))
+    assert report.reason == "record: line 3, field D: line longer than 65536 bytes"

@@ -220,6 +220,6 @@ def _compare(scan: FileScan, owed: tuple[int, int, int], optional: dict[int, int
     if (scan.sums.count != count + len(present)
             or scan.sums.hash_sum != hash_sum + sum(present)):
         raise Declined("records differ from the journal's")
-    total = amount + sum(optional[h] for h in present)
-    if name.file_type in SUM_FIELD and scan.trailer_sum != fen_text(total):
+    total = amount + sum(optional[h] for h in present) if name.file_type in SUM_FIELD else 0
+    if scan.trailer_sum != fen_text(total):  # a SIGN file has no amounts: its sum is 0.00
         raise Declined("trailer sum")

@@ -216,7 +216,10 @@ class Scanner:
             return
         fields = line[2:].split("|")
         name, reason = diagnose(self.file_type, fields)
-        if any("\udc80" <= c <= "\udcff" for c in line):
+        if len(line.encode("utf-8", "surrogateescape")) > MAX_LINE_BYTES:
+            # the same reason whether the block held the whole line or it was cut off
+            name, reason = "D", f"line longer than {MAX_LINE_BYTES} bytes"
+        elif any("\udc80" <= c <= "\udcff" for c in line):
             reason = "not valid UTF-8"
         elif line.endswith("\r"):
             name, reason = "D", "CRLF line end; §8 files use LF only"
