@@ -313,6 +313,7 @@ class Journal:
         self._db.execute("PRAGMA foreign_keys=ON")
         self._migrate()
         self._in_tx = False
+        self._before: list[Callable[[], None]] = []
         self._after: list[Callable[[], None]] = []
 
     # --- schema ---------------------------------------------------------------
@@ -338,16 +339,25 @@ class Journal:
             self._in_tx = True
         return self._db.execute(sql, args)
 
+    def before_commit(self, action: Callable[[], None]) -> None:
+        """Run ``action`` at the next flush, before the commit (its writes join it)."""
+        self._before.append(action)
+
     def after_commit(self, action: Callable[[], None]) -> None:
         """Run ``action`` once everything written so far is durable."""
         self._after.append(action)
 
     @property
     def dirty(self) -> bool:
-        return self._in_tx or bool(self._after)
+        return self._in_tx or bool(self._after) or bool(self._before)
 
     def flush(self) -> int:
-        """Commit the open transaction, then run the queued actions, in order."""
+        """Run the before-commit actions, commit the open transaction, then run the
+        queued after-commit actions, in order."""
+        while self._before:
+            actions, self._before = self._before, []
+            for action in actions:
+                action()
         if self._in_tx:
             self._db.execute("COMMIT")
             self._in_tx = False
