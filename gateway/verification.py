@@ -86,6 +86,21 @@ def check_signature(envelope: Envelope, message: Message, public_key: object) ->
         raise
 
 
+#: A signature checked ahead of the message's turn: (the key it was checked with, the
+#: refusal it earned or None).
+Presigned = tuple[object, GatewayError | None]
+
+
+def presign(envelope: Envelope, message: Message, public_key: object) -> Presigned:
+    """Check the signature now and keep the outcome for :func:`verify_message` (it has
+    no effect of its own, so checks of a read's frames can run back to back)."""
+    try:
+        check_signature(envelope, message, public_key)
+    except GatewayError as exc:
+        return public_key, exc
+    return public_key, None
+
+
 def check_sender(message: Message, party: str) -> None:
     """The Head From must be the party the session belongs to."""
     if message.head.from_party != party:
@@ -110,11 +125,17 @@ def check_fresh(message: Message, replay: ReplayStore, now: float, max_skew: flo
 
 def verify_message(envelope: Envelope, message: Message, *, keyring: KeyRing,
                    public_key: object, party: str | None, replay: ReplayStore, now: float,
-                   max_skew: float) -> Verified:
+                   max_skew: float, presigned: Presigned | None = None) -> Verified:
     """All checks of an established session, in order (``party`` None: the far side is
-    a gateway relaying other parties' messages, so From is not the hop's party)."""
+    a gateway relaying other parties' messages, so From is not the hop's party).  A
+    ``presigned`` outcome checked with the same key stands for the signature check; it
+    is reported in its place in the order (after the MAC)."""
     keys = check_mac(envelope, message, keyring)
-    check_signature(envelope, message, public_key)
+    if presigned is not None and presigned[0] is public_key:
+        if presigned[1] is not None:
+            raise presigned[1]
+    else:
+        check_signature(envelope, message, public_key)
     if party is not None:
         check_sender(message, party)
     check_fresh(message, replay, now, max_skew)

@@ -269,3 +269,77 @@ def test_a_bad_signature_on_an_optional_one_is_still_e202(harness: Harness) -> N
     error = harness.link.frames[-1]
     assert error.type == "SYS.ERROR" and error.body["Code"] == "E202"
     assert harness.session.state != CLOSED
+
+
+# --- one read holding several frames: parsed and signature-checked ahead, acted on in order
+def _raw(h: Harness, xml: bytes, *, sig: str | None = None, mac: str | None = None) -> bytes:
+    kid, good_mac = h.peer.mac(xml)
+    line = f"SBDX1 {kid} {mac or good_mac} {sig or h.peer.sign(xml)}"
+    payload = line.encode() + b"\n" + xml
+    return b"%08d" % len(payload) + payload
+
+
+def test_frames_of_one_read_are_answered_in_order_with_the_3_precedence(
+        harness: Harness) -> None:
+    harness.logon()
+    harness.tick(5.1)
+    harness.answer_keyx()
+    ids, frames = [], []
+    for text in ("a", "b", "c", "d", "e"):
+        msg_id, xml = harness.peer.build("SYS.ECHO.REQ", [("Text", text)])
+        ids.append(msg_id)
+        frames.append(xml)
+    bad_sig = harness.peer.sign(frames[1] + b" ")  # a signature over other bytes
+    data = (_raw(harness, frames[0])
+            + _raw(harness, frames[1], sig=bad_sig)                          # E202
+            + _raw(harness, frames[2], sig=bad_sig, mac="HS256:" + "A" * 44)  # MAC first: E200
+            + _raw(harness, b"<Msg", sig=bad_sig)                           # E110
+            + _raw(harness, frames[4]))
+    before = len(harness.link.frames)
+    harness.session.receive_bytes(data)
+    harness.gateway.flush()
+    out = harness.link.frames[before:]
+    assert [(f.type, f.body.get("Code")) for f in out] == [
+        ("SYS.ECHO.RSP", None), ("SYS.ERROR", "E202"), ("SYS.ERROR", "E200"),
+        ("SYS.ERROR", "E110"), ("SYS.ECHO.RSP", None)]
+    assert [out[0].head("RefId"), out[1].body["RefMsgId"], out[2].body["RefMsgId"],
+            out[4].head("RefId")] == [ids[0], ids[1], ids[2], ids[4]]
+    # every frame out carries a valid MAC and signature, sealed at the flush
+    harness.peer.gateway_public_key = harness.gateway.signer.public_key
+    for f in out:
+        harness.peer.verify_from_gateway(f)
+    assert harness.session.state != CLOSED
+
+
+def test_frames_after_a_logoff_in_the_same_read_are_never_acted_on(harness: Harness) -> None:
+    harness.logon()
+    harness.tick(5.1)
+    harness.answer_keyx()
+    _, logoff = harness.peer.build("SYS.LOGOFF.REQ", [])
+    _, echo = harness.peer.build("SYS.ECHO.REQ", [("Text", "late")])
+    before = len(harness.link.frames)
+    harness.session.receive_bytes(_raw(harness, logoff) + _raw(harness, echo))
+    harness.gateway.flush()
+    assert [f.type for f in harness.link.frames[before:]] == ["SYS.LOGOFF.RSP"]
+    assert harness.session.state == CLOSED and harness.link.closed
+    inbound = [r["msg_type"] for r in harness.journal.messages() if r["direction"] == "IN"]
+    assert "SYS.ECHO.REQ" not in inbound
+
+
+def test_an_outgoing_message_is_sealed_at_the_flush_with_the_key_of_its_queueing(
+        harness: Harness) -> None:
+    harness.logon()
+    harness.tick(5.1)
+    harness.answer_keyx()
+    key = harness.session.keyring.current
+    _, echo = harness.peer.build("SYS.ECHO.REQ", [("Text", "x")])
+    harness.session.receive_bytes(_raw(harness, echo))
+    assert harness.journal.dirty
+    out_rows = [r for r in harness.journal.messages() if r["direction"] == "OUT"]
+    count = len(out_rows)
+    harness.gateway.flush()
+    frame = harness.link.frames[-1]
+    assert frame.type == "SYS.ECHO.RSP" and frame.key_id == key.key_id
+    rows = [r for r in harness.journal.messages() if r["direction"] == "OUT"]
+    assert len(rows) == count + 1  # its evidence row was written in the flush
+    assert rows[-1]["envelope"].decode() == f"SBDX1 {frame.key_id} {frame.mac} {frame.sig}"
