@@ -25,7 +25,7 @@ from .config import Config, split_host_port
 from .journal import Journal
 from .keystore import KeyStore, Peer
 from .relay import Gateway
-from .session import Session, new_session_id
+from .session import Session, new_session_id, receive_reads
 from .signature import signer_id
 
 log = logging.getLogger(__name__)
@@ -144,13 +144,13 @@ class SessionProtocol(protocol.Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         if self.session is not None:
-            self.session.receive_bytes(data)
-            self.factory.schedule_flush()
+            self.factory.read(self.session, data)
 
     def connectionLost(self, reason: Any = None) -> None:
         if self._abort_call is not None and self._abort_call.active():
             self._abort_call.cancel()
         if self.session is not None:
+            self.factory.act_on_reads()  # what arrived before the close is acted on
             self.session.close()
             self.factory.schedule_flush()
 
@@ -166,6 +166,7 @@ class GatewayFactory(protocol.Factory):
         self.config: Config = gateway.config
         self.reactor = reactor
         self._flush_call: Any = None
+        self._reads: list[tuple[Session, bytes]] = []
 
     def buildProtocol(self, addr: Any) -> SessionProtocol:
         return SessionProtocol(self)
@@ -175,9 +176,21 @@ class GatewayFactory(protocol.Factory):
         if self._flush_call is None or not self._flush_call.active():
             self._flush_call = self.reactor.callLater(0, self._flush)
 
+    def read(self, session: Session, data: bytes) -> None:
+        """Bytes from a connection: acted on at the end of the reactor turn, with every
+        other read of the turn (gateway.session.receive_reads), then the group commit."""
+        self._reads.append((session, data))
+        self.schedule_flush()
+
+    def act_on_reads(self) -> None:
+        reads, self._reads = self._reads, []
+        if reads:
+            receive_reads(reads)
+
     def _flush(self) -> None:
         self._flush_call = None
         try:
+            self.act_on_reads()
             self.gateway.flush()
         except Exception:
             log.exception("journal flush failed; stopping to protect the journal")
@@ -324,6 +337,7 @@ class GatewayService(service.MultiService):
             yield task.deferLater(self.reactor, TICK_SECONDS, lambda: None)
         if self._ticker.running:
             self._ticker.stop()
+        self.factory.act_on_reads()
         for session in list(self.gateway.sessions):
             session.close()
         self.gateway.flush()
