@@ -508,6 +508,16 @@ class Journal:
             sql += " WHERE " + " AND ".join(where)
         return [Agreement(*r) for r in self._db.execute(sql + " ORDER BY sign_date", args)]
 
+    def binds(self, fund_acct: str | None, wallet_id: str | None,
+              parties: tuple[str, str]) -> bool:
+        """An ACTIVE agreement of these two parties (either as broker) binds the fund
+        account and the wallet (the §6 B300 rule of every transfer; one indexed probe)."""
+        a, b = parties
+        return self._db.execute(
+            "SELECT 1 FROM agreement WHERE wallet_id=? AND status='ACTIVE' AND fund_acct=?"
+            " AND ((broker=? AND bank=?) OR (broker=? AND bank=?)) LIMIT 1",
+            (wallet_id, fund_acct, a, b, b, a)).fetchone() is not None
+
     # --- reversal queue -----------------------------------------------------------
     def queue_reversal(self, rev: Reversal) -> None:
         marks = ",".join("?" for _ in fields(Reversal))

@@ -213,20 +213,20 @@ class Gateway(Node):
         target = self.ready_session(dest.party)
         if target is None:
             raise CounterpartyNotConnected(f"{dest.party} has no ready session")
-        base = Record(origin=session.party, biz_type=biz_type, biz_sn=biz_sn,
-                      receiver=dest.party, msg_id=message.head.msg_id, content_hash=digest,
-                      state=records.PENDING,
-                      trade_date=message.head.trade_date or self.trade_date())
+        base = {"origin": session.party, "biz_type": biz_type, "biz_sn": biz_sn,
+                "receiver": dest.party, "msg_id": message.head.msg_id, "content_hash": digest,
+                "state": records.PENDING,
+                "trade_date": message.head.trade_date or self.trade_date()}
         try:
             admitted = self.rules.admit(session.party, message, plaintexts)
         except BusinessError as exc:  # refused: journaled FAILED, so a repeat gets the same
-            self._refuse_recorded(session, message, base, exc)
+            self._refuse_recorded(session, message, Record(**base), exc)
             return
         if isinstance(admitted, Repeat):
             self.answer(session, message, admitted.body)
             return
         now = self.now()
-        record = Record(**{**_record_dict(base), **admitted})
+        record = Record(**base, **admitted)
         self.journal.insert_record(record, now)
         pending = Pending(session, message.head.msg_id, key, dest.party,
                           now + self.config.relay_timeout_seconds, record)

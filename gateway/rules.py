@@ -151,10 +151,8 @@ class Rules:
     def _admit_transfer(self, origin: str, m: Message) -> dict[str, Any]:
         fen = _positive(m)
         fund, wallet = m.text("FundAcct"), m.text("WalletId")
-        parties = {origin, m.head.to_party}  # the agreement must be between these two
-        bound = [a for a in self.journal.agreements(fund_acct=fund, wallet_id=wallet)
-                 if a.status == "ACTIVE" and {a.broker, a.bank} == parties]
-        if not bound:
+        # the agreement must be between these two
+        if not self.journal.binds(fund, wallet, (origin, m.head.to_party)):
             raise NoActiveAgreement(f"no active agreement of {m.head.to_party} and {origin} "
                                     f"binds {fund} and {wallet}")
         return {"fund_acct": fund, "wallet_id": wallet, "amount_fen": fen}
