@@ -148,6 +148,7 @@ class Session:
         self._key_seq = 0
         self.inflight = 0
         self._link_closed = False
+        self._outbox: list[_Outgoing] = []
         self._journaled_in = False
         if connect_to is not None:
             self._send_logon(connect_to)
@@ -464,10 +465,11 @@ class Session:
                  ref_id: str | None) -> None:
         """Queue ``xml`` for this session: the key is chosen now, the envelope (MAC,
         signature), its evidence row and the frame are made at the turn's flush, just
-        before the commit, all of the turn's messages in one run (a run of signatures
-        costs each ~25 % less than signatures interleaved with parsing and SQL: the
-        CPU caches stay warm); the frame is written after the commit, in order with
-        everything else queued for after it (a close after an error, say)."""
+        before the commit, for all of the session's queued messages in stages (all
+        signatures, then all MACs, then the rows: a run of signatures costs each ~25 %
+        less than signatures interleaved with parsing and SQL, the CPU caches stay
+        warm); the frame is written after the commit, in order with everything else
+        queued for after it (a close after an error, say)."""
         if self._link_closed:
             return
         keys = self.keyring.current if catalog.needs_mac(msg_type) else None
@@ -475,23 +477,25 @@ class Session:
         self.last_sent = now
         if keys:
             self.keyring.note_message()
-        journal = self.owner.journal
-        sealed: list[bytes] = []
+        item = _Outgoing(now, xml, msg_type, msg_id, ref_id, keys)
+        if not self._outbox:
+            self.owner.journal.before_commit(self._seal)
+        self._outbox.append(item)
+        self.owner.journal.after_commit(lambda: self._write(item.frame))
 
-        def seal() -> None:
-            envelope = Envelope(
-                key_id=keys.key_id if keys else None,
-                mac=mac_field(keys.mac_key, xml) if keys else None,
-                sig=self.owner.signer.sign(xml).format(),
-            )
-            payload = join_payload(envelope, xml)
-            journal.log_message(now, "OUT", self.session_id, self.party, msg_type, msg_id,
-                                ref_id, envelope.format(), xml)
-            sealed.append(encode_frame(payload,
-                                       max(self.owner.config.max_frame_bytes, len(payload))))
-
-        journal.before_commit(seal)
-        journal.after_commit(lambda: self._write(sealed[0]))
+    def _seal(self) -> None:
+        items, self._outbox = self._outbox, []
+        sign = self.owner.signer.sign
+        sigs = [sign(it.xml).format() for it in items]
+        macs = [mac_field(it.keys.mac_key, it.xml) if it.keys else None for it in items]
+        limit = self.owner.config.max_frame_bytes
+        log_message = self.owner.journal.log_message
+        for it, sig, mac in zip(items, sigs, macs, strict=True):
+            envelope = Envelope(key_id=it.keys.key_id if it.keys else None, mac=mac, sig=sig)
+            payload = join_payload(envelope, it.xml)
+            log_message(it.at, "OUT", self.session_id, self.party, it.msg_type, it.msg_id,
+                        it.ref_id, envelope.format(), it.xml)
+            it.frame = encode_frame(payload, max(limit, len(payload)))
 
     def _write(self, frame: bytes) -> None:
         if not self._link_closed:
@@ -565,6 +569,19 @@ class Session:
         self.state = CLOSED
         self.owner.session_closed(self)
         self.owner.journal.after_commit(self._close_link)
+
+
+@dataclass(slots=True)
+class _Outgoing:
+    """A message queued on a session, sealed at the flush (:meth:`Session._seal`)."""
+
+    at: float
+    xml: bytes
+    msg_type: str
+    msg_id: str | None
+    ref_id: str | None
+    keys: SessionKeys | None
+    frame: bytes = b""
 
 
 #: A payload split and parsed: (its xml if the split worked, (envelope, message) or
