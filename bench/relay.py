@@ -165,7 +165,7 @@ def one_run(args: argparse.Namespace, label: str, *, rate: float = 0.0,
             print(f"kept {root}", file=sys.stderr)
     cpu = result["cpu"]
     answered = result["throughput"] * args.seconds
-    for who in ("gateway", "bank", "driver"):
+    for who in ("gateway", "gateway_sys", "bank", "bank_sys", "driver"):
         if who in cpu["from"]:
             spent = cpu["to"][who] - cpu["from"][who]
             result[f"{who}_cpu_us_per_rt"] = round(spent / answered * 1e6, 1) if answered else None
@@ -289,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="also run closed loop with this process under cProfile")
     p.add_argument("--floor-group", type=int, default=16, help="hops per commit in the floor")
     p.add_argument("--closed-only", action="store_true", help="skip the open-loop run")
+    p.add_argument("--open-only", action="store_true",
+                   help="with --open-rate: skip the closed-loop run")
     p.add_argument("--keep", action="store_true", help="keep the run folders")
     p.add_argument("--json", type=Path, help="write all results here")
     args = p.parse_args(argv)
@@ -297,12 +299,14 @@ def main(argv: list[str] | None = None) -> int:
     base = floor("FULL", args.floor_group)
     print(f"floor: {base['round_trip_us']} µs per round trip in sequence; operations timed"
           f" alone sum to {base['ops_sum_us']} {base['hop_us']}", flush=True)
-    closed = one_run(args, "closed loop, max (journal FULL)")
-    runs.append(closed)
-    print(row(closed, base), flush=True)
-    rate = args.open_rate or round(closed["throughput"] / 2)
-    if not args.closed_only:
+    if args.open_rate and args.open_only:
+        rate = args.open_rate
+    else:
+        closed = one_run(args, "closed loop, max (journal FULL)")
+        runs.append(closed)
+        print(row(closed, base), flush=True)
         rate = args.open_rate or round(closed["throughput"] / 2)
+    if not args.closed_only:
         opened = one_run(args, f"open loop at {rate:.0f}/s (journal FULL)", rate=rate)
         runs.append(opened)
         print(row(opened, base), flush=True)

@@ -37,9 +37,15 @@ AMOUNT_FEN = 100  # 1.00 CNY per transfer
 
 def cpu_seconds(pid: int) -> float:
     """utime + stime of a process, from /proc (Linux)."""
+    user, system = cpu_split(pid)
+    return user + system
+
+
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(utime, stime) of a process in seconds, from /proc (Linux)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks
+    return int(fields[11]) / ticks, int(fields[12]) / ticks
 
 
 @dataclass
@@ -78,7 +84,8 @@ class Driver:
         marks = {"wall": time.perf_counter(), "driver": sum(os.times()[:2])}
         for name, pid in (("gateway", self.args.gateway_pid), ("bank", self.args.bank_pid)):
             if pid:
-                marks[name] = cpu_seconds(pid)
+                user, system = cpu_split(pid)
+                marks[name], marks[name + "_sys"] = user + system, system
         self.cpu_marks[label] = marks
 
     # --- phases ------------------------------------------------------------------
