@@ -60,6 +60,7 @@ class Sim:
     def stop(self) -> None:
         if self.ticker.running:
             self.ticker.stop()
+        self.factory.act_on_reads()  # what arrived is acted on (and answered) first
         for session in list(self.node.sessions):
             session.close()
         self.node.flush()
