@@ -507,3 +507,41 @@ def test_before_logon_refused_bytes_are_kept_only_up_to_4_kib(pair) -> None:  # 
     kept = journal_of(gw).execute("SELECT party, envelope, xml FROM message WHERE "
                                   "direction='IN' AND party IS NULL AND length(xml) > 1000").fetchall()
     assert kept == [(None, b"SBDX1 - - -", junk[12:UNAUTHENTICATED_EVIDENCE_BYTES])]
+
+
+def test_frames_of_one_write_from_two_sessions_are_relayed_in_order_even_if_it_closes(
+        pair) -> None:  # type: ignore[no-untyped-def]
+    """A reactor turn's reads are acted on together, in stages (gateway.session.
+    receive_reads): order within a session is kept, and a connection that writes its
+    requests and closes at once still has them journaled and relayed."""
+    gw, bank, broker = pair
+    second = gw.peer(BROKER).open_session()
+    try:
+        first_ids, second_ids = [], []
+        data1, data2 = b"", b""
+        for i in range(5):
+            msg_id, xml = broker.build("XFER.OUT.REQ", xfer(f"T1{i}", amount="1.00"), to=BANK)
+            first_ids.append(msg_id)
+            data1 += broker.frame(xml)
+            msg_id, xml = second.build("XFER.OUT.REQ", xfer(f"T2{i}", amount="2.00"), to=BANK)
+            second_ids.append(msg_id)
+            data2 += second.frame(xml)
+        second.send_raw(data2)
+        broker.send_raw(data1)
+        broker.close()  # gone before any answer can reach it
+        relayed = [bank_answers(bank).head("MsgId") for _ in range(10)]
+        assert [m for m in relayed if m in first_ids] == first_ids
+        assert [m for m in relayed if m in second_ids] == second_ids
+        answers = [second.recv("XFER.OUT.RSP") for _ in range(5)]
+        assert [a.head("RefId") for a in answers] == second_ids
+        assert all(a.body["Result"] == "0000" for a in answers)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            states = journal_of(gw).execute(
+                "SELECT biz_sn, state FROM record WHERE biz_sn LIKE 'T1%'").fetchall()
+            if len(states) == 5 and all(s == "SUCCEEDED" for _, s in states):
+                break
+            time.sleep(0.1)
+        assert sorted(states) == [(f"T1{i}", "SUCCEEDED") for i in range(5)]
+    finally:
+        second.close()
