@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from .checkpoint import Checkpointer
+
 log = logging.getLogger(__name__)
 
 #: Versioned migrations: index i brings the schema from version i to i+1.
@@ -312,6 +314,7 @@ class Journal:
         self._db.execute(f"PRAGMA synchronous={synchronous}")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._migrate()
+        self._checkpointer = Checkpointer(self._db, path)  # no 12 ms stall in a commit
         self._in_tx = False
         self._before: list[Callable[[], None]] = []
         self._after: list[Callable[[], None]] = []
@@ -368,6 +371,7 @@ class Journal:
 
     def close(self) -> None:
         self.flush()
+        self._checkpointer.close()
         self._db.close()
 
     # --- evidence -------------------------------------------------------------

@@ -14,6 +14,8 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..checkpoint import Checkpointer
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS account (
     id TEXT PRIMARY KEY,
@@ -148,6 +150,8 @@ class Ledger:
         self.db = sqlite3.connect(str(path), isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
+        # a sim process commits on its reactor thread too: checkpoints go to a thread
+        self._checkpointer = Checkpointer(self.db, path) if group_commit else None
         self._add_missing_columns()
         self.db.executescript(SCHEMA)
         #: Tombstones are rare: while there is none, no booking needs to look one up.

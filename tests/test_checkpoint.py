@@ -1,0 +1,131 @@
+"""gateway.checkpoint: WAL checkpoints off the committing thread."""
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+from gateway.checkpoint import Checkpointer
+from gateway.journal import Journal, Record
+
+
+def _writer(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, x BLOB)")
+    return db
+
+
+def _commit_rows(db: sqlite3.Connection, n: int) -> float:
+    """Commit ``n`` transactions of ~12 KiB each; the longest commit, seconds."""
+    longest = 0.0
+    for _ in range(n):
+        db.execute("BEGIN")
+        for _ in range(10):
+            db.execute("INSERT INTO t (x) VALUES (?)", (os.urandom(1200),))
+        t0 = time.perf_counter()
+        db.execute("COMMIT")
+        longest = max(longest, time.perf_counter() - t0)
+    return longest
+
+
+def _wal_frames(path: Path) -> int:
+    return os.path.getsize(f"{path}-wal") // 4096
+
+
+def test_the_writer_never_checkpoints_and_the_wal_stays_short(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite3"
+    db = _writer(path)
+    ck = Checkpointer(db, path, interval=0.005, restart_frames=200)
+    assert db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    for _ in range(40):
+        _commit_rows(db, 10)
+        time.sleep(0.001)
+    # ~1,600 pages were written; checkpointed and restarted, the WAL stays far shorter
+    assert ck.checkpoints >= 1
+    assert _wal_frames(path) < 1200
+    ck.close()
+    assert db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
+    assert db.execute("SELECT count(*) FROM t").fetchone()[0] == 4000
+    db.close()
+
+
+def test_a_long_wal_is_restarted_from_its_beginning(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite3"
+    db = _writer(path)
+    ck = Checkpointer(db, path, interval=3600, restart_frames=100)  # rounds run by hand
+    _commit_rows(db, 20)
+    probe = sqlite3.connect(str(path), isolation_level=None, timeout=0.02)
+    assert probe.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1] >= 100
+    ck._round(probe)
+    assert ck.restarts == 1
+    _commit_rows(db, 1)  # the next commit writes from the WAL's beginning
+    assert probe.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1] < 100
+    probe.close()
+    ck.close()
+    db.close()
+
+
+def test_without_it_the_wal_would_only_grow(tmp_path: Path) -> None:
+    """The control for the test above: autocheckpoint off and no thread, the WAL keeps
+    every page written (so the bound above is the Checkpointer's doing)."""
+    path = tmp_path / "j.sqlite3"
+    db = _writer(path)
+    db.execute("PRAGMA wal_autocheckpoint=0")
+    for _ in range(40):
+        _commit_rows(db, 10)
+    assert _wal_frames(path) >= 1200
+    db.close()
+
+
+def test_a_long_reader_never_holds_commits_back_for_long(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite3"
+    db = _writer(path)
+    ck = Checkpointer(db, path, interval=0.005, restart_frames=50, restart_wait=0.02)
+    reader = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM t").fetchone()  # holds its snapshot
+    released = threading.Event()
+
+    def release() -> None:
+        time.sleep(1.0)
+        reader.execute("COMMIT")
+        released.set()
+
+    threading.Thread(target=release, daemon=True).start()
+    longest = _commit_rows(db, 300)  # RESTART keeps trying while the reader holds on
+    released.wait(5)
+    # a RESTART waits at most restart_wait for readers: no commit waited the reader out
+    # (1 s), let alone the writer's 5 s busy timeout ("database is locked")
+    assert longest < 0.5
+    _commit_rows(db, 100)
+    time.sleep(0.2)
+    assert ck.restarts >= 1
+    ck.close()
+    db.close()
+
+
+def test_the_journal_checkpoints_in_the_background_and_reopens_intact(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite3"
+    journal = Journal(path)
+    assert journal._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    for i in range(300):
+        journal.log_message(0.0, "IN", "S1", "GTJA", "XFER.OUT.REQ", f"M{i}", None, b"env",
+                            os.urandom(1000))
+        journal.insert_record(Record(origin="GTJA", biz_type="XFER.OUT", biz_sn=f"B{i}",
+                                     receiver="CCB", msg_id=f"M{i}", content_hash="h",
+                                     state="PENDING", trade_date="2026-11-25",
+                                     amount_fen=100), 0.0)
+        journal.flush()
+    deadline = time.monotonic() + 5
+    while journal._checkpointer.checkpoints == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert journal._checkpointer.checkpoints >= 1
+    journal.close()
+    again = Journal(path)
+    assert again.record("GTJA", "XFER.OUT", "B299") is not None
+    assert len(list(again.messages())) == 300
+    again.close()
