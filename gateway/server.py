@@ -150,8 +150,10 @@ class SessionProtocol(protocol.Protocol):
         if self._abort_call is not None and self._abort_call.active():
             self._abort_call.cancel()
         if self.session is not None:
-            self.factory.act_on_reads()  # what arrived before the close is acted on
-            self.session.close()
+            try:
+                self.factory.act_on_reads()  # what arrived before the close is acted on
+            finally:
+                self.session.close()
             self.factory.schedule_flush()
 
 
@@ -185,7 +187,13 @@ class GatewayFactory(protocol.Factory):
     def act_on_reads(self) -> None:
         reads, self._reads = self._reads, []
         if reads:
-            receive_reads(reads)
+            try:
+                receive_reads(reads)
+            except Exception:  # a bug; each frame's own errors are answered inside
+                log.exception("acting on %d read(s) failed; closing their sessions",
+                              len(reads))
+                for session, _ in reads:
+                    session.close()
 
     def _flush(self) -> None:
         self._flush_call = None
@@ -197,6 +205,7 @@ class GatewayFactory(protocol.Factory):
             self.reactor.stop()  # type: ignore[attr-defined]
 
     def tick(self) -> None:
+        self.act_on_reads()  # an answer already read settles before its timeout fires
         try:
             self.gateway.tick()
         except Exception:

@@ -606,7 +606,13 @@ def receive_reads(reads: list[tuple[Session, bytes]]) -> None:
     interleaved with SQL and signing (the CPU caches stay warm: docs/BENCHMARKS.md).
     Parsing and checking have no effect: a frame after one that closes its session is
     still never acted on, and an outcome is only used in its §3 place (after the MAC)."""
-    taken = [(session, session._take(data)) for session, data in reads]
+    # One session's reads of the turn are decoded as one stream (TLS hands over each
+    # record as a read of its own): a framing error then comes after every good frame
+    # before it, as when each read was acted on at once.
+    joined: dict[int, tuple[Session, list[bytes]]] = {}
+    for session, data in reads:
+        joined.setdefault(id(session), (session, []))[1].append(data)
+    taken = [(session, session._take(b"".join(chunks))) for session, chunks in joined.values()]
     parsed = [[_parse(p) for p in got] if isinstance(got, list) else [] for _, got in taken]
     signatures = [session._presign(items) for (session, _), items in zip(taken, parsed,
                                                                           strict=True)]

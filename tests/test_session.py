@@ -343,3 +343,54 @@ def test_an_outgoing_message_is_sealed_at_the_flush_with_the_key_of_its_queueing
     rows = [r for r in harness.journal.messages() if r["direction"] == "OUT"]
     assert len(rows) == count + 1  # its evidence row was written in the flush
     assert rows[-1]["envelope"].decode() == f"SBDX1 {frame.key_id} {frame.mac} {frame.sig}"
+
+
+def _echo_frame(h: Harness, text: str) -> bytes:
+    return _raw(h, h.peer.build("SYS.ECHO.REQ", [("Text", text)])[1])
+
+
+def _ready(tmp_path: Path) -> Harness:
+    h = Harness(tmp_path, heartbeat_seconds=30.0)
+    h.logon()
+    h.tick(5.1)
+    h.answer_keyx()
+    return h
+
+
+def test_reads_of_one_session_in_one_turn_are_one_stream_for_framing_errors(
+        tmp_path: Path) -> None:
+    """TLS hands over every record as a read of its own: the good frames of a later read
+    are still acted on before the framing error that follows them (E100, close)."""
+    from gateway.session import receive_reads
+
+    h = _ready(tmp_path)
+    before = len(h.link.frames)
+    receive_reads([(h.session, _echo_frame(h, "a")), (h.session, _echo_frame(h, "b")),
+                   (h.session, _echo_frame(h, "c") + b"XXXXXXXX")])
+    h.gateway.flush()
+    out = h.link.frames[before:]
+    assert [(f.type, f.body.get("Code") or f.body.get("Text")) for f in out] == [
+        ("SYS.ECHO.RSP", "a"), ("SYS.ECHO.RSP", "b"), ("SYS.ECHO.RSP", "c"),
+        ("SYS.ERROR", "E100")]
+    assert h.session.state == CLOSED
+
+
+def test_a_read_already_received_is_acted_on_before_the_timers_run(tmp_path: Path) -> None:
+    """The server acts on a turn's reads at the end of the turn; a timer tick that comes
+    first (a relay timeout, the silence check) must see them acted on already."""
+    from twisted.internet.task import Clock
+
+    from gateway.server import GatewayFactory
+
+    h = _ready(tmp_path)
+    clock = Clock()
+    factory = GatewayFactory(h.gateway, clock)
+    before = len(h.link.frames)
+    h.clock.advance(89.0)  # one more second of silence and the tick closes the session
+    factory.read(h.session, _echo_frame(h, "queued"))
+    h.clock.advance(2.0)
+    factory.tick()  # due before the end-of-turn flush
+    clock.advance(0)
+    out = h.link.frames[before:]
+    assert [(f.type, f.body.get("Text")) for f in out] == [("SYS.ECHO.RSP", "queued")]
+    assert h.session.state != CLOSED  # the frame counted as a sign of life
