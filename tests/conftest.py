@@ -126,3 +126,15 @@ def start_gateway(home: GatewayHome) -> Iterator[Any]:
     for gw in running:
         gw.kill()
         assert "Traceback" not in gw.log_text(), gw.log_text()
+
+
+@pytest.fixture
+def day(start_gateway):  # type: ignore[no-untyped-def]
+    """A gateway with quick timeouts and reversal retries, a bank and a broker logged on."""
+    gw = start_gateway(relay_timeout_seconds=1.5, reversal_retry_initial_seconds=0.5,
+                       reversal_retry_max_seconds=1.0)
+    bank = gw.peer(BANK).open_session()
+    broker = gw.peer(BROKER).open_session()
+    yield gw, bank, broker
+    bank.close()
+    broker.close()

@@ -3,11 +3,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from conftest import BANK
+from conftest import BANK, BROKER
 from peer import Frame, TestPeer
 
 FUND, WALLET = "100020003000", "0071130812093028"
 CORP = "0099000011112222"
+#: Gateway settings for tests that time a relay out and follow its reversal across a
+#: restart: a timeout after 1 s, reversal retries every 0.5-1 s.
+FAST_REVERSALS: dict[str, Any] = {"relay_timeout_seconds": 1.0,
+                                  "reversal_retry_initial_seconds": 0.5,
+                                  "reversal_retry_max_seconds": 1.0}
 REQUIRED_ON_SUCCESS = {"CTS.SIGN.REQ": ("AgreementNo",), "XFER.IN.REQ": ("BankSn", "SweepRef"),
                        "XFER.OUT.REQ": ("BankSn",), "PAY.ORDER.REQ": ("BankSn",),
                        "OTC.SUBSCRIBE.REQ": ("BankSn",)}
@@ -84,3 +89,11 @@ def accept_gateway_logon(bank: TestPeer) -> Frame:
     bank.answer_keyx(bank.recv("SYS.KEYX.REQ"))  # the gateway keys at once when it dialled
     assert bank.request("SYS.ECHO.REQ", [("Text", "keyed")]).body["Text"] == "keyed"
     return logon
+
+
+def signed_pair(gw: Any) -> tuple[TestPeer, TestPeer]:
+    """A bank and a broker session on ``gw``, with the usual agreement signed."""
+    bank = gw.peer(BANK).open_session()
+    broker = gw.peer(BROKER).open_session()
+    signed(bank, broker)
+    return bank, broker

@@ -8,18 +8,20 @@ import time
 import pytest
 
 from conftest import BANK, BROKER
-from flows import CORP, FUND, WALLET, answer, call, otc, pay, sign_fields, signed, xfer
-
-
-@pytest.fixture
-def day(start_gateway):  # type: ignore[no-untyped-def]
-    gw = start_gateway(relay_timeout_seconds=1.5, reversal_retry_initial_seconds=0.5,
-                       reversal_retry_max_seconds=1.0)
-    bank = gw.peer(BANK).open_session()
-    broker = gw.peer(BROKER).open_session()
-    yield gw, bank, broker
-    bank.close()
-    broker.close()
+from flows import (
+    CORP,
+    FAST_REVERSALS,
+    FUND,
+    WALLET,
+    answer,
+    call,
+    otc,
+    pay,
+    sign_fields,
+    signed,
+    signed_pair,
+    xfer,
+)
 
 
 def test_sign_relays_reencrypted_identity_and_registers_the_agreement(day) -> None:  # type: ignore[no-untyped-def]
@@ -217,12 +219,9 @@ def test_timeout_b330_reversal_reversed_late_answer_journaled_not_relayed(day) -
 
 
 def test_reversal_survives_sigkill_and_completes_after_restart(home, start_gateway) -> None:  # type: ignore[no-untyped-def]
-    settings = dict(relay_timeout_seconds=1.0, reversal_retry_initial_seconds=0.5,
-                    reversal_retry_max_seconds=1.0)
+    settings = FAST_REVERSALS
     gw = start_gateway(**settings)
-    bank = gw.peer(BANK).open_session()
-    broker = gw.peer(BROKER).open_session()
-    signed(bank, broker)
+    bank, broker = signed_pair(gw)
     broker.send("XFER.OUT.REQ", xfer("T1"), to=BANK)
     bank.recv("XFER.OUT.REQ")
     assert broker.recv("XFER.OUT.RSP", timeout=5).body["Result"] == "B330"

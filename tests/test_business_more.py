@@ -11,18 +11,7 @@ from typing import Any
 import pytest
 
 from conftest import BANK, BROKER
-from flows import CORP, call, otc, pay, sign_fields, signed, xfer
-
-
-@pytest.fixture
-def day(start_gateway):  # type: ignore[no-untyped-def]
-    gw = start_gateway(relay_timeout_seconds=1.5, reversal_retry_initial_seconds=0.5,
-                       reversal_retry_max_seconds=1.0)
-    bank = gw.peer(BANK).open_session()
-    broker = gw.peer(BROKER).open_session()
-    yield gw, bank, broker
-    bank.close()
-    broker.close()
+from flows import CORP, FAST_REVERSALS, call, otc, pay, sign_fields, signed, signed_pair, xfer
 
 
 def journal(gw: Any) -> sqlite3.Connection:
@@ -72,12 +61,9 @@ def test_a_receiver_slower_than_the_retry_interval_still_completes_the_reversal(
 
 def test_an_answer_to_an_attempt_from_before_a_restart_completes_the_reversal(
         start_gateway) -> None:  # type: ignore[no-untyped-def]
-    settings = dict(relay_timeout_seconds=1.0, reversal_retry_initial_seconds=0.5,
-                    reversal_retry_max_seconds=1.0)
+    settings = FAST_REVERSALS
     gw = start_gateway(**settings)
-    bank = gw.peer(BANK).open_session()
-    broker = gw.peer(BROKER).open_session()
-    signed(bank, broker)
+    bank, broker = signed_pair(gw)
     timed_out(bank, broker, "T4")
     before = bank.recv("XFER.REVERSE.REQ", timeout=5)
     gw.kill()
