@@ -126,7 +126,7 @@ def measure(seconds: float, synchronous: str, group: int) -> dict[str, object]:
             "sign": per_call_us(lambda xml=xml: gateway.sign(xml), seconds),
             "journal": per_call_us(journal_hop, seconds),
         }
-    sequence = [_hop_sequence(hop, head, body, sender, gateway, mac_key, journal_hops[hop])
+    sequence = [_HopSequence(head, body, sender, gateway, mac_key, journal_hops[hop])
                 for hop, (head, body) in zip(("request", "response"), hop_messages(),
                                              strict=True)]
 
@@ -169,11 +169,6 @@ class _HopSequence:
     def __call__(self) -> None:
         for op in self.ops:
             op()
-
-
-def _hop_sequence(hop: str, head: Head, body: dict[str, str], sender: Signer, gateway: Signer,
-                  mac_key: bytes, journal_hop: Callable[[], None]) -> _HopSequence:
-    return _HopSequence(head, body, sender, gateway, mac_key, journal_hop)
 
 
 def _timed_in_sequence(sequence: list[_HopSequence],

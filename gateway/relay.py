@@ -57,10 +57,6 @@ class Pending:
     waiters: list[tuple[Session, str]] = field(default_factory=list)
 
 
-def _record_dict(rec: Record) -> dict[str, Any]:
-    return {f: getattr(rec, f) for f in Record.__dataclass_fields__}
-
-
 def content_hash(message: Message, plaintexts: Mapping[str, str]) -> str:
     """Hash of what a request asks for: To + body fields, encrypted ones in plaintext."""
     h = hashlib.sha256(message.head.to_party.encode())
@@ -220,7 +216,7 @@ class Gateway(Node):
         try:
             admitted = self.rules.admit(session.party, message, plaintexts)
         except BusinessError as exc:  # refused: journaled FAILED, so a repeat gets the same
-            self._refuse_recorded(session, message, Record(**base), exc)
+            self._refuse_recorded(session, message, base, exc)
             return
         if isinstance(admitted, Repeat):
             self.answer(session, message, admitted.body)
@@ -235,17 +231,18 @@ class Gateway(Node):
         session.inflight += 1
         target.relay_xml(message.xml, message.type, message.head.msg_id, None, plaintexts)
 
-    def _refuse_recorded(self, session: Session, message: Message, base: Record,
+    def _refuse_recorded(self, session: Session, message: Message, base: dict[str, Any],
                          exc: BusinessError) -> None:
-        """A rule refused the request: answer, and journal it FAILED with that answer."""
-        log.info("refused %s %s from %s: %s %s", message.type, base.biz_sn, session.party,
+        """A rule refused the request: answer, and journal it FAILED with that answer
+        (``base``: the record's fields as the request gave them)."""
+        log.info("refused %s %s from %s: %s %s", message.type, base["biz_sn"], session.party,
                  exc.code, exc.text)
         xml = self.answer(session, message, {"Result": exc.code, "ResultText": exc.text})
         # Never relayed: the gateway itself is the party that answered it, so the
         # counterparty's end-of-day file rightly does not list it.
         self.journal.insert_record(Record(**{
-            **_record_dict(base), "receiver": self.config.party,
-            "state": records.transition(base.state, records.FAILED),  # born PENDING, refused
+            **base, "receiver": self.config.party,
+            "state": records.transition(base["state"], records.FAILED),  # born PENDING, refused
             "result": exc.code, "response_xml": xml}), self.now())
 
     def _on_repeat(self, session: Session, message: Message, existing: Record,

@@ -197,9 +197,6 @@ class Session:
         except WireError as exc:
             self._refuse(exc, None)
 
-    def receive_payload(self, payload: bytes) -> None:
-        self._receive_parsed(payload, _parse(payload))
-
     def _receive_parsed(self, payload: bytes, item: _Parsed,
                         presigned: Presigned | None = None) -> None:
         self.last_heard = self.owner.now()
