@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 from gateway.keystore import KeyStore  # noqa: E402
 from gateway.sim.bank import AGGREGATE, BankBook  # noqa: E402
 from gateway.sim.ledger import Ledger  # noqa: E402
-from gateway.sim.runtime import ensure_key  # noqa: E402
+from gateway.sim.runtime import ensure_key, journal_file  # noqa: E402
 
 PY = sys.executable
 WALLET = "0071130812093028"
@@ -192,7 +192,7 @@ def check_books(setup: Setup, result: dict[str, Any], opening: int) -> dict[str,
         " msg_type='XFER.OUT.RSP' AND party='GTJA' GROUP BY ref_id HAVING count(*) > 1)"
     ).fetchone()[0]
     gw.close()
-    broker = sqlite3.connect(setup.broker / "data" / "GTJA-journal.sqlite3")
+    broker = sqlite3.connect(journal_file(setup.broker, "GTJA"))
     broker_rsp = broker.execute(
         "SELECT count(*), count(DISTINCT ref_id) FROM message WHERE direction='IN' AND"
         " msg_type='XFER.OUT.RSP'").fetchone()

@@ -157,11 +157,15 @@ class Driver:
             if self.outstanding == 0:
                 self.finish()
             return
-        due_count = int((now - self.start) * self.args.rate)
-        while self.sent < due_count:
-            self.send(self.start + self.sent / self.args.rate)
-        self.flush_soon()
-        self.reactor.callLater(0.001, self.open_loop_tick)
+        # request k is due at start + k/rate: by now, requests 0 .. floor(elapsed*rate)
+        due_count = int((now - self.start) * self.args.rate) + 1
+        if self.sent < due_count:
+            while self.sent < due_count:
+                self.send(self.start + self.sent / self.args.rate)
+            self.flush_soon()
+        # wake up when the next one is due (the reactor rounds to whole ms: at most 1 ms)
+        self.reactor.callLater(max(0.0, self.start + self.sent / self.args.rate - self.now()),
+                               self.open_loop_tick)
 
     def deadline(self) -> None:
         """Answers still missing long after the end are errors, not waited for forever."""

@@ -342,6 +342,19 @@ class Journal:
             self._in_tx = True
         return self._db.execute(sql, args)
 
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The journal's own connection, for tables of the same process that must be
+        committed with the journal (a simulated party's books): they write inside the
+        journal's transaction (:meth:`begin`), and :meth:`flush` commits them with it."""
+        return self._db
+
+    def begin(self) -> None:
+        """Open the group transaction now, if none is open; :meth:`flush` commits it."""
+        if not self._in_tx:
+            self._db.execute("BEGIN")
+            self._in_tx = True
+
     def before_commit(self, action: Callable[[], None]) -> None:
         """Run ``action`` at the next flush, before the commit (its writes join it)."""
         self._before.append(action)

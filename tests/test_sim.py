@@ -303,3 +303,59 @@ def test_a_broker_script_parses_every_step_and_names_the_bad_line() -> None:
                           ("wait", "needs seconds"), ("wait soon", "is not a number")]:
         with pytest.raises(ScriptError, match=r"script line 2: .*" + re.escape(message)):
             parse_script("# first\n" + text)
+
+
+# --- one file, one commit: the sim's books share its journal's transaction ------------
+
+def _count(path: Path, sql: str) -> int:
+    with sqlite3.connect(path) as other:  # another connection: sees only what is committed
+        return int(other.execute(sql).fetchone()[0])
+
+
+def test_sim_books_and_journal_commit_together_in_one_file(tmp_path: Path) -> None:
+    from gateway.sim.runtime import books_file, open_books
+
+    journal, books = open_books(tmp_path, "CCB")
+    path = books_file(tmp_path, "CCB")
+    assert journal.path == path
+    assert not (tmp_path / "data" / "CCB-journal.sqlite3").exists()
+    books.open_account("A", "X", 500)
+    books.open_account("B", "X", 0)
+    journal.flush()
+
+    books.begin()  # one booking (a savepoint in the journal's transaction) ...
+    books.post("k1", "A", "B", 120, "2026-11-25")
+    books.commit()
+    books.flush()  # ... that the books alone no longer commit
+    journal.log_message(1.0, "OUT", "S1", "GW01", "XFER.OUT.RSP", "M1", "R1", b"env", b"<x/>")
+    assert _count(path, "SELECT COUNT(*) FROM posting") == 0
+    assert _count(path, "SELECT COUNT(*) FROM message") == 0
+    journal.flush()  # one COMMIT: the booking and the evidence of its answer, together
+    assert _count(path, "SELECT COUNT(*) FROM posting") == 1
+    assert _count(path, "SELECT COUNT(*) FROM message") == 1
+    assert _count(path, "SELECT balance_fen FROM account WHERE id='B'") == 120
+
+    # a booking rolled back leaves the journal's writes made before it alone
+    journal.log_message(2.0, "IN", "S1", "GW01", "XFER.OUT.REQ", "M2", None, b"env", b"<y/>")
+    books.begin()
+    books.post("k2", "A", "B", 1, "2026-11-25")
+    books.rollback()
+    journal.flush()
+    assert _count(path, "SELECT COUNT(*) FROM posting") == 1
+    assert _count(path, "SELECT COUNT(*) FROM message") == 2
+    journal.close()
+
+
+def test_a_sim_home_with_a_separate_journal_file_keeps_it(tmp_path: Path) -> None:
+    from gateway.journal import Journal
+    from gateway.sim.runtime import books_file, open_books
+
+    Journal(tmp_path / "data" / "CCB-journal.sqlite3").close()  # a home made before
+    journal, books = open_books(tmp_path, "CCB")
+    assert journal.path == tmp_path / "data" / "CCB-journal.sqlite3"
+    books.open_account("A", "X", 5)
+    books.begin()
+    books.commit()
+    books.flush()  # its own file, its own commit
+    assert _count(books_file(tmp_path, "CCB"), "SELECT COUNT(*) FROM account") == 1
+    journal.close()

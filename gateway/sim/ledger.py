@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..checkpoint import Checkpointer
+from ..journal import Journal
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS account (
@@ -140,18 +141,28 @@ def biz_key(origin: str, biz_type: str, biz_sn: str) -> str:
 class Ledger:
     """Accounts, postings and booked operations of one simulated party."""
 
-    def __init__(self, path: Path, group_commit: bool = False) -> None:
-        """``group_commit``: bookings (each atomic, as a savepoint) share one transaction
+    def __init__(self, where: Path | Journal, group_commit: bool = False) -> None:
+        """``where``: the ledger's own SQLite file, or a :class:`Journal` whose file and
+        transaction the books share (group commit implied: the journal's flush commits
+        the bookings with the turn's evidence, one commit and one fsync for both).
+
+        ``group_commit``: bookings (each atomic, as a savepoint) share one transaction
         that :meth:`flush` commits — the owner flushes before it answers anyone, so one
         fsync covers every booking of a reactor turn, as the gateway's journal does."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._group = group_commit
+        self._journal = where if isinstance(where, Journal) else None
+        self._group = group_commit or self._journal is not None
         self._in_tx = False
-        self.db = sqlite3.connect(str(path), isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
-        # a sim process commits on its reactor thread too: checkpoints go to a thread
-        self._checkpointer = Checkpointer(self.db, path) if group_commit else None
+        self._checkpointer: Checkpointer | None = None
+        if self._journal is not None:
+            self.db = self._journal.connection  # its checkpointer serves the books too
+        else:
+            assert isinstance(where, Path)
+            where.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(str(where), isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            if group_commit:  # a sim commits on its reactor thread: checkpoints on a thread
+                self._checkpointer = Checkpointer(self.db, where)
         self._add_missing_columns()
         self.db.executescript(SCHEMA)
         #: Tombstones are rare: while there is none, no booking needs to look one up.
@@ -269,7 +280,9 @@ class Ledger:
         if not self._group:
             self.db.execute("BEGIN IMMEDIATE")
             return
-        if not self._in_tx:
+        if self._journal is not None:
+            self._journal.begin()
+        elif not self._in_tx:
             self.db.execute("BEGIN IMMEDIATE")
             self._in_tx = True
         self.db.execute("SAVEPOINT booking")
@@ -285,7 +298,8 @@ class Ledger:
             self.db.execute("ROLLBACK")
 
     def flush(self) -> None:
-        """Make every booking so far durable (group-commit mode; a no-op otherwise)."""
+        """Make every booking so far durable (group-commit mode; a no-op otherwise, and
+        when the books share a journal: its flush commits them)."""
         if self._in_tx:
             self.db.execute("COMMIT")
             self._in_tx = False

@@ -47,6 +47,27 @@ def ensure_key(home: Path, party: str) -> Path:
     return pub
 
 
+def books_file(home: Path, party: str) -> Path:
+    """The sim's SQLite file: its books and (see :func:`journal_file`) its journal."""
+    return home / "data" / f"{party}-ledger.sqlite3"
+
+
+def journal_file(home: Path, party: str) -> Path:
+    """Where the sim's message journal is: in the books' file, so one commit (one
+    fsync) per reactor turn covers the bookings and the evidence of their answers — or,
+    in a home made before that, the separate journal file it already has."""
+    separate = home / "data" / f"{party}-journal.sqlite3"
+    return separate if separate.exists() else books_file(home, party)
+
+
+def open_books(home: Path, party: str) -> tuple[Journal, Ledger]:
+    """The sim's journal and ledger; sharing one file and transaction where they can."""
+    journal = Journal(journal_file(home, party))
+    if journal.path == books_file(home, party):
+        return journal, Ledger(journal)
+    return journal, Ledger(books_file(home, party), group_commit=True)
+
+
 @dataclass
 class Sim:
     """A running simulated party."""
@@ -86,9 +107,7 @@ def start_sim(reactor: Any, home: Path, role: str, party: str, connect: str,
     gateway (requests take turns over them)."""
     ensure_key(home, party)
     signer = load_signer(key_file(home, party))
-    data = home / "data"
-    journal = Journal(data / f"{party}-journal.sqlite3")
-    ledger = Ledger(data / f"{party}-ledger.sqlite3", group_commit=True)
+    journal, ledger = open_books(home, party)
     today = lambda: node.trade_date()  # noqa: E731
     now_iso = lambda: node.iso_time()  # noqa: E731
     book: Any = (BankBook(ledger, party, today, now_iso) if role == "BANK"
