@@ -101,7 +101,8 @@ class PeerNode(Node):
             waiter(verified.message)
 
     def flush(self) -> int:
-        """Group commit: the books first, then the journal, then the queued writes."""
+        """Group commit: the books (a no-op when they share the journal's transaction),
+        then the journal, then the queued writes."""
         self.book.flush()
         return super().flush()
 
