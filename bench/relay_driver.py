@@ -182,6 +182,8 @@ class Driver:
     def finish(self) -> None:
         if not self.reactor.running:
             return
+        if "to" not in self.cpu_marks:  # the last request's tick ran before the mark's timer
+            self.mark_cpu("to")
         self.sim.node.flush()
         self.write(self.summary())
         self.reactor.stop()
