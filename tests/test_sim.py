@@ -359,3 +359,13 @@ def test_a_sim_home_with_a_separate_journal_file_keeps_it(tmp_path: Path) -> Non
     books.flush()  # its own file, its own commit
     assert _count(books_file(tmp_path, "CCB"), "SELECT COUNT(*) FROM account") == 1
     journal.close()
+
+
+def test_books_are_not_opened_on_a_journal_with_a_transaction_open(tmp_path: Path) -> None:
+    from gateway.journal import Journal
+
+    journal = Journal(tmp_path / "j.sqlite3")
+    journal.begin()  # the schema script would COMMIT this behind the journal's back
+    with pytest.raises(RuntimeError, match="before the journal's first write"):
+        Ledger(journal)
+    journal.close()

@@ -155,6 +155,8 @@ class Ledger:
         self._checkpointer: Checkpointer | None = None
         if self._journal is not None:
             self.db = self._journal.connection  # its checkpointer serves the books too
+            if self.db.in_transaction:  # executescript below would commit it, unseen
+                raise RuntimeError("the books must be opened before the journal's first write")
         else:
             assert isinstance(where, Path)
             where.parent.mkdir(parents=True, exist_ok=True)
