@@ -338,8 +338,7 @@ class Journal:
     # --- transactions ---------------------------------------------------------
     def _write(self, sql: str, args: tuple[object, ...]) -> sqlite3.Cursor:
         if not self._in_tx:
-            self._db.execute("BEGIN")
-            self._in_tx = True
+            self.begin()
         return self._db.execute(sql, args)
 
     @property
