@@ -382,7 +382,9 @@ class Gateway(Node):
             return
         log.warning("late answer %s to %s %s (record %s): journaled, not relayed", result,
                     rec.biz_type, rec.biz_sn, rec.state)
-        if rec.state == records.PENDING:  # journaled before a restart, never timed out
+        if rec.state == records.PENDING:  # timed out unreversed (S900), or before a restart
+            # it settles the record, so it passes the checks of an answer in time (E111)
+            self.rules.check_answer(rec, message, session.peer.role if session.peer else "")
             self._settle(rec, message, result)
 
     # --- timers -------------------------------------------------------------------

@@ -203,8 +203,10 @@ class Rules:
     def _admit_pay_refund(self, origin: str, m: Message, _: Mapping[str, str]) -> dict[str, Any]:
         osn = str(m.body["OrigBizSn"])
         orig = self.journal.record(origin, "PAY.ORDER", osn)
-        if orig is None or orig.state != records.SUCCEEDED:
-            raise OriginalNotFound(f"no paid order {osn}")
+        # the order must have been paid through the bank this refund goes to
+        if orig is None or orig.state != records.SUCCEEDED or \
+                orig.receiver != m.head.to_party:
+            raise OriginalNotFound(f"no paid order {osn} between these parties")
         refunds = self.journal.records_referring(origin, "PAY.ORDER", osn, "PAY.REFUND")
         if any(r.state in (records.PENDING, records.SUCCEEDED) for r in refunds):
             raise AlreadyReversed(f"order {osn} is already refunded")
@@ -229,9 +231,11 @@ class Rules:
     def _admit_otc_redeem(self, origin: str, m: Message, _: Mapping[str, str]) -> dict[str, Any]:
         osn = str(m.body["OrigBizSn"])
         orig = self.journal.record(origin, "OTC.SUBSCRIBE", osn)
+        # the subscription must have been made with the bank this redemption goes to
         if orig is None or orig.state != records.SUCCEEDED or \
-                orig.wallet_id != m.text("CorpWalletId"):
-            raise OriginalNotFound(f"no successful subscription {osn} of that wallet")
+                orig.wallet_id != m.text("CorpWalletId") or orig.receiver != m.head.to_party:
+            raise OriginalNotFound(f"no successful subscription {osn} of that wallet "
+                                   "between these parties")
         fen = _positive(m)
         if fen > (orig.amount_fen or 0):
             raise InvalidAmount("redemption exceeds the subscribed amount")
@@ -245,8 +249,17 @@ class Rules:
         "XFER.OUT": ("BankSn",), "PAY.ORDER": ("BankSn",), "OTC.SUBSCRIBE": ("BankSn",)}
 
     def check_answer(self, rec: Record, response: Message, responder_role: str) -> None:
-        """An answer must name the request's BizSn, and a bank's ``0000`` must carry the
-        fields §6 lists for it; otherwise it settles nothing (E111 to the responder)."""
+        """An answer must be of the request's response Type and name its BizSn, and a
+        bank's ``0000`` must carry the fields §6 lists for it; otherwise it settles
+        nothing (E111 to the responder)."""
+        # rec.biz_type is the request's business type ("XFER.OUT", "XFER.REVERSE", …) for
+        # every record the relay keeps pending; the gateway's own reversals are not
+        # records and are matched before this (ReversalQueue.answered)
+        want = rec.biz_type + ".RSP"
+        if response.type != want:
+            raise SchemaInvalid(f"Msg/Head/Type: {response.type} does not answer the "
+                                f"request's {rec.biz_type}.REQ (expected {want})",
+                                ref_msg_id=response.head.msg_id)
         got = response.text("BizSn")
         if got is not None and got != rec.biz_sn:
             raise SchemaInvalid(f"Msg/Body/BizSn: {got} does not match the request's "

@@ -156,6 +156,40 @@ def test_otc_corporate_only_booking_date_and_redeem(day) -> None:  # type: ignor
     assert call(broker, "OTC.REDEEM.REQ", redeem, bank=bank).body["Result"] == "0000"
 
 
+def test_a_refund_or_redemption_sent_to_another_bank_is_b313(home, start_gateway) -> None:  # type: ignore[no-untyped-def]
+    """PAY.REFUND and OTC.REDEEM go to the bank the original went through: sent `To`
+    another bank, the original is "not found" (B313), answered by the gateway and not
+    relayed; sent to the original's bank, they are relayed as usual."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from gateway.keystore import KeyStore
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    KeyStore(home.root / "keys").add_peer("ICBC", "BANK", key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    home.keys["ICBC"] = key
+    gw = start_gateway(relay_timeout_seconds=1.5)
+    bank = gw.peer(BANK).open_session()
+    other = gw.peer("ICBC", "BANK").open_session()
+    broker = gw.peer(BROKER).open_session()
+    end = (dt.date.today() + dt.timedelta(days=3)).isoformat()
+    assert call(broker, "PAY.ORDER.REQ", pay("P1", end), bank=bank).body["Result"] == "0000"
+    assert call(broker, "OTC.SUBSCRIBE.REQ", otc("O1"), bank=bank).body["Result"] == "0000"
+    refund = [("OrigBizSn", "P1"), ("Amount", "99.00")]
+    redeem = [("OrigBizSn", "O1"), ("CorpWalletId", CORP), ("Amount", "500000.00")]
+    for kind, fields in (("PAY.REFUND.REQ", refund), ("OTC.REDEEM.REQ", redeem)):
+        rsp = call(broker, kind, [("BizSn", "X1"), *fields], to="ICBC")
+        assert (rsp.head("From"), rsp.body["Result"]) == ("GW01", "B313"), rsp.body
+        assert "between these parties" in rsp.body["ResultText"]
+    with pytest.raises(TimeoutError):
+        other.recv(timeout=0.8)  # nothing reached the other bank
+    for kind, fields in (("PAY.REFUND.REQ", refund), ("OTC.REDEEM.REQ", redeem)):
+        rsp = call(broker, kind, [("BizSn", "X2"), *fields], bank=bank)
+        assert (rsp.head("From"), rsp.body["Result"]) == (BANK, "0000"), rsp.body
+    other.close()
+
+
 def test_explicit_reversal_rules_and_first_result_returned(day) -> None:  # type: ignore[no-untyped-def]
     gw, bank, broker = day
     signed(bank, broker)
@@ -315,6 +349,40 @@ def test_an_answer_lacking_what_section_6_requires_settles_nothing(day) -> None:
         assert err.body["Code"] == "E111", err.body
     assert broker._answer_to(msg_id, "XFER.IN.REQ").body["Result"] == "B330"
     assert bank.recv("XFER.REVERSE.REQ", timeout=5).body["OrigBizSn"] == "R1"
+
+
+def test_an_answer_of_another_type_settles_nothing(day) -> None:  # type: ignore[no-untyped-def]
+    """The bank answers an XFER.OUT.REQ with a PAY.ORDER.RSP naming the same BizSn: E111
+    to the bank (RefMsgId = that response), nothing relayed to the broker, the record
+    stays PENDING; unanswered, it times out into the gateway's reversal as usual."""
+    gw, bank, broker = day
+
+    def status() -> str:
+        q = call(broker, "XFER.QUERY.REQ", [("BizSn", "WT1"), ("OrigType", "XFER.OUT")],
+                 to="GW01")
+        return q.records("Record")[0]["Status"]
+
+    signed(bank, broker)
+    msg_id = broker.send("XFER.OUT.REQ", xfer("WT1"), to=BANK)
+    req = bank.recv("XFER.OUT.REQ")
+    wrong = bank.send("PAY.ORDER.RSP", [("Result", "0000"), ("ResultText", "ok"),
+                                        ("BizSn", "WT1"), ("BankSn", "BS1")],
+                      to=BROKER, ref=req.head("MsgId"))
+    err = bank.recv("SYS.ERROR")
+    assert (err.body["Code"], err.body["RefMsgId"]) == ("E111", wrong), err.body
+    assert "PAY.ORDER.RSP does not answer" in err.body["Text"], err.body
+    assert status() == "PENDING"
+    rsp = broker._answer_to(msg_id, "XFER.OUT.REQ")
+    assert (rsp.type, rsp.body["Result"]) == ("XFER.OUT.RSP", "B330"), rsp.body
+    with pytest.raises(TimeoutError):
+        broker.recv("PAY.ORDER.RSP", timeout=0.3)  # the wrong answer was never relayed
+    rev = bank.recv("XFER.REVERSE.REQ", timeout=5)
+    assert (rev.head("From"), rev.body["OrigBizSn"]) == ("GW01", "WT1")
+    bank.send("XFER.REVERSE.RSP", [("Result", "0000"), ("ResultText", "reversed"),
+                                   ("BizSn", rev.body["BizSn"])], to="GW01",
+              ref=rev.head("MsgId"))
+    gw.wait_for_log("acknowledged .*REVERSED")
+    assert status() == "REVERSED"
 
 
 def test_a_receivers_sys_error_is_b399_at_once_and_frees_the_sign(day) -> None:  # type: ignore[no-untyped-def]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import datetime as dt
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -244,6 +245,28 @@ def test_a_late_answer_to_an_unanswered_sign_settles_it_without_a_relay(day) -> 
     rows = journal(gw).execute("SELECT direction FROM message WHERE msg_id=?", (late,))
     assert [r[0] for r in rows] == ["IN"]
 
+
+
+def test_a_late_answer_of_another_type_settles_nothing(day) -> None:  # type: ignore[no-untyped-def]
+    """A late answer settles a PENDING record only if it would have in time: one of the
+    wrong Type (an XFER.OUT.RSP naming the CTS.SIGN's BizSn) gets E111, and the timed-out
+    sign stays PENDING for the right answer, which still settles it."""
+    gw, bank, broker = day
+    msg_id = broker.send("CTS.SIGN.REQ", sign_fields("S1"), to=BANK, encrypt=("IdNo", "Phone"))
+    req = bank.recv("CTS.SIGN.REQ")
+    assert broker._answer_to(msg_id, "CTS.SIGN.REQ").body["Result"] == "S900"
+    wrong = bank.send("XFER.OUT.RSP", [("Result", "0000"), ("ResultText", "late"),
+                                       ("BizSn", "S1"), ("BankSn", "BK1")],
+                      to=BROKER, ref=req.head("MsgId"))
+    err = bank.recv("SYS.ERROR")
+    assert (err.body["Code"], err.body["RefMsgId"]) == ("E111", wrong), err.body
+    assert status(broker, "S1", "CTS.SIGN") == "PENDING"
+    bank.send("CTS.SIGN.RSP", [("Result", "0000"), ("ResultText", "late"), ("BizSn", "S1"),
+                               ("AgreementNo", "AGL1")], to=BROKER, ref=req.head("MsgId"))
+    deadline = time.monotonic() + 5  # the answer and the query travel on two sessions
+    while status(broker, "S1", "CTS.SIGN") != "SUCCEEDED":
+        assert time.monotonic() < deadline, "the right late answer did not settle the sign"
+        time.sleep(0.05)
 
 # --- the one state machine ------------------------------------------------------------------
 def test_a_reversal_acknowledged_for_a_record_not_reversing_is_an_illegal_move(tmp_path) -> None:  # type: ignore[no-untyped-def]
