@@ -16,6 +16,10 @@ answered exactly once (journals of all three parties) and that the bank's ledger
 moved by exactly the expected sum. The floor (bench/relay_floor.py) runs in its own
 process of the same kind, so the report prints gateway CPU / floor (the round trip's
 operations run in sequence) and gateway CPU / ops sum (each operation timed alone).
+Beside each run, what the machine did meanwhile, to tell the gateway's share of a tail
+from the VM's: a disk probe (4 KiB write + fdatasync every 10 ms: p99 / max), the
+gateway journal's own COMMIT timings (mean / max), and this VM's speed (µs per ECDSA
+verify, before / after the run).
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ import json
 import os
 import platform
 import pstats
+import re
 import shutil
 import signal
 import socket
@@ -31,6 +36,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,6 +107,64 @@ def prepare(root: Path, settings: dict[str, Any]) -> Setup:
     return setup
 
 
+class DiskProbe:
+    """Writes 4 KiB and fdatasyncs it every 10 ms, on the journals' file system, from a
+    thread of this (otherwise idle) process: how long the disk itself took to make a
+    write durable while the rig ran.  Every hop's answer waits for one such flush, so a
+    disk stall shows in the round-trip tail whatever the gateway does; the report
+    prints the probe's p99 and max beside the latencies to tell the two apart."""
+
+    INTERVAL = 0.01
+
+    def __init__(self, folder: Path, skip_seconds: float) -> None:
+        self._path = folder / "disk-probe.dat"
+        self._skip_until = time.monotonic() + skip_seconds  # the driver's warm-up
+        self._samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="disk probe", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        fd = os.open(self._path, os.O_WRONLY | os.O_CREAT, 0o600)
+        block = b"\0" * 4096
+        try:
+            while not self._stop.wait(self.INTERVAL):
+                t0 = time.monotonic()
+                os.pwrite(fd, block, 0)
+                os.fdatasync(fd)
+                if t0 >= self._skip_until:
+                    self._samples.append(time.monotonic() - t0)
+        finally:
+            os.close(fd)
+
+    def stop(self) -> dict[str, Any]:
+        self._stop.set()
+        self._thread.join()
+        v = sorted(self._samples)
+        if not v:
+            return {}
+        return {"n": len(v), "p50_ms": round(v[len(v) // 2] * 1e3, 2),
+                "p99_ms": round(v[min(len(v) - 1, int(0.99 * len(v)))] * 1e3, 2),
+                "max_ms": round(v[-1] * 1e3, 2),
+                "over_20ms": sum(1 for x in v if x > 0.020)}
+
+
+def box_speed(n: int = 2000) -> float:
+    """µs per ECDSA P-256 verify of a 1.2 KB message, in this process, now: this VM's
+    speed moves with its host's load (65 vs 88 µs within one hour, docs/BENCHMARKS.md),
+    so every run records it before and after, beside its latencies."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    data, algo = b"x" * 1200, ec.ECDSA(hashes.SHA256())
+    sig, pub = key.sign(data, algo), key.public_key()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        pub.verify(sig, data, algo)
+    return round((time.perf_counter() - t0) / n * 1e6, 1)
+
+
 def wallet_balance(setup: Setup) -> int:
     db = sqlite3.connect(setup.bank / "data" / "CCB-ledger.sqlite3")
     try:
@@ -114,7 +178,9 @@ def one_run(args: argparse.Namespace, label: str, *, rate: float = 0.0,
             settings: dict[str, Any] | None = None, profile: Path | None = None,
             profile_who: str = "gateway") -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="sbdx-bench-"))
+    speed_before = box_speed()
     setup = prepare(root, settings or {})
+    os.sync()  # nothing of the set-up (or a previous run) left for the disk to flush
     gw_log, bank_log = root / "gateway.log", root / "bank.log"
     gw_cmd = [PY, "-m", "gateway", "--home", str(setup.gw), "serve"]
     bank_cmd = [PY, "-m", "gateway", "--home", str(setup.bank), "sim", "bank", "--connect",
@@ -135,13 +201,17 @@ def one_run(args: argparse.Namespace, label: str, *, rate: float = 0.0,
         wait_for(gw_log, "CCB logged on as BANK", 30, gw)
         opening = wallet_balance(setup)
         result_file = root / "driver.json"
-        driver = subprocess.run(
-            [PY, str(BENCH / "relay_driver.py"), "--home", str(setup.broker), "--connect",
-             f"127.0.0.1:{setup.port}", "--gateway-cert", str(setup.gw / "keys/gateway.crt"),
-             "--connections", str(args.connections), "--window", str(args.window),
-             "--rate", str(rate), "--warmup", str(args.warmup), "--seconds", str(args.seconds),
-             "--gateway-pid", str(gw.pid), "--bank-pid", str(bank.pid), "--tag", "R",
-             "--out", str(result_file)], capture_output=True, text=True, timeout=900)
+        probe = DiskProbe(root, args.warmup) if args.disk_probe else None
+        try:
+            driver = subprocess.run(
+                [PY, str(BENCH / "relay_driver.py"), "--home", str(setup.broker), "--connect",
+                 f"127.0.0.1:{setup.port}", "--gateway-cert", str(setup.gw / "keys/gateway.crt"),
+                 "--connections", str(args.connections), "--window", str(args.window),
+                 "--rate", str(rate), "--warmup", str(args.warmup), "--seconds", str(args.seconds),
+                 "--gateway-pid", str(gw.pid), "--bank-pid", str(bank.pid), "--tag", "R",
+                 "--out", str(result_file)], capture_output=True, text=True, timeout=900)
+        finally:
+            disk = probe.stop() if probe else {}
         if driver.returncode != 0 or not result_file.exists():
             raise RuntimeError(f"driver failed: {driver.stderr[-2000:]}")
         result = json.loads(result_file.read_text())
@@ -149,6 +219,7 @@ def one_run(args: argparse.Namespace, label: str, *, rate: float = 0.0,
             raise RuntimeError(f"driver: {result['error']}")
         time.sleep(0.5)  # let the bank's last commit land before reading its books
         result["label"] = label
+        result["disk_probe"] = disk
         result["checks"] = check_books(setup, result, opening)
         result["errors_in_logs"] = count_errors(gw_log) + count_errors(bank_log)
     finally:
@@ -159,10 +230,17 @@ def one_run(args: argparse.Namespace, label: str, *, rate: float = 0.0,
                 proc.wait(60)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        commits = {who: commit_stats(log) for who, log in (("gateway", gw_log), ("bank", bank_log))}
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
+            # ext4 mounted with `discard` trims the freed blocks at its next journal
+            # commit, which stalls every fdatasync on the disk for 40-150 ms: pay it
+            # here, between runs, not inside the next run's measured window.
+            os.sync()
         else:
             print(f"kept {root}", file=sys.stderr)
+    result["commits"] = commits
+    result["verify_us"] = [speed_before, box_speed()]
     cpu = result["cpu"]
     answered = result["throughput"] * args.seconds
     for who in ("gateway", "gateway_sys", "bank", "bank_sys", "driver"):
@@ -170,6 +248,17 @@ def one_run(args: argparse.Namespace, label: str, *, rate: float = 0.0,
             spent = cpu["to"][who] - cpu["from"][who]
             result[f"{who}_cpu_us_per_rt"] = round(spent / answered * 1e6, 1) if answered else None
     return result
+
+
+def commit_stats(log: Path) -> dict[str, float]:
+    """The journal's own COMMIT timings (its close line, gateway.journal.CommitStats):
+    each answer waits for one, so a slow disk shows here as well as in the probe."""
+    text = log.read_text(errors="replace") if log.exists() else ""
+    m = re.search(r"closed: (\d+) commits, mean ([\d.]+) ms, max ([\d.]+) ms, (\d+) slow", text)
+    if not m:
+        return {}
+    return {"commits": int(m[1]), "mean_ms": float(m[2]), "max_ms": float(m[3]),
+            "slow": int(m[4])}
 
 
 def count_errors(log: Path) -> int:
@@ -264,15 +353,20 @@ def row(r: dict[str, Any], fl: dict[str, Any]) -> str:
     gw = r.get("gateway_cpu_us_per_rt")
     ratio = f"{gw / fl['round_trip_us']:.2f} | {gw / fl['ops_sum_us']:.2f}" if gw else "- | -"
     errors = sum(v for k, v in r["results"].items() if k != "0000") + r["errors_in_logs"]
+    disk = r.get("disk_probe") or {}
+    gwc = (r.get("commits") or {}).get("gateway") or {}
     return (f"| {r['label']} | {r['throughput']:.0f} | {lat.get('p50')} | {lat.get('p90')} | "
             f"{lat.get('p99')} | {lat.get('max')} | {gw} | {ratio} | {r.get('bank_cpu_us_per_rt')}"
             f" | {r.get('driver_cpu_us_per_rt')} | {errors} | "
-            f"{'yes' if r['checks']['ok'] else 'NO'} |")
+            f"{'yes' if r['checks']['ok'] else 'NO'} | {disk.get('p99_ms')} / {disk.get('max_ms')} | "
+            f"{gwc.get('mean_ms')} / {gwc.get('max_ms')} | "
+            f"{' / '.join(map(str, r.get('verify_us') or ()))} |")
 
 
 HEADER = ("| run | round trips/s | p50 ms | p90 ms | p99 ms | max ms | gateway CPU µs/rt | "
-          "÷ floor | ÷ ops sum | bank CPU µs/rt | broker CPU µs/rt | errors | exactly once + ledger |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "÷ floor | ÷ ops sum | bank CPU µs/rt | broker CPU µs/rt | errors | exactly once + ledger |"
+          " disk fsync p99 / max ms | gateway commit mean / max ms | verify µs before / after |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -292,6 +386,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--open-only", action="store_true",
                    help="with --open-rate: skip the closed-loop run")
     p.add_argument("--keep", action="store_true", help="keep the run folders")
+    p.add_argument("--no-disk-probe", dest="disk_probe", action="store_false",
+                   help="do not time a 4 KiB write + fdatasync every 10 ms during each run")
     p.add_argument("--json", type=Path, help="write all results here")
     args = p.parse_args(argv)
 

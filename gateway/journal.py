@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -303,10 +304,39 @@ _UPDATABLE = frozenset({"state", "result", "response_xml", "bank_sn", "sweep_ref
                         "agreement_no"})
 
 
+#: A commit slower than this is logged: every answer of its turn waited for it.
+SLOW_COMMIT_SECONDS = 0.2
+
+
+@dataclass
+class CommitStats:
+    """How long this journal's COMMITs took (wall clock: the fsync included)."""
+
+    commits: int = 0
+    seconds: float = 0.0
+    max_seconds: float = 0.0
+    slow: int = 0  #: commits over the journal's ``slow_commit_seconds``
+
+    def add(self, spent: float, slow_after: float) -> bool:
+        """Count one commit; True if it was slow."""
+        self.commits += 1
+        self.seconds += spent
+        self.max_seconds = max(self.max_seconds, spent)
+        slow = spent > slow_after
+        self.slow += slow
+        return slow
+
+    def summary(self) -> str:
+        mean = self.seconds / self.commits * 1e3 if self.commits else 0.0
+        return (f"{self.commits} commits, mean {mean:.2f} ms, max {self.max_seconds * 1e3:.1f} ms,"
+                f" {self.slow} slow")
+
+
 class Journal:
     """SQLite journal with group commit.  One instance per gateway process."""
 
-    def __init__(self, path: Path, synchronous: str = "FULL") -> None:
+    def __init__(self, path: Path, synchronous: str = "FULL",
+                 slow_commit_seconds: float = SLOW_COMMIT_SECONDS) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
@@ -318,6 +348,8 @@ class Journal:
         self._in_tx = False
         self._before: list[Callable[[], None]] = []
         self._after: list[Callable[[], None]] = []
+        self.commit_stats = CommitStats()
+        self._slow_commit = slow_commit_seconds
 
     # --- schema ---------------------------------------------------------------
     def _migrate(self) -> None:
@@ -374,8 +406,13 @@ class Journal:
             for action in actions:
                 action()
         if self._in_tx:
+            started = time.perf_counter()
             self._db.execute("COMMIT")
+            spent = time.perf_counter() - started
             self._in_tx = False
+            if self.commit_stats.add(spent, self._slow_commit):
+                log.warning("journal commit took %.0f ms; the turn's answers waited for it"
+                            " (a slow disk flush?)", spent * 1e3)
         actions, self._after = self._after, []
         for action in actions:
             action()
@@ -385,6 +422,7 @@ class Journal:
         self.flush()
         self._checkpointer.close()
         self._db.close()
+        log.info("journal %s closed: %s", self.path.name, self.commit_stats.summary())
 
     # --- evidence -------------------------------------------------------------
     def log_message(self, at: float, direction: str, session: str, party: str | None,

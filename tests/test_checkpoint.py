@@ -134,3 +134,30 @@ def test_the_journal_checkpoints_in_the_background_and_reopens_intact(tmp_path: 
     assert again.record("GTJA", "XFER.OUT", "B299") is not None
     assert len(list(again.messages())) == 300
     again.close()
+
+
+def test_the_journal_times_its_commits_and_names_a_slow_one(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    """Every answer of a turn waits for its COMMIT: the journal counts how long they take
+    (its close line gives the figures), and logs one slower than slow_commit_seconds."""
+    import logging
+
+    journal = Journal(tmp_path / "j.sqlite3", slow_commit_seconds=0.0)  # every commit is slow
+    with caplog.at_level(logging.INFO, logger="gateway.journal"):
+        for n in range(3):
+            journal.remember("GTJA", f"M{n}", 1.0)
+            journal.flush()
+        journal.flush()  # nothing written: no COMMIT, nothing counted
+        stats = journal.commit_stats
+        assert stats.commits == 3 and stats.slow == 3
+        assert 0 < stats.max_seconds <= stats.seconds
+        journal.close()
+    slow = [r for r in caplog.records if "journal commit took" in r.getMessage()]
+    assert len(slow) == 3 and all(r.levelname == "WARNING" for r in slow)
+    closed = [r.getMessage() for r in caplog.records if "closed:" in r.getMessage()]
+    assert closed and "3 commits, mean" in closed[0] and "3 slow" in closed[0], closed
+
+    quiet = Journal(tmp_path / "k.sqlite3")  # the default threshold: a healthy disk is quiet
+    quiet.remember("GTJA", "M1", 1.0)
+    quiet.flush()
+    assert quiet.commit_stats.commits == 1 and quiet.commit_stats.slow == 0
+    quiet.close()
