@@ -11,9 +11,12 @@ trip this joins the eight stamps by MsgId / RefId and splits it into seven segme
     broker built → gateway acted → gateway relayed → bank acted → bank answered →
     gateway acted → gateway relayed → broker acted
 
-The "acted" segments are one process's own work on the frame; the four others are
-the way between two processes: the sender's rest of turn, its commit (fsync) and write,
-then the receiver's wait for the CPU and for its current turn to end. Printed: the
+A process stamps an inbound message when it acts on it (after its turn's parse, XSD
+and signature stage, which is batched) and an outbound one when it queues it (before
+the turn's sealing: MAC, signature, evidence row). So the three "acted" segments are
+only the business step; the four ways between two processes hold the rest of both
+processes' per-frame work, the sender's commit (fsync) and write, and the waits: for a
+CPU, and for the receiver's current turn to end. Printed: the
 p50/p90/p99/mean of each segment, and the mean of each over the slowest 1 % of round
 trips (is the tail one station or all of them?); ``--worst N`` lists N slowest.
 """
@@ -69,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     start = maps[0][ids[0]]
     ids = [i for i in ids if maps[0][i] >= start + args.skip]
+    if not ids:
+        print(f"no round trip after the first {args.skip:g} s in", args.root)
+        return 1
     total = sorted((maps[7][i] - maps[0][i]) * 1e3 for i in ids)
     print(f"{len(ids)} round trips: p50 {_pct(total, .5):.1f}, p90 {_pct(total, .9):.1f}, "
           f"p99 {_pct(total, .99):.1f} ms (broker built → broker acted)")

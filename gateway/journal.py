@@ -462,8 +462,10 @@ class Journal:
         found = self._records("origin=? AND biz_type=? AND biz_sn=?", (origin, biz_type, biz_sn))
         return found[0] if found else None
 
-    def record_by_msg(self, receiver: str, msg_id: str) -> Record | None:
-        found = self._records("receiver=? AND msg_id=?", (receiver, msg_id))
+    def record_by_msg(self, receiver: str, origin: str, msg_id: str) -> Record | None:
+        """The record of the request ``origin`` sent with ``msg_id`` and the gateway
+        relayed to ``receiver`` (a MsgId is unique per From only)."""
+        found = self._records("receiver=? AND msg_id=? AND origin=?", (receiver, msg_id, origin))
         return found[0] if found else None
 
     def open_records(self, state: str) -> list[Record]:

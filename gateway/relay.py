@@ -76,7 +76,9 @@ class Gateway(Node):
         self.sessions: list[Session] = []
         self._ready: dict[str, list[Session]] = {}
         self._rr: dict[str, int] = {}
-        self.pending: dict[tuple[str, str], Pending] = {}
+        #: Relayed, unanswered requests by (receiver, originator, MsgId): a MsgId is
+        #: unique per From only (§4), so two originators may use the same one.
+        self.pending: dict[tuple[str, str, str], Pending] = {}
         self._pending_by_record: dict[tuple[str, str, str], Pending] = {}
         self.calendar = Calendar(config.holidays)
         self.rules = Rules(journal, self.calendar, StorageCipher(keystore.storage_key()),
@@ -226,7 +228,7 @@ class Gateway(Node):
         self.journal.insert_record(record, now)
         pending = Pending(session, message.head.msg_id, key, dest.party,
                           now + self.config.relay_timeout_seconds, record)
-        self.pending[(dest.party, message.head.msg_id)] = pending
+        self.pending[(dest.party, session.party, message.head.msg_id)] = pending
         self._pending_by_record[key] = pending
         session.inflight += 1
         target.relay_xml(message.xml, message.type, message.head.msg_id, None, plaintexts)
@@ -285,7 +287,7 @@ class Gateway(Node):
                  existing.biz_type, existing.biz_sn, session.party, existing.receiver)
         pending = Pending(session, message.head.msg_id, existing.key, existing.receiver,
                           self.now() + self.config.relay_timeout_seconds, existing)
-        self.pending[(existing.receiver, message.head.msg_id)] = pending
+        self.pending[(existing.receiver, existing.origin, message.head.msg_id)] = pending
         self._pending_by_record[existing.key] = pending
         session.inflight += 1
         target.relay_xml(message.xml, message.type, message.head.msg_id, None, plaintexts)
@@ -315,7 +317,9 @@ class Gateway(Node):
     def _on_response(self, session: Session, message: Message) -> None:
         ref = message.head.ref_id or ""
         result = str(message.body.get("Result", ""))
-        pending = self.pending.get((session.party or "", ref))
+        # the answer goes To the request's originator: with RefId, that names the request
+        key = (session.party or "", message.head.to_party, ref)
+        pending = self.pending.get(key)
         if pending is None:
             if message.type == "XFER.REVERSE.RSP" and self.reversals.answered(
                     session.party or "", ref, result, self.now()):
@@ -326,7 +330,7 @@ class Gateway(Node):
         # stays in flight (and times out into reversal if nothing better comes)
         self.rules.check_answer(pending.record, message,
                                 session.peer.role if session.peer else "")
-        del self.pending[(session.party or "", ref)]
+        del self.pending[key]
         self._pending_by_record.pop(pending.record_key, None)
         pending.origin.inflight -= 1
         xml = self._settle(pending.record, message, result)
@@ -353,10 +357,16 @@ class Gateway(Node):
         peer's code and text now instead of waiting for the timeout, and the record is
         FAILED.  Other SYS.ERRORs are only logged (by the session)."""
         body = verified.message.body
-        key = (session.party or "", str(body.get("RefMsgId") or ""))
-        pending = self.pending.pop(key, None)
-        if pending is None:
+        receiver, ref = session.party or "", str(body.get("RefMsgId") or "")
+        # a SYS.ERROR names no originator; two may have sent this receiver the same MsgId
+        keys = [k for k in self.pending if k[0] == receiver and k[2] == ref]  # rare: a scan
+        if len(keys) != 1:
+            if keys:
+                log.warning("SYS.ERROR from %s names MsgId %s of %d requests (from %s): "
+                            "left to time out", receiver, ref, len(keys),
+                            ", ".join(sorted(k[1] for k in keys)))
             return
+        pending = self.pending.pop(keys[0])
         self._pending_by_record.pop(pending.record_key, None)
         pending.origin.inflight -= 1
         rec = pending.record
@@ -375,7 +385,8 @@ class Gateway(Node):
                                    result=RejectedByCounterparty.code, response_xml=xml)
 
     def _late_response(self, session: Session, message: Message, result: str) -> None:
-        rec = self.journal.record_by_msg(session.party or "", message.head.ref_id or "")
+        rec = self.journal.record_by_msg(session.party or "", message.head.to_party,
+                                         message.head.ref_id or "")
         if rec is None:
             log.warning("response %s from %s answers no request we relayed (RefId %s)",
                         message.head.msg_id, session.party, message.head.ref_id)
@@ -408,7 +419,7 @@ class Gateway(Node):
                      self.config.replay_retention_days)
         self._next_purge = now + 3600
 
-    def _time_out(self, key: tuple[str, str], pending: Pending) -> None:
+    def _time_out(self, key: tuple[str, str, str], pending: Pending) -> None:
         del self.pending[key]
         self._pending_by_record.pop(pending.record_key, None)
         pending.origin.inflight -= 1

@@ -445,3 +445,41 @@ def test_a_refused_personal_sign_does_not_bar_the_wallet_from_otc(day) -> None: 
                  bank=bank, result="B303", encrypt=("IdNo", "Phone"))
     assert claim.body["Result"] == "B303"  # the bank refused: CORP is no personal wallet
     assert call(broker, "OTC.SUBSCRIBE.REQ", otc("O9"), bank=bank).body["Result"] == "0000"
+
+
+def test_two_brokers_may_use_the_same_msg_id_and_each_gets_its_own_answer(home, start_gateway) -> None:  # type: ignore[no-untyped-def]
+    """A MsgId is unique per From only (§4, §5): two brokers' requests to one bank may
+    carry the same MsgId (and BizSn). The bank's answers name the request by RefId and
+    To, and each settles its own broker's record, whichever comes first."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from gateway.keystore import KeyStore
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    KeyStore(home.root / "keys").add_peer("HTSC", "BROKER", key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    home.keys["HTSC"] = key
+    gw = start_gateway()
+    bank = gw.peer(BANK).open_session()
+    gtja = gw.peer(BROKER).open_session()
+    htsc = gw.peer("HTSC", "BROKER").open_session()
+    end = (dt.date.today() + dt.timedelta(days=3)).isoformat()
+    same = "SHARED0000000001"
+    gtja.send("PAY.ORDER.REQ", pay("P1", end, amount="10.00"), to=BANK, msg_id=same)
+    first = bank.recv("PAY.ORDER.REQ")
+    htsc.send("PAY.ORDER.REQ", pay("P1", end, amount="20.00"), to=BANK, msg_id=same)
+    second = bank.recv("PAY.ORDER.REQ")
+    assert (first.head("From"), second.head("From")) == (BROKER, "HTSC")
+    assert first.head("MsgId") == second.head("MsgId") == same
+    for req, bank_sn in ((second, "BS-HTSC"), (first, "BS-GTJA")):  # the later one first
+        bank.send("PAY.ORDER.RSP", [("Result", "0000"), ("ResultText", "ok"),
+                                    ("BizSn", "P1"), ("BankSn", bank_sn)],
+                  to=req.head("From"), ref=same)
+    assert gtja._answer_to(same, "PAY.ORDER.REQ").body["BankSn"] == "BS-GTJA"
+    assert htsc._answer_to(same, "PAY.ORDER.REQ").body["BankSn"] == "BS-HTSC"
+    rows = sqlite3.connect(home.root / "data" / "journal.sqlite3").execute(
+        "SELECT origin, state, bank_sn, amount_fen FROM record WHERE biz_sn='P1' ORDER BY origin")
+    assert rows.fetchall() == [(BROKER, "SUCCEEDED", "BS-GTJA", 1000),
+                               ("HTSC", "SUCCEEDED", "BS-HTSC", 2000)]
+    htsc.close()

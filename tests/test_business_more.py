@@ -249,15 +249,16 @@ def test_a_late_answer_to_an_unanswered_sign_settles_it_without_a_relay(day) -> 
 
 def test_a_late_answer_of_another_type_settles_nothing(day) -> None:  # type: ignore[no-untyped-def]
     """A late answer settles a PENDING record only if it would have in time: one of the
-    wrong Type (an XFER.OUT.RSP naming the CTS.SIGN's BizSn) gets E111, and the timed-out
+    wrong Type (an XFER.OUT.RSP B399 naming the CTS.SIGN's BizSn) gets E111, and the timed-out
     sign stays PENDING for the right answer, which still settles it."""
     gw, bank, broker = day
     msg_id = broker.send("CTS.SIGN.REQ", sign_fields("S1"), to=BANK, encrypt=("IdNo", "Phone"))
     req = bank.recv("CTS.SIGN.REQ")
     assert broker._answer_to(msg_id, "CTS.SIGN.REQ").body["Result"] == "S900"
-    wrong = bank.send("XFER.OUT.RSP", [("Result", "0000"), ("ResultText", "late"),
-                                       ("BizSn", "S1"), ("BankSn", "BK1")],
-                      to=BROKER, ref=req.head("MsgId"))
+    # not a success, so no §6 success field is missing: only its Type is wrong (and it
+    # would settle the sign FAILED without the check)
+    wrong = bank.send("XFER.OUT.RSP", [("Result", "B399"), ("ResultText", "late"),
+                                       ("BizSn", "S1")], to=BROKER, ref=req.head("MsgId"))
     err = bank.recv("SYS.ERROR")
     assert (err.body["Code"], err.body["RefMsgId"]) == ("E111", wrong), err.body
     assert status(broker, "S1", "CTS.SIGN") == "PENDING"
