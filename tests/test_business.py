@@ -6,6 +6,10 @@ import sqlite3
 import time
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from gateway.keystore import KeyStore
 
 from conftest import BANK, BROKER
 from flows import (
@@ -22,6 +26,14 @@ from flows import (
     signed_pair,
     xfer,
 )
+
+
+def register_peer(home, party: str, role: str) -> None:  # type: ignore[no-untyped-def]
+    """Register one more party (its own ES256 key) in the gateway's key store."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    KeyStore(home.root / "keys").add_peer(party, role, key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    home.keys[party] = key
 
 
 def test_sign_relays_reencrypted_identity_and_registers_the_agreement(day) -> None:  # type: ignore[no-untyped-def]
@@ -160,15 +172,7 @@ def test_a_refund_or_redemption_sent_to_another_bank_is_b313(home, start_gateway
     """PAY.REFUND and OTC.REDEEM go to the bank the original went through: sent `To`
     another bank, the original is "not found" (B313), answered by the gateway and not
     relayed; sent to the original's bank, they are relayed as usual."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    from gateway.keystore import KeyStore
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    KeyStore(home.root / "keys").add_peer("ICBC", "BANK", key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-    home.keys["ICBC"] = key
+    register_peer(home, "ICBC", "BANK")
     gw = start_gateway(relay_timeout_seconds=1.5)
     bank = gw.peer(BANK).open_session()
     other = gw.peer("ICBC", "BANK").open_session()
@@ -306,15 +310,7 @@ def test_gateway_log_holds_no_key_material_or_identity_data(day) -> None:  # typ
 
 def test_an_agreement_serves_only_its_own_broker_and_bank(home, start_gateway) -> None:  # type: ignore[no-untyped-def]
     """Another broker can neither move money on, nor end, nor see GTJA's agreement."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    from gateway.keystore import KeyStore
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    KeyStore(home.root / "keys").add_peer("HTSC", "BROKER", key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-    home.keys["HTSC"] = key
+    register_peer(home, "HTSC", "BROKER")
     gw = start_gateway()
     bank = gw.peer(BANK).open_session()
     broker = gw.peer(BROKER).open_session()
@@ -451,15 +447,7 @@ def test_two_brokers_may_use_the_same_msg_id_and_each_gets_its_own_answer(home, 
     """A MsgId is unique per From only (§4, §5): two brokers' requests to one bank may
     carry the same MsgId (and BizSn). The bank's answers name the request by RefId and
     To, and each settles its own broker's record, whichever comes first."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    from gateway.keystore import KeyStore
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    KeyStore(home.root / "keys").add_peer("HTSC", "BROKER", key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-    home.keys["HTSC"] = key
+    register_peer(home, "HTSC", "BROKER")
     gw = start_gateway()
     bank = gw.peer(BANK).open_session()
     gtja = gw.peer(BROKER).open_session()
