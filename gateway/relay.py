@@ -26,6 +26,7 @@ from .errors import (
     GatewayError,
     InternalError,
     RejectedByCounterparty,
+    SchemaInvalid,
     SystemError_,
     TimedOutReversing,
     TypeNotAllowed,
@@ -324,6 +325,7 @@ class Gateway(Node):
             if message.type == "XFER.REVERSE.RSP" and self.reversals.answered(
                     session.party or "", ref, result, self.now()):
                 return  # the answer to one of the gateway's own reversals
+            self._check_addressed(session.party or "", message)
             self._late_response(session, message, result)
             return
         # not an answer we can settle with: SYS.ERROR E111 to the responder, the request
@@ -341,6 +343,16 @@ class Gateway(Node):
         for waiter, msg_id in pending.waiters:
             if waiter.ready:
                 self._send_response(waiter, message.type, msg_id, body)
+
+    def _check_addressed(self, receiver: str, message: Message) -> None:
+        """An answer whose RefId names a request in flight from someone other than its
+        To was misaddressed: E111 to the responder, and the request stays in flight."""
+        ref, to = message.head.ref_id or "", message.head.to_party
+        senders = sorted(k[1] for k in self.pending if k[0] == receiver and k[2] == ref)
+        if senders:  # (rare path: a scan of the requests in flight)
+            raise SchemaInvalid(f"Msg/Head/To: {to} did not send request {ref} "
+                                f"({', '.join(senders)} did); an answer goes To the "
+                                "request's originator", ref_msg_id=message.head.msg_id)
 
     def _settle(self, rec: Record, message: Message, result: str) -> bytes:
         """Apply an answer to its record (and registry); return the xml to relay on."""

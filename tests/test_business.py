@@ -381,6 +381,26 @@ def test_an_answer_of_another_type_settles_nothing(day) -> None:  # type: ignore
     assert status() == "REVERSED"
 
 
+
+def test_an_answer_not_addressed_to_the_originator_settles_nothing(day) -> None:  # type: ignore[no-untyped-def]
+    """An answer goes To the request's originator (§1): the bank's XFER.OUT.RSP with
+    the right RefId but To the gateway gets E111 naming the originator, is not relayed,
+    and the request stays in flight; the answer To GTJA then settles it."""
+    gw, bank, broker = day
+    signed(bank, broker)
+    msg_id = broker.send("XFER.OUT.REQ", xfer("WT2"), to=BANK)
+    req = bank.recv("XFER.OUT.REQ")
+    fields = [("Result", "0000"), ("ResultText", "ok"), ("BizSn", "WT2"), ("BankSn", "BS2")]
+    wrong = bank.send("XFER.OUT.RSP", fields, to="GW01", ref=req.head("MsgId"))
+    err = bank.recv("SYS.ERROR")
+    assert (err.body["Code"], err.body["RefMsgId"]) == ("E111", wrong), err.body
+    assert "GW01 did not send request" in err.body["Text"] and BROKER in err.body["Text"]
+    with pytest.raises(TimeoutError):
+        broker.recv("XFER.OUT.RSP", timeout=0.3)
+    bank.send("XFER.OUT.RSP", fields, to=BROKER, ref=req.head("MsgId"))
+    rsp = broker._answer_to(msg_id, "XFER.OUT.REQ")
+    assert (rsp.body["Result"], rsp.body["BankSn"]) == ("0000", "BS2"), rsp.body
+
 def test_a_receivers_sys_error_is_b399_at_once_and_frees_the_sign(day) -> None:  # type: ignore[no-untyped-def]
     """The bank refuses the relayed CTS.SIGN itself (SYS.ERROR): the broker gets B399
     with the bank's code without waiting for the timeout, the record is FAILED, and the
