@@ -344,6 +344,16 @@ class Gateway(Node):
             if waiter.ready:
                 self._send_response(waiter, message.type, msg_id, body)
 
+    def _asked_again_record(self, receiver: str, origin: str, ref: str) -> Record | None:
+        """The record of a repeat that was asked again (``_ask_again``) with MsgId
+        ``ref``: found through the evidence of what was relayed (rare: late answers)."""
+        for xml in self.journal.relayed_requests(receiver, ref):
+            request = parse_message(xml)
+            biz_sn = request.body.get("BizSn")
+            if request.head.from_party == origin and isinstance(biz_sn, str):
+                return self.journal.record(origin, request.kind.business, biz_sn)
+        return None
+
     def _check_addressed(self, receiver: str, message: Message) -> None:
         """An answer whose RefId names a request in flight from someone other than its
         To was misaddressed: E111 to the responder, and the request stays in flight."""
@@ -397,8 +407,9 @@ class Gateway(Node):
                                    result=RejectedByCounterparty.code, response_xml=xml)
 
     def _late_response(self, session: Session, message: Message, result: str) -> None:
-        rec = self.journal.record_by_msg(session.party or "", message.head.to_party,
-                                         message.head.ref_id or "")
+        receiver, origin, ref = session.party or "", message.head.to_party, message.head.ref_id or ""
+        rec = self.journal.record_by_msg(receiver, origin, ref) or \
+            self._asked_again_record(receiver, origin, ref)
         if rec is None:
             log.warning("response %s from %s answers no request we relayed (RefId %s)",
                         message.head.msg_id, session.party, message.head.ref_id)

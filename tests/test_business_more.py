@@ -269,6 +269,30 @@ def test_a_late_answer_of_another_type_settles_nothing(day) -> None:  # type: ig
         assert time.monotonic() < deadline, "the right late answer did not settle the sign"
         time.sleep(0.05)
 
+
+def test_a_late_answer_to_a_repeat_asked_again_settles_the_sign(day) -> None:  # type: ignore[no-untyped-def]
+    """The sign times out (S900), its repeat is asked again with the repeat's own MsgId
+    and times out too; the bank's late answer to that repeat still settles the record
+    (found through the evidence of what was relayed), and it is not relayed."""
+    gw, bank, broker = day
+    fields = sign_fields("S8")
+    first = broker.send("CTS.SIGN.REQ", fields, to=BANK, encrypt=("IdNo", "Phone"))
+    bank.recv("CTS.SIGN.REQ")
+    assert broker._answer_to(first, "CTS.SIGN.REQ").body["Result"] == "S900"
+    again = broker.send("CTS.SIGN.REQ", fields, to=BANK, encrypt=("IdNo", "Phone"))
+    asked = bank.recv("CTS.SIGN.REQ")
+    assert asked.head("MsgId") == again
+    assert broker._answer_to(again, "CTS.SIGN.REQ").body["Result"] == "S900"
+    bank.send("CTS.SIGN.RSP", [("Result", "0000"), ("ResultText", "late"), ("BizSn", "S8"),
+                               ("AgreementNo", "AG8")], to=BROKER, ref=again)
+    deadline = time.monotonic() + 5  # the answer and the query travel on two sessions
+    while status(broker, "S8", "CTS.SIGN") != "SUCCEEDED":
+        assert time.monotonic() < deadline, gw.log_text()[-2000:]
+        time.sleep(0.05)
+    assert "answers no request" not in gw.log_text()
+    with pytest.raises(TimeoutError):
+        broker.recv("CTS.SIGN.RSP", timeout=0.5)
+
 # --- the one state machine ------------------------------------------------------------------
 def test_a_reversal_acknowledged_for_a_record_not_reversing_is_an_illegal_move(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from gateway.config import Config
