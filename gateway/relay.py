@@ -325,7 +325,6 @@ class Gateway(Node):
             if message.type == "XFER.REVERSE.RSP" and self.reversals.answered(
                     session.party or "", ref, result, self.now()):
                 return  # the answer to one of the gateway's own reversals
-            self._check_addressed(session.party or "", message)
             self._late_response(session, message, result)
             return
         # not an answer we can settle with: SYS.ERROR E111 to the responder, the request
@@ -355,8 +354,9 @@ class Gateway(Node):
         return None
 
     def _check_addressed(self, receiver: str, message: Message) -> None:
-        """An answer whose RefId names a request in flight from someone other than its
-        To was misaddressed: E111 to the responder, and the request stays in flight."""
+        """An answer that names no request of its To, in flight or journaled, but whose
+        RefId names a request in flight from someone else, was misaddressed: E111 to the
+        responder, and that request stays in flight."""
         ref, to = message.head.ref_id or "", message.head.to_party
         senders = sorted(k[1] for k in self.pending if k[0] == receiver and k[2] == ref)
         if senders:  # (rare path: a scan of the requests in flight)
@@ -411,6 +411,8 @@ class Gateway(Node):
         rec = self.journal.record_by_msg(receiver, origin, ref) or \
             self._asked_again_record(receiver, origin, ref)
         if rec is None:
+            # misaddressed (another originator's request with this MsgId is in flight)?
+            self._check_addressed(receiver, message)
             log.warning("response %s from %s answers no request we relayed (RefId %s)",
                         message.head.msg_id, session.party, message.head.ref_id)
             return

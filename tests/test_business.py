@@ -381,6 +381,36 @@ def test_an_answer_of_another_type_settles_nothing(day) -> None:  # type: ignore
     assert status() == "REVERSED"
 
 
+def test_a_late_answer_settles_its_own_record_while_another_broker_uses_its_msg_id(
+        home, start_gateway) -> None:  # type: ignore[no-untyped-def]
+    """GTJA's sign (MsgId M) times out; HTSC's order with the same MsgId M is then in
+    flight. The bank's late answer To GTJA names GTJA's request, not HTSC's: it settles
+    the sign (no E111), and HTSC's own answer still settles the order."""
+    register_peer(home, "HTSC", "BROKER")
+    gw = start_gateway(relay_timeout_seconds=1.5)
+    bank = gw.peer(BANK).open_session()
+    gtja = gw.peer(BROKER).open_session()
+    htsc = gw.peer("HTSC", "BROKER").open_session()
+    same = "SHARED0000000002"
+    gtja.send("CTS.SIGN.REQ", sign_fields("S9"), to=BANK, msg_id=same, encrypt=("IdNo", "Phone"))
+    bank.recv("CTS.SIGN.REQ")
+    assert gtja._answer_to(same, "CTS.SIGN.REQ").body["Result"] == "S900"
+    end = (dt.date.today() + dt.timedelta(days=3)).isoformat()
+    htsc.send("PAY.ORDER.REQ", pay("P9", end), to=BANK, msg_id=same)
+    bank.recv("PAY.ORDER.REQ")
+    bank.send("CTS.SIGN.RSP", [("Result", "0000"), ("ResultText", "late"), ("BizSn", "S9"),
+                               ("AgreementNo", "AG9")], to=BROKER, ref=same)
+    gw.wait_for_log("late answer 0000 to CTS.SIGN S9")
+    bank.send("PAY.ORDER.RSP", [("Result", "0000"), ("ResultText", "ok"), ("BizSn", "P9"),
+                                ("BankSn", "BS9")], to="HTSC", ref=same)
+    assert htsc._answer_to(same, "PAY.ORDER.REQ").body["BankSn"] == "BS9"
+    with pytest.raises(TimeoutError):
+        bank.recv("SYS.ERROR", timeout=0.3)
+    rows = sqlite3.connect(home.root / "data" / "journal.sqlite3").execute(
+        "SELECT origin, biz_type, state FROM record WHERE biz_sn IN ('S9', 'P9') ORDER BY origin")
+    assert rows.fetchall() == [(BROKER, "CTS.SIGN", "SUCCEEDED"), ("HTSC", "PAY.ORDER", "SUCCEEDED")]
+    htsc.close()
+
 
 def test_an_answer_not_addressed_to_the_originator_settles_nothing(day) -> None:  # type: ignore[no-untyped-def]
     """An answer goes To the request's originator (§1): the bank's XFER.OUT.RSP with
