@@ -465,7 +465,8 @@ class Journal:
     def record_by_msg(self, receiver: str, origin: str, msg_id: str) -> Record | None:
         """The record of the request ``origin`` sent with ``msg_id`` and the gateway
         relayed to ``receiver`` (a MsgId is unique per From only)."""
-        found = self._records("receiver=? AND msg_id=? AND origin=?", (receiver, msg_id, origin))
+        found = self._records("receiver=? AND msg_id=? AND origin=? ORDER BY created_at DESC",
+                              (receiver, msg_id, origin))  # the newest, should a MsgId recur
         return found[0] if found else None
 
     def relayed_requests(self, receiver: str, msg_id: str) -> list[bytes]:
