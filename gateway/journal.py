@@ -469,15 +469,6 @@ class Journal:
                               (receiver, msg_id, origin))  # the newest, should a MsgId recur
         return found[0] if found else None
 
-    def relayed_requests(self, receiver: str, msg_id: str) -> list[bytes]:
-        """The xml of every request relayed to ``receiver`` with ``msg_id`` (evidence
-        rows, newest first): a repeat asked again went with its own MsgId, which its
-        record does not hold."""
-        rows = self._db.execute(
-            "SELECT xml FROM message WHERE msg_id=? AND direction='OUT' AND party=?"
-            " AND msg_type LIKE '%.REQ' ORDER BY id DESC", (msg_id, receiver))
-        return [bytes(r[0]) for r in rows]
-
     def open_records(self, state: str) -> list[Record]:
         """Records in PENDING or REVERSING (the partial index ``record_open`` holds them)."""
         if state not in _OPEN_STATES:

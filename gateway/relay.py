@@ -331,9 +331,7 @@ class Gateway(Node):
         # stays in flight (and times out into reversal if nothing better comes)
         self.rules.check_answer(pending.record, message,
                                 session.peer.role if session.peer else "")
-        del self.pending[key]
-        self._pending_by_record.pop(pending.record_key, None)
-        pending.origin.inflight -= 1
+        self._release(key)
         xml = self._settle(pending.record, message, result)
         origin = pending.origin
         if origin.ready:
@@ -343,11 +341,28 @@ class Gateway(Node):
             if waiter.ready:
                 self._send_response(waiter, message.type, msg_id, body)
 
+    def _release(self, key: tuple[str, str, str]) -> Pending:
+        """Take a request out of flight (answered, refused by the receiver, timed out)."""
+        pending = self.pending.pop(key)
+        self._pending_by_record.pop(pending.record_key, None)
+        pending.origin.inflight -= 1
+        return pending
+
+    def _in_flight_keys(self, receiver: str, msg_id: str) -> list[tuple[str, str, str]]:
+        """Keys of the requests in flight to ``receiver`` with ``msg_id``, whoever sent
+        them (for messages that name no originator; rare, so a scan)."""
+        return [k for k in self.pending if k[0] == receiver and k[2] == msg_id]
+
     def _asked_again_record(self, receiver: str, origin: str, ref: str) -> Record | None:
         """The record of a repeat that was asked again (``_ask_again``) with MsgId
         ``ref``: found through the evidence of what was relayed (rare: late answers)."""
-        for xml in self.journal.relayed_requests(receiver, ref):
-            request = parse_message(xml)
+        if not ref:  # messages("") would be every message
+            return None
+        relayed = [row["xml"] for row in self.journal.messages(ref)
+                   if row["direction"] == "OUT" and row["party"] == receiver
+                   and str(row["msg_type"]).endswith(".REQ")]
+        for xml in reversed(relayed):  # the newest first
+            request = parse_message(bytes(xml))
             biz_sn = request.body.get("BizSn")
             if request.head.from_party == origin and isinstance(biz_sn, str):
                 return self.journal.record(origin, request.kind.business, biz_sn)
@@ -358,8 +373,8 @@ class Gateway(Node):
         RefId names a request in flight from someone else, was misaddressed: E111 to the
         responder, and that request stays in flight."""
         ref, to = message.head.ref_id or "", message.head.to_party
-        senders = sorted(k[1] for k in self.pending if k[0] == receiver and k[2] == ref)
-        if senders:  # (rare path: a scan of the requests in flight)
+        senders = sorted(k[1] for k in self._in_flight_keys(receiver, ref))
+        if senders:
             raise SchemaInvalid(f"Msg/Head/To: {to} did not send request {ref} "
                                 f"({', '.join(senders)} did); an answer goes To the "
                                 "request's originator", ref_msg_id=message.head.msg_id)
@@ -381,16 +396,14 @@ class Gateway(Node):
         body = verified.message.body
         receiver, ref = session.party or "", str(body.get("RefMsgId") or "")
         # a SYS.ERROR names no originator; two may have sent this receiver the same MsgId
-        keys = [k for k in self.pending if k[0] == receiver and k[2] == ref]  # rare: a scan
+        keys = self._in_flight_keys(receiver, ref)
         if len(keys) != 1:
             if keys:
                 log.warning("SYS.ERROR from %s names MsgId %s of %d requests (from %s): "
                             "left to time out", receiver, ref, len(keys),
                             ", ".join(sorted(k[1] for k in keys)))
             return
-        pending = self.pending.pop(keys[0])
-        self._pending_by_record.pop(pending.record_key, None)
-        pending.origin.inflight -= 1
+        pending = self._release(keys[0])
         rec = pending.record
         text = f"{pending.receiver} refused it: {body.get('Code')} {body.get('Text', '')}"
         log.warning("%s %s from %s: %s", rec.biz_type, rec.biz_sn, rec.origin, text)
@@ -445,9 +458,7 @@ class Gateway(Node):
         self._next_purge = now + 3600
 
     def _time_out(self, key: tuple[str, str, str], pending: Pending) -> None:
-        del self.pending[key]
-        self._pending_by_record.pop(pending.record_key, None)
-        pending.origin.inflight -= 1
+        self._release(key)
         rec = pending.record
         reversible = rec.biz_type in catalog.REVERSIBLE
         code = TimedOutReversing.code if reversible else InternalError.code
