@@ -35,19 +35,27 @@ class GatewayHome:
                          else f"{k} = {str(v).lower() if isinstance(v, bool) else v}")
         (self.root / "gateway.toml").write_text("\n".join(lines) + "\n")
 
+    def add_party(self, party: str, role: str) -> None:
+        """Register one more bank or broker (its own ES256 key) with the gateway."""
+        from gateway.keystore import KeyStore
+
+        self.keys[party] = _register(KeyStore(self.root / "keys"), party, role)
+
+
+def _register(store: Any, party: str, role: str) -> ec.EllipticCurvePrivateKey:
+    key = ec.generate_private_key(ec.SECP256R1())
+    store.add_peer(party, role, key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    return key
+
 
 def make_home(root: Path, parties: dict[str, str] | None = None,
               gateway_party: str = "GW01") -> GatewayHome:
     from gateway.keystore import KeyStore
 
     store = KeyStore.create(root / "keys", party=gateway_party)
-    keys: dict[str, ec.EllipticCurvePrivateKey] = {}
-    for party, role in (parties or {BANK: "BANK", BROKER: "BROKER"}).items():
-        key = ec.generate_private_key(ec.SECP256R1())
-        pem = key.public_key().public_bytes(serialization.Encoding.PEM,
-                                            serialization.PublicFormat.SubjectPublicKeyInfo)
-        store.add_peer(party, role, pem)
-        keys[party] = key
+    keys = {party: _register(store, party, role)
+            for party, role in (parties or {BANK: "BANK", BROKER: "BROKER"}).items()}
     return GatewayHome(root, keys, store.signer().public_key)
 
 

@@ -6,10 +6,6 @@ import sqlite3
 import time
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-
-from gateway.keystore import KeyStore
 
 from conftest import BANK, BROKER
 from flows import (
@@ -26,14 +22,6 @@ from flows import (
     signed_pair,
     xfer,
 )
-
-
-def register_peer(home, party: str, role: str) -> None:  # type: ignore[no-untyped-def]
-    """Register one more party (its own ES256 key) in the gateway's key store."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    KeyStore(home.root / "keys").add_peer(party, role, key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-    home.keys[party] = key
 
 
 def test_sign_relays_reencrypted_identity_and_registers_the_agreement(day) -> None:  # type: ignore[no-untyped-def]
@@ -172,7 +160,7 @@ def test_a_refund_or_redemption_sent_to_another_bank_is_b313(home, start_gateway
     """PAY.REFUND and OTC.REDEEM go to the bank the original went through: sent `To`
     another bank, the original is "not found" (B313), answered by the gateway and not
     relayed; sent to the original's bank, they are relayed as usual."""
-    register_peer(home, "ICBC", "BANK")
+    home.add_party("ICBC", "BANK")
     gw = start_gateway(relay_timeout_seconds=1.5)
     bank = gw.peer(BANK).open_session()
     other = gw.peer("ICBC", "BANK").open_session()
@@ -310,7 +298,7 @@ def test_gateway_log_holds_no_key_material_or_identity_data(day) -> None:  # typ
 
 def test_an_agreement_serves_only_its_own_broker_and_bank(home, start_gateway) -> None:  # type: ignore[no-untyped-def]
     """Another broker can neither move money on, nor end, nor see GTJA's agreement."""
-    register_peer(home, "HTSC", "BROKER")
+    home.add_party("HTSC", "BROKER")
     gw = start_gateway()
     bank = gw.peer(BANK).open_session()
     broker = gw.peer(BROKER).open_session()
@@ -386,7 +374,7 @@ def test_a_late_answer_settles_its_own_record_while_another_broker_uses_its_msg_
     """GTJA's sign (MsgId M) times out; HTSC's order with the same MsgId M is then in
     flight. The bank's late answer To GTJA names GTJA's request, not HTSC's: it settles
     the sign (no E111), and HTSC's own answer still settles the order."""
-    register_peer(home, "HTSC", "BROKER")
+    home.add_party("HTSC", "BROKER")
     gw = start_gateway(relay_timeout_seconds=1.5)
     bank = gw.peer(BANK).open_session()
     gtja = gw.peer(BROKER).open_session()
@@ -497,7 +485,7 @@ def test_two_brokers_may_use_the_same_msg_id_and_each_gets_its_own_answer(home, 
     """A MsgId is unique per From only (§4, §5): two brokers' requests to one bank may
     carry the same MsgId (and BizSn). The bank's answers name the request by RefId and
     To, and each settles its own broker's record, whichever comes first."""
-    register_peer(home, "HTSC", "BROKER")
+    home.add_party("HTSC", "BROKER")
     gw = start_gateway()
     bank = gw.peer(BANK).open_session()
     gtja = gw.peer(BROKER).open_session()
