@@ -28,6 +28,8 @@ import statistics
 import sys
 from pathlib import Path
 
+from relay_driver import percentiles
+
 SEGMENTS = ("broker → gateway", "gateway, request", "gateway → bank", "bank",
             "bank → gateway", "gateway, answer", "gateway → broker")
 
@@ -56,10 +58,6 @@ def round_trips(root: Path) -> tuple[list[str], list[dict[str, float]]]:
     return ids, maps
 
 
-def _pct(values: list[float], p: float) -> float:
-    return values[min(len(values) - 1, int(p * len(values)))]
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("root", type=Path, help="a run folder kept by bench/relay.py --keep")
@@ -75,16 +73,17 @@ def main(argv: list[str] | None = None) -> int:
     if not ids:
         print(f"no round trip after the first {args.skip:g} s in", args.root)
         return 1
-    total = sorted((maps[7][i] - maps[0][i]) * 1e3 for i in ids)
-    print(f"{len(ids)} round trips: p50 {_pct(total, .5):.1f}, p90 {_pct(total, .9):.1f}, "
-          f"p99 {_pct(total, .99):.1f} ms (broker built → broker acted)")
-    threshold = _pct(total, .99) / 1e3
+    total = percentiles(sorted((maps[7][i] - maps[0][i]) * 1e3 for i in ids))
+    print(f"{len(ids)} round trips: p50 {total['p50']:.1f}, p90 {total['p90']:.1f}, "
+          f"p99 {total['p99']:.1f} ms (broker built → broker acted)")
+    threshold = total["p99"] / 1e3
     tail = [i for i in ids if maps[7][i] - maps[0][i] >= threshold]
     print(f"{'segment':18} {'p50':>6} {'p90':>6} {'p99':>6} {'mean':>6}  mean over the slowest 1 %")
     for k, name in enumerate(SEGMENTS):
         seg = sorted((maps[k + 1][i] - maps[k][i]) * 1e3 for i in ids)
+        at = percentiles(seg)
         slow = statistics.mean((maps[k + 1][i] - maps[k][i]) * 1e3 for i in tail)
-        print(f"{name:18} {_pct(seg, .5):6.2f} {_pct(seg, .9):6.2f} {_pct(seg, .99):6.2f} "
+        print(f"{name:18} {at['p50']:6.2f} {at['p90']:6.2f} {at['p99']:6.2f} "
               f"{statistics.mean(seg):6.2f}  {slow:6.2f}")
     for i in sorted(sorted(ids, key=lambda i: maps[0][i] - maps[7][i])[:args.worst],
                     key=maps[0].__getitem__):

@@ -141,13 +141,10 @@ class DiskProbe:
     def stop(self) -> dict[str, Any]:
         self._stop.set()
         self._thread.join()
-        v = sorted(self._samples)
-        if not v:
-            return {}
-        return {"n": len(v), "p50_ms": round(v[len(v) // 2] * 1e3, 2),
-                "p99_ms": round(v[min(len(v) - 1, int(0.99 * len(v)))] * 1e3, 2),
-                "max_ms": round(v[-1] * 1e3, 2),
-                "over_20ms": sum(1 for x in v if x > 0.020)}
+        from relay_driver import percentiles
+
+        ms = sorted(x * 1e3 for x in self._samples)
+        return {**percentiles(ms), "over_20ms": sum(1 for x in ms if x > 20)} if ms else {}
 
 
 def box_speed(seconds: float = 0.2) -> float:
@@ -358,7 +355,7 @@ def row(r: dict[str, Any], fl: dict[str, Any]) -> str:
     return (f"| {r['label']} | {r['throughput']:.0f} | {lat.get('p50')} | {lat.get('p90')} | "
             f"{lat.get('p99')} | {lat.get('max')} | {gw} | {ratio} | {r.get('bank_cpu_us_per_rt')}"
             f" | {r.get('driver_cpu_us_per_rt')} | {errors} | "
-            f"{'yes' if r['checks']['ok'] else 'NO'} | {disk.get('p99_ms')} / {disk.get('max_ms')} | "
+            f"{'yes' if r['checks']['ok'] else 'NO'} | {disk.get('p99')} / {disk.get('max')} | "
             f"{gwc.get('mean_ms')} / {gwc.get('max_ms')} | "
             f"{' / '.join(map(str, r.get('verify_us') or ()))} |")
 
