@@ -24,6 +24,14 @@ def status(peer: Any, biz_sn: str, orig_type: str, orig_from: str | None = None)
     return call(peer, "XFER.QUERY.REQ", fields, to="GW01").records("Record")[0]["Status"]
 
 
+def wait_status(peer: Any, biz_sn: str, orig_type: str, want: str, timeout: float = 5) -> None:
+    """Query until the record is ``want``: an answer and the query travel on two sessions."""
+    deadline = time.monotonic() + timeout
+    while (got := status(peer, biz_sn, orig_type)) != want:
+        assert time.monotonic() < deadline, f"{orig_type} {biz_sn} is {got}, not {want}"
+        time.sleep(0.05)
+
+
 def ack_reversal(bank: Any, attempt: Any, result: str = "0000") -> None:
     bank.send("XFER.REVERSE.RSP", [("Result", result), ("ResultText", "reversed"),
                                    ("BizSn", attempt.body["BizSn"])], to="GW01",
@@ -264,10 +272,7 @@ def test_a_late_answer_of_another_type_settles_nothing(day) -> None:  # type: ig
     assert status(broker, "S1", "CTS.SIGN") == "PENDING"
     bank.send("CTS.SIGN.RSP", [("Result", "0000"), ("ResultText", "late"), ("BizSn", "S1"),
                                ("AgreementNo", "AGL1")], to=BROKER, ref=req.head("MsgId"))
-    deadline = time.monotonic() + 5  # the answer and the query travel on two sessions
-    while status(broker, "S1", "CTS.SIGN") != "SUCCEEDED":
-        assert time.monotonic() < deadline, "the right late answer did not settle the sign"
-        time.sleep(0.05)
+    wait_status(broker, "S1", "CTS.SIGN", "SUCCEEDED")
 
 
 def test_a_late_answer_to_a_repeat_asked_again_settles_the_sign(day) -> None:  # type: ignore[no-untyped-def]
@@ -285,10 +290,7 @@ def test_a_late_answer_to_a_repeat_asked_again_settles_the_sign(day) -> None:  #
     assert broker._answer_to(again, "CTS.SIGN.REQ").body["Result"] == "S900"
     bank.send("CTS.SIGN.RSP", [("Result", "0000"), ("ResultText", "late"), ("BizSn", "S8"),
                                ("AgreementNo", "AG8")], to=BROKER, ref=again)
-    deadline = time.monotonic() + 5  # the answer and the query travel on two sessions
-    while status(broker, "S8", "CTS.SIGN") != "SUCCEEDED":
-        assert time.monotonic() < deadline, gw.log_text()[-2000:]
-        time.sleep(0.05)
+    wait_status(broker, "S8", "CTS.SIGN", "SUCCEEDED")
     assert "answers no request" not in gw.log_text()
     with pytest.raises(TimeoutError):
         broker.recv("CTS.SIGN.RSP", timeout=0.5)
