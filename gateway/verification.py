@@ -86,19 +86,45 @@ def check_signature(envelope: Envelope, message: Message, public_key: object) ->
         raise
 
 
-#: A signature checked ahead of the message's turn: (the key it was checked with, the
-#: refusal it earned or None).
-Presigned = tuple[object, Exception | None]
+@dataclass(frozen=True, slots=True)
+class Presigned:
+    """A frame's MAC and signature checked ahead of its turn (:func:`presign`)."""
+
+    public_key: object  # the key the signature was checked with
+    keys: SessionKeys | None  # the session key whose MAC matched (None: none was needed)
+    refusal: Exception | None  # what the signature check refused it with, or None
 
 
-def presign(envelope: Envelope, message: Message, public_key: object) -> Presigned:
-    """Check the signature now and keep the outcome for :func:`verify_message` (it has
-    no effect of its own, so checks of a read's frames can run back to back)."""
+def presign(envelope: Envelope, message: Message, public_key: object,
+            keyring: KeyRing) -> Presigned | None:
+    """Check the MAC, then the signature, now, and keep the outcome for
+    :func:`verify_message`.  It has no effect of its own, so the checks of a read's
+    frames can run back to back.  A frame whose MAC fails gets None: its turn refuses
+    it at the MAC, and its signature is never checked (an ECDSA verify costs ~20 HMACs:
+    a peer sending bad MACs must not make the gateway pay for verifies)."""
+    try:
+        keys = check_mac(envelope, message, keyring)
+    except Exception:  # refused again, in its place, when the frame's turn comes
+        return None
     try:
         check_signature(envelope, message, public_key)
     except Exception as exc:  # raised again in the message's turn (a bug: S900 then)
-        return public_key, exc
-    return public_key, None
+        return Presigned(public_key, keys, exc)
+    return Presigned(public_key, keys, None)
+
+
+def _mac_again(envelope: Envelope, message: Message, keyring: KeyRing,
+               keys: SessionKeys | None) -> SessionKeys | None:
+    """The MAC checked ahead with ``keys`` still stands while the ring still holds that
+    key under its id (no second HMAC); otherwise (no MAC was needed then, or the ring
+    changed since) it is checked now."""
+    if keys is not None and envelope.key_id is not None:
+        try:
+            if keyring.for_receive(envelope.key_id) is keys:
+                return keys
+        except UnknownKeyId:
+            pass
+    return check_mac(envelope, message, keyring)
 
 
 def check_sender(message: Message, party: str) -> None:
@@ -128,13 +154,14 @@ def verify_message(envelope: Envelope, message: Message, *, keyring: KeyRing,
                    max_skew: float, presigned: Presigned | None = None) -> Verified:
     """All checks of an established session, in order (``party`` None: the far side is
     a gateway relaying other parties' messages, so From is not the hop's party).  A
-    ``presigned`` outcome checked with the same key stands for the signature check; it
-    is reported in its place in the order (after the MAC)."""
-    keys = check_mac(envelope, message, keyring)
-    if presigned is not None and presigned[0] is public_key:
-        if presigned[1] is not None:
-            raise presigned[1]
+    ``presigned`` outcome checked with the same public key stands for the MAC and
+    signature checks; a refusal is reported in its place in the order (after the MAC)."""
+    if presigned is not None and presigned.public_key is public_key:
+        keys = _mac_again(envelope, message, keyring, presigned.keys)
+        if presigned.refusal is not None:
+            raise presigned.refusal
     else:
+        keys = check_mac(envelope, message, keyring)
         check_signature(envelope, message, public_key)
     if party is not None:
         check_sender(message, party)

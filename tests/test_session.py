@@ -311,6 +311,50 @@ def test_frames_of_one_read_are_answered_in_order_with_the_3_precedence(
     assert harness.session.state != CLOSED
 
 
+def test_a_frame_whose_mac_fails_never_has_its_signature_checked(
+        harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An ECDSA verify costs ~20 HMACs: bad MACs must not buy verifies (E200 each)."""
+    harness.logon()
+    harness.tick(5.1)
+    harness.answer_keyx()
+    import gateway.verification as verification
+    calls: list[bytes] = []
+    real_verify = verification.verify
+
+    def counting_verify(key: Any, field: Any, xml: bytes) -> None:
+        calls.append(xml)
+        real_verify(key, field, xml)
+
+    monkeypatch.setattr(verification, "verify", counting_verify)
+    frames = [harness.peer.build("SYS.ECHO.REQ", [("Text", str(i))])[1] for i in range(3)]
+    data = b"".join(_raw(harness, xml, mac="HS256:" + "A" * 44) for xml in frames[:2])
+    before = len(harness.link.frames)
+    harness.session.receive_bytes(data + _raw(harness, frames[2]))
+    harness.gateway.flush()
+    out = harness.link.frames[before:]
+    assert [(f.type, f.body.get("Code")) for f in out] == [
+        ("SYS.ERROR", "E200"), ("SYS.ERROR", "E200"), ("SYS.ECHO.RSP", None)]
+    assert calls == [frames[2]]  # only the frame whose MAC held
+
+
+def test_a_frame_keyed_by_an_earlier_frame_of_the_same_read_is_accepted(
+        harness: Harness) -> None:
+    """The MAC checked ahead of the turn fails (no key yet); in its turn it holds."""
+    harness.logon()
+    harness.tick(5.1)
+    req = harness.link.frames[-1]
+    assert req.type == "SYS.KEYX.REQ"
+    sent: list[bytes] = []
+    harness.peer.send_raw = sent.append  # type: ignore[method-assign]
+    harness.peer.answer_keyx(req)  # the peer now MACs with the new key
+    msg_id, echo = harness.peer.build("SYS.ECHO.REQ", [("Text", "new key")])
+    before = len(harness.link.frames)
+    harness.session.receive_bytes(sent[0] + _raw(harness, echo))
+    harness.gateway.flush()
+    out = harness.link.frames[before:]
+    assert [(f.type, f.head("RefId")) for f in out] == [("SYS.ECHO.RSP", msg_id)]
+
+
 def test_frames_after_a_logoff_in_the_same_read_are_never_acted_on(harness: Harness) -> None:
     harness.logon()
     harness.tick(5.1)
