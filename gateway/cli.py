@@ -9,11 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .exitcodes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 
-EXIT_OK = 0
-EXIT_USAGE = 2
 #: ``serve`` stopped because the journal could not be committed (not by a signal).
-EXIT_JOURNAL_FAILED = 1
+EXIT_JOURNAL_FAILED = EXIT_FAILED
 
 
 class Home:
@@ -177,8 +176,17 @@ def _cmd_eod_watch(args: argparse.Namespace, home: Home) -> int:
     return watch_command(home.root, args.dir, poll_seconds=args.poll, once=args.once)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error exits 64, not 2 (gateway.exitcodes says why);
+    the subcommands' parsers are of this class too."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="gateway",
         description="SBDX/1 securities-bank e-CNY message-exchange gateway",
     )
@@ -254,13 +262,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.run(args, home))
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as exc:  # a clear line for the operator, never a traceback dump
         from .keystore import KeyStoreMissing
 
         if isinstance(exc, KeyStoreMissing):
             print(f"gateway: {exc}", file=sys.stderr)
-            return 1
+            return EXIT_FAILED
         raise
 
 

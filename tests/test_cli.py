@@ -4,6 +4,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "gateway", *args],
@@ -15,6 +17,21 @@ def test_help_lists_every_command_of_the_protocol() -> None:
     assert out.returncode == 0
     for command in ("init", "cert", "peer", "serve", "eod", "sim", "demo"):
         assert command in out.stdout
+
+
+@pytest.mark.parametrize("args", [
+    ("eod", "check"),                       # FILE missing
+    ("eod", "check", "f.txt", "--jsno"),    # an unknown option
+    ("eod", "export", "--type", "XFER"),    # --date and --to missing
+    ("serve", "--listen"),                  # an option without its value
+    ("frobnicate",),                        # no such command
+])
+def test_a_usage_error_exits_64_never_eod_checks_2_for_rejected(args: tuple[str, ...],
+                                                                 tmp_path) -> None:  # type: ignore[no-untyped-def]
+    out = run("--home", str(tmp_path), *args)
+    assert out.returncode == 64, out.stderr
+    assert "usage: gateway" in out.stderr and "error:" in out.stderr
+    assert out.stdout == ""
 
 
 def test_init_creates_owner_only_keys_and_refuses_twice(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from gateway.eod import check_command, export_command, watch_command, write_file
 from gateway.eod.fileformat import fen, fen_text
 from gateway.eod.signing import sign_file
+from gateway.exitcodes import EXIT_USAGE
 from gateway.journal import Journal, Record
 from gateway.keystore import KeyStore, generate_key_file
 from gateway.signature import Signer
@@ -377,8 +378,8 @@ def test_openssl_signed_file_is_accepted(env: Env, tmp_path: Path,
 
 
 def test_export_refuses_bal_and_bad_date(env: Env, tmp_path: Path) -> None:
-    assert export_command(env.home, "2026-11-25", "BAL", BROKER, tmp_path) == 2
-    assert export_command(env.home, "25/11/2026", "XFER", BROKER, tmp_path) == 2
+    assert export_command(env.home, "2026-11-25", "BAL", BROKER, tmp_path) == EXIT_USAGE
+    assert export_command(env.home, "25/11/2026", "XFER", BROKER, tmp_path) == EXIT_USAGE
     assert list(tmp_path.glob("*.txt")) == []
 
 

@@ -230,7 +230,7 @@ def test_a_bad_script_is_refused_before_anything_is_sent(rig: Rig) -> None:
     script = rig.eod.parent / "bad.txt"
     script.write_text("sign fund=100020003000\nxfer-in fund=100020003000 amount=12,5\n")
     out = run_broker(rig, "--script", str(script), timeout=30)
-    assert out.returncode == 2
+    assert out.returncode == 64  # a usage error (gateway.exitcodes)
     assert "script line 2: amount '12,5'" in out.stderr
     journal = sqlite3.connect(rig.gw_home / "data" / "journal.sqlite3")
     assert journal.execute("SELECT count(*) FROM record").fetchone() == (0,)

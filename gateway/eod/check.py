@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gateway.exitcodes import EXIT_DISCREPANCIES, EXIT_OK, EXIT_REJECTED
 from gateway.keystore import KeyStore
 from gateway.signature import PublicKey
 
@@ -57,8 +58,10 @@ class CheckReport:
     @property
     def exit_code(self) -> int:
         if not self.valid:
-            return 2
-        return 0 if self.reconciliation is None or self.reconciliation.clean else 3
+            return EXIT_REJECTED
+        if self.reconciliation is None or self.reconciliation.clean:
+            return EXIT_OK
+        return EXIT_DISCREPANCIES
 
 
 def signer_key(keys: KeyStore, party: str) -> PublicKey:

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+from gateway.exitcodes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE
 from gateway.keystore import KeyStore, KeyStoreMissing
 
 from . import report as render
@@ -18,10 +19,6 @@ from .check import Progress, check_file
 from .export import export_file
 from .reconcile import JournalTooOld
 from .watch import sweep
-
-EXIT_USAGE = 2
-EXIT_OPERATOR = 1
-EXIT_INTERRUPTED = 130
 
 
 def _interrupt_on_sigterm() -> None:
@@ -61,7 +58,7 @@ def check_command(home: Path, file: Path, as_json: bool = False) -> int:
         report = check_file(Path(home), Path(file), _progress_bar())
     except (KeyStoreMissing, JournalTooOld) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_OPERATOR
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("interrupted; nothing was judged", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -83,7 +80,7 @@ def export_command(home: Path, day: str, file_type: str, to_party: str, out_dir:
         return EXIT_USAGE
     except KeyStoreMissing as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_OPERATOR
+        return EXIT_FAILED
     print(path)
     return 0
 
@@ -96,7 +93,7 @@ def watch_command(home: Path, folder: Path, *, poll_seconds: float = 1.0,
         KeyStore(Path(home) / "keys")
     except KeyStoreMissing as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_OPERATOR
+        return EXIT_FAILED
     if not folder.is_dir():
         print(f"error: {folder} is not a directory", file=sys.stderr)
         return EXIT_USAGE

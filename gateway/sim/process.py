@@ -17,6 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from gateway.exitcodes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+
 log = logging.getLogger(__name__)
 
 #: Seconds the broker waits, at the end, for answers still outstanding (a relayed
@@ -25,7 +27,6 @@ DRAIN_SECONDS = 15.0
 #: Seconds a driving broker waits for its first ready (logged-on, keyed) session.
 READY_SECONDS = 30.0
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def add_arguments(p: argparse.ArgumentParser, role: str) -> None:
