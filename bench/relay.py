@@ -227,7 +227,7 @@ def one_run(args: argparse.Namespace, label: str, *, rate: float = 0.0,
                 proc.wait(60)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        commits = {"gateway": commit_stats(gw_log)}  # the sims do not close their journal
+        commits = {"gateway": commit_stats(gw_log), "bank": commit_stats(bank_log)}
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
             # ext4 mounted with `discard` trims the freed blocks at its next journal
@@ -351,19 +351,21 @@ def row(r: dict[str, Any], fl: dict[str, Any]) -> str:
     ratio = f"{gw / fl['round_trip_us']:.2f} | {gw / fl['ops_sum_us']:.2f}" if gw else "- | -"
     errors = sum(v for k, v in r["results"].items() if k != "0000") + r["errors_in_logs"]
     disk = r.get("disk_probe") or {}
-    gwc = (r.get("commits") or {}).get("gateway") or {}
+    commits = r.get("commits") or {}
+    gwc, bkc = commits.get("gateway") or {}, commits.get("bank") or {}
     return (f"| {r['label']} | {r['throughput']:.0f} | {lat.get('p50')} | {lat.get('p90')} | "
             f"{lat.get('p99')} | {lat.get('max')} | {gw} | {ratio} | {r.get('bank_cpu_us_per_rt')}"
             f" | {r.get('driver_cpu_us_per_rt')} | {errors} | "
             f"{'yes' if r['checks']['ok'] else 'NO'} | {disk.get('p99')} / {disk.get('max')} | "
-            f"{gwc.get('mean_ms')} / {gwc.get('max_ms')} | "
+            f"{gwc.get('mean_ms')} / {gwc.get('max_ms')} | {bkc.get('max_ms')} | "
             f"{' / '.join(map(str, r.get('verify_us') or ()))} |")
 
 
 HEADER = ("| run | round trips/s | p50 ms | p90 ms | p99 ms | max ms | gateway CPU µs/rt | "
           "÷ floor | ÷ ops sum | bank CPU µs/rt | broker CPU µs/rt | errors | exactly once + ledger |"
-          " disk fsync p99 / max ms | gateway commit mean / max ms | verify µs before / after |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          " disk fsync p99 / max ms | gateway commit mean / max ms | bank commit max ms |"
+          " verify µs before / after |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -249,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     sim.book.seed()
     driver = Driver(sim, reactor, args)
     reactor.callWhenRunning(driver.wait_ready)  # type: ignore[attr-defined]
+    # the broker's journal is closed (committed, checkpointed) before the process exits
+    reactor.addSystemEventTrigger("before", "shutdown", sim.stop)  # type: ignore[attr-defined]
     reactor.callLater(args.warmup + args.seconds + 300, driver.fail,  # type: ignore[attr-defined]
                       "no logon or answers in time")
     reactor.run()  # type: ignore[attr-defined]

@@ -273,9 +273,9 @@ def run_demo(home: Path, reactor: Any, end_of_day: Callable[..., Any] | None = N
     def shut_down() -> defer.Deferred[None]:
         """Stop the simulators and the gateway once, then the reactor."""
         if not stopping:
-            bank.stop()
-            broker.stop()
-            done = defer.maybeDeferred(service.stopService)
+            done = defer.DeferredList([bank.stop(), broker.stop(),
+                                       defer.maybeDeferred(service.stopService)],
+                                      consumeErrors=True)
             done.addBoth(lambda _: reactor.stop() if reactor.running else None)
             stopping.append(done)
         return stopping[0]

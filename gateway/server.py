@@ -195,6 +195,15 @@ class GatewayFactory(protocol.Factory):
                 for session, _ in reads:
                     session.close()
 
+    def flush_now(self) -> None:
+        """Act on what was read and commit now, not at the end of the turn (on stop:
+        nothing may be left for a turn that runs after the journal is closed)."""
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush_call = None
+        self.act_on_reads()
+        self.gateway.flush()
+
     def _flush(self) -> None:
         self._flush_call = None
         try:
@@ -351,5 +360,6 @@ class GatewayService(service.MultiService):
             session.close()
         self.gateway.flush()
         yield service.MultiService.stopService(self)
+        self.factory.flush_now()  # what the closing connections left (connectionLost)
         self.journal.close()
         log.info("gateway stopped; journal flushed")

@@ -358,6 +358,15 @@ def test_a_sim_home_with_a_separate_journal_file_keeps_it(tmp_path: Path) -> Non
     books.commit()
     books.flush()  # its own file, its own commit
     assert _count(books_file(tmp_path, "CCB"), "SELECT COUNT(*) FROM account") == 1
+    # closing stops the books' own checkpoint thread and commits what is booked
+    checkpointer = books._checkpointer
+    assert checkpointer is not None and checkpointer._thread.is_alive()
+    books.begin()
+    books.open_account("B", "X", 7)
+    books.commit()
+    books.close()
+    assert not checkpointer._thread.is_alive()
+    assert _count(books_file(tmp_path, "CCB"), "SELECT COUNT(*) FROM account") == 2
     journal.close()
 
 

@@ -5,6 +5,7 @@ journal, and every end-of-day file the simulators wrote passes `gateway eod chec
 from __future__ import annotations
 
 import json
+import re
 import signal
 import sqlite3
 import subprocess
@@ -218,6 +219,11 @@ def test_a_broker_under_load_until_sigterm_drains_and_writes_its_bal_file(rig: R
     states = check_day(rig)
     assert sum(s == "SUCCEEDED" for s in states.values()) > 20
     check_files(rig, bank_out, out)
+    # both sims closed their journal at the end: its totals logged, its WAL folded back
+    for party, log in ((BROKER, err), (BANK, bank_out)):
+        assert re.search(rf"journal {party}-ledger.sqlite3 closed: \d+ commits", log), log
+        home = rig.broker_home if party == BROKER else rig.bank_home
+        assert not (home / "data" / f"{party}-ledger.sqlite3-wal").exists()
 
 
 def test_a_broker_with_seconds_stops_by_itself(rig: Rig) -> None:

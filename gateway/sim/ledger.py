@@ -305,3 +305,14 @@ class Ledger:
         if self._in_tx:
             self.db.execute("COMMIT")
             self._in_tx = False
+
+    def close(self) -> None:
+        """Commit what is booked and, for books in a file of their own, stop their
+        checkpoint thread and close the file (books in a journal's file close with it)."""
+        if self._journal is not None:
+            return
+        self.flush()
+        if self._checkpointer is not None:
+            self._checkpointer.close()
+            self._checkpointer = None
+        self.db.close()

@@ -126,10 +126,10 @@ def _run_bank(args: argparse.Namespace, sim: Any, reactor: Any) -> int:
                                  sim.node.gateway.party, sim.node.signer, sim.node.local_now())
         print("eod: wrote " + " ".join(str(p) for p in paths), flush=True)
 
-    def stop() -> None:
+    def stop() -> Any:
         if args.eod_dir is not None:
             _guarded(write_eod)
-        sim.stop()
+        return sim.stop()  # the shutdown waits for the books and journal to close
 
     if args.eod_dir is not None:
         signal.signal(signal.SIGUSR1,
@@ -242,7 +242,7 @@ class Broker:
                 self.exit_code = EXIT_FAILED
             if self.args.eod_dir is not None:
                 _guarded(self._write_bal)
-            self.sim.stop()
+            yield self.sim.stop()
 
         self._finishing = go()
         return self._finishing

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from twisted.application import internet
-from twisted.internet import endpoints, task
+from twisted.internet import defer, endpoints, task
 
 from ..config import Config, split_host_port
 from ..journal import Journal
@@ -77,16 +77,30 @@ class Sim:
     factory: GatewayFactory
     services: list[Any]
     ticker: task.LoopingCall
+    ledger: Ledger
+    _stopping: defer.Deferred[None] | None = field(default=None, init=False, repr=False)
 
-    def stop(self) -> None:
+    def stop(self) -> defer.Deferred[None]:
+        """Stop once: act on what arrived (and answer it), close the sessions, commit;
+        when the connections are down, commit what they left and close the books and
+        the journal (which logs its commit totals). Fires when all of that is done."""
+        if self._stopping is not None:
+            return self._stopping
         if self.ticker.running:
             self.ticker.stop()
         self.factory.act_on_reads()  # what arrived is acted on (and answered) first
         for session in list(self.node.sessions):
             session.close()
         self.node.flush()
-        for service in self.services:
-            service.stopService()
+        down = [defer.maybeDeferred(service.stopService) for service in self.services]
+        self._stopping = defer.DeferredList(down, consumeErrors=True).addCallback(
+            lambda _: self._close())
+        return self._stopping
+
+    def _close(self) -> None:
+        self.factory.flush_now()
+        self.ledger.close()
+        self.node.journal.close()
 
 
 class PeerFactory(GatewayFactory):
@@ -127,4 +141,4 @@ def start_sim(reactor: Any, home: Path, role: str, party: str, connect: str,
     ticker.start(TICK_SECONDS, now=False)
     log.info("%s %s dialling the gateway at %s (%d connection%s)", role.lower(), party, connect,
              connections, "" if connections == 1 else "s")
-    return Sim(node, book, factory, services, ticker)
+    return Sim(node, book, factory, services, ticker, ledger)
