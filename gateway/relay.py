@@ -403,6 +403,11 @@ class Gateway(Node):
                             "left to time out", receiver, ref, len(keys),
                             ", ".join(sorted(k[1] for k in keys)))
             return
+        if self._sent_own(receiver, ref):
+            log.warning("SYS.ERROR from %s names MsgId %s, which is both a message of the "
+                        "gateway's own and a request relayed from %s: left to time out",
+                        receiver, ref, keys[0][1])
+            return
         pending = self._release(keys[0])
         rec = pending.record
         text = f"{pending.receiver} refused it: {body.get('Code')} {body.get('Text', '')}"
@@ -418,6 +423,14 @@ class Gateway(Node):
         self.journal.update_record(rec.key, self.now(),
                                    state=records.transition(rec.state, records.FAILED),
                                    result=RejectedByCounterparty.code, response_xml=xml)
+
+    def _sent_own(self, receiver: str, msg_id: str) -> bool:
+        """Whether the gateway sent ``receiver`` a message of its own (From = the
+        gateway) with this MsgId: §4 makes a MsgId unique per From only, so a relayed
+        request may share it (rare: only a SYS.ERROR from the receiver asks)."""
+        return any(row["direction"] == "OUT" and row["party"] == receiver
+                   and parse_message(bytes(row["xml"])).head.from_party == self.config.party
+                   for row in self.journal.messages(msg_id))
 
     def _late_response(self, session: Session, message: Message, result: str) -> None:
         receiver, origin, ref = session.party or "", message.head.to_party, message.head.ref_id or ""

@@ -437,6 +437,30 @@ def test_a_receivers_sys_error_is_b399_at_once_and_frees_the_sign(day) -> None: 
     signed(bank, broker, "S8")  # not B301: the failed sign does not hold the wallet
 
 
+def test_a_receivers_sys_error_naming_a_gateway_msgid_fails_no_relayed_request(
+        day) -> None:  # type: ignore[no-untyped-def]
+    """§4: a MsgId is unique per From only. The broker's request has the MsgId of a
+    message the gateway itself sent the bank; the bank's SYS.ERROR naming that MsgId
+    may refuse either, so the request is not failed: it waits for its answer."""
+    gw, bank, broker = day
+    signed(bank, broker)
+    bank.send("SYS.ECHO.REQ", [("Text", "no MAC")], to="GW01", mac=False)
+    own = bank.recv("SYS.ERROR")  # the gateway's own message to the bank (E200)
+    own_id = own.head("MsgId")
+    assert own.head("From") == "GW01" and own.body["Code"] == "E200"
+    msg_id = broker.send("XFER.OUT.REQ", xfer("X41", "5.00"), to=BANK, msg_id=own_id)
+    req = bank.recv("XFER.OUT.REQ")
+    assert req.head("MsgId") == own_id
+    bank.send("SYS.ERROR", [("Code", "E204"), ("Text", "seen that one"),
+                            ("RefMsgId", own_id)], to="GW01")
+    with pytest.raises(TimeoutError):
+        broker._answer_to(msg_id, "XFER.OUT.REQ", timeout=0.5)
+    bank.send("XFER.OUT.RSP", [("Result", "0000"), ("ResultText", "ok"), ("BizSn", "X41"),
+                               ("BankSn", "BS41"), ("SweepRef", "SW41")], to=BROKER, ref=own_id)
+    rsp = broker._answer_to(msg_id, "XFER.OUT.REQ")
+    assert (rsp.body["Result"], rsp.body["BankSn"]) == ("0000", "BS41"), rsp.body
+
+
 def test_a_timed_out_sign_is_asked_again_on_repeat_and_settles(day) -> None:  # type: ignore[no-untyped-def]
     """CTS.SIGN cannot be reversed: on timeout the broker gets S900 (outcome unknown) and
     the wallet stays held; the broker's repeat goes to the bank again (the bank answers
