@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .config import connect_address, listen_address
 from .exitcodes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 
 #: ``serve`` stopped because the journal could not be committed (not by a signal).
@@ -210,13 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--id", required=True)
     p.add_argument("--role", required=True, choices=["BANK", "BROKER"])
     p.add_argument("--cert", required=True, help="PEM certificate or public key file")
-    p.add_argument("--connect", metavar="HOST:PORT")
+    p.add_argument("--connect", metavar="HOST:PORT", type=connect_address)
     p.set_defaults(run=_cmd_peer_add)
     p = peer.add_parser("list", help="peers, roles and key fingerprints")
     p.set_defaults(run=_cmd_peer_list)
 
     p = sub.add_parser("serve", help="run the gateway until SIGTERM/SIGINT")
-    p.add_argument("--listen", metavar="HOST:PORT")
+    p.add_argument("--listen", metavar="HOST:PORT", type=listen_address)
     p.add_argument("--tls", action="store_true")
     p.set_defaults(run=_cmd_serve)
 

@@ -6,9 +6,11 @@ docs/operations.md.
 """
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -76,6 +78,35 @@ def split_host_port(text: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or not host:
         raise ConfigError(f"address {text!r} is not HOST:PORT")
     return host.strip("[]"), int(port)
+
+
+def check_address(text: str, lowest_port: int = 1) -> tuple[str, int]:
+    """``HOST:PORT`` as :func:`split_host_port` reads it, with a port from
+    ``lowest_port`` (0 to listen on any free port) to 65535 and no whitespace in the
+    host (IPv6 as ``[::1]:7700``)."""
+    host, port = split_host_port(text)
+    if not lowest_port <= port <= 65535 or any(c.isspace() for c in host):
+        raise ConfigError(f"address {text!r} is not HOST:PORT (port {lowest_port}-65535)")
+    return host, port
+
+
+def address_option(lowest_port: int) -> Callable[[str], str]:
+    """An argparse ``type`` for a HOST:PORT option: a bad address is a usage error
+    (exit 64), never a traceback when the address is first used."""
+    def address(text: str) -> str:
+        try:
+            check_address(text, lowest_port)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return text
+
+    return address
+
+
+#: ``peer add --connect``, ``sim --connect``.
+connect_address = address_option(1)
+#: ``serve --listen`` (port 0: any free port).
+listen_address = address_option(0)
 
 
 def _coerce(name: str, default: Any, value: Any) -> Any:

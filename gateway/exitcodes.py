@@ -9,8 +9,8 @@ every command alike (docs/operations.md, "Exit codes").
 from __future__ import annotations
 
 EXIT_OK = 0
-#: The command could not do its job: no key store, a journal that failed to commit,
-#: a file the operator named is unreadable, ...
+#: The command could not do its job: no key store, a journal that failed to commit, an
+#: error in gateway.toml; ``eod check``: nothing was judged (no file at FILE, ...).
 EXIT_FAILED = 1
 #: ``eod check``: the file is rejected (§9).
 EXIT_REJECTED = 2

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from gateway.config import ConfigError, split_host_port
+from gateway.config import ConfigError, check_address
 from gateway.signature import PublicKey, Signer, key_type, load_public_key, signer_id
 
 PARTY_RE = re.compile(r"[A-Z0-9]{2,12}")
@@ -193,12 +193,9 @@ def public_pem(pem: bytes) -> bytes:
 def check_connect(connect: str) -> tuple[str, int]:
     """A peer's dial-out address: ``HOST:PORT`` as ``serve`` parses it, port 1–65535."""
     try:
-        host, port = split_host_port(connect)
+        return check_address(connect)
     except ConfigError as exc:
         raise ValueError(f"--connect: {exc}") from None
-    if not 1 <= port <= 65535 or any(c.isspace() for c in host):
-        raise ValueError(f"--connect: address {connect!r} is not HOST:PORT (port 1-65535)")
-    return host, port
 
 
 def _dev_ca(party: str, now: datetime) -> tuple[Any, x509.Certificate]:

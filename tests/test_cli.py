@@ -24,6 +24,8 @@ def test_help_lists_every_command_of_the_protocol() -> None:
     ("eod", "check", "f.txt", "--jsno"),    # an unknown option
     ("eod", "export", "--type", "XFER"),    # --date and --to missing
     ("serve", "--listen"),                  # an option without its value
+    ("serve", "--listen", "nope"),          # a malformed HOST:PORT
+    ("sim", "bank", "--connect", "h:0"),    # a port out of range
     ("frobnicate",),                        # no such command
 ])
 def test_a_usage_error_exits_64_never_eod_checks_2_for_rejected(args: tuple[str, ...],
@@ -153,7 +155,7 @@ def test_peer_add_refuses_a_bad_connect_address(tmp_path) -> None:  # type: igno
     (tmp_path / "ccb.crt").write_bytes(cert)
     out = run("--home", str(tmp_path), "peer", "add", "--id", "CCB", "--role", "BANK",
               "--cert", str(tmp_path / "ccb.crt"), "--connect", "bank-host-without-port")
-    assert out.returncode == 1
+    assert out.returncode == 64  # a usage error
     assert "--connect" in out.stderr and "Traceback" not in out.stderr
     assert "CCB" not in run("--home", str(tmp_path), "peer", "list").stdout
 

@@ -17,9 +17,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from gateway.eod import check_command, export_command, watch_command, write_file
+from gateway.eod.check import check_file
 from gateway.eod.fileformat import fen, fen_text
 from gateway.eod.signing import sign_file
-from gateway.exitcodes import EXIT_USAGE
+from gateway.exitcodes import EXIT_FAILED, EXIT_USAGE
 from gateway.journal import Journal, Record
 from gateway.keystore import KeyStore, generate_key_file
 from gateway.signature import Signer
@@ -525,8 +526,15 @@ def test_watch_without_key_store_is_an_operator_error(tmp_path: Path) -> None:
     assert watch_command(tmp_path, tmp_path, once=True) == 1
 
 
-def test_nonexistent_file_rejected(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
-    assert_rejected(env, env.drop / NAME, capsys, "does not exist")
+def test_a_path_with_no_file_is_not_judged(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    """A mistyped FILE (or one not delivered yet) is not a rejected file: exit 1, no
+    report; check_file itself (the folder watcher's) still rejects it with `file:`."""
+    assert check_command(env.home, env.drop / NAME, as_json=True) == EXIT_FAILED
+    out, err = capsys.readouterr()
+    assert out == "" and "does not exist" in err and "nothing was judged" in err
+    assert check_command(env.home, env.drop, as_json=True) == EXIT_FAILED  # a folder
+    report = check_file(env.home, env.drop / NAME)
+    assert not report.valid and report.reason.startswith("file:")
 
 
 # --- the console command, run as an operator would ------------------------------------------

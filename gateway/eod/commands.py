@@ -48,11 +48,17 @@ def _progress_bar() -> Progress | None:
 
 
 def check_command(home: Path, file: Path, as_json: bool = False) -> int:
-    """``gateway eod check FILE [--json]``: 0 reconciled, 3 discrepancies, 2 rejected.
+    """``gateway eod check FILE [--json]``: 0 reconciled, 3 discrepancies, 2 rejected;
+    1 when there is nothing to judge (no FILE there, no key store, journal too old).
 
     Prints one JSON object (``as_json``) or a short text report; the file is left
     where it is, unmodified.
     """
+    if not Path(file).is_file():  # a mistyped path, or a file not delivered yet:
+        # nothing to judge, so not "rejected" (2), which would blame the file's sender
+        print(f"error: {file} does not exist or is not a regular file; nothing was judged",
+              file=sys.stderr)
+        return EXIT_FAILED
     _interrupt_on_sigterm()
     try:
         report = check_file(Path(home), Path(file), _progress_bar())

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from gateway.config import connect_address
 from gateway.exitcodes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ READY_SECONDS = 30.0
 
 def add_arguments(p: argparse.ArgumentParser, role: str) -> None:
     """The options of ``gateway sim <role>``."""
-    p.add_argument("--connect", required=True, metavar="HOST:PORT")
+    p.add_argument("--connect", required=True, metavar="HOST:PORT", type=connect_address)
     p.add_argument("--party", help="PartyId (default CCB for a bank, GTJA for a broker)")
     p.add_argument("--gateway-cert", type=Path, help="default: HOME/keys/gateway.crt")
     p.add_argument("--gateway-party", default="GW01")
