@@ -69,6 +69,7 @@ class Driver:
     measure_from: float = 0.0
     measure_to: float = 0.0
     cpu_marks: dict[str, dict[str, float]] = field(default_factory=dict)
+    done: bool = False  # the results (or the error) are written
     _flush_call: Any = None
 
     # --- plumbing ----------------------------------------------------------------
@@ -175,13 +176,19 @@ class Driver:
             self.reactor.callLater(1.0, self.deadline)
 
     def fail(self, why: str) -> None:
+        if self.done:
+            return
+        self.done = True
         print(f"driver: {why}", file=sys.stderr)
         self.write({"error": why})
         self.reactor.stop()
 
     def finish(self) -> None:
-        if not self.reactor.running:
+        # once only: the sim's stop (a shutdown trigger) still acts on answers read,
+        # and the last one must not write the results again or stop a stopping reactor
+        if self.done or not self.reactor.running:
             return
+        self.done = True
         if "to" not in self.cpu_marks:  # the last request's tick ran before the mark's timer
             self.mark_cpu("to")
         self.sim.node.flush()

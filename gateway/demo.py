@@ -270,12 +270,24 @@ def run_demo(home: Path, reactor: Any, end_of_day: Callable[..., Any] | None = N
 
     stopping: list[defer.Deferred[None]] = []
 
+    def stopped_cleanly(results: list[tuple[bool, Any]]) -> None:
+        """The sims and the gateway closed their books and journals (a failed final
+        commit fails the demo, and says so)."""
+        gateway_ok, gateway_failure = results[2]
+        errors = [f"{sim.node.config.party}: {sim.stop_error}" for sim in (bank, broker)
+                  if sim.stop_error is not None]
+        if not gateway_ok:
+            log.error("demo: stopping the gateway failed: %s", gateway_failure.getTraceback())
+            errors.append(f"gateway: {gateway_failure.getErrorMessage()}")
+        day.check("everything stopped cleanly", not errors, "; ".join(errors))
+
     def shut_down() -> defer.Deferred[None]:
         """Stop the simulators and the gateway once, then the reactor."""
         if not stopping:
             done = defer.DeferredList([bank.stop(), broker.stop(),
                                        defer.maybeDeferred(service.stopService)],
                                       consumeErrors=True)
+            done.addCallback(stopped_cleanly)
             done.addBoth(lambda _: reactor.stop() if reactor.running else None)
             stopping.append(done)
         return stopping[0]

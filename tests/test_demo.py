@@ -97,3 +97,26 @@ def test_a_hung_demo_is_stopped_by_its_timer_and_fails_saying_where() -> None:
     assert "still waiting for: the timed-out transfer is reversed" in text
     assert "the day did not run to its end" in text
     assert "Traceback" not in out.stderr and "Exception ignored" not in out.stderr
+
+
+BROKEN_CLOSE = """
+import sys
+import gateway.sim.ledger as ledger
+import gateway.demo as demo
+
+def close(self):
+    raise OSError("disk full (test)")  # the books' final commit fails
+
+ledger.Ledger.close = close
+sys.exit(demo.main())
+"""
+
+
+def test_a_sim_whose_final_commit_fails_fails_the_demo_and_says_so() -> None:
+    out = subprocess.run([sys.executable, "-c", BROKEN_CLOSE], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "RESULT: FAILED" in out.stdout
+    assert "BAD everything stopped cleanly" in out.stdout, out.stdout
+    assert "CCB: disk full (test)" in out.stdout and "GTJA: disk full (test)" in out.stdout
+    assert "stopping failed" in out.stderr  # and the log says where

@@ -215,15 +215,19 @@ def test_a_broker_under_load_until_sigterm_drains_and_writes_its_bal_file(rig: R
     assert "rate: " in out and "all as expected" in out, out
     answered = int(out.split("rate: ")[1].split()[0])
     assert answered > 40, out  # about 40 a second for the seconds after signing
+    assert_closed_its_journal(BROKER, rig.broker_home, err)
     bank_out = rig.stop_bank()
+    assert_closed_its_journal(BANK, rig.bank_home, bank_out)
     states = check_day(rig)
     assert sum(s == "SUCCEEDED" for s in states.values()) > 20
     check_files(rig, bank_out, out)
-    # both sims closed their journal at the end: its totals logged, its WAL folded back
-    for party, log in ((BROKER, err), (BANK, bank_out)):
-        assert re.search(rf"journal {party}-ledger.sqlite3 closed: \d+ commits", log), log
-        home = rig.broker_home if party == BROKER else rig.bank_home
-        assert not (home / "data" / f"{party}-ledger.sqlite3-wal").exists()
+
+
+def assert_closed_its_journal(party: str, home: Path, log: str) -> None:
+    """A sim that exited closed its journal: its totals logged, its WAL folded back into
+    the file (checked before anything else opens the file, which makes a WAL again)."""
+    assert re.search(rf"journal {party}-ledger.sqlite3 closed: \d+ commits", log), log
+    assert not (home / "data" / f"{party}-ledger.sqlite3-wal").exists()
 
 
 def test_a_broker_with_seconds_stops_by_itself(rig: Rig) -> None:

@@ -78,29 +78,50 @@ class Sim:
     services: list[Any]
     ticker: task.LoopingCall
     ledger: Ledger
+    #: Why :meth:`stop` failed (it is logged), or None.
+    stop_error: str | None = field(default=None, init=False)
     _stopping: defer.Deferred[None] | None = field(default=None, init=False, repr=False)
 
     def stop(self) -> defer.Deferred[None]:
-        """Stop once: act on what arrived (and answer it), close the sessions, commit;
-        when the connections are down, commit what they left and close the books and
-        the journal (which logs its commit totals). Fires when all of that is done."""
-        if self._stopping is not None:
-            return self._stopping
+        """Stop (once, however often it is called): act on what arrived (and answer it),
+        close the sessions, commit; when the connections are down, commit what they
+        left and close the books and the journal (which logs its commit totals).
+
+        Each call gets a Deferred of its own that fires when all of that is done. A stop
+        that fails (a final commit, say) is logged, and :attr:`stop_error` says why."""
+        if self._stopping is None:
+            self._stopping = defer.maybeDeferred(self._stop)
+            self._stopping.addErrback(self._stop_failed)
+        done: defer.Deferred[None] = defer.Deferred()
+
+        def release(_: None) -> None:
+            done.callback(None)
+
+        self._stopping.addCallback(release)
+        return done
+
+    @defer.inlineCallbacks
+    def _stop(self) -> Any:
         if self.ticker.running:
             self.ticker.stop()
         self.factory.act_on_reads()  # what arrived is acted on (and answered) first
         for session in list(self.node.sessions):
             session.close()
         self.node.flush()
-        down = [defer.maybeDeferred(service.stopService) for service in self.services]
-        self._stopping = defer.DeferredList(down, consumeErrors=True).addCallback(
-            lambda _: self._close())
-        return self._stopping
-
-    def _close(self) -> None:
-        self.factory.flush_now()
+        results = yield defer.DeferredList(
+            [defer.maybeDeferred(service.stopService) for service in self.services],
+            consumeErrors=True)
+        for ok, failure in results:
+            if not ok:
+                log.error("%s: a connection to the gateway did not stop cleanly: %s",
+                          self.node.config.party, failure.getErrorMessage())
+        self.factory.flush_now()  # what the closing connections left
         self.ledger.close()
         self.node.journal.close()
+
+    def _stop_failed(self, failure: Any) -> None:
+        self.stop_error = failure.getErrorMessage()
+        log.error("%s: stopping failed: %s", self.node.config.party, failure.getTraceback())
 
 
 class PeerFactory(GatewayFactory):
