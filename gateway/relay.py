@@ -427,8 +427,10 @@ class Gateway(Node):
     def _sent_own(self, receiver: str, msg_id: str) -> bool:
         """Whether the gateway sent ``receiver`` a message of its own (From = the
         gateway) with this MsgId: §4 makes a MsgId unique per From only, so a relayed
-        request may share it (rare: only a SYS.ERROR from the receiver asks)."""
-        return any(row["direction"] == "OUT" and row["party"] == receiver
+        request may share it (rare: only a SYS.ERROR from the receiver asks).  The
+        gateway's own MsgIds start with its PartyId (``next_msg_id``): others need no
+        lookup."""
+        return msg_id.startswith(self.config.party) and any(row["direction"] == "OUT" and row["party"] == receiver
                    and parse_message(bytes(row["xml"])).head.from_party == self.config.party
                    for row in self.journal.messages(msg_id))
 
