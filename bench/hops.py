@@ -44,11 +44,16 @@ def _stamps(db: Path, direction: str, msg_type: str, key: str) -> dict[str, floa
         con.close()
 
 
+def journals(root: Path) -> tuple[Path, Path, Path]:
+    """The broker's, the gateway's and the bank's journal in a kept run folder."""
+    return (root / "gtja" / "data" / "GTJA-ledger.sqlite3",
+            root / "gw" / "data" / "journal.sqlite3",
+            root / "ccb" / "data" / "CCB-ledger.sqlite3")
+
+
 def round_trips(root: Path) -> tuple[list[str], list[dict[str, float]]]:
     """Request MsgIds in send order, and the eight stamp maps (MsgId → time)."""
-    broker = root / "gtja" / "data" / "GTJA-ledger.sqlite3"
-    gateway = root / "gw" / "data" / "journal.sqlite3"
-    bank = root / "ccb" / "data" / "CCB-ledger.sqlite3"
+    broker, gateway, bank = journals(root)
     req, rsp = "XFER.OUT.REQ", "XFER.OUT.RSP"
     maps = [_stamps(broker, "OUT", req, "msg_id"), _stamps(gateway, "IN", req, "msg_id"),
             _stamps(gateway, "OUT", req, "msg_id"), _stamps(bank, "IN", req, "msg_id"),
@@ -64,6 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip", type=float, default=3.0, help="seconds of warm-up to leave out")
     p.add_argument("--worst", type=int, default=0, help="list the N slowest round trips")
     args = p.parse_args(argv)
+    missing = [str(db) for db in journals(args.root) if not db.is_file()]
+    if missing:
+        print(f"no journal at {', '.join(missing)}: is {args.root} a folder kept by "
+              "bench/relay.py --keep?", file=sys.stderr)
+        return 2
     ids, maps = round_trips(args.root)
     if not ids:
         print("no complete round trip in", args.root)
