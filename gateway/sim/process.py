@@ -129,6 +129,7 @@ def _run_bank(args: argparse.Namespace, sim: Any, reactor: Any) -> int:
 
     def stop() -> Any:
         if args.eod_dir is not None:
+            signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # the books are about to close
             _guarded(write_eod)
         return sim.stop()  # the shutdown waits for the books and journal to close
 
