@@ -104,9 +104,24 @@ def _cmd_serve(args: argparse.Namespace, home: Home) -> int:
     svc = GatewayService(home.root, cfg, reactor, listen=args.listen,
                          tls=True if args.tls else None)
     flushes = FlushWatch(svc.gateway)
-    reactor.callWhenRunning(svc.startService)  # type: ignore[attr-defined]
+    refused: list[Exception] = []
+
+    def start() -> None:
+        try:
+            svc.startService()
+        except Exception as exc:  # the port is taken, the host is unknown, ...
+            logging.getLogger("gateway.serve").error("cannot listen on %s: %s",
+                                                     args.listen or cfg.listen, exc)
+            refused.append(exc)
+            reactor.stop()  # type: ignore[attr-defined]
+
+    reactor.callWhenRunning(start)  # type: ignore[attr-defined]
     reactor.addSystemEventTrigger("before", "shutdown", svc.stopService)  # type: ignore[attr-defined]
     reactor.run()  # type: ignore[attr-defined]
+    if refused:
+        print(f"gateway serve: cannot listen on {args.listen or cfg.listen}: {refused[0]}",
+              file=sys.stderr)
+        return EXIT_FAILED
     if flushes.failed:
         print("gateway serve: stopped because the journal could not be committed "
               "(see the log)", file=sys.stderr)
@@ -186,6 +201,17 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
+def _seconds(text: str) -> float:
+    """argparse ``type`` of a duration: a finite number of seconds above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="gateway",
@@ -236,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_cmd_eod_export)
     p = eod.add_parser("watch", help="check every complete file dropped into DIR")
     p.add_argument("dir", type=Path)
-    p.add_argument("--poll", type=float, default=1.0, help="seconds between folder scans")
+    p.add_argument("--poll", type=_seconds, default=1.0, help="seconds between folder scans")
     p.add_argument("--once", action="store_true", help="process what is there, then exit")
     p.set_defaults(run=_cmd_eod_watch)
 

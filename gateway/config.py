@@ -75,7 +75,7 @@ class Config:
 
 def split_host_port(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not host:
+    if not sep or not (port.isascii() and port.isdigit()) or not host.strip("[]"):
         raise ConfigError(f"address {text!r} is not HOST:PORT")
     return host.strip("[]"), int(port)
 
@@ -151,7 +151,7 @@ def from_mapping(values: dict[str, Any]) -> Config:
         raise ConfigError("party must match [A-Z0-9]{2,12}")
     if cfg.journal_synchronous not in ("FULL", "NORMAL", "EXTRA", "OFF"):
         raise ConfigError("journal_synchronous must be FULL, EXTRA, NORMAL or OFF")
-    split_host_port(cfg.listen)
+    check_address(cfg.listen, lowest_port=0)
     return cfg
 
 

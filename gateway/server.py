@@ -347,6 +347,9 @@ class GatewayService(service.MultiService):
     def stopService(self):  # type: ignore[no-untyped-def]
         """Stop accepting (connections, and new requests on open sessions: S902), let
         in-flight requests be answered or time out, flush."""
+        if not self.running:  # it never started (it could not listen): nothing to drain
+            self.journal.close()
+            return
         log.info("gateway stopping: draining %d in-flight request(s)", len(self.gateway.pending))
         self.gateway.start_draining()
         yield self.port.stopListening()

@@ -26,6 +26,8 @@ def test_help_lists_every_command_of_the_protocol() -> None:
     ("serve", "--listen"),                  # an option without its value
     ("serve", "--listen", "nope"),          # a malformed HOST:PORT
     ("sim", "bank", "--connect", "h:0"),    # a port out of range
+    ("eod", "watch", ".", "--poll", "-1"),  # a duration that is no duration
+    ("eod", "watch", ".", "--poll", "nan"),
     ("frobnicate",),                        # no such command
 ])
 def test_a_usage_error_exits_64_never_eod_checks_2_for_rejected(args: tuple[str, ...],
@@ -238,3 +240,28 @@ def test_serve_exits_zero_on_sigterm(tmp_path) -> None:  # type: ignore[no-untyp
         if proc.poll() is None:
             proc.kill()
         proc.wait(10)
+
+
+def test_serve_that_cannot_listen_exits_1_at_once(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A port already taken: one line and exit 1, never a gateway running deaf."""
+    import socket
+
+    assert run("--home", str(tmp_path), "init").returncode == 0
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = run("--home", str(tmp_path), "serve", "--listen", f"127.0.0.1:{port}")
+    assert out.returncode == 1, out.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:99999", "h ost:7700", "[]:7700", "host:٣"])
+def test_a_bad_listen_in_gateway_toml_is_a_configuration_error(
+        listen: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    assert run("--home", str(tmp_path), "init").returncode == 0
+    (tmp_path / "gateway.toml").write_text(f'[gateway]\nlisten = "{listen}"\n', encoding="utf-8")
+    out = run("--home", str(tmp_path), "serve")
+    assert out.returncode == 1, out.stderr
+    assert "is not HOST:PORT" in out.stderr and "Traceback" not in out.stderr
