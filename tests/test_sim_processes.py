@@ -244,3 +244,37 @@ def test_a_bad_script_is_refused_before_anything_is_sent(rig: Rig) -> None:
     assert "script line 2: amount '12,5'" in out.stderr
     journal = sqlite3.connect(rig.gw_home / "data" / "journal.sqlite3")
     assert journal.execute("SELECT count(*) FROM record").fetchone() == (0,)
+
+
+BROKEN_BOOKS = """
+import sys
+import gateway.sim.ledger as ledger
+from gateway import cli
+
+def close(self):
+    raise OSError("disk full (test)")  # the books' final commit fails
+
+ledger.Ledger.close = close
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_a_sim_whose_books_fail_to_close_exits_1_and_still_closes_its_journal(
+        tmp_path: Path) -> None:
+    gw_home, bank_home = tmp_path / "gw", tmp_path / "ccb"
+    assert subprocess.run([sys.executable, "-m", "gateway", "--home", str(gw_home), "init"],
+                          capture_output=True, timeout=60).returncode == 0
+    proc = subprocess.Popen(
+        [sys.executable, "-c", BROKEN_BOOKS, "--home", str(bank_home), "sim", "bank",
+         "--connect", "127.0.0.1:9", "--gateway-cert", str(gw_home / "keys" / "gateway.crt")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:  # nobody listens on port 9: it keeps dialling
+        if "dialling the gateway" in line:
+            break
+    time.sleep(1.5)  # the reactor runs (and handles SIGTERM) just after that line
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 1, out
+    assert "stopping failed" in out and "disk full (test)" in out
+    assert_closed_its_journal(BANK, bank_home, out)  # closed although the books failed

@@ -138,7 +138,7 @@ def _run_bank(args: argparse.Namespace, sim: Any, reactor: Any) -> int:
                       lambda *_: reactor.callFromThread(_guarded, write_eod))
     reactor.addSystemEventTrigger("before", "shutdown", stop)
     reactor.run()
-    return EXIT_OK
+    return EXIT_OK if sim.stop_error is None else EXIT_FAILED  # it is logged
 
 
 def _guarded(write: Callable[[], None]) -> None:
@@ -245,6 +245,8 @@ class Broker:
             if self.args.eod_dir is not None:
                 _guarded(self._write_bal)
             yield self.sim.stop()
+            if self.sim.stop_error is not None:  # the final commit failed (it is logged)
+                self.exit_code = EXIT_FAILED
 
         self._finishing = go()
         return self._finishing

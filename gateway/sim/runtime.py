@@ -90,8 +90,11 @@ class Sim:
         Each call gets a Deferred of its own that fires when all of that is done. A stop
         that fails (a final commit, say) is logged, and :attr:`stop_error` says why."""
         if self._stopping is None:
-            self._stopping = defer.maybeDeferred(self._stop)
-            self._stopping.addErrback(self._stop_failed)
+            # set before _stop runs: a stop() from inside it (an answer acted on ends a
+            # script, which stops the demo) waits for this one instead of starting another
+            self._stopping = defer.Deferred()
+            defer.maybeDeferred(self._stop).addErrback(self._stop_failed).chainDeferred(
+                self._stopping)
         done: defer.Deferred[None] = defer.Deferred()
 
         def release(_: None) -> None:
@@ -115,13 +118,24 @@ class Sim:
             if not ok:
                 log.error("%s: a connection to the gateway did not stop cleanly: %s",
                           self.node.config.party, failure.getErrorMessage())
-        self.factory.flush_now()  # what the closing connections left
-        self.ledger.close()
-        self.node.journal.close()
+                self._note_error(f"a connection did not stop: {_why(failure)}")
+        try:
+            self.factory.flush_now()  # what the closing connections left
+            self.ledger.close()
+        finally:
+            self.node.journal.close()
 
     def _stop_failed(self, failure: Any) -> None:
-        self.stop_error = failure.getErrorMessage()
         log.error("%s: stopping failed: %s", self.node.config.party, failure.getTraceback())
+        self._note_error(_why(failure))
+
+    def _note_error(self, text: str) -> None:
+        self.stop_error = text if self.stop_error is None else f"{self.stop_error}; {text}"
+
+
+def _why(failure: Any) -> str:
+    """A failure in a few words: its message, or its type when it has none."""
+    return failure.getErrorMessage() or failure.type.__name__
 
 
 class PeerFactory(GatewayFactory):
