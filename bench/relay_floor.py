@@ -26,6 +26,7 @@ import argparse
 import collections
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -137,6 +138,7 @@ def measure(seconds: float, synchronous: str, group: int) -> dict[str, object]:
     sequential = per_call_us(round_trip, seconds * 4)
     in_sequence = _timed_in_sequence(sequence, seconds * 2)
     journal.close()
+    shutil.rmtree(tmp, ignore_errors=True)  # ~40 MB of journal
     hops = {hop: round(sum(v.values()), 1) for hop, v in ops.items()}
     return {"ops_us": {h: {k: round(v, 1) for k, v in o.items()} for h, o in ops.items()},
             "hop_us": hops, "ops_sum_us": round(sum(hops.values()), 1),

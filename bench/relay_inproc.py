@@ -21,6 +21,7 @@ import argparse
 import cProfile
 import json
 import pstats
+import shutil
 import sys
 import tempfile
 import time
@@ -162,6 +163,8 @@ def run(round_trips: int, batch: int, profile: Path | None) -> dict[str, Any]:
         done += n
     if prof and profile:
         prof.dump_stats(str(profile))
+    journal.close()
+    shutil.rmtree(tmp, ignore_errors=True)
     return {"round_trips": done, "batch": batch,
             "gateway_cpu_us_per_rt": round(cpu / done * 1e6, 1)}
 

@@ -6,8 +6,9 @@ and ledger checks, the journal join of bench/hops.py, the in-process harness."""
 from __future__ import annotations
 
 import json
+import os
 import re
-import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,47 +16,58 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
-def _bench(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(BENCH / args[0]), *args[1:]],
-                          capture_output=True, text=True, timeout=timeout)
+def _bench(*args: str, tmp: Path, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    """Run a bench tool with its temporary folders under ``tmp``; on a hang, kill it
+    and every process it started (the gateway and the sims), not the tool alone."""
+    proc = subprocess.Popen([sys.executable, str(BENCH / args[0]), *args[1:]],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "TMPDIR": str(tmp)}, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def test_the_relay_rig_runs_and_its_checks_pass_then_hops_reads_its_journals(
         tmp_path: Path) -> None:
     out = _bench("relay.py", "--closed-only", "--seconds", "1", "--warmup", "0.5", "--keep",
-                 "--json", str(tmp_path / "relay.json"))
+                 "--json", str(tmp_path / "relay.json"), tmp=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
     kept = Path(re.search(r"kept (\S+)", out.stderr).group(1))  # type: ignore[union-attr]
-    try:
-        report = json.loads((tmp_path / "relay.json").read_text())
-        run, = report["runs"]
-        checks = run["checks"]
-        assert checks["ok"] and checks["sent"] > 0, checks
-        assert checks["sent"] == checks["answered_0000"] == checks["journal_succeeded"]
-        assert checks["relayed_twice"] == 0 and checks["answered_twice_by_gateway"] == 0
-        assert checks["wallet_moved_fen"] == checks["wallet_expected_fen"] > 0
-        assert set(run["results"]) == {"0000"} and run["errors_in_logs"] == 0
-        assert run["gateway_cpu_us_per_rt"] > 0 and report["floors"]["FULL"]["round_trip_us"] > 0
-        for who in ("gateway", "bank"):  # both journals closed and logged their totals
-            assert run["commits"][who]["commits"] > 0, run["commits"]
-        hops = _bench("hops.py", str(kept), "--skip", "0")
-        assert hops.returncode == 0, hops.stdout + hops.stderr
-        assert re.match(r"\d+ round trips: p50 ", hops.stdout), hops.stdout
-        for segment in ("broker → gateway", "gateway → bank", "bank → gateway",
-                        "gateway → broker"):
-            assert segment in hops.stdout
-    finally:
-        shutil.rmtree(kept, ignore_errors=True)
+    assert kept.parent == tmp_path  # the run folder, like the floor's, is under tmp_path
+    report = json.loads((tmp_path / "relay.json").read_text())
+    run, = report["runs"]
+    checks = run["checks"]
+    assert checks["ok"] and checks["sent"] > 0, checks
+    assert checks["sent"] == checks["answered_0000"] == checks["journal_succeeded"]
+    assert checks["relayed_twice"] == 0 and checks["answered_twice_by_gateway"] == 0
+    assert checks["wallet_moved_fen"] == checks["wallet_expected_fen"] > 0
+    assert set(run["results"]) == {"0000"} and run["errors_in_logs"] == 0
+    assert run["gateway_cpu_us_per_rt"] > 0 and report["floors"]["FULL"]["round_trip_us"] > 0
+    for who in ("gateway", "bank"):  # both journals closed and logged their totals
+        assert run["commits"][who]["commits"] > 0, run["commits"]
+    hops = _bench("hops.py", str(kept), "--skip", "0", tmp=tmp_path)
+    assert hops.returncode == 0, hops.stdout + hops.stderr
+    assert re.match(r"\d+ round trips: p50 ", hops.stdout), hops.stdout
+    for segment in ("broker → gateway", "gateway → bank", "bank → gateway",
+                    "gateway → broker"):
+        assert segment in hops.stdout
+    leftovers = {p.name.split("-")[1] for p in tmp_path.iterdir() if p.name.startswith("sbdx-")}
+    assert leftovers == {"bench"}, leftovers  # only the kept run: the floor cleaned up
 
 
 def test_hops_says_what_is_missing_in_a_folder_that_is_no_kept_run(tmp_path: Path) -> None:
-    out = _bench("hops.py", str(tmp_path))
+    out = _bench("hops.py", str(tmp_path), tmp=tmp_path)
     assert out.returncode == 2
     assert "no journal at" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_the_in_process_harness_relays_round_trips(tmp_path: Path) -> None:
-    out = _bench("relay_inproc.py", "--round-trips", "40", "--batch", "4")
+    out = _bench("relay_inproc.py", "--round-trips", "40", "--batch", "4", tmp=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["round_trips"] == 40 and result["gateway_cpu_us_per_rt"] > 0
+    assert not any(tmp_path.iterdir())  # its journal folder removed
