@@ -419,10 +419,15 @@ class Journal:
         return len(actions)
 
     def close(self) -> None:
-        self.flush()
-        self._checkpointer.close()
-        self._db.close()
-        log.info("journal %s closed: %s", self.path.name, self.commit_stats.summary())
+        """Commit, stop the checkpoint thread and close the file.  If that last commit
+        fails, the file is closed all the same (what it held was never acknowledged:
+        SQLite rolls it back) and the error is raised."""
+        try:
+            self.flush()
+        finally:
+            self._checkpointer.close()
+            self._db.close()
+            log.info("journal %s closed: %s", self.path.name, self.commit_stats.summary())
 
     # --- evidence -------------------------------------------------------------
     def log_message(self, at: float, direction: str, session: str, party: str | None,

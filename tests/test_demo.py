@@ -118,5 +118,6 @@ def test_a_sim_whose_final_commit_fails_fails_the_demo_and_says_so() -> None:
     assert out.returncode == 1, out.stdout + out.stderr
     assert "RESULT: FAILED" in out.stdout
     assert "BAD everything stopped cleanly" in out.stdout, out.stdout
-    assert "CCB: disk full (test)" in out.stdout and "GTJA: disk full (test)" in out.stdout
-    assert "stopping failed" in out.stderr  # and the log says where
+    for party in ("CCB", "GTJA"):
+        assert f"{party}: closing the books: disk full (test)" in out.stdout, out.stdout
+        assert f"{party}: stopping: closing the books failed" in out.stderr  # and the log

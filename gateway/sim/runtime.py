@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,12 +106,15 @@ class Sim:
 
     @defer.inlineCallbacks
     def _stop(self) -> Any:
+        """Every step is tried whatever the one before it did (a failed final commit
+        must not leave the connections up or the journal open); each failure is logged
+        and noted in :attr:`stop_error`."""
         if self.ticker.running:
             self.ticker.stop()
-        self.factory.act_on_reads()  # what arrived is acted on (and answered) first
+        self._attempt("acting on what arrived", self.factory.act_on_reads)  # answered first
         for session in list(self.node.sessions):
-            session.close()
-        self.node.flush()
+            self._attempt("closing a session", session.close)
+        self._attempt("the final commit", self.node.flush)
         results = yield defer.DeferredList(
             [defer.maybeDeferred(service.stopService) for service in self.services],
             consumeErrors=True)
@@ -119,11 +123,16 @@ class Sim:
                 log.error("%s: a connection to the gateway did not stop cleanly: %s",
                           self.node.config.party, failure.getErrorMessage())
                 self._note_error(f"a connection did not stop: {_why(failure)}")
+        self._attempt("the final commit", self.factory.flush_now)  # what the connections left
+        self._attempt("closing the books", self.ledger.close)
+        self._attempt("closing the journal", self.node.journal.close)
+
+    def _attempt(self, what: str, step: Callable[[], object]) -> None:
         try:
-            self.factory.flush_now()  # what the closing connections left
-            self.ledger.close()
-        finally:
-            self.node.journal.close()
+            step()
+        except Exception as exc:
+            log.exception("%s: stopping: %s failed", self.node.config.party, what)
+            self._note_error(f"{what}: {exc or type(exc).__name__}")
 
     def _stop_failed(self, failure: Any) -> None:
         log.error("%s: stopping failed: %s", self.node.config.party, failure.getTraceback())
