@@ -107,11 +107,15 @@ def _cmd_serve(args: argparse.Namespace, home: Home) -> int:
     refused: list[Exception] = []
 
     def start() -> None:
+        from twisted.internet.error import CannotListenError
+
         try:
             svc.startService()
-        except Exception as exc:  # the port is taken, the host is unknown, ...
-            logging.getLogger("gateway.serve").error("cannot listen on %s: %s",
-                                                     args.listen or cfg.listen, exc)
+        except CannotListenError as exc:  # the port is taken, the host is unknown, ...
+            refused.append(exc)
+            reactor.stop()  # type: ignore[attr-defined]
+        except Exception as exc:  # a bug: say so, with the traceback, and stop
+            logging.getLogger("gateway.serve").exception("the gateway could not start")
             refused.append(exc)
             reactor.stop()  # type: ignore[attr-defined]
 
@@ -119,8 +123,7 @@ def _cmd_serve(args: argparse.Namespace, home: Home) -> int:
     reactor.addSystemEventTrigger("before", "shutdown", svc.stopService)  # type: ignore[attr-defined]
     reactor.run()  # type: ignore[attr-defined]
     if refused:
-        print(f"gateway serve: cannot listen on {args.listen or cfg.listen}: {refused[0]}",
-              file=sys.stderr)
+        print(f"gateway serve: could not start: {refused[0]}", file=sys.stderr)
         return EXIT_FAILED
     if flushes.failed:
         print("gateway serve: stopped because the journal could not be committed "
@@ -202,13 +205,13 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _seconds(text: str) -> float:
-    """argparse ``type`` of a duration: a finite number of seconds above 0."""
+    """argparse ``type`` of a duration: a plain number of seconds, 0.01 or more."""
     try:
-        value = float(text)
+        value = float(text) if text.isascii() else float("nan")
     except ValueError:
         value = float("nan")
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0")
+    if not 0.01 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (0.01 or more)")
     return value
 
 

@@ -75,9 +75,14 @@ class Config:
 
 def split_host_port(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
-    if not sep or not (port.isascii() and port.isdigit()) or not host.strip("[]"):
+    if host.startswith("[") and host.endswith("]"):  # an IPv6 literal: [::1]:7700
+        host = host[1:-1]
+    elif ":" in host:  # unbracketed IPv6 (::7700) or a stray colon
+        host = ""
+    if (not sep or not (port.isascii() and port.isdigit()) or not host
+            or "[" in host or "]" in host):
         raise ConfigError(f"address {text!r} is not HOST:PORT")
-    return host.strip("[]"), int(port)
+    return host, int(port)
 
 
 def check_address(text: str, lowest_port: int = 1) -> tuple[str, int]:

@@ -253,11 +253,12 @@ def test_serve_that_cannot_listen_exits_1_at_once(tmp_path) -> None:  # type: ig
         port = taken.getsockname()[1]
         out = run("--home", str(tmp_path), "serve", "--listen", f"127.0.0.1:{port}")
     assert out.returncode == 1, out.stderr
-    assert f"cannot listen on 127.0.0.1:{port}" in out.stderr
+    assert out.stderr.count(f"Couldn't listen on 127.0.0.1:{port}") == 1, out.stderr
     assert "Traceback" not in out.stderr
 
 
-@pytest.mark.parametrize("listen", ["127.0.0.1:99999", "h ost:7700", "[]:7700", "host:٣"])
+@pytest.mark.parametrize("listen", ["127.0.0.1:99999", "h ost:7700", "[]:7700", "host:٣",
+                                    "::7700", "a]:1", "[a:1"])
 def test_a_bad_listen_in_gateway_toml_is_a_configuration_error(
         listen: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
     assert run("--home", str(tmp_path), "init").returncode == 0

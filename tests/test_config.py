@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from gateway.config import Config, from_mapping, load
 
 #: §9 (and §1, §2, §5, §6): every setting the protocol names, with its default.
@@ -32,3 +34,21 @@ def test_no_config_file_and_an_empty_table_give_the_same_defaults(tmp_path: Path
     assert load(tmp_path) == Config() == from_mapping({})
     for name, value in PROTOCOL_DEFAULTS.items():
         assert getattr(load(tmp_path), name) == value, name
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("127.0.0.1:7700", ("127.0.0.1", 7700)), ("localhost:7700", ("localhost", 7700)),
+    ("[::1]:7700", ("::1", 7700)), ("0.0.0.0:0", ("0.0.0.0", 0)), ("[::]:0", ("::", 0))])
+def test_addresses_a_listener_accepts(text: str, expected: tuple[str, int]) -> None:
+    from gateway.config import check_address
+
+    assert check_address(text, lowest_port=0) == expected
+
+
+@pytest.mark.parametrize("text", ["7700", "host:", ":7700", "[]:7700", "::7700", "a]:1",
+                                  "[a:1", "h ost:1", "host:٣", "host:65536", "host:x"])
+def test_addresses_that_are_not_host_port(text: str) -> None:
+    from gateway.config import ConfigError, check_address
+
+    with pytest.raises(ConfigError, match="is not HOST:PORT"):
+        check_address(text, lowest_port=0)
