@@ -26,7 +26,6 @@ import argparse
 import collections
 import json
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -77,11 +76,15 @@ def hop_messages() -> tuple[tuple[Head, dict[str, str]], tuple[Head, dict[str, s
 
 
 def measure(seconds: float, synchronous: str, group: int) -> dict[str, object]:
+    with tempfile.TemporaryDirectory(prefix="sbdx-floor-") as tmp:  # ~40 MB of journal
+        return _measure(seconds, synchronous, group, Path(tmp))
+
+
+def _measure(seconds: float, synchronous: str, group: int, tmp: Path) -> dict[str, object]:
     sender = Signer(ec.generate_private_key(ec.SECP256R1()))
     gateway = Signer(ec.generate_private_key(ec.SECP256R1()))
     mac_key = os.urandom(32)
     ops: dict[str, dict[str, float]] = {}
-    tmp = Path(tempfile.mkdtemp(prefix="sbdx-floor-"))
     journal = Journal(tmp / "journal.sqlite3", synchronous=synchronous)
     counter = iter(range(10**9))
     journal_hops: dict[str, Callable[[], None]] = {}
@@ -138,7 +141,6 @@ def measure(seconds: float, synchronous: str, group: int) -> dict[str, object]:
     sequential = per_call_us(round_trip, seconds * 4)
     in_sequence = _timed_in_sequence(sequence, seconds * 2)
     journal.close()
-    shutil.rmtree(tmp, ignore_errors=True)  # ~40 MB of journal
     hops = {hop: round(sum(v.values()), 1) for hop, v in ops.items()}
     return {"ops_us": {h: {k: round(v, 1) for k, v in o.items()} for h, o in ops.items()},
             "hop_us": hops, "ops_sum_us": round(sum(hops.values()), 1),

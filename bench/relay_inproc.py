@@ -21,7 +21,6 @@ import argparse
 import cProfile
 import json
 import pstats
-import shutil
 import sys
 import tempfile
 import time
@@ -128,8 +127,20 @@ def timed(side: Side, data: bytes, prof: cProfile.Profile | None) -> float:
     return time.process_time() - t0
 
 
-def run(round_trips: int, batch: int, profile: Path | None) -> dict[str, Any]:
-    tmp = Path(tempfile.mkdtemp(prefix="sbdx-inproc-"))
+def run(round_trips: int, batch: int, profile: Path | None,
+        folder: Path | None = None) -> dict[str, Any]:
+    """Relay ``round_trips`` in turns of ``batch`` frames.  The gateway's home goes in a
+    temporary folder, removed at the end; or in ``folder``, left as it is for the
+    caller, the journal still open and its WAL not yet folded back (bench/wal_pages.py
+    reads it)."""
+    if folder is not None:
+        return _run(round_trips, batch, profile, folder, close=False)
+    with tempfile.TemporaryDirectory(prefix="sbdx-inproc-") as tmp:
+        return _run(round_trips, batch, profile, Path(tmp), close=True)
+
+
+def _run(round_trips: int, batch: int, profile: Path | None, tmp: Path,
+         close: bool) -> dict[str, Any]:
     home = make_home(tmp / "gw")
     config = Config(keyx_after_logon_seconds=0.0, max_inflight_per_session=batch * 2)
     journal = Journal(tmp / "gw" / "data" / "journal.sqlite3", synchronous=config.journal_synchronous)
@@ -163,8 +174,8 @@ def run(round_trips: int, batch: int, profile: Path | None) -> dict[str, Any]:
         done += n
     if prof and profile:
         prof.dump_stats(str(profile))
-    journal.close()
-    shutil.rmtree(tmp, ignore_errors=True)
+    if close:
+        journal.close()
     return {"round_trips": done, "batch": batch,
             "gateway_cpu_us_per_rt": round(cpu / done * 1e6, 1)}
 

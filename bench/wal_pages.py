@@ -57,19 +57,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=1, help="frames per reactor turn")
     args = p.parse_args(argv)
     journal_module.Checkpointer = _NoCheckpoints  # type: ignore[assignment,misc]
-    made: list[str] = []
-    mkdtemp = tempfile.mkdtemp
-
-    def remembering_mkdtemp(*a: Any, **k: Any) -> str:
-        made.append(mkdtemp(*a, **k))
-        return made[-1]
-
-    tempfile.mkdtemp = remembering_mkdtemp  # type: ignore[assignment]
-    result = relay_inproc.run(args.round_trips, args.batch, None)
-    db_path = Path(made[0]) / "gw" / "data" / "journal.sqlite3"
-    frames = wal_frames(Path(f"{db_path}-wal").read_bytes())
-    with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as db:
-        owner = dict(db.execute("SELECT pageno, name FROM dbstat"))
+    with tempfile.TemporaryDirectory(prefix="sbdx-walpages-") as tmp:
+        result = relay_inproc.run(args.round_trips, args.batch, None, folder=Path(tmp))
+        db_path = Path(tmp) / "gw" / "data" / "journal.sqlite3"
+        frames = wal_frames(Path(f"{db_path}-wal").read_bytes())
+        with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as db:
+            owner = dict(db.execute("SELECT pageno, name FROM dbstat"))
     commits = sum(1 for _, commit in frames if commit)
     per_tree = collections.Counter(owner.get(page, "(new page)") for page, _ in frames)
     print(f"{result}: {len(frames)} WAL frames, {commits} commits, "

@@ -71,3 +71,10 @@ def test_the_in_process_harness_relays_round_trips(tmp_path: Path) -> None:
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["round_trips"] == 40 and result["gateway_cpu_us_per_rt"] > 0
     assert not any(tmp_path.iterdir())  # its journal folder removed
+
+
+def test_wal_pages_names_the_btrees_a_commit_writes(tmp_path: Path) -> None:
+    out = _bench("wal_pages.py", "--round-trips", "20", tmp=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "frames per commit" in out.stdout and " message" in out.stdout, out.stdout
+    assert not any(tmp_path.iterdir())  # its journal folder removed
