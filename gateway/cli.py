@@ -111,11 +111,10 @@ def _cmd_serve(args: argparse.Namespace, home: Home) -> int:
 
         try:
             svc.startService()
-        except CannotListenError as exc:  # the port is taken, the host is unknown, ...
-            refused.append(exc)
-            reactor.stop()  # type: ignore[attr-defined]
-        except Exception as exc:  # a bug: say so, with the traceback, and stop
-            logging.getLogger("gateway.serve").exception("the gateway could not start")
+        except Exception as exc:
+            if not isinstance(exc, CannotListenError):  # the port taken, the host unknown:
+                # one line says it all; anything else is a bug and keeps its traceback
+                logging.getLogger("gateway.serve").exception("the gateway could not start")
             refused.append(exc)
             reactor.stop()  # type: ignore[attr-defined]
 

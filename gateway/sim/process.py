@@ -29,7 +29,6 @@ DRAIN_SECONDS = 15.0
 READY_SECONDS = 30.0
 
 
-
 def add_arguments(p: argparse.ArgumentParser, role: str) -> None:
     """The options of ``gateway sim <role>``."""
     p.add_argument("--connect", required=True, metavar="HOST:PORT", type=connect_address)

@@ -97,11 +97,7 @@ class Sim:
             defer.maybeDeferred(self._stop).addErrback(self._stop_failed).chainDeferred(
                 self._stopping)
         done: defer.Deferred[None] = defer.Deferred()
-
-        def release(_: None) -> None:
-            done.callback(None)
-
-        self._stopping.addCallback(release)
+        self._stopping.addCallback(lambda _: done.callback(None))
         return done
 
     @defer.inlineCallbacks
