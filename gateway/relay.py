@@ -356,17 +356,21 @@ class Gateway(Node):
     def _asked_again_record(self, receiver: str, origin: str, ref: str) -> Record | None:
         """The record of a repeat that was asked again (``_ask_again``) with MsgId
         ``ref``: found through the evidence of what was relayed (rare: late answers)."""
-        if not ref:  # messages("") would be every message
-            return None
-        relayed = [row["xml"] for row in self.journal.messages(ref)
-                   if row["direction"] == "OUT" and row["party"] == receiver
-                   and str(row["msg_type"]).endswith(".REQ")]
-        for xml in reversed(relayed):  # the newest first
-            request = parse_message(bytes(xml))
+        for request in self._sent_to(receiver, ref):
             biz_sn = request.body.get("BizSn")
-            if request.head.from_party == origin and isinstance(biz_sn, str):
+            if (request.type.endswith(".REQ") and request.head.from_party == origin
+                    and isinstance(biz_sn, str)):
                 return self.journal.record(origin, request.kind.business, biz_sn)
         return None
+
+    def _sent_to(self, receiver: str, msg_id: str) -> list[Message]:
+        """What the gateway sent ``receiver`` with MsgId ``msg_id``, the newest first,
+        from the evidence (rare paths only: a late answer, a receiver's SYS.ERROR)."""
+        if not msg_id:  # messages("") would be every message
+            return []
+        rows = [row for row in self.journal.messages(msg_id)
+                if row["direction"] == "OUT" and row["party"] == receiver]
+        return [parse_message(bytes(row["xml"])) for row in reversed(rows)]
 
     def _check_addressed(self, receiver: str, message: Message) -> None:
         """An answer that names no request of its To, in flight or journaled, but whose
@@ -430,9 +434,9 @@ class Gateway(Node):
         request may share it (rare: only a SYS.ERROR from the receiver asks).  The
         gateway's own MsgIds start with its PartyId (``next_msg_id``): others need no
         lookup."""
-        return msg_id.startswith(self.config.party) and any(row["direction"] == "OUT" and row["party"] == receiver
-                   and parse_message(bytes(row["xml"])).head.from_party == self.config.party
-                   for row in self.journal.messages(msg_id))
+        party = self.config.party
+        return msg_id.startswith(party) and any(
+            sent.head.from_party == party for sent in self._sent_to(receiver, msg_id))
 
     def _late_response(self, session: Session, message: Message, result: str) -> None:
         receiver, origin, ref = session.party or "", message.head.to_party, message.head.ref_id or ""
