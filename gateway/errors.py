@@ -36,12 +36,15 @@ RESULT_TEXT: dict[str, str] = {
     "B312": "BizSn reused with different content",
     "B313": "original not found",
     "B314": "already reversed/refunded",
-    "B320": "outside business hours",
+    "B320": "outside business hours, or not the current trade date",
     "B330": "timed out, reversal in progress",
+    "B331": "timed out, outcome unknown: repeat to learn it",
+    "B340": "business suspended with this counterparty",
     "B399": "rejected by counterparty",
     "S900": "internal error",
     "S901": "counterparty not connected",
     "S902": "busy (back-pressure)",
+    "S903": "not the active gateway",
 }
 
 SUCCESS = "0000"
@@ -202,6 +205,16 @@ class TimedOutReversing(BusinessError):
     code = "B330"
 
 
+class OutcomeUnknown(BusinessError):
+    """A relayed request that cannot be reversed was not answered in time (§6)."""
+
+    code = "B331"
+
+
+class Suspended(BusinessError):
+    code = "B340"
+
+
 class RejectedByCounterparty(BusinessError):
     code = "B399"
 
@@ -221,6 +234,10 @@ class CounterpartyNotConnected(SystemError_):
 
 class Busy(SystemError_):
     code = "S902"
+
+
+class NotActive(SystemError_):
+    code = "S903"
 
 
 def _all_subclasses(cls: type[GatewayError]) -> list[type[GatewayError]]:

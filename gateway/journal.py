@@ -12,6 +12,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -203,6 +204,17 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX record_orig ON record (orig_from, orig_type, orig_biz_sn)
         WHERE orig_biz_sn IS NOT NULL;
     """,
+    # 3: alerts (PROTOCOL §10): each one journaled with its kind, severity, subject and time.
+    """
+    CREATE TABLE alert (
+        id INTEGER PRIMARY KEY,
+        at REAL NOT NULL,
+        kind TEXT NOT NULL,
+        severity TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        text TEXT NOT NULL
+    );
+    """,
 )
 
 
@@ -348,6 +360,8 @@ class Journal:
         self._in_tx = False
         self._before: list[Callable[[], None]] = []
         self._after: list[Callable[[], None]] = []
+        self._undo: list[Callable[[], None]] = []
+        self._savepoints = 0
         self.commit_stats = CommitStats()
         self._slow_commit = slow_commit_seconds
 
@@ -393,6 +407,39 @@ class Journal:
     def after_commit(self, action: Callable[[], None]) -> None:
         """Run ``action`` once everything written so far is durable."""
         self._after.append(action)
+
+    def on_rollback(self, action: Callable[[], None]) -> None:
+        """Run ``action`` if the innermost open :meth:`savepoint` is rolled back (to undo
+        what was queued in memory beside the writes: a frame in a session's outbox)."""
+        if self._savepoints:
+            self._undo.append(action)
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """The journal writes of one message, as one unit: if the block raises, every
+        write it made is rolled back, the after-commit actions it queued are dropped and
+        its :meth:`on_rollback` actions run (newest first); the exception goes on."""
+        self.begin()
+        self._savepoints += 1
+        name = f"msg{self._savepoints}"
+        self._db.execute(f"SAVEPOINT {name}")
+        marks = (len(self._after), len(self._undo))
+        try:
+            yield
+        except BaseException:
+            self._db.execute(f"ROLLBACK TO {name}")
+            self._db.execute(f"RELEASE {name}")
+            undo = self._undo[marks[1]:]
+            del self._after[marks[0]:], self._undo[marks[1]:]
+            for action in reversed(undo):
+                action()
+            raise
+        else:
+            self._db.execute(f"RELEASE {name}")
+        finally:
+            self._savepoints -= 1
+            if not self._savepoints:
+                self._undo.clear()
 
     @property
     def dirty(self) -> bool:
@@ -487,6 +534,12 @@ class Journal:
         return self._records(f"wallet_id=? AND biz_type IN ({t}) AND state IN ({s})",
                              (wallet_id, *biz_types, *states))
 
+    def give_backs(self, original: tuple[str, str, str]) -> list[Record]:
+        """Every record naming ``original`` (its reversals, refunds, redemptions), oldest
+        first: what the money invariant of §6 sums (gateway/givebacks.py)."""
+        return self._records("orig_from=? AND orig_type=? AND orig_biz_sn=? ORDER BY created_at",
+                             (original[0], original[1], original[2]))
+
     def records_referring(self, orig_from: str, orig_type: str, orig_biz_sn: str,
                           biz_type: str) -> list[Record]:
         """Records (refunds, redemptions, reversals) that name an original; oldest first."""
@@ -580,6 +633,20 @@ class Journal:
             " AND ((broker=? AND bank=?) OR (broker=? AND bank=?)) LIMIT 1",
             (wallet_id, fund_acct, a, b, b, a)).fetchone() is not None
 
+    # --- alerts -------------------------------------------------------------------
+    def log_alert(self, at: float, kind: str, severity: str, subject: str, text: str) -> None:
+        self._write("INSERT INTO alert (at, kind, severity, subject, text) VALUES (?,?,?,?,?)",
+                    (at, kind, severity, subject, text))
+
+    def alerts(self) -> list[tuple[float, str, str, str, str]]:
+        rows = self._db.execute("SELECT at, kind, severity, subject, text FROM alert ORDER BY id")
+        return [tuple(r) for r in rows]  # type: ignore[misc]
+
+    def agreement_by_no(self, agreement_no: str) -> Agreement | None:
+        row = self._db.execute(f"SELECT {_AGREEMENT_COLUMNS} FROM agreement WHERE"
+                               " agreement_no=?", (agreement_no,)).fetchone()
+        return Agreement(*row) if row else None
+
     # --- reversal queue -----------------------------------------------------------
     def queue_reversal(self, rev: Reversal) -> None:
         marks = ",".join("?" for _ in fields(Reversal))
@@ -590,6 +657,12 @@ class Journal:
         rows = self._db.execute(f"SELECT {_REVERSAL_COLUMNS} FROM reversal WHERE state='QUEUED'"
                                 " AND next_at<=? ORDER BY next_at", (now,))
         return [Reversal(*r) for r in rows]
+
+    def reversal_of(self, original: tuple[str, str, str]) -> Reversal | None:
+        """The gateway's queued (or done) reversal of ``original``, if it has one."""
+        row = self._db.execute(f"SELECT {_REVERSAL_COLUMNS} FROM reversal WHERE origin=? AND"
+                               " biz_type=? AND biz_sn=?", original).fetchone()
+        return Reversal(*row) if row else None
 
     def reversal_by_msg(self, receiver: str, msg_id: str) -> Reversal | None:
         row = self._db.execute(f"SELECT {_REVERSAL_COLUMNS} FROM reversal WHERE receiver=?"

@@ -1,7 +1,10 @@
 """The business record state machine of PROTOCOL §6, written once.
 
-PENDING → SUCCEEDED | FAILED | REVERSING;  REVERSING → REVERSED;
-SUCCEEDED → REVERSED when a peer's explicit XFER.REVERSE of it succeeds.
+PENDING → SUCCEEDED | FAILED | REVERSING | REVERSED;  REVERSING → REVERSED;
+SUCCEEDED → REVERSING | REVERSED.  REVERSING: the gateway's durable reversal of it is queued
+(after its own relay timed out, or a peer's reversal of it did); REVERSED: a reversal of it
+was acknowledged — a peer's XFER.REVERSE may succeed while the original is still PENDING
+(taken out of flight, §6), so PENDING → REVERSED is a move too.
 FAILED and REVERSED never change again.  Every handler moves records only through
 :func:`transition`, so an impossible move is an error, not a silent overwrite.
 """
@@ -17,9 +20,9 @@ STATES = (PENDING, SUCCEEDED, FAILED, REVERSING, REVERSED)
 FINAL = frozenset({SUCCEEDED, FAILED, REVERSED})  # no answer still awaited
 
 _ALLOWED: dict[str, frozenset[str]] = {
-    PENDING: frozenset({SUCCEEDED, FAILED, REVERSING}),
+    PENDING: frozenset({SUCCEEDED, FAILED, REVERSING, REVERSED}),
     REVERSING: frozenset({REVERSED}),
-    SUCCEEDED: frozenset({REVERSED}),
+    SUCCEEDED: frozenset({REVERSING, REVERSED}),
     FAILED: frozenset(),
     REVERSED: frozenset(),
 }

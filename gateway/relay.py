@@ -8,6 +8,7 @@ and the edge calls :meth:`Gateway.tick` and :meth:`Gateway.flush`.
 """
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import logging
 import os
@@ -16,15 +17,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import catalog, records
-from .bookdate import Calendar
+from .alerts import Alerts
+from .bookdate import CHINA, Calendar
 from .config import Config
 from .errors import (
+    AlreadyReversed,
     BizSnReused,
     BusinessError,
     Busy,
     CounterpartyNotConnected,
     GatewayError,
-    InternalError,
+    OutcomeUnknown,
+    OutsideBusinessHours,
     RejectedByCounterparty,
     SchemaInvalid,
     SystemError_,
@@ -39,7 +43,7 @@ from .message import Message, parse_message, replace_texts
 from .node import Node
 from .queries import cts_query, xfer_query
 from .reversal import ReversalQueue
-from .rules import Repeat, Rules
+from .rules import Repeat, Rules, Settlement
 from .session import Session
 from .verification import Verified
 
@@ -56,6 +60,15 @@ class Pending:
     deadline: float
     record: Record  # as journaled PENDING (only an answer or the timeout changes it)
     waiters: list[tuple[Session, str]] = field(default_factory=list)
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """Its key in :attr:`Gateway.pending`: (receiver, originator, MsgId relayed)."""
+        return (self.receiver, self.record.origin, self.origin_msg_id)
+
+    def answer_to(self) -> list[tuple[Session, str]]:
+        """Who waits for its answer: the originator, then any repeats of it."""
+        return [(self.origin, self.origin_msg_id), *self.waiters]
 
 
 def content_hash(message: Message, plaintexts: Mapping[str, str]) -> str:
@@ -81,10 +94,15 @@ class Gateway(Node):
         #: unique per From only (§4), so two originators may use the same one.
         self.pending: dict[tuple[str, str, str], Pending] = {}
         self._pending_by_record: dict[tuple[str, str, str], Pending] = {}
+        #: Originals in flight that a peer's reversal took out of flight (§6): their
+        #: answer is journaled, not relayed; the originator gets B314 if it succeeds.
+        self._taken_out: dict[tuple[str, str, str], Pending] = {}
         self.calendar = Calendar(config.holidays)
+        self.alerts = Alerts(journal, clock)
         self.rules = Rules(journal, self.calendar, StorageCipher(keystore.storage_key()),
-                           lambda: self.local_now().date())
-        self.reversals = ReversalQueue(config, journal, self.ready_session)
+                           lambda: self.local_now().date(), self.alerts)
+        self.reversals = ReversalQueue(config, journal, self.ready_session,
+                                       self._reversal_acknowledged)
         self._next_purge = self.now()
         #: Relayed, unanswered requests a session may have; 0 while draining, so the
         #: one comparison the relay makes anyway also refuses new work then (S902).
@@ -137,12 +155,17 @@ class Gateway(Node):
 
     # --- inbound business messages ----------------------------------------------
     def business_message(self, session: Session, verified: Verified) -> None:
+        """One verified business message; its journal writes are one savepoint, so a
+        message that fails half-way leaves nothing behind (the frames it queued are
+        dropped with them)."""
         message = verified.message
         if message.kind.is_response:
-            self._on_response(session, message)
+            with self.journal.savepoint():
+                self._on_response(session, message)
             return
         try:
-            self._on_request(session, verified)
+            with self.journal.savepoint():
+                self._on_request(session, verified)
         except (BusinessError, SystemError_) as exc:
             log.info("refused %s %s from %s: %s %s", message.type, message.head.msg_id,
                      session.party, exc.code, exc.text)
@@ -207,6 +230,7 @@ class Gateway(Node):
         if existing is not None:
             self._on_repeat(session, message, existing, digest, plaintexts)
             return
+        day = self._trade_date_of(message)
         if session.inflight >= self._inflight_limit:
             raise self._busy(session)
         target = self.ready_session(dest.party)
@@ -214,10 +238,9 @@ class Gateway(Node):
             raise CounterpartyNotConnected(f"{dest.party} has no ready session")
         base = {"origin": session.party, "biz_type": biz_type, "biz_sn": biz_sn,
                 "receiver": dest.party, "msg_id": message.head.msg_id, "content_hash": digest,
-                "state": records.PENDING,
-                "trade_date": message.head.trade_date or self.trade_date()}
+                "state": records.PENDING, "trade_date": day}
         try:
-            admitted = self.rules.admit(session.party, message, plaintexts)
+            admitted = self.rules.admit(session.party, message, plaintexts, day)
         except BusinessError as exc:  # refused: journaled FAILED, so a repeat gets the same
             self._refuse_recorded(session, message, base, exc)
             return
@@ -227,12 +250,46 @@ class Gateway(Node):
         now = self.now()
         record = Record(**base, **admitted)
         self.journal.insert_record(record, now)
+        if biz_type == "XFER.REVERSE":
+            self._take_out_of_flight(_original_of(record))
         pending = Pending(session, message.head.msg_id, key, dest.party,
                           now + self.config.relay_timeout_seconds, record)
-        self.pending[(dest.party, session.party, message.head.msg_id)] = pending
-        self._pending_by_record[key] = pending
-        session.inflight += 1
+        self._in_flight(pending)
         target.relay_xml(message.xml, message.type, message.head.msg_id, None, plaintexts)
+
+    def _trade_date_of(self, message: Message) -> str:
+        """§4: the gateway's trade date is the Asia/Shanghai calendar date, the previous
+        one still accepted for ``max_skew_seconds`` after midnight; a new request of any
+        other date is B320 (not journaled: the same request with the right date is not a
+        repeat).  The record is kept under the date it carries, one of those two."""
+        now = self.local_now()
+        today = now.date()
+        sent = message.head.trade_date
+        if sent is None or sent == today.isoformat():
+            return today.isoformat()
+        midnight = dt.datetime.combine(today, dt.time(), CHINA)
+        yesterday = (today - dt.timedelta(days=1)).isoformat()
+        if sent == yesterday and (now - midnight).total_seconds() < self.config.max_skew_seconds:
+            return sent
+        raise OutsideBusinessHours(f"TradeDate {sent} is not the gateway's trade date "
+                                   f"{today.isoformat()}")
+
+    def _in_flight(self, pending: Pending) -> None:
+        """Put a relayed request in flight: answered, refused or timed out later."""
+        self.pending[pending.key] = pending
+        self._pending_by_record[pending.record_key] = pending
+        pending.origin.inflight += 1
+
+    def _take_out_of_flight(self, original: tuple[str, str, str]) -> None:
+        """A peer's reversal of an original still in flight was admitted: its answer will
+        be journaled, not relayed (§6); its originator hears when the reversal settles."""
+        pending = self._pending_by_record.get(original)
+        if pending is None:
+            return
+        self._release(pending.key)
+        self._taken_out[original] = pending
+        log.info("%s %s from %s taken out of flight: a reversal of it is relayed",
+                 original[1], original[2], original[0])
 
     def _refuse_recorded(self, session: Session, message: Message, base: dict[str, Any],
                          exc: BusinessError) -> None:
@@ -254,22 +311,47 @@ class Gateway(Node):
             raise BizSnReused(f"BizSn {existing.biz_sn} was used for a different request")
         log.info("repeat of %s %s from %s: not relayed again", existing.biz_type,
                  existing.biz_sn, session.party)
-        if existing.response_xml is not None and existing.state != records.REVERSING:
+        # first what is still awaited: an original taken out of flight may already hold
+        # its late answer, which is journaled, never relayed (§6)
+        waiting = (self._pending_by_record.get(existing.key)
+                   or self._taken_out.get(existing.key))
+        if waiting is not None:
+            waiting.waiters.append((session, message.head.msg_id))
+        elif existing.response_xml is not None and existing.state != records.REVERSING:
             original = parse_message(existing.response_xml)
             self._send_response(session, original.type, message.head.msg_id, original.body)
-            return
-        pending = self._pending_by_record.get(existing.key)
-        if pending is not None:
-            pending.waiters.append((session, message.head.msg_id))
-        elif existing.state in (records.REVERSING, records.REVERSED):
+        elif existing.biz_type == "XFER.REVERSE":
+            self.answer(session, message, self._reversal_status(existing))
+        elif existing.state == records.REVERSED:  # by a peer's reversal, never answered
+            self.answer(session, message, self._reversed_answer(existing))
+        elif existing.state == records.REVERSING:
             self.answer(session, message, {"Result": TimedOutReversing.code,
-                                           "ResultText": f"timed out; {existing.state}"})
+                                           "ResultText": "timed out; REVERSING"})
         elif existing.state == records.PENDING and existing.biz_type not in catalog.REVERSIBLE:
             self._ask_again(session, message, existing, plaintexts)
-        else:
-            self.answer(session, message, {"Result": InternalError.code,
-                                           "ResultText": f"original is {existing.state}; "
-                                                         "query later"})
+        else:  # a reversible original unanswered and not (yet) queued: cannot last a tick
+            self.answer(session, message, {"Result": OutcomeUnknown.code,
+                                           "ResultText": f"{existing.biz_type} "
+                                                         f"{existing.biz_sn} is "
+                                                         f"{existing.state}; ask again"})
+
+    def _reversal_status(self, rev: Record) -> dict[str, Any]:
+        """The answer to a repeat of a peer's reversal that has no stored answer: it timed
+        out into the gateway's durable queue, and may since have been acknowledged."""
+        if rev.state == records.SUCCEEDED:
+            return {"Result": "0000", "ResultText": f"{rev.orig_type} {rev.orig_biz_sn} is "
+                                                    "reversed (acknowledged to the gateway)"}
+        return {"Result": TimedOutReversing.code,
+                "ResultText": f"timed out; the gateway is reversing {rev.orig_type} "
+                              f"{rev.orig_biz_sn}"}
+
+    @staticmethod
+    def _reversed_answer(rec: Record) -> dict[str, Any]:
+        """§6: the originator of an original a peer's reversal took out of flight gets
+        B314 as the original's answer."""
+        return {"Result": AlreadyReversed.code,
+                "ResultText": f"{rec.biz_type} {rec.biz_sn} was reversed before its answer "
+                              "came; nothing is booked", "BizSn": rec.biz_sn}
 
     def _ask_again(self, session: Session, message: Message, existing: Record,
                    plaintexts: Mapping[str, str]) -> None:
@@ -288,9 +370,7 @@ class Gateway(Node):
                  existing.biz_type, existing.biz_sn, session.party, existing.receiver)
         pending = Pending(session, message.head.msg_id, existing.key, existing.receiver,
                           self.now() + self.config.relay_timeout_seconds, existing)
-        self.pending[(existing.receiver, existing.origin, message.head.msg_id)] = pending
-        self._pending_by_record[existing.key] = pending
-        session.inflight += 1
+        self._in_flight(pending)
         target.relay_xml(message.xml, message.type, message.head.msg_id, None, plaintexts)
 
     def _answer_locally(self, session: Session, message: Message) -> None:
@@ -332,7 +412,11 @@ class Gateway(Node):
         self.rules.check_answer(pending.record, message,
                                 session.peer.role if session.peer else "")
         self._release(key)
-        xml = self._settle(pending.record, message, result)
+        settled, xml = self._settle(pending.record, message)
+        if settled.own_answer is not None:  # the gateway answers in the receiver's stead
+            sent = self._answer_all(pending, settled.own_answer)
+            self.journal.update_record(pending.record_key, self.now(), response_xml=sent)
+            return
         origin = pending.origin
         if origin.ready:
             origin.relay_xml(xml, message.type, message.head.msg_id, ref)
@@ -340,6 +424,18 @@ class Gateway(Node):
         for waiter, msg_id in pending.waiters:
             if waiter.ready:
                 self._send_response(waiter, message.type, msg_id, body)
+
+    def _answer_all(self, pending: Pending, fields: Mapping[str, Any]) -> bytes | None:
+        """The gateway's own answer to a request in flight, to its originator and every
+        repeat waiting for it; the xml of the last one sent."""
+        rec = pending.record
+        body = {"Result": fields["Result"], "ResultText": str(fields["ResultText"])[:256],
+                "BizSn": rec.biz_sn}
+        xml = None
+        for waiter, msg_id in pending.answer_to():
+            if waiter.ready:
+                xml = self._send_response(waiter, rec.biz_type + ".RSP", msg_id, body)
+        return xml
 
     def _release(self, key: tuple[str, str, str]) -> Pending:
         """Take a request out of flight (answered, refused by the receiver, timed out)."""
@@ -383,14 +479,63 @@ class Gateway(Node):
                                 f"({', '.join(senders)} did); an answer goes To the "
                                 "request's originator", ref_msg_id=message.head.msg_id)
 
-    def _settle(self, rec: Record, message: Message, result: str) -> bytes:
-        """Apply an answer to its record (and registry); return the xml to relay on."""
-        changes, fill = self.rules.answered(rec, message, self.local_now(), self.now())
-        xml = replace_texts(message.xml, fill) if fill else message.xml
+    def _settle(self, rec: Record, message: Message) -> tuple[Settlement, bytes]:
+        """Apply an answer to its record (and registry); the settlement and the xml to
+        relay on."""
+        settled = self.rules.answered(rec, message, self.local_now(), self.now())
+        xml = replace_texts(message.xml, settled.fill) if settled.fill else message.xml
         self.journal.update_record(rec.key, self.now(),
-                                   state=records.transition(rec.state, records.outcome(result)),
-                                   result=result, response_xml=xml, **changes)
-        return xml
+                                   state=records.transition(rec.state, settled.state),
+                                   result=settled.result, response_xml=xml, **settled.changes)
+        if rec.biz_type == "XFER.REVERSE":
+            original = _original_of(rec)
+            if settled.reversed_original is not None:
+                self.reversals.done(original, settled.result)
+                self._original_reversed(original)
+            elif settled.state == records.FAILED:
+                self._back_in_flight(original)
+        return settled, xml
+
+    # --- reversals of originals ----------------------------------------------------
+    def _reversal_acknowledged(self, original: tuple[str, str, str], now: float) -> None:
+        """The receiver acknowledged the gateway's queued reversal of ``original``: it is
+        REVERSED, and so are peers' reversals of it left unanswered (they timed out into
+        the queue: their outcome is the queue's)."""
+        self.rules.mark_reversed(original, now)
+        for rev in self.journal.give_backs(original):
+            if rev.biz_type == "XFER.REVERSE" and rev.state == records.PENDING:
+                self._release_record(rev.key)
+                self.journal.update_record(rev.key, now, state=records.transition(
+                    rev.state, records.SUCCEEDED), result="0000")
+        self._original_reversed(original)
+
+    def _original_reversed(self, original: tuple[str, str, str]) -> None:
+        """An original is REVERSED: if a reversal took it out of flight, its originator
+        (and any repeat of it) gets B314 as its answer, kept as the original's answer."""
+        pending = self._taken_out.pop(original, None)
+        if pending is None:
+            return
+        xml = self._answer_all(pending, self._reversed_answer(pending.record))
+        self.journal.update_record(original, self.now(), response_xml=xml)
+
+    def _back_in_flight(self, original: tuple[str, str, str]) -> None:
+        """A peer's reversal of an original it took out of flight failed: if no answer
+        came for the original meanwhile, it is in flight again (answered, or timed out
+        into the gateway's own reversal, as any other)."""
+        pending = self._taken_out.pop(original, None)
+        rec = self.journal.record(*original)
+        if pending is None or rec is None or rec.state != records.PENDING:
+            return
+        pending.record = rec
+        pending.deadline = self.now() + self.config.relay_timeout_seconds
+        self._in_flight(pending)
+        log.info("%s %s from %s back in flight: its reversal failed", original[1],
+                 original[2], original[0])
+
+    def _release_record(self, key: tuple[str, str, str]) -> None:
+        pending = self._pending_by_record.get(key)
+        if pending is not None:
+            self._release(pending.key)
 
     def peer_error(self, session: Session, verified: Verified) -> None:
         """A peer's SYS.ERROR naming a request we relayed to it: the receiver refused the
@@ -412,21 +557,22 @@ class Gateway(Node):
                         "gateway's own and a request relayed from %s: left to time out",
                         receiver, ref, keys[0][1])
             return
-        pending = self._release(keys[0])
+        with self.journal.savepoint():
+            self._refused_by_receiver(self._release(keys[0]), body)
+
+    def _refused_by_receiver(self, pending: Pending, body: Mapping[str, Any]) -> None:
         rec = pending.record
         text = f"{pending.receiver} refused it: {body.get('Code')} {body.get('Text', '')}"
         log.warning("%s %s from %s: %s", rec.biz_type, rec.biz_sn, rec.origin, text)
-        answer = {"Result": RejectedByCounterparty.code, "ResultText": text[:256],
-                  "BizSn": rec.biz_sn}
-        xml = None
-        for waiter, msg_id in [(pending.origin, pending.origin_msg_id), *pending.waiters]:
-            if waiter.ready:
-                xml = self._send_response(waiter, rec.biz_type + ".RSP", msg_id, answer)
+        xml = self._answer_all(pending, {"Result": RejectedByCounterparty.code,
+                                         "ResultText": text})
         if rec.biz_type == "CTS.SIGN":
             self.journal.settle_agreement(rec.origin, rec.biz_sn, records.FAILED, None)
         self.journal.update_record(rec.key, self.now(),
                                    state=records.transition(rec.state, records.FAILED),
                                    result=RejectedByCounterparty.code, response_xml=xml)
+        if rec.biz_type == "XFER.REVERSE":
+            self._back_in_flight(_original_of(rec))
 
     def _sent_own(self, receiver: str, msg_id: str) -> bool:
         """Whether the gateway sent ``receiver`` a message of its own (From = the
@@ -450,10 +596,12 @@ class Gateway(Node):
             return
         log.warning("late answer %s to %s %s (record %s): journaled, not relayed", result,
                     rec.biz_type, rec.biz_sn, rec.state)
-        if rec.state == records.PENDING:  # timed out unreversed (S900), or before a restart
-            # it settles the record, so it passes the checks of an answer in time (E111)
+        if rec.state == records.PENDING:
+            # unresolved (B331, a peer's reversal timed out into the queue, an original a
+            # reversal took out of flight, or from before a restart): it settles the
+            # record, so it passes the checks of an answer in time (E111)
             self.rules.check_answer(rec, message, session.peer.role if session.peer else "")
-            self._settle(rec, message, result)
+            self._settle(rec, message)
 
     # --- timers -------------------------------------------------------------------
     def tick(self) -> None:
@@ -477,19 +625,41 @@ class Gateway(Node):
         self._next_purge = now + 3600
 
     def _time_out(self, key: tuple[str, str, str], pending: Pending) -> None:
-        self._release(key)
-        rec = pending.record
-        reversible = rec.biz_type in catalog.REVERSIBLE
-        code = TimedOutReversing.code if reversible else InternalError.code
-        text = (f"no answer from {pending.receiver} within "
-                f"{self.config.relay_timeout_seconds:g} s")
-        text += ", reversal in progress" if reversible else "; outcome unknown, query later"
-        log.warning("%s %s from %s timed out at %s: %s", rec.biz_type, rec.biz_sn, rec.origin,
-                    pending.receiver, code)
-        if reversible:
-            self.reversals.enqueue(rec, self.now())
-        body = {"Result": code, "ResultText": text, "BizSn": rec.biz_sn}
-        for session, msg_id in [(pending.origin, pending.origin_msg_id), *pending.waiters]:
-            if session.ready:
-                self._send_response(session, rec.biz_type + ".RSP", msg_id, body)
+        """§6: a reversible request (and a peer's reversal, whose original the gateway
+        then reverses itself) gets B330 and a durable reversal; any other B331, its
+        record left unresolved until an answer comes."""
+        with self.journal.savepoint():
+            self._release(key)
+            rec = pending.record
+            text = (f"no answer from {pending.receiver} within "
+                    f"{self.config.relay_timeout_seconds:g} s")
+            log.warning("%s %s from %s timed out at %s", rec.biz_type, rec.biz_sn, rec.origin,
+                        pending.receiver)
+            if rec.biz_type == "XFER.REVERSE":
+                self._reverse_for_peer(rec)
+                self._answer_all(pending, {"Result": TimedOutReversing.code,
+                                           "ResultText": text + "; the gateway reverses it"})
+            elif rec.biz_type in catalog.REVERSIBLE:
+                self.reversals.enqueue(rec, self.now())
+                xml = self._answer_all(pending, {"Result": TimedOutReversing.code,
+                                                 "ResultText": text + ", reversal in progress"})
+                self.journal.update_record(rec.key, self.now(), response_xml=xml)
+            else:
+                self._answer_all(pending, {"Result": OutcomeUnknown.code,
+                                           "ResultText": text + "; outcome unknown: repeat "
+                                                                "it to learn it"})
 
+    def _reverse_for_peer(self, rev: Record) -> None:
+        """A peer's reversal timed out: it joins the gateway's durable reversal queue
+        (§6), which reverses its original until the receiver acknowledges."""
+        original = self.journal.record(*_original_of(rev))
+        if original is None or original.state == records.REVERSED:
+            return
+        if self.journal.reversal_of(original.key) is None:
+            self.reversals.enqueue(original, self.now())
+
+
+
+def _original_of(rec: Record) -> tuple[str, str, str]:
+    """The original a give-back record names: (From, Type, BizSn)."""
+    return (str(rec.orig_from), str(rec.orig_type), str(rec.orig_biz_sn))

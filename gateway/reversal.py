@@ -25,29 +25,38 @@ DONE = "DONE"
 ACKNOWLEDGING = ("0000", "B314")
 
 
-def reversal_sn(rec: Record) -> str:
-    """The gateway's BizSn for reversing ``rec``: stable, so retries are idempotent."""
-    digest = hashlib.sha256("|".join(rec.key).encode()).hexdigest()
-    return "RV" + digest[:30]
+def reversal_sn(party: str, original: tuple[str, str, str]) -> str:
+    """The gateway's BizSn for reversing ``original``: stable, so retries are idempotent,
+    and beginning with the gateway's PartyId like every BizSn (§4)."""
+    digest = hashlib.sha256("|".join(original).encode()).hexdigest()
+    return party + digest[:32 - len(party)]
 
 
 class ReversalQueue:
     """Sends queued reversals on a ready session of the receiver."""
 
     def __init__(self, config: Config, journal: Journal,
-                 session_of: Callable[[str], Session | None]) -> None:
+                 session_of: Callable[[str], Session | None],
+                 acknowledged: Callable[[tuple[str, str, str], float], None]) -> None:
         self.config = config
         self.journal = journal
         self.session_of = session_of
+        #: told when the receiver acknowledged the reversal of an original
+        self.acknowledged = acknowledged
 
     def enqueue(self, rec: Record, now: float) -> None:
-        """Queue the reversal of ``rec`` and mark it REVERSING (one transaction)."""
-        self.journal.update_record(rec.key, now,
-                                   state=records.transition(rec.state, records.REVERSING))
+        """Queue the reversal of ``rec`` and mark it REVERSING (one transaction).  An
+        original that already has one queued keeps it; one that can no longer become
+        REVERSING (a late answer failed it meanwhile) is reversed all the same: §6 has
+        receivers acknowledge the reversal of an unknown or failed original."""
+        if records.allowed(rec.state, records.REVERSING):
+            self.journal.update_record(rec.key, now,
+                                       state=records.transition(rec.state, records.REVERSING))
         self.journal.queue_reversal(Reversal(
             origin=rec.origin, biz_type=rec.biz_type, biz_sn=rec.biz_sn, receiver=rec.receiver,
-            reversal_sn=reversal_sn(rec), amount_fen=rec.amount_fen or 0, state=QUEUED,
-            attempts=0, next_at=now, last_msg_id=None, result=None))
+            reversal_sn=reversal_sn(self.config.party, rec.key),
+            amount_fen=rec.amount_fen or 0, state=QUEUED, attempts=0, next_at=now,
+            last_msg_id=None, result=None))
 
     def backoff(self, attempts: int) -> float:
         delay = self.config.reversal_retry_initial_seconds * (2 ** max(attempts - 1, 0))
@@ -99,11 +108,9 @@ class ReversalQueue:
             return True
         if result in ACKNOWLEDGING:
             self.journal.update_reversal(key, state=DONE, result=result)
-            rec = self.journal.record(*key)
-            self.journal.update_record(key, now, state=records.transition(
-                rec.state if rec else "(no record)", records.REVERSED))
             log.info("reversal of %s %s from %s acknowledged (%s): REVERSED", rev.biz_type,
                      rev.biz_sn, rev.origin, result)
+            self.acknowledged(key, now)
         else:
             log.warning("reversal of %s %s refused by %s with %s; will retry", rev.biz_type,
                         rev.biz_sn, receiver, result)
@@ -127,18 +134,37 @@ class ReversalQueue:
 
     def _queued(self, key: tuple[str, str, str]) -> Reversal | None:
         """The reversal of ``key`` if it still waits for its acknowledgement."""
-        return next((r for r in self.journal.reversals_due(float("inf"))
-                     if (r.origin, r.biz_type, r.biz_sn) == key), None)
+        rev = self.journal.reversal_of(key)
+        return rev if rev is not None and rev.state == QUEUED else None
+
+    def done(self, key: tuple[str, str, str], result: str) -> None:
+        """A peer's own reversal of ``key`` was acknowledged: the gateway's need not be
+        sent again (receivers apply one reversal per original, §6)."""
+        if self._queued(key) is not None:
+            self.journal.update_reversal(key, state=DONE, result=result)
 
     def recover(self, now: float) -> int:
-        """After a restart: relayed, unanswered reversible requests are reversed."""
+        """After a restart: relayed, unanswered reversible requests are reversed, and so
+        are the originals of peers' reversals left unanswered (§6: a peer's reversal that
+        times out joins the gateway's durable reversal queue)."""
         from .catalog import REVERSIBLE
 
         count = 0
         for rec in self.journal.open_records(records.PENDING):
-            if rec.biz_type in REVERSIBLE:
-                log.warning("%s %s from %s was unanswered at restart: reversing", rec.biz_type,
-                            rec.biz_sn, rec.origin)
-                self.enqueue(rec, now)
-                count += 1
+            original = rec
+            if rec.biz_type == "XFER.REVERSE":
+                found = self.journal.record(str(rec.orig_from), str(rec.orig_type),
+                                            str(rec.orig_biz_sn))
+                if found is None or found.state == records.REVERSED:
+                    continue
+                original = found
+            elif rec.biz_type not in REVERSIBLE:
+                continue
+            if self.journal.reversal_of(original.key) is not None:
+                continue
+            log.warning("%s %s from %s was unanswered at restart: reversing %s %s",
+                        rec.biz_type, rec.biz_sn, rec.origin, original.biz_type,
+                        original.biz_sn)
+            self.enqueue(original, now)
+            count += 1
         return count

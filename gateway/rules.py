@@ -1,34 +1,38 @@
 """PROTOCOL §6 business rules: what the gateway checks before relaying, and what
 an answer changes (agreements, booking dates, reversal states).
 
-Plain functions over the journal; no I/O of their own.  ``admit`` raises a
-:class:`~gateway.errors.BusinessError` (answered in the response ``Result``)
-or returns the fields to keep on the business record.
+Plain functions over the journal; no I/O of their own.  Each business type is one
+entry of :data:`BUSINESS_TYPES` (what it gives back, whether a timeout reverses it, how
+it is admitted and how an answer settles it).  ``admit`` raises a
+:class:`~gateway.errors.BusinessError` (answered in the response ``Result``) or returns
+the fields to keep on the business record; give-backs are admitted only through
+:mod:`gateway.givebacks`, the one owner of the money invariant.
 """
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from . import records
+from . import catalog, givebacks, records
+from .alerts import CRITICAL, Alerts
 from .bookdate import Calendar
 from .eod.mapping import BIZ_TYPES as FILE_BIZ_TYPES
 from .errors import (
-    AlreadyReversed,
     AlreadySigned,
     BizSnReused,
     InvalidAmount,
     NoActiveAgreement,
-    OriginalNotFound,
+    RejectedByCounterparty,
     SchemaInvalid,
     TimedOutReversing,
     UnsignRefused,
     WalletNotAllowed,
 )
 from .fieldcrypto import StorageCipher
+from .givebacks import GiveBack, fen_text  # noqa: F401  (fen_text: for queries, sims)
 from .journal import Agreement, Journal, Record
 from .message import Message
 
@@ -38,20 +42,30 @@ IN_FLIGHT = (records.PENDING, records.REVERSING)
 
 @dataclass(frozen=True)
 class Repeat:
-    """``admit`` found the request already done (or still being done by the gateway):
-    answer with this body, do not relay, journal no record — asked again, the request
-    is judged again, so it gets the final result once there is one."""
+    """A reversal of an original already reversed (or being reversed by the gateway's
+    queue): §6 answers it with the first reversal's result, neither relayed nor
+    journaled as a record (asked again, it is judged again)."""
 
     body: Mapping[str, Any]
+
+
+@dataclass
+class Settlement:
+    """What an answer does to its record, and what goes back to the originator."""
+
+    state: str  #: the record's new state
+    result: str  #: the Result kept on the record
+    changes: dict[str, Any] = field(default_factory=dict)  #: record fields it sets
+    fill: dict[str, str] = field(default_factory=dict)  #: Body fields the gateway fills in
+    #: the gateway answers the originator itself (this Body) instead of relaying
+    own_answer: dict[str, Any] | None = None
+    #: a reversal succeeded: this original is now REVERSED
+    reversed_original: tuple[str, str, str] | None = None
 
 
 def to_fen(amount: str | None) -> int | None:
     """``"1234.50"`` -> 123450 (exact: the schema guarantees two decimals)."""
     return None if amount is None else int(Decimal(amount) * 100)
-
-
-def fen_text(fen: int) -> str:
-    return f"{fen // 100}.{fen % 100:02d}"
 
 
 def _positive(message: Message) -> int:
@@ -65,24 +79,26 @@ class Rules:
     """The §6 rule table, applied by the relay to every business request."""
 
     def __init__(self, journal: Journal, calendar: Calendar, sealer: StorageCipher,
-                 today: Callable[[], dt.date]) -> None:
+                 today: Callable[[], dt.date], alerts: Alerts) -> None:
         self.journal = journal
         self.calendar = calendar
         self.sealer = sealer
         self.today = today
+        self.alerts = alerts
 
     # --- before relaying --------------------------------------------------------
     #: Types one end-of-day file lists together (§8 XFER: IN/OUT/REV; SIGN: SIGN/UNSIGN).
     FILE_FAMILIES: dict[str, tuple[str, ...]] = {
         t: fam for fam in FILE_BIZ_TYPES.values() if len(fam) > 1 for t in fam}
 
-    def admit(self, origin: str, message: Message,
-              plaintexts: Mapping[str, str]) -> dict[str, Any] | Repeat:
-        self._check_file_unique(origin, message)
-        check = getattr(self, "_admit_" + message.kind.business.replace(".", "_").lower())
-        return check(origin, message, plaintexts)
+    def admit(self, origin: str, message: Message, plaintexts: Mapping[str, str],
+              trade_date: str) -> dict[str, Any] | Repeat:
+        """Check ``message`` (a new request of ``origin``, of ``trade_date``) against §6;
+        the fields to keep on its record."""
+        self._check_file_unique(origin, message, trade_date)
+        return BUSINESS_TYPES[message.kind.business].admit(self, origin, message, plaintexts)
 
-    def _check_file_unique(self, origin: str, m: Message) -> None:
+    def _check_file_unique(self, origin: str, m: Message, day: str) -> None:
         """§6 makes (From, Type, BizSn) unique, but one §8 file lists both parties' records
         of a family by BizSn and refuses duplicates: a BizSn already used that trade date
         between the same two parties in the same family is B312."""
@@ -90,7 +106,6 @@ class Rules:
         if family is None:
             return
         biz_sn = str(m.body["BizSn"])
-        day = m.head.trade_date or self.today().isoformat()
         other = self.journal.same_bizsn_between(biz_sn, family, (origin, m.head.to_party), day)
         if other is not None:
             raise BizSnReused(f"BizSn {biz_sn} is already used by {other.biz_type} from "
@@ -137,18 +152,19 @@ class Rules:
         return {"fund_acct": fund, "wallet_id": wallet, "agreement_no": number}
 
     def _services_running(self, wallet: str) -> bool:
+        """A paid order of the wallet, in flight or paid, whose service has not ended and
+        that is neither reversed nor refunded in full."""
         today = self.today().isoformat()
         for order in self.journal.records_of_wallet(wallet, ("PAY.ORDER",),
                                                     (records.SUCCEEDED, records.PENDING)):
             if (order.service_end or "") < today:
                 continue
-            refunds = self.journal.records_referring(order.origin, "PAY.ORDER", order.biz_sn,
-                                                     "PAY.REFUND")
-            if not any(r.state == records.SUCCEEDED for r in refunds):
+            acct = givebacks.account(self.journal, order.key)
+            if acct is None or not acct.fully_given_back:
                 return True
         return False
 
-    def _admit_transfer(self, origin: str, m: Message) -> dict[str, Any]:
+    def _admit_transfer(self, origin: str, m: Message, _: Mapping[str, str]) -> dict[str, Any]:
         fen = _positive(m)
         fund, wallet = m.text("FundAcct"), m.text("WalletId")
         # the agreement must be between these two
@@ -157,43 +173,52 @@ class Rules:
                                     f"binds {fund} and {wallet}")
         return {"fund_acct": fund, "wallet_id": wallet, "amount_fen": fen}
 
-    def _admit_xfer_in(self, origin: str, m: Message, _: Mapping[str, str]) -> dict[str, Any]:
-        return self._admit_transfer(origin, m)
-
-    def _admit_xfer_out(self, origin: str, m: Message, _: Mapping[str, str]) -> dict[str, Any]:
-        return self._admit_transfer(origin, m)
+    def _admit_give_back(self, origin: str, m: Message, kind: str,
+                         original: tuple[str, str, str], wallet: str | None = None) -> Record:
+        """Through the one owner of the money invariant (gateway/givebacks.py)."""
+        return givebacks.admit(self.journal, GiveBack(
+            kind, origin, m.head.to_party, original, _positive(m), wallet)).original
 
     def _admit_xfer_reverse(self, origin: str, m: Message,
                             _: Mapping[str, str]) -> dict[str, Any] | Repeat:
-        otype, ofrom, osn = (str(m.body[k]) for k in ("OrigType", "OrigFrom", "OrigBizSn"))
-        orig = self.journal.record(ofrom, otype, osn)
-        if orig is None or {orig.origin, orig.receiver} != {origin, m.head.to_party}:
-            raise OriginalNotFound(f"no {otype} {osn} from {ofrom} between these parties")
-        fen = _positive(m)
-        if fen != orig.amount_fen:
-            raise InvalidAmount(f"reversal amount {m.text('Amount')} differs from the "
-                                f"original's {fen_text(orig.amount_fen or 0)}")
-        done = [r for r in self.journal.records_referring(ofrom, otype, osn, "XFER.REVERSE")
-                if r.state == records.SUCCEEDED and r.response_xml]
+        key = (str(m.body["OrigFrom"]), str(m.body["OrigType"]), str(m.body["OrigBizSn"]))
+        first = self._first_reversal(origin, m, key)
+        if first is not None:
+            return first
+        orig = self._admit_give_back(origin, m, givebacks.REVERSAL, key)
+        # a reversal of a transfer is listed with it in the XFER file (fund account and
+        # wallet); one of a PAY.ORDER or OTC.SUBSCRIBE is not (§8): its original shows R
+        transfer = orig.biz_type in ("XFER.IN", "XFER.OUT")
+        return {"orig_type": key[1], "orig_from": key[0], "orig_biz_sn": key[2],
+                "amount_fen": orig.amount_fen,
+                "fund_acct": orig.fund_acct if transfer else None,
+                "wallet_id": orig.wallet_id if transfer else None}
+
+    def _first_reversal(self, origin: str, m: Message,
+                        key: tuple[str, str, str]) -> Repeat | None:
+        """§6 "a reversal already done returns its first result": the original is REVERSED
+        (by a peer's reversal: its answer; by the gateway's queue: 0000), or the gateway's
+        own reversal of it is still unacknowledged (B330, in progress)."""
+        acct = givebacks.account(self.journal, key)
+        if acct is None or acct.original.state not in (records.REVERSED, records.REVERSING):
+            return None
+        g = GiveBack(givebacks.REVERSAL, origin, m.head.to_party, key, _positive(m))
+        if not givebacks.names_original(g, acct.original) or g.amount_fen != acct.moved_fen:
+            return None  # refused by givebacks.admit, as any other
+        biz_sn, (_, otype, osn) = m.body["BizSn"], key
+        done = [r for r in acct.give_backs if r.biz_type == givebacks.REVERSAL
+                and r.state == records.SUCCEEDED and r.response_xml]
         if done:
             from .message import parse_message
 
-            first = parse_message(done[0].response_xml or b"")
-            return Repeat({**first.body, "BizSn": m.body["BizSn"]})
-        if orig.state == records.REVERSED:  # by the gateway, after a relay timeout
+            return Repeat({**parse_message(done[0].response_xml or b"").body, "BizSn": biz_sn})
+        if acct.original.state == records.REVERSED:
             return Repeat({"Result": "0000",
                            "ResultText": f"{otype} {osn} was already reversed by the gateway "
-                                         f"after a relay timeout (acknowledged by "
-                                         f"{orig.receiver})"})
-        if orig.state == records.REVERSING:  # the gateway's reversal is still unacknowledged
-            return Repeat({"Result": TimedOutReversing.code,
-                           "ResultText": f"{otype} {osn} timed out and the gateway is "
-                                         "reversing it; ask again for its result"})
-        if any(r.state == records.PENDING for r in
-               self.journal.records_referring(ofrom, otype, osn, "XFER.REVERSE")):
-            raise AlreadyReversed(f"a reversal of {otype} {osn} is already in flight")
-        return {"orig_type": otype, "orig_from": ofrom, "orig_biz_sn": osn, "amount_fen": fen,
-                "fund_acct": orig.fund_acct, "wallet_id": orig.wallet_id}
+                                         f"(acknowledged by {acct.original.receiver})"})
+        return Repeat({"Result": TimedOutReversing.code,
+                       "ResultText": f"{otype} {osn} timed out and the gateway is reversing "
+                                     "it; ask again for its result"})
 
     def _admit_pay_order(self, origin: str, m: Message, _: Mapping[str, str]) -> dict[str, Any]:
         return {"amount_fen": _positive(m), "wallet_id": m.text("WalletId"),
@@ -202,18 +227,8 @@ class Rules:
 
     def _admit_pay_refund(self, origin: str, m: Message, _: Mapping[str, str]) -> dict[str, Any]:
         osn = str(m.body["OrigBizSn"])
-        orig = self.journal.record(origin, "PAY.ORDER", osn)
-        # the order must have been paid through the bank this refund goes to
-        if orig is None or orig.state != records.SUCCEEDED or \
-                orig.receiver != m.head.to_party:
-            raise OriginalNotFound(f"no paid order {osn} between these parties")
-        refunds = self.journal.records_referring(origin, "PAY.ORDER", osn, "PAY.REFUND")
-        if any(r.state in (records.PENDING, records.SUCCEEDED) for r in refunds):
-            raise AlreadyReversed(f"order {osn} is already refunded")
-        fen = _positive(m)
-        if fen > (orig.amount_fen or 0):
-            raise InvalidAmount("refund exceeds the order amount")
-        return {"amount_fen": fen, "orig_type": "PAY.ORDER", "orig_from": origin,
+        orig = self._admit_give_back(origin, m, givebacks.REFUND, (origin, "PAY.ORDER", osn))
+        return {"amount_fen": _positive(m), "orig_type": "PAY.ORDER", "orig_from": origin,
                 "orig_biz_sn": osn, "wallet_id": orig.wallet_id, "order_no": orig.order_no}
 
     def _admit_otc_subscribe(self, origin: str, m: Message, _: Mapping[str, str]) -> dict[str, Any]:
@@ -230,16 +245,9 @@ class Rules:
 
     def _admit_otc_redeem(self, origin: str, m: Message, _: Mapping[str, str]) -> dict[str, Any]:
         osn = str(m.body["OrigBizSn"])
-        orig = self.journal.record(origin, "OTC.SUBSCRIBE", osn)
-        # the subscription must have been made with the bank this redemption goes to
-        if orig is None or orig.state != records.SUCCEEDED or \
-                orig.wallet_id != m.text("CorpWalletId") or orig.receiver != m.head.to_party:
-            raise OriginalNotFound(f"no successful subscription {osn} of that wallet "
-                                   "between these parties")
-        fen = _positive(m)
-        if fen > (orig.amount_fen or 0):
-            raise InvalidAmount("redemption exceeds the subscribed amount")
-        return {"amount_fen": fen, "orig_type": "OTC.SUBSCRIBE", "orig_from": origin,
+        orig = self._admit_give_back(origin, m, givebacks.REDEMPTION,
+                                     (origin, "OTC.SUBSCRIBE", osn), str(m.text("CorpWalletId")))
+        return {"amount_fen": _positive(m), "orig_type": "OTC.SUBSCRIBE", "orig_from": origin,
                 "orig_biz_sn": osn, "wallet_id": orig.wallet_id, "order_no": orig.order_no}
 
     # --- after the answer -------------------------------------------------------
@@ -273,31 +281,107 @@ class Rules:
                                 f"{', '.join(missing)} (§6)", ref_msg_id=response.head.msg_id)
 
     def answered(self, rec: Record, response: Message, now: dt.datetime,
-                 at: float) -> tuple[dict[str, Any], dict[str, str]]:
-        """Record changes an answer brings, and Body fields the gateway fills in."""
-        ok = response.text("Result") == "0000"
-        changes: dict[str, Any] = {"bank_sn": response.text("BankSn"),
-                                   "sweep_ref": response.text("SweepRef")}
-        fill: dict[str, str] = {}
-        if rec.biz_type == "CTS.SIGN":
-            number = response.text("AgreementNo") if ok else None
-            self.journal.settle_agreement(rec.origin, rec.biz_sn,
-                                          "ACTIVE" if ok and number else records.FAILED, number)
-            changes["agreement_no"] = number
-        elif rec.biz_type == "CTS.UNSIGN" and ok and rec.agreement_no:
-            self.journal.end_agreement(rec.agreement_no, self.today().isoformat())
-        elif rec.biz_type == "OTC.SUBSCRIBE" and ok:
-            book = self.calendar.book_date(now).isoformat()
-            changes["book_date"] = book
-            fill["BookDate"] = book
-        elif rec.biz_type == "XFER.REVERSE" and ok:
-            self.mark_reversed((str(rec.orig_from), str(rec.orig_type), str(rec.orig_biz_sn)), at)
-        return changes, fill
+                 at: float) -> Settlement:
+        """What ``response`` (checked by :meth:`check_answer`) does to ``rec``, still
+        PENDING: the record's new state and fields, and what the originator gets."""
+        result = str(response.text("Result"))
+        settled = Settlement(records.transition(rec.state, records.outcome(result)), result,
+                             {"bank_sn": response.text("BankSn"),
+                              "sweep_ref": response.text("SweepRef")})
+        settle = BUSINESS_TYPES[rec.biz_type].settle
+        if settle is not None:
+            settle(self, rec, response, settled, now, at)
+        return settled
 
-    def mark_reversed(self, key: tuple[str, str, str], at: float) -> None:
-        """A peer's reversal of ``key`` succeeded: the original is REVERSED if the machine
-        allows it (an original still PENDING or already FAILED/REVERSED stays as it is)."""
+    def _settle_sign(self, rec: Record, response: Message, s: Settlement,
+                     now: dt.datetime, at: float) -> None:
+        number = response.text("AgreementNo") if s.result == "0000" else None
+        holder = self.journal.agreement_by_no(number) if number else None
+        if holder is not None and (holder.broker, holder.sign_biz_sn) != (rec.origin, rec.biz_sn):
+            self._agreement_conflict(rec, number or "", holder, s)
+            return
+        self.journal.settle_agreement(rec.origin, rec.biz_sn,
+                                      "ACTIVE" if number else records.FAILED, number)
+        s.changes["agreement_no"] = number
+
+    def _agreement_conflict(self, rec: Record, number: str, holder: Agreement,
+                            s: Settlement) -> None:
+        """§6: a 0000 carrying an AgreementNo already in use settles the record FAILED,
+        answers the broker B399, frees the wallet and raises an alert."""
+        text = (f"{rec.receiver} answered CTS.SIGN {rec.biz_sn} with AgreementNo {number}, "
+                f"which is already agreement {holder.fund_acct}/{holder.wallet_id} "
+                f"({holder.status}); not signed, reconcile with {rec.receiver}")
+        self.journal.settle_agreement(rec.origin, rec.biz_sn, records.FAILED, None)
+        s.state = records.transition(rec.state, records.FAILED)
+        s.result = RejectedByCounterparty.code
+        s.own_answer = {"Result": s.result, "ResultText": text}
+        self.alerts.raise_alert("agreement_conflict", CRITICAL, f"{rec.origin}/{rec.biz_sn}",
+                                text)
+
+    def _settle_unsign(self, rec: Record, response: Message, s: Settlement,
+                       now: dt.datetime, at: float) -> None:
+        if s.result == "0000" and rec.agreement_no:
+            self.journal.end_agreement(rec.agreement_no, self.today().isoformat())
+
+    def _settle_subscribe(self, rec: Record, response: Message, s: Settlement,
+                          now: dt.datetime, at: float) -> None:
+        if s.result == "0000":
+            book = self.calendar.book_date(now).isoformat()
+            s.changes["book_date"] = book
+            s.fill["BookDate"] = book
+
+    def _settle_reversal(self, rec: Record, response: Message, s: Settlement,
+                         now: dt.datetime, at: float) -> None:
+        if s.result == "0000":
+            key = (str(rec.orig_from), str(rec.orig_type), str(rec.orig_biz_sn))
+            self.mark_reversed(key, at)
+            s.reversed_original = key
+
+    def mark_reversed(self, key: tuple[str, str, str], at: float) -> bool:
+        """A reversal of ``key`` was acknowledged: the original is REVERSED, whatever it
+        was but FAILED (a receiver acknowledges the reversal of a failed original too)."""
         orig = self.journal.record(*key)
-        if orig is not None and records.allowed(orig.state, records.REVERSED):
-            self.journal.update_record(key, at,
-                                       state=records.transition(orig.state, records.REVERSED))
+        if orig is None or not records.allowed(orig.state, records.REVERSED):
+            return False
+        self.journal.update_record(key, at,
+                                   state=records.transition(orig.state, records.REVERSED))
+        return True
+
+
+Admit = Callable[[Rules, str, Message, Mapping[str, str]], dict[str, Any]]
+Settle = Callable[[Rules, Record, Message, Settlement, dt.datetime, float], None]
+
+
+@dataclass(frozen=True, slots=True)
+class BusinessType:
+    """One §6 request type as data: how it is admitted and how an answer settles it."""
+
+    admit: Admit
+    settle: Settle | None = None
+    #: the originals it gives back (gateway/givebacks.py), if it is a give-back
+    gives_back: tuple[str, ...] = ()
+
+    @property
+    def is_give_back(self) -> bool:
+        return bool(self.gives_back)
+
+
+#: Every relayed §6 type (the queries are answered by the gateway: gateway/queries.py).
+#: Whether a timeout reverses it is catalog.REVERSIBLE; who may send it catalog.ROUTES.
+BUSINESS_TYPES: dict[str, BusinessType] = {
+    "CTS.SIGN": BusinessType(Rules._admit_cts_sign, Rules._settle_sign),
+    "CTS.UNSIGN": BusinessType(Rules._admit_cts_unsign, Rules._settle_unsign),
+    "XFER.IN": BusinessType(Rules._admit_transfer),
+    "XFER.OUT": BusinessType(Rules._admit_transfer),
+    "XFER.REVERSE": BusinessType(Rules._admit_xfer_reverse, Rules._settle_reversal,
+                                 givebacks.GIVES_BACK[givebacks.REVERSAL]),
+    "PAY.ORDER": BusinessType(Rules._admit_pay_order),
+    "PAY.REFUND": BusinessType(Rules._admit_pay_refund,
+                               gives_back=givebacks.GIVES_BACK[givebacks.REFUND]),
+    "OTC.SUBSCRIBE": BusinessType(Rules._admit_otc_subscribe, Rules._settle_subscribe),
+    "OTC.REDEEM": BusinessType(Rules._admit_otc_redeem,
+                               gives_back=givebacks.GIVES_BACK[givebacks.REDEMPTION]),
+}
+
+assert set(BUSINESS_TYPES) == {t for t, r in catalog.ROUTES.items()
+                               if r.to != catalog.TO_GATEWAY}

@@ -480,6 +480,8 @@ class Session:
             self.owner.journal.before_commit(self._seal)
         self._outbox.append(item)
         self.owner.journal.after_commit(lambda: self._write(item.frame))
+        # a message whose journal writes are rolled back (Journal.savepoint) sends nothing
+        self.owner.journal.on_rollback(lambda: self._outbox.remove(item))
 
     def _seal(self) -> None:
         items, self._outbox = self._outbox, []

@@ -382,7 +382,7 @@ def test_a_late_answer_settles_its_own_record_while_another_broker_uses_its_msg_
     same = "SHARED0000000002"
     gtja.send("CTS.SIGN.REQ", sign_fields("S9"), to=BANK, msg_id=same, encrypt=("IdNo", "Phone"))
     bank.recv("CTS.SIGN.REQ")
-    assert gtja._answer_to(same, "CTS.SIGN.REQ").body["Result"] == "S900"
+    assert gtja._answer_to(same, "CTS.SIGN.REQ").body["Result"] == "B331"
     end = (dt.date.today() + dt.timedelta(days=3)).isoformat()
     htsc.send("PAY.ORDER.REQ", pay("P9", end), to=BANK, msg_id=same)
     bank.recv("PAY.ORDER.REQ")
@@ -462,14 +462,14 @@ def test_a_receivers_sys_error_naming_a_gateway_msgid_fails_no_relayed_request(
 
 
 def test_a_timed_out_sign_is_asked_again_on_repeat_and_settles(day) -> None:  # type: ignore[no-untyped-def]
-    """CTS.SIGN cannot be reversed: on timeout the broker gets S900 (outcome unknown) and
+    """CTS.SIGN cannot be reversed: on timeout the broker gets B331 (outcome unknown) and
     the wallet stays held; the broker's repeat goes to the bank again (the bank answers
     it from its own idempotency), and that answer settles the agreement."""
     gw, bank, broker = day
     fields = sign_fields("S5")
     first = broker.send("CTS.SIGN.REQ", fields, to=BANK, encrypt=("IdNo", "Phone"))
     bank.recv("CTS.SIGN.REQ")  # the bank never answers this one
-    assert broker._answer_to(first, "CTS.SIGN.REQ").body["Result"] == "S900"
+    assert broker._answer_to(first, "CTS.SIGN.REQ").body["Result"] == "B331"
     held = call(broker, "CTS.SIGN.REQ", sign_fields("S6"), encrypt=("IdNo", "Phone"))
     assert held.body["Result"] == "B301"  # the unknown sign still holds the wallet
     again = call(broker, "CTS.SIGN.REQ", fields, bank=bank, encrypt=("IdNo", "Phone"),

@@ -237,12 +237,12 @@ def test_relayed_xml_is_byte_for_byte_what_the_sender_signed(day) -> None:  # ty
 
 
 def test_a_late_answer_to_an_unanswered_sign_settles_it_without_a_relay(day) -> None:  # type: ignore[no-untyped-def]
-    """Non-reversible: the timed-out CTS.SIGN stays PENDING (S900); the bank's late 0000 is
+    """Non-reversible: the timed-out CTS.SIGN stays PENDING (B331); the bank's late 0000 is
     journaled, settles the record and the agreement, and is not relayed to the broker."""
     gw, bank, broker = day
     msg_id = broker.send("CTS.SIGN.REQ", sign_fields("S1"), to=BANK, encrypt=("IdNo", "Phone"))
     req = bank.recv("CTS.SIGN.REQ")
-    assert broker._answer_to(msg_id, "CTS.SIGN.REQ").body["Result"] == "S900"
+    assert broker._answer_to(msg_id, "CTS.SIGN.REQ").body["Result"] == "B331"
     late = bank.send("CTS.SIGN.RSP", [("Result", "0000"), ("ResultText", "late"),
                                       ("BizSn", "S1"), ("AgreementNo", "AGL1")],
                      to=BROKER, ref=req.head("MsgId"))
@@ -262,7 +262,7 @@ def test_a_late_answer_of_another_type_settles_nothing(day) -> None:  # type: ig
     gw, bank, broker = day
     msg_id = broker.send("CTS.SIGN.REQ", sign_fields("S1"), to=BANK, encrypt=("IdNo", "Phone"))
     req = bank.recv("CTS.SIGN.REQ")
-    assert broker._answer_to(msg_id, "CTS.SIGN.REQ").body["Result"] == "S900"
+    assert broker._answer_to(msg_id, "CTS.SIGN.REQ").body["Result"] == "B331"
     # not a success, so no §6 success field is missing: only its Type is wrong (and it
     # would settle the sign FAILED without the check)
     wrong = bank.send("XFER.OUT.RSP", [("Result", "B399"), ("ResultText", "late"),
@@ -276,18 +276,18 @@ def test_a_late_answer_of_another_type_settles_nothing(day) -> None:  # type: ig
 
 
 def test_a_late_answer_to_a_repeat_asked_again_settles_the_sign(day) -> None:  # type: ignore[no-untyped-def]
-    """The sign times out (S900), its repeat is asked again with the repeat's own MsgId
+    """The sign times out (B331), its repeat is asked again with the repeat's own MsgId
     and times out too; the bank's late answer to that repeat still settles the record
     (found through the evidence of what was relayed), and it is not relayed."""
     gw, bank, broker = day
     fields = sign_fields("S8")
     first = broker.send("CTS.SIGN.REQ", fields, to=BANK, encrypt=("IdNo", "Phone"))
     bank.recv("CTS.SIGN.REQ")
-    assert broker._answer_to(first, "CTS.SIGN.REQ").body["Result"] == "S900"
+    assert broker._answer_to(first, "CTS.SIGN.REQ").body["Result"] == "B331"
     again = broker.send("CTS.SIGN.REQ", fields, to=BANK, encrypt=("IdNo", "Phone"))
     asked = bank.recv("CTS.SIGN.REQ")
     assert asked.head("MsgId") == again
-    assert broker._answer_to(again, "CTS.SIGN.REQ").body["Result"] == "S900"
+    assert broker._answer_to(again, "CTS.SIGN.REQ").body["Result"] == "B331"
     bank.send("CTS.SIGN.RSP", [("Result", "0000"), ("ResultText", "late"), ("BizSn", "S8"),
                                ("AgreementNo", "AG8")], to=BROKER, ref=again)
     wait_status(broker, "S8", "CTS.SIGN", "SUCCEEDED")
@@ -296,22 +296,35 @@ def test_a_late_answer_to_a_repeat_asked_again_settles_the_sign(day) -> None:  #
         broker.recv("CTS.SIGN.RSP", timeout=0.5)
 
 # --- the one state machine ------------------------------------------------------------------
-def test_a_reversal_acknowledged_for_a_record_not_reversing_is_an_illegal_move(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_reversal_acknowledged_for_a_failed_original_leaves_it_failed(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """§6 receivers acknowledge the reversal of a failed original: the queue row is done,
+    the original stays FAILED (FAILED never changes), and the listener hears of it."""
     from gateway.config import Config
     from gateway.journal import Journal, Record, Reversal
-    from gateway.records import IllegalTransition
     from gateway.reversal import ReversalQueue
+    from gateway.rules import Rules
 
     j = Journal(tmp_path / "j.sqlite3")
-    rec = Record(origin=BROKER, biz_type="XFER.OUT", biz_sn="T1", receiver=BANK, msg_id="M1",
-                 content_hash="h", state="FAILED", trade_date="2026-11-25", amount_fen=100)
+    rec = Record(origin=BROKER, biz_type="XFER.OUT", biz_sn="GTJAT1", receiver=BANK,
+                 msg_id="M1", content_hash="h", state="FAILED", trade_date="2026-11-25",
+                 amount_fen=100)
     j.insert_record(rec, 0.0)
-    j.queue_reversal(Reversal(origin=BROKER, biz_type="XFER.OUT", biz_sn="T1", receiver=BANK,
-                              reversal_sn="RV1", amount_fen=100, state="QUEUED", attempts=1,
-                              next_at=0.0, last_msg_id="GW01M1", result=None))
-    queue = ReversalQueue(Config(), j, lambda party: None)
-    with pytest.raises(IllegalTransition):
-        queue.answered(BANK, "GW01M1", "0000", 1.0)
+    j.queue_reversal(Reversal(origin=BROKER, biz_type="XFER.OUT", biz_sn="GTJAT1",
+                              receiver=BANK, reversal_sn="GW01RV1", amount_fen=100,
+                              state="QUEUED", attempts=1, next_at=0.0, last_msg_id="GW01M1",
+                              result=None))
+    heard: list[tuple[str, str, str]] = []
+
+    def acknowledged(key: tuple[str, str, str], at: float) -> None:
+        heard.append(key)
+        assert not Rules.mark_reversed(rules, key, at)  # type: ignore[arg-type]
+
+    rules = type("R", (), {"journal": j})()
+    queue = ReversalQueue(Config(), j, lambda party: None, acknowledged)
+    assert queue.answered(BANK, "GW01M1", "0000", 1.0)
+    assert heard == [rec.key]
+    assert j.record(*rec.key).state == "FAILED"  # type: ignore[union-attr]
+    assert j.reversal_of(rec.key).state == "DONE"  # type: ignore[union-attr]
     j.close()
 
 
