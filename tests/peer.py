@@ -153,7 +153,7 @@ class TestPeer:
 
     def build(self, msg_type: str, fields: list[tuple[str, Any]], *, msg_id: str | None = None,
               to: str | None = None, ref: str | None = None, time: str | None = None,
-              encrypt: tuple[str, ...] = ()) -> tuple[str, bytes]:
+              encrypt: tuple[str, ...] = (), trade_date: str | None = None) -> tuple[str, bytes]:
         msg_id = msg_id or self.next_msg_id()
         parts = []
         for name, value in fields:
@@ -166,7 +166,8 @@ class TestPeer:
         head = (f"<Ver>1.0</Ver><Type>{msg_type}</Type><MsgId>{msg_id}</MsgId>"
                 + (f"<RefId>{ref}</RefId>" if ref else "")
                 + f"<From>{self.party}</From><To>{to or self.gateway}</To>"
-                f"<Time>{time or now_iso()}</Time><TradeDate>{dt.datetime.now(CN).date()}</TradeDate>")
+                f"<Time>{time or now_iso()}</Time>"
+                f"<TradeDate>{trade_date or dt.datetime.now(CN).date()}</TradeDate>")
         el = body_element(msg_type)
         xml = (f'<?xml version="1.0" encoding="UTF-8"?>\n<Msg xmlns="urn:sbdx:1"><Head>{head}'
                f"</Head><Body><{el}>{''.join(parts)}</{el}></Body></Msg>\n").encode()
