@@ -191,7 +191,7 @@ def validate(root: etree._Element) -> None:
         raise SchemaInvalid(_schema_error_text(root, entry))
 
 
-def _head_text(root: etree._Element, name: str) -> str | None:
+def head_text(root: etree._Element, name: str) -> str | None:
     """Head/``name``'s whole text, or None when absent or when it holds anything but
     text (a comment or PI splitting it: its ``.text`` would be only the first part)."""
     node = root.find(f"{_NS_PREFIX}Head/{_NS_PREFIX}{name}")
@@ -202,7 +202,7 @@ def _head_text(root: etree._Element, name: str) -> str | None:
 
 def read_msg_id(root: etree._Element) -> str | None:
     """Best effort MsgId of a (possibly invalid) document, for SYS.ERROR RefMsgId."""
-    text = _head_text(root, "MsgId")
+    text = head_text(root, "MsgId")
     if text and len(text) <= 32 and text.isascii() and text.isalnum():
         return text
     return None
@@ -210,7 +210,7 @@ def read_msg_id(root: etree._Element) -> str | None:
 
 def read_from(root: etree._Element) -> str | None:
     """Best effort, validated-looking From of a (possibly invalid) document."""
-    text = _head_text(root, "From")
+    text = head_text(root, "From")
     if text and 2 <= len(text) <= 12 and text.isascii() and text.isalnum() and text.isupper():
         return text
     return None

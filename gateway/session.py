@@ -36,6 +36,7 @@ from .message import (
     Head,
     Message,
     build_xml,
+    head_text,
     parse_message,
     parse_xml,
     read_from,
@@ -644,7 +645,7 @@ def _head_token(root: Any | None, name: str) -> str | None:
     """Best effort Head/``name`` of a refused document: a short ASCII token, or None."""
     if root is None:
         return None
-    text = root.findtext(f"{{urn:sbdx:1}}Head/{{urn:sbdx:1}}{name}")
+    text = head_text(root, name)
     if text and len(text) <= 40 and text.isascii() and text.replace(".", "").isalnum():
         return text
     return None

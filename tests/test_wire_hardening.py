@@ -8,10 +8,12 @@ from typing import Any
 
 import pytest
 from lxml import etree
+from test_session import Harness, _raw
 
 from gateway.errors import GatewayError, SchemaInvalid, XmlMalformed
 from gateway.message import DATE_ELEMENTS, parse_message
 from gateway.schema import schema_dir
+from gateway.session import CLOSED
 
 from conftest import BANK, BROKER
 from flows import call, signed, xfer
@@ -110,6 +112,25 @@ def test_comments_and_pis_outside_msg_are_let_be() -> None:
 def test_comment_markup_inside_cdata_is_text() -> None:
     msg = parse_message(_with(b"<Memo>", b"<Memo><![CDATA[<!-- <?x?>]]>"))
     assert str(msg.body["Memo"]).startswith("<!-- <?x?>")
+
+
+def test_the_session_refuses_a_comment_with_e110_and_keeps_no_half_value(
+        tmp_path: Path) -> None:
+    """Through the sans-IO session: SYS.ERROR E110 naming the MsgId; the evidence row of
+    the refused message does not record the first half of a split Type as its type."""
+    h = Harness(tmp_path, heartbeat_seconds=30.0)
+    h.logon()
+    h.tick(5.1)
+    h.answer_keyx()
+    msg_id, xml = h.peer.build("XFER.OUT.REQ", xfer("GTJAT1"), to=BANK)
+    h.session.receive_bytes(_raw(h, _with(b"<Type>XFER.OUT.REQ</Type>",
+                                          b"<Type>XFER.OUT<!---->.REQ</Type>", xml)))
+    h.gateway.flush()
+    err = h.link.frames[-1]
+    assert (err.type, err.body["Code"], err.body["RefMsgId"]) == ("SYS.ERROR", "E110", msg_id)
+    row = [r for r in h.journal.messages(msg_id) if r["direction"] == "IN"][-1]
+    assert row["msg_type"] is None
+    assert h.session.state != CLOSED
 
 
 # --- case 6 through a live gateway --------------------------------------------------
