@@ -1,9 +1,11 @@
 """PROTOCOL §4 XML messages: safe parse, XSD validation, typed access, building.
 
 Parsing happens once per message with a hardened lxml parser (no DTD, no
-entities, no network; libxml2's default depth limit of 256 applies) and one
-compiled XSD.  A :class:`Message` keeps the exact bytes received, because the
-MAC and the signature cover them and the journal keeps them as evidence.
+entities, no network, no comment or PI inside ``Msg``; libxml2's default depth
+limit of 256 applies) and one compiled XSD.  Values are checked as parsed, never
+in the bytes: a character reference is its character.  A :class:`Message` keeps
+the exact bytes received, because the MAC and the signature cover them and the
+journal keeps them as evidence.
 """
 from __future__ import annotations
 
@@ -36,8 +38,9 @@ def _safe_parser() -> etree.XMLParser:
         dtd_validation=False,
         huge_tree=False,
         collect_ids=False,
-        remove_comments=True,
-        remove_pis=True,
+        # kept, so that one inside Msg can be refused (E110, :func:`check_no_markup`)
+        remove_comments=False,
+        remove_pis=False,
     )
 
 
@@ -188,10 +191,18 @@ def validate(root: etree._Element) -> None:
         raise SchemaInvalid(_schema_error_text(root, entry))
 
 
+def head_text(root: etree._Element, name: str) -> str | None:
+    """Head/``name``'s whole text, or None when absent or when it holds anything but
+    text (a comment or PI splitting it: its ``.text`` would be only the first part)."""
+    node = root.find(f"{_NS_PREFIX}Head/{_NS_PREFIX}{name}")
+    if node is None or len(node):
+        return None
+    return node.text
+
+
 def read_msg_id(root: etree._Element) -> str | None:
     """Best effort MsgId of a (possibly invalid) document, for SYS.ERROR RefMsgId."""
-    node = root.find(f"{_NS_PREFIX}Head/{_NS_PREFIX}MsgId")
-    text = None if node is None else node.text
+    text = head_text(root, "MsgId")
     if text and len(text) <= 32 and text.isascii() and text.isalnum():
         return text
     return None
@@ -199,16 +210,33 @@ def read_msg_id(root: etree._Element) -> str | None:
 
 def read_from(root: etree._Element) -> str | None:
     """Best effort, validated-looking From of a (possibly invalid) document."""
-    node = root.find(f"{_NS_PREFIX}Head/{_NS_PREFIX}From")
-    text = None if node is None else node.text
+    text = head_text(root, "From")
     if text and 2 <= len(text) <= 12 and text.isascii() and text.isalnum() and text.isupper():
         return text
     return None
 
 
+def check_no_markup(xml: bytes, root: etree._Element) -> None:
+    """§4: no comment or processing instruction inside ``Msg`` (E110).  A value split by
+    one reads differently in different parsers (``<WalletId>00711308<!---->12093028
+    </WalletId>`` is one wallet to a parser that drops comments, ``00711308`` to one that
+    keeps them).  Outside the root element they carry no value and are let be.  The byte
+    search only skips the tree walk: with no DTD, hence no entities, a comment or PI node
+    exists only where its markup is in the bytes (``<?`` past the declaration)."""
+    if b"<!--" not in xml and xml.find(b"<?", 6) < 0:
+        return
+    for node in root.iter(etree.Comment, etree.ProcessingInstruction):
+        what = "comment" if isinstance(node, etree._Comment) else "processing instruction"
+        parent = node.getparent()
+        where = readable_path(parent) if parent is not None else "Msg"
+        raise XmlMalformed(f"{where}: a {what} inside Msg is not allowed (§4)",
+                           ref_msg_id=read_msg_id(root))
+
+
 def parse_message(xml: bytes) -> Message:
     """Parse and validate ``xml``; raise E110/E111/E112 with a clear text."""
     root = parse_xml(xml)
+    check_no_markup(xml, root)
     if root.tag != _NS_PREFIX + "Msg":
         raise SchemaInvalid(f"{_local(root.tag)}: root element must be Msg in namespace {NS}")
     msg_type = _head_type(root)
@@ -229,23 +257,40 @@ def parse_message(xml: bytes) -> Message:
             f"Msg/Body/{_local(child.tag)}: does not match Type {head.type} (expected {expected})",
             ref_msg_id=head.msg_id,
         )
-    if b"-02-29<" in xml:  # rare: the XSD's Date pattern cannot tell leap years
-        _check_leap_days(root, head.msg_id)
-    return Message(head=head, body=_read_body(child), xml=xml)
+    body = _read_body(child)
+    _check_leap_days(head, body, expected)
+    return Message(head=head, body=body, xml=xml)
 
 
-#: Elements of the XSD type ``Date`` (schemas/types.xsd).
-DATE_ELEMENTS = frozenset({"TradeDate", "ServiceEnd", "BookDate", "SignDate", "EndDate"})
+#: Elements of the XSD types ``Date`` and ``DateTime`` (schemas/types.xsd).
+DATE_ELEMENTS = frozenset({"TradeDate", "ServiceEnd", "BookDate", "SignDate", "EndDate",
+                           "Time"})
 
 
-def _check_leap_days(root: etree._Element, msg_id: str) -> None:
-    for node in root.iter():
-        if (isinstance(node.tag, str) and _local(node.tag) in DATE_ELEMENTS
-                and (node.text or "").endswith("-02-29")):
-            year = int((node.text or "0")[:4])
-            if not (year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)):
-                raise SchemaInvalid(f"{readable_path(node)}: {node.text} is not a calendar "
-                                    "date", ref_msg_id=msg_id)
+def _check_leap_days(head: Head, body: Mapping[str, BodyValue], body_el: str) -> None:
+    """The XSD patterns know the days of each month but not leap years: February 29 of
+    another year is E111.  Read from the parsed values (a character reference such as
+    ``2027-02-2&#57;`` is ``2027-02-29``), never from the bytes; the XSD puts dates in
+    the Head, the Body element's children and its records' children, all read here."""
+    _check_date("Msg/Head/Time", head.time, head.msg_id)
+    _check_date("Msg/Head/TradeDate", head.trade_date, head.msg_id)
+    for name, value in body.items():
+        if isinstance(value, list):
+            for n, record in enumerate(value, 1):
+                for field_name in DATE_ELEMENTS.intersection(record):
+                    _check_date(f"Msg/Body/{body_el}/{name}[{n}]/{field_name}",
+                                record[field_name], head.msg_id)
+        elif name in DATE_ELEMENTS:
+            _check_date(f"Msg/Body/{body_el}/{name}", value, head.msg_id)
+
+
+def _check_date(path: str, text: str | None, msg_id: str) -> None:
+    if text and text[4:10] == "-02-29" and not _leap(int(text[:4])):
+        raise SchemaInvalid(f"{path}: {text[:10]} is not a calendar date", ref_msg_id=msg_id)
+
+
+def _leap(year: int) -> bool:
+    return year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
 
 
 def _read_head(head_el: etree._Element) -> Head:

@@ -27,13 +27,13 @@ def cts_query(journal: Journal, message: Message, asker: str) -> dict[str, Any]:
 
 
 def xfer_query(journal: Journal, message: Message, asker: str) -> dict[str, Any]:
-    """One business record's state and amounts, from the journal (B313 if unknown)."""
+    """One business record's state and amounts, from the journal.  A record the asker
+    is not a party to is answered exactly like an unknown one (§6: B313, same text), so
+    a query never tells one party whether another's BizSn exists."""
     origin = message.text("OrigFrom") or asker
     rec = journal.record(origin, str(message.text("OrigType")), str(message.text("BizSn")))
-    if rec is None:
+    if rec is None or asker not in (rec.origin, rec.receiver):
         return {"Result": "B313", "ResultText": RESULT_TEXT["B313"]}
-    if asker not in (rec.origin, rec.receiver):
-        return {"Result": "B313", "ResultText": "no such record between you and its parties"}
     record: dict[str, Any] = {"OrigType": rec.biz_type, "OrigFrom": rec.origin,
                               "Status": rec.state}
     if rec.amount_fen is not None:

@@ -36,6 +36,7 @@ from .message import (
     Head,
     Message,
     build_xml,
+    head_text,
     parse_message,
     parse_xml,
     read_from,
@@ -324,17 +325,30 @@ class Session:
         nonce = self.owner.random_bytes(16).hex()
         try:
             keys = respond(eph, str(body["PublicKey"]), str(body["Nonce"]), nonce, key_id)
-            self._install(keys)
+            self._check_key_id_unused(key_id)
         except (KeyExchangeFailed, ValueError) as exc:
             log.warning("session %s: KEYX %s refused: %s", self.session_id, key_id, exc)
             self.send("SYS.KEYX.RSP", {"Result": UnknownKeyId.code,
                                        "ResultText": f"key exchange refused: {exc}"},
                       ref_id=head.msg_id)
             return
-        # The answer goes out under the keys of before (or none): MAC is not used on KEYX.
+        # §5.3: the answer is queued before the key is installed, so it is written before
+        # anything under the new key (a reversal sent when the session becomes ready, a
+        # heartbeat): the peer cannot derive that key until it has the answer.  Frames
+        # leave in the order they were queued (Session.send_xml).  MAC is not used on KEYX.
         self.send("SYS.KEYX.RSP", {"Result": "0000", "ResultText": "key installed",
                                    "KeyId": key_id, "PublicKey": eph.public_b64,
                                    "Nonce": nonce, "Kcv": keys.kcv}, ref_id=head.msg_id)
+        self._install(keys)
+
+    def _check_key_id_unused(self, key_id: str) -> None:
+        """A key id already in this session's ring is refused (ValueError), as
+        :meth:`KeyRing.install` would, but before the answer says 0000."""
+        try:
+            self.keyring.for_receive(key_id)
+        except UnknownKeyId:
+            return
+        raise ValueError(f"key id {key_id!r} already used in this session")
 
     def _on_keyx_rsp(self, verified: Verified) -> None:
         body = verified.message.body
@@ -633,7 +647,7 @@ def _head_token(root: Any | None, name: str) -> str | None:
     """Best effort Head/``name`` of a refused document: a short ASCII token, or None."""
     if root is None:
         return None
-    text = root.findtext(f"{{urn:sbdx:1}}Head/{{urn:sbdx:1}}{name}")
+    text = head_text(root, name)
     if text and len(text) <= 40 and text.isascii() and text.replace(".", "").isalnum():
         return text
     return None
