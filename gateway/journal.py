@@ -214,6 +214,8 @@ MIGRATIONS: tuple[str, ...] = (
         subject TEXT NOT NULL,
         text TEXT NOT NULL
     );
+    CREATE INDEX message_reversal_answer ON message (ref_id, party)
+        WHERE msg_type = 'XFER.REVERSE.RSP';
     """,
 )
 
@@ -493,6 +495,13 @@ class Journal:
             yield from self._db.execute(sql, (msg_id,) if msg_id else ())
         finally:
             self._db.row_factory = None
+
+    def reversal_answers(self, party: str, ref_id: str) -> int:
+        """How many XFER.REVERSE.RSP ``party`` sent naming ``ref_id`` (a partial index
+        holds only those rows)."""
+        return int(self._db.execute(
+            "SELECT count(*) FROM message WHERE msg_type='XFER.REVERSE.RSP' AND ref_id=? AND"
+            " party=? AND direction='IN'", (ref_id, party)).fetchone()[0])
 
     # --- replay defence (gateway.replay.ReplayStore) --------------------------
     def remember(self, sender: str, msg_id: str, seen_at: float) -> bool:

@@ -106,6 +106,13 @@ class ReversalQueue:
         key = (rev.origin, rev.biz_type, rev.biz_sn)
         if rev.state == DONE:
             return True
+        if self.journal.reversal_answers(receiver, ref_id) > 1:
+            # the first answer to an attempt settles it; a second one (a duplicate, or
+            # one contradicting the first) is evidence only
+            log.warning("a second answer %s to reversal attempt %s of %s %s from %s: "
+                        "journaled, ignored", result, ref_id, rev.biz_type, rev.biz_sn,
+                        rev.origin)
+            return True
         if result in ACKNOWLEDGING:
             self.journal.update_reversal(key, state=DONE, result=result)
             log.info("reversal of %s %s from %s acknowledged (%s): REVERSED", rev.biz_type,

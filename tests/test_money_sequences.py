@@ -1,0 +1,285 @@
+"""Issue 17: the money invariant holds for every order of requests, answers, timeouts and
+restarts — a stateful property test (hypothesis RuleBasedStateMachine).
+
+The gateway's sans-IO core runs in process (tests/inproc.py: real journal file, real keys
+and signatures, no sockets).  A broker sends originals (XFER.IN/OUT, PAY.ORDER,
+OTC.SUBSCRIBE) and give-backs (PAY.REFUND, OTC.REDEEM, XFER.REVERSE of any original, in
+any amount), repeats any of them; a model bank answers what reaches it in any order, late,
+twice or with a conflicting second answer, or never; time passes (relay timeouts,
+reversal retries) and the gateway restarts.  The model bank books whatever the gateway
+relays to it and it accepts — it trusts the gateway, so a give-back the gateway should
+have refused shows up in its books — and it follows the receiver's rules of §6 (one
+reversal per original; an original arriving after its reversal is refused; the reversal
+of an unknown original is acknowledged).
+
+After every step: no original has more given back than it moved, at the bank or in the
+gateway's accounts; no record is both reversed and SUCCEEDED; the gateway's records agree
+with the bank's books; no original reached the bank twice.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from gateway import givebacks, records
+from gateway.rules import fen_text
+
+from conftest import BANK, BROKER, make_home
+from flows import CORP, FUND, WALLET, sign_fields
+from inproc import Clock, Rig, fast_config
+from peer import Frame, TestPeer
+
+ORIGINALS = ("XFER.IN", "XFER.OUT", "PAY.ORDER", "OTC.SUBSCRIBE")
+GIVE_BACK_OF = {"PAY.REFUND": "PAY.ORDER", "OTC.REDEEM": "OTC.SUBSCRIBE"}
+Key = tuple[str, str, str]
+
+
+class ModelBank:
+    """The bank's books, as §6 asks a receiver to keep them."""
+
+    def __init__(self) -> None:
+        self.booked: dict[Key, int] = {}  # originals it booked: fen moved
+        self.given: dict[Key, int] = defaultdict(int)  # refunds/redemptions booked
+        self.reversed: set[Key] = set()  # reversals it applied (one per original)
+        self.answers: dict[Key, str] = {}  # its own idempotency: the Result it gave
+        self.delivered: Counter[Key] = Counter()
+
+    def handle(self, req: Frame, ok: bool) -> str:
+        """Book ``req`` (ok: as asked; not ok: refuse it) and return the Result."""
+        b, kind = req.body, req.type[:-4]
+        key = (str(req.head("From")), kind, b["BizSn"])
+        if key in self.answers:
+            return self.answers[key]
+        result = self._book(kind, key, b, ok)
+        self.answers[key] = result
+        return result
+
+    def _book(self, kind: str, key: Key, b: dict[str, str], ok: bool) -> str:
+        fen = int(b["Amount"].replace(".", ""))
+        if kind == "XFER.REVERSE":
+            orig = (b["OrigFrom"], b["OrigType"], b["OrigBizSn"])
+            if orig in self.reversed:
+                return "0000"  # applied once; the same answer again
+            if not ok:
+                return "B399"
+            self.reversed.add(orig)  # money back if it was booked; else nothing moves
+            return "0000"
+        if kind in GIVE_BACK_OF:
+            if not ok:
+                return "B310"
+            self.given[(key[0], GIVE_BACK_OF[kind], b["OrigBizSn"])] += fen
+            return "0000"
+        if key in self.reversed:  # an original after its reversal is refused
+            return "B314"
+        if not ok:
+            return "B310"
+        self.booked[key] = fen
+        return "0000"
+
+
+def _amount(fen: int) -> str:
+    return fen_text(fen)
+
+
+class MoneySequences(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tmp = Path(tempfile.mkdtemp(prefix="sbdx-money-"))
+        home = make_home(self.tmp / "gw")
+        self.clock = Clock(time.time())
+        bank = TestPeer(BANK, "BANK", home.keys[BANK], port=0)
+        broker = TestPeer(BROKER, "BROKER", home.keys[BROKER], port=0)
+        self.config = fast_config()
+        self.rig = Rig(home, self.config, self.clock, bank, broker)
+        self.model = ModelBank()
+        self.held: list[Frame] = []  # relayed to the bank, not answered yet
+        self.done: list[tuple[Frame, str]] = []  # answered by the bank, with its Result
+        self.originals: list[tuple[str, str, int]] = []  # (Type, BizSn, fen)
+        self.sent: list[tuple[str, list[tuple[str, Any]]]] = []  # for repeats
+        self.n = 0
+        self._sign()
+
+    def teardown(self) -> None:
+        self.rig.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    # --- plumbing -------------------------------------------------------------------
+    def _sn(self, letter: str) -> str:
+        self.n += 1
+        return f"{BROKER}{letter}{self.n:05d}"
+
+    def _sign(self) -> None:
+        self.rig.broker.send("CTS.SIGN.REQ", sign_fields("GTJAS0"), to=BANK,
+                             encrypt=("IdNo", "Phone"))
+        req = self._business(self.rig.bank.take())[0]
+        self._answer(req, "0000", AgreementNo="AG1")
+        self.rig.broker.take()
+
+    @staticmethod
+    def _business(frames: list[Frame]) -> list[Frame]:
+        return [f for f in frames if f.type.endswith(".REQ") and not f.type.startswith("SYS.")]
+
+    def _collect(self) -> None:
+        for req in self._business(self.rig.bank.take()):
+            kind = req.type[:-4]
+            self.model.delivered[(str(req.head("From")), kind, req.body["BizSn"])] += 1
+            self.held.append(req)
+        self.rig.broker.take()
+
+    def _answer(self, req: Frame, result: str, **extra: str) -> None:
+        kind = req.type[:-4]
+        fields: list[tuple[str, Any]] = [("Result", result), ("ResultText", "model bank"),
+                                         ("BizSn", req.body["BizSn"])]
+        if result == "0000":
+            sn = req.body["BizSn"]
+            need = {"XFER.IN": ("BankSn", "SweepRef"), "XFER.OUT": ("BankSn",),
+                    "PAY.ORDER": ("BankSn",), "OTC.SUBSCRIBE": ("BankSn",)}.get(kind, ())
+            fields += [(n, ("B" if n == "BankSn" else "SW") + sn) for n in need]
+        fields += list(extra.items())
+        self.rig.bank.send(kind + ".RSP", fields, to=req.head("From"), ref=req.head("MsgId"))
+
+    def _send(self, msg_type: str, fields: list[tuple[str, Any]]) -> None:
+        self.sent.append((msg_type, fields))
+        self.rig.broker.send(msg_type, fields, to=BANK)
+        self._collect()
+
+    # --- the broker -----------------------------------------------------------------
+    @rule(kind=st.sampled_from(ORIGINALS), fen=st.integers(1, 100000))
+    def original(self, kind: str, fen: int) -> None:
+        sn = self._sn(kind[0] + kind[-1])
+        amount = _amount(fen)
+        fields: list[tuple[str, Any]] = {
+            "XFER.IN": [("BizSn", sn), ("FundAcct", FUND), ("WalletId", WALLET),
+                        ("Amount", amount), ("Ccy", "CNY")],
+            "XFER.OUT": [("BizSn", sn), ("FundAcct", FUND), ("WalletId", WALLET),
+                         ("Amount", amount), ("Ccy", "CNY")],
+            "PAY.ORDER": [("BizSn", sn), ("OrderNo", "O" + sn), ("WalletId", WALLET),
+                          ("Amount", amount), ("Ccy", "CNY"), ("ProductCode", "L2"),
+                          ("ProductKind", "LEVEL2"), ("ServiceEnd", "2099-12-31")],
+            "OTC.SUBSCRIBE": [("BizSn", sn), ("OrderNo", "O" + sn), ("CorpWalletId", CORP),
+                              ("WalletKind", "CORPORATE"), ("ProductCode", "SY1"),
+                              ("Amount", amount), ("Ccy", "CNY")],
+        }[kind]
+        self.originals.append((kind, sn, fen))
+        self._send(kind + ".REQ", fields)
+
+    @precondition(lambda self: self.originals)
+    @rule(data=st.data(), kind=st.sampled_from(("PAY.REFUND", "OTC.REDEEM", "XFER.REVERSE")))
+    def give_back(self, data: st.DataObject, kind: str) -> None:
+        fitting = [o for o in self.originals if kind == "XFER.REVERSE"
+                   or o[0] == GIVE_BACK_OF[kind]] or self.originals
+        otype, osn, ofen = data.draw(st.sampled_from(fitting), label="original")
+        if kind == "XFER.REVERSE":
+            fen = data.draw(st.sampled_from((ofen, ofen, ofen, max(1, ofen - 1))), label="fen")
+        else:
+            fen = data.draw(st.integers(1, ofen + 100), label="fen")
+        sn = self._sn({"PAY.REFUND": "F", "OTC.REDEEM": "R", "XFER.REVERSE": "V"}[kind])
+        fields: list[tuple[str, Any]] = {
+            "PAY.REFUND": [("BizSn", sn), ("OrigBizSn", osn), ("Amount", _amount(fen))],
+            "OTC.REDEEM": [("BizSn", sn), ("OrigBizSn", osn), ("CorpWalletId", CORP),
+                           ("Amount", _amount(fen))],
+            "XFER.REVERSE": [("BizSn", sn), ("OrigType", otype), ("OrigFrom", BROKER),
+                             ("OrigBizSn", osn), ("Amount", _amount(fen))],
+        }[kind]
+        self._send(kind + ".REQ", fields)
+
+    @precondition(lambda self: self.sent)
+    @rule(data=st.data())
+    def repeat(self, data: st.DataObject) -> None:
+        msg_type, fields = data.draw(st.sampled_from(self.sent), label="repeat")
+        self._send(msg_type, fields)
+
+    # --- the bank -------------------------------------------------------------------
+    @precondition(lambda self: self.held)
+    @rule(data=st.data(), ok=st.booleans())
+    def bank_answers(self, data: st.DataObject, ok: bool) -> None:
+        req = self.held.pop(data.draw(st.integers(0, len(self.held) - 1), label="held"))
+        result = self.model.handle(req, ok)
+        self.done.append((req, result))
+        self._answer(req, result)
+        self._collect()
+
+    @precondition(lambda self: self.done)
+    @rule(data=st.data(), conflicting=st.booleans())
+    def bank_answers_again(self, data: st.DataObject, conflicting: bool) -> None:
+        """A duplicate answer, or one that contradicts the first (books unchanged)."""
+        req, result = data.draw(st.sampled_from(self.done), label="answered")
+        if conflicting:
+            result = "B310" if result == "0000" else "0000"
+        self._answer(req, result)
+        self._collect()
+
+    # --- time and failures ----------------------------------------------------------
+    @rule()
+    def time_passes(self) -> None:
+        self.clock.advance(self.config.relay_timeout_seconds + 0.5)
+        self.rig.tick()
+        self._collect()
+
+    @rule()
+    def restart(self) -> None:
+        self.rig.restart()
+        self._collect()
+
+    # --- invariants -----------------------------------------------------------------
+    def _gateway_originals(self) -> list[givebacks.Account]:
+        accounts = []
+        for otype, osn, _ in self.originals:
+            acct = givebacks.account(self.rig.gateway.journal, (BROKER, otype, osn))
+            if acct is not None:
+                accounts.append(acct)
+        return accounts
+
+    @invariant()
+    def the_bank_never_gives_back_more_than_it_booked(self) -> None:
+        m = self.model
+        for orig in set(m.given) | m.reversed:
+            booked = m.booked.get(orig, 0)
+            back = m.given.get(orig, 0) + (booked if orig in m.reversed else 0)
+            assert back <= booked, (orig, booked, back)
+
+    @invariant()
+    def the_gateway_never_admits_more_than_was_moved(self) -> None:
+        for acct in self._gateway_originals():
+            assert acct.given_fen <= acct.moved_fen
+            reversals = [r for r in acct.give_backs if r.biz_type == "XFER.REVERSE"
+                         and r.state == records.SUCCEEDED]
+            if reversals:
+                assert acct.original.state != records.SUCCEEDED, acct
+
+    @invariant()
+    def the_gateways_records_agree_with_the_banks_books(self) -> None:
+        m = self.model
+        for acct in self._gateway_originals():
+            rec = acct.original
+            key = rec.key
+            booked = key in m.booked
+            if booked and key not in m.reversed:
+                assert rec.state in (records.SUCCEEDED, records.REVERSING), (rec, "booked")
+            if rec.state == records.SUCCEEDED:
+                assert booked and key not in m.reversed, (rec, "not booked, or reversed")
+            if rec.state == records.FAILED:
+                assert not booked, (rec, "FAILED but booked")
+            for g in acct.give_backs:
+                if g.biz_type in GIVE_BACK_OF and g.state == records.SUCCEEDED:
+                    assert m.answers.get(g.key) == "0000", (g, "not booked by the bank")
+
+    @invariant()
+    def no_original_reaches_the_bank_twice(self) -> None:
+        for (sender, kind, sn), count in self.model.delivered.items():
+            if kind in ORIGINALS:
+                assert count <= 1, (sender, kind, sn, count)
+
+
+MoneySequences.TestCase.settings = settings(
+    max_examples=200, stateful_step_count=50, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+TestMoneySequences = MoneySequences.TestCase
