@@ -75,7 +75,7 @@ XFER_ROWS = [
 
 
 class Env:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, records: Sequence[Record] = JOURNAL) -> None:
         self.home = root / "home"
         self.keys = KeyStore.create(self.home / "keys", party=GW)
         self.bank = generate_key_file(root / "ccb.key", "ES256")
@@ -83,7 +83,7 @@ class Env:
         self.keys.add_peer(BANK, "BANK", pem(self.bank))
         self.keys.add_peer(BROKER, "BROKER", pem(self.broker))
         journal = Journal(self.home / "data" / "journal.sqlite3")
-        for i, r in enumerate(JOURNAL):
+        for i, r in enumerate(records):
             journal.insert_record(r, 1_790_000_000.0 + i)
         journal.flush()
         journal.close()
@@ -582,3 +582,106 @@ def test_console_eod_export_writes_a_file_that_checks(env: Env, tmp_path: Path) 
     assert files == ["XFER_GW01_GTJA_20261125.txt", "XFER_GW01_GTJA_20261125.txt.sig"]
     out = _console(env.home, "eod", "check", str(out_dir / files[0]), "--json")
     assert json.loads(out.stdout)["valid"] is True
+
+
+# --- a reversal of a payment or a subscription is no transfer (§8, issue 17 case 9) ---------
+def _journaled(origin: str, biz_type: str, biz_sn: str, **kw: object) -> Record:
+    """A request as the relay journals it: PENDING, answered later (see _answered)."""
+    return rec(origin, biz_type, biz_sn, "PENDING", **kw)
+
+
+#: GTJA's day with CCB: a transfer; a transfer GTJA reverses itself (its REV is listed);
+#: an order GTJA reverses (XFER.REVERSE of a PAY.ORDER: no FundAcct, listed nowhere); a
+#: subscription CCB never answered, reversed by the gateway (no reversal record).
+REVERSAL_DAY = [
+    _journaled(BROKER, "XFER.IN", "GTJAT1", amount_fen=10000, fund_acct=FUND, wallet_id=WALLET),
+    _journaled(BROKER, "XFER.IN", "GTJAT2", amount_fen=500, fund_acct=FUND, wallet_id=WALLET),
+    _journaled(BROKER, "XFER.REVERSE", "GTJAR2", amount_fen=500, fund_acct=FUND,
+               wallet_id=WALLET, orig_type="XFER.IN", orig_from=BROKER, orig_biz_sn="GTJAT2"),
+    _journaled(BROKER, "PAY.ORDER", "GTJAP1", amount_fen=9900, wallet_id=WALLET,
+               order_no="OGTJAP1", product_code="L2DATA"),
+    _journaled(BROKER, "XFER.REVERSE", "GTJAR1", amount_fen=9900, wallet_id=WALLET,
+               orig_type="PAY.ORDER", orig_from=BROKER, orig_biz_sn="GTJAP1"),
+    _journaled(BROKER, "OTC.SUBSCRIBE", "GTJAO1", amount_fen=50_000_000, wallet_id=CORP,
+               order_no="OTCGTJAO1", product_code="SY001"),
+]
+#: How each was settled, in order, through Journal.update_record as the gateway does it.
+REVERSAL_ANSWERS: list[tuple[str, str, dict[str, str]]] = [
+    ("XFER.IN", "GTJAT1", {"state": "SUCCEEDED", "bank_sn": "BKT1", "sweep_ref": "SWT1"}),
+    ("XFER.IN", "GTJAT2", {"state": "SUCCEEDED", "bank_sn": "BKT2", "sweep_ref": "SWT2"}),
+    ("XFER.REVERSE", "GTJAR2", {"state": "SUCCEEDED", "bank_sn": "RVR2"}),
+    ("XFER.IN", "GTJAT2", {"state": "REVERSED"}),
+    ("PAY.ORDER", "GTJAP1", {"state": "SUCCEEDED", "bank_sn": "PYP1"}),
+    ("XFER.REVERSE", "GTJAR1", {"state": "SUCCEEDED", "bank_sn": "RVR1"}),
+    ("PAY.ORDER", "GTJAP1", {"state": "REVERSED"}),
+    ("OTC.SUBSCRIBE", "GTJAO1", {"state": "REVERSING"}),
+    ("OTC.SUBSCRIBE", "GTJAO1", {"state": "REVERSED"}),
+]
+#: CCB's own files of that day, as a bank following §8 writes them.
+CCB_FILES = {
+    "XFER": [["GTJAT1", "IN", FUND, WALLET, "100.00", "S", "BKT1", "SWT1", T],
+             ["GTJAT2", "IN", FUND, WALLET, "5.00", "R", "BKT2", "SWT2", T],
+             ["GTJAR2", "REV", FUND, WALLET, "5.00", "S", "RVR2", "", T]],
+    "PAY": [["GTJAP1", "OGTJAP1", WALLET, "99.00", "R", "L2DATA", T]],
+    "OTC": [["GTJAO1", "OTCGTJAO1", CORP, "500000.00", "R", "", T]],
+}
+
+
+def reversal_day(root: Path) -> Env:
+    env = Env(root, REVERSAL_DAY)
+    journal = Journal(env.home / "data" / "journal.sqlite3")
+    for i, (biz_type, biz_sn, changes) in enumerate(REVERSAL_ANSWERS):
+        journal.update_record((BROKER, biz_type, biz_sn), 1_790_000_100.0 + i, **changes)
+    journal.flush()
+    journal.close()
+    return env
+
+
+def _d_lines(path: Path) -> list[list[str]]:
+    return [line.split("|")[1:] for line in path.read_text().splitlines() if line[:2] == "D|"]
+
+
+@pytest.mark.parametrize("to", [BANK, BROKER])
+def test_export_of_a_day_with_a_reversed_order_and_subscription_checks_clean(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], to: str) -> None:
+    """`eod export --type XFER` lists the transfer's REV, not the order's reversal (no
+    FundAcct): the file checks valid and clean (it was rejected, exit 2); the PAY and
+    OTC exports show the reversed originals with Status R and check clean."""
+    env = reversal_day(tmp_path)
+    listed: dict[str, list[list[str]]] = {}
+    for file_type in ("XFER", "PAY", "OTC"):
+        assert export_command(env.home, "2026-11-25", file_type, to, tmp_path / "out") == 0
+        path = Path(capsys.readouterr().out.strip())
+        code, out = env.check(path, capsys)
+        assert code == 0 and out["valid"], out
+        assert out["missing_in_file"] == out["extra_in_file"] == out["mismatched"] == []
+        listed[file_type] = _d_lines(path)
+        assert out["matched"] == len(listed[file_type])
+    assert [(r[0], r[1], r[5]) for r in listed["XFER"]] == [
+        ("GTJAT1", "IN", "S"), ("GTJAT2", "IN", "R"), ("GTJAR2", "REV", "S")]
+    assert [(r[0], r[4]) for r in listed["PAY"]] == [("GTJAP1", "R")]
+    assert [(r[0], r[4]) for r in listed["OTC"]] == [("GTJAO1", "R")]
+
+
+def test_a_banks_files_of_that_day_reconcile_clean_and_the_order_reversal_is_extra(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    env = reversal_day(tmp_path)
+    for file_type, rows in CCB_FILES.items():
+        code, out = env.check(env.write(rows, file_type), capsys)
+        assert code == 0 and out["matched"] == len(rows), out
+    # a bank listing the order's reversal as a transfer lists a record no XFER file has
+    rev = ["GTJAR1", "REV", FUND, WALLET, "99.00", "S", "RVR1", "", T]
+    code, out = env.check(env.write([*CCB_FILES["XFER"], rev]), capsys)
+    assert code == 3 and out["extra_in_file"] == ["GTJAR1"] and out["matched"] == 3, out
+
+
+def test_records_of_day_leaves_out_the_reversal_of_an_order(tmp_path: Path) -> None:
+    env = reversal_day(tmp_path)
+    journal = Journal(env.home / "data" / "journal.sqlite3")
+    try:
+        got = journal.records_of_day("2026-11-25", (BROKER, BANK),
+                                     ("XFER.IN", "XFER.OUT", "XFER.REVERSE"))
+        assert [r.biz_sn for r in got] == ["GTJAT1", "GTJAT2", "GTJAR2"]
+        assert journal.record(BROKER, "XFER.REVERSE", "GTJAR1") is not None  # kept, unlisted
+    finally:
+        journal.close()
