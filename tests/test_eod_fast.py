@@ -221,7 +221,9 @@ def test_reversed_order_and_subscription_on_both_paths(
     """A day with a PAY.ORDER reversed by its originator and an OTC.SUBSCRIBE reversed by
     the gateway: the journal's stored lines of the originals say R (as the export does);
     the bank's files are proved clean by fingerprint and the exact check agrees; a file
-    listing the order's reversal as a transfer is declined and both report it extra."""
+    listing the order's reversal as a transfer is declined and both report it extra; one
+    giving the reversed subscription a BookDate (unknown to the gateway) is declined
+    and matched by the exact path."""
     env = reversal_day(tmp_path)
     db = sqlite3.connect(env.home / JOURNAL_FILE)
     stored = dict(db.execute("SELECT biz_sn, eod_line FROM record WHERE biz_type IN "
@@ -232,11 +234,14 @@ def test_reversed_order_and_subscription_on_both_paths(
     paths = {t: env.write(rows, t) for t, rows in CCB_FILES.items()}
     rev = ["GTJAR1", "REV", FUND, WALLET, "99.00", "S", "RVR1", "", T]
     extra = env.write([*CCB_FILES["XFER"], rev], out=tmp_path)
+    booked = [[*CCB_FILES["OTC"][0][:5], "2026-11-26", T]]  # a BookDate the journal lacks
+    booked_otc = env.write(booked, "OTC", out=tmp_path)
     for t, path in paths.items():
         assert prove(env, path).matched == len(CCB_FILES[t])
-    with pytest.raises(fingerprint.Declined):
-        prove(env, extra)
-    both = {p: as_dict(check_file(env.home, p)) for p in [*paths.values(), extra]}
+    for declined in (extra, booked_otc):
+        with pytest.raises(fingerprint.Declined):
+            prove(env, declined)
+    both = {p: as_dict(check_file(env.home, p)) for p in [*paths.values(), extra, booked_otc]}
     exact_only(monkeypatch)
     assert both == {p: as_dict(check_file(env.home, p)) for p in both}
     for t, path in paths.items():
@@ -244,6 +249,7 @@ def test_reversed_order_and_subscription_on_both_paths(
         assert [] == both[path]["missing_in_file"] == both[path]["extra_in_file"] \
             == both[path]["mismatched"]
     assert both[extra]["valid"] and both[extra]["extra_in_file"] == ["GTJAR1"]
+    assert both[booked_otc]["matched"] == 1 and not both[booked_otc]["mismatched"]
 
 
 # --- hostile files get a reason, never a crash -----------------------------------------
