@@ -569,9 +569,14 @@ class Journal:
 
     def records_of_day(self, trade_date: str, parties: tuple[str, str],
                        biz_types: tuple[str, ...]) -> list[Record]:
+        """The two parties' records of ``biz_types`` that their §8 files of that trade
+        date list, oldest first, in any state: a reversal of a PAY.ORDER or
+        OTC.SUBSCRIBE is in none (gateway/eod/mapping.py LISTED_SQL)."""
+        from .eod.mapping import LISTED_SQL  # loaded when a day is read, not with the journal
+
         t = ",".join("?" for _ in biz_types)
         return self._records(
-            f"trade_date=? AND biz_type IN ({t}) AND ((origin=? AND receiver=?)"
+            f"trade_date=? AND biz_type IN ({t}) AND {LISTED_SQL} AND ((origin=? AND receiver=?)"
             " OR (origin=? AND receiver=?)) ORDER BY created_at",
             (trade_date, *biz_types, parties[0], parties[1], parties[1], parties[0]))
 

@@ -9,21 +9,32 @@ import datetime as dt
 import hashlib
 import json
 import shutil
+import signal
+import sqlite3
 import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from gateway.eod import check_command, export_command, watch_command, write_file
-from gateway.eod.check import check_file
-from gateway.eod.fileformat import fen, fen_text
+from gateway.eod import check_command, export_command, fingerprint, watch_command, write_file
+from gateway.eod.check import _header, check_file, signer_key
+from gateway.eod.fileformat import fen, fen_text, parse_name
+from gateway.eod.report import as_dict
 from gateway.eod.signing import sign_file
 from gateway.exitcodes import EXIT_FAILED, EXIT_USAGE
 from gateway.journal import Journal, Record
 from gateway.keystore import KeyStore, generate_key_file
+from gateway.message import Head, Message
 from gateway.signature import Signer
+from gateway.sim.bank import BankBook
+from gateway.sim.ledger import Ledger
+from gateway.sim.runtime import ensure_key
+
+import flows
 
 DAY = dt.date(2026, 11, 25)
 CREATED = dt.datetime(2026, 11, 25, 18, 0, tzinfo=dt.timezone(dt.timedelta(hours=8)))
@@ -75,7 +86,7 @@ XFER_ROWS = [
 
 
 class Env:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, records: Sequence[Record] = JOURNAL) -> None:
         self.home = root / "home"
         self.keys = KeyStore.create(self.home / "keys", party=GW)
         self.bank = generate_key_file(root / "ccb.key", "ES256")
@@ -83,7 +94,7 @@ class Env:
         self.keys.add_peer(BANK, "BANK", pem(self.bank))
         self.keys.add_peer(BROKER, "BROKER", pem(self.broker))
         journal = Journal(self.home / "data" / "journal.sqlite3")
-        for i, r in enumerate(JOURNAL):
+        for i, r in enumerate(records):
             journal.insert_record(r, 1_790_000_000.0 + i)
         journal.flush()
         journal.close()
@@ -540,7 +551,6 @@ def test_a_path_with_no_file_is_not_judged(env: Env, capsys: pytest.CaptureFixtu
 # --- the console command, run as an operator would ------------------------------------------
 
 def _console(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    import sys
     return subprocess.run([sys.executable, "-m", "gateway", "--home", str(home), *args],
                           capture_output=True, text=True, timeout=120)
 
@@ -582,3 +592,241 @@ def test_console_eod_export_writes_a_file_that_checks(env: Env, tmp_path: Path) 
     assert files == ["XFER_GW01_GTJA_20261125.txt", "XFER_GW01_GTJA_20261125.txt.sig"]
     out = _console(env.home, "eod", "check", str(out_dir / files[0]), "--json")
     assert json.loads(out.stdout)["valid"] is True
+
+
+# --- a reversal of a payment or a subscription is no transfer (§8, issue 17 case 9) ---------
+def _journaled(origin: str, biz_type: str, biz_sn: str, **kw: object) -> Record:
+    """A request as the relay journals it: PENDING, answered later (see _answered)."""
+    return rec(origin, biz_type, biz_sn, "PENDING", **kw)
+
+
+#: GTJA's day with CCB: a transfer; a transfer GTJA reverses itself (its REV is listed);
+#: an order GTJA reverses (XFER.REVERSE of a PAY.ORDER: no FundAcct, listed nowhere); a
+#: subscription CCB never answered, reversed by the gateway (no reversal record).
+REVERSAL_DAY = [
+    _journaled(BROKER, "XFER.IN", "GTJAT1", amount_fen=10000, fund_acct=FUND, wallet_id=WALLET),
+    _journaled(BROKER, "XFER.IN", "GTJAT2", amount_fen=500, fund_acct=FUND, wallet_id=WALLET),
+    _journaled(BROKER, "XFER.REVERSE", "GTJAR2", amount_fen=500, fund_acct=FUND,
+               wallet_id=WALLET, orig_type="XFER.IN", orig_from=BROKER, orig_biz_sn="GTJAT2"),
+    _journaled(BROKER, "PAY.ORDER", "GTJAP1", amount_fen=9900, wallet_id=WALLET,
+               order_no="OGTJAP1", product_code="L2DATA"),
+    _journaled(BROKER, "XFER.REVERSE", "GTJAR1", amount_fen=9900, wallet_id=WALLET,
+               orig_type="PAY.ORDER", orig_from=BROKER, orig_biz_sn="GTJAP1"),
+    _journaled(BROKER, "OTC.SUBSCRIBE", "GTJAO1", amount_fen=50_000_000, wallet_id=CORP,
+               order_no="OTCGTJAO1", product_code="SY001"),
+]
+#: How each was settled, in order, through Journal.update_record as the gateway does it.
+REVERSAL_ANSWERS: list[tuple[str, str, dict[str, str]]] = [
+    ("XFER.IN", "GTJAT1", {"state": "SUCCEEDED", "bank_sn": "BKT1", "sweep_ref": "SWT1"}),
+    ("XFER.IN", "GTJAT2", {"state": "SUCCEEDED", "bank_sn": "BKT2", "sweep_ref": "SWT2"}),
+    ("XFER.REVERSE", "GTJAR2", {"state": "SUCCEEDED", "bank_sn": "RVR2"}),
+    ("XFER.IN", "GTJAT2", {"state": "REVERSED"}),
+    ("PAY.ORDER", "GTJAP1", {"state": "SUCCEEDED", "bank_sn": "PYP1"}),
+    ("XFER.REVERSE", "GTJAR1", {"state": "SUCCEEDED", "bank_sn": "RVR1"}),
+    ("PAY.ORDER", "GTJAP1", {"state": "REVERSED"}),
+    ("OTC.SUBSCRIBE", "GTJAO1", {"state": "REVERSING"}),
+    ("OTC.SUBSCRIBE", "GTJAO1", {"state": "REVERSED"}),
+]
+#: CCB's own files of that day, as a bank following §8 writes them.
+CCB_FILES = {
+    "XFER": [["GTJAT1", "IN", FUND, WALLET, "100.00", "S", "BKT1", "SWT1", T],
+             ["GTJAT2", "IN", FUND, WALLET, "5.00", "R", "BKT2", "SWT2", T],
+             ["GTJAR2", "REV", FUND, WALLET, "5.00", "S", "RVR2", "", T]],
+    "PAY": [["GTJAP1", "OGTJAP1", WALLET, "99.00", "R", "L2DATA", T]],
+    "OTC": [["GTJAO1", "OTCGTJAO1", CORP, "500000.00", "R", "", T]],
+}
+
+
+def reversal_day(root: Path) -> Env:
+    env = Env(root, REVERSAL_DAY)
+    journal = Journal(env.home / "data" / "journal.sqlite3")
+    for i, (biz_type, biz_sn, changes) in enumerate(REVERSAL_ANSWERS):
+        journal.update_record((BROKER, biz_type, biz_sn), 1_790_000_100.0 + i, **changes)
+    journal.flush()
+    journal.close()
+    return env
+
+
+def _d_lines(path: Path) -> list[list[str]]:
+    return [line.split("|")[1:] for line in path.read_text().splitlines() if line[:2] == "D|"]
+
+
+@pytest.mark.parametrize("to", [BANK, BROKER])
+def test_export_of_a_day_with_a_reversed_order_and_subscription_checks_clean(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], to: str) -> None:
+    """`eod export --type XFER` lists the transfer's REV, not the order's reversal (no
+    FundAcct): the file checks valid and clean (it was rejected, exit 2); the PAY and
+    OTC exports show the reversed originals with Status R and check clean."""
+    env = reversal_day(tmp_path)
+    listed: dict[str, list[list[str]]] = {}
+    for file_type in ("XFER", "PAY", "OTC"):
+        assert export_command(env.home, "2026-11-25", file_type, to, tmp_path / "out") == 0
+        path = Path(capsys.readouterr().out.strip())
+        code, out = env.check(path, capsys)
+        assert code == 0 and out["valid"], out
+        assert out["missing_in_file"] == out["extra_in_file"] == out["mismatched"] == []
+        listed[file_type] = _d_lines(path)
+        assert out["matched"] == len(listed[file_type])
+    assert [(r[0], r[1], r[5]) for r in listed["XFER"]] == [
+        ("GTJAT1", "IN", "S"), ("GTJAT2", "IN", "R"), ("GTJAR2", "REV", "S")]
+    assert [(r[0], r[4]) for r in listed["PAY"]] == [("GTJAP1", "R")]
+    assert [(r[0], r[4]) for r in listed["OTC"]] == [("GTJAO1", "R")]
+
+
+def test_a_banks_files_of_that_day_reconcile_clean_and_the_order_reversal_is_extra(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    env = reversal_day(tmp_path)
+    for file_type, rows in CCB_FILES.items():
+        code, out = env.check(env.write(rows, file_type), capsys)
+        assert code == 0 and out["matched"] == len(rows), out
+    # a bank listing the order's reversal as a transfer lists a record no XFER file has
+    rev = ["GTJAR1", "REV", FUND, WALLET, "99.00", "S", "RVR1", "", T]
+    code, out = env.check(env.write([*CCB_FILES["XFER"], rev]), capsys)
+    assert code == 3 and out["extra_in_file"] == ["GTJAR1"] and out["matched"] == 3, out
+
+
+def test_book_date_of_a_reversed_subscription_is_compared_where_both_hold_one(
+        tmp_path: Path, env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    """The gateway reversed GTJAO1 after a timeout and never learned its BookDate; CCB
+    booked it before the reversal came: matched.  A subscription that succeeded keeps
+    its BookDate compared, present or not."""
+    day = reversal_day(tmp_path / "reversed")
+    booked = [[*CCB_FILES["OTC"][0][:5], "2026-11-26", T]]
+    code, out = day.check(day.write(booked, "OTC"), capsys)
+    assert code == 0 and out["matched"] == 1, out
+    for book_date in ("", "2026-11-27"):
+        row = ["O1", "OR1", CORP, "1000000.00", "S", book_date, T]
+        code, out = env.check(env.write([row], "OTC"), capsys)
+        assert code == 3 and out["mismatched"] == [{"BizSn": "O1", "fields": {"BookDate": {
+            "file": book_date, "journal": "2026-11-26"}}}], out
+
+
+def test_records_of_day_leaves_out_the_reversal_of_an_order(tmp_path: Path) -> None:
+    env = reversal_day(tmp_path)
+    journal = Journal(env.home / "data" / "journal.sqlite3")
+    try:
+        got = journal.records_of_day("2026-11-25", (BROKER, BANK),
+                                     ("XFER.IN", "XFER.OUT", "XFER.REVERSE"))
+        assert [r.biz_sn for r in got] == ["GTJAT1", "GTJAT2", "GTJAR2"]
+        assert journal.record(BROKER, "XFER.REVERSE", "GTJAR1") is not None  # kept, unlisted
+    finally:
+        journal.close()
+
+
+def test_sim_banks_transfer_file_lists_reversals_of_transfers_only(tmp_path: Path) -> None:
+    """The reference bank's XFER lines: GTJA's reversal of its transfer is a REV, its
+    reversal of an order is not (the order's PAY line says R) — also in books kept
+    before a reversal recorded what it reversed (only a transfer's has a FundAcct)."""
+    book = BankBook(Ledger(tmp_path / "CCB-ledger.sqlite3"), BANK, lambda: "2026-11-25",
+                    lambda: "2026-11-25T10:00:00.000+08:00")
+    book.seed(BROKER)
+
+    def request(kind: str, sender: str = BROKER, **body: str) -> None:
+        head = Head(kind + ".REQ", f"{sender}{body['BizSn']}", sender, BANK,
+                    "2026-11-25T10:00:00.000+08:00", trade_date="2026-11-25")
+        answer = book.handle(Message(head, body, b""), {})
+        assert answer is not None and answer["Result"] == "0000", answer
+
+    wallet, fund = flows.WALLET, flows.FUND
+    book.ledger.set_link(wallet, fund)
+    request("XFER.IN", BizSn="GTJAT1", FundAcct=fund, WalletId=wallet, Amount="5.00", Ccy="CNY")
+    request("XFER.REVERSE", BizSn="GTJAR2", OrigType="XFER.IN", OrigFrom=BROKER,
+            OrigBizSn="GTJAT1", Amount="5.00")
+    request("PAY.ORDER", BizSn="GTJAP1", OrderNo="OGTJAP1", WalletId=wallet, Amount="99.00",
+            Ccy="CNY", ProductCode="L2DATA", ProductKind="LEVEL2", ServiceEnd="2099-12-31")
+    request("XFER.REVERSE", BizSn="GTJAR1", OrigType="PAY.ORDER", OrigFrom=BROKER,
+            OrigBizSn="GTJAP1", Amount="99.00")
+    for _ in ("kept", "books of before"):
+        files = book.eod_records("2026-11-25", BROKER, GW)
+        assert [(r[0], r[1], r[5]) for r in files["XFER"]] == [("GTJAT1", "IN", "R"),
+                                                               ("GTJAR2", "REV", "S")]
+        assert [(r[0], r[4]) for r in files["PAY"]] == [("GTJAP1", "R")]
+        book.ledger.db.execute("UPDATE op SET orig_type = NULL")
+
+
+def _sim_bank_day(home: Any, gw: Any, sim_home: Path, eod_dir: Path) -> None:
+    """GTJA's day with `gateway sim bank` CCB (which books GTJAO1 and never answers it);
+    the sim writes its four end-of-day files into ``eod_dir`` as it stops."""
+    bank = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "--home", str(sim_home), "sim", "bank", "--connect",
+         f"127.0.0.1:{gw.port}", "--gateway-cert", str(home.root / "keys" / "gateway.crt"),
+         "--eod-dir", str(eod_dir), "--withhold", "GTJAO1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        gw.wait_for_log(r"CCB logged on as BANK", timeout=15)
+        gw.wait_for_log(r"session key G\w+ installed")
+        broker = gw.peer(BROKER).open_session()
+
+        def ask(msg_type: str, fields: list[tuple[str, Any]], encrypt: tuple[str, ...] = ()
+                ) -> str:
+            return str(flows.call(broker, msg_type, fields, encrypt=encrypt).body["Result"])
+
+        def reverse(sn: str, orig_type: str, orig_sn: str, amount: str) -> str:
+            return ask("XFER.REVERSE.REQ", [("BizSn", sn), ("OrigType", orig_type),
+                                            ("OrigFrom", BROKER), ("OrigBizSn", orig_sn),
+                                            ("Amount", amount)])
+
+        sign = [(k, v) for k, v in flows.sign_fields("GTJAS1") if k != "Phone"]
+        assert ask("CTS.SIGN.REQ", sign, encrypt=("IdNo",)) == "0000"
+        assert ask("XFER.IN.REQ", flows.xfer("GTJAT1", "100.00")) == "0000"
+        assert ask("XFER.IN.REQ", flows.xfer("GTJAT2", "5.00")) == "0000"
+        assert reverse("GTJAR2", "XFER.IN", "GTJAT2", "5.00") == "0000"
+        assert ask("PAY.ORDER.REQ", flows.pay("GTJAP1", "2099-12-31")) == "0000"
+        assert reverse("GTJAR1", "PAY.ORDER", "GTJAP1", "99.00") == "0000"
+        assert ask("OTC.SUBSCRIBE.REQ", flows.otc("GTJAO1")) == "B330"
+        gw.wait_for_log(r"reversal of OTC.SUBSCRIBE GTJAO1 from GTJA acknowledged")
+    finally:
+        bank.send_signal(signal.SIGTERM)
+        assert bank.wait(30) == 0
+
+
+def _fingerprint(gw_home: Path, path: Path) -> Any:
+    """The fast path alone on a peer's file (raises fingerprint.Declined)."""
+    name = parse_name(path.name)
+    key = signer_key(KeyStore(gw_home / "keys"), name.from_party)
+    return fingerprint.prove(gw_home / "data" / "journal.sqlite3", GW, name, path, key,
+                             path.with_name(path.name + ".sig").read_bytes(), _header)
+
+
+#: What each file of that live day lists: BizSn and Status.
+LIVE_DAY = {"XFER": ["GTJAT1 S", "GTJAT2 R", "GTJAR2 S"], "SIGN": ["GTJAS1 S"],
+            "PAY": ["GTJAP1 R"], "OTC": ["GTJAO1 R"]}
+
+
+def test_a_live_day_with_a_reversed_order_and_subscription_reconciles_on_both_sides(
+        home, start_gateway, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """Over loopback, a gateway and `gateway sim bank`: GTJA pays an order and reverses
+    it, subscribes (CCB books it, never answers: the gateway reverses it), and moves and
+    reverses a transfer.  The bank's own four files and the gateway's XFER/PAY/OTC
+    exports all check valid with no discrepancy, on the fingerprint path and the exact
+    one alike."""
+    sim_home, eod_dir = tmp_path / "ccb", tmp_path / "eod"
+    KeyStore(home.root / "keys").add_peer(BANK, "BANK", ensure_key(sim_home, BANK).read_bytes())
+    _sim_bank_day(home, start_gateway(**flows.FAST_REVERSALS), sim_home, eod_dir)
+    db = sqlite3.connect(home.root / "data" / "journal.sqlite3")
+    (day,), = db.execute("SELECT DISTINCT trade_date FROM record").fetchall()
+    db.close()
+    bank_files = sorted(eod_dir.glob("*.txt"))
+    exports = []
+    for file_type in ("XFER", "PAY", "OTC"):
+        assert export_command(home.root, day, file_type, BANK, tmp_path / "gw") == 0
+        exports.append(Path(capsys.readouterr().out.strip()))
+    assert [p.name.split("_")[0] for p in bank_files] == ["OTC", "PAY", "SIGN", "XFER"]
+    for path in (*bank_files, *exports):
+        file_type = path.name.split("_")[0]
+        status_at = 4 if file_type in ("PAY", "OTC") else 5
+        assert [f"{r[0]} {r[status_at]}" for r in _d_lines(path)] == LIVE_DAY[file_type]
+    for path in bank_files[1:]:
+        assert _fingerprint(home.root, path).matched == len(_d_lines(path)), path.name
+    # CCB booked the subscription (a BookDate) before the gateway's reversal reached it;
+    # the gateway, its answer never taken, has none: matched by the exact path alone
+    assert _d_lines(bank_files[0])[0][5] != ""
+    with pytest.raises(fingerprint.Declined):
+        _fingerprint(home.root, bank_files[0])
+    reports = {p: as_dict(check_file(home.root, p)) for p in (*bank_files, *exports)}
+    for path, report in reports.items():
+        assert report["valid"] and report["matched"] == len(_d_lines(path)), report
+        assert [] == report["missing_in_file"] == report["extra_in_file"] == report["mismatched"]
+    monkeypatch.setattr(fingerprint, "available", lambda *a: False)
+    assert reports == {p: as_dict(check_file(home.root, p)) for p in reports}

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from test_eod import (
     BANK,
     BROKER,
+    CCB_FILES,
     DAY,
     FUND,
     GW,
@@ -30,6 +31,7 @@ from test_eod import (
     T,
     _trailer,
     header,
+    reversal_day,
 )
 
 from gateway.eod import check_file, fingerprint, watch_command
@@ -212,6 +214,42 @@ def test_journal_eod_line_is_what_export_writes(env: Env, file_type: str) -> Non
     stored = dict(db.execute(f"SELECT biz_sn, eod_line FROM record WHERE biz_sn IN ({marks})",
                              tuple(exported)).fetchall())
     assert stored == exported
+
+
+def test_reversed_order_and_subscription_on_both_paths(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A day with a PAY.ORDER reversed by its originator and an OTC.SUBSCRIBE reversed by
+    the gateway: the journal's stored lines of the originals say R (as the export does);
+    the bank's files are proved clean by fingerprint and the exact check agrees; a file
+    listing the order's reversal as a transfer is declined and both report it extra; one
+    giving the reversed subscription a BookDate (unknown to the gateway) is declined
+    and matched by the exact path."""
+    env = reversal_day(tmp_path)
+    db = sqlite3.connect(env.home / JOURNAL_FILE)
+    stored = dict(db.execute("SELECT biz_sn, eod_line FROM record WHERE biz_type IN "
+                             "('PAY.ORDER', 'OTC.SUBSCRIBE')").fetchall())
+    db.close()
+    assert stored == {"GTJAP1": f"D|GTJAP1|OGTJAP1|{WALLET}|99.00|R|L2DATA",
+                      "GTJAO1": "D|GTJAO1|OTCGTJAO1|9999000011112222|500000.00|R|"}
+    paths = {t: env.write(rows, t) for t, rows in CCB_FILES.items()}
+    rev = ["GTJAR1", "REV", FUND, WALLET, "99.00", "S", "RVR1", "", T]
+    extra = env.write([*CCB_FILES["XFER"], rev], out=tmp_path)
+    booked = [[*CCB_FILES["OTC"][0][:5], "2026-11-26", T]]  # a BookDate the journal lacks
+    booked_otc = env.write(booked, "OTC", out=tmp_path)
+    for t, path in paths.items():
+        assert prove(env, path).matched == len(CCB_FILES[t])
+    for declined in (extra, booked_otc):
+        with pytest.raises(fingerprint.Declined):
+            prove(env, declined)
+    both = {p: as_dict(check_file(env.home, p)) for p in [*paths.values(), extra, booked_otc]}
+    exact_only(monkeypatch)
+    assert both == {p: as_dict(check_file(env.home, p)) for p in both}
+    for t, path in paths.items():
+        assert both[path]["valid"] and both[path]["matched"] == len(CCB_FILES[t])
+        assert [] == both[path]["missing_in_file"] == both[path]["extra_in_file"] \
+            == both[path]["mismatched"]
+    assert both[extra]["valid"] and both[extra]["extra_in_file"] == ["GTJAR1"]
+    assert both[booked_otc]["matched"] == 1 and not both[booked_otc]["mismatched"]
 
 
 # --- hostile files get a reason, never a crash -----------------------------------------

@@ -116,6 +116,10 @@ CORE_FIELDS: dict[str, tuple[str, ...]] = {
     "OTC": ("OrderNo", "CorpWalletId", "Amount", "Status", "BookDate"),
 }
 COMPARED_IF_BOTH = ("BankSn", "SweepRef")
+#: Compared only where both hold one when the journal says ``R``: a subscription the
+#: gateway reversed after a timeout never had its answer taken, so the gateway never
+#: learned its BookDate (its receiver may have booked it before the reversal came).
+COMPARED_IF_BOTH_WHEN_REVERSED = ("BookDate",)
 
 
 def row_fields(file_type: str) -> tuple[str, ...]:

@@ -37,7 +37,7 @@ from pathlib import Path
 from gateway.signature import PublicKey
 
 from .fileformat import SUM_FIELD, TRAILER_RE, FileName, fen_text, record_text_regex
-from .mapping import BIZ_TYPES, FINAL_STATES, scope
+from .mapping import BIZ_TYPES, FINAL_STATES, LISTED_SQL, scope
 from .reconcile import JOURNAL_SCHEMA_WITH_LINES, Reconciliation
 from .scan import MAX_LINE_BYTES
 from .signing import BadSignature, verify_file
@@ -154,7 +154,8 @@ def prove(journal: Path, gateway: str, name: FileName, path: Path, key: PublicKe
 def _day(name: FileName, gateway: str) -> tuple[str, tuple[object, ...]]:
     kinds = BIZ_TYPES[name.file_type]
     pair, pair_args = scope(gateway, name.from_party, name.to_party)
-    where = (f"trade_date=? AND biz_type IN ({','.join('?' for _ in kinds)}) AND {pair}"
+    where = (f"trade_date=? AND biz_type IN ({','.join('?' for _ in kinds)})"
+             f" AND {LISTED_SQL} AND {pair}"
              f" AND state IN ({','.join(repr(s) for s in FINAL_STATES)})")
     return where, (name.day.isoformat(), *kinds, *pair_args)
 

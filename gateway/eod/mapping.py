@@ -21,6 +21,16 @@ BIZ_TYPES: dict[str, tuple[str, ...]] = {
     "OTC": ("OTC.SUBSCRIBE",),
 }
 
+#: Originals whose reversal (a peer's XFER.REVERSE) an XFER file lists as ``REV`` (§8).
+#: The reversal of a PAY.ORDER or OTC.SUBSCRIBE is no transfer (it has no FundAcct): no
+#: file lists it; its original, REVERSED, shows Status ``R`` in the PAY or OTC file.
+REVERSED_TRANSFERS = ("XFER.IN", "XFER.OUT")
+
+#: SQL condition every journal row a file lists meets, whatever the file's TYPE: it
+#: leaves out exactly the reversals of what is not a transfer.
+LISTED_SQL = "(biz_type <> 'XFER.REVERSE' OR orig_type IN ({}))".format(
+    ", ".join(f"'{t}'" for t in REVERSED_TRANSFERS))
+
 _COMMON = {"BizSn": "biz_sn", "FundAcct": "fund_acct", "WalletId": "wallet_id",
            "CorpWalletId": "wallet_id", "Amount": "amount_fen", "Status": STATUS_SQL,
            "BankSn": "bank_sn", "SweepRef": "sweep_ref", "AgreementNo": "agreement_no",
@@ -81,5 +91,5 @@ def day_query(file_type: str, fields: tuple[str, ...], trade_date: str, gateway:
     marks = ",".join("?" for _ in kinds)
     finals = ",".join(f"'{s}'" for s in FINAL_STATES)
     sql = (f"SELECT {exprs}, state IN ({finals}) AS final FROM {{db}}record "
-           f"WHERE trade_date=? AND biz_type IN ({marks}) AND {where}")
+           f"WHERE trade_date=? AND biz_type IN ({marks}) AND {LISTED_SQL} AND {where}")
     return sql, (trade_date, *kinds, *args)

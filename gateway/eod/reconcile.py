@@ -20,7 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .fileformat import COMPARED_IF_BOTH, CORE_FIELDS, FileName, field_names, row_fields
+from .fileformat import (
+    COMPARED_IF_BOTH,
+    COMPARED_IF_BOTH_WHEN_REVERSED,
+    CORE_FIELDS,
+    FileName,
+    field_names,
+    row_fields,
+)
 from .mapping import column, lines_day_query
 from .scan import Row
 
@@ -57,6 +64,7 @@ class Workspace:
         names = field_names(file_type)[1:-1]  # after BizSn, before Time: as in ``line``
         compared = (*CORE_FIELDS[file_type], *COMPARED_IF_BOTH)
         self._compared = [(i, n) for i, n in enumerate(names) if n in compared]
+        self._status_at = names.index("Status")
         self._dir = tempfile.TemporaryDirectory(prefix="sbdx-eod-")
         self.db = sqlite3.connect(f"file:{self._dir.name}/check.sqlite3", uri=True,
                                   isolation_level=None)
@@ -151,10 +159,13 @@ class Workspace:
         file_vals = file_line.split("|")[2:]
         journal_vals = journal_line.split("|")[2:] if journal_line is not None else []
         out: dict[str, dict[str, str | None]] = {}
+        if_both = COMPARED_IF_BOTH
+        if self._status_at < len(journal_vals) and journal_vals[self._status_at] == "R":
+            if_both += COMPARED_IF_BOTH_WHEN_REVERSED
         for i, name in self._compared:
             fv = file_vals[i]
             jv = journal_vals[i] if i < len(journal_vals) else ""
-            if name in COMPARED_IF_BOTH and (not fv or not jv):
+            if name in if_both and (not fv or not jv):
                 continue
             if fv != jv:
                 out[name] = {"file": fv, "journal": jv if jv or name != "Amount" else None}

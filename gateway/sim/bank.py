@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..bookdate import Calendar
+from ..eod.mapping import REVERSED_TRANSFERS
 from ..message import Message
 from ..rules import fen_text, to_fen
 from .ledger import Ledger, Op, biz_key
@@ -150,7 +151,8 @@ class BankBook:
                   fund_acct=fund, wallet_id=wallet, ref_sn=ref, sweep_ref=sweep, extra=text,
                   reversed=reversed_, order_no=message.text("OrderNo"),
                   product_code=message.text("ProductCode"), agreement_no=agreement,
-                  book_date=self._book_date() if kind == "OTC.SUBSCRIBE" and ok else None)
+                  book_date=self._book_date() if kind == "OTC.SUBSCRIBE" and ok else None,
+                  orig_type=message.text("OrigType"))
 
     def _book_date(self) -> str:
         """§6 OTC booking date by the gateway's rule, from our confirmation time."""
@@ -309,13 +311,15 @@ class BankBook:
                 "OTC": self._records(day, broker, ("OTC.SUBSCRIBE",), self._otc_row)}
 
     def xfer_records(self, day: str, broker: str, gateway: str) -> list[list[str]]:
-        """§8 XFER D-records of the day with ``broker`` (gateway reversals show as R)."""
+        """§8 XFER D-records of the day with ``broker`` (gateway reversals show as R).
+        A reversal of a PAY.ORDER or OTC.SUBSCRIBE is no transfer and is not listed:
+        its original shows R in the PAY/OTC file."""
         out: list[list[str]] = []
         direction = {"XFER.IN": "IN", "XFER.OUT": "OUT", "XFER.REVERSE": "REV"}
         for op in self.ledger.ops(day):
             if op.biz_type not in direction or op.origin == gateway:
                 continue
-            if op.origin not in (broker, self.party):
+            if op.origin not in (broker, self.party) or not _of_a_transfer(op):
                 continue
             out.append([op.biz_sn, direction[op.biz_type], op.fund_acct or "",
                         op.wallet_id or "", fen_text(op.amount_fen or 0), _status(op),
@@ -342,6 +346,16 @@ class BankBook:
     def _otc_row(op: Op) -> list[str]:
         return [op.biz_sn, op.order_no or "", op.wallet_id or "", fen_text(op.amount_fen or 0),
                 _status(op), op.book_date or "", op.at]
+
+
+def _of_a_transfer(op: Op) -> bool:
+    """Whether a transfer-file op is a transfer or reverses one (§8 ``REV``).  A reversal
+    booked before ``orig_type`` was kept is judged by its FundAcct: only a transfer has one."""
+    if op.biz_type != "XFER.REVERSE":
+        return True
+    if op.orig_type is None:
+        return op.fund_acct is not None
+    return op.orig_type in REVERSED_TRANSFERS
 
 
 def _status(op: Op) -> str:

@@ -59,7 +59,8 @@ CREATE TABLE IF NOT EXISTS op (
     order_no TEXT,
     product_code TEXT,
     agreement_no TEXT,
-    book_date TEXT
+    book_date TEXT,
+    orig_type TEXT
 );
 CREATE INDEX IF NOT EXISTS op_day ON op (day);
 CREATE TABLE IF NOT EXISTS tombstone (
@@ -81,6 +82,7 @@ ADDED_COLUMNS = (
     ("op", "product_code", "TEXT"),
     ("op", "agreement_no", "TEXT"),
     ("op", "book_date", "TEXT"),
+    ("op", "orig_type", "TEXT"),
 )
 
 
@@ -120,6 +122,7 @@ class Op:
     product_code: str | None = None
     agreement_no: str | None = None
     book_date: str | None = None
+    orig_type: str | None = None  #: what an XFER.REVERSE reversed (its OrigType)
 
 
 @dataclass(frozen=True)
@@ -243,10 +246,11 @@ class Ledger:
         self.db.execute(
             "INSERT INTO op (biz_key, biz_type, origin, biz_sn, day, at, result, amount_fen,"
             " fund_acct, wallet_id, ref_sn, sweep_ref, extra, reversed, order_no, product_code,"
-            " agreement_no, book_date) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " agreement_no, book_date, orig_type) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (op.biz_key, op.biz_type, op.origin, op.biz_sn, op.day, op.at, op.result,
              op.amount_fen, op.fund_acct, op.wallet_id, op.ref_sn, op.sweep_ref, op.extra,
-             op.reversed, op.order_no, op.product_code, op.agreement_no, op.book_date))
+             op.reversed, op.order_no, op.product_code, op.agreement_no, op.book_date,
+             op.orig_type))
 
     def mark_reversed(self, key: str) -> None:
         self.db.execute("UPDATE op SET reversed=1 WHERE biz_key=?", (key,))
