@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import catalog, records
+from .bizsn import check_owner
 from .bookdate import Calendar
 from .config import Config
 from .errors import (
@@ -195,6 +196,7 @@ class Gateway(Node):
     def _on_request(self, session: Session, verified: Verified) -> None:
         message = verified.message
         dest = self._destination(session, message)
+        check_owner(message)  # E111 unless a record-creating BizSn begins with From (§4)
         plaintexts = self._plaintexts(verified)
         assert session.party is not None
         if dest is None:
