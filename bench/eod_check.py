@@ -43,7 +43,7 @@ KINDS = (("XFER.IN", "IN", BROKER, BANK), ("XFER.OUT", "OUT", BANK, BROKER))
 
 def transfer(i: int) -> tuple[str, str, str, str, str, int, str, str, str]:
     biz_type, direction, origin, receiver = KINDS[i % 2]
-    return (f"B{i:09d}", biz_type, direction, origin, receiver, 100 + (i * 7919) % 9_999_900,
+    return (f"{origin}{i:09d}", biz_type, direction, origin, receiver, 100 + (i * 7919) % 9_999_900,
             f"{1_000_000_000 + i}", f"{6_200_000_000_000_000 + i}", f"BS{i:09d}")
 
 

@@ -29,6 +29,7 @@ from gateway.message import Message  # noqa: E402
 from gateway.sim.runtime import Sim, start_sim  # noqa: E402
 
 BANK = "CCB"
+BROKER = "GTJA"  # every BizSn this driver sends begins with it (PROTOCOL §4)
 FUND, WALLET = "100020003000", "0071130812093028"
 KYC = {"CustName": "张三", "IdType": "01"}
 ID_NO = "110101199003071234"
@@ -98,7 +99,7 @@ class Driver:
             self.reactor.callLater(0.05, self.wait_ready)
 
     def sign(self) -> None:
-        body = {"BizSn": f"S{self.args.tag}", "FundAcct": FUND, "WalletId": WALLET,
+        body = {"BizSn": f"{BROKER}S{self.args.tag}", "FundAcct": FUND, "WalletId": WALLET,
                 "WalletLevel": "1", "WalletKind": "PERSONAL", **KYC, "IdNo": "",
                 "Phone": None, "Channel": "APP"}
 
@@ -130,7 +131,7 @@ class Driver:
         return self.now() < self.measure_to
 
     def send(self, due: float) -> None:
-        biz_sn = f"B{self.args.tag}{self.sent:08d}"
+        biz_sn = f"{BROKER}B{self.args.tag}{self.sent:08d}"
         self.sent += 1
         self.outstanding += 1
         sample = Sample(biz_sn, due)
@@ -251,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from twisted.internet import reactor
 
-    sim = start_sim(reactor, args.home, "BROKER", "GTJA", args.connect,
+    sim = start_sim(reactor, args.home, "BROKER", BROKER, args.connect,
                     args.gateway_cert.read_bytes(), connections=args.connections)
     sim.book.seed()
     driver = Driver(sim, reactor, args)

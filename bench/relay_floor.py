@@ -65,12 +65,12 @@ def per_call_us(fn: Callable[[], object], seconds: float) -> float:
 def hop_messages() -> tuple[tuple[Head, dict[str, str]], tuple[Head, dict[str, str]]]:
     req = (Head(type="XFER.OUT.REQ", msg_id="GTJA1790000000000000001", from_party="GTJA",
                 to_party="CCB", time=T, trade_date="2026-11-25"),
-           {"BizSn": "BR00000001", "FundAcct": "100020003000", "WalletId": "0071130812093028",
+           {"BizSn": "GTJA00000001", "FundAcct": "100020003000", "WalletId": "0071130812093028",
             "Amount": "1.00", "Ccy": "CNY"})
     rsp = (Head(type="XFER.OUT.RSP", msg_id="CCB1790000000000000001", from_party="CCB",
                 to_party="GTJA", time=T, trade_date="2026-11-25",
                 ref_id="GTJA1790000000000000001"),
-           {"Result": "0000", "ResultText": "交易成功", "BizSn": "BR00000001",
+           {"Result": "0000", "ResultText": "交易成功", "BizSn": "GTJA00000001",
             "BankSn": "BK0123456789ABCDEF0123"})
     return req, rsp
 
@@ -98,7 +98,7 @@ def _measure(seconds: float, synchronous: str, group: int, tmp: Path) -> dict[st
 
         def journal_hop(hop: str = hop, xml: bytes = xml) -> None:
             i = next(counter)
-            msg_id = f"M{i}"
+            msg_id = f"GTJAM{i}"  # also the BizSn: GTJA's own serial
             journal.log_message(0.0, "IN", "S1", "GTJA", "XFER.OUT.REQ", msg_id, None, b"env",
                                 xml)
             journal.remember("GTJA", msg_id, 0.0)

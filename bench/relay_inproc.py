@@ -150,7 +150,7 @@ def _run(round_trips: int, batch: int, profile: Path | None, tmp: Path,
     broker.open()
     bank.open()
     # one agreement, so XFER passes the B300 rule
-    _, xml = broker.peer.build("CTS.SIGN.REQ", sign_fields("S1"), to=BANK,
+    _, xml = broker.peer.build("CTS.SIGN.REQ", sign_fields("GTJAS1"), to=BANK,
                                encrypt=("IdNo", "Phone"))
     broker.feed(broker.peer.frame(xml))
     bank.feed(response_frames(bank.peer, bank.link.take(), AgreementNo="AG1"))
@@ -163,7 +163,7 @@ def _run(round_trips: int, batch: int, profile: Path | None, tmp: Path,
         n = min(batch, round_trips - done)
         requests = []
         for i in range(done, done + n):
-            _, xml = broker.peer.build("XFER.OUT.REQ", xfer(f"X{i:08d}", amount="1.00"), to=BANK)
+            _, xml = broker.peer.build("XFER.OUT.REQ", xfer(f"GTJAX{i:08d}", amount="1.00"), to=BANK)
             requests.append(broker.peer.frame(xml))
         cpu += timed(broker, b"".join(requests), prof)
         relayed = bank.link.take()

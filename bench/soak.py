@@ -127,7 +127,7 @@ def broker_session(rig: Rig) -> TestPeer:
     gw_key = KeyStore(rig.gw_home / "keys").signer().public_key
     peer = TestPeer("GTJA", "BROKER", rig.broker_key, rig.port,
                     gateway_public_key=gw_key).open_session()
-    fields = [(k, v) for k, v in sign_fields("S1") if k != "Phone"]
+    fields = [(k, v) for k, v in sign_fields("GTJAS1") if k != "Phone"]
     rsp = peer.request("CTS.SIGN.REQ", fields, to="CCB", encrypt=("IdNo",))
     if rsp.body.get("Result") != "0000":
         raise RuntimeError(f"CTS.SIGN refused: {rsp.body}")
@@ -442,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     root = args.dir or Path(tempfile.mkdtemp(prefix="sbdx-soak-"))
     root.mkdir(parents=True, exist_ok=True)
-    withheld = [f"W{i:04d}" for i in range(int(args.minutes * 2) + 2)]
+    withheld = [f"GTJAW{i:04d}" for i in range(int(args.minutes * 2) + 2)]
     rig = start_rig(root, args.relay_timeout, withheld)
     checks = Checks()
     try:

@@ -131,7 +131,7 @@ class Broker:
 
     def next_sn(self, prefix: str) -> str:
         self.seq += 1
-        return f"{prefix}{self.seq:08d}"
+        return f"{self.peer.party}{prefix}{self.seq:08d}"  # §4: the sender's PartyId first
 
     def send_business(self, msg_type: str, biz_sn: str, kind: str, fen: int) -> None:
         if msg_type == "PAY.ORDER.REQ":

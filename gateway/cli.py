@@ -63,7 +63,7 @@ def _cmd_peer_add(args: argparse.Namespace, home: Home) -> int:
         peer = store.add_peer(args.id, args.role, pem, connect=args.connect)
     except (OSError, ValueError) as exc:
         print(f"gateway peer add: refused: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     print(f"registered {peer.party} {peer.role} {peer.key_type} signer {peer.signer}"
           + (f" connect {peer.connect}" if peer.connect else ""))
     others = [p for p in store.parties_with_key(peer.signer) if p != peer.party]

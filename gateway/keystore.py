@@ -358,6 +358,7 @@ class KeyStore:
         check_party(party)
         if role not in ROLES:
             raise ValueError("role must be BANK or BROKER")
+        self._check_prefix_free(party)
         if connect is not None:
             check_connect(connect)
         stored = public_pem(pem)
@@ -372,6 +373,24 @@ class KeyStore:
                       json.dumps(raw, indent=2, sort_keys=True).encode() + b"\n")
         self._peer_cache = None
         return self._make_peer(party, raw[party])
+
+    def _check_prefix_free(self, party: str) -> None:
+        """§1: no PartyId registered at this gateway, its own included, is a prefix of
+        another, since every BizSn begins with its originator's PartyId (§4): with GTJA
+        and GTJAX both registered, GTJAX1 could be either's serial.  Re-registering the
+        same peer is not a clash (ValueError, one line saying what to do)."""
+        own = self.party
+        if party == own:
+            raise ValueError(f"{party} is this gateway's own PartyId; register the peer "
+                             "under its own PartyId")
+        for other in [own, *self._peers_raw()]:
+            if other == party or not (other.startswith(party) or party.startswith(other)):
+                continue
+            whose = "this gateway's own PartyId" if other == own else "the registered peer"
+            raise ValueError(f"{party} clashes with {whose} {other}: one is a prefix of the "
+                             "other, and PartyIds at one gateway must be prefix-free (§1: "
+                             "every BizSn begins with its sender's); choose an id that neither "
+                             f"begins with {other} nor is the start of it")
 
     def parties_with_key(self, signer: str) -> list[str]:
         """Every registered party whose key has signer id ``signer``."""

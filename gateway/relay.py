@@ -18,6 +18,7 @@ from typing import Any
 
 from . import catalog, records
 from .alerts import Alerts
+from .bizsn import check_owner
 from .bookdate import CHINA, Calendar
 from .config import Config
 from .errors import (
@@ -218,6 +219,7 @@ class Gateway(Node):
     def _on_request(self, session: Session, verified: Verified) -> None:
         message = verified.message
         dest = self._destination(session, message)
+        check_owner(message)  # E111 unless a record-creating BizSn begins with From (§4)
         plaintexts = self._plaintexts(verified)
         assert session.party is not None
         if dest is None:

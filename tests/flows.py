@@ -70,7 +70,10 @@ def call(peer: TestPeer, msg_type: str, fields: list[tuple[str, Any]], to: str =
     return peer._answer_to(msg_id, msg_type)
 
 
-def signed(bank: TestPeer, broker: TestPeer, biz_sn: str = "S1", **kw: str) -> Frame:
+def signed(bank: TestPeer, broker: TestPeer, biz_sn: str | None = None, **kw: str) -> Frame:
+    """``broker`` signs the usual agreement (BizSn ``<broker>S1`` unless given; its
+    AgreementNo is "AG" + the BizSn)."""
+    biz_sn = biz_sn or f"{broker.party}S1"
     rsp = call(broker, "CTS.SIGN.REQ", sign_fields(biz_sn, **kw), bank=bank,
                encrypt=("IdNo", "Phone"), AgreementNo="AG" + biz_sn)
     assert rsp.body["Result"] == "0000", rsp.body

@@ -51,7 +51,7 @@ def test_a_receiver_slower_than_the_retry_interval_still_completes_the_reversal(
     to the first attempt settles it, and the late answers to the others do no harm."""
     gw, bank, broker = day
     signed(bank, broker)
-    timed_out(bank, broker, "T1")
+    timed_out(bank, broker, "GTJAT1")
     attempts = [bank.recv("XFER.REVERSE.REQ", timeout=5) for _ in range(3)]
     assert len({a.head("MsgId") for a in attempts}) == 3
     assert {a.body["BizSn"] for a in attempts} == {attempts[0].body["BizSn"]}  # one reversal
@@ -61,7 +61,7 @@ def test_a_receiver_slower_than_the_retry_interval_still_completes_the_reversal(
         ack_reversal(bank, attempt)  # late duplicates
     with pytest.raises(TimeoutError):
         bank.recv("XFER.REVERSE.REQ", timeout=2.5)  # no further retry
-    assert status(broker, "T1", "XFER.OUT") == "REVERSED"
+    assert status(broker, "GTJAT1", "XFER.OUT") == "REVERSED"
     state, result = journal(gw).execute("SELECT state, result FROM reversal").fetchone()
     assert (state, result) == ("DONE", "0000")
     log = gw.log_text()
@@ -73,7 +73,7 @@ def test_an_answer_to_an_attempt_from_before_a_restart_completes_the_reversal(
     settings = FAST_REVERSALS
     gw = start_gateway(**settings)
     bank, broker = signed_pair(gw)
-    timed_out(bank, broker, "T4")
+    timed_out(bank, broker, "GTJAT4")
     before = bank.recv("XFER.REVERSE.REQ", timeout=5)
     gw.kill()
     gw2 = start_gateway(**settings)
@@ -82,20 +82,20 @@ def test_an_answer_to_an_attempt_from_before_a_restart_completes_the_reversal(
     assert after.head("MsgId") != before.head("MsgId")
     ack_reversal(bank2, before)  # the bank answers the attempt it got before the restart
     gw2.wait_for_log(r"acknowledged \(0000\): REVERSED")
-    assert status(gw2.peer(BROKER).open_session(), "T4", "XFER.OUT") == "REVERSED"
+    assert status(gw2.peer(BROKER).open_session(), "GTJAT4", "XFER.OUT") == "REVERSED"
 
 
 def test_a_reversal_the_receiver_drops_once_is_retried_and_completes(day) -> None:  # type: ignore[no-untyped-def]
     gw, bank, broker = day
     signed(bank, broker)
-    timed_out(bank, broker, "T2")
+    timed_out(bank, broker, "GTJAT2")
     first = bank.recv("XFER.REVERSE.REQ", timeout=5)  # dropped: never answered
     second = bank.recv("XFER.REVERSE.REQ", timeout=5)
     assert second.head("MsgId") != first.head("MsgId")
     assert second.body == first.body
     ack_reversal(bank, second)
     gw.wait_for_log(r"acknowledged \(0000\): REVERSED")
-    assert status(broker, "T2", "XFER.OUT") == "REVERSED"
+    assert status(broker, "GTJAT2", "XFER.OUT") == "REVERSED"
 
 
 def test_a_peers_reversal_of_what_the_gateway_reversed_gets_the_first_result(day) -> None:  # type: ignore[no-untyped-def]
@@ -103,17 +103,17 @@ def test_a_peers_reversal_of_what_the_gateway_reversed_gets_the_first_result(day
     reversal is in flight, 0000 once it is acknowledged; neither reaches the bank."""
     gw, bank, broker = day
     signed(bank, broker)
-    timed_out(bank, broker, "T3")
+    timed_out(bank, broker, "GTJAT3")
     attempt = bank.recv("XFER.REVERSE.REQ", timeout=5)
-    mine = [("BizSn", "V3"), ("OrigType", "XFER.OUT"), ("OrigFrom", BROKER),
-            ("OrigBizSn", "T3"), ("Amount", "100.00")]
+    mine = [("BizSn", "GTJAV3"), ("OrigType", "XFER.OUT"), ("OrigFrom", BROKER),
+            ("OrigBizSn", "GTJAT3"), ("Amount", "100.00")]
     assert call(broker, "XFER.REVERSE.REQ", mine).body["Result"] == "B330"
-    from_bank = [("BizSn", "BV3"), *mine[1:]]  # the receiver may ask too
+    from_bank = [("BizSn", "CCBBV3"), *mine[1:]]  # the receiver may ask too
     assert call(bank, "XFER.REVERSE.REQ", from_bank, to=BROKER).body["Result"] == "B330"
     ack_reversal(bank, attempt)
     gw.wait_for_log(r"acknowledged \(0000\): REVERSED")
     done = call(broker, "XFER.REVERSE.REQ", mine)
-    assert (done.body["Result"], done.body["BizSn"]) == ("0000", "V3")
+    assert (done.body["Result"], done.body["BizSn"]) == ("0000", "GTJAV3")
     assert call(bank, "XFER.REVERSE.REQ", from_bank, to=BROKER).body["Result"] == "0000"
     relayed = journal(gw).execute("SELECT count(*) FROM message WHERE direction='OUT' AND "
                                   "msg_type='XFER.REVERSE.REQ' AND msg_id NOT LIKE 'GW01%'")
@@ -124,20 +124,20 @@ def test_a_peers_reversal_of_what_the_gateway_reversed_gets_the_first_result(day
 def test_a_corporate_wallet_cannot_be_signed_b302(day) -> None:  # type: ignore[no-untyped-def]
     gw, bank, broker = day
     for level in ("1", "2"):
-        rsp = call(broker, "CTS.SIGN.REQ", sign_fields("C" + level, wallet=CORP, level=level,
+        rsp = call(broker, "CTS.SIGN.REQ", sign_fields("GTJAC" + level, wallet=CORP, level=level,
                                                        kind="CORPORATE"),
                    encrypt=("IdNo", "Phone"))
         assert rsp.body["Result"] == "B302", rsp.body
     with pytest.raises(TimeoutError):
         bank.recv(timeout=0.8)
-    signed(bank, broker, "C3")  # a personal class-I wallet still signs
+    signed(bank, broker, "GTJAC3")  # a personal class-I wallet still signs
 
 
 def test_b311_on_pay_order_and_otc_subscribe(day) -> None:  # type: ignore[no-untyped-def]
     gw, bank, broker = day
     end = (dt.date.today() + dt.timedelta(days=30)).isoformat()
-    assert call(broker, "PAY.ORDER.REQ", pay("P0", end, amount="0.00")).body["Result"] == "B311"
-    zero = [(k, "0.00" if k == "Amount" else v) for k, v in otc("O0")]
+    assert call(broker, "PAY.ORDER.REQ", pay("GTJAP0", end, amount="0.00")).body["Result"] == "B311"
+    zero = [(k, "0.00" if k == "Amount" else v) for k, v in otc("GTJAO0")]
     assert call(broker, "OTC.SUBSCRIBE.REQ", zero).body["Result"] == "B311"
     with pytest.raises(TimeoutError):
         bank.recv(timeout=0.8)
@@ -146,15 +146,15 @@ def test_b311_on_pay_order_and_otc_subscribe(day) -> None:  # type: ignore[no-un
 def test_xfer_in_originated_by_the_bank_and_queried_with_orig_from(day) -> None:  # type: ignore[no-untyped-def]
     gw, bank, broker = day
     signed(bank, broker)
-    rsp = call(bank, "XFER.IN.REQ", xfer("BI1", amount="66.00"), to=BROKER, bank=broker)
+    rsp = call(bank, "XFER.IN.REQ", xfer("CCBBI1", amount="66.00"), to=BROKER, bank=broker)
     assert rsp.body["Result"] == "0000"
     # the broker asks about the bank's record: OrigFrom names the other party
-    q = call(broker, "XFER.QUERY.REQ", [("BizSn", "BI1"), ("OrigType", "XFER.IN"),
+    q = call(broker, "XFER.QUERY.REQ", [("BizSn", "CCBBI1"), ("OrigType", "XFER.IN"),
                                         ("OrigFrom", BANK)], to="GW01")
     rec = q.records("Record")[0]
     assert (rec["OrigFrom"], rec["Status"], rec["Amount"]) == (BANK, "SUCCEEDED", "66.00")
-    # without OrigFrom the asker is meant, and the broker has no XFER.IN BI1
-    mine = call(broker, "XFER.QUERY.REQ", [("BizSn", "BI1"), ("OrigType", "XFER.IN")],
+    # without OrigFrom the asker is meant, and the broker has no XFER.IN CCBBI1
+    mine = call(broker, "XFER.QUERY.REQ", [("BizSn", "CCBBI1"), ("OrigType", "XFER.IN")],
                 to="GW01")
     assert mine.body["Result"] == "B313"
 
@@ -164,16 +164,16 @@ def _original_then(kind: str, bank: Any, broker: Any) -> list[tuple[str, Any]]:
     """Set up what a PAY.REFUND / OTC.REDEEM / XFER.REVERSE needs; return its fields."""
     if kind == "PAY.REFUND":
         end = (dt.date.today() + dt.timedelta(days=30)).isoformat()
-        assert call(broker, "PAY.ORDER.REQ", pay("P1", end), bank=bank).body["Result"] == "0000"
-        return [("BizSn", "R1"), ("OrigBizSn", "P1"), ("Amount", "99.00")]
+        assert call(broker, "PAY.ORDER.REQ", pay("GTJAP1", end), bank=bank).body["Result"] == "0000"
+        return [("BizSn", "GTJAR1"), ("OrigBizSn", "GTJAP1"), ("Amount", "99.00")]
     if kind == "OTC.REDEEM":
-        assert call(broker, "OTC.SUBSCRIBE.REQ", otc("O1"), bank=bank).body["Result"] == "0000"
-        return [("BizSn", "R1"), ("OrigBizSn", "O1"), ("CorpWalletId", CORP),
+        assert call(broker, "OTC.SUBSCRIBE.REQ", otc("GTJAO1"), bank=bank).body["Result"] == "0000"
+        return [("BizSn", "GTJAR1"), ("OrigBizSn", "GTJAO1"), ("CorpWalletId", CORP),
                 ("Amount", "500000.00")]
     signed(bank, broker)
-    assert call(broker, "XFER.OUT.REQ", xfer("T1"), bank=bank).body["Result"] == "0000"
-    return [("BizSn", "R1"), ("OrigType", "XFER.OUT"), ("OrigFrom", BROKER),
-            ("OrigBizSn", "T1"), ("Amount", "100.00")]
+    assert call(broker, "XFER.OUT.REQ", xfer("GTJAT1"), bank=bank).body["Result"] == "0000"
+    return [("BizSn", "GTJAR1"), ("OrigType", "XFER.OUT"), ("OrigFrom", BROKER),
+            ("OrigBizSn", "GTJAT1"), ("Amount", "100.00")]
 
 
 @pytest.mark.parametrize("kind", ["PAY.REFUND", "OTC.REDEEM", "XFER.REVERSE"])
@@ -194,11 +194,11 @@ def test_repeat_of_a_refund_redemption_or_reversal_is_not_relayed_twice(day, kin
 def test_a_repeat_while_the_original_is_in_flight_waits_for_its_answer(day) -> None:  # type: ignore[no-untyped-def]
     gw, bank, broker = day
     signed(bank, broker)
-    first = broker.send("XFER.OUT.REQ", xfer("W1"), to=BANK)
+    first = broker.send("XFER.OUT.REQ", xfer("GTJAW1"), to=BANK)
     req = bank.recv("XFER.OUT.REQ")
-    second = broker.send("XFER.OUT.REQ", xfer("W1"), to=BANK)
-    gw.wait_for_log("repeat of XFER.OUT W1 from GTJA: not relayed again")
-    bank.send("XFER.OUT.RSP", [("Result", "0000"), ("ResultText", "ok"), ("BizSn", "W1"),
+    second = broker.send("XFER.OUT.REQ", xfer("GTJAW1"), to=BANK)
+    gw.wait_for_log("repeat of XFER.OUT GTJAW1 from GTJA: not relayed again")
+    bank.send("XFER.OUT.RSP", [("Result", "0000"), ("ResultText", "ok"), ("BizSn", "GTJAW1"),
                                ("BankSn", "BW1")], to=BROKER, ref=req.head("MsgId"))
     one = broker._answer_to(first, "XFER.OUT.REQ")
     two = broker._answer_to(second, "XFER.OUT.REQ")
@@ -212,7 +212,7 @@ def test_requests_round_robin_across_two_sessions_of_the_bank(day) -> None:  # t
     gw, bank, broker = day
     signed(bank, broker)
     bank2 = gw.peer(BANK).open_session()
-    sent = [broker.send("XFER.OUT.REQ", xfer(f"RR{i}"), to=BANK) for i in range(4)]
+    sent = [broker.send("XFER.OUT.REQ", xfer(f"GTJARR{i}"), to=BANK) for i in range(4)]
     got = {id(b): [b.recv("XFER.OUT.REQ").head("MsgId") for _ in range(2)] for b in (bank, bank2)}
     assert sorted(got[id(bank)] + got[id(bank2)]) == sorted(sent)
     for b in (bank, bank2):
@@ -224,13 +224,13 @@ def test_requests_round_robin_across_two_sessions_of_the_bank(day) -> None:  # t
 def test_relayed_xml_is_byte_for_byte_what_the_sender_signed(day) -> None:  # type: ignore[no-untyped-def]
     gw, bank, broker = day
     signed(bank, broker)
-    msg_id, xml = broker.build("XFER.OUT.REQ", xfer("B1"), to=BANK)
+    msg_id, xml = broker.build("XFER.OUT.REQ", xfer("GTJAB1"), to=BANK)
     broker.send_raw(broker.frame(xml))
     req = bank.recv("XFER.OUT.REQ")
     assert req.xml == xml
     bank.verify_from_gateway(req)  # a fresh envelope: the gateway's MAC and signature
     _, rsp_xml = bank.build("XFER.OUT.RSP", [("Result", "0000"), ("ResultText", "ok"),
-                                             ("BizSn", "B1"), ("BankSn", "BB1")],
+                                             ("BizSn", "GTJAB1"), ("BankSn", "BB1")],
                             to=BROKER, ref=msg_id)
     bank.send_raw(bank.frame(rsp_xml))
     assert broker._answer_to(msg_id, "XFER.OUT.REQ").xml == rsp_xml
@@ -240,14 +240,14 @@ def test_a_late_answer_to_an_unanswered_sign_settles_it_without_a_relay(day) -> 
     """Non-reversible: the timed-out CTS.SIGN stays PENDING (B331); the bank's late 0000 is
     journaled, settles the record and the agreement, and is not relayed to the broker."""
     gw, bank, broker = day
-    msg_id = broker.send("CTS.SIGN.REQ", sign_fields("S1"), to=BANK, encrypt=("IdNo", "Phone"))
+    msg_id = broker.send("CTS.SIGN.REQ", sign_fields("GTJAS1"), to=BANK, encrypt=("IdNo", "Phone"))
     req = bank.recv("CTS.SIGN.REQ")
     assert broker._answer_to(msg_id, "CTS.SIGN.REQ").body["Result"] == "B331"
     late = bank.send("CTS.SIGN.RSP", [("Result", "0000"), ("ResultText", "late"),
-                                      ("BizSn", "S1"), ("AgreementNo", "AGL1")],
+                                      ("BizSn", "GTJAS1"), ("AgreementNo", "AGL1")],
                      to=BROKER, ref=req.head("MsgId"))
-    gw.wait_for_log("late answer 0000 to CTS.SIGN S1")
-    assert status(broker, "S1", "CTS.SIGN") == "SUCCEEDED"
+    gw.wait_for_log("late answer 0000 to CTS.SIGN GTJAS1")
+    assert status(broker, "GTJAS1", "CTS.SIGN") == "SUCCEEDED"
     with pytest.raises(TimeoutError):
         broker.recv("CTS.SIGN.RSP", timeout=0.8)
     rows = journal(gw).execute("SELECT direction FROM message WHERE msg_id=?", (late,))
@@ -260,19 +260,19 @@ def test_a_late_answer_of_another_type_settles_nothing(day) -> None:  # type: ig
     wrong Type (an XFER.OUT.RSP B399 naming the CTS.SIGN's BizSn) gets E111, and the timed-out
     sign stays PENDING for the right answer, which still settles it."""
     gw, bank, broker = day
-    msg_id = broker.send("CTS.SIGN.REQ", sign_fields("S1"), to=BANK, encrypt=("IdNo", "Phone"))
+    msg_id = broker.send("CTS.SIGN.REQ", sign_fields("GTJAS1"), to=BANK, encrypt=("IdNo", "Phone"))
     req = bank.recv("CTS.SIGN.REQ")
     assert broker._answer_to(msg_id, "CTS.SIGN.REQ").body["Result"] == "B331"
     # not a success, so no §6 success field is missing: only its Type is wrong (and it
     # would settle the sign FAILED without the check)
     wrong = bank.send("XFER.OUT.RSP", [("Result", "B399"), ("ResultText", "late"),
-                                       ("BizSn", "S1")], to=BROKER, ref=req.head("MsgId"))
+                                       ("BizSn", "GTJAS1")], to=BROKER, ref=req.head("MsgId"))
     err = bank.recv("SYS.ERROR")
     assert (err.body["Code"], err.body["RefMsgId"]) == ("E111", wrong), err.body
-    assert status(broker, "S1", "CTS.SIGN") == "PENDING"
-    bank.send("CTS.SIGN.RSP", [("Result", "0000"), ("ResultText", "late"), ("BizSn", "S1"),
+    assert status(broker, "GTJAS1", "CTS.SIGN") == "PENDING"
+    bank.send("CTS.SIGN.RSP", [("Result", "0000"), ("ResultText", "late"), ("BizSn", "GTJAS1"),
                                ("AgreementNo", "AGL1")], to=BROKER, ref=req.head("MsgId"))
-    wait_status(broker, "S1", "CTS.SIGN", "SUCCEEDED")
+    wait_status(broker, "GTJAS1", "CTS.SIGN", "SUCCEEDED")
 
 
 def test_a_late_answer_to_a_repeat_asked_again_settles_the_sign(day) -> None:  # type: ignore[no-untyped-def]
@@ -280,7 +280,7 @@ def test_a_late_answer_to_a_repeat_asked_again_settles_the_sign(day) -> None:  #
     and times out too; the bank's late answer to that repeat still settles the record
     (found through the evidence of what was relayed), and it is not relayed."""
     gw, bank, broker = day
-    fields = sign_fields("S8")
+    fields = sign_fields("GTJAS8")
     first = broker.send("CTS.SIGN.REQ", fields, to=BANK, encrypt=("IdNo", "Phone"))
     bank.recv("CTS.SIGN.REQ")
     assert broker._answer_to(first, "CTS.SIGN.REQ").body["Result"] == "B331"
@@ -288,9 +288,9 @@ def test_a_late_answer_to_a_repeat_asked_again_settles_the_sign(day) -> None:  #
     asked = bank.recv("CTS.SIGN.REQ")
     assert asked.head("MsgId") == again
     assert broker._answer_to(again, "CTS.SIGN.REQ").body["Result"] == "B331"
-    bank.send("CTS.SIGN.RSP", [("Result", "0000"), ("ResultText", "late"), ("BizSn", "S8"),
+    bank.send("CTS.SIGN.RSP", [("Result", "0000"), ("ResultText", "late"), ("BizSn", "GTJAS8"),
                                ("AgreementNo", "AG8")], to=BROKER, ref=again)
-    wait_status(broker, "S8", "CTS.SIGN", "SUCCEEDED")
+    wait_status(broker, "GTJAS8", "CTS.SIGN", "SUCCEEDED")
     assert "answers no request" not in gw.log_text()
     with pytest.raises(TimeoutError):
         broker.recv("CTS.SIGN.RSP", timeout=0.5)

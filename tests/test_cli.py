@@ -175,6 +175,57 @@ def test_peer_add_warns_when_the_key_is_already_another_partys(tmp_path) -> None
     assert "warning" in second.stderr and "CCB" in second.stderr
 
 
+def _public_pem(path) -> str:  # type: ignore[no-untyped-def]
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    path.write_bytes(ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    return str(path)
+
+
+@pytest.mark.parametrize(("registered", "new", "other"), [
+    ("GTJA", "GTJAX", "GTJA"),   # a new id that begins with a peer's
+    ("GTJAX", "GTJA", "GTJAX"),  # a new id that is the start of a peer's
+    (None, "GW", "GW01"),        # the start of the gateway's own PartyId
+    (None, "GW01A", "GW01"),     # begins with the gateway's own PartyId
+    (None, "GW01", "GW01"),      # the gateway's own PartyId itself
+])
+def test_peer_add_refuses_a_party_id_that_is_a_prefix_of_another(
+        tmp_path, registered: str | None, new: str, other: str) -> None:  # type: ignore[no-untyped-def]
+    """§1: PartyIds at one gateway (its own included) are prefix-free, because every BizSn
+    begins with its sender's (§4); the refusal is exit 1, one line, saying what to do."""
+    home = str(tmp_path)
+    assert run("--home", home, "init", "--party", "GW01").returncode == 0
+    if registered is not None:
+        first = run("--home", home, "peer", "add", "--id", registered, "--role", "BROKER",
+                    "--cert", _public_pem(tmp_path / "first.pem"))
+        assert first.returncode == 0, first.stderr
+    out = run("--home", home, "peer", "add", "--id", new, "--role", "BROKER",
+              "--cert", _public_pem(tmp_path / "new.pem"))
+    assert out.returncode == 1, out
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
+    assert lines[0].startswith("gateway peer add: refused:") and other in lines[0]
+    assert "prefix" in lines[0] or "own PartyId" in lines[0]
+    assert "register the peer under its own" in lines[0] or "choose an id" in lines[0]
+    listed = run("--home", home, "peer", "list").stdout.split()
+    assert new not in listed or new == registered
+    assert not (tmp_path / "keys" / "peers" / f"{new}.pem").exists()
+
+
+def test_peer_add_accepts_ids_that_only_share_a_beginning(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """GTJA, GTJB and GW02 beside the gateway GW01: no id is the start of another."""
+    home = str(tmp_path)
+    assert run("--home", home, "init", "--party", "GW01").returncode == 0
+    for party in ("GTJA", "GTJB", "GW02"):
+        out = run("--home", home, "peer", "add", "--id", party, "--role", "BROKER",
+                  "--cert", _public_pem(tmp_path / f"{party}.pem"))
+        assert out.returncode == 0, out.stderr
+    listed = run("--home", home, "peer", "list").stdout
+    assert all(f"\n{p} " in listed for p in ("GTJA", "GTJB", "GW02"))
+
+
 #: ``gateway …`` with every journal commit failing once there is something to commit.
 FAILING_JOURNAL = """
 import sys

@@ -48,7 +48,7 @@ def drive(broker: TestPeer, sent: dict[str, str], answers: dict[str, str], secon
     try:
         while time.monotonic() < deadline:
             while len(inflight) < 10:
-                sn = f"T{len(sent):05d}"
+                sn = f"GTJAT{len(sent):05d}"
                 kind = "XFER.OUT.REQ" if rng.random() < 0.3 and len(answers) > 20 else "XFER.IN.REQ"
                 sent[sn] = kind
                 inflight[broker.send(kind, xfer(sn, amount="1.00"), to="CCB")] = sn
@@ -104,7 +104,7 @@ def test_sigkill_under_load_loses_nothing_and_moves_nothing_twice(home, start_ga
         gw.wait_for_log(r"CCB logged on as BANK", timeout=15)
         gw.wait_for_log(r"session key G\w+ installed")
         broker = gw.peer(BROKER).open_session()
-        fields = [(k, v) for k, v in sign_fields("S1") if k != "Phone"]
+        fields = [(k, v) for k, v in sign_fields("GTJAS1") if k != "Phone"]
         assert call(broker, "CTS.SIGN.REQ", fields, encrypt=("IdNo",)).body["Result"] == "0000"
         ledger = sqlite3.connect(sim_home / "data" / "CCB-ledger.sqlite3")
         opening = ledger.execute("SELECT balance_fen FROM account WHERE id=?",

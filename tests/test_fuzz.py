@@ -38,7 +38,7 @@ def fuzz_gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningG
 
 def healthy_round_trip(state: dict[str, Any]) -> None:
     state["n"] += 1
-    msg_id = state["broker"].send("XFER.IN.REQ", xfer(f"H{state['n']}", amount="1.00"), to=BANK)
+    msg_id = state["broker"].send("XFER.IN.REQ", xfer(f"GTJAH{state['n']}", amount="1.00"), to=BANK)
     answer(state["bank"])
     rsp = state["broker"]._answer_to(msg_id, "XFER.IN.REQ")
     assert rsp.body["Result"] == "0000"

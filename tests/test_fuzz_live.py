@@ -33,7 +33,7 @@ ANSWERS = {"SYS.ECHO.RSP", "XFER.QUERY.RSP", "XFER.OUT.RSP", "SYS.ERROR"}
 BASES: list[tuple[str, list[tuple[str, Any]]]] = [
     ("SYS.ECHO.REQ", [("Text", "fuzz")]),
     ("XFER.QUERY.REQ", [("BizSn", "NOSUCH1"), ("OrigType", "XFER.IN")]),
-    ("XFER.OUT.REQ", xfer("FZ1", fund="999999999999", wallet="0000000000000000")),
+    ("XFER.OUT.REQ", xfer("GTJAFZ1", fund="999999999999", wallet="0000000000000000")),
 ]
 
 
@@ -88,10 +88,10 @@ class Live:
     def healthy_transfer(self) -> None:
         """A broker → bank XFER.IN round trip; nothing else reached either of them."""
         self.transfers += 1
-        msg_id = self.broker.send("XFER.IN.REQ", xfer(f"LIVE{self.transfers:06d}",
+        msg_id = self.broker.send("XFER.IN.REQ", xfer(f"GTJALIVE{self.transfers:06d}",
                                                       amount="1.00"), to=BANK)
         req = answer(self.bank)
-        assert req.body["BizSn"] == f"LIVE{self.transfers:06d}", req.body  # nothing foreign
+        assert req.body["BizSn"] == f"GTJALIVE{self.transfers:06d}", req.body  # nothing foreign
         rsp = self.broker._answer_to(msg_id, "XFER.IN.REQ")
         assert rsp.type == "XFER.IN.RSP" and rsp.body["Result"] == "0000", rsp.body
         for peer in (self.bank, self.broker):

@@ -135,6 +135,19 @@ def test_bad_party_or_role(store: KeyStore) -> None:
         store.add_peer("CCB", "BANK", b"garbage")
 
 
+def test_a_party_id_that_is_a_prefix_of_another_is_refused_before_anything_is_written(
+        store: KeyStore) -> None:
+    """§1 prefix-free PartyIds, the gateway's own (GW01) counted."""
+    pem = _pub_pem(ed25519.Ed25519PrivateKey.generate().public_key())
+    store.add_peer("GTJA", "BROKER", pem)
+    for party in ("GTJAX", "GTJ", "GW", "GW01", "GW01B"):
+        with pytest.raises(ValueError, match="prefix|own PartyId"):
+            store.add_peer(party, "BROKER", pem)
+        assert not (store.keys_dir / "peers" / f"{party}.pem").exists()
+    assert [p.party for p in store.peers()] == ["GTJA"]
+    assert store.add_peer("GTJB", "BROKER", pem).party == "GTJB"
+
+
 @pytest.mark.parametrize("kind,alg", [("ES256", "ES256"), ("ED25519", "ED25519"), ("PS256", "PS256")])
 def test_generate_and_load_key_file(tmp_path: Path, kind: str, alg: str) -> None:
     path = tmp_path / f"{kind}.key"

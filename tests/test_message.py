@@ -94,7 +94,7 @@ def test_not_well_formed_or_doctype_is_e110(xml: bytes) -> None:
 def test_builder_output_validates_and_round_trips() -> None:
     head = Head(type="CTS.SIGN.REQ", msg_id="GTJA1", from_party="GTJA", to_party="CCB",
                 time="2026-11-25T09:30:00+08:00", trade_date="2026-11-25")
-    body = {"BizSn": "S1", "FundAcct": "100020003000", "WalletId": "0071130812093028",
+    body = {"BizSn": "GTJAS1", "FundAcct": "100020003000", "WalletId": "0071130812093028",
             "WalletLevel": "1", "WalletKind": "PERSONAL", "CustName": "张三 & <李四>",
             "IdType": "01", "IdNo": "A" * 40, "Phone": None, "Channel": "APP"}
     msg = parse_message(build_xml(head, body))

@@ -28,13 +28,13 @@ from typing import Any
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from inproc import Clock, Rig, fast_config
 
 from gateway import givebacks, records
 from gateway.rules import fen_text
 
 from conftest import BANK, BROKER, make_home
 from flows import CORP, FUND, WALLET, sign_fields
-from inproc import Clock, Rig, fast_config
 from peer import Frame, TestPeer
 
 ORIGINALS = ("XFER.IN", "XFER.OUT", "PAY.ORDER", "OTC.SUBSCRIBE")

@@ -56,7 +56,7 @@ def test_slow_reader_is_bounded_and_others_keep_their_latency(start_gateway) -> 
     bank = gw.peer(BANK).open_session()
     broker = gw.peer(BROKER).open_session()
     signed(bank, broker)
-    baseline = max(round_trip_ms(bank, broker, f"A{i}") for i in range(5))
+    baseline = max(round_trip_ms(bank, broker, f"GTJAA{i}") for i in range(5))
     slow = gw.peer(BROKER).open_session()
     slow.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # type: ignore[union-attr]
     before = rss_kib(gw.proc.pid)
@@ -73,7 +73,7 @@ def test_slow_reader_is_bounded_and_others_keep_their_latency(start_gateway) -> 
         except (BlockingIOError, BrokenPipeError, ConnectionResetError):
             break  # the gateway stopped reading us (back-pressure) or cut us off
     del frame
-    during = max(round_trip_ms(bank, broker, f"B{i}") for i in range(5))
+    during = max(round_trip_ms(bank, broker, f"GTJAB{i}") for i in range(5))
     grown = rss_kib(gw.proc.pid) - before
     assert grown < 64 * 1024, f"gateway grew {grown} KiB for a peer that does not read"
     assert during < max(10 * baseline, 200), (baseline, during)
@@ -88,7 +88,7 @@ def test_heartbeat_flood_does_not_starve_other_sessions(start_gateway) -> None: 
     burst = b"".join(flood.frame(flood.build("SYS.HEARTBEAT", [])[1]) for _ in range(3000))
     before = rss_kib(gw.proc.pid)
     flood.send_raw(burst)
-    worst = max(round_trip_ms(bank, broker, f"C{i}") for i in range(5))
+    worst = max(round_trip_ms(bank, broker, f"GTJAC{i}") for i in range(5))
     assert worst < 2000, worst
     assert rss_kib(gw.proc.pid) - before < 64 * 1024
     echo = flood.request("SYS.ECHO.REQ", [("Text", "still here")])
@@ -121,7 +121,7 @@ def test_a_logged_on_slow_loris_is_closed_after_three_heartbeats(start_gateway) 
             break
     assert closed_after is not None and closed_after < 8, closed_after
     assert gw.wait_for_log(r"silent for \d+ s \(3 heartbeats\): closing")
-    assert round_trip_ms(bank, broker, "L1") < 2000  # the others never noticed
+    assert round_trip_ms(bank, broker, "GTJAL1") < 2000  # the others never noticed
 
 
 def test_requests_beyond_the_in_flight_limit_get_s902_and_nothing_is_lost(start_gateway) -> None:  # type: ignore[no-untyped-def]
@@ -131,9 +131,9 @@ def test_requests_beyond_the_in_flight_limit_get_s902_and_nothing_is_lost(start_
     bank = gw.peer(BANK).open_session()
     broker = gw.peer(BROKER).open_session()
     signed(bank, broker)
-    held = [broker.send("XFER.IN.REQ", xfer(f"Q{i}", amount="1.00"), to=BANK) for i in range(3)]
+    held = [broker.send("XFER.IN.REQ", xfer(f"GTJAQ{i}", amount="1.00"), to=BANK) for i in range(3)]
     relayed = [bank.recv() for _ in held]  # all three reached the bank, none answered
-    over = broker.send("XFER.IN.REQ", xfer("Q3", amount="1.00"), to=BANK)
+    over = broker.send("XFER.IN.REQ", xfer("GTJAQ3", amount="1.00"), to=BANK)
     refused = broker._answer_to(over, "XFER.IN.REQ")
     assert (refused.type, refused.body["Result"]) == ("XFER.IN.RSP", "S902"), refused.body
     for req in relayed:
@@ -143,7 +143,7 @@ def test_requests_beyond_the_in_flight_limit_get_s902_and_nothing_is_lost(start_
                   to=BROKER, ref=req.head("MsgId"))
     assert [broker._answer_to(m, "XFER.IN.REQ").body["Result"] for m in held] == ["0000"] * 3
     # busy is transient: the refused BizSn may be sent again, and now goes through
-    again = broker.send("XFER.IN.REQ", xfer("Q3", amount="1.00"), to=BANK)
+    again = broker.send("XFER.IN.REQ", xfer("GTJAQ3", amount="1.00"), to=BANK)
     answer(bank)
     assert broker._answer_to(again, "XFER.IN.REQ").body["Result"] == "0000"
 
@@ -176,7 +176,7 @@ def test_a_bank_that_stops_reading_relayed_requests_is_closed_at_the_send_buffer
     broker = gw.peer(BROKER).open_session()
     signed(slow, broker)
     for i in range(1000):  # warm up (journal cache, allocator) while the bank still reads
-        msg_id = broker.send("XFER.IN.REQ", xfer(f"W{i}", amount="1.00"), to=BANK)
+        msg_id = broker.send("XFER.IN.REQ", xfer(f"GTJAW{i}", amount="1.00"), to=BANK)
         answer(slow)
         assert broker._answer_to(msg_id, "XFER.IN.REQ").body["Result"] == "0000"
     time.sleep(0.5)
@@ -184,7 +184,7 @@ def test_a_bank_that_stops_reading_relayed_requests_is_closed_at_the_send_buffer
     pushed = 0
     memo = [("Memo", "m" * 60)]
     while pushed < 30_000:  # the bank reads nothing from here on
-        broker.send("XFER.IN.REQ", xfer(f"P{pushed}", amount="1.00") + memo, to=BANK)
+        broker.send("XFER.IN.REQ", xfer(f"GTJAP{pushed}", amount="1.00") + memo, to=BANK)
         pushed += 1
         if pushed % 100 == 0 and "does not read" in gw.log_text():
             break
@@ -200,7 +200,7 @@ def test_a_bank_that_stops_reading_relayed_requests_is_closed_at_the_send_buffer
     echo = broker.request("SYS.ECHO.REQ", [("Text", "caught up")])
     assert echo.body["Text"] == "caught up"
     bank, other = reading_pair(gw)
-    assert round_trip_ms(bank, other, "AFTER1") < 2000
+    assert round_trip_ms(bank, other, "GTJAAFTER1") < 2000
 
 
 def test_hundreds_of_connections_stay_bounded_in_fds_and_return_to_baseline(
@@ -212,7 +212,7 @@ def test_hundreds_of_connections_stay_bounded_in_fds_and_return_to_baseline(
     gw = start_gateway(max_connections=300)
     bank, broker = reading_pair(gw)
     signed(bank, broker)
-    assert round_trip_ms(bank, broker, "F0") < 2000
+    assert round_trip_ms(bank, broker, "GTJAF0") < 2000
     pid = gw.proc.pid
     baseline = fd_count(pid)
     inside = [socket.create_connection(("127.0.0.1", gw.port), timeout=5) for _ in range(250)]
@@ -220,7 +220,7 @@ def test_hundreds_of_connections_stay_bounded_in_fds_and_return_to_baseline(
     while fd_count(pid) < baseline + 250 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert baseline + 250 <= fd_count(pid) <= baseline + 260
-    assert round_trip_ms(bank, broker, "F1") < 2000
+    assert round_trip_ms(bank, broker, "GTJAF1") < 2000
     beyond = [socket.create_connection(("127.0.0.1", gw.port), timeout=5) for _ in range(100)]
     refused: set[socket.socket] = set()
     deadline = time.monotonic() + 3
@@ -238,11 +238,11 @@ def test_hundreds_of_connections_stay_bounded_in_fds_and_return_to_baseline(
     gw.wait_for_log("connection limit 300 reached")
     peak = fd_count(pid)
     assert peak <= baseline + (300 - 2) + 10, (baseline, peak)
-    assert round_trip_ms(bank, broker, "F2") < 2000
+    assert round_trip_ms(bank, broker, "GTJAF2") < 2000
     for s in inside + beyond:
         s.close()
     deadline = time.monotonic() + 10
     while fd_count(pid) > baseline + 2 and time.monotonic() < deadline:
         time.sleep(0.1)
     assert fd_count(pid) <= baseline + 2, (baseline, fd_count(pid))
-    assert round_trip_ms(bank, broker, "F3") < 2000
+    assert round_trip_ms(bank, broker, "GTJAF3") < 2000

@@ -44,7 +44,7 @@ def pair(start_gateway):  # type: ignore[no-untyped-def]
 
 def test_logon_keyx_and_a_relayed_round_trip(pair) -> None:  # type: ignore[no-untyped-def]
     gw, bank, broker = pair
-    msg_id = broker.send("XFER.OUT.REQ", xfer("V1"), to=BANK)
+    msg_id = broker.send("XFER.OUT.REQ", xfer("GTJAV1"), to=BANK)
     req = bank_answers(bank)
     assert req.head("MsgId") == msg_id and req.head("From") == BROKER
     assert req.body["Amount"] == "1234.50"
@@ -56,10 +56,10 @@ def test_logon_keyx_and_a_relayed_round_trip(pair) -> None:  # type: ignore[no-u
 
 def test_repeat_is_answered_from_the_journal_and_never_relayed_twice(pair) -> None:  # type: ignore[no-untyped-def]
     gw, bank, broker = pair
-    broker.send("XFER.OUT.REQ", xfer("V2"), to=BANK)
+    broker.send("XFER.OUT.REQ", xfer("GTJAV2"), to=BANK)
     bank_answers(bank, bank_sn="CCB0002")
     first = broker.recv("XFER.OUT.RSP")
-    repeat_id = broker.send("XFER.OUT.REQ", xfer("V2"), to=BANK)
+    repeat_id = broker.send("XFER.OUT.REQ", xfer("GTJAV2"), to=BANK)
     again = broker.recv("XFER.OUT.RSP")
     assert again.head("RefId") == repeat_id
     assert again.body == first.body
@@ -69,24 +69,24 @@ def test_repeat_is_answered_from_the_journal_and_never_relayed_twice(pair) -> No
 
 def test_bizsn_reused_with_other_content_is_b312(pair) -> None:  # type: ignore[no-untyped-def]
     gw, bank, broker = pair
-    broker.send("XFER.OUT.REQ", xfer("V3"), to=BANK)
+    broker.send("XFER.OUT.REQ", xfer("GTJAV3"), to=BANK)
     bank_answers(bank)
     broker.recv("XFER.OUT.RSP")
-    rsp = broker.request("XFER.OUT.REQ", xfer("V3", amount="1.00"), to=BANK)
+    rsp = broker.request("XFER.OUT.REQ", xfer("GTJAV3", amount="1.00"), to=BANK)
     assert rsp.body["Result"] == "B312"
-    assert rsp.body["BizSn"] == "V3"
+    assert rsp.body["BizSn"] == "GTJAV3"
 
 
 def test_destination_not_connected_is_s901(start_gateway) -> None:  # type: ignore[no-untyped-def]
     gw = start_gateway()
     broker = gw.peer(BROKER).open_session()
-    rsp = broker.request("XFER.OUT.REQ", xfer("V4"), to=BANK)
+    rsp = broker.request("XFER.OUT.REQ", xfer("GTJAV4"), to=BANK)
     assert rsp.type == "XFER.OUT.RSP" and rsp.body["Result"] == "S901"
 
 
 def test_type_not_allowed_for_the_role_is_e208(pair) -> None:  # type: ignore[no-untyped-def]
     gw, bank, broker = pair
-    rsp = bank.request("PAY.ORDER.REQ", [("BizSn", "P1"), ("OrderNo", "O1"), ("WalletId", WALLET),
+    rsp = bank.request("PAY.ORDER.REQ", [("BizSn", "CCBP1"), ("OrderNo", "O1"), ("WalletId", WALLET),
                                          ("Amount", "10.00"), ("Ccy", "CNY"),
                                          ("ProductCode", "L2"), ("ProductKind", "LEVEL2"),
                                          ("ServiceEnd", "2026-12-31")], to=BROKER)
@@ -103,11 +103,11 @@ def test_bad_messages_get_their_code_while_a_healthy_session_keeps_working(pair)
         return f.body["Code"]
 
     def healthy(n: int) -> None:
-        broker.send("XFER.OUT.REQ", xfer(f"H{n}"), to=BANK)
+        broker.send("XFER.OUT.REQ", xfer(f"GTJAH{n}"), to=BANK)
         bank_answers(bank)
         assert broker.recv("XFER.OUT.RSP").body["Result"] == "0000"
 
-    _, good = bad.build("XFER.OUT.REQ", xfer("X1"), to=BANK)
+    _, good = bad.build("XFER.OUT.REQ", xfer("GTJAX1"), to=BANK)
 
     def framed(payload: bytes) -> bytes:
         return b"%08d" % len(payload) + payload
@@ -116,43 +116,43 @@ def test_bad_messages_get_their_code_while_a_healthy_session_keeps_working(pair)
     env = f"SBDX1 {kid} {mac} {bad.sign(good)}".encode()
     assert code_of(framed(env + b"\n<Msg")) == "E110"
     healthy(1)
-    _, invalid = bad.build("XFER.OUT.REQ", xfer("X2", amount="12.5"), to=BANK)
+    _, invalid = bad.build("XFER.OUT.REQ", xfer("GTJAX2", amount="12.5"), to=BANK)
     assert code_of(bad.frame(invalid)) == "E111"
-    _, unknown = bad.build("XFER.OUT.REQ", xfer("X3"), to=BANK)
+    _, unknown = bad.build("XFER.OUT.REQ", xfer("GTJAX3"), to=BANK)
     unknown = unknown.replace(b"XFER.OUT.REQ", b"XFER.SIDE.REQ")
     assert code_of(bad.frame(unknown)) == "E112"
-    _, x4 = bad.build("XFER.OUT.REQ", xfer("X4"), to=BANK)
+    _, x4 = bad.build("XFER.OUT.REQ", xfer("GTJAX4"), to=BANK)
     payload = bad.frame(x4)[8:]
     mac_at = payload.index(b"HS256:") + 6
     wrong = b"B" if payload[mac_at:mac_at + 1] == b"A" else b"A"
     assert code_of(framed(payload[:mac_at] + wrong + payload[mac_at + 1:])) == "E200"
-    _, x5 = bad.build("XFER.OUT.REQ", xfer("X5"), to=BANK)
+    _, x5 = bad.build("XFER.OUT.REQ", xfer("GTJAX5"), to=BANK)
     assert code_of(bad.frame(x5, mac=False)) == "E200"
-    _, x6 = bad.build("XFER.OUT.REQ", xfer("X6"), to=BANK)
+    _, x6 = bad.build("XFER.OUT.REQ", xfer("GTJAX6"), to=BANK)
     bad.keys["NOPE"] = bad.keys[bad.key_id]
     assert code_of(bad.frame(x6, key_id="NOPE")) == "E201"
-    _, x7 = bad.build("XFER.OUT.REQ", xfer("X7"), to=BANK)
+    _, x7 = bad.build("XFER.OUT.REQ", xfer("GTJAX7"), to=BANK)
     f7 = bad.frame(x7)
     sig_at = f7.index(b"ES256:") + 6 + 17 + 10
     f7 = f7[:sig_at] + (b"A" if f7[sig_at:sig_at + 1] != b"A" else b"B") + f7[sig_at + 1:]
     assert code_of(f7) == "E202"
     healthy(2)
-    _, x8 = bad.build("XFER.OUT.REQ", xfer("X8"), to=BANK)
+    _, x8 = bad.build("XFER.OUT.REQ", xfer("GTJAX8"), to=BANK)
     assert code_of(bad.frame(x8, sign=False)) == "E202"
     other = gw.peer(BANK)  # signs with the bank's key on the broker's session
-    _, x9 = bad.build("XFER.OUT.REQ", xfer("X9"), to=BANK)
+    _, x9 = bad.build("XFER.OUT.REQ", xfer("GTJAX9"), to=BANK)
     kid, mac = bad.mac(x9)
     assert code_of(framed(f"SBDX1 {kid} {mac} {other.sign(x9)}".encode() + b"\n" + x9)) == "E203"
-    msg_id, x10 = bad.build("XFER.OUT.REQ", xfer("X10"), to=BANK)
+    msg_id, x10 = bad.build("XFER.OUT.REQ", xfer("GTJAX10"), to=BANK)
     bad.send_raw(bad.frame(x10))
     bank_answers(bank)
     bad.recv("XFER.OUT.RSP")
-    _, replay = bad.build("XFER.OUT.REQ", xfer("X11"), to=BANK, msg_id=msg_id)
+    _, replay = bad.build("XFER.OUT.REQ", xfer("GTJAX11"), to=BANK, msg_id=msg_id)
     assert code_of(bad.frame(replay)) == "E204"
-    _, skewed = bad.build("XFER.OUT.REQ", xfer("X12"), to=BANK, time=now_iso(-3600))
+    _, skewed = bad.build("XFER.OUT.REQ", xfer("GTJAX12"), to=BANK, time=now_iso(-3600))
     assert code_of(bad.frame(skewed)) == "E205"
     _, tampered = bad.build("CTS.SIGN.REQ", [
-        ("BizSn", "C1"), ("FundAcct", FUND), ("WalletId", WALLET), ("WalletLevel", "1"),
+        ("BizSn", "GTJAC1"), ("FundAcct", FUND), ("WalletId", WALLET), ("WalletLevel", "1"),
         ("WalletKind", "PERSONAL"), ("CustName", "张三"), ("IdType", "01"),
         ("IdNo", "110101199003071234"), ("Channel", "APP")], to=BANK, encrypt=("IdNo",))
     tampered = tampered.replace(b'enc="A256GCM">', b'enc="A256GCM">AAAA', 1)
@@ -161,7 +161,7 @@ def test_bad_messages_get_their_code_while_a_healthy_session_keeps_working(pair)
     # E207: a fresh session that logged on but has no key yet
     fresh = gw.peer(BROKER).connect()
     assert fresh.logon().body["Result"] == "0000"
-    fresh.send("XFER.OUT.REQ", xfer("X13"), to=BANK)
+    fresh.send("XFER.OUT.REQ", xfer("GTJAX13"), to=BANK)
     assert fresh.recv("SYS.ERROR").body["Code"] == "E207"
     # a bad envelope line inside a well-formed frame: E100, the session stays open
     bad.send_raw(framed(b"SBDX2 what\n<Msg/>"))
@@ -204,13 +204,13 @@ def test_key_rotation_old_key_accepted_in_grace_refused_after(start_gateway) -> 
     old = broker.key_id
     broker.keyx()
     assert broker.key_id != old
-    broker.send("XFER.OUT.REQ", xfer("R1"), to=BANK, key_id=old)
+    broker.send("XFER.OUT.REQ", xfer("GTJAR1"), to=BANK, key_id=old)
     bank_answers(bank)
     assert broker.recv("XFER.OUT.RSP").body["Result"] == "0000"
     time.sleep(1.5)
-    rsp = broker.request("XFER.OUT.REQ", xfer("R2"), to=BANK, key_id=old)
+    rsp = broker.request("XFER.OUT.REQ", xfer("GTJAR2"), to=BANK, key_id=old)
     assert rsp.type == "SYS.ERROR" and rsp.body["Code"] == "E201"
-    broker.send("XFER.OUT.REQ", xfer("R3"), to=BANK)
+    broker.send("XFER.OUT.REQ", xfer("GTJAR3"), to=BANK)
     bank_answers(bank)
     assert broker.recv("XFER.OUT.RSP").body["Result"] == "0000"
 
@@ -257,18 +257,18 @@ def test_acknowledged_request_survives_sigkill_and_repeat_gets_same_answer(home,
     bank = gw.peer(BANK).open_session()
     broker = gw.peer(BROKER).open_session()
     signed(bank, broker)
-    broker.send("XFER.OUT.REQ", xfer("K1"), to=BANK)
+    broker.send("XFER.OUT.REQ", xfer("GTJAK1"), to=BANK)
     bank_answers(bank, bank_sn="CCB0099")
     first = broker.recv("XFER.OUT.RSP")
     gw.kill()  # SIGKILL right after the acknowledgement reached the broker
     db = sqlite3.connect(home.root / "data" / "journal.sqlite3")
-    state, = db.execute("SELECT state FROM record WHERE biz_sn='K1'").fetchone()
+    state, = db.execute("SELECT state FROM record WHERE biz_sn='GTJAK1'").fetchone()
     db.close()
     assert state == "SUCCEEDED"
     gw2 = start_gateway()
     bank2 = gw2.peer(BANK).open_session()
     broker2 = gw2.peer(BROKER).open_session()
-    broker2.send("XFER.OUT.REQ", xfer("K1"), to=BANK)
+    broker2.send("XFER.OUT.REQ", xfer("GTJAK1"), to=BANK)
     again = broker2.recv("XFER.OUT.RSP")
     assert again.body == first.body
     with pytest.raises(TimeoutError):
@@ -306,7 +306,7 @@ def test_gateway_connects_out_logs_on_keys_and_relays(home, start_gateway) -> No
     bank.answer_keyx(keyx)
     broker = gw.peer(BROKER).open_session()
     signed(bank, broker)
-    msg_id = broker.send("XFER.OUT.REQ", xfer("OUT1"), to=BANK)
+    msg_id = broker.send("XFER.OUT.REQ", xfer("GTJAOUT1"), to=BANK)
     bank_answers(bank)
     assert broker._answer_to(msg_id, "XFER.OUT.REQ").body["Result"] == "0000"
     listener.close()
@@ -351,7 +351,7 @@ def test_a_refused_message_is_kept_in_the_journal_as_evidence(pair) -> None:  # 
     """§3: the gateway keeps the bytes and envelope of everything it received, refused
     messages too: exactly as received, with what of the head could be read."""
     gw, bank, broker = pair
-    msg_id, xml = broker.build("XFER.OUT.REQ", xfer("E1"), to=BANK)
+    msg_id, xml = broker.build("XFER.OUT.REQ", xfer("GTJAE1"), to=BANK)
     payload = broker.frame(xml)[8:]
     mac_at = payload.index(b"HS256:") + 6
     wrong = b"B" if payload[mac_at:mac_at + 1] == b"A" else b"A"
@@ -373,7 +373,7 @@ def test_a_refused_message_is_kept_in_the_journal_as_evidence(pair) -> None:  # 
                           " AND envelope=? AND xml=?", (env, rest)).fetchall()
         assert rows == [(BROKER, None, None)], (code, rows)
     # refused after it was journaled (E208): kept once, not twice
-    rsp = bank.request("PAY.ORDER.REQ", [("BizSn", "P1"), ("OrderNo", "O1"),
+    rsp = bank.request("PAY.ORDER.REQ", [("BizSn", "CCBP1"), ("OrderNo", "O1"),
                                          ("WalletId", WALLET), ("Amount", "10.00"),
                                          ("Ccy", "CNY"), ("ProductCode", "L2"),
                                          ("ProductKind", "LEVEL2"),
@@ -416,10 +416,10 @@ def test_a_flood_of_refused_frames_is_journaled_without_growing_memory(pair) -> 
 
 def test_a_relayed_type_sent_to_the_gateway_itself_is_e208(pair) -> None:  # type: ignore[no-untyped-def]
     gw, bank, broker = pair
-    rsp = broker.request("XFER.OUT.REQ", xfer("G1"), to="GW01")
+    rsp = broker.request("XFER.OUT.REQ", xfer("GTJAG1"), to="GW01")
     assert (rsp.type, rsp.body["Code"]) == ("SYS.ERROR", "E208"), rsp.body
     assert "GW01 does not answer it" in rsp.body["Text"]
-    unknown = broker.request("XFER.OUT.REQ", xfer("G2"), to="NOBODY")
+    unknown = broker.request("XFER.OUT.REQ", xfer("GTJAG2"), to="NOBODY")
     assert (unknown.type, unknown.body["Code"]) == ("SYS.ERROR", "E203")
     with pytest.raises(TimeoutError):
         bank.recv("XFER.OUT.REQ", timeout=0.8)
@@ -454,19 +454,19 @@ def test_drain_refuses_new_work_times_out_what_is_held_and_exits_zero(start_gate
     bank = gw.peer(BANK).open_session()
     broker = gw.peer(BROKER).open_session()
     signed(bank, broker)
-    held = broker.send("XFER.OUT.REQ", xfer("H1"), to=BANK)
+    held = broker.send("XFER.OUT.REQ", xfer("GTJAH1"), to=BANK)
     bank.recv("XFER.OUT.REQ")  # the bank never answers
     gw.proc.send_signal(signum)
     gw.wait_for_log("new requests to relay are refused")
-    busy = broker.request("XFER.OUT.REQ", xfer("H2"), to=BANK)
+    busy = broker.request("XFER.OUT.REQ", xfer("GTJAH2"), to=BANK)
     assert busy.body["Result"] == "S902" and "shutting down" in busy.body["ResultText"]
     assert broker._answer_to(held, "XFER.OUT.REQ").body["Result"] == "B330"
     assert gw.proc.wait(30) == 0
     assert "journal flushed" in gw.log_text()
     db = journal_of(gw)
-    assert db.execute("SELECT state FROM record WHERE biz_sn='H1'").fetchall() == [("REVERSING",)]
-    assert db.execute("SELECT state FROM reversal WHERE biz_sn='H1'").fetchall() == [("QUEUED",)]
-    assert db.execute("SELECT count(*) FROM record WHERE biz_sn='H2'").fetchone()[0] == 0
+    assert db.execute("SELECT state FROM record WHERE biz_sn='GTJAH1'").fetchall() == [("REVERSING",)]
+    assert db.execute("SELECT state FROM reversal WHERE biz_sn='GTJAH1'").fetchall() == [("QUEUED",)]
+    assert db.execute("SELECT count(*) FROM record WHERE biz_sn='GTJAH2'").fetchone()[0] == 0
     relayed = db.execute("SELECT count(*) FROM message WHERE direction='OUT' AND "
                          "msg_type='XFER.OUT.REQ'").fetchone()[0]
     assert relayed == 1
@@ -487,7 +487,7 @@ def test_dial_out_reconnects_after_the_peer_drops(home, start_gateway) -> None: 
         accept_gateway_logon(bank)
         if attempt == 0:
             signed(bank, broker)
-        msg_id = broker.send("XFER.OUT.REQ", xfer(f"RC{attempt}"), to=BANK)
+        msg_id = broker.send("XFER.OUT.REQ", xfer(f"GTJARC{attempt}"), to=BANK)
         bank_answers(bank)
         assert broker._answer_to(msg_id, "XFER.OUT.REQ").body["Result"] == "0000"
         conn.close()  # the bank drops the connection
@@ -520,10 +520,10 @@ def test_frames_of_one_write_from_two_sessions_are_relayed_in_order_even_if_it_c
         first_ids, second_ids = [], []
         data1, data2 = b"", b""
         for i in range(5):
-            msg_id, xml = broker.build("XFER.OUT.REQ", xfer(f"T1{i}", amount="1.00"), to=BANK)
+            msg_id, xml = broker.build("XFER.OUT.REQ", xfer(f"GTJAT1{i}", amount="1.00"), to=BANK)
             first_ids.append(msg_id)
             data1 += broker.frame(xml)
-            msg_id, xml = second.build("XFER.OUT.REQ", xfer(f"T2{i}", amount="2.00"), to=BANK)
+            msg_id, xml = second.build("XFER.OUT.REQ", xfer(f"GTJAT2{i}", amount="2.00"), to=BANK)
             second_ids.append(msg_id)
             data2 += second.frame(xml)
         second.send_raw(data2)
@@ -538,10 +538,10 @@ def test_frames_of_one_write_from_two_sessions_are_relayed_in_order_even_if_it_c
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             states = journal_of(gw).execute(
-                "SELECT biz_sn, state FROM record WHERE biz_sn LIKE 'T1%'").fetchall()
+                "SELECT biz_sn, state FROM record WHERE biz_sn LIKE 'GTJAT1%'").fetchall()
             if len(states) == 5 and all(s == "SUCCEEDED" for _, s in states):
                 break
             time.sleep(0.1)
-        assert sorted(states) == [(f"T1{i}", "SUCCEEDED") for i in range(5)]
+        assert sorted(states) == [(f"GTJAT1{i}", "SUCCEEDED") for i in range(5)]
     finally:
         second.close()

@@ -200,7 +200,7 @@ def test_business_message_before_any_key_is_still_e207(harness: Harness) -> None
     from flows import xfer
 
     harness.logon()
-    harness.feed("XFER.OUT.REQ", xfer("K1"), mac=False)
+    harness.feed("XFER.OUT.REQ", xfer("GTJAK1"), mac=False)
     error = harness.link.frames[-1]
     assert error.type == "SYS.ERROR" and error.body["Code"] == "E207"
 

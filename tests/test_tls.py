@@ -118,7 +118,7 @@ def test_dial_out_is_tls_with_the_gateways_certificate(home, start_gateway, tmp_
                                                                 key.public_key()))
     broker = gw.peer(BROKER, tls=broker_ctx).open_session()
     signed(bank, broker)
-    assert call(broker, "XFER.OUT.REQ", xfer("TLS1"), bank=bank).body["Result"] == "0000"
+    assert call(broker, "XFER.OUT.REQ", xfer("GTJATLS1"), bank=bank).body["Result"] == "0000"
     listener.close()
 
 
