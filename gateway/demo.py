@@ -36,7 +36,8 @@ ZHANG = ("100020003000", "0071130812093028", "张三", "01", "110101199003071234
 LI = ("100020003018", "0071130812093036", "李四", "01", "110101198805051234")
 WANG = ("100020003026", "0071130812093044", "王五", "01", "110101199512121234")
 CORP_WALLET = "0099000011112222"
-SLOW = "DEMOSLOW1"  # the bank books it but never answers: timeout → reversal
+SLOW = BROKER + "SLOW1"  # the bank books it but never answers: timeout → reversal
+# (every BizSn begins with its originator's PartyId, §4; Originator.sn makes the others)
 
 
 @dataclass
@@ -88,7 +89,7 @@ class Script:
         self.day, self.bank, self.broker, self.reactor = day, bank, broker, reactor
         stamp = f"{dt.date.today():%Y%m%d}"
         self.gtja = Originator(broker, BANK, reactor, stamp)
-        self.ccb = Originator(bank, BROKER, reactor, stamp + "B")
+        self.ccb = Originator(bank, BROKER, reactor, stamp)  # CCB…: apart from GTJA…
 
     def sn(self, prefix: str) -> str:
         return self.gtja.sn(prefix)

@@ -49,6 +49,10 @@ def test_demo_runs_a_whole_business_day_and_exits_zero(tmp_path: Path) -> None:
     journal = sqlite3.connect(tmp_path / "gateway" / "data" / "journal.sqlite3")
     states = dict(journal.execute("SELECT state, count(*) FROM record GROUP BY state"))
     assert states.get("REVERSED") == 1 and "PENDING" not in states and "REVERSING" not in states
+    # §4: each BizSn the day's requests carried begins with its originator's PartyId
+    origins = journal.execute("SELECT origin, biz_sn FROM record").fetchall()
+    assert {o for o, _ in origins} == {"GTJA", "CCB"}
+    assert [(o, sn) for o, sn in origins if not sn.startswith(o)] == []
 
 
 def test_demo_leaves_no_process_behind(tmp_path: Path) -> None:

@@ -36,7 +36,7 @@ def sim_bank(home, start_gateway, tmp_path):  # type: ignore[no-untyped-def]
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway", "--home", str(sim_home), "sim", "bank",
          "--connect", f"127.0.0.1:{gw.port}", "--gateway-cert",
-         str(home.root / "keys" / "gateway.crt"), "--withhold", "SLOW1"],
+         str(home.root / "keys" / "gateway.crt"), "--withhold", "GTJASLOW1"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     gw.wait_for_log(r"CCB logged on as BANK")
     gw.wait_for_log(r"session key G\w+ installed")
@@ -58,18 +58,18 @@ def test_sim_bank_checks_identity_funds_sweeps_and_reverses(sim_bank) -> None:  
     gw, sim_home = sim_bank
     broker = gw.peer(BROKER).open_session()
     wrong: list[tuple[str, Any]] = [(k, "李四" if k == "CustName" else v)
-                                    for k, v in sign_fields("S0")]
+                                    for k, v in sign_fields("GTJAS0")]
     assert call(broker, "CTS.SIGN.REQ", wrong, encrypt=("IdNo", "Phone")).body["Result"] == "B303"
-    fields = [(k, v) for k, v in sign_fields("S1") if k != "Phone"]
+    fields = [(k, v) for k, v in sign_fields("GTJAS1") if k != "Phone"]
     signed = call(broker, "CTS.SIGN.REQ", fields, encrypt=("IdNo",))
     assert signed.body["Result"] == "0000" and signed.body["AgreementNo"].startswith("AG")
     before = balance(sim_home, WALLET)
-    rsp = call(broker, "XFER.IN.REQ", xfer("T1", amount="1000.00"))
+    rsp = call(broker, "XFER.IN.REQ", xfer("GTJAT1", amount="1000.00"))
     assert rsp.body["Result"] == "0000" and rsp.body["SweepRef"] and rsp.body["BankSn"]
     assert balance(sim_home, WALLET) == before - 100_000
     assert balance(sim_home, "DEDICATED") == 0 and balance(sim_home, "AGGREGATE") == 100_000
-    assert call(broker, "XFER.IN.REQ", xfer("T2", amount="999999.00")).body["Result"] == "B310"
-    assert call(broker, "XFER.IN.REQ", xfer("SLOW1", amount="500.00")).body["Result"] == "B330"
+    assert call(broker, "XFER.IN.REQ", xfer("GTJAT2", amount="999999.00")).body["Result"] == "B310"
+    assert call(broker, "XFER.IN.REQ", xfer("GTJASLOW1", amount="500.00")).body["Result"] == "B330"
     gw.wait_for_log("REVERSED")
     deadline = time.monotonic() + 5
     while balance(sim_home, WALLET) != before - 100_000 and time.monotonic() < deadline:
@@ -287,12 +287,12 @@ def test_a_broker_script_parses_every_step_and_names_the_bad_line() -> None:
     from gateway.sim.script import ScriptError, parse_script
 
     steps = parse_script("# a day\n\nsign fund=100020003000 expect=0000\n"
-                         "xfer-in fund=100020003000 amount=10.00 sn=A1  # note\n"
-                         "wait 1.5\nwait sn=A1 state=REVERSED type=XFER.IN\n"
+                         "xfer-in fund=100020003000 amount=10.00 sn=GTJAA1  # note\n"
+                         "wait 1.5\nwait sn=GTJAA1 state=REVERSED type=XFER.IN\n"
                          "refund amount=1.00\notc-redeem amount=2.00 orig=O1\n")
     assert [(s.line, s.verb) for s in steps] == [(3, "sign"), (4, "xfer-in"), (5, "wait"),
                                                  (6, "wait"), (7, "refund"), (8, "otc-redeem")]
-    assert steps[0].expect == "0000" and steps[1].args["sn"] == "A1"
+    assert steps[0].expect == "0000" and steps[1].args["sn"] == "GTJAA1"
     assert steps[2].args == {"seconds": "1.5"}
     for text, message in [("fly fund=1", "unknown step 'fly'"),
                           ("xfer-in fund=1", "missing amount"),
@@ -300,9 +300,33 @@ def test_a_broker_script_parses_every_step_and_names_the_bad_line() -> None:
                           ("xfer-in fund=1 amount=1.50 colour=red", "unknown key(s) colour"),
                           ("pay amount=1.00", "needs fund= or wallet="),
                           ("sign fund", "is not key=value"),
-                          ("wait", "needs seconds"), ("wait soon", "is not a number")]:
+                          ("wait", "needs seconds"), ("wait soon", "is not a number"),
+                          ("sign fund=1 sn=A1", "does not begin with the broker's PartyId"),
+                          ("sign fund=1 sn=GTJA-1", "is not 1-32 letters and digits"),
+                          ("sign fund=1 sn=GTJA" + "9" * 29, "is not 1-32 letters")]:
         with pytest.raises(ScriptError, match=r"script line 2: .*" + re.escape(message)):
-            parse_script("# first\n" + text)
+            parse_script("# first\n" + text, "GTJA")
+
+
+def test_a_script_sn_must_begin_with_the_party_unless_e111_is_expected() -> None:
+    """§4: the gateway answers E111 to a BizSn that does not begin with its sender's
+    PartyId; a script is refused before anything is sent, unless that is the point."""
+    from gateway.sim.script import parse_script
+
+    steps = parse_script("xfer-in fund=1 amount=1.00 sn=GTJA" + "9" * 28 + "\n"
+                         "xfer-in fund=1 amount=1.00 sn=X1 expect=E111\n"
+                         "wait sn=CCBK1 state=REVERSED\n", "GTJA")
+    assert [s.args["sn"] for s in steps] == ["GTJA" + "9" * 28, "X1", "CCBK1"]
+
+
+def test_generated_bizsns_begin_with_the_party_and_fit_32_characters() -> None:
+    from gateway.sim.drive import serial
+
+    assert serial("GTJA", "V20261202093000", 1) == "GTJAV202612020930000001"
+    assert serial("ABCDEFGHIJKL", "V20261202093000", 99_999) == \
+        "ABCDEFGHIJKLV2026120209300099999"  # the longest PartyId still fits
+    with pytest.raises(ValueError, match="1-32"):
+        serial("ABCDEFGHIJKL", "V20261202093000", 100_000)
 
 
 # --- one file, one commit: the sim's books share its journal's transaction ------------

@@ -32,20 +32,20 @@ xfer-in  fund=100020003000 amount=50000.00 expect=0000
 xfer-out fund=100020003000 amount=20000.00 expect=0000
 xfer-out fund=100020003018 amount=1.00 expect=B310(local)
 xfer-in  fund=100020003018 amount=999999.00 expect=B310   # the bank: wallet short
-xfer-in  fund=100020003018 amount=300.00 sn=SLOW1 expect=B330
-wait sn=SLOW1 state=REVERSED seconds=20
+xfer-in  fund=100020003018 amount=300.00 sn=GTJASLOW1 expect=B330
+wait sn=GTJASLOW1 state=REVERSED seconds=20
 xfer-in  fund=100020003018 amount=700.00 expect=0000
 pay fund=100020003000 amount=199.00 product=L2QUOTE expect=0000
 refund amount=199.00 expect=0000
 refund amount=199.00 expect=B314
-pay fund=100020003018 amount=88.00 product=ADVICE kind=ADVISORY days=30 sn=ADV1 expect=0000
+pay fund=100020003018 amount=88.00 product=ADVICE kind=ADVISORY days=30 sn=GTJAADV1 expect=0000
 otc-subscribe wallet={CORP} amount=1000000.00 product=SY2026A01 expect=0000
 otc-subscribe wallet=0071130812093028 amount=10.00 kind=PERSONAL expect=B302
 otc-redeem amount=400000.00 expect=0000
 xfer-out fund=100020003018 amount=700.00 expect=0000
 unsign fund=100020003000 expect=B304(local)  # funds left: the broker does not send it
 unsign fund=100020003018 expect=B304         # the advisory is still valid
-refund orig=ADV1 amount=88.00 expect=0000
+refund orig=GTJAADV1 amount=88.00 expect=0000
 unsign fund=100020003018 expect=0000
 """
 
@@ -81,7 +81,7 @@ def rig(home, start_gateway, tmp_path: Path) -> Iterator[Rig]:  # type: ignore[n
     gw = start_gateway(relay_timeout_seconds=1.5, reversal_retry_initial_seconds=0.3,
                        reversal_retry_max_seconds=1.0)
     rig = Rig(gw, home.root, bank_home, broker_home, tmp_path / "eod", None)  # type: ignore[arg-type]
-    rig.bank = subprocess.Popen(rig.sim("bank", "--withhold", "SLOW1"), stdout=subprocess.PIPE,
+    rig.bank = subprocess.Popen(rig.sim("bank", "--withhold", "GTJASLOW1"), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
     gw.wait_for_log(r"CCB logged on as BANK", timeout=20)
     yield rig
@@ -122,6 +122,8 @@ def check_day(rig: Rig) -> dict[str, str]:
         "SELECT biz_type, biz_sn, state FROM record WHERE origin=? AND receiver=?"
         " ORDER BY biz_type, biz_sn", (BROKER, BANK)).fetchall()
     assert records and {s for _, _, s in records} <= {"SUCCEEDED", "FAILED", "REVERSED"}
+    # §4: every BizSn a sim made begins with its originator's PartyId
+    assert [sn for _, sn, _ in records if not sn.startswith(BROKER)] == []
     booked = {(t, sn): (res, rev) for t, sn, res, rev in bank.execute(
         "SELECT biz_type, biz_sn, result, reversed FROM op WHERE origin=? ORDER BY biz_key",
         (BROKER,))}
@@ -192,7 +194,7 @@ def test_a_scripted_business_day_across_three_processes_balances_and_reconciles(
     bank_out = rig.stop_bank()  # and again at the end
     assert bank_out.count("eod: wrote") == 2
     states = check_day(rig)
-    assert states["SLOW1"] == "REVERSED"
+    assert states["GTJASLOW1"] == "REVERSED"
     assert sorted(states.values()).count("SUCCEEDED") == 4
     check_files(rig, bank_out, out.stdout)
     # the BAL file's total is the aggregate account's balance (§8)

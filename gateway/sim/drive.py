@@ -37,6 +37,19 @@ class Reply:
         return self.result + ("(local)" if self.local else "")
 
 
+#: §4: a BizSn is [A-Za-z0-9]{1,32}.
+BIZSN_MAX = 32
+
+
+def serial(party: str, middle: str, seq: int) -> str:
+    """``party + middle + seq`` (at least 4 digits) as a BizSn; ValueError if it would not
+    fit the 32 characters of §4 (a 12-character PartyId leaves room for 99,999 a run)."""
+    sn = f"{party}{middle}{seq:04d}"
+    if len(sn) > BIZSN_MAX or not sn.isalnum() or not sn.isascii():
+        raise ValueError(f"BizSn {sn!r} is not 1-32 letters and digits (§4)")
+    return sn
+
+
 def reply_of(answer: Message) -> Reply:
     body = answer.body
     return Reply(str(body.get("Result") or body.get("Code")),
@@ -50,7 +63,9 @@ class Originator:
                  stamp: str | None = None) -> None:
         self.sim, self.counterparty, self.reactor = sim, counterparty, reactor
         self.gateway = sim.node.gateway.party
-        #: BizSn = prefix + stamp + sequence: unique per run (default: the start second).
+        self.party = sim.node.config.party
+        #: BizSn = PartyId + letter + stamp + sequence (§4: a BizSn begins with its
+        #: originator's PartyId): unique per run (default stamp: the start second).
         self.stamp = stamp if stamp is not None else f"{sim.node.local_now():%Y%m%d%H%M%S}"
         self._seq = itertools.count(1)
 
@@ -58,8 +73,9 @@ class Originator:
     def book(self) -> Any:
         return self.sim.book
 
-    def sn(self, prefix: str) -> str:
-        return f"{prefix}{self.stamp}{next(self._seq):04d}"
+    def sn(self, letter: str) -> str:
+        """A new BizSn: ``<PartyId><letter><stamp><sequence, 4 digits or more>``."""
+        return serial(self.party, letter + self.stamp, next(self._seq))
 
     # --- the wire ---------------------------------------------------------------------
     def send(self, msg_type: str, body: Mapping[str, Any], to: str | None = None,

@@ -75,7 +75,7 @@ def run(args: argparse.Namespace, home: Path, gateway_cert: Path) -> int:
         from .script import ScriptError, parse_script
 
         try:
-            steps = parse_script(args.script.read_text(encoding="utf-8"))
+            steps = parse_script(args.script.read_text(encoding="utf-8"), party)
         except (OSError, UnicodeDecodeError, ScriptError) as exc:
             print(f"gateway sim broker: {exc}", file=sys.stderr)
             return EXIT_USAGE

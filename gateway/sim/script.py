@@ -5,17 +5,18 @@ A script is text, one step a line (docs/simulators.md has the reference)::
     # comment
     sign      fund=100020003000                    expect=0000
     xfer-in   fund=100020003000 amount=50000.00
-    xfer-out  fund=100020003000 amount=20000.00   sn=OUT1
+    xfer-out  fund=100020003000 amount=20000.00   sn=GTJAOUT1
     pay       fund=100020003000 amount=199.00 product=L2QUOTE kind=LEVEL2 days=30
     refund    amount=199.00                        # the last paid order, unless orig=BIZSN
     otc-subscribe wallet=0099000011112222 amount=1000000.00 product=SY2026A01
     otc-redeem    amount=400000.00                 # the last subscription, unless orig=
                                                    # (last = the last one answered 0000)
     unsign    fund=100020003000                    # refused locally while funds are left
-    wait      2.5                                  # or: wait sn=SLOW1 state=REVERSED
+    wait      2.5                                  # or: wait sn=GTJASLOW1 state=REVERSED
 
-Every step may name its BizSn (``sn=``) and the Result it expects (``expect=``; a
-local refusal matches its code, or ``CODE(local)`` to insist on it).  The clients are
+Every step may name its BizSn (``sn=``, beginning with the broker's PartyId, §4) and
+the Result it expects (``expect=``; a local refusal matches its code, or
+``CODE(local)`` to insist on it).  The clients are
 the broker ledger's fund accounts: wallet, name and ID come from there.
 
 ``--rate N`` signs every client the registry does not yet hold, then sends N mixed
@@ -78,8 +79,9 @@ class Step:
         return f"{self.verb} {shown}".strip()
 
 
-def parse_script(text: str) -> list[Step]:
-    """The steps of a script; ScriptError for the first line that is wrong."""
+def parse_script(text: str, party: str | None = None) -> list[Step]:
+    """The steps of a script; ScriptError for the first line that is wrong.  With
+    ``party`` (the broker's PartyId), a step's ``sn=`` must begin with it (§4)."""
     steps = []
     for n, raw in enumerate(text.splitlines(), 1):
         words = raw.split("#", 1)[0].split()
@@ -96,6 +98,7 @@ def parse_script(text: str) -> list[Step]:
                 raise ScriptError(n, f"{word!r} is not key=value")
             args[key.lower().replace("-", "_")] = value
         _check_step(n, verb, args)
+        _check_sn(n, verb, args, party)
         steps.append(Step(n, verb, args))
     return steps
 
@@ -119,6 +122,24 @@ def _check_step(n: int, verb: str, args: dict[str, str]) -> None:
             float(args.get("seconds", "0"))
         except ValueError:
             raise ScriptError(n, f"wait: {args['seconds']!r} is not a number") from None
+
+
+#: A BizSn as §4 has it: 1-32 ASCII letters and digits.
+BIZSN = re.compile(r"[A-Za-z0-9]{1,32}")
+
+
+def _check_sn(n: int, verb: str, args: dict[str, str], party: str | None) -> None:
+    """A step's own BizSn is what the gateway takes (§4): 1-32 letters and digits that
+    begin with the sender's PartyId, else the gateway answers E111 — which a step may
+    expect on purpose (``expect=E111``). ``wait sn=`` names a record and is not checked."""
+    sn = args.get("sn")
+    if sn is None or verb == "wait" or args.get("expect") == "E111":
+        return
+    if not BIZSN.fullmatch(sn):
+        raise ScriptError(n, f"sn {sn!r} is not 1-32 letters and digits (§4)")
+    if party is not None and not sn.startswith(party):
+        raise ScriptError(n, f"sn {sn!r} does not begin with the broker's PartyId {party} "
+                             "(§4: the gateway would answer E111)")
 
 
 @dataclass
