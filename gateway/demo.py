@@ -176,6 +176,20 @@ class Script:
                 g.otc_redeem(sub, CORP_WALLET, "400000.00", self.sn("D")), "400000.00")
         self.day.current = None
 
+    @defer.inlineCallbacks
+    def settled(self, seconds: float = 10.0):  # type: ignore[no-untyped-def]
+        """Wait (bounded) until both parties have settled every request they sent (the
+        timed-out one when its reversal is final), and check that they did."""
+        self.day.current = "every request settled"
+        waited = 0.0
+        while (self.gtja.outbox or self.ccb.outbox) and waited < seconds:
+            yield task.deferLater(self.reactor, 0.1, lambda: None)
+            waited += 0.1
+        left = [e.describe() for o in (self.gtja, self.ccb) for e in o.unsettled()]
+        self.day.check("every request sent has its outcome (outbox empty)", not left,
+                       "; ".join(left))
+        self.day.current = None
+
 
 def check_books(day: Day, bank: Sim, broker: Sim, opening_total: int) -> None:
     """Money is neither created nor lost, the sweep is complete, reversals undid once."""
@@ -257,7 +271,9 @@ def run_demo(home: Path, reactor: Any, end_of_day: Callable[..., Any] | None = N
                 if bank.node.ready and broker.node.ready:
                     break
                 yield task.deferLater(reactor, 0.05, lambda: None)
-            yield Script(day, bank, broker, reactor).run()
+            script = Script(day, bank, broker, reactor)
+            yield script.run()
+            yield script.settled()
             check_books(day, bank, broker, opening)
             if end_of_day is not None:
                 eod_lines.extend(end_of_day(home, day, bank, broker, service))

@@ -402,3 +402,97 @@ def test_books_are_not_opened_on_a_journal_with_a_transaction_open(tmp_path: Pat
     with pytest.raises(RuntimeError, match="before the journal's first write"):
         Ledger(journal)
     journal.close()
+
+
+# --- recovery of requests without an outcome (issue 17 case 8) -------------------------
+
+@pytest.mark.parametrize("result, attempts, verdict", [
+    ("0000", 1, "SETTLE"), ("B310", 1, "SETTLE"), ("B399", 3, "SETTLE"),
+    ("B330", 1, "AWAIT_REVERSAL"),  # final only when the reversal is: XFER.QUERY
+    ("B331", 1, "REPEAT"), ("S901", 1, "REPEAT"), ("S902", 2, "REPEAT"), ("S903", 1, "REPEAT"),
+    ("LOST", 1, "REPEAT"),  # the session closed before the answer came
+    ("S900", 1, "QUERY"),
+    ("E111", 1, "SETTLE"), ("E207", 2, "REPEAT"),  # a repeat's E-code says nothing of the 1st
+    ("B312", 1, "SETTLE"), ("B312", 2, "QUERY"),
+])
+def test_what_an_answer_means_for_a_request(result: str, attempts: int, verdict: str) -> None:
+    from gateway.sim.outbox import judge
+
+    assert judge(result, attempts) == verdict
+
+
+@pytest.mark.parametrize("state, reversing, reversible, then", [
+    ("SUCCEEDED", False, True, "SUCCEEDED"), ("FAILED", False, True, "FAILED"),
+    ("REVERSED", True, True, "REVERSED"), ("FAILED", True, True, "FAILED"),
+    ("SUCCEEDED", True, True, None),  # §6: given back by a reversal, never SUCCEEDED
+    ("B313", True, True, None), ("REVERSING", True, True, None), ("PENDING", False, True, None),
+    ("B313", False, True, "REPEAT"),  # the gateway never recorded it: send it (again)
+    ("PENDING", False, False, "REPEAT"),  # unanswered, not reversible: a repeat asks again
+])
+def test_what_xfer_query_says_about_a_request(state: str, reversing: bool, reversible: bool,
+                                              then: str | None) -> None:
+    from gateway.sim.outbox import read_state
+
+    assert read_state(state, reversing, reversible) == then
+
+
+def test_the_outbox_is_durable_in_the_party_s_own_file(tmp_path: Path) -> None:
+    from gateway.sim.outbox import REVERSING, Entry, Outbox
+
+    path = tmp_path / "GTJA-ledger.sqlite3"
+    outbox = Outbox(Ledger(path))
+    body = {"BizSn": "GTJAV1", "FundAcct": FUND, "WalletId": WALLET, "Amount": "1.00",
+            "Ccy": "CNY", "Phone": None}
+    outbox.add(Entry("GTJA|XFER.OUT|GTJAV1", "XFER.OUT.REQ", "CCB", body, None, at="t"))
+    outbox.add(Entry("GTJA|CTS.SIGN|GTJAS1", "CTS.SIGN.REQ", "CCB", {"BizSn": "GTJAS1"},
+                     {"IdNo": "110101199003071234"}, at="t"))
+    entry = outbox.get("GTJA|XFER.OUT|GTJAV1")
+    assert entry is not None
+    entry.state, entry.attempts, entry.last = REVERSING, 2, "B330"
+    outbox.save(entry)
+    outbox.remove("GTJA|CTS.SIGN|GTJAS1")
+    outbox.ledger.close()
+    again = Outbox(Ledger(path))  # a restarted sim
+    assert list(again.entries) == ["GTJA|XFER.OUT|GTJAV1"]
+    got = again.entries["GTJA|XFER.OUT|GTJAV1"]
+    assert (got.body, got.state, got.attempts, got.last) == (body, REVERSING, 2, "B330")
+    assert got.business == "XFER.OUT" and got.biz_sn == "GTJAV1" and got.reversible
+
+
+def test_requests_unanswered_when_their_session_closes_are_lost_with_it(tmp_path: Path) -> None:
+    """The peer node tells whoever waits for an answer that its session closed: before,
+    the waiter stayed for ever (the broker hung, issue 17 case 8)."""
+    from cryptography.hazmat.primitives import serialization
+
+    from gateway.config import Config
+    from gateway.journal import Journal
+    from gateway.keystore import generate_key_file
+    from gateway.session import Sent
+    from gateway.sim.node import PeerNode
+    from gateway.sim.runtime import gateway_peer
+
+    class FakeSession:
+        ready = True
+
+        def __init__(self) -> None:
+            self.n = 0
+
+        def send(self, msg_type: str, body: Any, **_: Any) -> Sent:
+            self.n += 1
+            return Sent(f"GTJA{id(self)}{self.n}", b"")
+
+    pem = generate_key_file(tmp_path / "gw.key").public_key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    node = PeerNode(Config(party="GTJA"), Journal(tmp_path / "j.sqlite3"),
+                    generate_key_file(tmp_path / "gtja.key"), lambda: 0.0,
+                    gateway_peer(pem, "GW01"), "BROKER", None)  # type: ignore[arg-type]
+    first, second = FakeSession(), FakeSession()
+    node._ready.extend([first, second])  # type: ignore[list-item]
+    told: list[str] = []
+    for n in range(4):  # round-robin: two on each session
+        node.request("XFER.IN.REQ", {"BizSn": f"GTJAV{n}"}, "CCB", lambda m: told.append("answer"),
+                     on_lost=lambda n=n: told.append(f"lost {n}"))  # type: ignore[misc]
+    node.session_closed(first)  # type: ignore[arg-type]
+    assert sorted(told) == ["lost 0", "lost 2"] and node.outstanding == 2
+    node.session_closed(second)  # type: ignore[arg-type]
+    assert sorted(told) == ["lost 0", "lost 1", "lost 2", "lost 3"] and node.outstanding == 0

@@ -20,7 +20,8 @@ the Result it expects (``expect=``; a local refusal matches its code, or
 the broker ledger's fund accounts: wallet, name and ID come from there.
 
 ``--rate N`` signs every client the registry does not yet hold, then sends N mixed
-XFER.IN/XFER.OUT a second (an XFER.OUT only when the fund account holds the amount).
+XFER.IN/XFER.OUT a second (an XFER.OUT only when the fund account holds the amount)
+while a session is ready.
 """
 from __future__ import annotations
 
@@ -172,6 +173,10 @@ class ScriptRun:
     @defer.inlineCallbacks
     def run(self):  # type: ignore[no-untyped-def]
         for step in self.steps:
+            if not self.o.accepting:  # the broker is stopping (SIGTERM): no new step
+                self.tally.unexpected.append(f"line {step.line}: {step.describe()} not run: "
+                                             "the broker stopped first")
+                break
             self._sent = None
             got = yield self._one(step)
             if self._sent is not None and got.result == "0000":
@@ -236,7 +241,9 @@ class ScriptRun:
 
 class Load:
     """``--rate N``: N mixed transfers a second from the signed clients, for
-    ``seconds`` (None: until :meth:`stop`), at most ``max_inflight`` unanswered."""
+    ``seconds`` (None: until :meth:`stop`), at most ``max_inflight`` unanswered.  While
+    the broker has no ready session it sends nothing (a core does not originate into a
+    link that is down, nor catch up afterwards: those transfers are ``skipped``)."""
 
     TICK = 0.02
 
@@ -248,6 +255,7 @@ class Load:
         self.rng = rng or random.Random()
         self.tally = Tally()
         self.sent = 0
+        self.skipped = 0
         self.inflight = 0
         self.clients: list[str] = []
         self._loop: task.LoopingCall | None = None
@@ -258,7 +266,8 @@ class Load:
     @defer.inlineCallbacks
     def run(self):  # type: ignore[no-untyped-def]
         """Sign who needs it, send until the time is up or stop(); fires with the Tally
-        once every transfer sent is answered."""
+        when sending has stopped (answers still to come keep counting in it: the
+        broker waits for them, bounded, see gateway/sim/process.py)."""
         self.clients = yield self._signed_clients()
         if self._stopping:
             return self.tally
@@ -275,11 +284,12 @@ class Load:
         return tally
 
     def stop(self) -> None:
-        """Send no more; the run ends when the last transfer is answered."""
+        """Send no more: :meth:`run` fires now."""
         self._stopping = True
         if self._loop is not None and self._loop.running:
             self._loop.stop()
-        self._maybe_done()
+        if not self._done.called:
+            self._done.callback(self.tally)
 
     @defer.inlineCallbacks
     def _signed_clients(self):  # type: ignore[no-untyped-def]
@@ -301,7 +311,10 @@ class Load:
         if self.seconds is not None and elapsed >= self.seconds:
             self.stop()
             return
-        due = int(elapsed * self.rate) + 1 - self.sent
+        due = int(elapsed * self.rate) + 1 - self.sent - self.skipped
+        if due > 0 and not self.o.sim.node.ready:
+            self.skipped += due
+            return
         for _ in range(max(0, min(due, self.max_inflight - self.inflight))):
             self._send_one()
 
@@ -318,13 +331,7 @@ class Load:
         self.inflight -= 1
         self.tally.steps += 1
         self.tally.count(reply.shown)
-        self._maybe_done()
 
     def _failed(self, failure: Any) -> None:
         self.inflight -= 1
         self.tally.unexpected.append(f"transfer failed: {failure.getErrorMessage()}")
-        self._maybe_done()
-
-    def _maybe_done(self) -> None:
-        if self._stopping and self.inflight == 0 and not self._done.called:
-            self._done.callback(self.tally)
