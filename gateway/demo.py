@@ -36,7 +36,8 @@ ZHANG = ("100020003000", "0071130812093028", "张三", "01", "110101199003071234
 LI = ("100020003018", "0071130812093036", "李四", "01", "110101198805051234")
 WANG = ("100020003026", "0071130812093044", "王五", "01", "110101199512121234")
 CORP_WALLET = "0099000011112222"
-SLOW = "DEMOSLOW1"  # the bank books it but never answers: timeout → reversal
+SLOW = BROKER + "SLOW1"  # the bank books it but never answers: timeout → reversal
+# (every BizSn begins with its originator's PartyId, §4; Originator.sn makes the others)
 
 
 @dataclass
@@ -88,7 +89,7 @@ class Script:
         self.day, self.bank, self.broker, self.reactor = day, bank, broker, reactor
         stamp = f"{dt.date.today():%Y%m%d}"
         self.gtja = Originator(broker, BANK, reactor, stamp)
-        self.ccb = Originator(bank, BROKER, reactor, stamp + "B")
+        self.ccb = Originator(bank, BROKER, reactor, stamp)  # CCB…: apart from GTJA…
 
     def sn(self, prefix: str) -> str:
         return self.gtja.sn(prefix)
@@ -175,6 +176,20 @@ class Script:
                 g.otc_redeem(sub, CORP_WALLET, "400000.00", self.sn("D")), "400000.00")
         self.day.current = None
 
+    @defer.inlineCallbacks
+    def settled(self, seconds: float = 10.0):  # type: ignore[no-untyped-def]
+        """Wait (bounded) until both parties have settled every request they sent (the
+        timed-out one when its reversal is final), and check that they did."""
+        self.day.current = "every request settled"
+        waited = 0.0
+        while (self.gtja.outbox or self.ccb.outbox) and waited < seconds:
+            yield task.deferLater(self.reactor, 0.1, lambda: None)
+            waited += 0.1
+        left = [e.describe() for o in (self.gtja, self.ccb) for e in o.unsettled()]
+        self.day.check("every request sent has its outcome (outbox empty)", not left,
+                       "; ".join(left))
+        self.day.current = None
+
 
 def check_books(day: Day, bank: Sim, broker: Sim, opening_total: int) -> None:
     """Money is neither created nor lost, the sweep is complete, reversals undid once."""
@@ -256,7 +271,9 @@ def run_demo(home: Path, reactor: Any, end_of_day: Callable[..., Any] | None = N
                 if bank.node.ready and broker.node.ready:
                     break
                 yield task.deferLater(reactor, 0.05, lambda: None)
-            yield Script(day, bank, broker, reactor).run()
+            script = Script(day, bank, broker, reactor)
+            yield script.run()
+            yield script.settled()
             check_books(day, bank, broker, opening)
             if end_of_day is not None:
                 eod_lines.extend(end_of_day(home, day, bank, broker, service))

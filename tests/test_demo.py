@@ -49,14 +49,19 @@ def test_demo_runs_a_whole_business_day_and_exits_zero(tmp_path: Path) -> None:
     journal = sqlite3.connect(tmp_path / "gateway" / "data" / "journal.sqlite3")
     states = dict(journal.execute("SELECT state, count(*) FROM record GROUP BY state"))
     assert states.get("REVERSED") == 1 and "PENDING" not in states and "REVERSING" not in states
+    # §4: each BizSn the day's requests carried begins with its originator's PartyId
+    origins = journal.execute("SELECT origin, biz_sn FROM record").fetchall()
+    assert {o for o, _ in origins} == {"GTJA", "CCB"}
+    assert [(o, sn) for o, sn in origins if not sn.startswith(o)] == []
 
 
 def test_demo_leaves_no_process_behind(tmp_path: Path) -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "gateway", "demo"],
+    marker = str(tmp_path / "this-demo")  # other demos may run on the machine meanwhile
+    proc = subprocess.Popen([sys.executable, "-m", "gateway", "demo", "--keep", marker],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     assert proc.wait(timeout=120) == 0
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    assert not [line for line in ps.splitlines() if "gateway demo" in line and "ps -eo" not in line]
+    assert not [line for line in ps.splitlines() if marker in line and "ps -eo" not in line]
 
 
 def test_a_day_that_recorded_nothing_or_did_not_complete_is_not_ok() -> None:

@@ -36,7 +36,7 @@ def sim_bank(home, start_gateway, tmp_path):  # type: ignore[no-untyped-def]
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway", "--home", str(sim_home), "sim", "bank",
          "--connect", f"127.0.0.1:{gw.port}", "--gateway-cert",
-         str(home.root / "keys" / "gateway.crt"), "--withhold", "SLOW1"],
+         str(home.root / "keys" / "gateway.crt"), "--withhold", "GTJASLOW1"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     gw.wait_for_log(r"CCB logged on as BANK")
     gw.wait_for_log(r"session key G\w+ installed")
@@ -58,18 +58,18 @@ def test_sim_bank_checks_identity_funds_sweeps_and_reverses(sim_bank) -> None:  
     gw, sim_home = sim_bank
     broker = gw.peer(BROKER).open_session()
     wrong: list[tuple[str, Any]] = [(k, "李四" if k == "CustName" else v)
-                                    for k, v in sign_fields("S0")]
+                                    for k, v in sign_fields("GTJAS0")]
     assert call(broker, "CTS.SIGN.REQ", wrong, encrypt=("IdNo", "Phone")).body["Result"] == "B303"
-    fields = [(k, v) for k, v in sign_fields("S1") if k != "Phone"]
+    fields = [(k, v) for k, v in sign_fields("GTJAS1") if k != "Phone"]
     signed = call(broker, "CTS.SIGN.REQ", fields, encrypt=("IdNo",))
     assert signed.body["Result"] == "0000" and signed.body["AgreementNo"].startswith("AG")
     before = balance(sim_home, WALLET)
-    rsp = call(broker, "XFER.IN.REQ", xfer("T1", amount="1000.00"))
+    rsp = call(broker, "XFER.IN.REQ", xfer("GTJAT1", amount="1000.00"))
     assert rsp.body["Result"] == "0000" and rsp.body["SweepRef"] and rsp.body["BankSn"]
     assert balance(sim_home, WALLET) == before - 100_000
     assert balance(sim_home, "DEDICATED") == 0 and balance(sim_home, "AGGREGATE") == 100_000
-    assert call(broker, "XFER.IN.REQ", xfer("T2", amount="999999.00")).body["Result"] == "B310"
-    assert call(broker, "XFER.IN.REQ", xfer("SLOW1", amount="500.00")).body["Result"] == "B330"
+    assert call(broker, "XFER.IN.REQ", xfer("GTJAT2", amount="999999.00")).body["Result"] == "B310"
+    assert call(broker, "XFER.IN.REQ", xfer("GTJASLOW1", amount="500.00")).body["Result"] == "B330"
     gw.wait_for_log("REVERSED")
     deadline = time.monotonic() + 5
     while balance(sim_home, WALLET) != before - 100_000 and time.monotonic() < deadline:
@@ -287,12 +287,12 @@ def test_a_broker_script_parses_every_step_and_names_the_bad_line() -> None:
     from gateway.sim.script import ScriptError, parse_script
 
     steps = parse_script("# a day\n\nsign fund=100020003000 expect=0000\n"
-                         "xfer-in fund=100020003000 amount=10.00 sn=A1  # note\n"
-                         "wait 1.5\nwait sn=A1 state=REVERSED type=XFER.IN\n"
+                         "xfer-in fund=100020003000 amount=10.00 sn=GTJAA1  # note\n"
+                         "wait 1.5\nwait sn=GTJAA1 state=REVERSED type=XFER.IN\n"
                          "refund amount=1.00\notc-redeem amount=2.00 orig=O1\n")
     assert [(s.line, s.verb) for s in steps] == [(3, "sign"), (4, "xfer-in"), (5, "wait"),
                                                  (6, "wait"), (7, "refund"), (8, "otc-redeem")]
-    assert steps[0].expect == "0000" and steps[1].args["sn"] == "A1"
+    assert steps[0].expect == "0000" and steps[1].args["sn"] == "GTJAA1"
     assert steps[2].args == {"seconds": "1.5"}
     for text, message in [("fly fund=1", "unknown step 'fly'"),
                           ("xfer-in fund=1", "missing amount"),
@@ -300,9 +300,33 @@ def test_a_broker_script_parses_every_step_and_names_the_bad_line() -> None:
                           ("xfer-in fund=1 amount=1.50 colour=red", "unknown key(s) colour"),
                           ("pay amount=1.00", "needs fund= or wallet="),
                           ("sign fund", "is not key=value"),
-                          ("wait", "needs seconds"), ("wait soon", "is not a number")]:
+                          ("wait", "needs seconds"), ("wait soon", "is not a number"),
+                          ("sign fund=1 sn=A1", "does not begin with the broker's PartyId"),
+                          ("sign fund=1 sn=GTJA-1", "is not 1-32 letters and digits"),
+                          ("sign fund=1 sn=GTJA" + "9" * 29, "is not 1-32 letters")]:
         with pytest.raises(ScriptError, match=r"script line 2: .*" + re.escape(message)):
-            parse_script("# first\n" + text)
+            parse_script("# first\n" + text, "GTJA")
+
+
+def test_a_script_sn_must_begin_with_the_party_unless_e111_is_expected() -> None:
+    """§4: the gateway answers E111 to a BizSn that does not begin with its sender's
+    PartyId; a script is refused before anything is sent, unless that is the point."""
+    from gateway.sim.script import parse_script
+
+    steps = parse_script("xfer-in fund=1 amount=1.00 sn=GTJA" + "9" * 28 + "\n"
+                         "xfer-in fund=1 amount=1.00 sn=X1 expect=E111\n"
+                         "wait sn=CCBK1 state=REVERSED\n", "GTJA")
+    assert [s.args["sn"] for s in steps] == ["GTJA" + "9" * 28, "X1", "CCBK1"]
+
+
+def test_generated_bizsns_begin_with_the_party_and_fit_32_characters() -> None:
+    from gateway.sim.drive import serial
+
+    assert serial("GTJA", "V20261202093000", 1) == "GTJAV202612020930000001"
+    assert serial("ABCDEFGHIJKL", "V20261202093000", 99_999) == \
+        "ABCDEFGHIJKLV2026120209300099999"  # the longest PartyId still fits
+    with pytest.raises(ValueError, match="1-32"):
+        serial("ABCDEFGHIJKL", "V20261202093000", 100_000)
 
 
 # --- one file, one commit: the sim's books share its journal's transaction ------------
@@ -378,3 +402,97 @@ def test_books_are_not_opened_on_a_journal_with_a_transaction_open(tmp_path: Pat
     with pytest.raises(RuntimeError, match="before the journal's first write"):
         Ledger(journal)
     journal.close()
+
+
+# --- recovery of requests without an outcome (issue 17 case 8) -------------------------
+
+@pytest.mark.parametrize("result, attempts, verdict", [
+    ("0000", 1, "SETTLE"), ("B310", 1, "SETTLE"), ("B399", 3, "SETTLE"),
+    ("B330", 1, "AWAIT_REVERSAL"),  # final only when the reversal is: XFER.QUERY
+    ("B331", 1, "REPEAT"), ("S901", 1, "REPEAT"), ("S902", 2, "REPEAT"), ("S903", 1, "REPEAT"),
+    ("LOST", 1, "REPEAT"),  # the session closed before the answer came
+    ("S900", 1, "QUERY"),
+    ("E111", 1, "SETTLE"), ("E207", 2, "REPEAT"),  # a repeat's E-code says nothing of the 1st
+    ("B312", 1, "SETTLE"), ("B312", 2, "QUERY"),
+])
+def test_what_an_answer_means_for_a_request(result: str, attempts: int, verdict: str) -> None:
+    from gateway.sim.outbox import judge
+
+    assert judge(result, attempts) == verdict
+
+
+@pytest.mark.parametrize("state, reversing, reversible, then", [
+    ("SUCCEEDED", False, True, "SUCCEEDED"), ("FAILED", False, True, "FAILED"),
+    ("REVERSED", True, True, "REVERSED"), ("FAILED", True, True, "FAILED"),
+    ("SUCCEEDED", True, True, None),  # §6: given back by a reversal, never SUCCEEDED
+    ("B313", True, True, None), ("REVERSING", True, True, None), ("PENDING", False, True, None),
+    ("B313", False, True, "REPEAT"),  # the gateway never recorded it: send it (again)
+    ("PENDING", False, False, "REPEAT"),  # unanswered, not reversible: a repeat asks again
+])
+def test_what_xfer_query_says_about_a_request(state: str, reversing: bool, reversible: bool,
+                                              then: str | None) -> None:
+    from gateway.sim.outbox import read_state
+
+    assert read_state(state, reversing, reversible) == then
+
+
+def test_the_outbox_is_durable_in_the_party_s_own_file(tmp_path: Path) -> None:
+    from gateway.sim.outbox import REVERSING, Entry, Outbox
+
+    path = tmp_path / "GTJA-ledger.sqlite3"
+    outbox = Outbox(Ledger(path))
+    body = {"BizSn": "GTJAV1", "FundAcct": FUND, "WalletId": WALLET, "Amount": "1.00",
+            "Ccy": "CNY", "Phone": None}
+    outbox.add(Entry("GTJA|XFER.OUT|GTJAV1", "XFER.OUT.REQ", "CCB", body, None, at="t"))
+    outbox.add(Entry("GTJA|CTS.SIGN|GTJAS1", "CTS.SIGN.REQ", "CCB", {"BizSn": "GTJAS1"},
+                     {"IdNo": "110101199003071234"}, at="t"))
+    entry = outbox.get("GTJA|XFER.OUT|GTJAV1")
+    assert entry is not None
+    entry.state, entry.attempts, entry.last = REVERSING, 2, "B330"
+    outbox.save(entry)
+    outbox.remove("GTJA|CTS.SIGN|GTJAS1")
+    outbox.ledger.close()
+    again = Outbox(Ledger(path))  # a restarted sim
+    assert list(again.entries) == ["GTJA|XFER.OUT|GTJAV1"]
+    got = again.entries["GTJA|XFER.OUT|GTJAV1"]
+    assert (got.body, got.state, got.attempts, got.last) == (body, REVERSING, 2, "B330")
+    assert got.business == "XFER.OUT" and got.biz_sn == "GTJAV1" and got.reversible
+
+
+def test_requests_unanswered_when_their_session_closes_are_lost_with_it(tmp_path: Path) -> None:
+    """The peer node tells whoever waits for an answer that its session closed: before,
+    the waiter stayed for ever (the broker hung, issue 17 case 8)."""
+    from cryptography.hazmat.primitives import serialization
+
+    from gateway.config import Config
+    from gateway.journal import Journal
+    from gateway.keystore import generate_key_file
+    from gateway.session import Sent
+    from gateway.sim.node import PeerNode
+    from gateway.sim.runtime import gateway_peer
+
+    class FakeSession:
+        ready = True
+
+        def __init__(self) -> None:
+            self.n = 0
+
+        def send(self, msg_type: str, body: Any, **_: Any) -> Sent:
+            self.n += 1
+            return Sent(f"GTJA{id(self)}{self.n}", b"")
+
+    pem = generate_key_file(tmp_path / "gw.key").public_key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    node = PeerNode(Config(party="GTJA"), Journal(tmp_path / "j.sqlite3"),
+                    generate_key_file(tmp_path / "gtja.key"), lambda: 0.0,
+                    gateway_peer(pem, "GW01"), "BROKER", None)  # type: ignore[arg-type]
+    first, second = FakeSession(), FakeSession()
+    node._ready.extend([first, second])  # type: ignore[list-item]
+    told: list[str] = []
+    for n in range(4):  # round-robin: two on each session
+        node.request("XFER.IN.REQ", {"BizSn": f"GTJAV{n}"}, "CCB", lambda m: told.append("answer"),
+                     on_lost=lambda n=n: told.append(f"lost {n}"))  # type: ignore[misc]
+    node.session_closed(first)  # type: ignore[arg-type]
+    assert sorted(told) == ["lost 0", "lost 2"] and node.outstanding == 2
+    node.session_closed(second)  # type: ignore[arg-type]
+    assert sorted(told) == ["lost 0", "lost 1", "lost 2", "lost 3"] and node.outstanding == 0

@@ -32,20 +32,20 @@ xfer-in  fund=100020003000 amount=50000.00 expect=0000
 xfer-out fund=100020003000 amount=20000.00 expect=0000
 xfer-out fund=100020003018 amount=1.00 expect=B310(local)
 xfer-in  fund=100020003018 amount=999999.00 expect=B310   # the bank: wallet short
-xfer-in  fund=100020003018 amount=300.00 sn=SLOW1 expect=B330
-wait sn=SLOW1 state=REVERSED seconds=20
+xfer-in  fund=100020003018 amount=300.00 sn=GTJASLOW1 expect=B330
+wait sn=GTJASLOW1 state=REVERSED seconds=20
 xfer-in  fund=100020003018 amount=700.00 expect=0000
 pay fund=100020003000 amount=199.00 product=L2QUOTE expect=0000
 refund amount=199.00 expect=0000
 refund amount=199.00 expect=B314
-pay fund=100020003018 amount=88.00 product=ADVICE kind=ADVISORY days=30 sn=ADV1 expect=0000
+pay fund=100020003018 amount=88.00 product=ADVICE kind=ADVISORY days=30 sn=GTJAADV1 expect=0000
 otc-subscribe wallet={CORP} amount=1000000.00 product=SY2026A01 expect=0000
 otc-subscribe wallet=0071130812093028 amount=10.00 kind=PERSONAL expect=B302
 otc-redeem amount=400000.00 expect=0000
 xfer-out fund=100020003018 amount=700.00 expect=0000
 unsign fund=100020003000 expect=B304(local)  # funds left: the broker does not send it
 unsign fund=100020003018 expect=B304         # the advisory is still valid
-refund orig=ADV1 amount=88.00 expect=0000
+refund orig=GTJAADV1 amount=88.00 expect=0000
 unsign fund=100020003018 expect=0000
 """
 
@@ -72,18 +72,27 @@ class Rig:
         return out
 
 
-@pytest.fixture
-def rig(home, start_gateway, tmp_path: Path) -> Iterator[Rig]:  # type: ignore[no-untyped-def]
+#: The rig's gateway settings: quick timeouts and reversal retries.
+RIG_SETTINGS = dict(relay_timeout_seconds=1.5, reversal_retry_initial_seconds=0.3,
+                    reversal_retry_max_seconds=1.0)
+
+
+def start_rig(home, start_gateway, tmp_path: Path, *bank_args: str) -> Rig:  # type: ignore[no-untyped-def]
     bank_home, broker_home = tmp_path / "ccb", tmp_path / "gtja"
     store = KeyStore(home.root / "keys")  # the sims' own keys, registered first
     store.add_peer(BANK, "BANK", ensure_key(bank_home, BANK).read_bytes())
     store.add_peer(BROKER, "BROKER", ensure_key(broker_home, BROKER).read_bytes())
-    gw = start_gateway(relay_timeout_seconds=1.5, reversal_retry_initial_seconds=0.3,
-                       reversal_retry_max_seconds=1.0)
+    gw = start_gateway(**RIG_SETTINGS)
     rig = Rig(gw, home.root, bank_home, broker_home, tmp_path / "eod", None)  # type: ignore[arg-type]
-    rig.bank = subprocess.Popen(rig.sim("bank", "--withhold", "SLOW1"), stdout=subprocess.PIPE,
+    rig.bank = subprocess.Popen(rig.sim("bank", *bank_args), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
     gw.wait_for_log(r"CCB logged on as BANK", timeout=20)
+    return rig
+
+
+@pytest.fixture
+def rig(home, start_gateway, tmp_path: Path) -> Iterator[Rig]:  # type: ignore[no-untyped-def]
+    rig = start_rig(home, start_gateway, tmp_path, "--withhold", "GTJASLOW1")
     yield rig
     if rig.bank.poll() is None:
         rig.bank.kill()
@@ -122,6 +131,8 @@ def check_day(rig: Rig) -> dict[str, str]:
         "SELECT biz_type, biz_sn, state FROM record WHERE origin=? AND receiver=?"
         " ORDER BY biz_type, biz_sn", (BROKER, BANK)).fetchall()
     assert records and {s for _, _, s in records} <= {"SUCCEEDED", "FAILED", "REVERSED"}
+    # §4: every BizSn a sim made begins with its originator's PartyId
+    assert [sn for _, sn, _ in records if not sn.startswith(BROKER)] == []
     booked = {(t, sn): (res, rev) for t, sn, res, rev in bank.execute(
         "SELECT biz_type, biz_sn, result, reversed FROM op WHERE origin=? ORDER BY biz_key",
         (BROKER,))}
@@ -192,7 +203,7 @@ def test_a_scripted_business_day_across_three_processes_balances_and_reconciles(
     bank_out = rig.stop_bank()  # and again at the end
     assert bank_out.count("eod: wrote") == 2
     states = check_day(rig)
-    assert states["SLOW1"] == "REVERSED"
+    assert states["GTJASLOW1"] == "REVERSED"
     assert sorted(states.values()).count("SUCCEEDED") == 4
     check_files(rig, bank_out, out.stdout)
     # the BAL file's total is the aggregate account's balance (§8)
@@ -303,3 +314,131 @@ def test_a_sim_whose_books_fail_to_close_exits_1_and_still_closes_its_journal(
     assert proc.returncode == 1, out
     assert "stopping: " in out and "disk full (test)" in out
     assert_closed_its_journal(BANK, bank_home, out)  # closed although the books failed
+
+
+# --- issue 17 case 8: the broker across a gateway crash or restart --------------------
+
+def relayed_per_bizsn(journal: sqlite3.Connection, party: str) -> dict[str, int]:
+    """How often the gateway sent ``party`` a transfer request, per BizSn."""
+    counts: dict[str, int] = {}
+    for xml, in journal.execute("SELECT xml FROM message WHERE direction='OUT' AND party=?"
+                                " AND msg_type IN ('XFER.IN.REQ', 'XFER.OUT.REQ')", (party,)):
+        sn = re.search(rb"<BizSn>([A-Za-z0-9]+)</BizSn>", bytes(xml))
+        assert sn is not None
+        counts[sn.group(1).decode()] = counts.get(sn.group(1).decode(), 0) + 1
+    return counts
+
+
+def wait_for_transfers(rig: Rig, timeout: float) -> None:
+    journal = sqlite3.connect(rig.gw_home / "data" / "journal.sqlite3")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if journal.execute("SELECT count(*) FROM record WHERE biz_type LIKE 'XFER.%'"
+                           ).fetchone()[0]:
+            journal.close()
+            return
+        time.sleep(0.1)
+    raise AssertionError("no transfer reached the gateway")
+
+
+def check_settled(rig: Rig) -> None:
+    """Every transfer the broker sent is final at the gateway and settled alike in the
+    broker's books; nothing is held back; the broker's client funds (and its BAL file)
+    are the bank's aggregate account; no transfer was relayed to the bank twice."""
+    journal = sqlite3.connect(rig.gw_home / "data" / "journal.sqlite3")
+    bank = sqlite3.connect(rig.bank_home / "data" / f"{BANK}-ledger.sqlite3")
+    books = sqlite3.connect(rig.broker_home / "data" / f"{BROKER}-ledger.sqlite3")
+    # every transfer the broker sent is final at the gateway, and settled alike by the broker
+    states = dict(journal.execute("SELECT biz_sn, state FROM record WHERE origin=? AND"
+                                  " biz_type LIKE 'XFER.%'", (BROKER,)).fetchall())
+    mine = dict(books.execute("SELECT biz_sn, result FROM op WHERE origin=? AND"
+                              " biz_type LIKE 'XFER.%'", (BROKER,)).fetchall())
+    assert len(states) > 50 and set(mine) == set(states)
+    for sn, state in states.items():
+        assert state in ("SUCCEEDED", "FAILED", "REVERSED"), (sn, state)
+        assert (mine[sn] == "0000") == (state == "SUCCEEDED"), (sn, state, mine[sn])
+        assert (mine[sn] == "B330") == (state == "REVERSED"), (sn, state, mine[sn])
+    assert books.execute("SELECT count(*) FROM outbox").fetchone() == (0,)
+    # the broker's books: nothing held back, and its clients' funds are the aggregate account
+    held, = books.execute("SELECT balance_fen FROM account WHERE id='HOLD'").fetchone()
+    total, = books.execute("SELECT SUM(balance_fen) FROM account").fetchone()
+    funds, = books.execute("SELECT SUM(balance_fen) FROM account WHERE kind='FUND'").fetchone()
+    aggregate, = bank.execute("SELECT balance_fen FROM account WHERE id='AGGREGATE'").fetchone()
+    dedicated, = bank.execute("SELECT balance_fen FROM account WHERE id='DEDICATED'").fetchone()
+    assert (held, total, dedicated) == (0, 0, 0)
+    assert funds == aggregate and funds > 0
+    bal = next(rig.eod.glob("BAL_*.txt")).read_text().splitlines()
+    assert bal[-1].split("|")[2] == f"{aggregate // 100}.{aggregate % 100:02d}"
+    # no transfer was relayed to the bank twice (§6: a repeat is answered, not relayed)
+    relayed = relayed_per_bizsn(journal, BANK)
+    assert relayed and max(relayed.values()) == 1, [sn for sn, n in relayed.items() if n > 1]
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
+def test_a_broker_under_load_settles_everything_across_a_gateway_restart(
+        how: str, home, start_gateway, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """`sim broker --rate 30 --seconds 8`, the gateway killed (or stopped) 3 s into the
+    load and started again on the same port 2 s later: the broker asks again or looks up
+    every request left without an outcome, settles each from the answer, ends by itself,
+    and exits 0 with nothing in HOLD and its BAL total equal to the bank's AGGREGATE.
+    The bank answers after 0.3 s, so requests are in flight when the gateway goes."""
+    rig = start_rig(home, start_gateway, tmp_path, "--delay", "0.3")
+    try:
+        broker = subprocess.Popen(rig.sim("broker", "--rate", "30", "--seconds", "8",
+                                          "--settle-seconds", "30"),
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        rig.gw.wait_for_log(r"GTJA logged on as BROKER", timeout=20)
+        wait_for_transfers(rig, timeout=20)  # the load has begun
+        time.sleep(3)
+        if how == "SIGKILL":
+            rig.gw.kill()
+        else:
+            assert rig.gw.stop() == 0  # drains: new requests get S902 meanwhile
+        time.sleep(2)
+        rig.gw = start_gateway(listen=f"127.0.0.1:{rig.gw.port}")
+        out, err = broker.communicate(timeout=60)
+        assert "Traceback" not in err, err
+        assert broker.returncode == 0, out + err
+        assert "settled: every request sent has its outcome" in out, out
+        recovered = re.search(r"\((\d+) sent again, (\d+) looked up", out)
+        assert recovered and int(recovered[1]) + int(recovered[2]) > 0, out  # it was needed
+        assert "UNSETTLED" not in out and "UNBALANCED" not in out, out
+        bank_out = rig.stop_bank()
+    finally:
+        if rig.bank.poll() is None:
+            rig.bank.kill()
+    check_settled(rig)
+    assert "Traceback" not in rig.gw.log_text() + bank_out
+
+
+def test_a_broker_killed_under_load_settles_what_it_left_when_it_starts_again(
+        home, start_gateway, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The broker itself SIGKILLed with transfers in flight (the bank answers after 1 s):
+    they are in its outbox, in its own SQLite file, and the next run settles them
+    first (same BizSn, same content: the gateway answers from its record)."""
+    rig = start_rig(home, start_gateway, tmp_path, "--delay", "1")
+    try:
+        first = subprocess.Popen(rig.sim("broker", "--rate", "30"), stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
+        rig.gw.wait_for_log(r"GTJA logged on as BROKER", timeout=20)
+        wait_for_transfers(rig, timeout=20)
+        time.sleep(2.5)
+        first.kill()
+        first.wait(10)
+        books = sqlite3.connect(rig.broker_home / "data" / f"{BROKER}-ledger.sqlite3")
+        left, = books.execute("SELECT count(*) FROM outbox").fetchone()
+        books.close()
+        assert left > 5  # ~30 a second, each unanswered for 1 s
+        out = run_broker(rig, "--rate", "30", "--seconds", "2", "--settle-seconds", "30",
+                         timeout=60)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert f"{left} request(s) unsettled from an earlier run" in out.stderr, out.stderr
+        assert "settled: every request sent has its outcome" in out.stdout, out.stdout
+        again = re.search(r"\((\d+) sent again", out.stdout)
+        assert again and int(again[1]) >= left, out.stdout
+        bank_out = rig.stop_bank()
+    finally:
+        if rig.bank.poll() is None:
+            rig.bank.kill()
+    check_settled(rig)
+    assert "Traceback" not in rig.gw.log_text() + bank_out

@@ -6,7 +6,8 @@ once, and the books can be checked: the sum of all balances never changes.
 A posting that counted against its debit wallet's daily limit says so
 (``limit_use``), so undoing it gives that day's usage back.  A reversal that
 arrives before its original leaves a tombstone: the original, if it comes
-later, is refused and moves nothing.
+later, is refused and moves nothing.  The ``outbox`` table holds the requests the
+party sent and has not settled yet (:mod:`gateway.sim.outbox`).
 """
 from __future__ import annotations
 
@@ -71,6 +72,17 @@ CREATE TABLE IF NOT EXISTS tombstone (
     reversal_origin TEXT NOT NULL,
     at TEXT NOT NULL,
     PRIMARY KEY (origin, biz_type, biz_sn)
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    biz_key TEXT PRIMARY KEY,
+    msg_type TEXT NOT NULL,
+    to_party TEXT NOT NULL,
+    body TEXT NOT NULL,
+    secret TEXT,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    last TEXT,
+    at TEXT NOT NULL
 );
 """
 

@@ -20,6 +20,8 @@ from ..verification import Verified
 log = logging.getLogger(__name__)
 
 Answer = Callable[[Message], None]
+#: Told that the session a request went out on closed before its answer came.
+Lost = Callable[[], None]
 
 
 class Book(Protocol):
@@ -42,8 +44,11 @@ class PeerNode(Node):
         self.book = book
         self.sessions: list[Session] = []
         self._ready: list[Session] = []
-        self._waiting: dict[str, Answer] = {}
+        #: Unanswered requests by MsgId: the session each went out on, and whom to tell.
+        self._waiting: dict[str, tuple[Session, Answer, Lost | None]] = {}
         self.on_ready: list[Callable[[], None]] = []
+        #: Called on every session that becomes ready (``on_ready`` is for the next one).
+        self.on_each_ready: list[Callable[[], None]] = []
         #: Answer sending hook: the edge may delay it (``sim --delay``).
         self.answer_later: Callable[[Callable[[], None]], None] = lambda send: send()
 
@@ -58,13 +63,20 @@ class PeerNode(Node):
         self._ready.append(session)
         log.info("%s ready on session %s", self.config.party, session.session_id)
         callbacks, self.on_ready = self.on_ready, []
-        for callback in callbacks:
+        for callback in [*callbacks, *self.on_each_ready]:
             callback()
 
     def session_closed(self, session: Session) -> None:
+        """Forget the session; requests that went out on it and were not answered are
+        lost with it (their answers, if any come, go to a session that is gone)."""
         for bucket in (self.sessions, self._ready):
             if session in bucket:
                 bucket.remove(session)
+        lost = [msg_id for msg_id, (on, _, _) in self._waiting.items() if on is session]
+        for msg_id in lost:
+            _, _, tell = self._waiting.pop(msg_id)
+            if tell is not None:
+                tell()
 
     @property
     def ready(self) -> bool:
@@ -75,7 +87,7 @@ class PeerNode(Node):
         if message.kind.is_response:
             waiter = self._waiting.pop(message.head.ref_id or "", None)
             if waiter is not None:
-                waiter(message)
+                waiter[1](message)
             return
         plain = {name: decrypt_field(verified.keys.data_key, message.head.msg_id, name,
                                      str(message.body[name]))
@@ -98,7 +110,7 @@ class PeerNode(Node):
         ref = str(verified.message.body.get("RefMsgId") or "")
         waiter = self._waiting.pop(ref, None)
         if waiter is not None:
-            waiter(verified.message)
+            waiter[1](verified.message)
 
     def flush(self) -> int:
         """Group commit: the books (a no-op when they share the journal's transaction),
@@ -112,13 +124,14 @@ class PeerNode(Node):
 
     # --- requests ---------------------------------------------------------------
     def request(self, msg_type: str, body: Mapping[str, Any], to: str, on_answer: Answer,
-                secret: Mapping[str, str] | None = None) -> str:
-        """Send a request on a ready session; ``on_answer`` gets the response or SYS.ERROR."""
+                secret: Mapping[str, str] | None = None, on_lost: Lost | None = None) -> str:
+        """Send a request on a ready session; ``on_answer`` gets the response or SYS.ERROR,
+        ``on_lost`` is called instead if that session closes first."""
         session = self._next_ready()
         if session is None:
             raise CounterpartyNotConnected("no ready session to the gateway")
         sent = session.send(msg_type, body, to=to, secret=secret)
-        self._waiting[sent.msg_id] = on_answer
+        self._waiting[sent.msg_id] = (session, on_answer, on_lost)
         return sent.msg_id
 
     def _next_ready(self) -> Session | None:

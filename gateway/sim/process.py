@@ -22,9 +22,10 @@ from gateway.exitcodes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
 log = logging.getLogger(__name__)
 
-#: Seconds the broker waits, at the end, for answers still outstanding (a relayed
-#: request the bank does not answer gets B330 after the gateway's relay timeout, 10 s).
-DRAIN_SECONDS = 15.0
+#: Seconds a broker waits at its end (script done, --seconds over, or SIGTERM) for the
+#: requests it has not settled yet (--settle-seconds): a relay timeout (10 s by default)
+#: and the reversal that follows, or a gateway restart and the reconnect, fit in it.
+SETTLE_SECONDS = 60.0
 #: Seconds a driving broker waits for its first ready (logged-on, keyed) session.
 READY_SECONDS = 30.0
 
@@ -58,8 +59,11 @@ def add_arguments(p: argparse.ArgumentParser, role: str) -> None:
         p.add_argument("--rate", type=float, metavar="N",
                        help="originate N mixed transfers a second (after --script, if any)")
         p.add_argument("--seconds", type=float, metavar="S",
-                       help="with --rate: stop after S seconds, then exit (default: run "
-                            "until SIGTERM)")
+                       help="with --rate: send for S seconds, then settle and exit "
+                            "(default: until SIGTERM)")
+        p.add_argument("--settle-seconds", type=float, default=SETTLE_SECONDS, metavar="S",
+                       help="at the end, wait at most S seconds for the requests not yet "
+                            f"settled (default {SETTLE_SECONDS:g}); exit 1 if any is left")
 
 
 def run(args: argparse.Namespace, home: Path, gateway_cert: Path) -> int:
@@ -75,12 +79,17 @@ def run(args: argparse.Namespace, home: Path, gateway_cert: Path) -> int:
         from .script import ScriptError, parse_script
 
         try:
-            steps = parse_script(args.script.read_text(encoding="utf-8"))
+            steps = parse_script(args.script.read_text(encoding="utf-8"), party)
         except (OSError, UnicodeDecodeError, ScriptError) as exc:
             print(f"gateway sim broker: {exc}", file=sys.stderr)
             return EXIT_USAGE
     if role == "BROKER" and args.rate is not None and args.rate <= 0:
         print("gateway sim broker: --rate must be above 0", file=sys.stderr)
+        return EXIT_USAGE
+    if role == "BROKER" and (args.settle_seconds < 0 or (args.seconds is not None
+                                                         and args.seconds <= 0)):
+        print("gateway sim broker: --seconds must be above 0, --settle-seconds 0 or more",
+              file=sys.stderr)
         return EXIT_USAGE
 
     from twisted.internet import reactor
@@ -140,6 +149,13 @@ def _run_bank(args: argparse.Namespace, sim: Any, reactor: Any) -> int:
     return EXIT_OK if sim.stop_error is None else EXIT_FAILED  # it is logged
 
 
+def signed_fen(fen: int) -> str:
+    """Fen as yuan, with a minus sign when negative."""
+    from ..rules import fen_text
+
+    return fen_text(fen) if fen >= 0 else "-" + fen_text(-fen)
+
+
 def _guarded(write: Callable[[], None]) -> None:
     """End-of-day files are written or the reason is logged; the peer keeps running."""
     try:
@@ -149,7 +165,9 @@ def _guarded(write: Callable[[], None]) -> None:
 
 
 class Broker:
-    """A broker process: serves relayed requests, originates its script and load."""
+    """A broker process: serves relayed requests, originates its script and load, and
+    sees every request it sent through to its outcome (gateway/sim/outbox.py), also
+    those an earlier run left unsettled."""
 
     def __init__(self, args: argparse.Namespace, sim: Any, reactor: Any,
                  steps: list[Any] | None) -> None:
@@ -162,6 +180,7 @@ class Broker:
         self.finished = False
         self.ending = False  # finish() has begun: the reactor is already stopping
         self._finishing: Any = None
+        self._concluding: Any = None
 
     @property
     def driving(self) -> bool:
@@ -189,9 +208,9 @@ class Broker:
                 if self.args.rate is not None and not self.ending:
                     self.load = Load(self.originator, self.reactor, self.args.rate,
                                      self.args.seconds)
-                    tally = yield self.load.run()
-                    self._report("rate", tally)
-            self.finished = True
+                    yield self.load.run()  # until --seconds is over, or SIGTERM
+                self.finished = True
+                yield self.conclude()
             self._stop_reactor()  # the shutdown trigger (finish) does the rest
 
         d = go()
@@ -218,10 +237,74 @@ class Broker:
         if not tally.ok:
             self.exit_code = EXIT_FAILED
 
-    def finish(self) -> Any:
-        """At shutdown (end of the drive, or SIGTERM): stop the load, wait (bounded) for
-        outstanding answers, write the BAL file, close the sessions."""
+    def conclude(self) -> Any:
+        """Once (each caller gets a Deferred of its own): send no new request, wait at
+        most --settle-seconds for every request sent to be settled, then say how the run
+        ended — the load's tally, what is still unsettled, the books — and fail the run
+        (exit 1) if anything is unsettled or the books do not balance."""
+        from twisted.internet import defer
+
+        if self._concluding is None:
+            # set before it runs: stopping the load resumes drive(), which calls us again
+            self._concluding = defer.Deferred()
+            defer.maybeDeferred(self._conclude).addErrback(self._crashed).chainDeferred(
+                self._concluding)
+        done: defer.Deferred[None] = defer.Deferred()
+        self._concluding.addCallback(lambda _: done.callback(None))
+        return done
+
+    def _conclude(self) -> Any:
         from twisted.internet import defer, task
+
+        @defer.inlineCallbacks
+        def go():  # type: ignore[no-untyped-def]
+            self.originator.accepting = False
+            if self.load is not None:
+                self.load.stop()
+            deadline = self.reactor.seconds() + self.args.settle_seconds
+            while self.originator.outbox and self.reactor.seconds() < deadline:
+                yield task.deferLater(self.reactor, 0.1, lambda: None)
+            if self.load is not None:
+                self._report("rate", self.load.tally)
+                if self.load.skipped:
+                    print(f"rate: {self.load.skipped} not sent while no session was ready",
+                          flush=True)
+            self._report_settlement()
+
+        return go()
+
+    def _report_settlement(self) -> None:
+        from ..rules import to_fen
+        from .broker import HOLD
+
+        o = self.originator
+        left = o.unsettled()
+        recovered = (f"{o.repeats} sent again, {o.queries} looked up (XFER.QUERY)"
+                     if o.repeats or o.queries else "none needed recovery")
+        if left:
+            print(f"UNSETTLED: {len(left)} request(s) after {self.args.settle_seconds:g} s "
+                  f"({recovered}); they stay in the outbox for the next run:", flush=True)
+            for entry in left[:20]:
+                print(f"  {entry.describe()}", flush=True)
+            self.exit_code = EXIT_FAILED
+        else:
+            print(f"settled: every request sent has its outcome ({recovered})", flush=True)
+        book = self.sim.book
+        held, total = book.balance(HOLD), book.ledger.total()
+        unsettled_out = sum(to_fen(str(e.body["Amount"])) or 0 for e in left
+                            if e.business == "XFER.OUT")
+        funds = sum(a.balance_fen for a in book.clients())
+        print(f"books: client funds {signed_fen(funds)}, in HOLD {signed_fen(held)}, "
+              f"total {signed_fen(total)}", flush=True)
+        if total != 0 or held != unsettled_out:
+            print(f"books: UNBALANCED: the total must be 0.00 and HOLD hold the unsettled "
+                  f"XFER.OUTs ({signed_fen(unsettled_out)})", flush=True)
+            self.exit_code = EXIT_FAILED
+
+    def finish(self) -> Any:
+        """At shutdown (end of the drive, or SIGTERM): conclude (bounded), write the BAL
+        file, close the sessions."""
+        from twisted.internet import defer
 
         if self._finishing is not None:
             return self._finishing
@@ -229,15 +312,7 @@ class Broker:
 
         @defer.inlineCallbacks
         def go():  # type: ignore[no-untyped-def]
-            if self.load is not None:
-                self.load.stop()
-            waited = 0.0
-            while self.sim.node.outstanding and waited < DRAIN_SECONDS:
-                yield task.deferLater(self.reactor, 0.1, lambda: None)
-                waited += 0.1
-            if self.sim.node.outstanding:
-                log.warning("broker: %d answer(s) still outstanding at the end",
-                            self.sim.node.outstanding)
+            yield self.conclude()
             if self.driving and not self.finished:
                 print("broker: stopped before the drive was done", flush=True)
                 self.exit_code = EXIT_FAILED

@@ -23,6 +23,12 @@ from .node import PeerNode
 log = logging.getLogger(__name__)
 
 
+#: A lost connection is dialled again after this many seconds (plus up to 1 s of
+#: jitter), then 1.5 times longer each failed try, at most the second figure: a
+#: gateway back after a restart is found within seconds.
+RECONNECT_FIRST_SECONDS, RECONNECT_MAX_SECONDS = 0.5, 10.0
+
+
 def gateway_peer(cert_pem: bytes, party: str) -> Peer:
     """The gateway as the sims see it: its party id and certificate key."""
     key = load_public_key(cert_pem)
@@ -79,6 +85,9 @@ class Sim:
     services: list[Any]
     ticker: task.LoopingCall
     ledger: Ledger
+    #: Called first when it stops (e.g. an Originator's recovery loop): nothing of
+    #: theirs may run on closed books.
+    stoppers: list[Callable[[], None]] = field(default_factory=list)
     #: Why :meth:`stop` failed (it is logged), or None.
     stop_error: str | None = field(default=None, init=False)
     _stopping: defer.Deferred[None] | None = field(default=None, init=False, repr=False)
@@ -107,6 +116,8 @@ class Sim:
         and noted in :attr:`stop_error`."""
         if self.ticker.running:
             self.ticker.stop()
+        for stop in self.stoppers:
+            self._attempt("stopping what runs on the books", stop)
         self._attempt("acting on what arrived", self.factory.act_on_reads)  # answered first
         for session in list(self.node.sessions):
             self._attempt("closing a session", session.close)
@@ -173,6 +184,8 @@ def start_sim(reactor: Any, home: Path, role: str, party: str, connect: str,
     factory = PeerFactory(node, reactor)
     host, port = split_host_port(connect)
     services = [internet.ClientService(endpoints.HostnameEndpoint(reactor, host, port), factory,
+                                       retryPolicy=internet.backoffPolicy(
+                                           RECONNECT_FIRST_SECONDS, RECONNECT_MAX_SECONDS),
                                        clock=reactor) for _ in range(connections)]
     for service in services:
         service.startService()

@@ -5,21 +5,23 @@ A script is text, one step a line (docs/simulators.md has the reference)::
     # comment
     sign      fund=100020003000                    expect=0000
     xfer-in   fund=100020003000 amount=50000.00
-    xfer-out  fund=100020003000 amount=20000.00   sn=OUT1
+    xfer-out  fund=100020003000 amount=20000.00   sn=GTJAOUT1
     pay       fund=100020003000 amount=199.00 product=L2QUOTE kind=LEVEL2 days=30
     refund    amount=199.00                        # the last paid order, unless orig=BIZSN
     otc-subscribe wallet=0099000011112222 amount=1000000.00 product=SY2026A01
     otc-redeem    amount=400000.00                 # the last subscription, unless orig=
                                                    # (last = the last one answered 0000)
     unsign    fund=100020003000                    # refused locally while funds are left
-    wait      2.5                                  # or: wait sn=SLOW1 state=REVERSED
+    wait      2.5                                  # or: wait sn=GTJASLOW1 state=REVERSED
 
-Every step may name its BizSn (``sn=``) and the Result it expects (``expect=``; a
-local refusal matches its code, or ``CODE(local)`` to insist on it).  The clients are
+Every step may name its BizSn (``sn=``, beginning with the broker's PartyId, §4) and
+the Result it expects (``expect=``; a local refusal matches its code, or
+``CODE(local)`` to insist on it).  The clients are
 the broker ledger's fund accounts: wallet, name and ID come from there.
 
 ``--rate N`` signs every client the registry does not yet hold, then sends N mixed
-XFER.IN/XFER.OUT a second (an XFER.OUT only when the fund account holds the amount).
+XFER.IN/XFER.OUT a second (an XFER.OUT only when the fund account holds the amount)
+while a session is ready.
 """
 from __future__ import annotations
 
@@ -78,8 +80,9 @@ class Step:
         return f"{self.verb} {shown}".strip()
 
 
-def parse_script(text: str) -> list[Step]:
-    """The steps of a script; ScriptError for the first line that is wrong."""
+def parse_script(text: str, party: str | None = None) -> list[Step]:
+    """The steps of a script; ScriptError for the first line that is wrong.  With
+    ``party`` (the broker's PartyId), a step's ``sn=`` must begin with it (§4)."""
     steps = []
     for n, raw in enumerate(text.splitlines(), 1):
         words = raw.split("#", 1)[0].split()
@@ -96,6 +99,7 @@ def parse_script(text: str) -> list[Step]:
                 raise ScriptError(n, f"{word!r} is not key=value")
             args[key.lower().replace("-", "_")] = value
         _check_step(n, verb, args)
+        _check_sn(n, verb, args, party)
         steps.append(Step(n, verb, args))
     return steps
 
@@ -119,6 +123,24 @@ def _check_step(n: int, verb: str, args: dict[str, str]) -> None:
             float(args.get("seconds", "0"))
         except ValueError:
             raise ScriptError(n, f"wait: {args['seconds']!r} is not a number") from None
+
+
+#: A BizSn as §4 has it: 1-32 ASCII letters and digits.
+BIZSN = re.compile(r"[A-Za-z0-9]{1,32}")
+
+
+def _check_sn(n: int, verb: str, args: dict[str, str], party: str | None) -> None:
+    """A step's own BizSn is what the gateway takes (§4): 1-32 letters and digits that
+    begin with the sender's PartyId, else the gateway answers E111 — which a step may
+    expect on purpose (``expect=E111``). ``wait sn=`` names a record and is not checked."""
+    sn = args.get("sn")
+    if sn is None or verb == "wait" or args.get("expect") == "E111":
+        return
+    if not BIZSN.fullmatch(sn):
+        raise ScriptError(n, f"sn {sn!r} is not 1-32 letters and digits (§4)")
+    if party is not None and not sn.startswith(party):
+        raise ScriptError(n, f"sn {sn!r} does not begin with the broker's PartyId {party} "
+                             "(§4: the gateway would answer E111)")
 
 
 @dataclass
@@ -151,6 +173,10 @@ class ScriptRun:
     @defer.inlineCallbacks
     def run(self):  # type: ignore[no-untyped-def]
         for step in self.steps:
+            if not self.o.accepting:  # the broker is stopping (SIGTERM): no new step
+                self.tally.unexpected.append(f"line {step.line}: {step.describe()} not run: "
+                                             "the broker stopped first")
+                break
             self._sent = None
             got = yield self._one(step)
             if self._sent is not None and got.result == "0000":
@@ -215,7 +241,9 @@ class ScriptRun:
 
 class Load:
     """``--rate N``: N mixed transfers a second from the signed clients, for
-    ``seconds`` (None: until :meth:`stop`), at most ``max_inflight`` unanswered."""
+    ``seconds`` (None: until :meth:`stop`), at most ``max_inflight`` unanswered.  While
+    the broker has no ready session it sends nothing (a core does not originate into a
+    link that is down, nor catch up afterwards: those transfers are ``skipped``)."""
 
     TICK = 0.02
 
@@ -227,6 +255,7 @@ class Load:
         self.rng = rng or random.Random()
         self.tally = Tally()
         self.sent = 0
+        self.skipped = 0
         self.inflight = 0
         self.clients: list[str] = []
         self._loop: task.LoopingCall | None = None
@@ -237,7 +266,8 @@ class Load:
     @defer.inlineCallbacks
     def run(self):  # type: ignore[no-untyped-def]
         """Sign who needs it, send until the time is up or stop(); fires with the Tally
-        once every transfer sent is answered."""
+        when sending has stopped (answers still to come keep counting in it: the
+        broker waits for them, bounded, see gateway/sim/process.py)."""
         self.clients = yield self._signed_clients()
         if self._stopping:
             return self.tally
@@ -254,11 +284,12 @@ class Load:
         return tally
 
     def stop(self) -> None:
-        """Send no more; the run ends when the last transfer is answered."""
+        """Send no more: :meth:`run` fires now."""
         self._stopping = True
         if self._loop is not None and self._loop.running:
             self._loop.stop()
-        self._maybe_done()
+        if not self._done.called:
+            self._done.callback(self.tally)
 
     @defer.inlineCallbacks
     def _signed_clients(self):  # type: ignore[no-untyped-def]
@@ -280,7 +311,10 @@ class Load:
         if self.seconds is not None and elapsed >= self.seconds:
             self.stop()
             return
-        due = int(elapsed * self.rate) + 1 - self.sent
+        due = int(elapsed * self.rate) + 1 - self.sent - self.skipped
+        if due > 0 and not self.o.sim.node.ready:
+            self.skipped += due
+            return
         for _ in range(max(0, min(due, self.max_inflight - self.inflight))):
             self._send_one()
 
@@ -297,13 +331,7 @@ class Load:
         self.inflight -= 1
         self.tally.steps += 1
         self.tally.count(reply.shown)
-        self._maybe_done()
 
     def _failed(self, failure: Any) -> None:
         self.inflight -= 1
         self.tally.unexpected.append(f"transfer failed: {failure.getErrorMessage()}")
-        self._maybe_done()
-
-    def _maybe_done(self) -> None:
-        if self._stopping and self.inflight == 0 and not self._done.called:
-            self._done.callback(self.tally)
