@@ -324,11 +324,12 @@ class Gateway(Node):
             self._send_response(session, original.type, message.head.msg_id, original.body)
         elif existing.biz_type == "XFER.REVERSE":
             self.answer(session, message, self._reversal_status(existing))
+        elif existing.state in (records.REVERSING, records.REVERSED) and \
+                self.journal.reversal_of(existing.key) is not None:  # the gateway's own
+            self.answer(session, message, {"Result": TimedOutReversing.code,
+                                           "ResultText": f"timed out; {existing.state}"})
         elif existing.state == records.REVERSED:  # by a peer's reversal, never answered
             self.answer(session, message, self._reversed_answer(existing))
-        elif existing.state == records.REVERSING:
-            self.answer(session, message, {"Result": TimedOutReversing.code,
-                                           "ResultText": "timed out; REVERSING"})
         elif existing.state == records.PENDING and existing.biz_type not in catalog.REVERSIBLE:
             self._ask_again(session, message, existing, plaintexts)
         else:  # a reversible original unanswered and not (yet) queued: cannot last a tick
