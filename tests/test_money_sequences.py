@@ -14,7 +14,8 @@ of an unknown original is acknowledged).
 
 After every step: no original has more given back than it moved, at the bank or in the
 gateway's accounts; no record is both reversed and SUCCEEDED; the gateway's records agree
-with the bank's books; no original reached the bank twice.
+with the bank's books; no original reached the bank twice.  At the end of each run the
+gateway's end-of-day files of the day check valid and reconcile with its journal.
 """
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from inproc import Clock, Rig, fast_config
 
 from gateway import givebacks, records
+from gateway.eod.check import check_file
+from gateway.eod.export import export_file
 from gateway.rules import fen_text
 
 from conftest import BANK, BROKER, make_home
@@ -108,8 +111,22 @@ class MoneySequences(RuleBasedStateMachine):
         self._sign()
 
     def teardown(self) -> None:
-        self.rig.close()
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        try:
+            self._the_days_files_reconcile()
+        finally:
+            self.rig.close()
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def _the_days_files_reconcile(self) -> None:
+        """§8: the gateway's export of the day, for every family, checks valid and
+        reconciles with its journal (a REV line without a fund account, a record listed
+        twice or a state with no letter would be rejected)."""
+        day = self.rig.gateway.local_now().date()
+        out = self.tmp / "eod"
+        for file_type in ("XFER", "PAY", "OTC", "SIGN"):
+            path = export_file(self.rig.home.root, day, file_type, BANK, out)
+            report = check_file(self.rig.home.root, path)
+            assert report.valid and report.exit_code == 0, (file_type, report)
 
     # --- plumbing -------------------------------------------------------------------
     def _sn(self, letter: str) -> str:
