@@ -525,10 +525,12 @@ class Gateway(Node):
         """A peer's reversal of an original it took out of flight failed: if no answer
         came for the original meanwhile, it is in flight again (answered, or timed out
         into the gateway's own reversal, as any other)."""
-        pending = self._taken_out.pop(original, None)
         rec = self.journal.record(*original)
+        if rec is not None and rec.state == records.REVERSING:
+            return  # the queue's acknowledgement answers its originator (B314)
+        pending = self._taken_out.pop(original, None)
         if pending is None or rec is None or rec.state != records.PENDING:
-            return
+            return  # answered meanwhile: that answer stands (a repeat gets it)
         pending.record = rec
         pending.deadline = self.now() + self.config.relay_timeout_seconds
         self._in_flight(pending)

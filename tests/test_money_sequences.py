@@ -300,3 +300,51 @@ MoneySequences.TestCase.settings = settings(
     max_examples=200, stateful_step_count=50, deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 TestMoneySequences = MoneySequences.TestCase
+
+
+def test_a_refused_late_answer_to_a_timed_out_reversal_leaves_the_originator_to_the_queue(
+        tmp_path: Path) -> None:
+    """The original is taken out of flight by a peer's reversal, which times out (B330,
+    the gateway queues its own reversal); the peer reversal's late answer is a refusal.
+    The original must stay with the queue: when the bank acknowledges the gateway's
+    reversal, the originator gets B314 as the original's answer."""
+    home = make_home(tmp_path / "gw")
+    clock = Clock(time.time())
+    config = fast_config()
+    rig = Rig(home, config, clock, TestPeer(BANK, "BANK", home.keys[BANK], port=0),
+              TestPeer(BROKER, "BROKER", home.keys[BROKER], port=0))
+    try:
+        rig.broker.send("CTS.SIGN.REQ", sign_fields("GTJAS0"), to=BANK,
+                        encrypt=("IdNo", "Phone"))
+        sign = MoneySequences._business(rig.bank.take())[0]
+        rig.bank.send("CTS.SIGN.RSP", [("Result", "0000"), ("ResultText", "ok"),
+                                       ("BizSn", "GTJAS0"), ("AgreementNo", "AG1")],
+                      to=BROKER, ref=sign.head("MsgId"))
+        rig.broker.take()
+        original_id = rig.broker.send("XFER.IN.REQ", [
+            ("BizSn", "GTJAT1"), ("FundAcct", FUND), ("WalletId", WALLET),
+            ("Amount", "5.00"), ("Ccy", "CNY")], to=BANK)
+        rig.broker.send("XFER.REVERSE.REQ", [
+            ("BizSn", "GTJAV1"), ("OrigType", "XFER.IN"), ("OrigFrom", BROKER),
+            ("OrigBizSn", "GTJAT1"), ("Amount", "5.00")], to=BANK)
+        _, peer_rev = MoneySequences._business(rig.bank.take())
+        clock.advance(config.relay_timeout_seconds + 0.5)
+        rig.tick()
+        answers = {f.body["BizSn"]: f.body["Result"] for f in rig.broker.take()
+                   if f.type.endswith(".RSP")}
+        assert answers == {"GTJAV1": "B330"}
+        ours = [f for f in MoneySequences._business(rig.bank.take())
+                if f.head("From") == "GW01"][0]
+        rig.bank.send("XFER.REVERSE.RSP", [("Result", "B399"), ("ResultText", "late no"),
+                                           ("BizSn", "GTJAV1")], to=BROKER,
+                      ref=peer_rev.head("MsgId"))
+        assert not [f for f in rig.broker.take() if f.type.endswith(".RSP")]
+        rig.bank.send("XFER.REVERSE.RSP", [("Result", "0000"), ("ResultText", "ok"),
+                                           ("BizSn", ours.body["BizSn"])], to="GW01",
+                      ref=ours.head("MsgId"))
+        got = [f for f in rig.broker.take() if f.head("RefId") == original_id]
+        assert [f.body["Result"] for f in got] == ["B314"]
+        rec = rig.gateway.journal.record(BROKER, "XFER.IN", "GTJAT1")
+        assert rec is not None and rec.state == records.REVERSED
+    finally:
+        rig.close()
