@@ -654,7 +654,7 @@ class Journal:
 
     def alerts(self) -> list[tuple[float, str, str, str, str]]:
         rows = self._db.execute("SELECT at, kind, severity, subject, text FROM alert ORDER BY id")
-        return [tuple(r) for r in rows]  # type: ignore[misc]
+        return [(float(r[0]), str(r[1]), str(r[2]), str(r[3]), str(r[4])) for r in rows]
 
     def agreement_by_no(self, agreement_no: str) -> Agreement | None:
         row = self._db.execute(f"SELECT {_AGREEMENT_COLUMNS} FROM agreement WHERE"

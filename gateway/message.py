@@ -197,7 +197,8 @@ def head_text(root: etree._Element, name: str) -> str | None:
     node = root.find(f"{_NS_PREFIX}Head/{_NS_PREFIX}{name}")
     if node is None or len(node):
         return None
-    return node.text
+    text: str | None = node.text
+    return text
 
 
 def read_msg_id(root: etree._Element) -> str | None:
@@ -378,4 +379,5 @@ def replace_texts(xml: bytes, replacements: Mapping[str, str]) -> bytes:
             child.text = todo.pop(name)
     for name, text in todo.items():
         etree.SubElement(body, _NS_PREFIX + name).text = text
-    return XML_DECL + etree.tostring(root, encoding="UTF-8") + b"\n"
+    body_bytes: bytes = etree.tostring(root, encoding="UTF-8")
+    return XML_DECL + body_bytes + b"\n"

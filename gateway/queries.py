@@ -4,9 +4,9 @@ from __future__ import annotations
 from typing import Any
 
 from .errors import RESULT_TEXT
+from .givebacks import fen_text
 from .journal import Journal
 from .message import Message
-from .rules import fen_text
 
 
 def cts_query(journal: Journal, message: Message, asker: str) -> dict[str, Any]:

@@ -238,7 +238,7 @@ class Gateway(Node):
         target = self.ready_session(dest.party)
         if target is None:
             raise CounterpartyNotConnected(f"{dest.party} has no ready session")
-        base = {"origin": session.party, "biz_type": biz_type, "biz_sn": biz_sn,
+        base: dict[str, Any] = {"origin": session.party, "biz_type": biz_type, "biz_sn": biz_sn,
                 "receiver": dest.party, "msg_id": message.head.msg_id, "content_hash": digest,
                 "state": records.PENDING, "trade_date": day}
         try:

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING
 
 from . import records
 from .config import Config
+from .givebacks import fen_text
 from .journal import Journal, Record, Reversal
 from .message import parse_message
-from .rules import fen_text
 
 if TYPE_CHECKING:
     from .session import Session

@@ -348,7 +348,7 @@ class Rules:
         return True
 
 
-Admit = Callable[[Rules, str, Message, Mapping[str, str]], dict[str, Any]]
+Admit = Callable[[Rules, str, Message, Mapping[str, str]], dict[str, Any] | Repeat]
 Settle = Callable[[Rules, Record, Message, Settlement, dt.datetime, float], None]
 
 

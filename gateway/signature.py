@@ -5,6 +5,7 @@ import base64
 import binascii
 import hashlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -59,6 +60,7 @@ def _check_supported(pk: object) -> PublicKey:
 
 def load_public_key(pem: bytes) -> PublicKey:
     """Load a PUBLIC KEY or CERTIFICATE PEM; only EC P-256, Ed25519, RSA >= 2048."""
+    pk: object
     if b"-----BEGIN CERTIFICATE-----" in pem:
         pk = x509.load_pem_x509_certificate(pem).public_key()
     elif b"-----BEGIN PUBLIC KEY-----" in pem:
@@ -80,7 +82,8 @@ def key_type(pk: PublicKey) -> str:
 
 def allowed_algs(pk: PublicKey) -> tuple[str, ...]:
     """Signature algorithms allowed for the key."""
-    return {"EC-P256": ("ES256",), "ED25519": ("ED25519",), "RSA": ("PS256", "RS256")}[key_type(pk)]
+    kind = key_type(pk)
+    return tuple(name for name, a in ALGORITHMS.items() if a.key_type == kind)
 
 
 @dataclass(frozen=True)
@@ -119,10 +122,73 @@ class SignatureField:
 
 #: Stateless algorithm objects, built once (one per call cost ~2 µs each on the hot path).
 _ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
+_PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=PSS_SALT)
+_PKCS1 = padding.PKCS1v15()
 
 
-def _pss() -> padding.PSS:
-    return padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=PSS_SALT)
+def _ec(key: object) -> ec.EllipticCurvePrivateKey:
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise TypeError("ES256 needs an EC P-256 key")
+    return key
+
+
+def _ed(key: object) -> ed25519.Ed25519PrivateKey:
+    if not isinstance(key, ed25519.Ed25519PrivateKey):
+        raise TypeError("ED25519 needs an Ed25519 key")
+    return key
+
+
+def _rsa(key: object) -> rsa.RSAPrivateKey:
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise TypeError("PS256/RS256 need an RSA key")
+    return key
+
+
+def _ec_pub(key: object) -> ec.EllipticCurvePublicKey:
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise ValueError("not an EC key")
+    return key
+
+
+def _ed_pub(key: object) -> ed25519.Ed25519PublicKey:
+    if not isinstance(key, ed25519.Ed25519PublicKey):
+        raise ValueError("not an Ed25519 key")
+    return key
+
+
+def _rsa_pub(key: object) -> rsa.RSAPublicKey:
+    if not isinstance(key, rsa.RSAPublicKey):
+        raise ValueError("not an RSA key")
+    return key
+
+
+@dataclass(frozen=True, slots=True)
+class Algorithm:
+    """One §3 signature algorithm: the key type it takes, how it signs and verifies
+    (``verify`` raises InvalidSignature or ValueError)."""
+
+    name: str
+    key_type: str
+    sign: Callable[[PrivateKey, bytes], bytes]
+    verify: Callable[[PublicKey, bytes, bytes], None]
+
+
+#: The §3 algorithms as a typed table: no branching on strings at the call sites.
+ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (
+    Algorithm("ES256", "EC-P256",
+              lambda k, d: _ec(k).sign(d, _ECDSA_SHA256),
+              lambda k, s, d: _ec_pub(k).verify(s, d, _ECDSA_SHA256)),
+    Algorithm("ED25519", "ED25519",
+              lambda k, d: _ed(k).sign(d),
+              lambda k, s, d: _ed_pub(k).verify(s, d)),
+    Algorithm("PS256", "RSA",
+              lambda k, d: _rsa(k).sign(d, _PSS, hashes.SHA256()),
+              lambda k, s, d: _rsa_pub(k).verify(s, d, _PSS, hashes.SHA256())),
+    Algorithm("RS256", "RSA",
+              lambda k, d: _rsa(k).sign(d, _PKCS1, hashes.SHA256()),
+              lambda k, s, d: _rsa_pub(k).verify(s, d, _PKCS1, hashes.SHA256())),
+)}
+assert tuple(ALGORITHMS) == ALGS
 
 
 class Signer:
@@ -136,6 +202,7 @@ class Signer:
         if alg not in allowed:
             raise ValueError(f"algorithm {alg} not allowed for {key_type(pk)} key")
         self._key = private_key
+        self._algorithm = ALGORITHMS[alg]
         self.alg: str = alg
         self.public_key: PublicKey = pk
         self.signer: str = signer_id(pk)
@@ -150,16 +217,7 @@ class Signer:
 
     def sign(self, data: bytes) -> SignatureField:
         """Sign ``data`` and return the envelope field."""
-        k = self._key
-        if self.alg == "ES256":
-            sig = k.sign(data, _ECDSA_SHA256)
-        elif self.alg == "ED25519":
-            sig = k.sign(data)
-        elif self.alg == "PS256":
-            sig = k.sign(data, _pss(), hashes.SHA256())
-        else:
-            sig = k.sign(data, padding.PKCS1v15(), hashes.SHA256())
-        return SignatureField(self.alg, self.signer, sig)
+        return SignatureField(self.alg, self.signer, self._algorithm.sign(self._key, data))
 
 
 def verify(public_key: PublicKey, field: SignatureField, data: bytes) -> None:
@@ -173,13 +231,6 @@ def verify(public_key: PublicKey, field: SignatureField, data: bytes) -> None:
     if field.alg not in allowed:
         raise SignatureInvalid("algorithm not allowed for the signer's key")
     try:
-        if field.alg == "ES256":
-            public_key.verify(field.signature, data, _ECDSA_SHA256)
-        elif field.alg == "ED25519":
-            public_key.verify(field.signature, data)
-        elif field.alg == "PS256":
-            public_key.verify(field.signature, data, _pss(), hashes.SHA256())
-        else:
-            public_key.verify(field.signature, data, padding.PKCS1v15(), hashes.SHA256())
+        ALGORITHMS[field.alg].verify(public_key, field.signature, data)
     except (InvalidSignature, ValueError):
         raise SignatureInvalid("signature does not verify") from None

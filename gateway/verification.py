@@ -25,7 +25,7 @@ from .keyring import KeyRing
 from .mac import verify_mac
 from .message import Message
 from .replay import ReplayStore, check_skew
-from .signature import SignatureField, verify
+from .signature import PublicKey, SignatureField, verify
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +71,7 @@ def _check_unkeyed(envelope: Envelope, message: Message) -> None:
         raise MacInvalid("MAC present but the session has no key yet", ref_msg_id=msg_id)
 
 
-def check_signature(envelope: Envelope, message: Message, public_key: object) -> None:
+def check_signature(envelope: Envelope, message: Message, public_key: PublicKey) -> None:
     """§3: signer must be the party's registered key, then the signature must verify."""
     msg_id = message.head.msg_id
     if envelope.sig is None:
@@ -90,12 +90,12 @@ def check_signature(envelope: Envelope, message: Message, public_key: object) ->
 class Presigned:
     """A frame's MAC and signature checked ahead of its turn (:func:`presign`)."""
 
-    public_key: object  # the key the signature was checked with
+    public_key: PublicKey  # the key the signature was checked with
     keys: SessionKeys | None  # the session key whose MAC matched (None: none was needed)
     refusal: Exception | None  # what the signature check refused it with, or None
 
 
-def presign(envelope: Envelope, message: Message, public_key: object,
+def presign(envelope: Envelope, message: Message, public_key: PublicKey,
             keyring: KeyRing) -> Presigned | None:
     """Check the MAC, then the signature, now, and keep the outcome for
     :func:`verify_message`.  It has no effect of its own, so the checks of a read's
@@ -150,7 +150,7 @@ def check_fresh(message: Message, replay: ReplayStore, now: float, max_skew: flo
 
 
 def verify_message(envelope: Envelope, message: Message, *, keyring: KeyRing,
-                   public_key: object, party: str | None, replay: ReplayStore, now: float,
+                   public_key: PublicKey, party: str | None, replay: ReplayStore, now: float,
                    max_skew: float, presigned: Presigned | None = None) -> Verified:
     """All checks of an established session, in order (``party`` None: the far side is
     a gateway relaying other parties' messages, so From is not the hop's party).  A

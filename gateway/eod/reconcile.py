@@ -76,8 +76,8 @@ class Workspace:
         self.db.execute(f"CREATE TABLE f (seq INTEGER PRIMARY KEY, {cols})")
         values = ", ".join(f"CAST(REPLACE(?{i}, '.', '') AS INTEGER)" if n == "Amount"
                            else f"?{i}" for i, n in enumerate(self.fields, 1))
-        names = ", ".join(column(n) for n in self.fields)
-        self._insert = f"INSERT INTO f ({names}) VALUES ({values})"
+        columns = ", ".join(column(n) for n in self.fields)
+        self._insert = f"INSERT INTO f ({columns}) VALUES ({values})"
         self.db.execute("BEGIN")
 
     def close(self) -> None:
@@ -159,7 +159,7 @@ class Workspace:
         file_vals = file_line.split("|")[2:]
         journal_vals = journal_line.split("|")[2:] if journal_line is not None else []
         out: dict[str, dict[str, str | None]] = {}
-        if_both = COMPARED_IF_BOTH
+        if_both: tuple[str, ...] = COMPARED_IF_BOTH
         if self._status_at < len(journal_vals) and journal_vals[self._status_at] == "R":
             if_both += COMPARED_IF_BOTH_WHEN_REVERSED
         for i, name in self._compared:
