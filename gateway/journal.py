@@ -216,6 +216,7 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX message_reversal_answer ON message (ref_id, party)
         WHERE msg_type = 'XFER.REVERSE.RSP';
+    ALTER TABLE reversal ADD COLUMN queued_at REAL;
     """,
 )
 
@@ -289,6 +290,8 @@ class Reversal:
     next_at: float
     last_msg_id: str | None
     result: str | None
+    #: when it was queued (schema 3; NULL for rows queued before)
+    queued_at: float | None = None
 
 
 _RECORD_COLUMNS = ", ".join(f.name for f in fields(Record))
@@ -660,6 +663,27 @@ class Journal:
         row = self._db.execute(f"SELECT {_AGREEMENT_COLUMNS} FROM agreement WHERE"
                                " agreement_no=?", (agreement_no,)).fetchone()
         return Agreement(*row) if row else None
+
+    # --- monitoring (§10) ----------------------------------------------------------
+    def business_totals(self, trade_date: str,
+                        gateway: str) -> list[tuple[str, str, str, int, int]]:
+        """The day's relayed business: (type, direction, state, count, amount in fen) —
+        direction IN/OUT for transfers and their reversals, ``-`` otherwise; records the
+        gateway refused itself (receiver = ``gateway``, its PartyId) are left out."""
+        rows = self._db.execute(
+            "SELECT biz_type, CASE WHEN biz_type IN ('XFER.IN', 'XFER.OUT') THEN"
+            " substr(biz_type, 6) WHEN biz_type = 'XFER.REVERSE' AND orig_type IN"
+            " ('XFER.IN', 'XFER.OUT') THEN substr(orig_type, 6) ELSE '-' END AS direction,"
+            " state, count(*), coalesce(sum(amount_fen), 0) FROM record WHERE trade_date=?"
+            " AND receiver != ? GROUP BY 1, 2, 3", (trade_date, gateway))
+        return [(str(t), str(d), str(s), int(n), int(a)) for t, d, s, n, a in rows]
+
+    def reversal_backlog(self, now: float) -> tuple[int, float]:
+        """Queued reversals not yet acknowledged, and the age of the oldest (seconds)."""
+        count, oldest = self._db.execute(
+            "SELECT count(*), min(coalesce(queued_at, next_at)) FROM reversal"
+            " WHERE state='QUEUED'").fetchone()
+        return int(count), (max(0.0, now - float(oldest)) if oldest is not None else 0.0)
 
     # --- reversal queue -----------------------------------------------------------
     def queue_reversal(self, rev: Reversal) -> None:

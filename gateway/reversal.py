@@ -56,7 +56,7 @@ class ReversalQueue:
             origin=rec.origin, biz_type=rec.biz_type, biz_sn=rec.biz_sn, receiver=rec.receiver,
             reversal_sn=reversal_sn(self.config.party, rec.key),
             amount_fen=rec.amount_fen or 0, state=QUEUED, attempts=0, next_at=now,
-            last_msg_id=None, result=None))
+            last_msg_id=None, result=None, queued_at=now))
 
     def backoff(self, attempts: int) -> float:
         delay = self.config.reversal_retry_initial_seconds * (2 ** max(attempts - 1, 0))
