@@ -218,6 +218,19 @@ def test_a_crash_leaves_files_in_checking_and_the_next_sweep_sorts_them(
     assert sorted(p.name for p in env.drop.iterdir()) == ["accepted"]
 
 
+def test_a_crash_between_the_moves_out_of_checking_is_finished(env: Env,
+                                                               tmp_path: Path) -> None:
+    source = staged(env, tmp_path)
+    accepted, checking = env.drop / "accepted", env.drop / ".checking"
+    accepted.mkdir()
+    checking.mkdir(mode=0o700)
+    shutil.copy(source, accepted / NAME)  # the file moved on, its .sig not yet
+    shutil.copy(source.with_name(NAME + ".sig"), checking / (NAME + ".sig"))
+    assert watch_command(env.home, env.drop, once=True) == 0
+    assert (accepted / (NAME + ".sig")).exists()
+    assert sorted(p.name for p in env.drop.iterdir()) == ["accepted"]
+
+
 def test_eod_check_of_a_link_follows_it(env: Env, tmp_path: Path,
                                         capsys: pytest.CaptureFixture[str]) -> None:
     """The operator named the file: a link is followed (docs/eod.md)."""

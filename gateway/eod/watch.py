@@ -139,20 +139,15 @@ def _holding(dest: int, where: str, name: str) -> str | None:
     return None
 
 
-def _free_slot(dest: int, name: str) -> str:
+def _free_slot(dest: int, where: str, name: str) -> str:
     """The first slot of ``dest`` not holding ``name``: nothing is ever overwritten."""
     taken = (name, name + SIG)
     if not any(_exists(n, dest) for n in taken):
         return ""
     for slot in _numbered(dest):
-        st = os.stat(slot, dir_fd=dest, follow_symlinks=False)
-        if stat.S_ISDIR(st.st_mode):
-            fd = os.open(slot, _DIR_FLAGS, dir_fd=dest)
-            try:
-                if not any(_exists(n, fd) for n in taken):
-                    return slot
-            finally:
-                os.close(fd)
+        with _dir(dest, where, slot, create=False) as fd:
+            if fd is not None and not any(_exists(n, fd) for n in taken):
+                return slot
     n = 1
     while _exists(str(n), dest):
         n += 1
@@ -208,6 +203,9 @@ def _sweep(home: Path, folder: Path, top: int, log: Log) -> int:
         problem = st and _refusal(str(folder), name, st, private=name == CHECKING)
         if problem:
             raise Unusable(problem)
+    if not _exists(CHECKING, top) and not complete_files(top):
+        _finish_interrupted(folder, top, None, log)  # DIR itself is left untouched
+        return 0
     done = 0
     with _dir(top, str(folder), CHECKING, create=True, private=True) as checking:
         assert checking is not None
@@ -242,29 +240,33 @@ def _stage(top: int, checking: int, name: str) -> bool:
     return True
 
 
-def _finish_interrupted(folder: Path, top: int, checking: int, log: Log) -> None:
+def _finish_interrupted(folder: Path, top: int, checking: int | None, log: Log) -> None:
     """Move a lone ``.sig`` to its file, if a crash stopped between the two moves."""
-    for where, fd in ((folder, top), (folder / CHECKING, checking)):
+    for fd in (top, checking):
+        if fd is None:
+            continue
         for sig in sorted(e.name for e in os.scandir(fd) if e.name.endswith(SIG)):
             name = sig[: -len(SIG)]
             if name and not _exists(name, fd):
-                _follow_file(folder, top, checking, fd, where, name, log)
+                _follow_file(folder, top, checking, fd, name, log)
 
 
-def _follow_file(folder: Path, top: int, checking: int, fd: int, where: Path, name: str,
+def _follow_file(folder: Path, top: int, checking: int | None, fd: int, name: str,
                  log: Log) -> None:
     """Move ``name.sig`` from ``fd`` to where its file went without it, if anywhere."""
     sig = name + SIG
-    if fd == top and _exists(name, checking) and not _exists(sig, checking):
+    if (fd == top and checking is not None and _exists(name, checking)
+            and not _exists(sig, checking)):
         os.rename(sig, sig, src_dir_fd=top, dst_dir_fd=checking)
         log(f"finished moving {sig} into {CHECKING}")
         return
     for dest_name in (ACCEPTED, REJECTED):
         with _dir(top, str(folder), dest_name, create=False) as dest:
-            slot = None if dest is None else _holding(dest, str(folder), name)
+            where = f"{folder}/{dest_name}"
+            slot = None if dest is None else _holding(dest, where, name)
             if dest is None or slot is None:
                 continue
-            with _slot(dest, str(folder), slot) as target:
+            with _slot(dest, where, slot) as target:
                 if not _exists(sig, target):
                     os.rename(sig, sig, src_dir_fd=fd, dst_dir_fd=target)
                     log(f"finished moving {sig} into {Path(dest_name, slot)}")
@@ -274,7 +276,8 @@ def _follow_file(folder: Path, top: int, checking: int, fd: int, where: Path, na
 def _process(home: Path, folder: Path, top: int, checking: int, name: str, log: Log) -> int:
     """Check one staged file and move it, with its ``.sig``, beside its report."""
     with _dir(top, str(folder), ACCEPTED, create=False) as accepted:
-        previous = None if accepted is None else _holding(accepted, str(folder), name)
+        previous = (None if accepted is None
+                    else _holding(accepted, f"{folder}/{ACCEPTED}", name))
     if previous is not None:
         report = CheckReport(file=str(folder / name), reason=(
             f"duplicate: {name} was already accepted ({Path(ACCEPTED, previous, name)}); "
@@ -284,8 +287,9 @@ def _process(home: Path, folder: Path, top: int, checking: int, name: str, log: 
     dest_name = ACCEPTED if report.valid else REJECTED
     with _dir(top, str(folder), dest_name, create=True) as dest:
         assert dest is not None
-        slot = _free_slot(dest, name)
-        with _slot(dest, str(folder), slot) as target:
+        where = f"{folder}/{dest_name}"
+        slot = _free_slot(dest, where, name)
+        with _slot(dest, where, slot) as target:
             _write_atomic(target, f"{name}.report.json", as_json(report) + "\n")
             _write_atomic(target, f"{name}.report.txt", as_text(report))
             os.rename(name, name, src_dir_fd=checking, dst_dir_fd=target)
@@ -309,13 +313,12 @@ def _checked(home: Path, path: Path, checking: int) -> CheckReport:
     """The staged file, opened without following links, checked through that
     descriptor; a bug must not jam the folder."""
     try:
-        fd = _open_staged(checking, path.name, "file:", f"{path.name}")
-    except Rejected as exc:
-        return CheckReport(file=str(path), reason=str(exc))
-    try:
+        fd = _open_staged(checking, path.name, "file:", path.name)
         with os.fdopen(fd, "rb") as f:
             return check_opened(home, Opened(path, f, lambda: _staged_signature(checking,
                                                                                path.name)))
+    except Rejected as exc:
+        return CheckReport(file=str(path), reason=str(exc))
     except Exception:  # noqa: BLE001 - logged with its traceback, the file is rejected
         log.exception("checking %s failed", path.name)
         return CheckReport(file=str(path), reason="check failed: internal error (see the "
@@ -344,7 +347,10 @@ def _open_staged(checking: int, name: str, step: str, what: str) -> int:
         raise Rejected(f"{step} {what} is not a regular file")
     fd = os.open(name, _FILE_FLAGS, dir_fd=checking)
     opened = os.fstat(fd)
-    if (opened.st_dev, opened.st_ino) != (st.st_dev, st.st_ino) or opened.st_nlink > 1:
+    if (opened.st_dev, opened.st_ino) != (st.st_dev, st.st_ino):
+        os.close(fd)
+        raise Rejected(f"{step} {what} was replaced while it was being opened")
+    if opened.st_nlink > 1:
         os.close(fd)
         raise Rejected(f"{step} {what} has {opened.st_nlink} links: a copy under another "
                        "name could change it after it is judged; drop a file of its own")
