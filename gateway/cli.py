@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 from . import __version__
 from .config import connect_address, listen_address
 from .exitcodes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+from .filemodes import UMASK
 
 #: ``serve`` stopped because the journal could not be committed (not by a signal).
 EXIT_JOURNAL_FAILED = EXIT_FAILED
@@ -288,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     home = Home(args.home.resolve())
+    umask = os.umask(UMASK)  # whatever a command creates is owner-only (§9, filemodes.py)
     try:
         return int(args.run(args, home))
     except KeyboardInterrupt:
@@ -299,6 +302,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"gateway: {exc}", file=sys.stderr)
             return EXIT_FAILED
         raise
+    finally:
+        os.umask(umask)  # main() called in-process (tests) leaves the caller's umask
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from .checkpoint import Checkpointer
+from .filemodes import private_database
 
 log = logging.getLogger(__name__)
 
@@ -354,7 +355,7 @@ class Journal:
 
     def __init__(self, path: Path, synchronous: str = "FULL",
                  slow_commit_seconds: float = SLOW_COMMIT_SECONDS) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_database(path)  # 0600 in a 0700 data/ (§9); SQLite's -wal/-shm follow it
         self.path = path
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")

@@ -784,8 +784,9 @@ def _fingerprint(gw_home: Path, path: Path) -> Any:
     """The fast path alone on a peer's file (raises fingerprint.Declined)."""
     name = parse_name(path.name)
     key = signer_key(KeyStore(gw_home / "keys"), name.from_party)
-    return fingerprint.prove(gw_home / "data" / "journal.sqlite3", GW, name, path, key,
-                             path.with_name(path.name + ".sig").read_bytes(), _header)
+    with open(path, "rb") as f:
+        return fingerprint.prove(gw_home / "data" / "journal.sqlite3", GW, name, f, key,
+                                 path.with_name(path.name + ".sig").read_bytes(), _header)
 
 
 #: What each file of that live day lists: BizSn and Status.

@@ -60,8 +60,9 @@ def prove(env: Env, path: Path):  # type: ignore[no-untyped-def]
     from gateway.eod.check import _header
     name = parse_name(path.name)
     sig = path.with_name(path.name + ".sig").read_bytes()
-    return fingerprint.prove(env.home / JOURNAL_FILE, GW, name, path,
-                             env.bank.public_key, sig, _header)
+    with open(path, "rb") as f:
+        return fingerprint.prove(env.home / JOURNAL_FILE, GW, name, f,
+                                 env.bank.public_key, sig, _header)
 
 
 # --- the fast path proves clean files ----------------------------------------------------
@@ -383,10 +384,10 @@ def test_watch_survives_a_failing_check_and_a_blocking_name(
     path = env.write(XFER_ROWS)
     import gateway.eod.watch as watch
 
-    def boom(home: Path, p: Path) -> None:
+    def boom(home: Path, opened: object) -> None:
         raise RuntimeError("bug")
 
-    monkeypatch.setattr(watch, "check_file", boom)
+    monkeypatch.setattr(watch, "check_opened", boom)
     assert watch_command(env.home, env.drop, once=True) == 0
     report = json.loads((env.drop / "rejected" / (NAME + ".report.json")).read_text())
     assert report["valid"] is False and "internal error" in report["reason"]

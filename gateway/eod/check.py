@@ -5,14 +5,21 @@ matches the name → trailer digest, count, sum (integrity) → every record wel
 no duplicate BizSn → reconciliation against the journal (XFER/SIGN/PAY/OTC).
 The file is read exactly once (one pass feeds the digests, the counters and the
 scratch table) and never modified.
+
+:func:`check_file` opens the path it is given, following a link (an operator named
+it); the folder watcher opens what others dropped itself, never through a link, and
+hands the open file to :func:`check_opened` — what is checked is what it opened.
 """
 from __future__ import annotations
 
 import logging
+import os
 import re
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from gateway.exitcodes import EXIT_DISCREPANCIES, EXIT_OK, EXIT_REJECTED
 from gateway.keystore import KeyStore
@@ -30,7 +37,7 @@ from .fileformat import (
 )
 from .reconcile import Reconciliation, Workspace
 from .scan import RecordError, Scanner, ScanResult
-from .signing import BadSignature, verify_file
+from .signing import BadSignature, UnfitSignatureFile, read_signature, verify_file
 
 READ_BYTES = 1 << 20
 JOURNAL = Path("data") / "journal.sqlite3"
@@ -74,22 +81,55 @@ def signer_key(keys: KeyStore, party: str) -> PublicKey:
     return peer.public_key
 
 
+@dataclass(frozen=True)
+class Opened:
+    """A clearing file opened by the caller, and how to read its ``.sig`` (which
+    raises :class:`Rejected` when it is missing or unfit)."""
+
+    path: Path  #: where it was found; its name is checked, the report shows it
+    file: BinaryIO
+    signature: Callable[[], bytes]
+
+
 def check_file(home: Path, path: Path, progress: Progress | None = None) -> CheckReport:
-    """Check and reconcile ``path``; never raises for a bad file."""
-    report = CheckReport(file=str(path))
+    """Check and reconcile the file at ``path`` (links followed); never raises for a
+    bad file."""
+    path = Path(path)
     try:
-        if not path.is_file():
-            raise Rejected(f"file: {path} does not exist or is not a regular file")
-        name = _name(path)
+        fd = _open_regular(path)
+    except Rejected as exc:
+        return CheckReport(file=str(path), reason=str(exc))
+    sig = path.with_name(path.name + ".sig")
+    with os.fdopen(fd, "rb") as f:
+        return check_opened(home, Opened(path, f, lambda: _signature_at(sig)), progress)
+
+
+def check_opened(home: Path, opened: Opened, progress: Progress | None = None) -> CheckReport:
+    """Check and reconcile an opened file; never raises for a bad file."""
+    report = CheckReport(file=str(opened.path))
+    try:
+        name = _name(opened.path)
         keys = KeyStore(Path(home) / "keys")
         key = signer_key(keys, name.from_party)
-        sig = _signature(path)
-        if not _proved(Path(home) / JOURNAL, keys.party, name, path, key, sig, report,
+        sig = opened.signature()
+        if not _proved(Path(home) / JOURNAL, keys.party, name, opened.file, key, sig, report,
                        progress):
-            _scan_and_check(home, keys.party, path, name, key, sig, report, progress)
+            _scan_and_check(home, keys.party, opened.file, name, key, sig, report, progress)
     except Rejected as exc:
         report.valid, report.reason = False, str(exc)
     return report
+
+
+def _open_regular(path: Path) -> int:
+    try:  # O_NONBLOCK: a fifo of that name must not hang the check
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        fd = -1
+    if fd < 0 or not stat.S_ISREG(os.fstat(fd).st_mode):
+        if fd >= 0:
+            os.close(fd)
+        raise Rejected(f"file: {path} does not exist or is not a regular file")
+    return fd
 
 
 def _name(path: Path) -> FileName:
@@ -99,33 +139,50 @@ def _name(path: Path) -> FileName:
         raise Rejected(f"name: {exc}") from None
 
 
-def _signature(path: Path) -> bytes:
-    sig = path.with_name(path.name + ".sig")
-    if not sig.is_file():
-        raise Rejected(f"legitimacy: signature file {sig.name} is missing")
-    return sig.read_bytes()
+def _signature_at(sig: Path) -> bytes:
+    """The ``.sig`` beside a file the operator named (links followed)."""
+    try:
+        fd = os.open(sig, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise Rejected(f"legitimacy: signature file {sig.name} is missing") from None
+    except OSError as exc:
+        raise Rejected(f"legitimacy: signature file {sig.name} cannot be read: "
+                       f"{exc.strerror}") from None
+    try:
+        return signature_of(fd, sig.name)
+    finally:
+        os.close(fd)
 
 
-def _proved(journal: Path, gateway: str, name: FileName, path: Path, key: PublicKey,
+def signature_of(fd: int, name: str) -> bytes:
+    """The opened ``.sig``'s bytes, read bounded; :class:`Rejected` if unfit."""
+    try:
+        return read_signature(fd, name)
+    except UnfitSignatureFile as exc:
+        raise Rejected(f"legitimacy: {exc}") from None
+
+
+def _proved(journal: Path, gateway: str, name: FileName, file: BinaryIO, key: PublicKey,
             sig: bytes, report: CheckReport, progress: Progress | None) -> bool:
     """The fast path (fingerprint.py): True if it proved the file valid and matched."""
     if not fingerprint.available(name, gateway, journal):
         return False
     try:
-        rec = fingerprint.prove(journal, gateway, name, path, key, sig, _header, progress)
+        rec = fingerprint.prove(journal, gateway, name, file, key, sig, _header, progress)
     except fingerprint.Declined as exc:
-        log.info("%s: exact check (%s)", path.name, exc)
+        log.info("%s: exact check (%s)", name.text, exc)
         return False
     report.valid, report.records, report.reconciliation = True, rec.matched, rec
     return True
 
 
-def _scan_and_check(home: Path, gateway: str, path: Path, name: FileName, key: PublicKey,
-                    sig: bytes, report: CheckReport, progress: Progress | None) -> None:
+def _scan_and_check(home: Path, gateway: str, file: BinaryIO, name: FileName,
+                    key: PublicKey, sig: bytes, report: CheckReport,
+                    progress: Progress | None) -> None:
     ws = Workspace(name.file_type) if name.file_type in RECONCILED_TYPES else None
     try:
-        scan = _read(path, Scanner(name.file_type, ws.sink if ws else None), progress)
-        _legitimacy(key, sig, path, scan, name)
+        scan = _read(file, Scanner(name.file_type, ws.sink if ws else None), progress)
+        _legitimacy(key, sig, file, scan, name)
         report.records = scan.records
         _header(scan.header, name)
         unsunk = scan.unsunk_fen
@@ -140,22 +197,23 @@ def _scan_and_check(home: Path, gateway: str, path: Path, name: FileName, key: P
             ws.close()
 
 
-def _read(path: Path, scanner: Scanner, progress: Progress | None) -> ScanResult:
-    total = path.stat().st_size
-    with open(path, "rb") as f:
-        while chunk := f.read(READ_BYTES):
-            scanner.feed(chunk)
-            if progress is not None:
-                progress(scanner.result.size, total)
+def _read(file: BinaryIO, scanner: Scanner, progress: Progress | None) -> ScanResult:
+    """Feed the opened file, from its start, to the scanner in 1 MiB blocks."""
+    total = os.fstat(file.fileno()).st_size
+    file.seek(0)
+    while chunk := file.read(READ_BYTES):
+        scanner.feed(chunk)
+        if progress is not None:
+            progress(scanner.result.size, total)
     return scanner.finish()
 
 
-def _legitimacy(key: PublicKey, sig: bytes, path: Path, scan: ScanResult,
+def _legitimacy(key: PublicKey, sig: bytes, file: BinaryIO, scan: ScanResult,
                 name: FileName) -> None:
     try:
-        verify_file(key, sig, path, scan.file_sha256)
+        verify_file(key, sig, file, scan.file_sha256)
     except BadSignature:
-        raise Rejected(f"legitimacy: signature {path.name}.sig does not verify with the "
+        raise Rejected(f"legitimacy: signature {name.text}.sig does not verify with the "
                        f"registered key of {name.from_party}") from None
 
 

@@ -33,6 +33,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from operator import itemgetter
 from pathlib import Path
+from typing import BinaryIO
 
 from gateway.signature import PublicKey
 
@@ -94,24 +95,25 @@ class FileScan:
         self.trailer_sum = ""
         self.size = 0
 
-    def read(self, path: Path, progress: Progress | None) -> None:
-        total = path.stat().st_size
+    def read(self, f: BinaryIO, progress: Progress | None) -> None:
+        """Read the opened file from its start."""
+        total = os.fstat(f.fileno()).st_size
         carry = b""
-        with open(path, "rb") as f:
-            while chunk := f.read(READ_BYTES):
-                self.size += len(chunk)
-                self.whole.update(chunk)
-                buf = carry + chunk
-                cut = buf.rfind(b"\n", 0, len(buf) - 1) + 1  # keep the last line back
-                if cut == 0:
-                    if len(buf) > MAX_LINE_BYTES:
-                        raise Declined("over-long line")
-                    carry = buf
-                    continue
-                self._block(buf[:cut])
-                carry = buf[cut:]
-                if progress is not None:
-                    progress(self.size, total)
+        f.seek(0)
+        while chunk := f.read(READ_BYTES):
+            self.size += len(chunk)
+            self.whole.update(chunk)
+            buf = carry + chunk
+            cut = buf.rfind(b"\n", 0, len(buf) - 1) + 1  # keep the last line back
+            if cut == 0:
+                if len(buf) > MAX_LINE_BYTES:
+                    raise Declined("over-long line")
+                carry = buf
+                continue
+            self._block(buf[:cut])
+            carry = buf[cut:]
+            if progress is not None:
+                progress(self.size, total)
         self.trailer = carry
 
     def _block(self, block: bytes) -> None:
@@ -126,7 +128,7 @@ class FileScan:
         self.sums.add(lines)
 
 
-def prove(journal: Path, gateway: str, name: FileName, path: Path, key: PublicKey,
+def prove(journal: Path, gateway: str, name: FileName, file: BinaryIO, key: PublicKey,
           sig: bytes, header_ok: Callable[[str, FileName], object],
           progress: Progress | None = None) -> Reconciliation:
     """Valid and fully matched, or :class:`Declined`.  ``header_ok`` raises if not.
@@ -144,8 +146,8 @@ def prove(journal: Path, gateway: str, name: FileName, path: Path, key: PublicKe
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="eod-journal") as pool:
         owed_sums = pool.submit(_owed_sums, journal, where, args, name.from_party)
         scan = FileScan(name.file_type, LineSums(optional))
-        scan.read(path, progress)
-        _checks(scan, name, key, sig, path, header_ok)
+        scan.read(file, progress)
+        _checks(scan, name, key, sig, file, header_ok)
         owed = owed_sums.result()
     _compare(scan, owed, optional, name)
     return Reconciliation(matched=scan.sums.count)
@@ -194,11 +196,11 @@ def _owed_sums(journal: Path, where: str, args: tuple[object, ...],
         db.close()
 
 
-def _checks(scan: FileScan, name: FileName, key: PublicKey, sig: bytes, path: Path,
+def _checks(scan: FileScan, name: FileName, key: PublicKey, sig: bytes, file: BinaryIO,
             header_ok: Callable[[str, FileName], object]) -> None:
     """Legitimacy, header, trailer digest and count — as the exact check does them."""
     try:
-        verify_file(key, sig, path, scan.whole.digest())
+        verify_file(key, sig, file, scan.whole.digest())
     except BadSignature:
         raise Declined("signature") from None
     if scan.header is None:

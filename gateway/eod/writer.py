@@ -1,4 +1,8 @@
-"""Writing a signed clearing file: ``.txt`` then ``.sig``, each via temp + rename."""
+"""Writing a signed clearing file: ``.txt`` then ``.sig``, each via temp + rename.
+
+Both are created 0600, and an output folder this makes is 0700 (PROTOCOL §9): a
+clearing file lists fund accounts and wallets, and is handed over by its operator.
+"""
 from __future__ import annotations
 
 import datetime as dt
@@ -7,6 +11,7 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from gateway.filemodes import create_private, private_dir
 from gateway.signature import Signer
 
 from .fileformat import LAYOUTS, SUM_FIELD, VERSION, FileName, fen, fen_text
@@ -74,12 +79,11 @@ def write_file(out_dir: Path, file_type: str, from_party: str, to_party: str, da
     if file_type not in LAYOUTS:
         raise ValueError(f"unknown file type {file_type!r}")
     name = FileName(file_type, from_party, to_party, day)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = private_dir(Path(out_dir))
     path = out_dir / name.text
     tmp = _tmp(path)
     try:
-        with open(tmp, "wb") as f:
+        with os.fdopen(create_private(tmp), "wb") as f:
             count, total, digest = _write_body(f, name, records, created)
             trailer = f"T|{count}|{fen_text(total)}|{digest.hexdigest()}\n".encode("ascii")
             f.write(trailer)
@@ -95,7 +99,7 @@ def _write_sig(path: Path, signature: bytes) -> None:
     sig = path.with_name(path.name + ".sig")
     tmp = _tmp(sig)
     try:
-        with open(tmp, "wb") as f:
+        with os.fdopen(create_private(tmp), "wb") as f:
             f.write(signature)
         _publish(tmp, sig)
     finally:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..checkpoint import Checkpointer
+from ..filemodes import private_database
 from ..journal import Journal
 
 SCHEMA = """
@@ -174,7 +175,7 @@ class Ledger:
                 raise RuntimeError("the books must be opened before the journal's first write")
         else:
             assert isinstance(where, Path)
-            where.parent.mkdir(parents=True, exist_ok=True)
+            private_database(where)  # 0600 in a 0700 data/ (§9); -wal/-shm follow it
             self.db = sqlite3.connect(str(where), isolation_level=None)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")

@@ -11,6 +11,7 @@ from twisted.application import internet
 from twisted.internet import defer, endpoints, task
 
 from ..config import Config, split_host_port
+from ..filemodes import private_dir
 from ..journal import Journal
 from ..keystore import Peer, generate_key_file, load_signer
 from ..server import TICK_SECONDS, GatewayFactory, SessionProtocol
@@ -44,7 +45,7 @@ def ensure_key(home: Path, party: str) -> Path:
     """The peer's long-term ES256 key (0600), created on first use; returns its
     public-key PEM path, which the gateway operator registers with `peer add`."""
     path = key_file(home, party)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     signer = load_signer(path) if path.exists() else generate_key_file(path, "ES256")
     from cryptography.hazmat.primitives import serialization
 
