@@ -281,7 +281,7 @@ def test_gateway_log_holds_no_key_material_or_identity_data(day) -> None:  # typ
     broker.keyx()  # a rotation, so several session keys exist
     call(broker, "XFER.IN.REQ", xfer("GTJAT2"), bank=bank)
     log = gw.log_text()
-    secrets: list[str] = ["110101199003071234", "13800138000", "PRIVATE KEY"]
+    secrets: list[str] = ["张三", "110101199003071234", "13800138000", "PRIVATE KEY"]
     for peer in (bank, broker):
         for mac_key, data_key in peer.keys.values():
             for key in (mac_key, data_key):
