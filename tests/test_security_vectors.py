@@ -110,7 +110,7 @@ def test_field_encryption_custname_vector() -> None:
         decrypt_field(key, v["msg_id"], "IdNo", v["value"])
 
 
-@pytest.mark.parametrize("name", ["", "张" * 61])
+@pytest.mark.parametrize("name", ["", "张" * 61], ids=["empty", "61-chars"])
 def test_a_decrypted_custname_outside_its_length_is_e111_naming_it(name: str) -> None:
     key = bytes(range(32))
     value = encrypt_field(key, "GTJA1", "CustName", name, bytes(12))
