@@ -31,8 +31,7 @@ from gateway.sim.runtime import Sim, start_sim  # noqa: E402
 BANK = "CCB"
 BROKER = "GTJA"  # every BizSn this driver sends begins with it (PROTOCOL §4)
 FUND, WALLET = "100020003000", "0071130812093028"
-KYC = {"CustName": "张三", "IdType": "01"}
-ID_NO = "110101199003071234"
+CUST_NAME, ID_NO = "张三", "110101199003071234"  # sent encrypted (§4)
 AMOUNT_FEN = 100  # 1.00 CNY per transfer
 
 
@@ -100,8 +99,8 @@ class Driver:
 
     def sign(self) -> None:
         body = {"BizSn": f"{BROKER}S{self.args.tag}", "FundAcct": FUND, "WalletId": WALLET,
-                "WalletLevel": "1", "WalletKind": "PERSONAL", **KYC, "IdNo": "",
-                "Phone": None, "Channel": "APP"}
+                "WalletLevel": "1", "WalletKind": "PERSONAL", "CustName": "", "IdType": "01",
+                "IdNo": "", "Phone": None, "Channel": "APP"}
 
         def signed(answer: Message) -> None:
             result = str(answer.body.get("Result") or answer.body.get("Code"))
@@ -110,7 +109,8 @@ class Driver:
                 return
             self.begin()
 
-        self.sim.node.request("CTS.SIGN.REQ", body, BANK, signed, {"IdNo": ID_NO})
+        self.sim.node.request("CTS.SIGN.REQ", body, BANK, signed,
+                              {"CustName": CUST_NAME, "IdNo": ID_NO})
         self.flush_soon()
 
     def begin(self) -> None:

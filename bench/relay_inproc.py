@@ -151,7 +151,7 @@ def _run(round_trips: int, batch: int, profile: Path | None, tmp: Path,
     bank.open()
     # one agreement, so XFER passes the B300 rule
     _, xml = broker.peer.build("CTS.SIGN.REQ", sign_fields("GTJAS1"), to=BANK,
-                               encrypt=("IdNo", "Phone"))
+                               encrypt=("CustName", "IdNo", "Phone"))
     broker.feed(broker.peer.frame(xml))
     bank.feed(response_frames(bank.peer, bank.link.take(), AgreementNo="AG1"))
     assert b"<Result>0000</Result>" in broker.link.take()[-1][1]

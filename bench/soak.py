@@ -128,7 +128,7 @@ def broker_session(rig: Rig) -> TestPeer:
     peer = TestPeer("GTJA", "BROKER", rig.broker_key, rig.port,
                     gateway_public_key=gw_key).open_session()
     fields = [(k, v) for k, v in sign_fields("GTJAS1") if k != "Phone"]
-    rsp = peer.request("CTS.SIGN.REQ", fields, to="CCB", encrypt=("IdNo",))
+    rsp = peer.request("CTS.SIGN.REQ", fields, to="CCB", encrypt=("CustName", "IdNo"))
     if rsp.body.get("Result") != "0000":
         raise RuntimeError(f"CTS.SIGN refused: {rsp.body}")
     return peer

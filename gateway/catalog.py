@@ -48,8 +48,13 @@ SYS_ONE_WAY = ("SYS.HEARTBEAT", "SYS.ERROR")
 #: Requests whose receiver's silence leads to B330 and a reversal (§6).
 REVERSIBLE = ("XFER.IN", "XFER.OUT", "PAY.ORDER", "OTC.SUBSCRIBE")
 
-#: Body elements carrying AES-256-GCM encrypted fields (§4).
-ENCRYPTED_FIELDS: dict[str, tuple[str, ...]] = {"CtsSignReq": ("IdNo", "Phone")}
+#: Body elements carrying AES-256-GCM encrypted fields (§4): the client identity
+#: (CustName, IdNo, Phone), encrypted in transit and sealed at rest.
+ENCRYPTED_FIELDS: dict[str, tuple[str, ...]] = {"CtsSignReq": ("CustName", "IdNo", "Phone")}
+
+#: §4 length limits (characters, inclusive) of encrypted fields, which apply to the
+#: plaintext: the XSD sees only base64, so they are checked after decryption (E111).
+PLAINTEXT_LENGTHS: dict[str, tuple[int, int]] = {"CustName": (1, 60)}
 
 
 def body_name(msg_type: str) -> str:

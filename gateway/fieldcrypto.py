@@ -9,7 +9,8 @@ from collections.abc import Callable
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from gateway.errors import DecryptionFailed
+from gateway import catalog
+from gateway.errors import DecryptionFailed, SchemaInvalid
 
 NONCE_LEN = 12
 TAG_LEN = 16
@@ -45,13 +46,34 @@ def encrypt_field(data_key: bytes, msg_id: str, element: str, plaintext: str, no
 
 
 def decrypt_field(data_key: bytes, msg_id: str, element: str, value: str) -> str:
-    """Decrypt an encrypted field value; raise DecryptionFailed on any problem."""
+    """Decrypt an encrypted field value; raise DecryptionFailed (E209) on any problem,
+    SchemaInvalid (E111) if the plaintext breaks the element's §4 length limits."""
     try:
-        return _open(data_key, _b64(value), _aad(msg_id, element))
+        plaintext = _open(data_key, _b64(value), _aad(msg_id, element))
     except DecryptionFailed:
         raise
     except Exception:  # e.g. bad key length
         raise DecryptionFailed() from None
+    check_plaintext(element, plaintext)
+    return plaintext
+
+
+def check_plaintext(element: str, plaintext: str) -> None:
+    """§4: the length limits of an encrypted field apply to its plaintext (the XSD sees
+    only base64); outside them is E111 naming the element.  Lengths are in characters
+    (Unicode code points, as XSD counts them), not bytes: 60 Chinese characters fit."""
+    limits = catalog.PLAINTEXT_LENGTHS.get(element)
+    if limits is None:
+        return
+    low, high = limits
+    if not low <= len(plaintext) <= high:
+        raise SchemaInvalid(f"{_path(element)}: the decrypted value has {len(plaintext)} "
+                            f"characters; §4 allows {low}-{high}")
+
+
+def _path(element: str) -> str:
+    body = next((b for b, names in catalog.ENCRYPTED_FIELDS.items() if element in names), None)
+    return f"Msg/Body/{body}/{element}" if body else element
 
 
 class StorageCipher:

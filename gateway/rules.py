@@ -130,7 +130,8 @@ class Rules:
             agreement_no=None, broker=origin, bank=m.head.to_party, fund_acct=str(fund),
             wallet_id=str(wallet), wallet_level=str(m.text("WalletLevel")),
             wallet_kind=str(m.text("WalletKind")), status=records.PENDING,
-            sign_date=self.today().isoformat(), end_date=None, cust_name=str(m.text("CustName")),
+            sign_date=self.today().isoformat(), end_date=None,
+            cust_name=self.sealer.seal(plain["CustName"], context + "/CustName"),
             id_type=str(m.text("IdType")),
             id_no_sealed=self.sealer.seal(plain["IdNo"], context + "/IdNo"),
             phone_sealed=(self.sealer.seal(plain["Phone"], context + "/Phone")

@@ -75,7 +75,7 @@ def signed(bank: TestPeer, broker: TestPeer, biz_sn: str | None = None, **kw: st
     AgreementNo is "AG" + the BizSn)."""
     biz_sn = biz_sn or f"{broker.party}S1"
     rsp = call(broker, "CTS.SIGN.REQ", sign_fields(biz_sn, **kw), bank=bank,
-               encrypt=("IdNo", "Phone"), AgreementNo="AG" + biz_sn)
+               encrypt=("CustName", "IdNo", "Phone"), AgreementNo="AG" + biz_sn)
     assert rsp.body["Result"] == "0000", rsp.body
     return rsp
 

@@ -37,7 +37,7 @@ def body_of(msg_type: str, sn: str) -> tuple[list[tuple[str, Any]], tuple[str, .
         "OTC.REDEEM.REQ": [("BizSn", sn), ("OrigBizSn", "GTJAO1"), ("CorpWalletId", CORP),
                            ("Amount", "1.00")],
     }
-    return bodies[msg_type], ("IdNo", "Phone") if msg_type == "CTS.SIGN.REQ" else ()
+    return bodies[msg_type], ("CustName", "IdNo", "Phone") if msg_type == "CTS.SIGN.REQ" else ()
 
 
 # --- the pure check -------------------------------------------------------------------

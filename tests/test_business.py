@@ -26,7 +26,7 @@ from flows import (
 
 def test_sign_relays_reencrypted_identity_and_registers_the_agreement(day) -> None:  # type: ignore[no-untyped-def]
     gw, bank, broker = day
-    msg_id = broker.send("CTS.SIGN.REQ", sign_fields("GTJAS1"), to=BANK, encrypt=("IdNo", "Phone"))
+    msg_id = broker.send("CTS.SIGN.REQ", sign_fields("GTJAS1"), to=BANK, encrypt=("CustName", "IdNo", "Phone"))
     req = answer(bank, AgreementNo="AG1")
     assert bank.decrypt(msg_id, "IdNo", req.body["IdNo"], req.key_id) == "110101199003071234"
     assert bank.decrypt(msg_id, "Phone", req.body["Phone"], req.key_id) == "13800138000"
@@ -42,14 +42,14 @@ def test_sign_relays_reencrypted_identity_and_registers_the_agreement(day) -> No
 
 def test_sign_rules_b302_and_b301(day) -> None:  # type: ignore[no-untyped-def]
     gw, bank, broker = day
-    rsp = call(broker, "CTS.SIGN.REQ", sign_fields("GTJAS0", level="2"), encrypt=("IdNo", "Phone"))
+    rsp = call(broker, "CTS.SIGN.REQ", sign_fields("GTJAS0", level="2"), encrypt=("CustName", "IdNo", "Phone"))
     assert rsp.body["Result"] == "B302"
     signed(bank, broker)
     again = call(broker, "CTS.SIGN.REQ", sign_fields("GTJAS2", wallet="0071130812099999"),
-                 encrypt=("IdNo", "Phone"))
+                 encrypt=("CustName", "IdNo", "Phone"))
     assert again.body["Result"] == "B301"
     other = call(broker, "CTS.SIGN.REQ", sign_fields("GTJAS3", fund="999988887777"),
-                 encrypt=("IdNo", "Phone"))
+                 encrypt=("CustName", "IdNo", "Phone"))
     assert other.body["Result"] == "B301"
 
 
@@ -281,7 +281,7 @@ def test_gateway_log_holds_no_key_material_or_identity_data(day) -> None:  # typ
     broker.keyx()  # a rotation, so several session keys exist
     call(broker, "XFER.IN.REQ", xfer("GTJAT2"), bank=bank)
     log = gw.log_text()
-    secrets: list[str] = ["110101199003071234", "13800138000", "PRIVATE KEY"]
+    secrets: list[str] = ["张三", "110101199003071234", "13800138000", "PRIVATE KEY"]
     for peer in (bank, broker):
         for mac_key, data_key in peer.keys.values():
             for key in (mac_key, data_key):
@@ -380,7 +380,7 @@ def test_a_late_answer_settles_its_own_record_while_another_broker_uses_its_msg_
     gtja = gw.peer(BROKER).open_session()
     htsc = gw.peer("HTSC", "BROKER").open_session()
     same = "SHARED0000000002"
-    gtja.send("CTS.SIGN.REQ", sign_fields("GTJAS9"), to=BANK, msg_id=same, encrypt=("IdNo", "Phone"))
+    gtja.send("CTS.SIGN.REQ", sign_fields("GTJAS9"), to=BANK, msg_id=same, encrypt=("CustName", "IdNo", "Phone"))
     bank.recv("CTS.SIGN.REQ")
     assert gtja._answer_to(same, "CTS.SIGN.REQ").body["Result"] == "B331"
     end = (dt.date.today() + dt.timedelta(days=3)).isoformat()
@@ -425,7 +425,7 @@ def test_a_receivers_sys_error_is_b399_at_once_and_frees_the_sign(day) -> None: 
     wallet is free to be signed again."""
     gw, bank, broker = day
     started = time.monotonic()
-    msg_id = broker.send("CTS.SIGN.REQ", sign_fields("GTJAS7"), to=BANK, encrypt=("IdNo", "Phone"))
+    msg_id = broker.send("CTS.SIGN.REQ", sign_fields("GTJAS7"), to=BANK, encrypt=("CustName", "IdNo", "Phone"))
     req = bank.recv("CTS.SIGN.REQ")
     bank.send("SYS.ERROR", [("Code", "E209"), ("Text", "cannot decrypt IdNo"),
                             ("RefMsgId", req.head("MsgId"))], to="GW01")
@@ -467,17 +467,17 @@ def test_a_timed_out_sign_is_asked_again_on_repeat_and_settles(day) -> None:  # 
     it from its own idempotency), and that answer settles the agreement."""
     gw, bank, broker = day
     fields = sign_fields("GTJAS5")
-    first = broker.send("CTS.SIGN.REQ", fields, to=BANK, encrypt=("IdNo", "Phone"))
+    first = broker.send("CTS.SIGN.REQ", fields, to=BANK, encrypt=("CustName", "IdNo", "Phone"))
     bank.recv("CTS.SIGN.REQ")  # the bank never answers this one
     assert broker._answer_to(first, "CTS.SIGN.REQ").body["Result"] == "B331"
-    held = call(broker, "CTS.SIGN.REQ", sign_fields("GTJAS6"), encrypt=("IdNo", "Phone"))
+    held = call(broker, "CTS.SIGN.REQ", sign_fields("GTJAS6"), encrypt=("CustName", "IdNo", "Phone"))
     assert held.body["Result"] == "B301"  # the unknown sign still holds the wallet
-    again = call(broker, "CTS.SIGN.REQ", fields, bank=bank, encrypt=("IdNo", "Phone"),
+    again = call(broker, "CTS.SIGN.REQ", fields, bank=bank, encrypt=("CustName", "IdNo", "Phone"),
                  AgreementNo="AG5")
     assert (again.body["Result"], again.body["AgreementNo"]) == ("0000", "AG5")
     q = call(broker, "CTS.QUERY.REQ", [("FundAcct", FUND)], to="GW01")
     assert [(a["AgreementNo"], a["Status"]) for a in q.records("Agreement")] == [("AG5", "ACTIVE")]
-    third = call(broker, "CTS.SIGN.REQ", fields, encrypt=("IdNo", "Phone"))
+    third = call(broker, "CTS.SIGN.REQ", fields, encrypt=("CustName", "IdNo", "Phone"))
     assert third.body["AgreementNo"] == "AG5"  # answered from the journal now
     with pytest.raises(TimeoutError):
         bank.recv(timeout=0.8)
@@ -503,7 +503,7 @@ def test_a_bizsn_one_eod_file_would_list_twice_is_b312(day) -> None:  # type: ig
 def test_a_refused_personal_sign_does_not_bar_the_wallet_from_otc(day) -> None:  # type: ignore[no-untyped-def]
     gw, bank, broker = day
     claim = call(broker, "CTS.SIGN.REQ", sign_fields("GTJAS9", fund="100020009999", wallet=CORP),
-                 bank=bank, result="B303", encrypt=("IdNo", "Phone"))
+                 bank=bank, result="B303", encrypt=("CustName", "IdNo", "Phone"))
     assert claim.body["Result"] == "B303"  # the bank refused: CORP is no personal wallet
     assert call(broker, "OTC.SUBSCRIBE.REQ", otc("GTJAO9"), bank=bank).body["Result"] == "0000"
 

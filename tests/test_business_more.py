@@ -126,7 +126,7 @@ def test_a_corporate_wallet_cannot_be_signed_b302(day) -> None:  # type: ignore[
     for level in ("1", "2"):
         rsp = call(broker, "CTS.SIGN.REQ", sign_fields("GTJAC" + level, wallet=CORP, level=level,
                                                        kind="CORPORATE"),
-                   encrypt=("IdNo", "Phone"))
+                   encrypt=("CustName", "IdNo", "Phone"))
         assert rsp.body["Result"] == "B302", rsp.body
     with pytest.raises(TimeoutError):
         bank.recv(timeout=0.8)
@@ -240,7 +240,7 @@ def test_a_late_answer_to_an_unanswered_sign_settles_it_without_a_relay(day) -> 
     """Non-reversible: the timed-out CTS.SIGN stays PENDING (B331); the bank's late 0000 is
     journaled, settles the record and the agreement, and is not relayed to the broker."""
     gw, bank, broker = day
-    msg_id = broker.send("CTS.SIGN.REQ", sign_fields("GTJAS1"), to=BANK, encrypt=("IdNo", "Phone"))
+    msg_id = broker.send("CTS.SIGN.REQ", sign_fields("GTJAS1"), to=BANK, encrypt=("CustName", "IdNo", "Phone"))
     req = bank.recv("CTS.SIGN.REQ")
     assert broker._answer_to(msg_id, "CTS.SIGN.REQ").body["Result"] == "B331"
     late = bank.send("CTS.SIGN.RSP", [("Result", "0000"), ("ResultText", "late"),
@@ -260,7 +260,7 @@ def test_a_late_answer_of_another_type_settles_nothing(day) -> None:  # type: ig
     wrong Type (an XFER.OUT.RSP B399 naming the CTS.SIGN's BizSn) gets E111, and the timed-out
     sign stays PENDING for the right answer, which still settles it."""
     gw, bank, broker = day
-    msg_id = broker.send("CTS.SIGN.REQ", sign_fields("GTJAS1"), to=BANK, encrypt=("IdNo", "Phone"))
+    msg_id = broker.send("CTS.SIGN.REQ", sign_fields("GTJAS1"), to=BANK, encrypt=("CustName", "IdNo", "Phone"))
     req = bank.recv("CTS.SIGN.REQ")
     assert broker._answer_to(msg_id, "CTS.SIGN.REQ").body["Result"] == "B331"
     # not a success, so no §6 success field is missing: only its Type is wrong (and it
@@ -281,10 +281,10 @@ def test_a_late_answer_to_a_repeat_asked_again_settles_the_sign(day) -> None:  #
     (found through the evidence of what was relayed), and it is not relayed."""
     gw, bank, broker = day
     fields = sign_fields("GTJAS8")
-    first = broker.send("CTS.SIGN.REQ", fields, to=BANK, encrypt=("IdNo", "Phone"))
+    first = broker.send("CTS.SIGN.REQ", fields, to=BANK, encrypt=("CustName", "IdNo", "Phone"))
     bank.recv("CTS.SIGN.REQ")
     assert broker._answer_to(first, "CTS.SIGN.REQ").body["Result"] == "B331"
-    again = broker.send("CTS.SIGN.REQ", fields, to=BANK, encrypt=("IdNo", "Phone"))
+    again = broker.send("CTS.SIGN.REQ", fields, to=BANK, encrypt=("CustName", "IdNo", "Phone"))
     asked = bank.recv("CTS.SIGN.REQ")
     assert asked.head("MsgId") == again
     assert broker._answer_to(again, "CTS.SIGN.REQ").body["Result"] == "B331"

@@ -105,7 +105,7 @@ def test_sigkill_under_load_loses_nothing_and_moves_nothing_twice(home, start_ga
         gw.wait_for_log(r"session key G\w+ installed")
         broker = gw.peer(BROKER).open_session()
         fields = [(k, v) for k, v in sign_fields("GTJAS1") if k != "Phone"]
-        assert call(broker, "CTS.SIGN.REQ", fields, encrypt=("IdNo",)).body["Result"] == "0000"
+        assert call(broker, "CTS.SIGN.REQ", fields, encrypt=("CustName", "IdNo")).body["Result"] == "0000"
         ledger = sqlite3.connect(sim_home / "data" / "CCB-ledger.sqlite3")
         opening = ledger.execute("SELECT balance_fen FROM account WHERE id=?",
                                  (WALLET,)).fetchone()[0]

@@ -767,7 +767,7 @@ def _sim_bank_day(home: Any, gw: Any, sim_home: Path, eod_dir: Path) -> None:
                                             ("Amount", amount)])
 
         sign = [(k, v) for k, v in flows.sign_fields("GTJAS1") if k != "Phone"]
-        assert ask("CTS.SIGN.REQ", sign, encrypt=("IdNo",)) == "0000"
+        assert ask("CTS.SIGN.REQ", sign, encrypt=("CustName", "IdNo")) == "0000"
         assert ask("XFER.IN.REQ", flows.xfer("GTJAT1", "100.00")) == "0000"
         assert ask("XFER.IN.REQ", flows.xfer("GTJAT2", "5.00")) == "0000"
         assert reverse("GTJAR2", "XFER.IN", "GTJAT2", "5.00") == "0000"

@@ -95,14 +95,21 @@ def test_builder_output_validates_and_round_trips() -> None:
     head = Head(type="CTS.SIGN.REQ", msg_id="GTJA1", from_party="GTJA", to_party="CCB",
                 time="2026-11-25T09:30:00+08:00", trade_date="2026-11-25")
     body = {"BizSn": "GTJAS1", "FundAcct": "100020003000", "WalletId": "0071130812093028",
-            "WalletLevel": "1", "WalletKind": "PERSONAL", "CustName": "张三 & <李四>",
+            "WalletLevel": "1", "WalletKind": "PERSONAL", "CustName": "C" * 40,
             "IdType": "01", "IdNo": "A" * 40, "Phone": None, "Channel": "APP"}
-    msg = parse_message(build_xml(head, body))
+    xml = build_xml(head, body)
+    assert b'<CustName enc="A256GCM">' in xml and b'<IdNo enc="A256GCM">' in xml  # §4
+    msg = parse_message(xml)
     assert msg.head == head
-    assert msg.body["CustName"] == "张三 & <李四>"
+    assert msg.body["CustName"] == "C" * 40
     assert "Phone" not in msg.body
     again = parse_message(replace_texts(msg.xml, {"IdNo": "B" * 40}))
     assert again.body["IdNo"] == "B" * 40 and again.body["CustName"] == msg.body["CustName"]
+    rsp = Head(type="CTS.SIGN.RSP", msg_id="CCB1", ref_id="GTJA1", from_party="CCB",
+               to_party="GTJA", time="2026-11-25T09:30:00+08:00")
+    text = parse_message(build_xml(rsp, {"Result": "B303", "ResultText": "张三 & <李四>",
+                                         "BizSn": "GTJAS1"})).body["ResultText"]
+    assert text == "张三 & <李四>"  # escaped and read back
 
 
 def test_builder_handles_repeated_records() -> None:

@@ -217,14 +217,14 @@ def test_a_sign_answered_with_an_agreement_no_in_use_fails_cleanly(day) -> None:
     gw, bank, broker = day
     signed(bank, broker, "GTJAS1")  # AgreementNo AGGTJAS1
     other = sign_fields("GTJAS2", fund="200020003000", wallet="0071130812090002")
-    rsp = call(broker, "CTS.SIGN.REQ", other, bank=bank, encrypt=("IdNo", "Phone"),
+    rsp = call(broker, "CTS.SIGN.REQ", other, bank=bank, encrypt=("CustName", "IdNo", "Phone"),
                AgreementNo="AGGTJAS1")
     assert (rsp.head("From"), rsp.body["Result"]) == (GW, "B399"), rsp.body
     assert "AGGTJAS1" in rsp.body["ResultText"]
     gw.wait_for_log(r"ALERT .*agreement_conflict")
     # the wallet and fund account are free again: a new sign of them is relayed
     again = sign_fields("GTJAS3", fund="200020003000", wallet="0071130812090002")
-    assert call(broker, "CTS.SIGN.REQ", again, bank=bank, encrypt=("IdNo", "Phone"),
+    assert call(broker, "CTS.SIGN.REQ", again, bank=bank, encrypt=("CustName", "IdNo", "Phone"),
                 AgreementNo="AGNEW").body["Result"] == "0000"
     db = sqlite3.connect(gw.home.root / "data" / "journal.sqlite3")
     assert db.execute("SELECT state, result FROM record WHERE biz_sn='GTJAS2'").fetchone() \

@@ -135,7 +135,7 @@ class MoneySequences(RuleBasedStateMachine):
 
     def _sign(self) -> None:
         self.rig.broker.send("CTS.SIGN.REQ", sign_fields("GTJAS0"), to=BANK,
-                             encrypt=("IdNo", "Phone"))
+                             encrypt=("CustName", "IdNo", "Phone"))
         req = self._business(self.rig.bank.take())[0]
         self._answer(req, "0000", AgreementNo="AG1")
         self.rig.broker.take()

@@ -8,11 +8,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from gateway import kex
+from gateway import catalog, kex
+from gateway.errors import DecryptionFailed, SchemaInvalid
 from gateway.fieldcrypto import decrypt_field, encrypt_field
 from gateway.mac import mac_field, verify_mac
 from gateway.signature import SignatureField, load_public_key, signer_id, verify
@@ -87,6 +90,36 @@ def test_field_encryption_vector() -> None:
     got = encrypt_field(key, v["msg_id"], v["element"], v["plaintext"], bytes.fromhex(v["nonce"]))
     assert got == v["value"]
     assert decrypt_field(key, v["msg_id"], v["element"], v["value"]) == v["plaintext"]
+
+
+def test_field_encryption_custname_vector() -> None:
+    """§4: CustName is encrypted like IdNo; its plaintext is UTF-8 (Chinese here)."""
+    v = load("field_encryption_custname.json")
+    key, nonce = bytes.fromhex(v["data_key"]), bytes.fromhex(v["nonce"])
+    assert v["element"] == "CustName"
+    assert "CustName" in catalog.ENCRYPTED_FIELDS["CtsSignReq"]
+    got = encrypt_field(key, v["msg_id"], "CustName", v["plaintext"], nonce)
+    assert got == v["value"]
+    assert decrypt_field(key, v["msg_id"], "CustName", v["value"]) == v["plaintext"]
+    # independently: AES-256-GCM, AAD = MsgId/element, value = nonce ‖ ciphertext ‖ tag
+    raw = base64.b64decode(v["value"])
+    assert raw[:12] == nonce and len(raw) == 12 + len(v["plaintext"].encode()) + 16
+    aad = f"{v['msg_id']}/CustName".encode()
+    assert AESGCM(key).decrypt(nonce, raw[12:], aad).decode("utf-8") == v["plaintext"]
+    with pytest.raises(DecryptionFailed):  # bound to its element: not an IdNo
+        decrypt_field(key, v["msg_id"], "IdNo", v["value"])
+
+
+@pytest.mark.parametrize("name", ["", "张" * 61], ids=["empty", "61-chars"])
+def test_a_decrypted_custname_outside_its_length_is_e111_naming_it(name: str) -> None:
+    key = bytes(range(32))
+    value = encrypt_field(key, "GTJA1", "CustName", name, bytes(12))
+    with pytest.raises(SchemaInvalid) as info:
+        decrypt_field(key, "GTJA1", "CustName", value)
+    assert info.value.code == "E111"
+    assert str(info.value.text).startswith("Msg/Body/CtsSignReq/CustName:")
+    sixty = encrypt_field(key, "GTJA1", "CustName", "张" * 60, bytes(12))
+    assert decrypt_field(key, "GTJA1", "CustName", sixty) == "张" * 60  # characters, not bytes
 
 
 def test_signature_vector() -> None:

@@ -154,7 +154,7 @@ def test_bad_messages_get_their_code_while_a_healthy_session_keeps_working(pair)
     _, tampered = bad.build("CTS.SIGN.REQ", [
         ("BizSn", "GTJAC1"), ("FundAcct", FUND), ("WalletId", WALLET), ("WalletLevel", "1"),
         ("WalletKind", "PERSONAL"), ("CustName", "张三"), ("IdType", "01"),
-        ("IdNo", "110101199003071234"), ("Channel", "APP")], to=BANK, encrypt=("IdNo",))
+        ("IdNo", "110101199003071234"), ("Channel", "APP")], to=BANK, encrypt=("CustName", "IdNo"))
     tampered = tampered.replace(b'enc="A256GCM">', b'enc="A256GCM">AAAA', 1)
     assert code_of(bad.frame(tampered)) == "E209"
     healthy(3)

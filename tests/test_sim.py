@@ -59,9 +59,9 @@ def test_sim_bank_checks_identity_funds_sweeps_and_reverses(sim_bank) -> None:  
     broker = gw.peer(BROKER).open_session()
     wrong: list[tuple[str, Any]] = [(k, "李四" if k == "CustName" else v)
                                     for k, v in sign_fields("GTJAS0")]
-    assert call(broker, "CTS.SIGN.REQ", wrong, encrypt=("IdNo", "Phone")).body["Result"] == "B303"
+    assert call(broker, "CTS.SIGN.REQ", wrong, encrypt=("CustName", "IdNo", "Phone")).body["Result"] == "B303"
     fields = [(k, v) for k, v in sign_fields("GTJAS1") if k != "Phone"]
-    signed = call(broker, "CTS.SIGN.REQ", fields, encrypt=("IdNo",))
+    signed = call(broker, "CTS.SIGN.REQ", fields, encrypt=("CustName", "IdNo"))
     assert signed.body["Result"] == "0000" and signed.body["AgreementNo"].startswith("AG")
     before = balance(sim_home, WALLET)
     rsp = call(broker, "XFER.IN.REQ", xfer("GTJAT1", amount="1000.00"))

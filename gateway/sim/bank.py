@@ -199,7 +199,7 @@ class BankBook:
     # --- business -----------------------------------------------------------------
     def _cts_sign(self, key: str, body: Mapping[str, Any], plain: Mapping[str, str]):  # type: ignore[no-untyped-def]
         acct = self._wallet(str(body["WalletId"]))
-        if (acct.name, acct.id_type, acct.id_no) != (body["CustName"], body["IdType"],
+        if (acct.name, acct.id_type, acct.id_no) != (plain.get("CustName"), body["IdType"],
                                                      plain.get("IdNo")):
             raise Refused("B303", "identity does not match the wallet's KYC")
         if acct.level != 1:

@@ -330,9 +330,11 @@ class Originator:
         if client is None:
             return defer.succeed(Reply("B300", f"no fund account {fund_acct}", local=True))
         body = {"BizSn": sn or self.sn("S"), "FundAcct": fund_acct, "WalletId": client.link,
-                "WalletLevel": level, "WalletKind": "PERSONAL", "CustName": client.name,
+                "WalletLevel": level, "WalletKind": "PERSONAL", "CustName": "",
                 "IdType": client.id_type, "IdNo": "", "Phone": None, "Channel": "APP"}
-        return self.ask("CTS.SIGN.REQ", body, secret={"IdNo": id_no or client.id_no or ""})
+        # §4: the client identity goes encrypted (the body holds places for it only)
+        return self.ask("CTS.SIGN.REQ", body, secret={"CustName": client.name or "",
+                                                       "IdNo": id_no or client.id_no or ""})
 
     @defer.inlineCallbacks
     def unsign(self, fund_acct: str, sn: str | None = None):  # type: ignore[no-untyped-def]

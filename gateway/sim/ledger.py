@@ -8,14 +8,23 @@ A posting that counted against its debit wallet's daily limit says so
 arrives before its original leaves a tombstone: the original, if it comes
 later, is refused and moves nothing.  The ``outbox`` table holds the requests the
 party sent and has not settled yet (:mod:`gateway.sim.outbox`).
+
+The client identity (§4: CustName, IdNo) is kept sealed at rest, as the gateway keeps
+it: a client's name and ID number are AES-256-GCM under the party's storage key
+(``keys/<party>.storage.key``, :func:`gateway.sim.runtime.storage_cipher`), each
+bound to its account and column; so is what the outbox keeps of a request's encrypted
+fields.  A ledger opened without a key (a test or tool reading balances) stores and
+shows them as it finds them.
 """
 from __future__ import annotations
 
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from ..checkpoint import Checkpointer
+from ..fieldcrypto import StorageCipher
 from ..filemodes import private_database
 from ..journal import Journal
 
@@ -157,14 +166,22 @@ def biz_key(origin: str, biz_type: str, biz_sn: str) -> str:
 class Ledger:
     """Accounts, postings and booked operations of one simulated party."""
 
-    def __init__(self, where: Path | Journal, group_commit: bool = False) -> None:
+    #: Account columns holding the client identity, sealed when the ledger has a key.
+    SEALED_COLUMNS = ("name", "id_no")
+
+    def __init__(self, where: Path | Journal, group_commit: bool = False,
+                 sealer: StorageCipher | None = None) -> None:
         """``where``: the ledger's own SQLite file, or a :class:`Journal` whose file and
         transaction the books share (group commit implied: the journal's flush commits
         the bookings with the turn's evidence, one commit and one fsync for both).
 
         ``group_commit``: bookings (each atomic, as a savepoint) share one transaction
         that :meth:`flush` commits — the owner flushes before it answers anyone, so one
-        fsync covers every booking of a reactor turn, as the gateway's journal does."""
+        fsync covers every booking of a reactor turn, as the gateway's journal does.
+
+        ``sealer``: the party's storage cipher; with it the client identity is sealed at
+        rest (and any a ledger of an earlier version kept in clear is sealed now)."""
+        self.sealer = sealer
         self._journal = where if isinstance(where, Journal) else None
         self._group = group_commit or self._journal is not None
         self._in_tx = False
@@ -186,12 +203,59 @@ class Ledger:
         #: Tombstones are rare: while there is none, no booking needs to look one up.
         self._tombstones = bool(self.db.execute("SELECT EXISTS (SELECT 1 FROM tombstone)")
                                 .fetchone()[0])
+        self._seal_clear_identities()
 
     def _add_missing_columns(self) -> None:
         for table, column, decl in ADDED_COLUMNS:
             have = {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
             if have and column not in have:
                 self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+
+    # --- sealing the client identity ------------------------------------------
+    def seal(self, value: str | None, context: str) -> str | None:
+        """``value`` sealed for ``context`` (as is without a key; None stays None)."""
+        if value is None or self.sealer is None:
+            return value
+        return self.sealer.seal(value, context)
+
+    def unseal(self, value: str | None, context: str) -> str | None:
+        """The plaintext of a :meth:`seal` token; a value stored in clear (an earlier
+        version's, or a ledger without a key) as it is; a token without the key as is."""
+        if value is None or self.sealer is None or not value.startswith(StorageCipher.PREFIX):
+            return value
+        return self.sealer.open(value, context)
+
+    def _seal_clear_identities(self) -> None:
+        """With a key: what SQLite frees is zeroed (``secure_delete``: an outbox row gone,
+        a value replaced, leaves no copy in the file), and an identity an earlier version
+        kept in clear is sealed now, then checkpointed out of the WAL and the old pages."""
+        if self.sealer is None:
+            return
+        self.db.execute("PRAGMA secure_delete=ON")
+        sealed = 0
+        for column in self.SEALED_COLUMNS:
+            rows = self.db.execute(f"SELECT id, {column} FROM account WHERE {column} IS NOT NULL"
+                                   f" AND substr({column}, 1, 3) != ?",
+                                   (StorageCipher.PREFIX,)).fetchall()
+            for acct_id, value in rows:
+                self.db.execute(f"UPDATE account SET {column}=? WHERE id=?",
+                                (self.seal(value, f"account/{acct_id}/{column}"), acct_id))
+            sealed += len(rows)
+        if sealed:
+            self.scrub()
+
+    def scrub(self) -> None:
+        """Commit, checkpoint the WAL into the file and truncate it, so that the pages a
+        sealing replaced are overwritten now rather than at some later checkpoint (books
+        in a journal's file with its transaction open: at the journal's next one)."""
+        self.flush()
+        if not self.db.in_transaction:
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def _account(self, row: tuple[Any, ...]) -> Account:
+        acct = Account(*row)
+        return replace(acct, name=self.unseal(acct.name, f"account/{acct.id}/name"),
+                       id_no=self.unseal(acct.id_no, f"account/{acct.id}/id_no"))
 
     # --- accounts -------------------------------------------------------------
     def open_account(self, acct_id: str, kind: str, balance_fen: int = 0, *,
@@ -201,17 +265,18 @@ class Ledger:
         self.db.execute(
             "INSERT OR IGNORE INTO account (id, kind, level, name, id_type, id_no, link,"
             " balance_fen) VALUES (?,?,?,?,?,?,?,?)",
-            (acct_id, kind, level, name, id_type, id_no, link, balance_fen))
+            (acct_id, kind, level, self.seal(name, f"account/{acct_id}/name"), id_type,
+             self.seal(id_no, f"account/{acct_id}/id_no"), link, balance_fen))
 
     def account(self, acct_id: str) -> Account | None:
         row = self.db.execute("SELECT * FROM account WHERE id=?", (acct_id,)).fetchone()
-        return Account(*row) if row else None
+        return self._account(row) if row else None
 
     def accounts(self, kind: str | None = None) -> list[Account]:
         sql, args = "SELECT * FROM account", ()
         if kind:
             sql, args = sql + " WHERE kind=?", (kind,)
-        return [Account(*r) for r in self.db.execute(sql + " ORDER BY id", args)]
+        return [self._account(r) for r in self.db.execute(sql + " ORDER BY id", args)]
 
     def set_link(self, acct_id: str, link: str | None) -> None:
         self.db.execute("UPDATE account SET link=? WHERE id=?", (link, acct_id))

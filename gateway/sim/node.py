@@ -6,6 +6,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+from .. import catalog
 from ..config import Config
 from ..errors import CounterpartyNotConnected
 from ..fieldcrypto import decrypt_field
@@ -91,7 +92,7 @@ class PeerNode(Node):
             return
         plain = {name: decrypt_field(verified.keys.data_key, message.head.msg_id, name,
                                      str(message.body[name]))
-                 for name in ("IdNo", "Phone")
+                 for name in catalog.ENCRYPTED_FIELDS.get(catalog.BODY_BY_TYPE[message.type], ())
                  if verified.keys is not None and isinstance(message.body.get(name), str)}
         body = self.book.handle(message, plain)
         if body is None:

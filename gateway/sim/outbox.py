@@ -14,7 +14,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from ..catalog import REVERSIBLE
+from ..catalog import BODY_BY_TYPE, ENCRYPTED_FIELDS, REVERSIBLE
+from ..fieldcrypto import StorageCipher
 from .ledger import Ledger
 
 #: Entry states: its last attempt is out or due (SENT); its outcome is to be read from
@@ -117,12 +118,20 @@ class Outbox:
 
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
-        self.entries: dict[str, Entry] = {
-            key: Entry(key, msg_type, to, json.loads(body), json.loads(secret) if secret
-                       else None, state, attempts, last or "", at)
-            for key, msg_type, to, body, secret, state, attempts, last, at in ledger.db.execute(
+        self.entries: dict[str, Entry] = {}
+        rewritten = False
+        for key, msg_type, to, body, secret, state, attempts, last, at in ledger.db.execute(
                 "SELECT biz_key, msg_type, to_party, body, secret, state, attempts, last, at"
-                " FROM outbox ORDER BY rowid")}
+                " FROM outbox ORDER BY rowid").fetchall():
+            entry = Entry(key, msg_type, to, json.loads(body), self._read_secret(key, secret),
+                          state, attempts, last or "", at)
+            self.entries[key] = entry
+            if _move_clear_secrets(entry) or (secret and ledger.sealer is not None
+                                              and not secret.startswith(StorageCipher.PREFIX)):
+                self._rewrite(entry)  # kept in clear by an earlier version: seal it now
+                rewritten = True
+        if rewritten and ledger.sealer is not None:
+            ledger.scrub()
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -134,10 +143,25 @@ class Outbox:
         self._write("INSERT INTO outbox (biz_key, msg_type, to_party, body, secret, state,"
                     " attempts, last, at) VALUES (?,?,?,?,?,?,?,?,?)",
                     (entry.biz_key, entry.msg_type, entry.to,
-                     json.dumps(entry.body, ensure_ascii=False),
-                     json.dumps(entry.secret, ensure_ascii=False) if entry.secret else None,
+                     json.dumps(entry.body, ensure_ascii=False), self._stored_secret(entry),
                      entry.state, entry.attempts, entry.last, entry.at))
         self.entries[entry.biz_key] = entry
+
+    def _stored_secret(self, entry: Entry) -> str | None:
+        """The request's fields to encrypt (§4 client identity), sealed for the ledger."""
+        if not entry.secret:
+            return None
+        return self.ledger.seal(json.dumps(entry.secret, ensure_ascii=False),
+                                f"outbox/{entry.biz_key}")
+
+    def _read_secret(self, key: str, stored: str | None) -> dict[str, str] | None:
+        text = self.ledger.unseal(stored, f"outbox/{key}")
+        return json.loads(text) if text else None
+
+    def _rewrite(self, entry: Entry) -> None:
+        self._write("UPDATE outbox SET body=?, secret=? WHERE biz_key=?",
+                    (json.dumps(entry.body, ensure_ascii=False), self._stored_secret(entry),
+                     entry.biz_key))
 
     def save(self, entry: Entry) -> None:
         """Write its state, attempts and last answer."""
@@ -156,3 +180,17 @@ class Outbox:
             self.ledger.rollback()
             raise
         self.ledger.commit()
+
+
+def _move_clear_secrets(entry: Entry) -> bool:
+    """An entry an earlier version wrote with a §4 encrypted field (CustName) in its body
+    in clear: move the value to the fields to encrypt, so a repeat sends it encrypted
+    (the body keeps an empty place for it).  True if anything moved."""
+    names = ENCRYPTED_FIELDS.get(BODY_BY_TYPE.get(entry.msg_type, ""), ())
+    clear = {n: str(entry.body[n]) for n in names if entry.body.get(n)
+             and n not in (entry.secret or {})}
+    if not clear:
+        return False
+    entry.secret = {**(entry.secret or {}), **clear}
+    entry.body.update(dict.fromkeys(clear, ""))
+    return True

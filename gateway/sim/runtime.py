@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +12,7 @@ from twisted.application import internet
 from twisted.internet import defer, endpoints, task
 
 from ..config import Config, split_host_port
+from ..fieldcrypto import StorageCipher
 from ..filemodes import private_dir
 from ..journal import Journal
 from ..keystore import Peer, generate_key_file, load_signer
@@ -55,6 +57,20 @@ def ensure_key(home: Path, party: str) -> Path:
     return pub
 
 
+def storage_cipher(home: Path, party: str) -> StorageCipher:
+    """The cipher that seals the client identity in the party's books (§4 at rest), its
+    32-byte key ``keys/<party>.storage.key`` (0600) created on first use."""
+    path = home / "keys" / f"{party}.storage.key"
+    if not path.exists():
+        private_dir(path.parent)
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(os.urandom(32))
+            f.flush()
+            os.fsync(f.fileno())
+    return StorageCipher(path.read_bytes())
+
+
 def books_file(home: Path, party: str) -> Path:
     """The sim's SQLite file: its books and (see :func:`journal_file`) its journal."""
     return home / "data" / f"{party}-ledger.sqlite3"
@@ -71,9 +87,10 @@ def journal_file(home: Path, party: str) -> Path:
 def open_books(home: Path, party: str) -> tuple[Journal, Ledger]:
     """The sim's journal and ledger; sharing one file and transaction where they can."""
     journal = Journal(journal_file(home, party))
+    sealer = storage_cipher(home, party)
     if journal.path == books_file(home, party):
-        return journal, Ledger(journal)
-    return journal, Ledger(books_file(home, party), group_commit=True)
+        return journal, Ledger(journal, sealer=sealer)
+    return journal, Ledger(books_file(home, party), group_commit=True, sealer=sealer)
 
 
 @dataclass
