@@ -208,6 +208,8 @@ class Session:
             if self.state == CLOSED:
                 return
             self._receive_parsed(payload, item or _parse(payload), presigned)
+        if self.state == CLOSED:  # nothing is answered on a closed session
+            return
         try:
             self.decoder.check_pending()
         except WireError as exc:

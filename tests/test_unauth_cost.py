@@ -241,3 +241,19 @@ def test_heartbeats_at_their_pace_are_all_accepted_and_never_journaled(tmp_path:
     assert "SYS.ERROR" not in h.link.types()
     assert len(list(h.journal.messages())) == rows  # ours, sent meanwhile, neither
     assert "SYS.HEARTBEAT" in h.link.types()
+
+
+def test_one_read_of_junk_before_logon_gets_one_unsigned_answer(tmp_path: Path) -> None:
+    """A frame and a bad length header in one read, before logon: the frame's refusal
+    closes the session; the framing error after it is neither answered nor journaled."""
+    from test_session import Harness
+
+    h = Harness(tmp_path)
+    _, xml = h.peer.build("SYS.ECHO.REQ", [("Text", "early")])
+    junk = h.peer.frame(xml, mac=False)
+    h.session.receive_bytes(junk + b"XXXXXXXX")  # the framing error comes after it
+    h.gateway.flush()
+    assert [(f.type, f.body["Code"], f.sig) for f in h.link.frames] == [("SYS.ERROR", "E207", "-")]
+    assert h.session.state == CLOSED and h.link.closed
+    assert [(r["direction"], r["msg_type"]) for r in h.journal.messages()] == [
+        ("IN", "SYS.ECHO.REQ"), ("OUT", "SYS.ERROR")]
