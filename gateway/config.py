@@ -66,6 +66,21 @@ class Config:
     reversal_retry_max_seconds: float = 60.0
     #: Serve TLS on the listen port (client certificates required).
     tls: bool = False
+    # --- cost before and after logon (docs/operations.md "Limits on a peer") ----
+    #: A connection with no verified SYS.LOGON by then is closed (it holds a slot).
+    logon_timeout_seconds: float = 10.0
+    #: Smallest HeartbeatSec a peer may ask for at logon: below it LOGON.RSP E111.
+    min_heartbeat_seconds: int = 5
+    #: Bytes of refused pre-logon frames (and of their SYS.ERROR) journaled per minute
+    #: over all connections; past it such refusals are only counted.
+    unauthenticated_evidence_bytes_per_minute: int = 256 * 1024
+    #: SYS.ECHO.REQ one session may send at once, then ``echo_per_second`` (else S902).
+    echo_burst: int = 10
+    echo_per_second: float = 1.0
+    #: Seconds between the SYS.KEYX.REQ a peer may start, after a burst of 2 (else S902).
+    keyx_interval_seconds: float = 10.0
+    #: Messages over their limit from one session within a minute before it is closed.
+    max_over_limit_per_minute: int = 100
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -157,6 +172,8 @@ def from_mapping(values: dict[str, Any]) -> Config:
     if cfg.journal_synchronous not in ("FULL", "NORMAL", "EXTRA", "OFF"):
         raise ConfigError("journal_synchronous must be FULL, EXTRA, NORMAL or OFF")
     check_address(cfg.listen, lowest_port=0)
+    if cfg.min_heartbeat_seconds > 3600:
+        raise ConfigError("min_heartbeat_seconds must be at most 3600 (HeartbeatSec's maximum)")
     return cfg
 
 

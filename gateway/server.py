@@ -25,7 +25,7 @@ from .config import Config, split_host_port
 from .journal import Journal
 from .keystore import KeyStore, Peer
 from .relay import Gateway
-from .session import Session, new_session_id, receive_reads
+from .session import AWAITING_LOGON, Session, new_session_id, receive_reads
 from .signature import signer_id
 
 log = logging.getLogger(__name__)
@@ -95,8 +95,7 @@ class SessionProtocol(protocol.Protocol):
 
     # Protocol --------------------------------------------------------------------
     def connectionMade(self) -> None:
-        gw = self.factory.gateway
-        if len(gw.sessions) >= self.factory.config.max_connections:
+        if not self._make_room():
             log.warning("connection limit %d reached; refusing %s",
                         self.factory.config.max_connections, self.transport.getPeer())
             self.transport.abortConnection()
@@ -106,6 +105,24 @@ class SessionProtocol(protocol.Protocol):
         self.transport.registerProducer(self, True)
         if not self.after_handshake:
             self._start_session()
+
+    def _make_room(self) -> bool:
+        """Below ``max_connections``: yes.  At it, the inbound connection that has waited
+        longest for its logon (if any) is closed to make room: connections that never
+        log on cannot lock a bank out, a logged-on session is never displaced."""
+        gw, limit = self.factory.gateway, self.factory.config.max_connections
+        if len(gw.sessions) < limit:
+            return True
+        waiting = [s for s in gw.sessions if s.state == AWAITING_LOGON]
+        if not waiting:
+            return False
+        oldest = min(waiting, key=lambda s: s.opened_at)
+        log.warning("connection limit %d reached: closing session %s, not logged on after "
+                    "%.1f s, for %s", limit, oldest.session_id,
+                    gw.now() - oldest.opened_at, self.transport.getPeer())
+        oldest.close()
+        self.factory.schedule_flush()
+        return len(gw.sessions) < limit
 
     def handshakeCompleted(self) -> None:
         if self.after_handshake and self.session is None and self.connected:

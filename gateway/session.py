@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -18,9 +19,10 @@ from . import catalog
 from .config import Config
 from .envelope import Envelope, join_payload, split_payload
 from .errors import (
+    Busy,
     GatewayError,
+    SchemaInvalid,
     SessionNotReady,
-    SignatureInvalid,
     UnknownKeyId,
     UnknownSigner,
     WireError,
@@ -43,6 +45,7 @@ from .message import (
     read_msg_id,
     replace_texts,
 )
+from .replay import ReplayStore
 from .signature import Signer, signer_id
 from .verification import (
     Presigned,
@@ -151,6 +154,9 @@ class Session:
         self._link_closed = False
         self._outbox: list[_Outgoing] = []
         self._journaled_in = False
+        #: Per-message-type limits on what the peer may send (set at logon).
+        self._limits: dict[str, _Bucket] = {}
+        self._over_limit = _Window(now)
         if connect_to is not None:
             self._send_logon(connect_to)
 
@@ -181,19 +187,29 @@ class Session:
         except WireError as exc:  # E100/E101: the stream is unusable
             return exc
 
-    def _presign(self, parsed: list[_Parsed]) -> list[Presigned | None]:
+    def _presign(self, parsed: list[_Parsed | None]) -> list[Presigned | None]:
         if self.state != OPEN or self.peer is None:
             return [None] * len(parsed)
         key, ring = self.peer.public_key, self.keyring
-        return [None if isinstance(r, BaseException) else presign(*r, key, ring)
-                for _, r in parsed]
+        return [None if item is None or isinstance(item[1], BaseException)
+                else presign(*item[1], key, ring) for item in parsed]
 
-    def _act(self, payloads: list[bytes], parsed: list[_Parsed],
+    def _parse_ahead(self, payloads: list[bytes]) -> list[_Parsed | None]:
+        """Parse a read's frames ahead (receive_reads) once logged on; before that each
+        is parsed in its turn, so that a peer nobody vouches for gets at most one frame
+        parsed and refused (the refusal closes the connection)."""
+        if self.state != OPEN:
+            return [None] * len(payloads)
+        return [_parse(p) for p in payloads]
+
+    def _act(self, payloads: list[bytes], parsed: list[_Parsed | None],
              signatures: list[Presigned | None]) -> None:
         for payload, item, presigned in zip(payloads, parsed, signatures, strict=True):
             if self.state == CLOSED:
                 return
-            self._receive_parsed(payload, item, presigned)
+            self._receive_parsed(payload, item or _parse(payload), presigned)
+        if self.state == CLOSED:  # nothing is answered on a closed session
+            return
         try:
             self.decoder.check_pending()
         except WireError as exc:
@@ -230,14 +246,13 @@ class Session:
                 raise SessionNotReady("waiting for SYS.LOGON.RSP", ref_msg_id=message.head.msg_id)
             self._on_logon_rsp(envelope, message)
             return
-        assert self.peer is not None
-        verified = verify_message(
-            envelope, message, keyring=self.keyring, public_key=self.peer.public_key,
-            party=None if self.peer_side else self.peer.party, replay=self.owner.journal,
-            now=self.owner.now(), max_skew=self.owner.config.max_skew_seconds,
-            presigned=presigned,
-        )
-        self._journal_in(envelope, message)
+        bucket = self._limits.get(msg_type)
+        if bucket is not None and not bucket.take(self.owner.now()):
+            self._on_over_limit(envelope, message, presigned)
+            return
+        verified = self._verify(envelope, message, presigned, self.owner.journal)
+        if msg_type != "SYS.HEARTBEAT":  # a heartbeat carries nothing: no evidence row
+            self._journal_in(envelope, message)
         self.keyring.note_message()
         handler = self._SYS_HANDLERS.get(msg_type)
         if handler is not None:
@@ -246,6 +261,52 @@ class Session:
             raise SessionNotReady(f"{msg_type} not expected now", ref_msg_id=message.head.msg_id)
         else:
             self.owner.business_message(self, verified)
+
+    def _verify(self, envelope: Envelope, message: Message, presigned: Presigned | None,
+                replay: ReplayStore) -> Verified:
+        assert self.peer is not None
+        return verify_message(
+            envelope, message, keyring=self.keyring, public_key=self.peer.public_key,
+            party=None if self.peer_side else self.peer.party, replay=replay,
+            now=self.owner.now(), max_skew=self.owner.config.max_skew_seconds,
+            presigned=presigned,
+        )
+
+    # --- limits on what a logged-on peer sends (docs/operations.md) --------------------
+    def _set_limits(self) -> None:
+        """At logon: heartbeats at most 2 per HeartbeatSec, SYS.ECHO.REQ a burst of
+        ``echo_burst`` then ``echo_per_second``, peer-started SYS.KEYX.REQ a burst of 2
+        then one per ``keyx_interval_seconds``."""
+        cfg, now = self.owner.config, self.owner.now()
+        self._limits = {
+            "SYS.HEARTBEAT": _Bucket.full(2, 2 / self.heartbeat, now),
+            "SYS.ECHO.REQ": _Bucket.full(cfg.echo_burst, cfg.echo_per_second, now),
+            "SYS.KEYX.REQ": _Bucket.full(2, 1 / cfg.keyx_interval_seconds, now),
+        }
+
+    def _on_over_limit(self, envelope: Envelope, message: Message,
+                       presigned: Presigned | None) -> None:
+        """A message beyond its limit is authenticated like any other (a bad MAC is
+        still E200), but not acted on, remembered or answered in kind: a heartbeat is
+        dropped, an echo or KEYX request gets S902 (MAC, no signature).  More than
+        ``max_over_limit_per_minute`` such messages in a minute close the session."""
+        self._verify(envelope, message, presigned, _NOT_REMEMBERED)
+        cfg, msg_type = self.owner.config, message.type
+        count = self._over_limit.add(self.owner.now())
+        if count == 1:
+            log.warning("session %s: %s sends %s over its limit; more than %d such "
+                        "messages within 60 s close the session", self.session_id,
+                        self.party, msg_type, cfg.max_over_limit_per_minute)
+        closing = count > cfg.max_over_limit_per_minute
+        if closing:
+            log.warning("session %s: %s sent %d messages over their limits within 60 s: "
+                        "closing", self.session_id, self.party, count)
+        if msg_type != "SYS.HEARTBEAT":
+            raise OverLimit(f"{msg_type} over this session's limit (docs/operations.md); "
+                            "send it again later", ref_msg_id=message.head.msg_id,
+                            closing=closing)
+        if closing:
+            self.close()
 
     # --- logon --------------------------------------------------------------------
     def _authenticate_logon(self, envelope: Envelope, message: Message, party: str,
@@ -273,8 +334,13 @@ class Session:
         self.peer = self._authenticate_logon(envelope, message, str(body["PartyId"]),
                                              str(body["Role"]))
         self._journal_in(envelope, message)
-        self.heartbeat = float(str(body["HeartbeatSec"]))
+        heartbeat = int(str(body["HeartbeatSec"]))
+        if heartbeat < self.owner.config.min_heartbeat_seconds:
+            self._refuse_heartbeat(heartbeat, message.head.msg_id)
+            return
+        self.heartbeat = float(heartbeat)
         self.state = OPEN
+        self._set_limits()
         self.keyx_due_at = self.owner.now() + self.owner.config.keyx_after_logon_seconds
         log.info("session %s: %s logged on as %s", self.session_id, self.peer.party,
                  self.peer.role)
@@ -282,6 +348,19 @@ class Session:
             "Result": "0000", "ResultText": "logged on", "SessionId": self.session_id,
             "Nonce": self.owner.random_bytes(16).hex(), "TradeDate": self.owner.trade_date(),
         }, ref_id=message.head.msg_id)
+
+    def _refuse_heartbeat(self, heartbeat: int, ref: str) -> None:
+        """A verified LOGON.REQ asking for heartbeats more often than the gateway allows:
+        LOGON.RSP ``E111`` naming the field, then the connection is closed."""
+        minimum = self.owner.config.min_heartbeat_seconds
+        log.warning("session %s: %s asked for HeartbeatSec %d, below the minimum %d: "
+                    "logon refused", self.session_id, self.party, heartbeat, minimum)
+        self.send("SYS.LOGON.RSP", {
+            "Result": SchemaInvalid.code,
+            "ResultText": f"Body/SysLogonReq/HeartbeatSec: {heartbeat} is below this "
+                          f"gateway's minimum of {minimum} s",
+        }, ref_id=ref)
+        self.close()
 
     def _send_logon(self, peer: Peer) -> None:
         self.peer = peer
@@ -302,6 +381,7 @@ class Session:
             self.close()
             return
         self.state = OPEN
+        self._set_limits()
         self.keyx_due_at = self.owner.now()  # we connected out: key at once
         log.info("session %s: logged on to %s", self.session_id, self.peer.party)
 
@@ -415,6 +495,11 @@ class Session:
         if self.state == CLOSED:
             return
         now = self.owner.now()
+        if self.state != OPEN and now - self.opened_at > self.owner.config.logon_timeout_seconds:
+            log.warning("session %s: no verified logon within %g s: closing", self.session_id,
+                        self.owner.config.logon_timeout_seconds)
+            self.close()
+            return
         if now - self.last_heard > 3 * self.heartbeat:
             log.warning("session %s: %s silent for %.0f s (3 heartbeats): closing",
                         self.session_id, self.party or "peer", now - self.last_heard)
@@ -429,7 +514,7 @@ class Session:
         if self._keyx is None and self._keyx_due(now):
             self.start_keyx()
         if self.keyring.has_key and now - self.last_sent >= self.heartbeat:
-            self.send("SYS.HEARTBEAT", {})
+            self.send("SYS.HEARTBEAT", {})  # no evidence row (send_xml)
 
     def _keyx_due(self, now: float) -> bool:
         if not self.keyring.has_key:
@@ -474,14 +559,16 @@ class Session:
         self.send_xml(xml, msg_type, msg_id, ref_id)
 
     def send_xml(self, xml: bytes, msg_type: str, msg_id: str | None,
-                 ref_id: str | None) -> None:
+                 ref_id: str | None, *, signed: bool = True) -> None:
         """Queue ``xml`` for this session: the key is chosen now, the envelope (MAC,
         signature), its evidence row and the frame are made at the turn's flush, just
         before the commit, for all of the session's queued messages in stages (all
         signatures, then all MACs, then the rows: a run of signatures costs each ~25 %
         less than signatures interleaved with parsing and SQL, the CPU caches stay
         warm); the frame is written after the commit, in order with everything else
-        queued for after it (a close after an error, say)."""
+        queued for after it (a close after an error, say).  ``signed`` False: no
+        signature (a SYS.ERROR before logon or over a limit, §3 lets it omit one).  A
+        heartbeat gets no evidence row: it carries nothing."""
         if self._link_closed:
             return
         keys = self.keyring.current if catalog.needs_mac(msg_type) else None
@@ -489,7 +576,7 @@ class Session:
         self.last_sent = now
         if keys:
             self.keyring.note_message()
-        item = _Outgoing(now, xml, msg_type, msg_id, ref_id, keys)
+        item = _Outgoing(now, xml, msg_type, msg_id, ref_id, keys, signed)
         if not self._outbox:
             self.owner.journal.before_commit(self._seal)
         self._outbox.append(item)
@@ -500,15 +587,16 @@ class Session:
     def _seal(self) -> None:
         items, self._outbox = self._outbox, []
         sign = self.owner.signer.sign
-        sigs = [sign(it.xml).format() for it in items]
+        sigs = [sign(it.xml).format() if it.signed else None for it in items]
         macs = [mac_field(it.keys.mac_key, it.xml) if it.keys else None for it in items]
         limit = self.owner.config.max_frame_bytes
         log_message = self.owner.journal.log_message
         for it, sig, mac in zip(items, sigs, macs, strict=True):
             envelope = Envelope(key_id=it.keys.key_id if it.keys else None, mac=mac, sig=sig)
             payload = join_payload(envelope, it.xml)
-            log_message(it.at, "OUT", self.session_id, self.party, it.msg_type, it.msg_id,
-                        it.ref_id, envelope.format(), it.xml)
+            if it.msg_type != "SYS.HEARTBEAT":
+                log_message(it.at, "OUT", self.session_id, self.party, it.msg_type,
+                            it.msg_id, it.ref_id, envelope.format(), it.xml)
             it.frame = encode_frame(payload, max(limit, len(payload)))
 
     def _write(self, frame: bytes) -> None:
@@ -547,8 +635,8 @@ class Session:
     def _refuse(self, exc: GatewayError, xml: bytes | None,
                 payload: bytes | None = None) -> None:
         """Log the refusal, journal what was refused, answer SYS.ERROR, and close if the
-        stream or logon is bad.  ``payload`` is None for a framing error (bad LEN): then
-        there is no message to keep."""
+        stream is bad.  ``payload`` is None for a framing error (bad LEN): then there is
+        no message to keep.  Before a verified logon see :meth:`_refuse_unauthenticated`."""
         ref, sender, root = exc.ref_msg_id, None, None
         if xml is not None:
             try:
@@ -557,24 +645,49 @@ class Session:
                 sender = read_from(root)
             except GatewayError:
                 pass
+        if self.state in (AWAITING_LOGON, LOGON_SENT):
+            self._refuse_unauthenticated(exc, payload, root, ref, self.party or sender)
+            return
         if payload is not None and not self._journaled_in:
             self._journal_refused(payload, root, ref)
-        log.warning("session %s: %s refused message%s: %s %s", self.session_id,
-                    self.party or "peer", f" {ref}" if ref else "", exc.code, exc.text)
-        closing = exc.closes_session or (
-            self.state in (AWAITING_LOGON, LOGON_SENT)
-            and isinstance(exc, SignatureInvalid | UnknownSigner)
-        )
-        self._send_error(exc, ref, self.party or sender or "UNKNOWN")
-        if closing:
+        over = isinstance(exc, OverLimit)
+        if not over:  # over-limit refusals are logged once a minute (_on_over_limit)
+            log.warning("session %s: %s refused message%s: %s %s", self.session_id,
+                        self.party or "peer", f" {ref}" if ref else "", exc.code, exc.text)
+        self._send_error(exc, ref, self.party or sender or "UNKNOWN", signed=not over)
+        if exc.closes_session:
             self.close()
 
-    def _send_error(self, exc: GatewayError, ref: str | None, to: str) -> None:
+    def _refuse_unauthenticated(self, exc: GatewayError, payload: bytes | None,
+                                root: Any | None, ref: str | None, to: str | None) -> None:
+        """Nobody has vouched for this peer: its first refused frame ends the connection,
+        after an unsigned SYS.ERROR (no MAC, no signature: no private-key operation for
+        a stranger) and the refused bytes (at most ``UNAUTHENTICATED_EVIDENCE_BYTES``) as
+        evidence, both while the gateway-wide budget
+        (``unauthenticated_evidence_bytes_per_minute``) lasts; past it the connection is
+        closed with nothing written, and counted."""
+        head, xml = self._error_xml(exc, ref, to or "UNKNOWN")
+        kept = 0 if payload is None or self._journaled_in else min(
+            len(payload), UNAUTHENTICATED_EVIDENCE_BYTES)
+        if unauthenticated_budget(self.owner).take(self.owner.now(), kept + len(xml)):
+            if payload is not None and not self._journaled_in:
+                self._journal_refused(payload, root, ref)
+            log.warning("session %s: refused message%s before logon: %s %s; closing",
+                        self.session_id, f" {ref}" if ref else "", exc.code, exc.text)
+            self.send_xml(xml, "SYS.ERROR", head.msg_id, None, signed=False)
+        self.close()
+
+    def _error_xml(self, exc: GatewayError, ref: str | None, to: str) -> tuple[Head, bytes]:
         body = {"Code": exc.code, "Text": exc.text[:512], "RefMsgId": ref}
         head = Head(type="SYS.ERROR", msg_id=self.owner.next_msg_id(),
                     from_party=self.owner.config.party, to_party=to,
                     time=self.owner.iso_time(), trade_date=self.owner.trade_date())
-        self.send_xml(build_xml(head, body), "SYS.ERROR", head.msg_id, None)
+        return head, build_xml(head, body)
+
+    def _send_error(self, exc: GatewayError, ref: str | None, to: str, *,
+                    signed: bool = True) -> None:
+        head, xml = self._error_xml(exc, ref, to)
+        self.send_xml(xml, "SYS.ERROR", head.msg_id, None, signed=signed)
 
     def close(self) -> None:
         """Close after everything queued so far has been written."""
@@ -595,6 +708,7 @@ class _Outgoing:
     msg_id: str | None
     ref_id: str | None
     keys: SessionKeys | None
+    signed: bool = True
     frame: bytes = b""
 
 
@@ -628,7 +742,8 @@ def receive_reads(reads: list[tuple[Session, bytes]]) -> None:
     for session, data in reads:
         joined.setdefault(id(session), (session, []))[1].append(data)
     taken = [(session, session._take(b"".join(chunks))) for session, chunks in joined.values()]
-    parsed = [[_parse(p) for p in got] if isinstance(got, list) else [] for _, got in taken]
+    parsed = [session._parse_ahead(got) if isinstance(got, list) else []
+              for session, got in taken]
     signatures = [session._presign(items) for (session, _), items in zip(taken, parsed,
                                                                           strict=True)]
     for (session, got), items, sigs in zip(taken, parsed, signatures, strict=True):
@@ -641,6 +756,110 @@ def receive_reads(reads: list[tuple[Session, bytes]]) -> None:
 
 #: Bytes of a refused payload kept as evidence before the peer has logged on.
 UNAUTHENTICATED_EVIDENCE_BYTES = 4096
+
+
+class OverLimit(Busy):
+    """S902 for a SYS.ECHO.REQ or SYS.KEYX.REQ beyond its per-session limit."""
+
+    def __init__(self, text: str, *, ref_msg_id: str | None, closing: bool) -> None:
+        super().__init__(text, ref_msg_id=ref_msg_id)
+        self._closing = closing
+
+    @property
+    def closes_session(self) -> bool:
+        return self._closing
+
+
+@dataclass(slots=True)
+class _Bucket:
+    """A token bucket: ``burst`` messages at once, then ``rate`` per second."""
+
+    burst: float
+    rate: float
+    tokens: float
+    at: float
+
+    @classmethod
+    def full(cls, burst: float, rate: float, now: float) -> _Bucket:
+        return cls(burst, rate, burst, now)
+
+    def take(self, now: float) -> bool:
+        self.tokens = min(self.burst, self.tokens + max(0.0, now - self.at) * self.rate)
+        self.at = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
+@dataclass(slots=True)
+class _Window:
+    """Events counted over a fixed window of ``seconds``."""
+
+    started: float
+    count: int = 0
+    seconds: float = 60.0
+
+    def add(self, now: float) -> int:
+        """Count one event now; the count of the current window, this one included."""
+        if now - self.started >= self.seconds:
+            self.started, self.count = now, 0
+        self.count += 1
+        return self.count
+
+
+class _NotRemembered:
+    """A replay store that remembers nothing: for a message refused over its limit,
+    which is never acted on (so a later copy of it is not a replay of anything)."""
+
+    def remember(self, sender: str, msg_id: str, seen_at: float) -> bool:
+        return True
+
+
+_NOT_REMEMBERED = _NotRemembered()
+
+
+class UnauthenticatedBudget:
+    """Evidence kept for peers that have not logged on, over all their connections:
+    at most ``limit`` bytes per minute; past it refusals are counted, and the count is
+    logged when the minute is over."""
+
+    def __init__(self, limit: int, window: float = 60.0) -> None:
+        self.limit = limit
+        self.window = window
+        self.started = float("-inf")
+        self.used = 0
+        self.suppressed = 0
+
+    def take(self, now: float, size: int) -> bool:
+        """Spend ``size`` bytes now if the budget allows it."""
+        if now - self.started >= self.window:
+            if self.suppressed:
+                log.warning("%d refused frame(s) from connections not logged on were closed "
+                            "without evidence or answer in the last %g s (budget spent)",
+                            self.suppressed, self.window)
+            self.started, self.used, self.suppressed = now, 0, 0
+        if self.used + size > self.limit:
+            if not self.suppressed:
+                log.warning("evidence budget for connections not logged on (%d bytes per "
+                            "%g s) spent: further refusals are only counted", self.limit,
+                            self.window)
+            self.suppressed += 1
+            return False
+        self.used += size
+        return True
+
+
+_budgets: weakref.WeakKeyDictionary[Any, UnauthenticatedBudget] = weakref.WeakKeyDictionary()
+
+
+def unauthenticated_budget(owner: SessionOwner) -> UnauthenticatedBudget:
+    """The budget shared by every session of ``owner`` (one gateway process)."""
+    budget = _budgets.get(owner)
+    if budget is None:
+        budget = _budgets[owner] = UnauthenticatedBudget(
+            owner.config.unauthenticated_evidence_bytes_per_minute)
+    return budget
 
 
 def _head_token(root: Any | None, name: str) -> str | None:

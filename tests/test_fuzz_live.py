@@ -107,7 +107,10 @@ class Live:
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     home = make_home(tmp_path_factory.mktemp("fuzzlive") / "gw")
-    home.write_config(max_frame_bytes=MAX_PAYLOAD, max_inflight_per_session=100)
+    # every example probes the hostile session with an echo: far more than the default
+    # 10-then-1/s echo limit allows (that limit has its own tests: test_unauth_cost.py)
+    home.write_config(max_frame_bytes=MAX_PAYLOAD, max_inflight_per_session=100,
+                      echo_burst=100_000)
     gw = RunningGateway(home)
     bank = gw.peer(BANK).open_session()
     broker = gw.peer(BROKER).open_session()

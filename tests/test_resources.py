@@ -9,6 +9,8 @@ import socket
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import BANK, BROKER
 from flows import answer, signed, xfer
 
@@ -28,18 +30,36 @@ def round_trip_ms(bank, broker, sn: str) -> float:  # type: ignore[no-untyped-de
     return (time.perf_counter() - started) * 1000
 
 
-def test_connections_beyond_the_limit_are_closed_at_once(start_gateway) -> None:  # type: ignore[no-untyped-def]
-    gw = start_gateway(max_connections=10)
-    socks = [socket.create_connection(("127.0.0.1", gw.port), timeout=5) for _ in range(10)]
-    extra = socket.create_connection(("127.0.0.1", gw.port), timeout=5)
-    extra.settimeout(5)
+def closed_at_once(sock: socket.socket) -> bool:
+    sock.settimeout(5)
     try:
-        assert extra.recv(100) == b""  # closed by the gateway ...
+        return sock.recv(100) == b""  # closed by the gateway ...
     except ConnectionResetError:
-        pass  # ... or reset: either way refused at once
-    gw.wait_for_log("connection limit 10 reached")
-    for s in socks:
+        return True  # ... or reset
+    except TimeoutError:
+        return False
+
+
+def test_connections_beyond_the_limit_are_closed_at_once(start_gateway) -> None:  # type: ignore[no-untyped-def]
+    """At ``max_connections`` a new connection displaces the one that has waited longest
+    for its logon; when every slot is logged on, the new one is closed at once."""
+    gw = start_gateway(max_connections=10, logon_timeout_seconds=60.0)
+    socks = [socket.create_connection(("127.0.0.1", gw.port), timeout=5) for _ in range(10)]
+    gw.wait_for_log("connection from")
+    extra = socket.create_connection(("127.0.0.1", gw.port), timeout=5)
+    assert closed_at_once(socks[0])  # the oldest of those not logged on made room
+    gw.wait_for_log("connection limit 10 reached: closing session")
+    extra.settimeout(0.3)
+    with pytest.raises(TimeoutError):
+        extra.recv(100)  # the newcomer stays
+    for s in socks + [extra]:
         s.close()
+    full = start_gateway(max_connections=2)
+    bank, broker = full.peer(BANK).open_session(), full.peer(BROKER).open_session()
+    assert closed_at_once(socket.create_connection(("127.0.0.1", full.port), timeout=5))
+    full.wait_for_log("connection limit 2 reached; refusing")
+    assert bank.request("SYS.ECHO.REQ", [("Text", "still")]).body["Text"] == "still"
+    broker.close()
 
 
 def test_a_connection_that_never_logs_on_is_dropped(start_gateway) -> None:  # type: ignore[no-untyped-def]
@@ -80,6 +100,8 @@ def test_slow_reader_is_bounded_and_others_keep_their_latency(start_gateway) -> 
 
 
 def test_heartbeat_flood_does_not_starve_other_sessions(start_gateway) -> None:  # type: ignore[no-untyped-def]
+    """Heartbeats beyond 2 per HeartbeatSec are dropped unjournaled; the flooding
+    session is closed once over ``max_over_limit_per_minute`` (tests/test_unauth_cost.py)."""
     gw = start_gateway()
     bank = gw.peer(BANK).open_session()
     broker = gw.peer(BROKER).open_session()
@@ -91,14 +113,14 @@ def test_heartbeat_flood_does_not_starve_other_sessions(start_gateway) -> None: 
     worst = max(round_trip_ms(bank, broker, f"GTJAC{i}") for i in range(5))
     assert worst < 2000, worst
     assert rss_kib(gw.proc.pid) - before < 64 * 1024
-    echo = flood.request("SYS.ECHO.REQ", [("Text", "still here")])
-    assert echo.body["Text"] == "still here"
+    assert flood.closed_by_gateway()
+    gw.wait_for_log("messages over their limits within 60 s: closing")
 
 
 def test_a_logged_on_slow_loris_is_closed_after_three_heartbeats(start_gateway) -> None:  # type: ignore[no-untyped-def]
     """Bytes that never complete a frame are not a sign of life: a session that trickles
     one byte at a time is closed when 3 heartbeat intervals pass without a frame."""
-    gw = start_gateway()
+    gw = start_gateway(min_heartbeat_seconds=1)  # the default minimum is 5 s
     bank = gw.peer(BANK).open_session()
     broker = gw.peer(BROKER).open_session()
     signed(bank, broker)
@@ -206,10 +228,10 @@ def test_a_bank_that_stops_reading_relayed_requests_is_closed_at_the_send_buffer
 def test_hundreds_of_connections_stay_bounded_in_fds_and_return_to_baseline(
         start_gateway) -> None:  # type: ignore[no-untyped-def]
     """Open 250 connections (within ``max_connections`` = 300, with the healthy pair),
-    then 100 more (beyond it): the gateway's fds stay bounded by the limit, the extra
-    ones are closed at once, a healthy round trip still works, and when they all close
-    the fd count returns to its baseline."""
-    gw = start_gateway(max_connections=300)
+    then 100 more (beyond it): the gateway's fds stay bounded by the limit, the oldest
+    of those not logged on are closed at once to make room, a healthy round trip still
+    works, and when they all close the fd count returns to its baseline."""
+    gw = start_gateway(max_connections=300, logon_timeout_seconds=60.0)
     bank, broker = reading_pair(gw)
     signed(bank, broker)
     assert round_trip_ms(bank, broker, "GTJAF0") < 2000
@@ -225,7 +247,7 @@ def test_hundreds_of_connections_stay_bounded_in_fds_and_return_to_baseline(
     refused: set[socket.socket] = set()
     deadline = time.monotonic() + 3
     while len(refused) < 100 - (300 - 252) and time.monotonic() < deadline:
-        readable, _, _ = select.select([s for s in beyond if s not in refused], [], [], 0.2)
+        readable, _, _ = select.select([s for s in inside if s not in refused], [], [], 0.2)
         for s in readable:  # closed by the gateway: EOF or reset
             try:
                 assert s.recv(100) == b""
@@ -233,8 +255,8 @@ def test_hundreds_of_connections_stay_bounded_in_fds_and_return_to_baseline(
                 pass
             refused.add(s)
     assert len(refused) == 100 - (300 - 252), len(refused)
-    accepted = [s for s in beyond if s not in refused]  # within the limit: left open
-    assert select.select(accepted, [], [], 0.3)[0] == []
+    assert refused == set(inside[:len(refused)])  # the oldest made room for the newest
+    assert select.select(beyond + inside[len(refused):], [], [], 0.3)[0] == []
     gw.wait_for_log("connection limit 300 reached")
     peak = fd_count(pid)
     assert peak <= baseline + (300 - 2) + 10, (baseline, peak)

@@ -227,7 +227,7 @@ def test_gateway_starts_keyx_when_the_peer_does_not(start_gateway) -> None:  # t
 
 
 def test_heartbeats_flow_and_silence_closes_the_session(start_gateway) -> None:  # type: ignore[no-untyped-def]
-    gw = start_gateway()
+    gw = start_gateway(min_heartbeat_seconds=1)  # the default minimum is 5 s
     broker = gw.peer(BROKER).connect()
     broker.logon(heartbeat=1)
     broker.keyx()
