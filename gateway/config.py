@@ -66,6 +66,8 @@ class Config:
     reversal_retry_max_seconds: float = 60.0
     #: Serve TLS on the listen port (client certificates required).
     tls: bool = False
+    #: Seconds a TLS connection may take to complete its handshake before it is cut.
+    tls_handshake_seconds: float = 10.0
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
