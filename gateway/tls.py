@@ -122,6 +122,8 @@ def handshake_failure(reason: BaseException, noted: str | None) -> str:
         words = words or str(reason) or "TLS error"
         if any(w in words for w in _NOT_TLS):
             words += " (not a TLS client: plain TCP?)"
+        elif "alert" in words:
+            words += " (the other side's alert: it refused this side's certificate or name?)"
         return words
     if isinstance(reason, (error.ConnectionDone, error.ConnectionLost)):
         return CLOSED_EARLY
@@ -219,7 +221,8 @@ class GatewayTLS:
                 verify_certificate_hostname(leaf, self.host)
         except VerificationError:
             note_refusal(conn, f"the gateway's certificate does not name {self.host} (it "
-                               f"names {', '.join(names_of(leaf)) or 'nothing'}: "
-                               "gateway init --san, or a CA-issued certificate)")
+                               f"names {', '.join(names_of(leaf)) or 'nothing'}): dial one "
+                               f"of those, or give the gateway a certificate naming {self.host}"
+                               " (gateway init --san, gateway csr --san)")
             return False
         return True

@@ -107,7 +107,7 @@ def client_tls(home: Path, party: str, connect: str, trusted_pem: bytes,
     if not path.exists():
         raise ValueError(f"no TLS client certificate at {path}: the gateway's operator "
                          f"issues one for {party}'s registered key with `gateway peer issue "
-                         f"--id {party} --out {path.name}` (--tls-cert FILE names another)")
+                         f"--id {party} --out {path}` (--tls-cert FILE names another)")
     try:
         certs = load_certificates(path.read_bytes(), str(path))
         trusted = load_certificates(trusted_pem, "the certificate(s) to trust")
