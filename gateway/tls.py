@@ -66,7 +66,8 @@ def _pem(cert: x509.Certificate) -> bytes:
 
 
 def _trust(certs: Sequence[x509.Certificate]) -> Any:
-    return trustRootFromCertificates([Certificate.loadPEM(_pem(c)) for c in certs])
+    return trustRootFromCertificates(  # type: ignore[no-untyped-call]
+        [Certificate.loadPEM(_pem(c)) for c in certs])
 
 
 def _options(identity: Identity, trusted: Sequence[x509.Certificate] | None = None
@@ -74,10 +75,12 @@ def _options(identity: Identity, trusted: Sequence[x509.Certificate] | None = No
     """TLS 1.2+ options presenting ``identity``; with ``trusted``, the peer must present
     a certificate that chains to one of them."""
     extra: dict[str, Any] = {"trustRoot": _trust(trusted)} if trusted is not None else {}
+    # cryptography objects, which pyOpenSSL takes as they are; Twisted's hints still name
+    # pyOpenSSL's own X509/PKey, whose use pyOpenSSL deprecates
     return CertificateOptions(
-        privateKey=identity.key,  # cryptography objects: pyOpenSSL's own are deprecated
-        certificate=identity.certificate,
-        extraCertChain=identity.chain or None,
+        privateKey=identity.key,
+        certificate=identity.certificate,  # type: ignore[arg-type]
+        extraCertChain=identity.chain or None,  # type: ignore[arg-type]
         raiseMinimumTo=TLSVersion.TLSv1_2,
         **extra,
     )
