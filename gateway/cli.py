@@ -36,15 +36,73 @@ class Home:
 def _cmd_init(args: argparse.Namespace, home: Home) -> int:
     from .keystore import KeyStore, KeyStoreExists
 
-    try:  # the party id and every target file are checked before anything is written
-        store = KeyStore.create(home.keys, party=args.party)
+    try:  # the party id, names and every target file are checked before anything is written
+        store = KeyStore.create(home.keys, party=args.party, sans=args.san)
     except (KeyStoreExists, ValueError, OSError) as exc:
         print(f"gateway init: refused: {exc}", file=sys.stderr)
         return 1
     home.data.mkdir(parents=True, exist_ok=True)
+    from .certificates import gateway_names
+
     print(f"initialised gateway {store.party} in {home.root}")
-    print(f"signer {store.signer().signer}; certificate {home.keys / 'gateway.crt'}")
+    print(f"signer {store.signer().signer}; certificate {home.keys / 'gateway.crt'} "
+          f"naming {', '.join(gateway_names(store))}")
     return EXIT_OK
+
+
+def _cmd_csr(args: argparse.Namespace, home: Home) -> int:
+    from .certificates import signing_request
+
+    try:
+        pem = signing_request(_open_store(home), args.san)
+    except ValueError as exc:
+        print(f"gateway csr: refused: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return _emit(pem, args.out, "certificate signing request")
+
+
+def _emit(pem: bytes, out: Path | None, what: str) -> int:
+    """PEM to ``out`` (a new file) or to stdout."""
+    if out is None:
+        sys.stdout.write(pem.decode("ascii"))
+        return EXIT_OK
+    try:
+        with open(out, "xb") as f:
+            f.write(pem)
+    except OSError as exc:
+        print(f"gateway: cannot write the {what}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"wrote the {what} to {out}")
+    return EXIT_OK
+
+
+def _cmd_cert_install(args: argparse.Namespace, home: Home) -> int:
+    from .certificates import install_certificate
+
+    try:
+        done = install_certificate(_open_store(home), Path(args.install).read_bytes())
+    except (OSError, ValueError) as exc:
+        print(f"gateway cert --install: refused: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"installed {done.subject} issued by {done.issuer}, valid until "
+          f"{done.not_after:%Y-%m-%d}, naming {', '.join(done.names) or 'nothing'}"
+          + (f", with {done.intermediates} intermediate(s)" if done.intermediates else ""))
+    print(f"the previous certificate is kept as {done.backup}; the key (and signer) is "
+          "unchanged: restart `gateway serve` to present it")
+    for warning in done.warnings:
+        print(f"gateway cert --install: warning: {warning}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _cmd_peer_issue(args: argparse.Namespace, home: Home) -> int:
+    from .certificates import issue_peer_certificate
+
+    try:
+        pem = issue_peer_certificate(_open_store(home), args.id, args.san)
+    except ValueError as exc:
+        print(f"gateway peer issue: refused: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return _emit(pem, args.out, f"dev-CA certificate for {args.id}'s registered key")
 
 
 def _open_store(home: Home):  # type: ignore[no-untyped-def]
@@ -54,6 +112,8 @@ def _open_store(home: Home):  # type: ignore[no-untyped-def]
 
 
 def _cmd_cert(args: argparse.Namespace, home: Home) -> int:
+    if args.install is not None:
+        return _cmd_cert_install(args, home)
     sys.stdout.write(_open_store(home).certificate_pem().decode("ascii"))
     return EXIT_OK
 
@@ -174,7 +234,7 @@ def _cmd_sim(args: argparse.Namespace, home: Home) -> int:
 def _cmd_demo(args: argparse.Namespace, home: Home) -> int:
     from .demo import main as demo_main
 
-    return demo_main(args.keep)
+    return demo_main(args.keep, tls=args.tls)
 
 
 def _cmd_eod_check(args: argparse.Namespace, home: Home) -> int:
@@ -229,10 +289,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("init", help="create the gateway's keys, certificate and dev CA")
     p.add_argument("--party", default="GW01")
+    p.add_argument("--san", nargs="+", default=[], metavar="NAME",
+                   help="DNS names and IP addresses peers dial the gateway by, named in its "
+                        "certificate besides localhost and 127.0.0.1 (default: only those)")
     p.set_defaults(run=_cmd_init)
 
     p = sub.add_parser("cert", help="print the gateway certificate (PEM)")
+    p.add_argument("--install", type=Path, metavar="FILE",
+                   help="install FILE (PEM, intermediates after the certificate) as the "
+                        "gateway certificate: it must be for keys/gateway.key and chain to "
+                        "keys/ca.crt or a root in keys/trust/")
     p.set_defaults(run=_cmd_cert)
+
+    p = sub.add_parser("csr", help="a certificate signing request for the gateway's key")
+    p.add_argument("--san", nargs="+", default=[], metavar="NAME",
+                   help="DNS names and IP addresses to ask for (default: those of the "
+                        "current certificate)")
+    p.add_argument("--out", type=Path, metavar="FILE", help="a new file (default: stdout)")
+    p.set_defaults(run=_cmd_csr)
 
     peer = sub.add_parser("peer", help="register and list peers").add_subparsers(
         dest="peer_command", metavar="SUBCOMMAND")
@@ -245,6 +319,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_cmd_peer_add)
     p = peer.add_parser("list", help="peers, roles and key fingerprints")
     p.set_defaults(run=_cmd_peer_list)
+    p = peer.add_parser("issue", help="a dev-CA TLS certificate for a peer's registered key")
+    p.add_argument("--id", required=True)
+    p.add_argument("--san", nargs="+", default=[], metavar="NAME",
+                   help="names for it, if the gateway dials the peer (default: none)")
+    p.add_argument("--out", type=Path, metavar="FILE", help="a new file (default: stdout)")
+    p.set_defaults(run=_cmd_peer_issue)
 
     p = sub.add_parser("serve", help="run the gateway until SIGTERM/SIGINT")
     p.add_argument("--listen", metavar="HOST:PORT", type=listen_address)
@@ -283,6 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="gateway + simulated bank and broker, a business day")
     p.add_argument("--keep", type=Path, metavar="DIR",
                    help="run in DIR and keep it (default: a temporary folder, removed)")
+    p.add_argument("--tls", action="store_true",
+                   help="every session over mutual TLS (default: plain TCP)")
     p.set_defaults(run=_cmd_demo)
     return parser
 

@@ -81,6 +81,8 @@ class Config:
     keyx_interval_seconds: float = 10.0
     #: Messages over their limit from one session within a minute before it is closed.
     max_over_limit_per_minute: int = 100
+    #: Seconds a TLS connection may take to complete its handshake before it is cut.
+    tls_handshake_seconds: float = 10.0
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property

@@ -21,13 +21,15 @@ from typing import Any
 
 from twisted.internet import defer, task
 
+from .certificates import issue_peer_certificate
 from .config import Config
 from .keystore import KeyStore
 from .rules import fen_text, to_fen
 from .server import GatewayService
 from .sim.bank import AGGREGATE, DEDICATED, MERCHANT, PRODUCT
 from .sim.drive import Originator, Reply
-from .sim.runtime import Sim, ensure_key, start_sim
+from .sim.runtime import Sim, cert_file, client_tls, ensure_key, start_sim
+from .tls import GatewayTLS
 
 log = logging.getLogger(__name__)
 
@@ -211,8 +213,25 @@ def check_books(day: Day, bank: Sim, broker: Sim, opening_total: int) -> None:
         day.check(f"{name.lower()} account not negative", L.account(name).balance_fen >= 0)
 
 
-def summary(day: Day, home: Path, eod: list[str], kept: bool = True) -> str:
-    lines = ["", "SBDX gateway demo — one business day", "=" * 60]
+def check_tls(day: Day, service: GatewayService) -> None:
+    """Every session the gateway holds is TLS with a client certificate."""
+    sessions = list(service.gateway.sessions)
+    with_cert = [s for s in sessions if s.link.peer_public_key() is not None]
+    day.check("every session over mutual TLS", len(sessions) >= 2 and with_cert == sessions,
+              f"{len(with_cert)} of {len(sessions)} with a client certificate")
+
+
+def peer_tls(store: KeyStore, home: Path, party: str, connect: str) -> GatewayTLS:
+    """What an operator does for a peer (docs/operations.md, TLS set-up): the dev CA
+    issues a certificate for the peer's registered key; the peer trusts the gateway's."""
+    cert_file(home, party).write_bytes(issue_peer_certificate(store, party))
+    return client_tls(home, party, connect, store.certificate_pem())
+
+
+def summary(day: Day, home: Path, eod: list[str], kept: bool = True,
+            tls: bool = False) -> str:
+    title = "SBDX gateway demo — one business day" + (" over mutual TLS" if tls else "")
+    lines = ["", title, "=" * 60]
     flows: dict[str, list[Outcome]] = {}
     for o in day.outcomes:
         flows.setdefault(o.flow, []).append(o)
@@ -242,8 +261,9 @@ TIMEOUT_SECONDS = 50.0
 
 
 def run_demo(home: Path, reactor: Any, end_of_day: Callable[..., Any] | None = None,
-             kept: bool = True, timeout: float = TIMEOUT_SECONDS) -> bool:
-    """Run the day; returns True when it completed and every step and check passed."""
+             kept: bool = True, timeout: float = TIMEOUT_SECONDS, tls: bool = False) -> bool:
+    """Run the day (every session over mutual TLS with ``tls``); returns True when it
+    completed and every step and check passed."""
     gw_home = home / "gateway"
     store = KeyStore.create(gw_home / "keys", party=GW)
     for party, role in ((BANK, "BANK"), (BROKER, "BROKER")):
@@ -251,12 +271,14 @@ def run_demo(home: Path, reactor: Any, end_of_day: Callable[..., Any] | None = N
         store.add_peer(party, role, pub.read_bytes())
     cfg = Config(party=GW, listen="127.0.0.1:0", relay_timeout_seconds=2.0,
                  reversal_retry_initial_seconds=0.5, reversal_retry_max_seconds=2.0)
-    service = GatewayService(gw_home, cfg, reactor)
+    service = GatewayService(gw_home, cfg, reactor, tls=tls)
     service.startService()
     connect = f"127.0.0.1:{service.listening_port}"
     cert = store.certificate_pem()
-    bank = start_sim(reactor, home / "ccb", "BANK", BANK, connect, cert)
-    broker = start_sim(reactor, home / "gtja", "BROKER", BROKER, connect, cert)
+    bank = start_sim(reactor, home / "ccb", "BANK", BANK, connect, cert,
+                     tls=peer_tls(store, home / "ccb", BANK, connect) if tls else None)
+    broker = start_sim(reactor, home / "gtja", "BROKER", BROKER, connect, cert,
+                       tls=peer_tls(store, home / "gtja", BROKER, connect) if tls else None)
     bank.book.seed(BROKER)
     broker.book.seed()
     bank.book.withhold = lambda m: m.body.get("BizSn") == SLOW
@@ -272,6 +294,8 @@ def run_demo(home: Path, reactor: Any, end_of_day: Callable[..., Any] | None = N
                     break
                 yield task.deferLater(reactor, 0.05, lambda: None)
             script = Script(day, bank, broker, reactor)
+            if tls:
+                check_tls(day, service)
             yield script.run()
             yield script.settled()
             check_books(day, bank, broker, opening)
@@ -317,11 +341,11 @@ def run_demo(home: Path, reactor: Any, end_of_day: Callable[..., Any] | None = N
     timer = reactor.callLater(timeout, out_of_time)
     reactor.callWhenRunning(main)
     reactor.run()
-    print(summary(day, home, eod_lines, kept))
+    print(summary(day, home, eod_lines, kept, tls))
     return day.ok
 
 
-def main(keep: Path | None = None, timeout: float = TIMEOUT_SECONDS) -> int:
+def main(keep: Path | None = None, timeout: float = TIMEOUT_SECONDS, tls: bool = False) -> int:
     from twisted.internet import reactor
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
@@ -330,7 +354,7 @@ def main(keep: Path | None = None, timeout: float = TIMEOUT_SECONDS) -> int:
     home.mkdir(parents=True, exist_ok=True)
     from .demo_eod import end_of_day
 
-    ok = run_demo(home, reactor, end_of_day, kept=keep is not None, timeout=timeout)
+    ok = run_demo(home, reactor, end_of_day, kept=keep is not None, timeout=timeout, tls=tls)
     if keep is None:
         shutil.rmtree(home, ignore_errors=True)
     return 0 if ok else 1

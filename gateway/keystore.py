@@ -6,6 +6,7 @@ import json
 import os
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,6 +23,9 @@ from gateway.signature import PublicKey, Signer, key_type, load_public_key, sign
 PARTY_RE = re.compile(r"[A-Z0-9]{2,12}")
 ROLES = ("BANK", "BROKER")
 CERT_DAYS = 3650
+#: Names every certificate ``gateway init`` makes carries, besides ``init --san``'s:
+#: sims and health checks on the gateway's own host dial these.
+DEFAULT_SANS = ("localhost", "127.0.0.1")
 
 GATEWAY_KEY = "gateway.key"
 GATEWAY_CRT = "gateway.crt"
@@ -112,9 +116,11 @@ def _leaf_cert(
     issuer_name: x509.Name | None,
     signing_key: Any,
     now: datetime,
-    dns: str,
+    sans: Sequence[str],
     issuer_public_key: Any,
 ) -> x509.Certificate:
+    """A leaf (CA:FALSE, serverAuth + clientAuth) for ``public_key``; ``sans`` become
+    its subjectAltName (DNS names and IP addresses), none: no such extension."""
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject_cn)])
     builder = (
         x509.CertificateBuilder()
@@ -125,12 +131,6 @@ def _leaf_cert(
         .not_valid_before(now - timedelta(minutes=5))
         .not_valid_after(now + timedelta(days=CERT_DAYS))
         .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName(dns), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .add_extension(
             x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
             critical=False,
         )
@@ -140,7 +140,38 @@ def _leaf_cert(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_public_key), critical=False
         )
     )
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(san_names(sans)),
+                                        critical=False)
     return builder.sign(signing_key, _sign_hash(signing_key))
+
+
+_DNS_LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
+_DNS_NAME = re.compile(rf"(\*\.)?{_DNS_LABEL}(\.{_DNS_LABEL})*\.?")
+
+
+def san_name(text: str) -> x509.GeneralName:
+    """One subjectAltName entry: an IP address (v4 or v6) or a DNS name (a leading
+    ``*.`` allowed), else ValueError saying which."""
+    try:
+        return x509.IPAddress(ipaddress.ip_address(text))
+    except ValueError:
+        pass
+    name = text.lower()
+    if len(name) > 253 or not name.isascii() or not _DNS_NAME.fullmatch(name):
+        raise ValueError(f"subjectAltName {text[:80]!r} is neither a DNS name nor an IP "
+                         "address")
+    return x509.DNSName(name.rstrip("."))
+
+
+def san_names(texts: Sequence[str]) -> list[x509.GeneralName]:
+    """The subjectAltName entries of ``texts``, in order, each once."""
+    names: list[x509.GeneralName] = []
+    for text in texts:
+        name = san_name(text)
+        if name not in names:
+            names.append(name)
+    return names
 
 
 # --- key files ----------------------------------------------------------------
@@ -224,12 +255,13 @@ def _dev_ca(party: str, now: datetime) -> tuple[Any, x509.Certificate]:
     return ca_key, ca_cert
 
 
-def _new_store_files(party: str, now: datetime) -> dict[str, tuple[bytes, bool]]:
+def _new_store_files(party: str, now: datetime,
+                     sans: Sequence[str]) -> dict[str, tuple[bytes, bool]]:
     """Every file ``gateway init`` writes: name -> (content, private)."""
     gw_key = ec.generate_private_key(ec.SECP256R1())
     ca_key, ca_cert = _dev_ca(party, now)
-    gw_cert = _leaf_cert(party, gw_key.public_key(), None, gw_key, now, "localhost",
-                         gw_key.public_key())
+    gw_cert = _leaf_cert(party, gw_key.public_key(), None, gw_key, now,
+                         [*DEFAULT_SANS, *sans], gw_key.public_key())
     return {
         GATEWAY_KEY: (_pkcs8(gw_key), True),
         STORAGE_KEY: (os.urandom(32), True),
@@ -281,11 +313,15 @@ class KeyStore:
         return f"KeyStore({str(self.keys_dir)!r})"
 
     @classmethod
-    def create(cls, keys_dir: Path, party: str = "GW01", now: datetime | None = None) -> KeyStore:
-        """Create a fresh key store.  Refuses before writing anything: ValueError for a
-        bad party id, KeyStoreExists if any file of the store is already there."""
+    def create(cls, keys_dir: Path, party: str = "GW01", now: datetime | None = None,
+               sans: Sequence[str] = ()) -> KeyStore:
+        """Create a fresh key store; the gateway certificate names DEFAULT_SANS and
+        ``sans`` (DNS names, IP addresses).  Refuses before writing anything:
+        ValueError for a bad party id or name, KeyStoreExists if any file of the store
+        is already there."""
         keys_dir = Path(keys_dir)
         check_party(party)
+        san_names(sans)
         existing = [name for name in INIT_FILES if (keys_dir / name).exists()]
         if existing:
             raise KeyStoreExists(f"{', '.join(existing)} already in {keys_dir}; not overwriting")
@@ -295,7 +331,7 @@ class KeyStore:
         except OSError:
             pass
         (keys_dir / PEERS_DIR).mkdir(exist_ok=True)
-        files = _new_store_files(party, now or datetime.now(UTC))
+        files = _new_store_files(party, now or datetime.now(UTC), sans)
         _write_all_or_nothing(keys_dir, files)
         if not (keys_dir / PEERS_JSON).exists():
             _write_atomic(keys_dir / PEERS_JSON, b"{}\n")
@@ -328,13 +364,15 @@ class KeyStore:
         """The dev CA certificate (PEM)."""
         return (self.keys_dir / CA_CRT).read_bytes()
 
-    def issue_certificate(self, party: str, public_key: PublicKey, dns: str = "localhost") -> bytes:
-        """Issue a dev-CA certificate (serverAuth + clientAuth) for ``public_key``."""
+    def issue_certificate(self, party: str, public_key: PublicKey,
+                          sans: Sequence[str] = DEFAULT_SANS) -> bytes:
+        """Issue a dev-CA certificate (CN ``party``, serverAuth + clientAuth) for
+        ``public_key``, naming ``sans`` (none: no subjectAltName)."""
         key_type(public_key)  # reject unsupported keys
         ca_key = serialization.load_pem_private_key((self.keys_dir / CA_KEY).read_bytes(), None)
         ca_cert = x509.load_pem_x509_certificate(self.ca_cert_pem())
         cert = _leaf_cert(party, public_key, ca_cert.subject, ca_key, datetime.now(UTC),
-                          dns, ca_cert.public_key())
+                          sans, ca_cert.public_key())
         return _cert_pem(cert)
 
     # --- peers -----------------------------------------------------------------

@@ -10,23 +10,18 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from OpenSSL import SSL, crypto
 from twisted.application import internet, service
 from twisted.internet import defer, endpoints, protocol, task
-from twisted.internet.interfaces import (
-    IHandshakeListener,
-    IOpenSSLClientConnectionCreator,
-    IPushProducer,
-    IReactorTime,
-)
+from twisted.internet.interfaces import IHandshakeListener, IPushProducer, IReactorTime
 from zope.interface import implementer
 
+from .certificates import gateway_identity
 from .config import Config, split_host_port
 from .journal import Journal
 from .keystore import KeyStore, Peer
 from .relay import Gateway
 from .session import AWAITING_LOGON, Session, new_session_id, receive_reads
-from .signature import signer_id
+from .tls import CLOSED_EARLY, DialOutTLS, handshake_failure, server_options
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +34,12 @@ CLOSE_GRACE_SECONDS = 1.0
 class SessionProtocol(protocol.Protocol):
     """One TCP (or TLS) connection; a :class:`Link` for its session.
 
-    ``after_handshake``: a TLS connection we dialled starts its session (and so sends
-    SYS.LOGON) only once the handshake is done: TLS buffers a write made before that and
-    pauses its producer — us — which would stop the very reads the handshake waits for."""
+    ``after_handshake``: a TLS connection starts its session only once the handshake
+    is done.  One we dialled would send SYS.LOGON: TLS buffers a write made before that
+    and pauses its producer — us — which would stop the very reads the handshake waits
+    for.  One that never completes it (a plain TCP client, a probe, a certificate
+    refused) is one log line saying why, and never a session; the handshake must be
+    done within ``tls_handshake_seconds``."""
 
     def __init__(self, factory: GatewayFactory, connect_to: Peer | None = None,
                  after_handshake: bool = False) -> None:
@@ -52,6 +50,9 @@ class SessionProtocol(protocol.Protocol):
         self._paused = False
         self._written_while_paused = 0
         self._abort_call: Any = None
+        self._handshake_call: Any = None
+        self._tls_refusal: str | None = None
+        self._address = "?"
 
     # Link ------------------------------------------------------------------------
     def write(self, data: bytes) -> None:
@@ -67,9 +68,15 @@ class SessionProtocol(protocol.Protocol):
 
     def close(self) -> None:
         """Close after the queued writes; a peer that does not complete the (TLS)
-        shutdown within CLOSE_GRACE_SECONDS is cut off."""
+        shutdown within CLOSE_GRACE_SECONDS is cut off.  Once the connection is lost
+        there is nothing to close (nor to abort later: a TLS transport that is gone
+        cannot even be aborted)."""
+        if not self.connected:
+            return
         self.transport.loseConnection()
-        self._abort_call = self.factory.reactor.callLater(CLOSE_GRACE_SECONDS, self._abort)
+        if self._abort_call is None or not self._abort_call.active():
+            self._abort_call = self.factory.reactor.callLater(CLOSE_GRACE_SECONDS,
+                                                              self._abort)
 
     def _abort(self) -> None:
         if self.connected:
@@ -105,6 +112,24 @@ class SessionProtocol(protocol.Protocol):
         self.transport.registerProducer(self, True)
         if not self.after_handshake:
             self._start_session()
+        else:
+            self._await_handshake()
+
+    # TLS handshake -----------------------------------------------------------------
+    def _await_handshake(self) -> None:
+        peer = self.transport.getPeer()
+        self._address = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '?')}"
+        self._handshake_call = self.factory.reactor.callLater(
+            self.factory.config.tls_handshake_seconds, self._handshake_overdue)
+
+    def _handshake_overdue(self) -> None:
+        self.note_tls_refusal(f"no TLS handshake within "
+                              f"{self.factory.config.tls_handshake_seconds:g} s")
+        self.transport.abortConnection()
+
+    def note_tls_refusal(self, why: str) -> None:
+        """Why the handshake is failing (a certificate check: see gateway.tls)."""
+        self._tls_refusal = self._tls_refusal or why
 
     def _make_room(self) -> bool:
         """Below ``max_connections``: yes.  At it, the inbound connection that has waited
@@ -125,8 +150,17 @@ class SessionProtocol(protocol.Protocol):
         return len(gw.sessions) < limit
 
     def handshakeCompleted(self) -> None:
+        if self._handshake_call is not None and self._handshake_call.active():
+            self._handshake_call.cancel()
+        self._handshake_call = None
         if self.after_handshake and self.session is None and self.connected:
             self._start_session()
+
+    def handshake_failed(self, why: str) -> None:
+        """One line: who, and why; a connect-and-close (a TCP health probe) is routine."""
+        where = f"dial-out to {self.connect_to.party}: " if self.connect_to else ""
+        level = logging.INFO if why == CLOSED_EARLY else logging.WARNING
+        log.log(level, "%sTLS handshake with %s failed: %s", where, self._address, why)
 
     def _start_session(self) -> None:
         gw = self.factory.gateway
@@ -164,8 +198,15 @@ class SessionProtocol(protocol.Protocol):
             self.factory.read(self.session, data)
 
     def connectionLost(self, reason: Any = None) -> None:
+        self.connected = False
         if self._abort_call is not None and self._abort_call.active():
             self._abort_call.cancel()
+        if self._handshake_call is not None:  # set until the handshake is done
+            if self._handshake_call.active():
+                self._handshake_call.cancel()
+            self._handshake_call = None
+            self.handshake_failed(handshake_failure(getattr(reason, "value", reason),
+                                                    self._tls_refusal))
         if self.session is not None:
             try:
                 self.factory.act_on_reads()  # what arrived before the close is acted on
@@ -179,6 +220,8 @@ class GatewayFactory(protocol.Factory):
 
     #: True when the node is a bank/broker whose sessions face a relaying gateway.
     peer_side = False
+    #: True when its connections are TLS: a session starts once the handshake is done.
+    tls = False
 
     def __init__(self, gateway: Gateway, reactor: IReactorTime) -> None:
         self.gateway = gateway
@@ -188,7 +231,7 @@ class GatewayFactory(protocol.Factory):
         self._reads: list[tuple[Session, bytes]] = []
 
     def buildProtocol(self, addr: Any) -> SessionProtocol:
-        return SessionProtocol(self)
+        return SessionProtocol(self, after_handshake=self.tls)
 
     def schedule_flush(self) -> None:
         """Group commit: one journal commit per reactor turn, then the writes."""
@@ -251,70 +294,6 @@ class OutboundFactory(protocol.Factory):
         return SessionProtocol(self.parent, connect_to=self.peer, after_handshake=self.tls)
 
 
-def _own_identity(keystore: KeyStore) -> tuple[crypto.X509, crypto.PKey]:
-    """The gateway's certificate and key, as pyOpenSSL wants them."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
-
-    cert = x509.load_pem_x509_certificate(keystore.certificate_pem())
-    key_pem = (keystore.keys_dir / "gateway.key").read_bytes()
-    key = serialization.load_pem_private_key(key_pem, password=None)
-    return crypto.X509.from_cryptography(cert), crypto.PKey.from_cryptography_key(key)
-
-
-def _tls_context(identity: tuple[crypto.X509, crypto.PKey]) -> SSL.Context:
-    ctx = SSL.Context(SSL.TLS_METHOD)
-    ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
-    ctx.use_certificate(identity[0])
-    ctx.use_privatekey(identity[1])
-    ctx.check_privatekey()
-    return ctx
-
-
-class PeerCertificateContext:
-    """TLS 1.2+ server context: our certificate; a client certificate is required.
-
-    Any client certificate is accepted at handshake; at SYS.LOGON its public key
-    must be the registered key of the party logging on (E203 otherwise).
-    """
-
-    def __init__(self, keystore: KeyStore) -> None:
-        self._identity = _own_identity(keystore)
-
-    def getContext(self) -> SSL.Context:
-        ctx = _tls_context(self._identity)
-        ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT,
-                       lambda conn, cert, errno, depth, ok: True)
-        return ctx
-
-
-@implementer(IOpenSSLClientConnectionCreator)
-class DialOutTLS:
-    """TLS 1.2+ client side of a session the gateway dials: the gateway's certificate is
-    the client certificate; the peer's certificate must carry the peer's registered key
-    (checked at handshake, since we know whom we dialled, and again at SYS.LOGON.RSP
-    exactly as for inbound sessions).  Chains and names are not checked: the registered
-    key is the peer's identity, as it is for inbound sessions."""
-
-    def __init__(self, identity: tuple[crypto.X509, crypto.PKey], peer: Peer) -> None:
-        self._identity = identity
-        self._peer = peer
-
-    def clientConnectionForTLS(self, tls_protocol: Any) -> SSL.Connection:
-        ctx = _tls_context(self._identity)
-        ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, self._verify)
-        return SSL.Connection(ctx, None)
-
-    def _verify(self, conn: Any, cert: crypto.X509, errno: int, depth: int, ok: int) -> bool:
-        if depth > 0:
-            return True  # only the leaf's key matters
-        if signer_id(cert.to_cryptography().public_key()) == self._peer.signer:
-            return True
-        log.warning("dial-out to %s: its TLS certificate is not %s's registered key",
-                    self._peer.party, self._peer.party)
-        return False
-
-
 class GatewayService(service.MultiService):
     """Listening port, outbound peers, ticker; drains and flushes on stop."""
 
@@ -329,9 +308,10 @@ class GatewayService(service.MultiService):
         self.factory = GatewayFactory(self.gateway, reactor)
         self._host, self._port_number = split_host_port(listen or config.listen)
         self.tls = config.tls if tls is None else tls
-        self._tls_context = PeerCertificateContext(self.keystore) if self.tls else None
+        self.factory.tls = self.tls
+        self._tls_options = server_options(self.keystore.keys_dir) if self.tls else None
         self.port: Any = None
-        identity = _own_identity(self.keystore) if self.tls else None
+        identity = gateway_identity(self.keystore.keys_dir) if self.tls else None
         for peer in self.keystore.peers():
             if peer.connect:
                 h, p = split_host_port(peer.connect)
@@ -349,9 +329,9 @@ class GatewayService(service.MultiService):
         return int(self.port.getHost().port)
 
     def startService(self) -> None:
-        if self._tls_context is not None:
+        if self._tls_options is not None:
             self.port = self.reactor.listenSSL(self._port_number, self.factory,
-                                               self._tls_context, interface=self._host)
+                                               self._tls_options, interface=self._host)
         else:
             self.port = self.reactor.listenTCP(self._port_number, self.factory,
                                                interface=self._host)

@@ -38,6 +38,16 @@ def add_arguments(p: argparse.ArgumentParser, role: str) -> None:
     p.add_argument("--gateway-party", default="GW01")
     p.add_argument("--connections", type=int, default=1, metavar="N",
                    help="sessions to hold with the gateway (default 1)")
+    p.add_argument("--tls", action="store_true",
+                   help="dial the gateway over TLS (for `gateway serve --tls`): this party's "
+                        "key with --tls-cert as client certificate; the gateway's certificate "
+                        "must chain to --tls-ca and name the --connect host")
+    p.add_argument("--tls-cert", type=Path, metavar="FILE",
+                   help="with --tls: the certificate for this party's key that the gateway's "
+                        "operator issued (gateway peer issue); default: HOME/keys/PARTY.crt")
+    p.add_argument("--tls-ca", type=Path, metavar="FILE",
+                   help="with --tls: the certificate(s) to trust for the gateway, PEM: its "
+                        "own certificate, or the CA that issued it; default: --gateway-cert")
     p.add_argument("--eod-dir", type=Path, metavar="DIR",
                    help="write this party's signed end-of-day files (§8) into DIR at the end"
                         + (" and on SIGUSR1" if role == "bank" else ""))
@@ -94,13 +104,21 @@ def run(args: argparse.Namespace, home: Path, gateway_cert: Path) -> int:
 
     from twisted.internet import reactor
 
-    from .runtime import ensure_key, start_sim
+    from .runtime import client_tls, ensure_key, start_sim
 
     pub = ensure_key(home, party)
     print(f"{role.lower()} {party}: public key {pub} (register it: gateway peer add --id "
           f"{party} --role {role} --cert {pub})", flush=True)
+    tls = None
+    if args.tls:
+        try:
+            trusted = (args.tls_ca or gateway_cert).read_bytes()
+            tls = client_tls(home, party, args.connect, trusted, args.tls_cert)
+        except (OSError, ValueError) as exc:
+            print(f"gateway sim {role.lower()}: --tls: {exc}", file=sys.stderr)
+            return EXIT_FAILED
     sim = start_sim(reactor, home, role, party, args.connect, gateway_cert.read_bytes(),
-                    args.gateway_party, connections=args.connections)
+                    args.gateway_party, connections=args.connections, tls=tls)
     if role == "BANK":
         return _run_bank(args, sim, reactor)
     return _run_broker(args, sim, reactor, steps)

@@ -18,6 +18,7 @@ from ..journal import Journal
 from ..keystore import Peer, generate_key_file, load_signer
 from ..server import TICK_SECONDS, GatewayFactory, SessionProtocol
 from ..signature import key_type, load_public_key, signer_id
+from ..tls import GatewayTLS
 from .bank import BankBook
 from .broker import BrokerBook
 from .ledger import Ledger
@@ -30,6 +31,41 @@ log = logging.getLogger(__name__)
 #: jitter), then 1.5 times longer each failed try, at most the second figure: a
 #: gateway back after a restart is found within seconds.
 RECONNECT_FIRST_SECONDS, RECONNECT_MAX_SECONDS = 0.5, 10.0
+#: After sessions that fail before they are ready (a TLS handshake refused, a logon
+#: refused, a gateway that hangs up: a plain sim at a TLS port) the wait grows up to
+#: this: such a failure does not mend itself within seconds, and each one is logged.
+FAILED_MAX_SECONDS = 60.0
+
+
+class Redial:
+    """When to dial the gateway again (a ClientService ``retryPolicy``).
+
+    ClientService counts failed connects and starts again from 0 once a connect
+    succeeds, so a session that fails after its connect — a TLS handshake or a logon
+    refused — would be tried again every second or so for ever, silently.  Here those
+    failures count too (each logged once, with the reason and the wait), until a
+    session is ready."""
+
+    def __init__(self, party: str, address: str) -> None:
+        self.party, self.address = party, address
+        self.failures = 0
+        self._connects = internet.backoffPolicy(RECONNECT_FIRST_SECONDS, RECONNECT_MAX_SECONDS)
+        self._sessions = internet.backoffPolicy(RECONNECT_FIRST_SECONDS, FAILED_MAX_SECONDS,
+                                                jitter=lambda: 0.0)
+
+    def __call__(self, attempt: int) -> float:
+        if self.failures:
+            return float(self._sessions(self.failures))
+        return float(self._connects(attempt))
+
+    def failed(self, why: str) -> None:
+        """A session to the gateway ended before it was ready."""
+        self.failures += 1
+        log.warning("%s: session with the gateway at %s failed: %s; dialling again in %.1f s",
+                    self.party, self.address, why, self(1))
+
+    def ready(self) -> None:
+        self.failures = 0
 
 
 def gateway_peer(cert_pem: bytes, party: str) -> Peer:
@@ -69,6 +105,37 @@ def storage_cipher(home: Path, party: str) -> StorageCipher:
             f.flush()
             os.fsync(f.fileno())
     return StorageCipher(path.read_bytes())
+
+
+def cert_file(home: Path, party: str) -> Path:
+    """Where the sim keeps the certificate for its key that the gateway's operator
+    issued (``gateway peer issue``): its TLS client certificate."""
+    return home / "keys" / f"{party}.crt"
+
+
+def client_tls(home: Path, party: str, connect: str, trusted_pem: bytes,
+               cert_path: Path | None = None) -> GatewayTLS:
+    """TLS towards the gateway at ``connect``: the sim's key with its certificate
+    (default :func:`cert_file`), trusting the certificates in ``trusted_pem`` (the
+    gateway's own, or the CA that issued it).  ValueError says what is missing."""
+    from ..certificates import CertificateRefused, Identity, load_certificates
+
+    path = cert_path or cert_file(home, party)
+    if not path.exists():
+        raise ValueError(f"no TLS client certificate at {path}: the gateway's operator "
+                         f"issues one for {party}'s registered key with `gateway peer issue "
+                         f"--id {party} --out {path}` (--tls-cert FILE names another)")
+    try:
+        certs = load_certificates(path.read_bytes(), str(path))
+        trusted = load_certificates(trusted_pem, "the certificate(s) to trust")
+    except CertificateRefused as exc:
+        raise ValueError(str(exc)) from None
+    signer = load_signer(key_file(home, party))
+    if signer_id(certs[0].public_key()) != signer.signer:  # type: ignore[arg-type]
+        raise ValueError(f"{path} is not for {party}'s key {key_file(home, party)} "
+                         f"(signer {signer.signer})")
+    host, _ = split_host_port(connect)
+    return GatewayTLS(host, Identity(signer.private_key, certs[0], certs[1:]), trusted)
 
 
 def books_file(home: Path, party: str) -> Path:
@@ -172,22 +239,46 @@ def _why(failure: Any) -> str:
     return failure.getErrorMessage() or failure.type.__name__
 
 
+class GatewayLink(SessionProtocol):
+    """A sim's connection to the gateway: one that ends before its session was ever
+    ready is a failure to report and back off from (:class:`Redial`)."""
+
+    factory: PeerFactory
+
+    def handshake_failed(self, why: str) -> None:
+        self.factory.redial.failed(f"TLS handshake: {why}")
+
+    def connectionLost(self, reason: Any = None) -> None:
+        session = self.session
+        super().connectionLost(reason)
+        if session is not None and not session.keyring.has_key:
+            self.factory.redial.failed(
+                "the connection ended before the session was ready (logon refused, or the "
+                "gateway serves TLS and this sim dials without --tls?)")
+
+
 class PeerFactory(GatewayFactory):
     """Connections of a bank/broker node to the gateway (it logs on)."""
 
     peer_side = True
 
+    def __init__(self, node: PeerNode, reactor: Any, redial: Redial) -> None:
+        super().__init__(node, reactor)
+        self.redial = redial
+        node.on_each_ready.append(redial.ready)
+
     def buildProtocol(self, addr: Any) -> SessionProtocol:
         node = self.gateway
         assert isinstance(node, PeerNode)
-        return SessionProtocol(self, connect_to=node.gateway)
+        return GatewayLink(self, connect_to=node.gateway, after_handshake=self.tls)
 
 
 def start_sim(reactor: Any, home: Path, role: str, party: str, connect: str,
               gateway_cert: bytes, gateway_party: str = "GW01",
-              heartbeat_seconds: float = 30.0, connections: int = 1) -> Sim:
+              heartbeat_seconds: float = 30.0, connections: int = 1,
+              tls: GatewayTLS | None = None) -> Sim:
     """Build the node (keys, journal, ledger) and keep ``connections`` sessions to the
-    gateway (requests take turns over them)."""
+    gateway (requests take turns over them); over TLS with ``tls``."""
     ensure_key(home, party)
     signer = load_signer(key_file(home, party))
     journal, ledger = open_books(home, party)
@@ -199,17 +290,20 @@ def start_sim(reactor: Any, home: Path, role: str, party: str, connect: str,
     node = PeerNode(cfg, journal, signer, reactor.seconds, gateway_peer(gateway_cert,
                                                                          gateway_party),
                     role, book)
-    factory = PeerFactory(node, reactor)
+    factory = PeerFactory(node, reactor, Redial(party, connect))
+    factory.tls = tls is not None
     host, port = split_host_port(connect)
-    services = [internet.ClientService(endpoints.HostnameEndpoint(reactor, host, port), factory,
-                                       retryPolicy=internet.backoffPolicy(
-                                           RECONNECT_FIRST_SECONDS, RECONNECT_MAX_SECONDS),
+    endpoint: Any = endpoints.HostnameEndpoint(reactor, host, port)
+    if tls is not None:
+        endpoint = endpoints.wrapClientTLS(tls, endpoint)
+    services = [internet.ClientService(endpoint, factory, retryPolicy=factory.redial,
                                        clock=reactor) for _ in range(connections)]
     for service in services:
         service.startService()
     ticker = task.LoopingCall(factory.tick)
     ticker.clock = reactor
     ticker.start(TICK_SECONDS, now=False)
-    log.info("%s %s dialling the gateway at %s (%d connection%s)", role.lower(), party, connect,
-             connections, "" if connections == 1 else "s")
+    log.info("%s %s dialling the gateway at %s%s (%d connection%s)", role.lower(), party,
+             connect, " over TLS" if tls is not None else "", connections,
+             "" if connections == 1 else "s")
     return Sim(node, book, factory, services, ticker, ledger)
