@@ -1,12 +1,14 @@
 """On-disk keys: the gateway's signing key and certificate, dev CA, storage key, peers."""
 from __future__ import annotations
 
+import fcntl
 import ipaddress
 import json
+import logging
 import os
 import re
-import time
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,11 +18,18 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from gateway import registry
+from gateway.bookdate import CHINA
 from gateway.config import ConfigError, check_address
+from gateway.registry import ROLES, Peer, PeerKey, RegistryRefusal, key_letter
 from gateway.signature import PublicKey, Signer, key_type, load_public_key, signer_id
 
+__all__ = ["KeyStore", "KeyStoreExists", "KeyStoreMissing", "KeyStoreRefusal", "Peer",
+           "PeerKey", "RegistryRefusal", "generate_key_file", "load_signer"]
+
+log = logging.getLogger(__name__)
+
 PARTY_RE = re.compile(r"[A-Z0-9]{2,12}")
-ROLES = ("BANK", "BROKER")
 CERT_DAYS = 3650
 
 GATEWAY_KEY = "gateway.key"
@@ -31,6 +40,12 @@ CA_CRT = "ca.crt"
 GATEWAY_JSON = "gateway.json"
 PEERS_JSON = "peers.json"
 PEERS_DIR = "peers"
+#: ``key rotate`` writes the next signing key and its certificate here.
+NEXT_KEY = "gateway.next.key"
+NEXT_CRT = "gateway.next.crt"
+#: Certificates and peer keys no longer in force, kept to check old evidence.
+RETIRED_DIR = "retired"
+LOCK_FILE = ".lock"
 #: The files ``gateway init`` creates; it refuses if any one of them exists.
 INIT_FILES = (GATEWAY_KEY, STORAGE_KEY, CA_KEY, CA_CRT, GATEWAY_CRT, GATEWAY_JSON)
 
@@ -43,17 +58,8 @@ class KeyStoreMissing(Exception):
     """No key store yet: ``gateway init`` has not been run."""
 
 
-@dataclass(frozen=True)
-class Peer:
-    """A registered counterparty and its long-term public key."""
-
-    party: str
-    role: str
-    key_type: str
-    signer: str
-    connect: str | None
-    public_key: PublicKey = field(compare=False, repr=False)
-    pem: bytes = field(repr=False)
+class KeyStoreRefusal(ValueError):
+    """A ``key`` command cannot be done now; the text says what to do."""
 
 
 # --- file helpers ---------------------------------------------------------------
@@ -82,14 +88,20 @@ def _write_new(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temp file then ``os.replace`` it over ``path``."""
+def _write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write ``data`` to a temp file (created ``mode``) then ``os.replace`` it over
+    ``path``: a reader sees the old file or the new one, never part of one."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    fd = os.open(tmp, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, mode)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _pkcs8(key: Any) -> bytes:
@@ -146,18 +158,7 @@ def _leaf_cert(
 # --- key files ----------------------------------------------------------------
 def generate_key_file(path: Path, kind: str = "ES256") -> Signer:
     """Generate a private key (ES256, ED25519, PS256/RSA-2048) into a new 0600 PKCS#8 file."""
-    kind = kind.upper()
-    if kind == "ES256":
-        key: Any = ec.generate_private_key(ec.SECP256R1())
-        alg = "ES256"
-    elif kind == "ED25519":
-        key = ed25519.Ed25519PrivateKey.generate()
-        alg = "ED25519"
-    elif kind in ("PS256", "RSA", "RSA-2048", "RS256"):
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        alg = "RS256" if kind == "RS256" else "PS256"
-    else:
-        raise ValueError(f"unknown key kind {kind!r}")
+    key, alg = _new_private_key(kind)
     _write_private(Path(path), _pkcs8(key))
     return Signer(key, alg)
 
@@ -274,8 +275,8 @@ class KeyStore:
         if not (self.keys_dir / GATEWAY_KEY).exists():
             raise KeyStoreMissing(f"no gateway key in {self.keys_dir}: run `gateway init` first")
         self._signer: Signer | None = None
-        self._peer_cache: tuple[tuple[int, int], dict[str, Peer]] | None = None
-        self._peers_checked_at = -1.0
+        self._peer_cache: tuple[tuple[int, int, int], dict[str, Peer]] | None = None
+        self._bad_stamp: tuple[int, int, int] | None = None
 
     def __repr__(self) -> str:
         return f"KeyStore({str(self.keys_dir)!r})"
@@ -298,7 +299,7 @@ class KeyStore:
         files = _new_store_files(party, now or datetime.now(UTC))
         _write_all_or_nothing(keys_dir, files)
         if not (keys_dir / PEERS_JSON).exists():
-            _write_atomic(keys_dir / PEERS_JSON, b"{}\n")
+            _write_atomic(keys_dir / PEERS_JSON, registry.dump({}))
         return cls(keys_dir)
 
     # --- own keys --------------------------------------------------------------
@@ -337,42 +338,255 @@ class KeyStore:
                           dns, ca_cert.public_key())
         return _cert_pem(cert)
 
-    # --- peers -----------------------------------------------------------------
-    def _peers_raw(self) -> dict[str, dict[str, Any]]:
-        path = self.keys_dir / PEERS_JSON
+    # --- the gateway's own next key (§9 key rotate / promote) --------------------
+    def next_signer(self) -> Signer | None:
+        """The next signing key made by ``key rotate``, or None."""
+        path = self.keys_dir / NEXT_KEY
+        return load_signer(path) if path.exists() else None
+
+    def next_certificate_pem(self) -> bytes:
+        """The next key's certificate (PEM), for peers to register with ``--next``."""
+        path = self.keys_dir / NEXT_CRT
         if not path.exists():
+            raise KeyStoreRefusal("there is no next key: make one with `gateway key rotate`")
+        return path.read_bytes()
+
+    def rotate_own_key(self, kind: str = "ES256", replace: bool = False) -> Signer:
+        """``key rotate``: a next signing key and its certificate beside the current ones
+        (which still sign).  The storage key is not touched."""
+        with self._locked():
+            waiting = self.next_signer()
+            if waiting is not None and not replace:
+                raise KeyStoreRefusal(
+                    f"a next key is already waiting (signer {waiting.signer}): print it with "
+                    "`gateway cert --next`, make it the signing key with `gateway key "
+                    "promote`, or add --replace to make another one in its place")
+            key, alg = _new_private_key(kind)
+            cert = _successor_cert(x509.load_pem_x509_certificate(self.certificate_pem()),
+                                   key, datetime.now(UTC))
+            _write_atomic(self.keys_dir / NEXT_KEY, _pkcs8(key), mode=0o600)
+            _write_atomic(self.keys_dir / NEXT_CRT, _cert_pem(cert))
+        return Signer(key, alg)
+
+    def promote_own_key(self) -> tuple[str, str]:
+        """``key promote``: the next key signs from now on; the old certificate is kept in
+        ``keys/retired/`` (to check old evidence), the old private key is deleted.
+        Returns (old signer, new signer).  Run again, it finishes a promote that was
+        interrupted between its two renames."""
+        with self._locked():
+            nxt = self.next_signer()
+            if nxt is None:
+                raise KeyStoreRefusal("there is no next key to promote: make one with "
+                                      "`gateway key rotate` and register it at every peer first")
+            old = load_signer(self.keys_dir / GATEWAY_KEY)
+            cert_path = self.keys_dir / NEXT_CRT
+            if cert_path.exists():
+                if signer_id(load_public_key(cert_path.read_bytes())) != nxt.signer:
+                    raise KeyStoreRefusal(f"{NEXT_CRT} is not the certificate of {NEXT_KEY}: "
+                                          "make a new pair with `gateway key rotate --replace`")
+                self._retire_own_certificate()
+                os.replace(cert_path, self.keys_dir / GATEWAY_CRT)
+            elif signer_id(load_public_key(self.certificate_pem())) != nxt.signer:
+                raise KeyStoreRefusal(f"{NEXT_CRT} is missing: make a new pair with "
+                                      "`gateway key rotate --replace`")
+            os.replace(self.keys_dir / NEXT_KEY, self.keys_dir / GATEWAY_KEY)
+            _fsync_dir(self.keys_dir)
+            self._signer = None
+        return old.signer, nxt.signer
+
+    def _retire_own_certificate(self) -> None:
+        pem = self.certificate_pem()
+        retired = self.keys_dir / RETIRED_DIR
+        retired.mkdir(exist_ok=True, mode=0o700)
+        path = retired / f"gateway-{signer_id(load_public_key(pem))}.crt"
+        if not path.exists():
+            _write_atomic(path, pem)
+
+    def own_key_stamp(self) -> tuple[tuple[int, int, int], ...]:
+        """Changes whenever the signing key or its certificate is replaced."""
+        return (_stamp(self.keys_dir / GATEWAY_KEY), _stamp(self.keys_dir / GATEWAY_CRT))
+
+    def reload_signer(self) -> Signer | None:
+        """The signing key as it is on disk now, if its certificate matches it (else
+        None: a promote is between its renames; ask again)."""
+        signer = load_signer(self.keys_dir / GATEWAY_KEY)
+        if signer_id(load_public_key(self.certificate_pem())) != signer.signer:
+            return None
+        self._signer = signer
+        return signer
+
+    def own_letter(self, next_key: bool = False) -> str:
+        """The key letter of the gateway's own (current or next) key."""
+        pem = self.next_certificate_pem() if next_key else self.certificate_pem()
+        cert = x509.load_pem_x509_certificate(pem)
+        issued = (cert.not_valid_before_utc + timedelta(minutes=5)).astimezone(CHINA)
+        key = PeerKey.from_pem(pem, issued.date().isoformat())
+        return key_letter(party=self.party, role="GATEWAY", key=key,
+                          status="next (not signing yet)" if next_key else "current",
+                          gateway=self.party, printed=registry.today())
+
+    def peer_letters(self, party: str) -> str:
+        """The key letters of a peer's keys (current, and next if any)."""
+        peer = self.peer(party)
+        if peer is None:
+            raise KeyStoreRefusal(f"{party} is not a registered peer (`gateway peer list` "
+                                  "shows those that are)")
+        keys = [(peer.key, "current")]
+        if peer.next_key is not None:
+            keys.append((peer.next_key, "next (verifies beside the current key until "
+                                        "`gateway peer promote`)"))
+        return "\n".join(key_letter(party=party, role=peer.role, key=key, status=status,
+                                    gateway=self.party, printed=registry.today())
+                         for key, status in keys)
+
+    # --- peers -----------------------------------------------------------------
+    def _read_peers(self) -> dict[str, Peer]:
+        try:
+            data = (self.keys_dir / PEERS_JSON).read_bytes()
+        except FileNotFoundError:
             return {}
-        return dict(json.loads(path.read_text("utf-8")))
+        return registry.parse(data, lambda p: (self.keys_dir / PEERS_DIR / f"{p}.pem").read_bytes())
 
-    def _make_peer(self, party: str, entry: dict[str, Any]) -> Peer:
-        pem = (self.keys_dir / PEERS_DIR / f"{party}.pem").read_bytes()
-        pk = load_public_key(pem)
-        return Peer(party=party, role=entry["role"], key_type=key_type(pk), signer=signer_id(pk),
-                    connect=entry.get("connect"), public_key=pk, pem=pem)
+    def _peer_table(self) -> dict[str, Peer]:
+        """Registered peers, read again whenever peers.json was replaced.  Its inode,
+        time and size are looked at on every call (one stat, ~1-3 µs), so a `peer`
+        command is in force for the very next message a session sends; a running
+        gateway that finds the file unreadable (a hand edit) keeps the peers it last
+        read and logs it once."""
+        stamp = _stamp(self.keys_dir / PEERS_JSON)
+        cached = self._peer_cache
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        try:
+            table = self._read_peers()
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            if cached is None:
+                raise ValueError(f"{self.keys_dir / PEERS_JSON} is unreadable: {exc}") from None
+            if self._bad_stamp != stamp:
+                self._bad_stamp = stamp
+                log.error("%s is unreadable (%s); the peers read before stay in force",
+                          self.keys_dir / PEERS_JSON, exc)
+            return cached[1]
+        self._peer_cache = (stamp, table)
+        return table
 
-    def add_peer(self, party: str, role: str, pem: bytes, connect: str | None = None) -> Peer:
-        """Register (or replace) a peer's certificate or public key.
+    def peers(self) -> list[Peer]:
+        """All registered peers, sorted by PartyId."""
+        return list(self._peer_table().values())
 
-        Only the re-serialised certificate or SubjectPublicKeyInfo is stored, never the
-        file as given; a file holding any private key is refused (ValueError)."""
+    def peer(self, party: str) -> Peer | None:
+        """The peer with PartyId ``party`` (disabled ones too), or None."""
+        return self._peer_table().get(party)
+
+    def peer_by_signer(self, signer: str) -> Peer | None:
+        """The peer whose current key has signer id ``signer``, or None."""
+        for p in self.peers():
+            if p.signer == signer:
+                return p
+        return None
+
+    def parties_with_key(self, signer: str) -> list[str]:
+        """Every registered party with a key (current or next) of signer id ``signer``."""
+        return [p.party for p in self.peers() if signer in p.signers]
+
+    def add_peer(self, party: str, role: str, pem: bytes, connect: str | None = None, *,
+                 replace: bool = False) -> Peer:
+        """Register a peer's certificate or public key (``peer add``).
+
+        Changing the key or role of a registered party needs ``replace`` (else
+        RegistryRefusal); the same key and role again only updates ``connect``.  Only
+        the re-serialised certificate or SubjectPublicKeyInfo is stored, never the file
+        as given; a file holding any private key is refused (ValueError)."""
         check_party(party)
         if role not in ROLES:
             raise ValueError("role must be BANK or BROKER")
         self._check_prefix_free(party)
         if connect is not None:
             check_connect(connect)
-        stored = public_pem(pem)
-        pk = load_public_key(stored)
+        key = self._new_peer_key(pem)
+        return self._change(lambda t: registry.register(t, party, role, key, connect, replace))
+
+    def add_next_key(self, party: str, pem: bytes, role: str | None = None, *,
+                     replace: bool = False) -> Peer:
+        """``peer add --next``: a party's next key, verifying beside its current one."""
+        key = self._new_peer_key(pem)
+        return self._change(lambda t: registry.register_next(t, party, key, role, replace))
+
+    def promote_peer(self, party: str) -> Peer:
+        """``peer promote``: the party's next key becomes its only key."""
+        return self._change(lambda t: registry.promote(t, party))
+
+    def set_peer_enabled(self, party: str, enabled: bool) -> Peer:
+        """``peer disable`` / ``peer enable``."""
+        return self._change(lambda t: registry.set_enabled(t, party, enabled))
+
+    def remove_peer(self, party: str) -> Peer:
+        """``peer remove``: forget the party; its keys go to ``peers/retired/``."""
+        return self._change(lambda t: registry.remove(t, party))
+
+    def _new_peer_key(self, pem: bytes) -> PeerKey:
+        key = PeerKey.from_pem(public_pem(pem), registry.today())
+        own = [self.signer().signer]
+        nxt = self.next_signer()
+        if nxt is not None:
+            own.append(nxt.signer)
+        if key.signer in own:
+            raise RegistryRefusal(
+                f"that is this gateway's own key (signer {key.signer}): register the peer's "
+                "certificate (the one the bank or broker sent you), not the gateway's")
+        return key
+
+    def _change(self, apply: Callable[[dict[str, Peer]], Peer]) -> Peer:
+        """Read the registry, apply one change, write it whole (temp + rename), all
+        under the store's lock so two commands never lose each other's change."""
+        with self._locked():
+            table = self._read_peers()
+            before = dict(table)
+            result = apply(table)
+            _write_atomic(self.keys_dir / PEERS_JSON, registry.dump(table))
+            self._peer_cache = None
+            self._write_copies(before, table)
+        return result
+
+    def _write_copies(self, before: dict[str, Peer], after: dict[str, Peer]) -> None:
+        """``peers/ID.pem`` (and ``ID.next.pem``): copies of the keys for people and
+        tools (``openssl dgst -verify``); never read by the gateway.  A key that left
+        the registry is kept in ``peers/retired/ID-SIGNER.pem`` to check old evidence."""
         peers_dir = self.keys_dir / PEERS_DIR
         peers_dir.mkdir(exist_ok=True)
-        _write_atomic(peers_dir / f"{party}.pem", stored)
-        raw = self._peers_raw()
-        raw[party] = {"role": role, "connect": connect, "key_type": key_type(pk),
-                      "signer": signer_id(pk)}
-        _write_atomic(self.keys_dir / PEERS_JSON,
-                      json.dumps(raw, indent=2, sort_keys=True).encode() + b"\n")
-        self._peer_cache = None
-        return self._make_peer(party, raw[party])
+        for party in sorted(set(before) | set(after)):
+            old, new = before.get(party), after.get(party)
+            if old == new:
+                continue
+            for key in _keys_of(old):
+                if new is None or key.signer not in new.signers:
+                    self._retire(party, key)
+            if new is None:
+                for name in (f"{party}.pem", f"{party}.next.pem"):
+                    (peers_dir / name).unlink(missing_ok=True)
+                continue
+            _write_atomic(peers_dir / f"{party}.pem", new.pem)
+            if new.next_key is not None:
+                _write_atomic(peers_dir / f"{party}.next.pem", new.next_key.pem)
+            else:
+                (peers_dir / f"{party}.next.pem").unlink(missing_ok=True)
+
+    def _retire(self, party: str, key: PeerKey) -> None:
+        retired = self.keys_dir / PEERS_DIR / RETIRED_DIR
+        retired.mkdir(exist_ok=True)
+        path = retired / f"{party}-{key.signer}.pem"
+        if not path.exists():
+            _write_atomic(path, key.pem)
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The store's write lock (``keys/.lock``): one key or peer command at a time."""
+        fd = os.open(self.keys_dir / LOCK_FILE, os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
     def _check_prefix_free(self, party: str) -> None:
         """§1: no PartyId registered at this gateway, its own included, is a prefix of
@@ -383,7 +597,7 @@ class KeyStore:
         if party == own:
             raise ValueError(f"{party} is this gateway's own PartyId; register the peer "
                              "under its own PartyId")
-        for other in [own, *self._peers_raw()]:
+        for other in [own, *self._read_peers()]:
             if other == party or not (other.startswith(party) or party.startswith(other)):
                 continue
             whose = "this gateway's own PartyId" if other == own else "the registered peer"
@@ -392,39 +606,64 @@ class KeyStore:
                              "every BizSn begins with its sender's); choose an id that neither "
                              f"begins with {other} nor is the start of it")
 
-    def parties_with_key(self, signer: str) -> list[str]:
-        """Every registered party whose key has signer id ``signer``."""
-        return [p.party for p in self.peers() if p.signer == signer]
 
-    def _peer_table(self) -> dict[str, Peer]:
-        """Registered peers, read once and again only when peers.json changes (so a
-        `peer add` takes effect in a running gateway without a file read per message;
-        the file is looked at no more than once a second)."""
-        now = time.monotonic()
-        if self._peer_cache is not None and now - self._peers_checked_at < 1.0:
-            return self._peer_cache[1]
-        self._peers_checked_at = now
-        try:
-            st = (self.keys_dir / PEERS_JSON).stat()
-            stamp = (st.st_mtime_ns, st.st_size)
-        except FileNotFoundError:
-            stamp = (0, 0)
-        if self._peer_cache is None or self._peer_cache[0] != stamp:
-            raw = self._peers_raw()
-            self._peer_cache = (stamp, {p: self._make_peer(p, raw[p]) for p in sorted(raw)})
-        return self._peer_cache[1]
+def _keys_of(peer: Peer | None) -> list[PeerKey]:
+    if peer is None:
+        return []
+    return [peer.key] + ([peer.next_key] if peer.next_key is not None else [])
 
-    def peers(self) -> list[Peer]:
-        """All registered peers, sorted by PartyId."""
-        return list(self._peer_table().values())
 
-    def peer(self, party: str) -> Peer | None:
-        """The peer with PartyId ``party``, or None."""
-        return self._peer_table().get(party)
+def _stamp(path: Path) -> tuple[int, int, int]:
+    """A file's identity and version: a rename puts a new inode in place."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return (0, 0, 0)
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
 
-    def peer_by_signer(self, signer: str) -> Peer | None:
-        """The peer whose key has signer id ``signer``, or None."""
-        for p in self.peers():
-            if p.signer == signer:
-                return p
-        return None
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _new_private_key(kind: str) -> tuple[Any, str]:
+    """A new private key of ``kind`` (ES256, ED25519, PS256/RSA-2048, RS256) and its
+    signature algorithm."""
+    kind = kind.upper()
+    if kind == "ES256":
+        return ec.generate_private_key(ec.SECP256R1()), "ES256"
+    if kind == "ED25519":
+        return ed25519.Ed25519PrivateKey.generate(), "ED25519"
+    if kind in ("PS256", "RSA", "RSA-2048", "RS256"):
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        return key, "RS256" if kind == "RS256" else "PS256"
+    raise ValueError(f"unknown key kind {kind!r}")
+
+
+def _successor_cert(current: x509.Certificate, key: Any, now: datetime) -> x509.Certificate:
+    """A self-signed certificate for ``key`` with the current certificate's subject and
+    names (SAN), key usages and basic constraints: the same identity, a new key."""
+    pk = key.public_key()
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(current.subject)
+        .issuer_name(current.subject)
+        .public_key(pk)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=CERT_DAYS))
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(pk), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(pk), critical=False)
+    )
+    for ext in current.extensions:
+        if isinstance(ext.value, _KEPT_EXTENSIONS):
+            builder = builder.add_extension(ext.value, critical=ext.critical)
+    return builder.sign(key, _sign_hash(key))
+
+
+_KEPT_EXTENSIONS = (x509.SubjectAlternativeName, x509.ExtendedKeyUsage, x509.KeyUsage,
+                    x509.BasicConstraints)

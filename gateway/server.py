@@ -7,6 +7,8 @@ per-reactor-turn journal flush, which commits and then releases the writes.
 from __future__ import annotations
 
 import logging
+import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +23,10 @@ from twisted.internet.interfaces import (
 )
 from zope.interface import implementer
 
-from .config import Config, split_host_port
+from .config import CONFIG_FILE, Config, split_host_port
 from .journal import Journal
 from .keystore import KeyStore, Peer
+from .registry import close_untrusted
 from .relay import Gateway
 from .session import Session, new_session_id, receive_reads
 from .signature import signer_id
@@ -31,6 +34,9 @@ from .signature import signer_id
 log = logging.getLogger(__name__)
 
 TICK_SECONDS = 0.2
+#: How often the key store is looked at for `peer` and `key` commands run meanwhile
+#: (§9: they act on a running gateway within 1 s, without a signal).
+REGISTRY_POLL_SECONDS = 0.5
 #: How long a closing connection may take to finish its (TLS) shutdown.
 CLOSE_GRACE_SECONDS = 1.0
 
@@ -231,7 +237,8 @@ class OutboundFactory(protocol.Factory):
         self.tls = tls
 
     def buildProtocol(self, addr: Any) -> SessionProtocol:
-        return SessionProtocol(self.parent, connect_to=self.peer, after_handshake=self.tls)
+        peer = self.parent.gateway.find_peer(self.peer.party) or self.peer  # as registered now
+        return SessionProtocol(self.parent, connect_to=peer, after_handshake=self.tls)
 
 
 def _own_identity(keystore: KeyStore) -> tuple[crypto.X509, crypto.PKey]:
@@ -306,6 +313,7 @@ class GatewayService(service.MultiService):
         super().__init__()
         self.reactor = reactor
         self.config = config
+        self.home = home
         self.keystore = KeyStore(home / "keys")
         self.journal = Journal(home / "data" / "journal.sqlite3", config.journal_synchronous)
         self.gateway = Gateway(config, self.keystore, self.journal, reactor.seconds)
@@ -314,18 +322,77 @@ class GatewayService(service.MultiService):
         self.tls = config.tls if tls is None else tls
         self._tls_context = PeerCertificateContext(self.keystore) if self.tls else None
         self.port: Any = None
-        identity = _own_identity(self.keystore) if self.tls else None
-        for peer in self.keystore.peers():
-            if peer.connect:
-                h, p = split_host_port(peer.connect)
-                ep: Any = endpoints.HostnameEndpoint(reactor, h, p)
-                if identity is not None:  # --tls covers the sessions we dial too
-                    ep = endpoints.wrapClientTLS(DialOutTLS(identity, peer), ep)
-                internet.ClientService(ep, OutboundFactory(self.factory, peer,
-                                                           tls=identity is not None),
-                                       clock=reactor).setServiceParent(self)
+        self._identity = _own_identity(self.keystore) if self.tls else None
+        #: Dial-outs by party: (what they were made from, the ClientService).
+        self._dialling: dict[str, tuple[tuple[Any, ...], service.Service]] = {}
+        self._dial_tls: dict[str, DialOutTLS] = {}
+        self.update_dial_outs()
         self._ticker = task.LoopingCall(self.factory.tick)
         self._ticker.clock = reactor
+        self.registry_watch = RegistryWatch(self)
+        #: Called with gateway.toml's ``[alerts]`` table each time SIGHUP reloads it.
+        self.alerts_reload_hooks: list[Callable[[dict[str, Any]], None]] = []
+
+    # --- dial-outs -------------------------------------------------------------------
+    def update_dial_outs(self) -> None:
+        """Dial every enabled peer that has a connect address, as registered now: one
+        removed, disabled, re-keyed or given another address is dialled anew, or no
+        more (its ClientService stops, closing its connection)."""
+        plan = {p.party: (p.connect, p.role, p.signers) for p in self.keystore.peers()
+                if p.connect and p.enabled}
+        for party, (made_from, client) in list(self._dialling.items()):
+            if plan.get(party) != made_from:
+                del self._dialling[party]
+                self._dial_tls.pop(party, None)
+                client.disownServiceParent()
+                log.info("dial-out to %s stopped (its registration changed)", party)
+        for party, made_from in plan.items():
+            peer = self.keystore.peer(party)
+            if party not in self._dialling and peer is not None:
+                client = self._dial_out(peer)
+                client.setServiceParent(self)
+                self._dialling[party] = (made_from, client)
+
+    def _dial_out(self, peer: Peer) -> service.Service:
+        assert peer.connect is not None
+        h, p = split_host_port(peer.connect)
+        ep: Any = endpoints.HostnameEndpoint(self.reactor, h, p)
+        if self._identity is not None:  # --tls covers the sessions we dial too
+            creator = self._dial_tls[peer.party] = DialOutTLS(self._identity, peer)
+            ep = endpoints.wrapClientTLS(creator, ep)
+        return internet.ClientService(ep, OutboundFactory(self.factory, peer,
+                                                          tls=self._identity is not None),
+                                      clock=self.reactor)
+
+    def use_own_identity(self) -> None:
+        """After ``key promote``: new TLS connections present the new certificate."""
+        if not self.tls:
+            return
+        identity = self._identity = _own_identity(self.keystore)
+        if self._tls_context is not None:
+            self._tls_context._identity = identity
+        for creator in self._dial_tls.values():
+            creator._identity = identity
+
+    # --- SIGHUP ----------------------------------------------------------------------
+    def reload_alerts(self) -> None:
+        """SIGHUP (§9): read gateway.toml's ``[alerts]`` table again and hand it to
+        :attr:`alerts_reload_hooks`; sessions and everything else stay as they are.  A
+        file that cannot be read keeps the table in use."""
+        path = self.home / CONFIG_FILE
+        try:
+            data = tomllib.loads(path.read_text("utf-8")) if path.exists() else {}
+            table = data.get("alerts", {})
+            if not isinstance(table, dict):
+                raise ValueError("alerts is not a table")
+        except (OSError, ValueError) as exc:  # tomllib.TOMLDecodeError is a ValueError
+            log.error("SIGHUP: %s unreadable (%s); the [alerts] settings in use are kept",
+                      path, exc)
+            return
+        log.info("SIGHUP: [alerts] reloaded from %s: %s; %d session(s) kept", path,
+                 ", ".join(sorted(table)) or "no settings", len(self.gateway.sessions))
+        for hook in self.alerts_reload_hooks:
+            hook(table)
 
     @property
     def listening_port(self) -> int:
@@ -340,6 +407,7 @@ class GatewayService(service.MultiService):
                                                interface=self._host)
         super().startService()
         self._ticker.start(TICK_SECONDS, now=False)
+        self.registry_watch.start()
         log.info("gateway %s serving on %s:%d%s", self.config.party, self._host,
                  self.listening_port, " (TLS)" if self.tls else "")
 
@@ -358,6 +426,7 @@ class GatewayService(service.MultiService):
             yield task.deferLater(self.reactor, TICK_SECONDS, lambda: None)
         if self._ticker.running:
             self._ticker.stop()
+        self.registry_watch.stop()
         self.factory.act_on_reads()
         for session in list(self.gateway.sessions):
             session.close()
@@ -366,3 +435,62 @@ class GatewayService(service.MultiService):
         self.factory.flush_now()  # what the closing connections left (connectionLost)
         self.journal.close()
         log.info("gateway stopped; journal flushed")
+
+
+class RegistryWatch:
+    """`peer` and `key` commands reach a running gateway without a signal (§9).
+
+    Every REGISTRY_POLL_SECONDS it closes the sessions whose logon key is no longer
+    valid (replaced, un-promoted, disabled, removed: a SYS.ERROR E203 says why, then
+    the session closes), dials the peers as registered now, and signs with the key
+    ``key promote`` put in place.  The commands write whole files and rename them
+    into place, so what it reads is a state before or after a command, never half of
+    one; the signing key is taken only once its certificate matches it (a promote
+    renames two files).  Messages do not wait for it: a session's every message is
+    checked against the registry as it is on disk (Session._check_key_still_valid)."""
+
+    def __init__(self, svc: GatewayService) -> None:
+        self.svc = svc
+        self._own_stamp = svc.keystore.own_key_stamp()
+        self._call = task.LoopingCall(self.poll)
+        self._call.clock = svc.reactor
+
+    def start(self) -> None:
+        self._call.start(REGISTRY_POLL_SECONDS, now=False)
+
+    def stop(self) -> None:
+        if self._call.running:
+            self._call.stop()
+
+    def poll(self) -> None:
+        svc = self.svc
+        try:
+            self._own_key()
+            closed = close_untrusted(svc.gateway.sessions, svc.keystore.peer, _tell_closing)
+            svc.update_dial_outs()
+        except Exception:  # a bug, or a key store broken by hand: keep serving, say so
+            log.exception("applying the key store's changes failed")
+            return
+        if closed:
+            svc.factory.schedule_flush()
+
+    def _own_key(self) -> None:
+        stamp = self.svc.keystore.own_key_stamp()
+        if stamp == self._own_stamp:
+            return
+        signer = self.svc.keystore.reload_signer()
+        if signer is None:
+            return  # between the two renames of a promote: the next poll takes it
+        self._own_stamp = stamp
+        gateway = self.svc.gateway
+        if signer.signer != gateway.signer.signer:
+            log.warning("key promote: the gateway signs as %s from now on (was %s)",
+                        signer.signer, gateway.signer.signer)
+            gateway.signer = signer
+            self.svc.use_own_identity()
+
+
+def _tell_closing(session: Any, reason: str) -> None:
+    log.warning("session %s: closing: %s", session.session_id, reason)
+    session.send("SYS.ERROR", {"Code": "E203", "Text": f"{reason}; log on again with a "
+                               "registered key", "RefMsgId": None})

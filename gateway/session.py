@@ -19,6 +19,7 @@ from .config import Config
 from .envelope import Envelope, join_payload, split_payload
 from .errors import (
     GatewayError,
+    KeyNoLongerValid,
     SessionNotReady,
     SignatureInvalid,
     UnknownKeyId,
@@ -43,6 +44,7 @@ from .message import (
     read_msg_id,
     replace_texts,
 )
+from .registry import why_untrusted
 from .signature import Signer, signer_id
 from .verification import (
     Presigned,
@@ -231,6 +233,7 @@ class Session:
             self._on_logon_rsp(envelope, message)
             return
         assert self.peer is not None
+        self._check_key_still_valid(message)
         verified = verify_message(
             envelope, message, keyring=self.keyring, public_key=self.peer.public_key,
             party=None if self.peer_side else self.peer.party, replay=self.owner.journal,
@@ -247,6 +250,15 @@ class Session:
         else:
             self.owner.business_message(self, verified)
 
+    def _check_key_still_valid(self, message: Message) -> None:
+        """§9: the key this session logged on with, replaced, disabled or removed since
+        by a `peer` command (in another process), stops at once: E203, and it closes."""
+        assert self.peer is not None
+        reason = why_untrusted(self.owner.find_peer(self.peer.party), self.peer)
+        if reason is not None:
+            raise KeyNoLongerValid(f"{reason}; log on again with a registered key",
+                                   ref_msg_id=message.head.msg_id)
+
     # --- logon --------------------------------------------------------------------
     def _authenticate_logon(self, envelope: Envelope, message: Message, party: str,
                             role: str | None) -> Peer:
@@ -254,7 +266,11 @@ class Session:
         if peer is None or (role is not None and peer.role != role):
             raise UnknownSigner(f"party {party} is not registered"
                                 + (f" as {role}" if role else ""), ref_msg_id=message.head.msg_id)
+        peer = peer.signing_with(envelope.sig)  # §9: its next key, if that one signed
         check_signature(envelope, message, peer.public_key)
+        if not peer.enabled:
+            raise UnknownSigner(f"party {party} is disabled at this gateway",
+                                ref_msg_id=message.head.msg_id)
         check_sender(message, party)
         tls_key = self.link.peer_public_key()
         if tls_key is not None and signer_id(tls_key) != peer.signer:
@@ -294,7 +310,7 @@ class Session:
 
     def _on_logon_rsp(self, envelope: Envelope, message: Message) -> None:
         assert self.peer is not None
-        self._authenticate_logon(envelope, message, self.peer.party, None)
+        self.peer = self._authenticate_logon(envelope, message, self.peer.party, None)
         self._journal_in(envelope, message)
         if message.body.get("Result") != "0000":
             log.warning("session %s: %s refused our logon: %s %s", self.session_id,

@@ -176,7 +176,7 @@ def test_rsa_pkcs1_and_pss_signatures_verify(tmp_path: Path, env: Env,
                                              capsys: pytest.CaptureFixture[str]) -> None:
     for kind in ("RS256", "PS256"):
         signer = generate_key_file(tmp_path / f"{kind}.key", kind)
-        env.keys.add_peer(BANK, "BANK", pem(signer))
+        env.keys.add_peer(BANK, "BANK", pem(signer), replace=True)
         code, out = env.check(env.write(XFER_ROWS, signer=signer), capsys)
         assert code == 0, (kind, out)
 
