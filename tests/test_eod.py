@@ -802,7 +802,8 @@ def test_a_live_day_with_a_reversed_order_and_subscription_reconciles_on_both_si
     exports all check valid with no discrepancy, on the fingerprint path and the exact
     one alike."""
     sim_home, eod_dir = tmp_path / "ccb", tmp_path / "eod"
-    KeyStore(home.root / "keys").add_peer(BANK, "BANK", ensure_key(sim_home, BANK).read_bytes())
+    KeyStore(home.root / "keys").add_peer(BANK, "BANK", ensure_key(sim_home, BANK).read_bytes(),
+                                          replace=True)
     _sim_bank_day(home, start_gateway(**flows.FAST_REVERSALS), sim_home, eod_dir)
     db = sqlite3.connect(home.root / "data" / "journal.sqlite3")
     (day,), = db.execute("SELECT DISTINCT trade_date FROM record").fetchall()
