@@ -275,8 +275,11 @@ class KeyStore:
         if not (self.keys_dir / GATEWAY_KEY).exists():
             raise KeyStoreMissing(f"no gateway key in {self.keys_dir}: run `gateway init` first")
         self._signer: Signer | None = None
+        self._peers_path = os.fspath(self.keys_dir / PEERS_JSON)  # stat'ed per lookup
         self._peer_cache: tuple[tuple[int, int, int], dict[str, Peer]] | None = None
         self._bad_stamp: tuple[int, int, int] | None = None
+        #: Look at peers.json on every lookup (else only at :meth:`refresh`).
+        self.check_every_lookup = True
 
     def __repr__(self) -> str:
         return f"KeyStore({str(self.keys_dir)!r})"
@@ -448,15 +451,22 @@ class KeyStore:
         return registry.parse(data, lambda p: (self.keys_dir / PEERS_DIR / f"{p}.pem").read_bytes())
 
     def _peer_table(self) -> dict[str, Peer]:
-        """Registered peers, read again whenever peers.json was replaced.  Its inode,
-        time and size are looked at on every call (one stat, ~1-3 µs), so a `peer`
-        command is in force for the very next message a session sends; a running
-        gateway that finds the file unreadable (a hand edit) keeps the peers it last
-        read and logs it once."""
-        stamp = _stamp(self.keys_dir / PEERS_JSON)
+        if self._peer_cache is None or self.check_every_lookup:
+            self.refresh()
+        assert self._peer_cache is not None
+        return self._peer_cache[1]
+
+    def refresh(self) -> None:
+        """Read peers.json again if it was replaced since it was last read (one stat of
+        its inode, time and size, ~1-3 µs).  By default every lookup does this, so a
+        `peer` command is in force for the very next message; the server instead calls
+        it once per reactor turn, before acting on the turn's reads (all of which
+        arrived before the stat).  A gateway that finds the file unreadable (a hand
+        edit) keeps the peers it last read and logs it once."""
+        stamp = _stamp(self._peers_path)
         cached = self._peer_cache
         if cached is not None and cached[0] == stamp:
-            return cached[1]
+            return
         try:
             table = self._read_peers()
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -466,9 +476,8 @@ class KeyStore:
                 self._bad_stamp = stamp
                 log.error("%s is unreadable (%s); the peers read before stay in force",
                           self.keys_dir / PEERS_JSON, exc)
-            return cached[1]
+            return
         self._peer_cache = (stamp, table)
-        return table
 
     def peers(self) -> list[Peer]:
         """All registered peers, sorted by PartyId."""
@@ -613,10 +622,10 @@ def _keys_of(peer: Peer | None) -> list[PeerKey]:
     return [peer.key] + ([peer.next_key] if peer.next_key is not None else [])
 
 
-def _stamp(path: Path) -> tuple[int, int, int]:
+def _stamp(path: str | Path) -> tuple[int, int, int]:
     """A file's identity and version: a rename puts a new inode in place."""
     try:
-        st = path.stat()
+        st = os.stat(path)
     except FileNotFoundError:
         return (0, 0, 0)
     return (st.st_ino, st.st_mtime_ns, st.st_size)

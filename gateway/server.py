@@ -175,6 +175,8 @@ class GatewayFactory(protocol.Factory):
         self.reactor = reactor
         self._flush_call: Any = None
         self._reads: list[tuple[Session, bytes]] = []
+        #: Called before a turn's reads are acted on (the gateway: KeyStore.refresh).
+        self.before_reads: Callable[[], None] | None = None
 
     def buildProtocol(self, addr: Any) -> SessionProtocol:
         return SessionProtocol(self)
@@ -194,6 +196,8 @@ class GatewayFactory(protocol.Factory):
         reads, self._reads = self._reads, []
         if reads:
             try:
+                if self.before_reads is not None:
+                    self.before_reads()
                 receive_reads(reads)
             except Exception:  # a bug; each frame's own errors are answered inside
                 log.exception("acting on %d read(s) failed; closing their sessions",
@@ -318,6 +322,9 @@ class GatewayService(service.MultiService):
         self.journal = Journal(home / "data" / "journal.sqlite3", config.journal_synchronous)
         self.gateway = Gateway(config, self.keystore, self.journal, reactor.seconds)
         self.factory = GatewayFactory(self.gateway, reactor)
+        # §9: the registry as it is on disk once per turn, before the turn's reads
+        self.keystore.check_every_lookup = False
+        self.factory.before_reads = self.keystore.refresh
         self._host, self._port_number = split_host_port(listen or config.listen)
         self.tls = config.tls if tls is None else tls
         self._tls_context = PeerCertificateContext(self.keystore) if self.tls else None
@@ -465,6 +472,7 @@ class RegistryWatch:
     def poll(self) -> None:
         svc = self.svc
         try:
+            svc.keystore.refresh()
             self._own_key()
             closed = close_untrusted(svc.gateway.sessions, svc.keystore.peer, _tell_closing)
             svc.update_dial_outs()
