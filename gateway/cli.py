@@ -53,12 +53,14 @@ def _open_store(home: Home):  # type: ignore[no-untyped-def]
 
 
 def _cmd_cert(args: argparse.Namespace, home: Home) -> int:
+    from . import rotation
+
     store = _open_store(home)
     try:
         if args.letter:
-            text = store.own_letter(next_key=args.next)
+            text = rotation.own_letter(store, next_key=args.next)
         else:
-            text = (store.next_certificate_pem() if args.next
+            text = (rotation.next_certificate_pem(store) if args.next
                     else store.certificate_pem()).decode("ascii")
     except ValueError as exc:
         return _refused("cert", exc)
@@ -181,9 +183,11 @@ def _cmd_peer_state(args: argparse.Namespace, home: Home) -> int:
 
 
 def _cmd_key_rotate(args: argparse.Namespace, home: Home) -> int:
+    from . import rotation
+
     store = _open_store(home)
     try:
-        nxt = store.rotate_own_key(args.type, replace=args.replace)
+        nxt = rotation.rotate(store, args.type, replace=args.replace)
     except (OSError, ValueError) as exc:
         return _refused("key rotate", exc)
     print(f"next signing key made: signer {nxt.signer} ({nxt.alg}); the gateway still "
@@ -195,9 +199,11 @@ def _cmd_key_rotate(args: argparse.Namespace, home: Home) -> int:
 
 
 def _cmd_key_promote(args: argparse.Namespace, home: Home) -> int:
+    from . import rotation
+
     store = _open_store(home)
     try:
-        old, new = store.promote_own_key()
+        old, new = rotation.promote(store)
     except (OSError, ValueError) as exc:
         return _refused("key promote", exc)
     print(f"promoted: the gateway signs as {new} from now on (was {old}); the running "

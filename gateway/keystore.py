@@ -19,7 +19,6 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gateway import registry
-from gateway.bookdate import CHINA
 from gateway.config import ConfigError, check_address
 from gateway.registry import ROLES, Peer, PeerKey, RegistryRefusal, key_letter
 from gateway.signature import PublicKey, Signer, key_type, load_public_key, signer_id
@@ -341,69 +340,11 @@ class KeyStore:
                           dns, ca_cert.public_key())
         return _cert_pem(cert)
 
-    # --- the gateway's own next key (§9 key rotate / promote) --------------------
+    # --- the gateway's own next key (gateway.rotation: key rotate / promote) ------
     def next_signer(self) -> Signer | None:
         """The next signing key made by ``key rotate``, or None."""
         path = self.keys_dir / NEXT_KEY
         return load_signer(path) if path.exists() else None
-
-    def next_certificate_pem(self) -> bytes:
-        """The next key's certificate (PEM), for peers to register with ``--next``."""
-        path = self.keys_dir / NEXT_CRT
-        if not path.exists():
-            raise KeyStoreRefusal("there is no next key: make one with `gateway key rotate`")
-        return path.read_bytes()
-
-    def rotate_own_key(self, kind: str = "ES256", replace: bool = False) -> Signer:
-        """``key rotate``: a next signing key and its certificate beside the current ones
-        (which still sign).  The storage key is not touched."""
-        with self._locked():
-            waiting = self.next_signer()
-            if waiting is not None and not replace:
-                raise KeyStoreRefusal(
-                    f"a next key is already waiting (signer {waiting.signer}): print it with "
-                    "`gateway cert --next`, make it the signing key with `gateway key "
-                    "promote`, or add --replace to make another one in its place")
-            key, alg = _new_private_key(kind)
-            cert = _successor_cert(x509.load_pem_x509_certificate(self.certificate_pem()),
-                                   key, datetime.now(UTC))
-            _write_atomic(self.keys_dir / NEXT_KEY, _pkcs8(key), mode=0o600)
-            _write_atomic(self.keys_dir / NEXT_CRT, _cert_pem(cert))
-        return Signer(key, alg)
-
-    def promote_own_key(self) -> tuple[str, str]:
-        """``key promote``: the next key signs from now on; the old certificate is kept in
-        ``keys/retired/`` (to check old evidence), the old private key is deleted.
-        Returns (old signer, new signer).  Run again, it finishes a promote that was
-        interrupted between its two renames."""
-        with self._locked():
-            nxt = self.next_signer()
-            if nxt is None:
-                raise KeyStoreRefusal("there is no next key to promote: make one with "
-                                      "`gateway key rotate` and register it at every peer first")
-            old = load_signer(self.keys_dir / GATEWAY_KEY)
-            cert_path = self.keys_dir / NEXT_CRT
-            if cert_path.exists():
-                if signer_id(load_public_key(cert_path.read_bytes())) != nxt.signer:
-                    raise KeyStoreRefusal(f"{NEXT_CRT} is not the certificate of {NEXT_KEY}: "
-                                          "make a new pair with `gateway key rotate --replace`")
-                self._retire_own_certificate()
-                os.replace(cert_path, self.keys_dir / GATEWAY_CRT)
-            elif signer_id(load_public_key(self.certificate_pem())) != nxt.signer:
-                raise KeyStoreRefusal(f"{NEXT_CRT} is missing: make a new pair with "
-                                      "`gateway key rotate --replace`")
-            os.replace(self.keys_dir / NEXT_KEY, self.keys_dir / GATEWAY_KEY)
-            _fsync_dir(self.keys_dir)
-            self._signer = None
-        return old.signer, nxt.signer
-
-    def _retire_own_certificate(self) -> None:
-        pem = self.certificate_pem()
-        retired = self.keys_dir / RETIRED_DIR
-        retired.mkdir(exist_ok=True, mode=0o700)
-        path = retired / f"gateway-{signer_id(load_public_key(pem))}.crt"
-        if not path.exists():
-            _write_atomic(path, pem)
 
     def own_key_stamp(self) -> tuple[tuple[int, int, int], ...]:
         """Changes whenever the signing key or its certificate is replaced."""
@@ -417,16 +358,6 @@ class KeyStore:
             return None
         self._signer = signer
         return signer
-
-    def own_letter(self, next_key: bool = False) -> str:
-        """The key letter of the gateway's own (current or next) key."""
-        pem = self.next_certificate_pem() if next_key else self.certificate_pem()
-        cert = x509.load_pem_x509_certificate(pem)
-        issued = (cert.not_valid_before_utc + timedelta(minutes=5)).astimezone(CHINA)
-        key = PeerKey.from_pem(pem, issued.date().isoformat())
-        return key_letter(party=self.party, role="GATEWAY", key=key,
-                          status="next (not signing yet)" if next_key else "current",
-                          gateway=self.party, printed=registry.today())
 
     def peer_letters(self, party: str) -> str:
         """The key letters of a peer's keys (current, and next if any)."""
@@ -548,7 +479,7 @@ class KeyStore:
     def _change(self, apply: Callable[[dict[str, Peer]], Peer]) -> Peer:
         """Read the registry, apply one change, write it whole (temp + rename), all
         under the store's lock so two commands never lose each other's change."""
-        with self._locked():
+        with self.locked():
             table = self._read_peers()
             before = dict(table)
             result = apply(table)
@@ -588,7 +519,7 @@ class KeyStore:
             _write_atomic(path, key.pem)
 
     @contextmanager
-    def _locked(self) -> Iterator[None]:
+    def locked(self) -> Iterator[None]:
         """The store's write lock (``keys/.lock``): one key or peer command at a time."""
         fd = os.open(self.keys_dir / LOCK_FILE, os.O_CREAT | os.O_RDWR, 0o600)
         try:
@@ -651,28 +582,3 @@ def _new_private_key(kind: str) -> tuple[Any, str]:
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         return key, "RS256" if kind == "RS256" else "PS256"
     raise ValueError(f"unknown key kind {kind!r}")
-
-
-def _successor_cert(current: x509.Certificate, key: Any, now: datetime) -> x509.Certificate:
-    """A self-signed certificate for ``key`` with the current certificate's subject and
-    names (SAN), key usages and basic constraints: the same identity, a new key."""
-    pk = key.public_key()
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(current.subject)
-        .issuer_name(current.subject)
-        .public_key(pk)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + timedelta(days=CERT_DAYS))
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(pk), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(pk), critical=False)
-    )
-    for ext in current.extensions:
-        if isinstance(ext.value, _KEPT_EXTENSIONS):
-            builder = builder.add_extension(ext.value, critical=ext.critical)
-    return builder.sign(key, _sign_hash(key))
-
-
-_KEPT_EXTENSIONS = (x509.SubjectAlternativeName, x509.ExtendedKeyUsage, x509.KeyUsage,
-                    x509.BasicConstraints)

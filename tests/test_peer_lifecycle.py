@@ -446,3 +446,77 @@ def test_why_untrusted_names_each_reason_a_logon_key_stops(tmp_path) -> None:  #
     assert why_untrusted(promoted, by_next) is None
     assert why_untrusted(promoted, logged_on) is not None  # the un-promoted key
 
+
+
+# --- the key store's files -------------------------------------------------------------
+def test_an_interrupted_key_promote_is_finished_by_running_it_again(home) -> None:  # type: ignore[no-untyped-def]
+    import os
+
+    from gateway import rotation
+    from gateway.keystore import KeyStore
+
+    store = KeyStore(home.root / "keys")
+    old = store.signer().signer
+    nxt = rotation.rotate(store)
+    keys = store.keys_dir
+    os.replace(keys / "gateway.next.crt", keys / "gateway.crt")  # killed between the renames
+    assert store.reload_signer() is None  # a running gateway keeps signing with the old key
+    assert rotation.promote(store) == (old, nxt.signer)
+    assert store.reload_signer() is not None and store.signer().signer == nxt.signer
+    assert not (keys / "gateway.next.key").exists()
+
+
+def test_a_registry_of_the_first_format_is_read_and_written_whole_afterwards(
+        tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from gateway.keystore import KeyStore
+
+    store = KeyStore.create(tmp_path / "keys")
+    key, pem = new_key(tmp_path, "ccb")
+    (store.keys_dir / "peers" / "CCB.pem").write_bytes(Path(pem).read_bytes())
+    (store.keys_dir / "peers.json").write_text(json.dumps({"CCB": {
+        "role": "BANK", "connect": None, "key_type": "EC-P256",
+        "signer": signer_of(key.public_key())}}))
+    peer = KeyStore(store.keys_dir).peer("CCB")
+    assert peer is not None and peer.signer == signer_of(key.public_key()) and peer.enabled
+    store.add_peer("GTJA", "BROKER", Path(new_key(tmp_path, "gtja")[1]).read_bytes())
+    doc = json.loads((store.keys_dir / "peers.json").read_text())
+    assert doc["version"] == 2 and sorted(doc["peers"]) == ["CCB", "GTJA"]
+    assert "BEGIN PUBLIC KEY" in doc["peers"]["CCB"]["key"]["pem"]
+
+
+def test_a_hand_broken_registry_keeps_the_peers_last_read_and_a_new_reader_refuses(
+        home, caplog) -> None:  # type: ignore[no-untyped-def]
+    from gateway.keystore import KeyStore
+
+    running = KeyStore(home.root / "keys")
+    assert running.peer(BANK) is not None
+    (home.root / "keys" / "peers.json").write_text('{"version": 2, "peers": {"CCB": ')
+    assert running.peer(BANK) is not None and running.peer(BANK) is not None
+    assert sum("unreadable" in r.getMessage() for r in caplog.records) == 1
+    with pytest.raises(ValueError, match="unreadable"):
+        KeyStore(home.root / "keys").peers()
+
+
+def test_key_files_for_people_follow_the_registry_and_old_keys_are_retired(
+        home, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from gateway.keystore import KeyStore
+
+    store = KeyStore(home.root / "keys")
+    peers = store.keys_dir / "peers"
+    old = signer_of(home.keys[BANK].public_key())
+    new, pem = new_key(tmp_path, "ccb-new")
+    store.add_peer(BANK, "BANK", Path(pem).read_bytes(), replace=True)
+    assert (peers / "CCB.pem").read_bytes() == Path(pem).read_bytes()
+    assert (peers / "retired" / f"CCB-{old}.pem").exists()
+    nxt, next_pem = new_key(tmp_path, "ccb-next")
+    store.add_next_key(BANK, Path(next_pem).read_bytes())
+    assert (peers / "CCB.next.pem").read_bytes() == Path(next_pem).read_bytes()
+    store.promote_peer(BANK)
+    assert (peers / "CCB.pem").read_bytes() == Path(next_pem).read_bytes()
+    assert not (peers / "CCB.next.pem").exists()
+    assert (peers / "retired" / f"CCB-{signer_of(new.public_key())}.pem").exists()
+    store.remove_peer(BANK)
+    assert not (peers / "CCB.pem").exists()
+    assert (peers / "retired" / f"CCB-{signer_of(nxt.public_key())}.pem").exists()
