@@ -387,17 +387,17 @@ class KeyStore:
         assert self._peer_cache is not None
         return self._peer_cache[1]
 
-    def refresh(self) -> None:
+    def refresh(self) -> bool:
         """Read peers.json again if it was replaced since it was last read (one stat of
         its inode, time and size, ~1-3 µs).  By default every lookup does this, so a
         `peer` command is in force for the very next message; the server instead calls
         it once per reactor turn, before acting on the turn's reads (all of which
         arrived before the stat).  A gateway that finds the file unreadable (a hand
-        edit) keeps the peers it last read and logs it once."""
+        edit) keeps the peers it last read and logs it once.  True if it read anew."""
         stamp = _stamp(self._peers_path)
         cached = self._peer_cache
         if cached is not None and cached[0] == stamp:
-            return
+            return False
         try:
             table = self._read_peers()
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -407,8 +407,9 @@ class KeyStore:
                 self._bad_stamp = stamp
                 log.error("%s is unreadable (%s); the peers read before stay in force",
                           self.keys_dir / PEERS_JSON, exc)
-            return
+            return False
         self._peer_cache = (stamp, table)
+        return True
 
     def peers(self) -> list[Peer]:
         """All registered peers, sorted by PartyId."""

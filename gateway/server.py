@@ -322,9 +322,7 @@ class GatewayService(service.MultiService):
         self.journal = Journal(home / "data" / "journal.sqlite3", config.journal_synchronous)
         self.gateway = Gateway(config, self.keystore, self.journal, reactor.seconds)
         self.factory = GatewayFactory(self.gateway, reactor)
-        # §9: the registry as it is on disk once per turn, before the turn's reads
-        self.keystore.check_every_lookup = False
-        self.factory.before_reads = self.keystore.refresh
+        self.keystore.check_every_lookup = False  # RegistryWatch.before_reads instead
         self._host, self._port_number = split_host_port(listen or config.listen)
         self.tls = config.tls if tls is None else tls
         self._tls_context = PeerCertificateContext(self.keystore) if self.tls else None
@@ -337,6 +335,7 @@ class GatewayService(service.MultiService):
         self._ticker = task.LoopingCall(self.factory.tick)
         self._ticker.clock = reactor
         self.registry_watch = RegistryWatch(self)
+        self.factory.before_reads = self.registry_watch.before_reads
         #: Called with gateway.toml's ``[alerts]`` table each time SIGHUP reloads it.
         self.alerts_reload_hooks: list[Callable[[dict[str, Any]], None]] = []
 
@@ -447,14 +446,17 @@ class GatewayService(service.MultiService):
 class RegistryWatch:
     """`peer` and `key` commands reach a running gateway without a signal (§9).
 
-    Every REGISTRY_POLL_SECONDS it closes the sessions whose logon key is no longer
-    valid (replaced, un-promoted, disabled, removed: a SYS.ERROR E203 says why, then
-    the session closes), dials the peers as registered now, and signs with the key
-    ``key promote`` put in place.  The commands write whole files and rename them
-    into place, so what it reads is a state before or after a command, never half of
-    one; the signing key is taken only once its certificate matches it (a promote
-    renames two files).  Messages do not wait for it: a session's every message is
-    checked against the registry as it is on disk (Session._check_key_still_valid)."""
+    Before the reads of every reactor turn are acted on, it looks at the registry
+    (one stat) and, if a command replaced it, closes at once the sessions whose logon
+    key is no longer valid (replaced, un-promoted, disabled, removed: a SYS.ERROR E203
+    says why, then the session closes): whatever a peer sent after the command
+    returned, and whatever would be relayed in that turn, meets the new registry (the
+    session checks each message too: Session._check_key_still_valid).  Every
+    REGISTRY_POLL_SECONDS it does the same for idle sessions, dials the peers as
+    registered now, and signs with the key ``key promote`` put in place.  The
+    commands write whole files and rename them into place, so what it reads is a
+    state before or after a command, never half of one; the signing key is taken
+    only once its certificate matches it (a promote renames two files)."""
 
     def __init__(self, svc: GatewayService) -> None:
         self.svc = svc
@@ -469,18 +471,25 @@ class RegistryWatch:
         if self._call.running:
             self._call.stop()
 
+    def before_reads(self) -> None:
+        """GatewayFactory.before_reads: the registry as it is now, for this turn."""
+        if self.svc.keystore.refresh():
+            self._close_untrusted()
+
     def poll(self) -> None:
         svc = self.svc
         try:
             svc.keystore.refresh()
             self._own_key()
-            closed = close_untrusted(svc.gateway.sessions, svc.keystore.peer, _tell_closing)
+            if self._close_untrusted():
+                svc.factory.schedule_flush()
             svc.update_dial_outs()
         except Exception:  # a bug, or a key store broken by hand: keep serving, say so
             log.exception("applying the key store's changes failed")
-            return
-        if closed:
-            svc.factory.schedule_flush()
+
+    def _close_untrusted(self) -> int:
+        return close_untrusted(self.svc.gateway.sessions, self.svc.keystore.peer,
+                               _tell_closing)
 
     def _own_key(self) -> None:
         stamp = self.svc.keystore.own_key_stamp()

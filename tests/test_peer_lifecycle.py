@@ -122,6 +122,25 @@ def test_after_peer_add_replace_the_old_keys_transfer_is_refused_and_its_session
     assert refused_logon(gw, BROKER, leaked.key).body["Code"] == "E203"
 
 
+def test_after_a_banks_key_is_replaced_nothing_more_is_relayed_to_its_old_session(
+        start_gateway, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The other direction: a request sent the moment after the command returned is not
+    handed to the session of the replaced key (it would read the client's data)."""
+    gw = start_gateway(relay_timeout_seconds=1.5)
+    old_bank = gw.peer(BANK).open_session()
+    broker = gw.peer(BROKER).open_session()
+    signed(old_bank, broker)
+    _, pem = new_key(tmp_path, "ccb-new")
+    out = gateway_cli(gw.home, "peer", "add", "--id", BANK, "--role", "BANK", "--cert", pem,
+                      "--replace")
+    assert out.returncode == 0, out.stderr
+    rsp = call(broker, "XFER.IN.REQ", xfer(f"{BROKER}AFTER1"))
+    assert rsp.body["Result"] == "S901", rsp.body
+    frames = closing_frames(old_bank, 3.0)
+    assert [f.type for f in frames] == ["SYS.ERROR"], [f.type for f in frames]
+    assert error_codes(frames) == ["E203"]
+
+
 def test_an_idle_session_of_a_replaced_key_is_closed_within_1s_with_the_reason(
         start_gateway, tmp_path) -> None:  # type: ignore[no-untyped-def]
     gw = start_gateway()
