@@ -86,13 +86,13 @@ def _cmd_peer_add(args: argparse.Namespace, home: Home) -> int:
         pem = Path(args.cert).read_bytes()
         before = store.peer(args.id)
         if args.next:
-            if args.connect is not None:
-                raise ValueError("--connect cannot go with --next (a next key keeps the "
-                                 "address); set it without --next")
+            if args.connect is not None or args.no_connect:
+                raise ValueError("--connect/--no-connect cannot go with --next (a next key "
+                                 "keeps the address); change it without --next")
             peer = store.add_next_key(args.id, pem, args.role, replace=args.replace)
         else:
             peer = store.add_peer(args.id, args.role, pem, connect=args.connect,
-                                  replace=args.replace)
+                                  replace=args.replace, no_connect=args.no_connect)
     except (OSError, ValueError) as exc:
         return _refused("peer add", exc)
     if args.next:
@@ -391,8 +391,12 @@ def _add_peer_commands(sub: Any) -> None:
     p.add_argument("--role", choices=["BANK", "BROKER"],
                    help="BANK or BROKER (required, but with --next: the role is kept)")
     p.add_argument("--cert", required=True, help="PEM certificate or public key file")
-    p.add_argument("--connect", metavar="HOST:PORT", type=connect_address,
-                   help="the gateway dials the peer there (default: the peer dials in)")
+    connect = p.add_mutually_exclusive_group()
+    connect.add_argument("--connect", metavar="HOST:PORT", type=connect_address,
+                         help="the gateway dials the peer there (default: a new peer dials "
+                         "in; a registered one keeps its address)")
+    connect.add_argument("--no-connect", action="store_true",
+                         help="drop a registered peer's connect address: it dials in")
     p.add_argument("--replace", action="store_true",
                    help="change the key or role of a registered party, closing the sessions "
                    "of its old key (default: refuse)")

@@ -431,11 +431,13 @@ class KeyStore:
         return [p.party for p in self.peers() if signer in p.signers]
 
     def add_peer(self, party: str, role: str, pem: bytes, connect: str | None = None, *,
-                 replace: bool = False) -> Peer:
+                 replace: bool = False, no_connect: bool = False) -> Peer:
         """Register a peer's certificate or public key (``peer add``).
 
         Changing the key or role of a registered party needs ``replace`` (else
-        RegistryRefusal); the same key and role again only updates ``connect``.  Only
+        RegistryRefusal); the same key and role again only updates ``connect``.  A
+        registered party keeps its connect address unless ``connect`` is given or
+        ``no_connect`` drops it.  Only
         the re-serialised certificate or SubjectPublicKeyInfo is stored, never the file
         as given; a file holding any private key is refused (ValueError)."""
         check_party(party)
@@ -445,7 +447,8 @@ class KeyStore:
         if connect is not None:
             check_connect(connect)
         key = self._new_peer_key(pem)
-        return self._change(lambda t: registry.register(t, party, role, key, connect, replace))
+        return self._change(lambda t: registry.register(t, party, role, key, connect, replace,
+                                                        no_connect))
 
     def add_next_key(self, party: str, pem: bytes, role: str | None = None, *,
                      replace: bool = False) -> Peer:

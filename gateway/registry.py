@@ -192,8 +192,10 @@ def dump(peers: Mapping[str, Peer]) -> bytes:
 
 # --- changes (each on a copy of the table, by the key store under its lock) -----
 def register(peers: dict[str, Peer], party: str, role: str, key: PeerKey,
-             connect: str | None, replace_existing: bool) -> Peer:
-    """``peer add``: a new party, or (``--replace``) a new key or role for one."""
+             connect: str | None, replace_existing: bool, no_connect: bool = False) -> Peer:
+    """``peer add``: a new party, or (``--replace``) a new key or role for one.  A
+    registered party keeps its connect address unless ``connect`` gives another or
+    ``no_connect`` drops it."""
     if role not in ROLES:
         raise RegistryRefusal("role must be BANK or BROKER")
     old = peers.get(party)
@@ -211,6 +213,8 @@ def register(peers: dict[str, Peer], party: str, role: str, key: PeerKey,
     nxt = old.next_key if old is not None else None
     if nxt is not None and nxt.signer == key.signer:
         nxt = None
+    if connect is None and old is not None and not no_connect:
+        connect = old.connect
     peer = Peer.with_key(party, role, key, connect, old.enabled if old else True, nxt)
     peers[party] = peer
     return peer

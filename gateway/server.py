@@ -216,6 +216,10 @@ class GatewayFactory(protocol.Factory):
 
     def _flush(self) -> None:
         self._flush_call = None
+        self.flush_or_stop()
+
+    def flush_or_stop(self) -> None:
+        """Act on what was read and commit now; a commit that fails stops the gateway."""
         try:
             self.act_on_reads()
             self.gateway.flush()
@@ -302,8 +306,8 @@ class DialOutTLS:
     def _verify(self, conn: Any, cert: crypto.X509, errno: int, depth: int, ok: int) -> bool:
         if depth > 0:
             return True  # only the leaf's key matters
-        if signer_id(cert.to_cryptography().public_key()) == self._peer.signer:
-            return True
+        if signer_id(cert.to_cryptography().public_key()) in self._peer.signers:
+            return True  # its current key, or its next one (§9 peer add --next)
         log.warning("dial-out to %s: its TLS certificate is not %s's registered key",
                     self._peer.party, self._peer.party)
         return False
@@ -342,10 +346,13 @@ class GatewayService(service.MultiService):
     # --- dial-outs -------------------------------------------------------------------
     def update_dial_outs(self) -> None:
         """Dial every enabled peer that has a connect address, as registered now: one
-        removed, disabled, re-keyed or given another address is dialled anew, or no
-        more (its ClientService stops, closing its connection)."""
-        plan = {p.party: (p.connect, p.role, p.signers) for p in self.keystore.peers()
-                if p.connect and p.enabled}
+        removed, disabled or given another address is hung up (its ClientService stops)
+        and dialled anew, or no more.  A new key or role needs no new dial-out: the
+        session of the old one is closed by RegistryWatch, and the next connection
+        logs on, and checks the peer's TLS key, as the peer is registered then."""
+        plan = {p.party: (p.connect,) for p in self.keystore.peers() if p.connect and p.enabled}
+        for party, creator in self._dial_tls.items():
+            creator._peer = self.keystore.peer(party) or creator._peer
         for party, (made_from, client) in list(self._dialling.items()):
             if plan.get(party) != made_from:
                 del self._dialling[party]
@@ -482,7 +489,7 @@ class RegistryWatch:
             svc.keystore.refresh()
             self._own_key()
             if self._close_untrusted():
-                svc.factory.schedule_flush()
+                svc.factory.flush_or_stop()  # their E203 is written before any hang-up
             svc.update_dial_outs()
         except Exception:  # a bug, or a key store broken by hand: keep serving, say so
             log.exception("applying the key store's changes failed")

@@ -205,6 +205,23 @@ def test_peer_add_of_another_key_without_replace_is_refused_and_changes_nothing(
     assert before in next(x for x in listed.splitlines() if x.startswith(BANK))
 
 
+def test_a_registered_peer_keeps_its_connect_address_unless_told(home, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    def connect_of_bank() -> str:
+        listed = gateway_cli(home, "peer", "list").stdout
+        return next(x for x in listed.splitlines() if x.startswith(BANK)).split()[4]
+
+    _, pem = new_key(tmp_path, "ccb-new")
+    args = ("peer", "add", "--id", BANK, "--role", "BANK", "--cert", pem, "--replace")
+    assert gateway_cli(home, *args, "--connect", "127.0.0.1:7801").returncode == 0
+    assert connect_of_bank() == "127.0.0.1:7801"
+    out = gateway_cli(home, *args)  # the same key and role again, no --connect
+    assert out.returncode == 0 and "unchanged" in out.stdout
+    assert connect_of_bank() == "127.0.0.1:7801"
+    out = gateway_cli(home, *args, "--no-connect")
+    assert out.returncode == 0 and "127.0.0.1:7801 -> -" in out.stdout
+    assert connect_of_bank() == "-"
+
+
 # --- disable / enable / remove --------------------------------------------------------------
 def test_disable_closes_live_sessions_within_1s_and_refuses_logons_until_enabled(
         start_gateway) -> None:  # type: ignore[no-untyped-def]
@@ -377,13 +394,25 @@ def test_a_connect_address_added_while_serving_is_dialled_and_disable_stops_it(
     out = gateway_cli(gw.home, "peer", "add", "--id", BANK, "--role", "BANK", "--cert",
                       str(pem), "--connect", f"127.0.0.1:{listener.getsockname()[1]}")
     assert out.returncode == 0 and "connect" in out.stdout, out
-    conn, _ = listener.accept()
-    with conn:
-        dialled = TestPeer(BANK, "BANK", gw.home.keys[BANK], 0)
-        dialled.sock = conn
-        assert dialled.recv_frame(5).type == "SYS.LOGON.REQ"
-        assert gateway_cli(gw.home, "peer", "disable", "--id", BANK).returncode == 0
-        assert closing_frames(dialled, 3.0) is not None
+
+    def dialled() -> TestPeer:
+        conn, _ = listener.accept()
+        peer = TestPeer(BANK, "BANK", gw.home.keys[BANK], 0)
+        peer.sock = conn
+        assert peer.recv_frame(5).type == "SYS.LOGON.REQ"
+        return peer
+
+    first = dialled()
+    _, new_pem = new_key(tmp_path, "ccb-new")  # re-keyed: hung up, dialled again
+    assert gateway_cli(gw.home, "peer", "add", "--id", BANK, "--role", "BANK", "--cert",
+                       new_pem, "--replace").returncode == 0
+    assert error_codes(closing_frames(first, 3.0)) == ["E203"]
+    second = dialled()
+    assert gateway_cli(gw.home, "peer", "disable", "--id", BANK).returncode == 0
+    assert closing_frames(second, 3.0) is not None
+    listener.settimeout(2.5)
+    with pytest.raises(TimeoutError):
+        listener.accept()  # a disabled peer is not dialled
     listener.close()
 
 
