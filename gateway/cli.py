@@ -250,8 +250,8 @@ def _cmd_serve(args: argparse.Namespace, home: Home) -> int:
             reactor.stop()  # type: ignore[attr-defined]
 
     # SIGHUP reloads gateway.toml's [alerts] table; sessions stay (§9)
-    signal.signal(signal.SIGHUP, lambda signum, frame: reactor.callFromThread(  # type: ignore[attr-defined]
-        svc.reload_alerts))
+    signal.signal(signal.SIGHUP,
+                  lambda signum, frame: reactor.callFromThread(svc.reload_alerts))
     reactor.callWhenRunning(start)  # type: ignore[attr-defined]
     reactor.addSystemEventTrigger("before", "shutdown", svc.stopService)  # type: ignore[attr-defined]
     reactor.run()  # type: ignore[attr-defined]

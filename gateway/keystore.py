@@ -104,16 +104,17 @@ def _write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
 
 
 def _pkcs8(key: Any) -> bytes:
-    return key.private_bytes(
+    pem: bytes = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
+    return pem
 
 
 def _cert_pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
-def _sign_hash(key: Any) -> hashes.HashAlgorithm | None:
+def _sign_hash(key: Any) -> hashes.SHA256 | None:
     return None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
 
 

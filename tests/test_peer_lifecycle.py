@@ -222,6 +222,16 @@ def test_a_registered_peer_keeps_its_connect_address_unless_told(home, tmp_path)
     assert connect_of_bank() == "-"
 
 
+def test_peer_add_without_role_is_a_usage_error_but_with_next(home, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    _, pem = new_key(tmp_path, "ccb-next")
+    out = gateway_cli(home, "peer", "add", "--id", BANK, "--cert", pem)
+    assert out.returncode == 64 and "--role is required" in out.stderr
+    assert gateway_cli(home, "peer", "add", "--id", BANK, "--cert", pem, "--next").returncode == 0
+    wrong = gateway_cli(home, "peer", "add", "--id", BANK, "--role", "BROKER", "--cert", pem,
+                        "--next")
+    assert wrong.returncode == 1 and "--replace" in wrong.stderr
+
+
 # --- disable / enable / remove --------------------------------------------------------------
 def test_disable_closes_live_sessions_within_1s_and_refuses_logons_until_enabled(
         start_gateway) -> None:  # type: ignore[no-untyped-def]
