@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -114,32 +115,162 @@ def _open_store(home: Home):  # type: ignore[no-untyped-def]
 def _cmd_cert(args: argparse.Namespace, home: Home) -> int:
     if args.install is not None:
         return _cmd_cert_install(args, home)
-    sys.stdout.write(_open_store(home).certificate_pem().decode("ascii"))
+    from . import rotation
+
+    store = _open_store(home)
+    try:
+        if args.letter:
+            text = rotation.own_letter(store, next_key=args.next)
+        else:
+            text = (rotation.next_certificate_pem(store) if args.next
+                    else store.certificate_pem()).decode("ascii")
+    except ValueError as exc:
+        return _refused("cert", exc)
+    sys.stdout.write(text)
     return EXIT_OK
 
 
+def _refused(command: str, exc: BaseException) -> int:
+    """One line on stderr saying why and what to do; exit 1."""
+    print(f"gateway {command}: refused: {exc}", file=sys.stderr)
+    return EXIT_FAILED
+
+
+#: What the running gateway does with a peer change (PROTOCOL §9).
+_WITHIN = "the running gateway closes its sessions within 1 s"
+
+
 def _cmd_peer_add(args: argparse.Namespace, home: Home) -> int:
+    if args.role is None and not args.next:
+        args.parser.error("--role is required (but with --next, which keeps the role)")
     store = _open_store(home)
     try:
         pem = Path(args.cert).read_bytes()
-        peer = store.add_peer(args.id, args.role, pem, connect=args.connect)
+        before = store.peer(args.id)
+        if args.next:
+            if args.connect is not None or args.no_connect:
+                raise ValueError("--connect/--no-connect cannot go with --next (a next key "
+                                 "keeps the address); change it without --next")
+            peer = store.add_next_key(args.id, pem, args.role, replace=args.replace)
+        else:
+            peer = store.add_peer(args.id, args.role, pem, connect=args.connect,
+                                  replace=args.replace, no_connect=args.no_connect)
     except (OSError, ValueError) as exc:
-        print(f"gateway peer add: refused: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    print(f"registered {peer.party} {peer.role} {peer.key_type} signer {peer.signer}"
-          + (f" connect {peer.connect}" if peer.connect else ""))
-    others = [p for p in store.parties_with_key(peer.signer) if p != peer.party]
+        return _refused("peer add", exc)
+    if args.next:
+        assert peer.next_key is not None
+        print(f"next key for {peer.party}: signer {peer.next_key.signer} "
+              f"({peer.next_key.key_type}) beside the current {peer.signer}; both verify "
+              f"until `gateway peer promote --id {peer.party}`")
+    elif before is None:
+        print(f"registered {peer.party} {peer.role} {peer.key_type} signer {peer.signer}"
+              + (f" connect {peer.connect}" if peer.connect else ""))
+    else:
+        _print_change(before, peer)
+    others = [p for p in store.parties_with_key(peer.next_key.signer if args.next and
+                                                 peer.next_key else peer.signer)
+              if p != peer.party]
     if others:
         print(f"gateway peer add: warning: the same key is also registered for "
               f"{', '.join(others)}", file=sys.stderr)
     return EXIT_OK
 
 
+def _print_change(before: Any, after: Any) -> None:
+    """``peer add`` of a registered party: the old and new signer and role."""
+    if (before.signer, before.role) == (after.signer, after.role):
+        print(f"{after.party} unchanged: {after.role} signer {after.signer}"
+              + (f"; connect {before.connect or '-'} -> {after.connect or '-'}"
+                 if before.connect != after.connect else ""))
+        return
+    print(f"replaced {after.party}: old signer {before.signer} role {before.role} -> "
+          f"new signer {after.signer} role {after.role}")
+    print(f"sessions logged on with signer {before.signer} are no longer accepted; "
+          f"{_WITHIN}")
+
+
 def _cmd_peer_list(args: argparse.Namespace, home: Home) -> int:
-    peers = _open_store(home).peers()
-    print(f"{'PARTY':<12} {'ROLE':<7} {'KEY':<8} {'SIGNER':<16}  CONNECT")
-    for p in peers:
-        print(f"{p.party:<12} {p.role:<7} {p.key_type:<8} {p.signer:<16}  {p.connect or '-'}")
+    store = _open_store(home)
+    if args.letter:
+        try:
+            sys.stdout.write(store.peer_letters(args.letter))
+        except ValueError as exc:
+            return _refused("peer list", exc)
+        return EXIT_OK
+    print(f"{'PARTY':<12} {'ROLE':<7} {'KEY':<8} {'SIGNER':<16}  {'CONNECT':<21} "
+          f"{'STATE':<8} NEXT")
+    for p in store.peers():
+        print(f"{p.party:<12} {p.role:<7} {p.key_type:<8} {p.signer:<16}  "
+              f"{p.connect or '-':<21} {'enabled' if p.enabled else 'DISABLED':<8} "
+              f"{p.next_key.signer if p.next_key else '-'}")
+    return EXIT_OK
+
+
+def _cmd_peer_promote(args: argparse.Namespace, home: Home) -> int:
+    store = _open_store(home)
+    try:
+        before = store.peer(args.id)
+        peer = store.promote_peer(args.id)
+    except (OSError, ValueError) as exc:
+        return _refused("peer promote", exc)
+    old = before.signer if before is not None else "?"
+    print(f"promoted {peer.party}: signer {peer.signer} is its only key now (was {old}); "
+          f"sessions logged on with {old} are no longer accepted; {_WITHIN}")
+    return EXIT_OK
+
+
+def _cmd_peer_state(args: argparse.Namespace, home: Home) -> int:
+    """``peer disable|enable|remove``."""
+    store, action = _open_store(home), args.peer_command
+    try:
+        if action == "remove":
+            peer = store.remove_peer(args.id)
+        else:
+            before = store.peer(args.id)
+            peer = store.set_peer_enabled(args.id, action == "enable")
+            if before is not None and before.enabled == peer.enabled:
+                print(f"{peer.party} was already {action}d")
+                return EXIT_OK
+    except (OSError, ValueError) as exc:
+        return _refused(f"peer {action}", exc)
+    if action == "disable":
+        print(f"disabled {peer.party}: its logons are refused (E203) until `gateway peer "
+              f"enable --id {peer.party}`; {_WITHIN}")
+    elif action == "enable":
+        print(f"enabled {peer.party}: it may log on again")
+    else:
+        print(f"removed {peer.party} ({peer.role}, signer {peer.signer}); its journal rows "
+              f"are kept, its keys in keys/peers/retired/; {_WITHIN}")
+    return EXIT_OK
+
+
+def _cmd_key_rotate(args: argparse.Namespace, home: Home) -> int:
+    from . import rotation
+
+    store = _open_store(home)
+    try:
+        nxt = rotation.rotate(store, args.type, replace=args.replace)
+    except (OSError, ValueError) as exc:
+        return _refused("key rotate", exc)
+    print(f"next signing key made: signer {nxt.signer} ({nxt.alg}); the gateway still "
+          f"signs with {store.signer().signer}")
+    print("1. send `gateway cert --next` and its key letter (`gateway cert --next --letter`) "
+          "to every bank and broker, to register as the gateway's next key")
+    print("2. then run `gateway key promote`: the running gateway signs with it within 1 s")
+    return EXIT_OK
+
+
+def _cmd_key_promote(args: argparse.Namespace, home: Home) -> int:
+    from . import rotation
+
+    store = _open_store(home)
+    try:
+        old, new = rotation.promote(store)
+    except (OSError, ValueError) as exc:
+        return _refused("key promote", exc)
+    print(f"promoted: the gateway signs as {new} from now on (was {old}); the running "
+          "gateway takes it within 1 s; the old certificate is kept in keys/retired/, the "
+          "storage key is unchanged")
     return EXIT_OK
 
 
@@ -180,6 +311,9 @@ def _cmd_serve(args: argparse.Namespace, home: Home) -> int:
             refused.append(exc)
             reactor.stop()  # type: ignore[attr-defined]
 
+    # SIGHUP reloads gateway.toml's [alerts] table; sessions stay (§9)
+    signal.signal(signal.SIGHUP,
+                  lambda signum, frame: reactor.callFromThread(svc.reload_alerts))
     reactor.callWhenRunning(start)  # type: ignore[attr-defined]
     reactor.addSystemEventTrigger("before", "shutdown", svc.stopService)  # type: ignore[attr-defined]
     reactor.run()  # type: ignore[attr-defined]
@@ -276,6 +410,99 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _add_cert_and_key_commands(sub: Any) -> None:
+    p = sub.add_parser("cert", help="print the gateway certificate (PEM) or its key letter",
+                       description="Print the gateway's certificate (PEM), for peers to "
+                       "register, or its key letter, to confirm out of band.")
+    p.add_argument("--next", action="store_true",
+                   help="the next key's (made by `key rotate`) instead of the current one's")
+    p.add_argument("--letter", action="store_true",
+                   help="print the key letter (party, role, key type, full SHA-256 "
+                   "fingerprint, date) instead of the PEM")
+    p.add_argument("--install", type=Path, metavar="FILE",
+                   help="install FILE (PEM, intermediates after the certificate) as the "
+                        "gateway certificate: it must be for keys/gateway.key and chain to "
+                        "keys/ca.crt or a root in keys/trust/")
+    p.set_defaults(run=_cmd_cert)
+
+    p = sub.add_parser("csr", help="a certificate signing request for the gateway's key")
+    p.add_argument("--san", nargs="+", default=[], metavar="NAME",
+                   help="DNS names and IP addresses to ask for (default: those of the "
+                        "current certificate)")
+    p.add_argument("--out", type=Path, metavar="FILE", help="a new file (default: stdout)")
+    p.set_defaults(run=_cmd_csr)
+
+    key = sub.add_parser("key", help="rotate the gateway's own signing key").add_subparsers(
+        dest="key_command", metavar="SUBCOMMAND")
+    key.required = True
+    p = key.add_parser("rotate", help="make the next signing key and certificate",
+                       description="Make the gateway's next signing key and its certificate "
+                       "(keys/gateway.next.key, .crt); the current key keeps signing until "
+                       "`gateway key promote`. The storage key is never replaced.")
+    p.add_argument("--type", default="ES256", choices=["ES256", "ED25519", "PS256", "RS256"],
+                   help="key type (default: ES256)")
+    p.add_argument("--replace", action="store_true",
+                   help="make another next key in place of one already waiting "
+                   "(default: refuse)")
+    p.set_defaults(run=_cmd_key_rotate)
+    p = key.add_parser("promote", help="sign with the next key from now on",
+                       description="Make the next key the signing key; a running gateway "
+                       "signs with it within 1 s. The old certificate goes to keys/retired/.")
+    p.set_defaults(run=_cmd_key_promote)
+
+
+def _add_peer_commands(sub: Any) -> None:
+    peer = sub.add_parser("peer", help="register, list, re-key, disable and remove peers"
+                          ).add_subparsers(dest="peer_command", metavar="SUBCOMMAND")
+    peer.required = True
+    p = peer.add_parser(
+        "add", help="register a peer certificate or public key",
+        description="Register a bank's or broker's certificate or public key (PEM). "
+        "Changing a registered party's key or role needs --replace; --next registers a "
+        "next key beside the current one. A running gateway applies it within 1 s.")
+    p.add_argument("--id", required=True, help="the peer's PartyId ([A-Z0-9]{2,12})")
+    p.add_argument("--role", choices=["BANK", "BROKER"],
+                   help="BANK or BROKER (required, but with --next: the role is kept)")
+    p.add_argument("--cert", required=True, help="PEM certificate or public key file")
+    connect = p.add_mutually_exclusive_group()
+    connect.add_argument("--connect", metavar="HOST:PORT", type=connect_address,
+                         help="the gateway dials the peer there (default: a new peer dials "
+                         "in; a registered one keeps its address)")
+    connect.add_argument("--no-connect", action="store_true",
+                         help="drop a registered peer's connect address: it dials in")
+    p.add_argument("--replace", action="store_true",
+                   help="change the key or role of a registered party, closing the sessions "
+                   "of its old key (default: refuse)")
+    p.add_argument("--next", action="store_true",
+                   help="register the party's next key: both verify until `peer promote`")
+    p.set_defaults(run=_cmd_peer_add, parser=p)
+    p = peer.add_parser("list", help="peers, roles, key fingerprints, state, next keys",
+                        description="List the registered peers, or print one's key letters.")
+    p.add_argument("--letter", metavar="ID",
+                   help="print the key letters (current and next key) of peer ID instead")
+    p.set_defaults(run=_cmd_peer_list)
+    p = peer.add_parser("promote", help="make a peer's next key its only key",
+                        description="The next key becomes the only one; sessions logged on "
+                        "with the old key are closed within 1 s.")
+    p.add_argument("--id", required=True, help="the peer's PartyId")
+    p.set_defaults(run=_cmd_peer_promote)
+    for action, text in (("disable", "close its sessions within 1 s and refuse its logons "
+                                     "(E203) until enabled"),
+                         ("enable", "let a disabled peer log on again"),
+                         ("remove", "forget the peer (its journal rows stay); its sessions "
+                                    "are closed within 1 s")):
+        p = peer.add_parser(action, help=text, description=f"{action.capitalize()} a peer: "
+                            f"{text}.")
+        p.add_argument("--id", required=True, help="the peer's PartyId")
+        p.set_defaults(run=_cmd_peer_state)
+    p = peer.add_parser("issue", help="a dev-CA TLS certificate for a peer's registered key")
+    p.add_argument("--id", required=True, help="the peer's PartyId")
+    p.add_argument("--san", nargs="+", default=[], metavar="NAME",
+                   help="names for it, if the gateway dials the peer (default: none)")
+    p.add_argument("--out", type=Path, metavar="FILE", help="a new file (default: stdout)")
+    p.set_defaults(run=_cmd_peer_issue)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="gateway",
@@ -294,37 +521,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "certificate besides localhost and 127.0.0.1 (default: only those)")
     p.set_defaults(run=_cmd_init)
 
-    p = sub.add_parser("cert", help="print the gateway certificate (PEM)")
-    p.add_argument("--install", type=Path, metavar="FILE",
-                   help="install FILE (PEM, intermediates after the certificate) as the "
-                        "gateway certificate: it must be for keys/gateway.key and chain to "
-                        "keys/ca.crt or a root in keys/trust/")
-    p.set_defaults(run=_cmd_cert)
-
-    p = sub.add_parser("csr", help="a certificate signing request for the gateway's key")
-    p.add_argument("--san", nargs="+", default=[], metavar="NAME",
-                   help="DNS names and IP addresses to ask for (default: those of the "
-                        "current certificate)")
-    p.add_argument("--out", type=Path, metavar="FILE", help="a new file (default: stdout)")
-    p.set_defaults(run=_cmd_csr)
-
-    peer = sub.add_parser("peer", help="register and list peers").add_subparsers(
-        dest="peer_command", metavar="SUBCOMMAND")
-    peer.required = True
-    p = peer.add_parser("add", help="register a peer certificate or public key")
-    p.add_argument("--id", required=True)
-    p.add_argument("--role", required=True, choices=["BANK", "BROKER"])
-    p.add_argument("--cert", required=True, help="PEM certificate or public key file")
-    p.add_argument("--connect", metavar="HOST:PORT", type=connect_address)
-    p.set_defaults(run=_cmd_peer_add)
-    p = peer.add_parser("list", help="peers, roles and key fingerprints")
-    p.set_defaults(run=_cmd_peer_list)
-    p = peer.add_parser("issue", help="a dev-CA TLS certificate for a peer's registered key")
-    p.add_argument("--id", required=True)
-    p.add_argument("--san", nargs="+", default=[], metavar="NAME",
-                   help="names for it, if the gateway dials the peer (default: none)")
-    p.add_argument("--out", type=Path, metavar="FILE", help="a new file (default: stdout)")
-    p.set_defaults(run=_cmd_peer_issue)
+    _add_cert_and_key_commands(sub)
+    _add_peer_commands(sub)
 
     p = sub.add_parser("serve", help="run the gateway until SIGTERM/SIGINT")
     p.add_argument("--listen", metavar="HOST:PORT", type=listen_address)

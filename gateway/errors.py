@@ -132,6 +132,15 @@ class UnknownSigner(SecurityError):
     code = "E203"
 
 
+class KeyNoLongerValid(UnknownSigner):
+    """E203 for a session whose logon key was replaced, disabled or removed since
+    (§9 peer commands): nothing more is accepted on it, and it closes."""
+
+    @property
+    def closes_session(self) -> bool:
+        return True
+
+
 class ReplayedMsgId(SecurityError):
     code = "E204"
 

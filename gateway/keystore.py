@@ -1,13 +1,14 @@
 """On-disk keys: the gateway's signing key and certificate, dev CA, storage key, peers."""
 from __future__ import annotations
 
+import fcntl
 import ipaddress
 import json
+import logging
 import os
 import re
-import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,11 +18,17 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from gateway import registry
 from gateway.config import ConfigError, check_address
+from gateway.registry import ROLES, Peer, PeerKey, RegistryRefusal, key_letter
 from gateway.signature import PublicKey, Signer, key_type, load_public_key, signer_id
 
+__all__ = ["KeyStore", "KeyStoreExists", "KeyStoreMissing", "KeyStoreRefusal", "Peer",
+           "PeerKey", "RegistryRefusal", "generate_key_file", "load_signer"]
+
+log = logging.getLogger(__name__)
+
 PARTY_RE = re.compile(r"[A-Z0-9]{2,12}")
-ROLES = ("BANK", "BROKER")
 CERT_DAYS = 3650
 #: Names every certificate ``gateway init`` makes carries, besides ``init --san``'s:
 #: sims and health checks on the gateway's own host dial these.
@@ -35,6 +42,12 @@ CA_CRT = "ca.crt"
 GATEWAY_JSON = "gateway.json"
 PEERS_JSON = "peers.json"
 PEERS_DIR = "peers"
+#: ``key rotate`` writes the next signing key and its certificate here.
+NEXT_KEY = "gateway.next.key"
+NEXT_CRT = "gateway.next.crt"
+#: Certificates and peer keys no longer in force, kept to check old evidence.
+RETIRED_DIR = "retired"
+LOCK_FILE = ".lock"
 #: The files ``gateway init`` creates; it refuses if any one of them exists.
 INIT_FILES = (GATEWAY_KEY, STORAGE_KEY, CA_KEY, CA_CRT, GATEWAY_CRT, GATEWAY_JSON)
 
@@ -47,17 +60,8 @@ class KeyStoreMissing(Exception):
     """No key store yet: ``gateway init`` has not been run."""
 
 
-@dataclass(frozen=True)
-class Peer:
-    """A registered counterparty and its long-term public key."""
-
-    party: str
-    role: str
-    key_type: str
-    signer: str
-    connect: str | None
-    public_key: PublicKey = field(compare=False, repr=False)
-    pem: bytes = field(repr=False)
+class KeyStoreRefusal(ValueError):
+    """A ``key`` command cannot be done now; the text says what to do."""
 
 
 # --- file helpers ---------------------------------------------------------------
@@ -86,27 +90,34 @@ def _write_new(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temp file then ``os.replace`` it over ``path``."""
+def _write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write ``data`` to a temp file (created ``mode``) then ``os.replace`` it over
+    ``path``: a reader sees the old file or the new one, never part of one."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    fd = os.open(tmp, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, mode)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _pkcs8(key: Any) -> bytes:
-    return key.private_bytes(
+    pem: bytes = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
+    return pem
 
 
 def _cert_pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
-def _sign_hash(key: Any) -> hashes.HashAlgorithm | None:
+def _sign_hash(key: Any) -> hashes.SHA256 | None:
     return None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
 
 
@@ -177,18 +188,7 @@ def san_names(texts: Sequence[str]) -> list[x509.GeneralName]:
 # --- key files ----------------------------------------------------------------
 def generate_key_file(path: Path, kind: str = "ES256") -> Signer:
     """Generate a private key (ES256, ED25519, PS256/RSA-2048) into a new 0600 PKCS#8 file."""
-    kind = kind.upper()
-    if kind == "ES256":
-        key: Any = ec.generate_private_key(ec.SECP256R1())
-        alg = "ES256"
-    elif kind == "ED25519":
-        key = ed25519.Ed25519PrivateKey.generate()
-        alg = "ED25519"
-    elif kind in ("PS256", "RSA", "RSA-2048", "RS256"):
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        alg = "RS256" if kind == "RS256" else "PS256"
-    else:
-        raise ValueError(f"unknown key kind {kind!r}")
+    key, alg = _new_private_key(kind)
     _write_private(Path(path), _pkcs8(key))
     return Signer(key, alg)
 
@@ -306,8 +306,11 @@ class KeyStore:
         if not (self.keys_dir / GATEWAY_KEY).exists():
             raise KeyStoreMissing(f"no gateway key in {self.keys_dir}: run `gateway init` first")
         self._signer: Signer | None = None
-        self._peer_cache: tuple[tuple[int, int], dict[str, Peer]] | None = None
-        self._peers_checked_at = -1.0
+        self._peers_path = os.fspath(self.keys_dir / PEERS_JSON)  # stat'ed per lookup
+        self._peer_cache: tuple[tuple[int, int, int], dict[str, Peer]] | None = None
+        self._bad_stamp: tuple[int, int, int] | None = None
+        #: Look at peers.json on every lookup (else only at :meth:`refresh`).
+        self.check_every_lookup = True
 
     def __repr__(self) -> str:
         return f"KeyStore({str(self.keys_dir)!r})"
@@ -334,7 +337,7 @@ class KeyStore:
         files = _new_store_files(party, now or datetime.now(UTC), sans)
         _write_all_or_nothing(keys_dir, files)
         if not (keys_dir / PEERS_JSON).exists():
-            _write_atomic(keys_dir / PEERS_JSON, b"{}\n")
+            _write_atomic(keys_dir / PEERS_JSON, registry.dump({}))
         return cls(keys_dir)
 
     # --- own keys --------------------------------------------------------------
@@ -375,42 +378,197 @@ class KeyStore:
                           sans, ca_cert.public_key())
         return _cert_pem(cert)
 
+    # --- the gateway's own next key (gateway.rotation: key rotate / promote) ------
+    def next_signer(self) -> Signer | None:
+        """The next signing key made by ``key rotate``, or None."""
+        path = self.keys_dir / NEXT_KEY
+        return load_signer(path) if path.exists() else None
+
+    def own_key_stamp(self) -> tuple[tuple[int, int, int], ...]:
+        """Changes whenever the signing key or its certificate is replaced."""
+        return (_stamp(self.keys_dir / GATEWAY_KEY), _stamp(self.keys_dir / GATEWAY_CRT))
+
+    def reload_signer(self) -> Signer | None:
+        """The signing key as it is on disk now, if its certificate matches it (else
+        None: a promote is between its renames; ask again)."""
+        signer = load_signer(self.keys_dir / GATEWAY_KEY)
+        if signer_id(load_public_key(self.certificate_pem())) != signer.signer:
+            return None
+        self._signer = signer
+        return signer
+
+    def peer_letters(self, party: str) -> str:
+        """The key letters of a peer's keys (current, and next if any)."""
+        peer = self.peer(party)
+        if peer is None:
+            raise KeyStoreRefusal(f"{party} is not a registered peer (`gateway peer list` "
+                                  "shows those that are)")
+        keys = [(peer.key, "current")]
+        if peer.next_key is not None:
+            keys.append((peer.next_key, "next (verifies beside the current key until "
+                                        "`gateway peer promote`)"))
+        return "\n".join(key_letter(party=party, role=peer.role, key=key, status=status,
+                                    gateway=self.party, printed=registry.today())
+                         for key, status in keys)
+
     # --- peers -----------------------------------------------------------------
-    def _peers_raw(self) -> dict[str, dict[str, Any]]:
-        path = self.keys_dir / PEERS_JSON
-        if not path.exists():
+    def _read_peers(self) -> dict[str, Peer]:
+        try:
+            data = (self.keys_dir / PEERS_JSON).read_bytes()
+        except FileNotFoundError:
             return {}
-        return dict(json.loads(path.read_text("utf-8")))
+        return registry.parse(data, lambda p: (self.keys_dir / PEERS_DIR / f"{p}.pem").read_bytes())
 
-    def _make_peer(self, party: str, entry: dict[str, Any]) -> Peer:
-        pem = (self.keys_dir / PEERS_DIR / f"{party}.pem").read_bytes()
-        pk = load_public_key(pem)
-        return Peer(party=party, role=entry["role"], key_type=key_type(pk), signer=signer_id(pk),
-                    connect=entry.get("connect"), public_key=pk, pem=pem)
+    def _peer_table(self) -> dict[str, Peer]:
+        if self._peer_cache is None or self.check_every_lookup:
+            self.refresh()
+        assert self._peer_cache is not None
+        return self._peer_cache[1]
 
-    def add_peer(self, party: str, role: str, pem: bytes, connect: str | None = None) -> Peer:
-        """Register (or replace) a peer's certificate or public key.
+    def refresh(self) -> bool:
+        """Read peers.json again if it was replaced since it was last read (one stat of
+        its inode, time and size, ~1-3 µs).  By default every lookup does this, so a
+        `peer` command is in force for the very next message; the server instead calls
+        it once per reactor turn, before acting on the turn's reads (all of which
+        arrived before the stat).  A gateway that finds the file unreadable (a hand
+        edit) keeps the peers it last read and logs it once.  True if it read anew."""
+        stamp = _stamp(self._peers_path)
+        cached = self._peer_cache
+        if cached is not None and cached[0] == stamp:
+            return False
+        try:
+            table = self._read_peers()
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            if cached is None:
+                raise ValueError(f"{self.keys_dir / PEERS_JSON} is unreadable: {exc}") from None
+            if self._bad_stamp != stamp:
+                self._bad_stamp = stamp
+                log.error("%s is unreadable (%s); the peers read before stay in force",
+                          self.keys_dir / PEERS_JSON, exc)
+            return False
+        self._peer_cache = (stamp, table)
+        return True
 
-        Only the re-serialised certificate or SubjectPublicKeyInfo is stored, never the
-        file as given; a file holding any private key is refused (ValueError)."""
+    def peers(self) -> list[Peer]:
+        """All registered peers, sorted by PartyId."""
+        return list(self._peer_table().values())
+
+    def peer(self, party: str) -> Peer | None:
+        """The peer with PartyId ``party`` (disabled ones too), or None."""
+        return self._peer_table().get(party)
+
+    def peer_by_signer(self, signer: str) -> Peer | None:
+        """The peer whose current key has signer id ``signer``, or None."""
+        for p in self.peers():
+            if p.signer == signer:
+                return p
+        return None
+
+    def parties_with_key(self, signer: str) -> list[str]:
+        """Every registered party with a key (current or next) of signer id ``signer``."""
+        return [p.party for p in self.peers() if signer in p.signers]
+
+    def add_peer(self, party: str, role: str, pem: bytes, connect: str | None = None, *,
+                 replace: bool = False, no_connect: bool = False) -> Peer:
+        """Register a peer's certificate or public key (``peer add``).
+
+        Changing the key or role of a registered party needs ``replace`` (else
+        RegistryRefusal); the same key and role again only updates ``connect``.  A
+        registered party keeps its connect address unless ``connect`` is given or
+        ``no_connect`` drops it.  Only
+        the re-serialised certificate or SubjectPublicKeyInfo is stored, never the file
+        as given; a file holding any private key is refused (ValueError)."""
         check_party(party)
         if role not in ROLES:
             raise ValueError("role must be BANK or BROKER")
         self._check_prefix_free(party)
         if connect is not None:
             check_connect(connect)
-        stored = public_pem(pem)
-        pk = load_public_key(stored)
+        key = self._new_peer_key(pem)
+        return self._change(lambda t: registry.register(t, party, role, key, connect, replace,
+                                                        no_connect))
+
+    def add_next_key(self, party: str, pem: bytes, role: str | None = None, *,
+                     replace: bool = False) -> Peer:
+        """``peer add --next``: a party's next key, verifying beside its current one."""
+        key = self._new_peer_key(pem)
+        return self._change(lambda t: registry.register_next(t, party, key, role, replace))
+
+    def promote_peer(self, party: str) -> Peer:
+        """``peer promote``: the party's next key becomes its only key."""
+        return self._change(lambda t: registry.promote(t, party))
+
+    def set_peer_enabled(self, party: str, enabled: bool) -> Peer:
+        """``peer disable`` / ``peer enable``."""
+        return self._change(lambda t: registry.set_enabled(t, party, enabled))
+
+    def remove_peer(self, party: str) -> Peer:
+        """``peer remove``: forget the party; its keys go to ``peers/retired/``."""
+        return self._change(lambda t: registry.remove(t, party))
+
+    def _new_peer_key(self, pem: bytes) -> PeerKey:
+        key = PeerKey.from_pem(public_pem(pem), registry.today())
+        own = [self.signer().signer]
+        nxt = self.next_signer()
+        if nxt is not None:
+            own.append(nxt.signer)
+        if key.signer in own:
+            raise RegistryRefusal(
+                f"that is this gateway's own key (signer {key.signer}): register the peer's "
+                "certificate (the one the bank or broker sent you), not the gateway's")
+        return key
+
+    def _change(self, apply: Callable[[dict[str, Peer]], Peer]) -> Peer:
+        """Read the registry, apply one change, write it whole (temp + rename), all
+        under the store's lock so two commands never lose each other's change."""
+        with self.locked():
+            table = self._read_peers()
+            before = dict(table)
+            result = apply(table)
+            _write_atomic(self.keys_dir / PEERS_JSON, registry.dump(table))
+            self._peer_cache = None
+            self._write_copies(before, table)
+        return result
+
+    def _write_copies(self, before: dict[str, Peer], after: dict[str, Peer]) -> None:
+        """``peers/ID.pem`` (and ``ID.next.pem``): copies of the keys for people and
+        tools (``openssl dgst -verify``); never read by the gateway.  A key that left
+        the registry is kept in ``peers/retired/ID-SIGNER.pem`` to check old evidence."""
         peers_dir = self.keys_dir / PEERS_DIR
         peers_dir.mkdir(exist_ok=True)
-        _write_atomic(peers_dir / f"{party}.pem", stored)
-        raw = self._peers_raw()
-        raw[party] = {"role": role, "connect": connect, "key_type": key_type(pk),
-                      "signer": signer_id(pk)}
-        _write_atomic(self.keys_dir / PEERS_JSON,
-                      json.dumps(raw, indent=2, sort_keys=True).encode() + b"\n")
-        self._peer_cache = None
-        return self._make_peer(party, raw[party])
+        for party in sorted(set(before) | set(after)):
+            old, new = before.get(party), after.get(party)
+            if old == new:
+                continue
+            for key in _keys_of(old):
+                if new is None or key.signer not in new.signers:
+                    self._retire(party, key)
+            if new is None:
+                for name in (f"{party}.pem", f"{party}.next.pem"):
+                    (peers_dir / name).unlink(missing_ok=True)
+                continue
+            _write_atomic(peers_dir / f"{party}.pem", new.pem)
+            if new.next_key is not None:
+                _write_atomic(peers_dir / f"{party}.next.pem", new.next_key.pem)
+            else:
+                (peers_dir / f"{party}.next.pem").unlink(missing_ok=True)
+
+    def _retire(self, party: str, key: PeerKey) -> None:
+        retired = self.keys_dir / PEERS_DIR / RETIRED_DIR
+        retired.mkdir(exist_ok=True)
+        path = retired / f"{party}-{key.signer}.pem"
+        if not path.exists():
+            _write_atomic(path, key.pem)
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """The store's write lock (``keys/.lock``): one key or peer command at a time."""
+        fd = os.open(self.keys_dir / LOCK_FILE, os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
     def _check_prefix_free(self, party: str) -> None:
         """§1: no PartyId registered at this gateway, its own included, is a prefix of
@@ -421,7 +579,7 @@ class KeyStore:
         if party == own:
             raise ValueError(f"{party} is this gateway's own PartyId; register the peer "
                              "under its own PartyId")
-        for other in [own, *self._peers_raw()]:
+        for other in [own, *self._read_peers()]:
             if other == party or not (other.startswith(party) or party.startswith(other)):
                 continue
             whose = "this gateway's own PartyId" if other == own else "the registered peer"
@@ -430,39 +588,39 @@ class KeyStore:
                              "every BizSn begins with its sender's); choose an id that neither "
                              f"begins with {other} nor is the start of it")
 
-    def parties_with_key(self, signer: str) -> list[str]:
-        """Every registered party whose key has signer id ``signer``."""
-        return [p.party for p in self.peers() if p.signer == signer]
 
-    def _peer_table(self) -> dict[str, Peer]:
-        """Registered peers, read once and again only when peers.json changes (so a
-        `peer add` takes effect in a running gateway without a file read per message;
-        the file is looked at no more than once a second)."""
-        now = time.monotonic()
-        if self._peer_cache is not None and now - self._peers_checked_at < 1.0:
-            return self._peer_cache[1]
-        self._peers_checked_at = now
-        try:
-            st = (self.keys_dir / PEERS_JSON).stat()
-            stamp = (st.st_mtime_ns, st.st_size)
-        except FileNotFoundError:
-            stamp = (0, 0)
-        if self._peer_cache is None or self._peer_cache[0] != stamp:
-            raw = self._peers_raw()
-            self._peer_cache = (stamp, {p: self._make_peer(p, raw[p]) for p in sorted(raw)})
-        return self._peer_cache[1]
+def _keys_of(peer: Peer | None) -> list[PeerKey]:
+    if peer is None:
+        return []
+    return [peer.key] + ([peer.next_key] if peer.next_key is not None else [])
 
-    def peers(self) -> list[Peer]:
-        """All registered peers, sorted by PartyId."""
-        return list(self._peer_table().values())
 
-    def peer(self, party: str) -> Peer | None:
-        """The peer with PartyId ``party``, or None."""
-        return self._peer_table().get(party)
+def _stamp(path: str | Path) -> tuple[int, int, int]:
+    """A file's identity and version: a rename puts a new inode in place."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return (0, 0, 0)
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
 
-    def peer_by_signer(self, signer: str) -> Peer | None:
-        """The peer whose key has signer id ``signer``, or None."""
-        for p in self.peers():
-            if p.signer == signer:
-                return p
-        return None
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _new_private_key(kind: str) -> tuple[Any, str]:
+    """A new private key of ``kind`` (ES256, ED25519, PS256/RSA-2048, RS256) and its
+    signature algorithm."""
+    kind = kind.upper()
+    if kind == "ES256":
+        return ec.generate_private_key(ec.SECP256R1()), "ES256"
+    if kind == "ED25519":
+        return ed25519.Ed25519PrivateKey.generate(), "ED25519"
+    if kind in ("PS256", "RSA", "RSA-2048", "RS256"):
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        return key, "RS256" if kind == "RS256" else "PS256"
+    raise ValueError(f"unknown key kind {kind!r}")

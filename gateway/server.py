@@ -7,6 +7,8 @@ per-reactor-turn journal flush, which commits and then releases the writes.
 from __future__ import annotations
 
 import logging
+import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +18,10 @@ from twisted.internet.interfaces import IHandshakeListener, IPushProducer, IReac
 from zope.interface import implementer
 
 from .certificates import gateway_identity
-from .config import Config, split_host_port
+from .config import CONFIG_FILE, Config, split_host_port
 from .journal import Journal
 from .keystore import KeyStore, Peer
+from .registry import close_untrusted
 from .relay import Gateway
 from .session import AWAITING_LOGON, Session, new_session_id, receive_reads
 from .tls import CLOSED_EARLY, DialOutTLS, handshake_failure, server_options
@@ -26,6 +29,9 @@ from .tls import CLOSED_EARLY, DialOutTLS, handshake_failure, server_options
 log = logging.getLogger(__name__)
 
 TICK_SECONDS = 0.2
+#: How often the key store is looked at for `peer` and `key` commands run meanwhile
+#: (§9: they act on a running gateway within 1 s, without a signal).
+REGISTRY_POLL_SECONDS = 0.5
 #: How long a closing connection may take to finish its (TLS) shutdown.
 CLOSE_GRACE_SECONDS = 1.0
 
@@ -229,6 +235,8 @@ class GatewayFactory(protocol.Factory):
         self.reactor = reactor
         self._flush_call: Any = None
         self._reads: list[tuple[Session, bytes]] = []
+        #: Called before a turn's reads are acted on (the gateway: KeyStore.refresh).
+        self.before_reads: Callable[[], None] | None = None
 
     def buildProtocol(self, addr: Any) -> SessionProtocol:
         return SessionProtocol(self, after_handshake=self.tls)
@@ -248,6 +256,8 @@ class GatewayFactory(protocol.Factory):
         reads, self._reads = self._reads, []
         if reads:
             try:
+                if self.before_reads is not None:
+                    self.before_reads()
                 receive_reads(reads)
             except Exception:  # a bug; each frame's own errors are answered inside
                 log.exception("acting on %d read(s) failed; closing their sessions",
@@ -266,6 +276,10 @@ class GatewayFactory(protocol.Factory):
 
     def _flush(self) -> None:
         self._flush_call = None
+        self.flush_or_stop()
+
+    def flush_or_stop(self) -> None:
+        """Act on what was read and commit now; a commit that fails stops the gateway."""
         try:
             self.act_on_reads()
             self.gateway.flush()
@@ -291,7 +305,19 @@ class OutboundFactory(protocol.Factory):
         self.tls = tls
 
     def buildProtocol(self, addr: Any) -> SessionProtocol:
-        return SessionProtocol(self.parent, connect_to=self.peer, after_handshake=self.tls)
+        peer = self.parent.gateway.find_peer(self.peer.party) or self.peer  # as registered now
+        return SessionProtocol(self.parent, connect_to=peer, after_handshake=self.tls)
+
+
+class _CurrentOptions:
+    """The listening port's TLS context factory, swapped in place after ``key promote``
+    (each new connection asks it for the context: it presents the new certificate)."""
+
+    def __init__(self, options: Any) -> None:
+        self.options = options
+
+    def getContext(self) -> Any:
+        return self.options.getContext()
 
 
 class GatewayService(service.MultiService):
@@ -302,27 +328,92 @@ class GatewayService(service.MultiService):
         super().__init__()
         self.reactor = reactor
         self.config = config
+        self.home = home
         self.keystore = KeyStore(home / "keys")
         self.journal = Journal(home / "data" / "journal.sqlite3", config.journal_synchronous)
         self.gateway = Gateway(config, self.keystore, self.journal, reactor.seconds)
         self.factory = GatewayFactory(self.gateway, reactor)
+        self.keystore.check_every_lookup = False  # RegistryWatch.before_reads instead
         self._host, self._port_number = split_host_port(listen or config.listen)
         self.tls = config.tls if tls is None else tls
         self.factory.tls = self.tls
-        self._tls_options = server_options(self.keystore.keys_dir) if self.tls else None
+        self._tls_options = (_CurrentOptions(server_options(self.keystore.keys_dir))
+                             if self.tls else None)
         self.port: Any = None
-        identity = gateway_identity(self.keystore.keys_dir) if self.tls else None
-        for peer in self.keystore.peers():
-            if peer.connect:
-                h, p = split_host_port(peer.connect)
-                ep: Any = endpoints.HostnameEndpoint(reactor, h, p)
-                if identity is not None:  # --tls covers the sessions we dial too
-                    ep = endpoints.wrapClientTLS(DialOutTLS(identity, peer), ep)
-                internet.ClientService(ep, OutboundFactory(self.factory, peer,
-                                                           tls=identity is not None),
-                                       clock=reactor).setServiceParent(self)
+        self._identity = gateway_identity(self.keystore.keys_dir) if self.tls else None
+        #: Dial-outs by party: (what they were made from, the ClientService).
+        self._dialling: dict[str, tuple[tuple[Any, ...], service.Service]] = {}
+        self._dial_tls: dict[str, DialOutTLS] = {}
+        self.update_dial_outs()
         self._ticker = task.LoopingCall(self.factory.tick)
         self._ticker.clock = reactor
+        self.registry_watch = RegistryWatch(self)
+        self.factory.before_reads = self.registry_watch.before_reads
+        #: Called with gateway.toml's ``[alerts]`` table each time SIGHUP reloads it.
+        self.alerts_reload_hooks: list[Callable[[dict[str, Any]], None]] = []
+
+    # --- dial-outs -------------------------------------------------------------------
+    def update_dial_outs(self) -> None:
+        """Dial every enabled peer that has a connect address, as registered now: one
+        removed, disabled or given another address is hung up (its ClientService stops)
+        and dialled anew, or no more.  A new key or role needs no new dial-out: the
+        session of the old one is closed by RegistryWatch, and the next connection
+        logs on, and checks the peer's TLS key, as the peer is registered then."""
+        plan = {p.party: (p.connect,) for p in self.keystore.peers() if p.connect and p.enabled}
+        for party, creator in self._dial_tls.items():
+            creator._peer = self.keystore.peer(party) or creator._peer
+        for party, (made_from, client) in list(self._dialling.items()):
+            if plan.get(party) != made_from:
+                del self._dialling[party]
+                self._dial_tls.pop(party, None)
+                client.disownServiceParent()
+                log.info("dial-out to %s stopped (its registration changed)", party)
+        for party, made_from in plan.items():
+            peer = self.keystore.peer(party)
+            if party not in self._dialling and peer is not None:
+                client = self._dial_out(peer)
+                client.setServiceParent(self)
+                self._dialling[party] = (made_from, client)
+
+    def _dial_out(self, peer: Peer) -> service.Service:
+        assert peer.connect is not None
+        h, p = split_host_port(peer.connect)
+        ep: Any = endpoints.HostnameEndpoint(self.reactor, h, p)
+        if self._identity is not None:  # --tls covers the sessions we dial too
+            creator = self._dial_tls[peer.party] = DialOutTLS(self._identity, peer)
+            ep = endpoints.wrapClientTLS(creator, ep)
+        return internet.ClientService(ep, OutboundFactory(self.factory, peer,
+                                                          tls=self._identity is not None),
+                                      clock=self.reactor)
+
+    def use_own_identity(self) -> None:
+        """After ``key promote``: new TLS connections present the new certificate."""
+        if not self.tls:
+            return
+        identity = self._identity = gateway_identity(self.keystore.keys_dir)
+        self._tls_options.options = server_options(self.keystore.keys_dir)
+        for creator in self._dial_tls.values():
+            creator.use_identity(identity)
+
+    # --- SIGHUP ----------------------------------------------------------------------
+    def reload_alerts(self) -> None:
+        """SIGHUP (§9): read gateway.toml's ``[alerts]`` table again and hand it to
+        :attr:`alerts_reload_hooks`; sessions and everything else stay as they are.  A
+        file that cannot be read keeps the table in use."""
+        path = self.home / CONFIG_FILE
+        try:
+            data = tomllib.loads(path.read_text("utf-8")) if path.exists() else {}
+            table = data.get("alerts", {})
+            if not isinstance(table, dict):
+                raise ValueError("alerts is not a table")
+        except (OSError, ValueError) as exc:  # tomllib.TOMLDecodeError is a ValueError
+            log.error("SIGHUP: %s unreadable (%s); the [alerts] settings in use are kept",
+                      path, exc)
+            return
+        log.info("SIGHUP: [alerts] reloaded from %s: %s; %d session(s) kept", path,
+                 ", ".join(sorted(table)) or "no settings", len(self.gateway.sessions))
+        for hook in self.alerts_reload_hooks:
+            hook(table)
 
     @property
     def listening_port(self) -> int:
@@ -337,6 +428,7 @@ class GatewayService(service.MultiService):
                                                interface=self._host)
         super().startService()
         self._ticker.start(TICK_SECONDS, now=False)
+        self.registry_watch.start()
         log.info("gateway %s serving on %s:%d%s", self.config.party, self._host,
                  self.listening_port, " (TLS)" if self.tls else "")
 
@@ -355,6 +447,7 @@ class GatewayService(service.MultiService):
             yield task.deferLater(self.reactor, TICK_SECONDS, lambda: None)
         if self._ticker.running:
             self._ticker.stop()
+        self.registry_watch.stop()
         self.factory.act_on_reads()
         for session in list(self.gateway.sessions):
             session.close()
@@ -363,3 +456,73 @@ class GatewayService(service.MultiService):
         self.factory.flush_now()  # what the closing connections left (connectionLost)
         self.journal.close()
         log.info("gateway stopped; journal flushed")
+
+
+class RegistryWatch:
+    """`peer` and `key` commands reach a running gateway without a signal (§9).
+
+    Before the reads of every reactor turn are acted on, it looks at the registry
+    (one stat) and, if a command replaced it, closes at once the sessions whose logon
+    key is no longer valid (replaced, un-promoted, disabled, removed: a SYS.ERROR E203
+    says why, then the session closes): whatever a peer sent after the command
+    returned, and whatever would be relayed in that turn, meets the new registry (the
+    session checks each message too: Session._check_key_still_valid).  Every
+    REGISTRY_POLL_SECONDS it does the same for idle sessions, dials the peers as
+    registered now, and signs with the key ``key promote`` put in place.  The
+    commands write whole files and rename them into place, so what it reads is a
+    state before or after a command, never half of one; the signing key is taken
+    only once its certificate matches it (a promote renames two files)."""
+
+    def __init__(self, svc: GatewayService) -> None:
+        self.svc = svc
+        self._own_stamp = svc.keystore.own_key_stamp()
+        self._call = task.LoopingCall(self.poll)
+        self._call.clock = svc.reactor
+
+    def start(self) -> None:
+        self._call.start(REGISTRY_POLL_SECONDS, now=False)
+
+    def stop(self) -> None:
+        if self._call.running:
+            self._call.stop()
+
+    def before_reads(self) -> None:
+        """GatewayFactory.before_reads: the registry as it is now, for this turn."""
+        if self.svc.keystore.refresh():
+            self._close_untrusted()
+
+    def poll(self) -> None:
+        svc = self.svc
+        try:
+            svc.keystore.refresh()
+            self._own_key()
+            if self._close_untrusted():
+                svc.factory.flush_or_stop()  # their E203 is written before any hang-up
+            svc.update_dial_outs()
+        except Exception:  # a bug, or a key store broken by hand: keep serving, say so
+            log.exception("applying the key store's changes failed")
+
+    def _close_untrusted(self) -> int:
+        return close_untrusted(self.svc.gateway.sessions, self.svc.keystore.peer,
+                               _tell_closing)
+
+    def _own_key(self) -> None:
+        stamp = self.svc.keystore.own_key_stamp()
+        if stamp == self._own_stamp:
+            return
+        signer = self.svc.keystore.reload_signer()
+        if signer is None:
+            return  # between the two renames of a promote: the next poll takes it
+        self._own_stamp = stamp
+        gateway = self.svc.gateway
+        if signer.signer != gateway.signer.signer:
+            log.warning("key promote: the gateway signs as %s from now on (was %s)",
+                        signer.signer, gateway.signer.signer)
+            gateway.signer = signer
+            self.svc.use_own_identity()
+
+
+def _tell_closing(session: Any, reason: str) -> None:
+    log.warning("session %s: closing: %s", session.session_id, reason)
+    session.send("SYS.ERROR", {"Code": "E203", "Text": f"{reason}; log on again with a "
+                               "registered key", "RefMsgId": None})

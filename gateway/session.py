@@ -21,6 +21,7 @@ from .envelope import Envelope, join_payload, split_payload
 from .errors import (
     Busy,
     GatewayError,
+    KeyNoLongerValid,
     SchemaInvalid,
     SessionNotReady,
     UnknownKeyId,
@@ -45,6 +46,7 @@ from .message import (
     read_msg_id,
     replace_texts,
 )
+from .registry import why_untrusted
 from .replay import ReplayStore
 from .signature import Signer, signer_id
 from .verification import (
@@ -246,6 +248,7 @@ class Session:
                 raise SessionNotReady("waiting for SYS.LOGON.RSP", ref_msg_id=message.head.msg_id)
             self._on_logon_rsp(envelope, message)
             return
+        self._check_key_still_valid(message)
         bucket = self._limits.get(msg_type)
         if bucket is not None and not bucket.take(self.owner.now()):
             self._on_over_limit(envelope, message, presigned)
@@ -262,6 +265,14 @@ class Session:
         else:
             self.owner.business_message(self, verified)
 
+    def _check_key_still_valid(self, message: Message) -> None:
+        """§9: the key this session logged on with, replaced, disabled or removed since
+        by a `peer` command (in another process), stops at once: E203, and it closes."""
+        assert self.peer is not None
+        reason = why_untrusted(self.owner.find_peer(self.peer.party), self.peer)
+        if reason is not None:
+            raise KeyNoLongerValid(f"{reason}; log on again with a registered key",
+                                   ref_msg_id=message.head.msg_id)
     def _verify(self, envelope: Envelope, message: Message, presigned: Presigned | None,
                 replay: ReplayStore) -> Verified:
         assert self.peer is not None
@@ -315,7 +326,11 @@ class Session:
         if peer is None or (role is not None and peer.role != role):
             raise UnknownSigner(f"party {party} is not registered"
                                 + (f" as {role}" if role else ""), ref_msg_id=message.head.msg_id)
+        peer = peer.signing_with(envelope.sig)  # §9: its next key, if that one signed
         check_signature(envelope, message, peer.public_key)
+        if not peer.enabled:
+            raise UnknownSigner(f"party {party} is disabled at this gateway",
+                                ref_msg_id=message.head.msg_id)
         check_sender(message, party)
         tls_key = self.link.peer_public_key()
         if tls_key is not None and signer_id(tls_key) != peer.signer:
@@ -373,7 +388,7 @@ class Session:
 
     def _on_logon_rsp(self, envelope: Envelope, message: Message) -> None:
         assert self.peer is not None
-        self._authenticate_logon(envelope, message, self.peer.party, None)
+        self.peer = self._authenticate_logon(envelope, message, self.peer.party, None)
         self._journal_in(envelope, message)
         if message.body.get("Result") != "0000":
             log.warning("session %s: %s refused our logon: %s %s", self.session_id,

@@ -163,9 +163,14 @@ class DialOutTLS:
 
     def __init__(self, identity: Identity, peer: Peer) -> None:
         self._peer = peer
-        self._context = _options(identity).getContext()
-        self._context.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT,
-                                 _guarded(self._verify))
+        self.use_identity(identity)
+
+    def use_identity(self, identity: Identity) -> None:
+        """Present ``identity`` from the next connection on (after ``key promote``)."""
+        context = _options(identity).getContext()
+        context.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT,
+                           _guarded(self._verify))
+        self._context = context
 
     def clientConnectionForTLS(self, tls_protocol: Any) -> SSL.Connection:
         conn = SSL.Connection(self._context, None)
@@ -176,8 +181,8 @@ class DialOutTLS:
                 ok: int) -> bool:
         if depth > 0:
             return True  # only the leaf's key matters
-        if signer_id(cert.to_cryptography().public_key()) == self._peer.signer:  # type: ignore[arg-type]
-            return True
+        if signer_id(cert.to_cryptography().public_key()) in self._peer.signers:  # type: ignore[arg-type]
+            return True  # its current key, or its next one (§9 peer add --next)
         note_refusal(conn, f"its TLS certificate is not {self._peer.party}'s registered key")
         return False
 

@@ -91,7 +91,8 @@ def test_sigkill_under_load_loses_nothing_and_moves_nothing_twice(home, start_ga
                                                                    capsys) -> None:  # type: ignore[no-untyped-def]
     rng = random.Random(20261125)
     sim_home = tmp_path / "ccb"
-    KeyStore(home.root / "keys").add_peer("CCB", "BANK", ensure_key(sim_home, "CCB").read_bytes())
+    KeyStore(home.root / "keys").add_peer("CCB", "BANK", ensure_key(sim_home, "CCB").read_bytes(),
+                                          replace=True)
     port = free_port()
     settings: dict[str, Any] = dict(relay_timeout_seconds=1.0, reversal_retry_initial_seconds=0.3,
                                     reversal_retry_max_seconds=1.0)

@@ -176,7 +176,7 @@ def test_rsa_pkcs1_and_pss_signatures_verify(tmp_path: Path, env: Env,
                                              capsys: pytest.CaptureFixture[str]) -> None:
     for kind in ("RS256", "PS256"):
         signer = generate_key_file(tmp_path / f"{kind}.key", kind)
-        env.keys.add_peer(BANK, "BANK", pem(signer))
+        env.keys.add_peer(BANK, "BANK", pem(signer), replace=True)
         code, out = env.check(env.write(XFER_ROWS, signer=signer), capsys)
         assert code == 0, (kind, out)
 
@@ -803,7 +803,8 @@ def test_a_live_day_with_a_reversed_order_and_subscription_reconciles_on_both_si
     exports all check valid with no discrepancy, on the fingerprint path and the exact
     one alike."""
     sim_home, eod_dir = tmp_path / "ccb", tmp_path / "eod"
-    KeyStore(home.root / "keys").add_peer(BANK, "BANK", ensure_key(sim_home, BANK).read_bytes())
+    KeyStore(home.root / "keys").add_peer(BANK, "BANK", ensure_key(sim_home, BANK).read_bytes(),
+                                          replace=True)
     _sim_bank_day(home, start_gateway(**flows.FAST_REVERSALS), sim_home, eod_dir)
     db = sqlite3.connect(home.root / "data" / "journal.sqlite3")
     (day,), = db.execute("SELECT DISTINCT trade_date FROM record").fetchall()

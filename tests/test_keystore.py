@@ -107,9 +107,12 @@ def test_peers_round_trip(store: KeyStore) -> None:
     assert reopened.peer_by_signer(p2.signer) == p2
     assert reopened.peer_by_signer("0" * 16) is None
     assert peers[0].connect == "127.0.0.1:7001" and peers[1].connect is None
-    # re-add replaces
+    # another key for a registered party: only with replace (§9 peer add --replace)
     new_ec = ec.generate_private_key(ec.SECP256R1())
-    p3 = store.add_peer("CCB", "BANK", _pub_pem(new_ec.public_key()))
+    with pytest.raises(ValueError, match="--replace"):
+        store.add_peer("CCB", "BANK", _pub_pem(new_ec.public_key()))
+    assert KeyStore(store.keys_dir).peer("CCB") == p1
+    p3 = store.add_peer("CCB", "BANK", _pub_pem(new_ec.public_key()), replace=True)
     assert KeyStore(store.keys_dir).peer("CCB") == p3 and p3.key_type == "EC-P256"
     assert len(store.peers()) == 2
 

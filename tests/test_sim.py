@@ -31,7 +31,7 @@ WALLET, FUND = "0071130812093028", "100020003000"
 def sim_bank(home, start_gateway, tmp_path):  # type: ignore[no-untyped-def]
     sim_home = tmp_path / "ccb"
     pub = ensure_key(sim_home, "CCB")  # the key the sim will use, registered first
-    KeyStore(home.root / "keys").add_peer("CCB", "BANK", pub.read_bytes())
+    KeyStore(home.root / "keys").add_peer("CCB", "BANK", pub.read_bytes(), replace=True)
     gw = start_gateway(relay_timeout_seconds=1.5, reversal_retry_initial_seconds=0.5)
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway", "--home", str(sim_home), "sim", "bank",

@@ -80,8 +80,8 @@ RIG_SETTINGS = dict(relay_timeout_seconds=1.5, reversal_retry_initial_seconds=0.
 def start_rig(home, start_gateway, tmp_path: Path, *bank_args: str) -> Rig:  # type: ignore[no-untyped-def]
     bank_home, broker_home = tmp_path / "ccb", tmp_path / "gtja"
     store = KeyStore(home.root / "keys")  # the sims' own keys, registered first
-    store.add_peer(BANK, "BANK", ensure_key(bank_home, BANK).read_bytes())
-    store.add_peer(BROKER, "BROKER", ensure_key(broker_home, BROKER).read_bytes())
+    store.add_peer(BANK, "BANK", ensure_key(bank_home, BANK).read_bytes(), replace=True)
+    store.add_peer(BROKER, "BROKER", ensure_key(broker_home, BROKER).read_bytes(), replace=True)
     gw = start_gateway(**RIG_SETTINGS)
     rig = Rig(gw, home.root, bank_home, broker_home, tmp_path / "eod", None)  # type: ignore[arg-type]
     rig.bank = subprocess.Popen(rig.sim("bank", *bank_args), stdout=subprocess.PIPE,
