@@ -42,10 +42,36 @@ class Alerts:
         self.clock = clock
         self.listeners: list[Callable[[Alert], None]] = []
 
+        #: State alerts raised and not cleared since, by (kind, subject) (§10: a state
+        #: kind is raised once and again only after it cleared).
+        self.open: dict[tuple[str, str], Alert] = {}
+
     def raise_alert(self, kind: str, severity: str, subject: str, text: str) -> Alert:
+        """An event alert: every call is one alert."""
         alert = Alert(kind, severity, subject, text, self.clock())
         self.journal.log_alert(alert.at, kind, severity, subject, text)
         log.warning("ALERT %s", alert.as_json())
         for listener in self.listeners:
             listener(alert)
         return alert
+
+    def raise_state(self, kind: str, severity: str, subject: str, text: str) -> Alert | None:
+        """A state alert (peer_down, reversal_backlog, …): raised once, then not again
+        until :meth:`clear`; None when it is already open."""
+        if (kind, subject) in self.open:
+            return None
+        alert = self.open[(kind, subject)] = self.raise_alert(kind, severity, subject, text)
+        return alert
+
+    def clear(self, kind: str, subject: str) -> bool:
+        """The condition of a state alert is over: it may be raised again."""
+        alert = self.open.pop((kind, subject), None)
+        if alert is not None:
+            log.info("alert %s %s cleared", kind, subject)
+        return alert is not None
+
+    def recent(self, limit: int = 50) -> list[Alert]:
+        """The newest alerts from the journal, newest first."""
+        rows = self.journal.alerts()[-limit:]
+        return [Alert(kind, severity, subject, text, at)
+                for at, kind, severity, subject, text in reversed(rows)]
