@@ -354,15 +354,28 @@ class Journal:
     """SQLite journal with group commit.  One instance per gateway process."""
 
     def __init__(self, path: Path, synchronous: str = "FULL",
-                 slow_commit_seconds: float = SLOW_COMMIT_SECONDS) -> None:
-        private_database(path)  # 0600 in a 0700 data/ (§9); SQLite's -wal/-shm follow it
+                 slow_commit_seconds: float = SLOW_COMMIT_SECONDS, *,
+                 read_only: bool = False) -> None:
+        """``read_only``: for a command beside a running gateway (``journal show``): the
+        file must exist and be of the current schema; nothing is written, no checkpoint
+        is made (sqlite3.OperationalError / ValueError otherwise)."""
         self.path = path
-        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(f"PRAGMA synchronous={synchronous}")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._migrate()
-        self._checkpointer = Checkpointer(self._db, path)  # no 12 ms stall in a commit
+        if read_only:
+            self._db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
+                                       isolation_level=None, check_same_thread=False)
+            if self.schema_version != len(MIGRATIONS):
+                raise ValueError(f"{path} has schema version {self.schema_version}, this "
+                                 f"gateway reads {len(MIGRATIONS)}")
+        else:
+            private_database(path)  # 0600 in a 0700 data/ (§9); SQLite's -wal/-shm follow it
+            self._db = sqlite3.connect(str(path), isolation_level=None,
+                                       check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={synchronous}")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._migrate()
+        # no 12 ms stall in a commit
+        self._checkpointer = None if read_only else Checkpointer(self._db, path)
         self._in_tx = False
         self._before: list[Callable[[], None]] = []
         self._after: list[Callable[[], None]] = []
@@ -478,7 +491,8 @@ class Journal:
         try:
             self.flush()
         finally:
-            self._checkpointer.close()
+            if self._checkpointer is not None:
+                self._checkpointer.close()
             self._db.close()
             log.info("journal %s closed: %s", self.path.name, self.commit_stats.summary())
 
@@ -497,6 +511,17 @@ class Journal:
         try:
             sql = "SELECT * FROM message" + (" WHERE msg_id = ?" if msg_id else "") + " ORDER BY id"
             yield from self._db.execute(sql, (msg_id,) if msg_id else ())
+        finally:
+            self._db.row_factory = None
+
+    def reversal_answer_messages(self, party: str, ref_id: str) -> list[sqlite3.Row]:
+        """The XFER.REVERSE.RSP rows ``party`` sent naming ``ref_id``, oldest first (the
+        partial index of :meth:`reversal_answers`)."""
+        self._db.row_factory = sqlite3.Row
+        try:
+            return list(self._db.execute(
+                "SELECT * FROM message WHERE msg_type='XFER.REVERSE.RSP' AND ref_id=? AND"
+                " party=? AND direction='IN' ORDER BY id", (ref_id, party)))
         finally:
             self._db.row_factory = None
 
@@ -526,6 +551,16 @@ class Journal:
     def record(self, origin: str, biz_type: str, biz_sn: str) -> Record | None:
         found = self._records("origin=? AND biz_type=? AND biz_sn=?", (origin, biz_type, biz_sn))
         return found[0] if found else None
+
+    def records_with_biz_sn(self, biz_sn: str, origins: tuple[str, ...] | None = None,
+                            biz_types: tuple[str, ...] = ()) -> list[Record]:
+        """Every record with this BizSn, oldest first: of ``origins`` and ``biz_types``
+        (probes of the unique index), or of anyone (None: a scan of the table)."""
+        if origins is None:
+            return self._records("biz_sn=? ORDER BY created_at", (biz_sn,))
+        o, t = ",".join("?" for _ in origins), ",".join("?" for _ in biz_types)
+        return self._records(f"origin IN ({o}) AND biz_type IN ({t}) AND biz_sn=?"
+                             " ORDER BY created_at", (*origins, *biz_types, biz_sn))
 
     def record_by_msg(self, receiver: str, origin: str, msg_id: str) -> Record | None:
         """The record of the request ``origin`` sent with ``msg_id`` and the gateway

@@ -131,7 +131,6 @@ class Gateway(Node):
             self.sessions.remove(session)
         if session.party and session in self._ready.get(session.party, []):
             self._ready[session.party].remove(session)
-        log.info("session %s (%s) closed", session.session_id, session.party or "-")
 
     def ready_session(self, party: str) -> Session | None:
         """A ready session of ``party``, round-robin."""

@@ -21,6 +21,7 @@ from .certificates import gateway_identity
 from .config import CONFIG_FILE, Config, split_host_port
 from .journal import Journal
 from .keystore import KeyStore, Peer
+from .logsetup import DialOut, connection_end, host_port, join_host_port
 from .registry import close_untrusted
 from .relay import Gateway
 from .session import AWAITING_LOGON, Session, new_session_id, receive_reads
@@ -59,6 +60,8 @@ class SessionProtocol(protocol.Protocol):
         self._handshake_call: Any = None
         self._tls_refusal: str | None = None
         self._address = "?"
+        #: Why we are cutting the connection, for its session's close line.
+        self._cut_why: str | None = None
 
     # Link ------------------------------------------------------------------------
     def write(self, data: bytes) -> None:
@@ -68,6 +71,8 @@ class SessionProtocol(protocol.Protocol):
                 log.warning("peer %s does not read: %d bytes queued, closing",
                             self.session.party if self.session else "?",
                             self._written_while_paused)
+                self._cut_why = (f"the peer does not read ({self._written_while_paused} "
+                                 "bytes queued)")
                 self.transport.abortConnection()
                 return
         self.transport.write(data)
@@ -110,7 +115,8 @@ class SessionProtocol(protocol.Protocol):
     def connectionMade(self) -> None:
         if not self._make_room():
             log.warning("connection limit %d reached; refusing %s",
-                        self.factory.config.max_connections, self.transport.getPeer())
+                        self.factory.config.max_connections,
+                        host_port(self.transport.getPeer()))
             self.transport.abortConnection()
             return
         self._no_delay()
@@ -123,8 +129,7 @@ class SessionProtocol(protocol.Protocol):
 
     # TLS handshake -----------------------------------------------------------------
     def _await_handshake(self) -> None:
-        peer = self.transport.getPeer()
-        self._address = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '?')}"
+        self._address = host_port(self.transport.getPeer())
         self._handshake_call = self.factory.reactor.callLater(
             self.factory.config.tls_handshake_seconds, self._handshake_overdue)
 
@@ -150,8 +155,8 @@ class SessionProtocol(protocol.Protocol):
         oldest = min(waiting, key=lambda s: s.opened_at)
         log.warning("connection limit %d reached: closing session %s, not logged on after "
                     "%.1f s, for %s", limit, oldest.session_id,
-                    gw.now() - oldest.opened_at, self.transport.getPeer())
-        oldest.close()
+                    gw.now() - oldest.opened_at, host_port(self.transport.getPeer()))
+        oldest.close(f"connection limit {limit} reached: its slot went to a new connection")
         self.factory.schedule_flush()
         return len(gw.sessions) < limit
 
@@ -173,8 +178,12 @@ class SessionProtocol(protocol.Protocol):
         self.session = Session(gw, self, new_session_id(gw.random_bytes), self.connect_to,
                                peer_side=self.factory.peer_side)
         gw.add_session(self.session)
-        log.info("session %s: connection from %s", self.session.session_id,
-                 self.transport.getPeer())
+        address = host_port(self.transport.getPeer())
+        if self.connect_to is not None:
+            log.info("session %s: connected to %s at %s (dialled out), logging on",
+                     self.session.session_id, self.connect_to.party, address)
+        else:
+            log.info("session %s: connection from %s", self.session.session_id, address)
         self.factory.schedule_flush()
 
     def _no_delay(self) -> None:
@@ -217,7 +226,7 @@ class SessionProtocol(protocol.Protocol):
             try:
                 self.factory.act_on_reads()  # what arrived before the close is acted on
             finally:
-                self.session.close()
+                self.session.close(self._cut_why or connection_end(reason))
             self.factory.schedule_flush()
 
 
@@ -228,6 +237,8 @@ class GatewayFactory(protocol.Factory):
     peer_side = False
     #: True when its connections are TLS: a session starts once the handshake is done.
     tls = False
+    #: No "Starting factory" line from Twisted per connection: sessions log their own.
+    noisy = False
 
     def __init__(self, gateway: Gateway, reactor: IReactorTime) -> None:
         self.gateway = gateway
@@ -263,7 +274,8 @@ class GatewayFactory(protocol.Factory):
                 log.exception("acting on %d read(s) failed; closing their sessions",
                               len(reads))
                 for session, _ in reads:
-                    session.close()
+                    session.close("internal error acting on its messages (see the "
+                                  "traceback above)")
 
     def flush_now(self) -> None:
         """Act on what was read and commit now, not at the end of the turn (on stop:
@@ -298,6 +310,8 @@ class GatewayFactory(protocol.Factory):
 
 class OutboundFactory(protocol.Factory):
     """Connections the gateway makes to peers with a connect address (it sends LOGON)."""
+
+    noisy = False  # each attempt is logged by its DialOut
 
     def __init__(self, parent: GatewayFactory, peer: Peer, tls: bool = False) -> None:
         self.parent = parent
@@ -382,9 +396,11 @@ class GatewayService(service.MultiService):
         if self._identity is not None:  # --tls covers the sessions we dial too
             creator = self._dial_tls[peer.party] = DialOutTLS(self._identity, peer)
             ep = endpoints.wrapClientTLS(creator, ep)
-        return internet.ClientService(ep, OutboundFactory(self.factory, peer,
-                                                          tls=self._identity is not None),
-                                      clock=self.reactor)
+        dial = DialOut(peer.party, join_host_port(h, p)
+                       + (" over TLS" if self._identity is not None else ""), log)
+        return internet.ClientService(dial.wrap(ep), OutboundFactory(
+            self.factory, peer, tls=self._identity is not None), retryPolicy=dial,
+            clock=self.reactor)
 
     def use_own_identity(self) -> None:
         """After ``key promote``: new TLS connections present the new certificate."""
@@ -429,8 +445,8 @@ class GatewayService(service.MultiService):
         super().startService()
         self._ticker.start(TICK_SECONDS, now=False)
         self.registry_watch.start()
-        log.info("gateway %s serving on %s:%d%s", self.config.party, self._host,
-                 self.listening_port, " (TLS)" if self.tls else "")
+        log.info("gateway %s serving on %s%s", self.config.party,
+                 join_host_port(self._host, self.listening_port), " (TLS)" if self.tls else "")
 
     @defer.inlineCallbacks
     def stopService(self):  # type: ignore[no-untyped-def]
@@ -450,7 +466,7 @@ class GatewayService(service.MultiService):
         self.registry_watch.stop()
         self.factory.act_on_reads()
         for session in list(self.gateway.sessions):
-            session.close()
+            session.close("the gateway is stopping")
         self.gateway.flush()
         yield service.MultiService.stopService(self)
         self.factory.flush_now()  # what the closing connections left (connectionLost)
@@ -526,3 +542,4 @@ def _tell_closing(session: Any, reason: str) -> None:
     log.warning("session %s: closing: %s", session.session_id, reason)
     session.send("SYS.ERROR", {"Code": "E203", "Text": f"{reason}; log on again with a "
                                "registered key", "RefMsgId": None})
+    session.close(f"its key is no longer valid: {reason}")
