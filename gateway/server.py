@@ -12,9 +12,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from OpenSSL import SSL
 from twisted.application import internet, service
 from twisted.internet import defer, endpoints, protocol, task
-from twisted.internet.interfaces import IHandshakeListener, IPushProducer, IReactorTime
+from twisted.internet.interfaces import (
+    IHandshakeListener,
+    IOpenSSLServerConnectionCreator,
+    IPushProducer,
+    IReactorTime,
+)
 from zope.interface import implementer
 
 from .certificates import gateway_identity
@@ -323,15 +329,19 @@ class OutboundFactory(protocol.Factory):
         return SessionProtocol(self.parent, connect_to=peer, after_handshake=self.tls)
 
 
+@implementer(IOpenSSLServerConnectionCreator)
 class _CurrentOptions:
-    """The listening port's TLS context factory, swapped in place after ``key promote``
-    (each new connection asks it for the context: it presents the new certificate)."""
+    """The listening port's TLS connection creator, its options swapped in place after
+    ``key promote`` (each new connection is made from the current ones: it presents the
+    new certificate)."""
 
     def __init__(self, options: Any) -> None:
         self.options = options
 
-    def getContext(self) -> Any:
-        return self.options.getContext()
+    def serverConnectionForTLS(self, tls_protocol: Any) -> SSL.Connection:
+        connection = SSL.Connection(self.options.getContext(), None)
+        connection.set_app_data(tls_protocol)
+        return connection
 
 
 class GatewayService(service.MultiService):

@@ -304,7 +304,7 @@ def tls_gateway(tmp_path: Path):  # type: ignore[no-untyped-def]
         pub = ensure_key(sim_home, party)
         if register:
             out = gateway_cli(gw_home.root, "peer", "add", "--id", party, "--role",
-                              role.upper(), "--cert", str(pub))
+                              role.upper(), "--cert", str(pub), "--replace")
             assert out.returncode == 0, out.stderr
         if issue_cert:
             out = gateway_cli(gw_home.root, "peer", "issue", "--id", party, "--out",

@@ -238,7 +238,7 @@ class Sim:
 
 def _why(failure: Any) -> str:
     """A failure in a few words: its message, or its type when it has none."""
-    return failure.getErrorMessage() or failure.type.__name__
+    return str(failure.getErrorMessage() or failure.type.__name__)
 
 
 class GatewayLink(SessionProtocol):
@@ -284,6 +284,7 @@ def start_sim(reactor: Any, home: Path, role: str, party: str, connect: str,
     ensure_key(home, party)
     signer = load_signer(key_file(home, party))
     journal, ledger = open_books(home, party)
+    node: PeerNode  # made below; the books ask it for the date and time
     today = lambda: node.trade_date()  # noqa: E731
     now_iso = lambda: node.iso_time()  # noqa: E731
     book: Any = (BankBook(ledger, party, today, now_iso) if role == "BANK"
