@@ -400,9 +400,13 @@ def _cmd_eod_watch(args: argparse.Namespace, home: Home) -> int:
 
 def _cmd_journal_show(args: argparse.Namespace, home: Home) -> int:
     from .journalshow import show_command
+    from .keystore import KeyStoreMissing
 
-    return show_command(home.root, args.biz_sn, args.origin, args.json,
-                        gateway=_key_store_party(home.keys))
+    try:  # the gateway's PartyId tells its own reversal attempts from relayed ones
+        party = _key_store_party(home.keys)
+    except KeyStoreMissing:
+        party = None
+    return show_command(home.root, args.biz_sn, args.origin, args.json, gateway=party)
 
 
 class _HelpFormatter(argparse.HelpFormatter):
