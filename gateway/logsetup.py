@@ -109,7 +109,8 @@ class TwistedBridge:
         failure = event.get("log_failure")
         exc_info = None
         if isinstance(failure, Failure):
-            exc_info = (failure.type, failure.value, failure.getTracebackObject())
+            exc_info = (failure.type, failure.value,
+                        failure.getTracebackObject())  # type: ignore[no-untyped-call]
         logger.log(level, "%s", formatEvent(event), exc_info=exc_info)  # type: ignore[arg-type]
 
 
@@ -202,7 +203,7 @@ class DialOut:
             self._log.info("%sdialling %s at %s", self.prefix, self.whom, self.address)
 
     def connect_failed(self, failure: Failure) -> Failure:
-        if not failure.check(defer.CancelledError):  # stopped while connecting: no retry
+        if not isinstance(failure.value, defer.CancelledError):  # stopped: no retry
             self._failure = (f"dialling {self.whom} at {self.address} failed: "
                              f"{connect_failure(failure.value)}", True)  # type: ignore[arg-type]
         return failure

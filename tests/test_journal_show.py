@@ -12,7 +12,7 @@ from typing import Any
 from gateway.journalshow import mask
 
 from conftest import BANK, BROKER
-from flows import FUND, WALLET, answer, call, signed, sign_fields, xfer
+from flows import FUND, WALLET, answer, call, sign_fields, signed, xfer
 
 #: What the day's CTS.SIGN carried in clear before its fields were encrypted.
 PII = ("张三", "110101199003071234", "13800138000")

@@ -5,6 +5,7 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -205,9 +206,9 @@ class Sim:
         for stop in self.stoppers:
             self._attempt("stopping what runs on the books", stop)
         self._attempt("acting on what arrived", self.factory.act_on_reads)  # answered first
+        why = f"{self.node.config.party} is stopping"
         for session in list(self.node.sessions):
-            self._attempt("closing a session",
-                          lambda s=session: s.close(f"{self.node.config.party} is stopping"))
+            self._attempt("closing a session", partial(session.close, why))
         self._attempt("the final commit", self.node.flush)
         results = yield defer.DeferredList(
             [defer.maybeDeferred(service.stopService) for service in self.services],
