@@ -154,6 +154,8 @@ class Session:
         self._key_seq = 0
         self.inflight = 0
         self._link_closed = False
+        #: Why it closed (``close``), once it has.
+        self.close_reason: str | None = None
         self._outbox: list[_Outgoing] = []
         self._journaled_in = False
         #: Per-message-type limits on what the peer may send (set at logon).
@@ -420,9 +422,8 @@ class Session:
             unverified = f" (its answer is not verified: {exc.code} {exc.text})"
         self._journal_in(envelope, message)
         body = message.body
-        log.warning("session %s: %s refused our logon: %s %s%s", self.session_id,
-                    self.peer.party, body.get(code), body.get(text), unverified)
-        self.close(f"{self.peer.party} refused our logon: {body.get(code)} {body.get(text)}")
+        self.close(f"{self.peer.party} refused our logon: {body.get(code)} {body.get(text)}"
+                   f"{unverified}", logging.WARNING)
 
     # --- key exchange -------------------------------------------------------------
     def _new_key_id(self) -> str:
@@ -691,13 +692,13 @@ class Session:
         if payload is not None and not self._journaled_in:
             self._journal_refused(payload, root, ref)
         over = isinstance(exc, OverLimit)
-        if not over:  # over-limit refusals are logged once a minute (_on_over_limit)
-            log.warning("session %s: refused %s from %s: %s %s", self.session_id,
-                        _what(root, ref), self.party or sender or "the peer", exc.code,
-                        exc.text)
+        refused = (f"refused {_what(root, ref)} from {self.party or sender or 'the peer'}: "
+                   f"{exc.code} {exc.text}")
+        if not over and not exc.closes_session:  # over-limit refusals are logged once a
+            log.warning("session %s: %s", self.session_id, refused)  # minute (_on_over_limit)
         self._send_error(exc, ref, self.party or sender or "UNKNOWN", signed=not over)
         if exc.closes_session:
-            self.close(f"refused {_what(root, ref)}: {exc.code} {exc.text}")
+            self.close(refused, logging.INFO if over else logging.WARNING)
 
     def _refuse_unauthenticated(self, exc: GatewayError, payload: bytes | None,
                                 root: Any | None, ref: str | None, to: str | None) -> None:
@@ -713,14 +714,14 @@ class Session:
                      else self._error_xml(exc, ref, to or "UNKNOWN"))
         kept = 0 if payload is None or self._journaled_in else min(
             len(payload), UNAUTHENTICATED_EVIDENCE_BYTES)
-        what = f"{_what(root, ref)} from {to or 'a peer'} (not logged on)"
+        refused = f"refused {_what(root, ref)} from {to or 'a peer'}: {exc.code} {exc.text}"
         if unauthenticated_budget(self.owner).take(self.owner.now(), kept + len(xml)):
             if payload is not None and not self._journaled_in:
                 self._journal_refused(payload, root, ref)
-            log.warning("session %s: refused %s: %s %s; closing", self.session_id, what,
-                        exc.code, exc.text)
             self.send_xml(xml, head.type, head.msg_id, head.ref_id, signed=logon)
-        self.close(f"refused {what}: {exc.code} {exc.text}")
+            self.close(refused, logging.WARNING)
+        else:  # counted and logged once a minute (UnauthenticatedBudget)
+            self.close(f"{refused} (unanswered: the evidence budget is spent)")
 
     def _logon_refusal_xml(self, exc: GatewayError, ref: str | None,
                            to: str) -> tuple[Head, bytes]:
@@ -743,13 +744,15 @@ class Session:
         head, xml = self._error_xml(exc, ref, to)
         self.send_xml(xml, "SYS.ERROR", head.msg_id, None, signed=signed)
 
-    def close(self, why: str = "closed here") -> None:
-        """Close after everything queued so far has been written; ``why`` is logged."""
+    def close(self, why: str = "closed here", level: int = logging.INFO) -> None:
+        """Close after everything queued so far has been written; ``why`` is logged
+        (at ``level``: a warning when it is all the log says of what went wrong)."""
         if self.state == CLOSED:
             return
         self.state = CLOSED
-        log.info("session %s (%s) closed: %s", self.session_id, self.party or "not logged on",
-                 why)
+        self.close_reason = why
+        log.log(level, "session %s (%s) closed: %s", self.session_id,
+                self.party or "not logged on", why)
         self.owner.session_closed(self)
         self.owner.journal.after_commit(self._close_link)
 

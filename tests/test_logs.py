@@ -201,8 +201,8 @@ def test_a_dial_out_is_said_as_such_and_a_refused_logon_named(home: GatewayHome,
     bank.send_raw(bank.frame(xml, sign=False, mac=False))
     gw.wait_for(rf"session \w+: connected to BOC at 127\.0\.0\.1:{port} \(dialled out\)")
     line = gw.wait_for("BOC refused our logon")
-    assert "E203 party GW01 is not registered here" in line
-    gw.wait_for(r"closed: BOC refused our logon: E203")
+    assert re.search(r"WARNING gateway\.session: session \w+ \(BOC\) closed: BOC refused our "
+                     r"logon: E203 party GW01 is not registered here$", line), line
     conn.close()
     listener.close()
     text = gw.stop()
@@ -227,7 +227,8 @@ def test_session_close_reasons_are_logged(home: GatewayHome, serve: Any) -> None
     junk = peer_of(home, BROKER, gw.port).open_session()  # a bad length header
     sid = _session_of(gw, BROKER, nth=1)
     junk.send_raw(b"99999999")
-    gw.wait_for(rf"session {sid} \(GTJA\) closed: refused a message: E101")
+    gw.wait_for(rf"WARNING gateway\.session: session {sid} \(GTJA\) closed: refused a message "
+                r"from GTJA: E101")
     last = peer_of(home, BROKER, gw.port).open_session()
     sid = _session_of(gw, BROKER, nth=2)
     text = gw.stop()
@@ -277,7 +278,9 @@ def test_a_logon_refused_for_an_unknown_party_gets_a_logon_rsp_naming_why(
     stranger.verify_from_gateway(rsp)  # §3: a SYS.LOGON.* is signed
     assert stranger.closed_by_gateway()
     line = gw.wait_for("refused SYS.LOGON.REQ")
-    assert f"refused SYS.LOGON.REQ {msg_id} from ABC (not logged on): E203 " in line, line
+    assert re.search(rf"WARNING gateway\.session: session \w+ \(not logged on\) closed: "
+                     rf"refused SYS\.LOGON\.REQ {msg_id} from ABC: E203 party ABC is not "
+                     "registered", line), line
     gw.stop()
 
 

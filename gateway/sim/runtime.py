@@ -253,9 +253,11 @@ class GatewayLink(SessionProtocol):
 
     def connectionLost(self, reason: Any = None) -> None:
         session = self.session
+        ended_here = session is not None and session.close_reason is not None
         super().connectionLost(reason)
         if session is not None and not session.keyring.has_key:
             self.factory.redial.failed(
+                str(session.close_reason) if ended_here else
                 "the connection ended before the session was ready (logon refused, or the "
                 "gateway serves TLS and this sim dials without --tls?)")
 
