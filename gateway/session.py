@@ -447,7 +447,8 @@ class Session:
             keys = respond(eph, str(body["PublicKey"]), str(body["Nonce"]), nonce, key_id)
             self._check_key_id_unused(key_id)
         except (KeyExchangeFailed, ValueError) as exc:
-            log.warning("session %s: KEYX %s refused: %s", self.session_id, key_id, exc)
+            log.warning("session %s: refused SYS.KEYX.REQ %s (key %s) from %s: %s",
+                        self.session_id, head.msg_id, key_id, self.party, exc)
             self.send("SYS.KEYX.RSP", {"Result": UnknownKeyId.code,
                                        "ResultText": f"key exchange refused: {exc}"},
                       ref_id=head.msg_id)
@@ -477,8 +478,8 @@ class Session:
             log.warning("session %s: unexpected SYS.KEYX.RSP ignored", self.session_id)
             return
         if body.get("Result") != "0000":
-            log.warning("session %s: peer refused KEYX %s: %s %s", self.session_id,
-                        pending.key_id, body.get("Result"), body.get("ResultText"))
+            log.warning("session %s: %s refused our key exchange %s: %s %s", self.session_id,
+                        self.party, pending.key_id, body.get("Result"), body.get("ResultText"))
             return
         try:
             keys = complete(pending.ephemeral, str(body["PublicKey"]), pending.nonce,
@@ -515,8 +516,9 @@ class Session:
 
     def _on_error(self, verified: Verified) -> None:
         body = verified.message.body
-        log.warning("session %s: %s reports %s %s (ref %s)", self.session_id, self.party,
-                    body.get("Code"), body.get("Text"), body.get("RefMsgId"))
+        log.warning("session %s: %s refused our message %s: %s %s", self.session_id,
+                    self.party, body.get("RefMsgId") or "(not named)", body.get("Code"),
+                    body.get("Text"))
         self.owner.peer_error(self, verified)
 
     _SYS_HANDLERS: Mapping[str, Callable[[Session, Verified], None]] = {
