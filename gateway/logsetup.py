@@ -148,8 +148,10 @@ def connection_end(reason: Any) -> str:
         return "the peer closed the connection"
     if isinstance(exc, error.ConnectionAborted):
         return "the connection was aborted"
+    if isinstance(exc, error.ConnectionLost):
+        return "the connection was lost (not closed cleanly: a reset, or the network)"
     text = str(exc).strip().rstrip(".")
-    return f"connection lost: {text}" if text else "connection lost"
+    return f"the connection was lost: {text}" if text else "the connection was lost"
 
 
 def connect_failure(exc: BaseException) -> str:

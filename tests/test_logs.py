@@ -344,3 +344,93 @@ def test_a_global_option_after_the_command_is_a_usage_error_that_says_where_it_g
     assert f"error: {option} goes before the command: gateway {option} " in out.stderr
     assert f" {args[0]} …" in out.stderr and out.stdout == ""
     assert not (tmp_path / "data").exists()  # nothing ran
+
+
+# --- the pieces, unit ------------------------------------------------------------------
+def test_formats_and_addresses() -> None:
+    import logging
+
+    from twisted.internet import address, error
+
+    from gateway.logsetup import (
+        JsonFormatter,
+        TextFormatter,
+        connection_end,
+        host_port,
+        iso_time,
+    )
+
+    record = logging.LogRecord("gateway.x", logging.WARNING, __file__, 1, "a %s b", ("中",),
+                               None)
+    record.created = 1796170530.5  # 2026-12-02T00:15:30.5Z
+    assert iso_time(record.created) == "2026-12-02T08:15:30.500+08:00"
+    assert TextFormatter().format(record) == \
+        "2026-12-02T08:15:30.500+08:00 WARNING gateway.x: a 中 b"
+    line = JsonFormatter().format(record)
+    assert line.isascii() and "\n" not in line
+    assert json.loads(line) == {"time": "2026-12-02T08:15:30.500+08:00", "level": "WARNING",
+                                "logger": "gateway.x", "message": "a 中 b"}
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        record.exc_info = sys.exc_info()
+    assert "ValueError: boom" in json.loads(JsonFormatter().format(record))["exception"]
+    assert host_port(address.IPv4Address("TCP", "10.1.2.3", 7801)) == "10.1.2.3:7801"
+    assert host_port(address.IPv6Address("TCP", "::1", 7700)) == "[::1]:7700"
+    assert connection_end(error.ConnectionDone()) == "the peer closed the connection"
+    assert connection_end(error.ConnectionLost()).startswith("the connection was lost")
+
+
+def test_dial_out_policy_says_why_and_how_long() -> None:
+    import logging
+
+    from twisted.internet import defer, error
+    from twisted.python.failure import Failure
+
+    from gateway.logsetup import DialOut
+
+    lines: list[tuple[int, str]] = []
+
+    class Catch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append((record.levelno, record.getMessage()))
+
+    logger = logging.getLogger("test.dialout")
+    logger.addHandler(Catch())
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    dial = DialOut("CCB", "10.1.2.3:7801", logger, policy=lambda n: 1.5 * n)
+
+    class Refusing:
+        def connect(self, factory: Any) -> defer.Deferred[Any]:
+            return defer.fail(error.ConnectionRefusedError())
+
+    failures: list[Failure] = []
+    dial.wrap(Refusing()).connect(None).addErrback(failures.append)
+    assert dial(1) == 1.5
+    dial.wrap(Refusing()).connect(None).addErrback(failures.append)
+    assert dial(2) == 3.0
+    dial.failed("TLS handshake: bad certificate")
+    assert dial(1) == 1.5
+    assert dial(1) == 1.5  # a connection that ended
+    assert len(failures) == 2  # the failure goes on to ClientService
+    assert lines == [
+        (logging.INFO, "dialling CCB at 10.1.2.3:7801"),
+        (logging.WARNING, "dialling CCB at 10.1.2.3:7801 failed: connection refused (nothing "
+                          "listens there?); dialling again in 1.5 s (attempt 1)"),
+        (logging.WARNING, "dialling CCB at 10.1.2.3:7801 failed: connection refused (nothing "
+                          "listens there?); dialling again in 3.0 s (attempt 2)"),
+        (logging.WARNING, "TLS handshake: bad certificate; dialling again in 1.5 s"),
+        (logging.INFO, "connection to CCB at 10.1.2.3:7801 ended; dialling again in 1.5 s"),
+    ]
+
+
+def test_misplaced_global_options_are_found_after_the_command_only() -> None:
+    from gateway.cli import misplaced_global_option
+
+    assert misplaced_global_option(["--home", "d", "serve"]) is None
+    assert misplaced_global_option(["--home=d", "--log-format", "json", "serve"]) is None
+    assert misplaced_global_option(["serve", "--home", "d"]) == ("--home", "serve")
+    assert misplaced_global_option(["--home", "serve", "sim", "--log-format=json"]) == (
+        "--log-format", "sim")
+    assert misplaced_global_option(["eod", "check", "--", "--home"]) is None
