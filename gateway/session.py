@@ -317,7 +317,6 @@ class Session:
         if closing:
             log.warning("session %s: %s sent %d messages over their limits within 60 s: "
                         "closing", self.session_id, self.party, count)
-
         if msg_type != "SYS.HEARTBEAT":
             raise OverLimit(f"{msg_type} over this session's limit (docs/operations.md); "
                             "send it again later", ref_msg_id=message.head.msg_id,
