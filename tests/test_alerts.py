@@ -394,6 +394,26 @@ def test_transfer_alerts_reach_the_command_within_5s_once_and_not_again_after_re
     bank.close(), broker.close()
 
 
+def test_a_transfer_reversed_by_the_broker_leaves_the_daily_total(
+        start_gateway: Any, home: GatewayHome, tmp_path: Path) -> None:
+    argv = recorder(tmp_path)
+    write_config(home, {}, {"command": argv, "xfer_daily_max": "1000.00"})
+    gw = start_gateway()
+    bank, broker = gw.peer(BANK).open_session(), gw.peer(BROKER).open_session()
+    signed(bank, broker)
+    transfer(broker, bank, "GTJAT1", "800.00")
+    rev = [("BizSn", "GTJAV1"), ("OrigType", "XFER.IN"), ("OrigFrom", BROKER),
+           ("OrigBizSn", "GTJAT1"), ("Amount", "800.00")]
+    assert call(broker, "XFER.REVERSE.REQ", rev, bank=bank, BankSn="RV1").body["Result"] == "0000"
+    transfer(broker, bank, "GTJAT2", "800.00")  # 800.00 counts, not 1600.00
+    time.sleep(0.5)
+    assert received(argv[-1]) == []
+    transfer(broker, bank, "GTJAT3", "300.00")
+    [raised] = wait_for(argv[-1], kind("xfer_daily_total"))
+    assert "1100.00 CNY" in raised["text"]
+    bank.close(), broker.close()
+
+
 def test_sighup_changes_a_threshold_keeps_sessions_and_a_bad_value_keeps_the_old(
         start_gateway: Any, home: GatewayHome, tmp_path: Path) -> None:
     """journal_slow through reloads: raised (every commit over 1 ns), cleared after a
