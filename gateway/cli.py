@@ -292,17 +292,19 @@ def _cmd_serve(args: argparse.Namespace, home: Home) -> int:
     from twisted.internet import reactor
 
     from . import config as config_mod
+    from .alertrules import load_settings
     from .server import GatewayService
 
     setup_logging(args.log_format)
     try:
         cfg = config_mod.with_key_store_party(config_mod.load(home.root),
                                               _key_store_party(home.root / "keys"))
+        alerts = load_settings(home.root)  # [alerts]: a bad value is one line, exit 1
     except config_mod.ConfigError as exc:
         print(f"gateway serve: {exc}", file=sys.stderr)
         return 1
     svc = GatewayService(home.root, cfg, reactor, listen=args.listen,
-                         tls=True if args.tls else None)
+                         tls=True if args.tls else None, alerts=alerts)
     flushes = FlushWatch(svc.gateway)
     refused: list[Exception] = []
 

@@ -383,6 +383,8 @@ class Journal:
         self._savepoints = 0
         self.commit_stats = CommitStats()
         self._slow_commit = slow_commit_seconds
+        #: Told each COMMIT's wall-clock seconds, after the flush (alerts: journal_slow).
+        self.commit_listeners: list[Callable[[float], None]] = []
 
     # --- schema ---------------------------------------------------------------
     def _migrate(self) -> None:
@@ -471,6 +473,7 @@ class Journal:
             actions, self._before = self._before, []
             for action in actions:
                 action()
+        spent = None
         if self._in_tx:
             started = time.perf_counter()
             self._db.execute("COMMIT")
@@ -482,6 +485,9 @@ class Journal:
         actions, self._after = self._after, []
         for action in actions:
             action()
+        if spent is not None:
+            for listener in self.commit_listeners:  # their writes go to the next commit
+                listener(spent)
         return len(actions)
 
     def close(self) -> None:
@@ -695,6 +701,12 @@ class Journal:
         rows = self._db.execute("SELECT at, kind, severity, subject, text FROM alert ORDER BY id")
         return [(float(r[0]), str(r[1]), str(r[2]), str(r[3]), str(r[4])) for r in rows]
 
+    def last_alert(self, kind: str, subject: str) -> tuple[float, str, str] | None:
+        """The newest alert of this kind and subject: (at, severity, text)."""
+        row = self._db.execute("SELECT at, severity, text FROM alert WHERE kind=? AND"
+                               " subject=? ORDER BY id DESC LIMIT 1", (kind, subject)).fetchone()
+        return (float(row[0]), str(row[1]), str(row[2])) if row else None
+
     def agreement_by_no(self, agreement_no: str) -> Agreement | None:
         row = self._db.execute(f"SELECT {_AGREEMENT_COLUMNS} FROM agreement WHERE"
                                " agreement_no=?", (agreement_no,)).fetchone()
@@ -713,6 +725,16 @@ class Journal:
             " state, count(*), coalesce(sum(amount_fen), 0) FROM record WHERE trade_date=?"
             " AND receiver != ? GROUP BY 1, 2, 3", (trade_date, gateway))
         return [(str(t), str(d), str(s), int(n), int(a)) for t, d, s, n, a in rows]
+
+    def transfer_totals(self, trade_date: str) -> list[tuple[str, str, str, int]]:
+        """The trade date's transfers (XFER.IN and XFER.OUT) answered 0000 and not
+        reversed since (one the gateway is still reversing, REVERSING, counts), summed
+        by (originator, receiver, FundAcct): what the §10 daily totals start from."""
+        rows = self._db.execute(
+            "SELECT origin, receiver, coalesce(fund_acct, ''), sum(amount_fen) FROM record"
+            " WHERE trade_date=? AND biz_type IN ('XFER.IN', 'XFER.OUT') AND result='0000'"
+            " AND state IN ('SUCCEEDED', 'REVERSING') GROUP BY 1, 2, 3", (trade_date,))
+        return [(str(o), str(r), str(f), int(a)) for o, r, f, a in rows]
 
     def reversal_backlog(self, now: float) -> tuple[int, float]:
         """Queued reversals not yet acknowledged, and the age of the oldest (seconds)."""

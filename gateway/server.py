@@ -23,6 +23,7 @@ from twisted.internet.interfaces import (
 )
 from zope.interface import implementer
 
+from .alertrules import AlertSettings, load_settings
 from .certificates import gateway_identity
 from .config import CONFIG_FILE, Config, split_host_port
 from .journal import Journal
@@ -348,7 +349,7 @@ class GatewayService(service.MultiService):
     """Listening port, outbound peers, ticker; drains and flushes on stop."""
 
     def __init__(self, home: Path, config: Config, reactor: Any, listen: str | None = None,
-                 tls: bool | None = None) -> None:
+                 tls: bool | None = None, alerts: AlertSettings | None = None) -> None:
         super().__init__()
         self.reactor = reactor
         self.config = config
@@ -375,6 +376,9 @@ class GatewayService(service.MultiService):
         self.factory.before_reads = self.registry_watch.before_reads
         #: Called with gateway.toml's ``[alerts]`` table each time SIGHUP reloads it.
         self.alerts_reload_hooks: list[Callable[[dict[str, Any]], None]] = []
+        # §10 thresholds and the alert command (run from HOME); reloaded on SIGHUP
+        self.gateway.monitor.configure(alerts or load_settings(home), cwd=home)
+        self.alerts_reload_hooks.append(self.gateway.monitor.reload)
 
     # --- dial-outs -------------------------------------------------------------------
     def update_dial_outs(self) -> None:
@@ -481,6 +485,7 @@ class GatewayService(service.MultiService):
         yield service.MultiService.stopService(self)
         self.factory.flush_now()  # what the closing connections left (connectionLost)
         self.journal.close()
+        self.gateway.monitor.close()  # the alert command gets the last alerts (bounded)
         log.info("gateway stopped; journal flushed")
 
 
