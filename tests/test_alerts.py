@@ -381,8 +381,9 @@ def test_transfer_alerts_reach_the_command_within_5s_once_and_not_again_after_re
     assert pair["subject"].startswith("pair CCB/GTJA ") and "2600.00 CNY" in pair["text"]
     gw.wait_for_log(r"ALERT \{\"kind\": \"xfer_daily_total\"")
     time.sleep(0.5)
-    assert [a["kind"] for a in received(out)] == ["xfer_amount", "xfer_daily_total",
-                                                  "xfer_daily_total"]
+    # the command runs on a pool of workers: alerts reach it in any order
+    assert sorted(a["kind"] for a in received(out)) == ["xfer_amount", "xfer_daily_total",
+                                                        "xfer_daily_total"]
     assert len(journaled(home.root, "xfer_daily_total")) == 2
     bank.close(), broker.close()
     assert gw.stop() == 0
@@ -560,7 +561,8 @@ def test_eod_watch_raises_each_sorted_files_alerts(eod: Any) -> None:
         ("eod_discrepancy", test_eod.NAME), ("eod_rejected", bad.name)}
     overdrafts = [a for a in got if a["kind"] == "overdraft"]
     assert len(overdrafts) == 51  # 50 one by one, then one for the rest
-    assert "5 more negative balances" in overdrafts[-1]["text"]
+    # the pool of workers runs them in any order: one of them counts the rest
+    assert sum("5 more negative balances" in a["text"] for a in overdrafts) == 1
 
 
 def test_eod_alerts_are_journaled_and_logged_even_when_the_command_table_is_bad(
