@@ -660,6 +660,11 @@ class Journal:
         rows = self._db.execute("SELECT at, kind, severity, subject, text FROM alert ORDER BY id")
         return [(float(r[0]), str(r[1]), str(r[2]), str(r[3]), str(r[4])) for r in rows]
 
+    def alert_counts(self) -> list[tuple[str, int]]:
+        """(kind, alerts journaled) for every kind raised so far (sbdx_alerts_total)."""
+        rows = self._db.execute("SELECT kind, count(*) FROM alert GROUP BY kind ORDER BY kind")
+        return [(str(kind), int(n)) for kind, n in rows]
+
     def agreement_by_no(self, agreement_no: str) -> Agreement | None:
         row = self._db.execute(f"SELECT {_AGREEMENT_COLUMNS} FROM agreement WHERE"
                                " agreement_no=?", (agreement_no,)).fetchone()

@@ -21,6 +21,8 @@ from .certificates import gateway_identity
 from .config import CONFIG_FILE, Config, split_host_port
 from .journal import Journal
 from .keystore import KeyStore, Peer
+from .ops import OpsEndpoint
+from .opsconfig import OpsConfig
 from .registry import close_untrusted
 from .relay import Gateway
 from .session import AWAITING_LOGON, Session, new_session_id, receive_reads
@@ -324,7 +326,7 @@ class GatewayService(service.MultiService):
     """Listening port, outbound peers, ticker; drains and flushes on stop."""
 
     def __init__(self, home: Path, config: Config, reactor: Any, listen: str | None = None,
-                 tls: bool | None = None) -> None:
+                 tls: bool | None = None, ops: OpsConfig | None = None) -> None:
         super().__init__()
         self.reactor = reactor
         self.config = config
@@ -351,6 +353,8 @@ class GatewayService(service.MultiService):
         self.factory.before_reads = self.registry_watch.before_reads
         #: Called with gateway.toml's ``[alerts]`` table each time SIGHUP reloads it.
         self.alerts_reload_hooks: list[Callable[[dict[str, Any]], None]] = []
+        #: The §10 ops HTTP endpoint (``serve``; None without ``[ops] listen``).
+        self.ops = OpsEndpoint(self, ops) if ops is not None and ops.enabled else None
 
     # --- dial-outs -------------------------------------------------------------------
     def update_dial_outs(self) -> None:
@@ -426,6 +430,8 @@ class GatewayService(service.MultiService):
         else:
             self.port = self.reactor.listenTCP(self._port_number, self.factory,
                                                interface=self._host)
+        if self.ops is not None:
+            self.ops.start()
         super().startService()
         self._ticker.start(TICK_SECONDS, now=False)
         self.registry_watch.start()
@@ -454,6 +460,8 @@ class GatewayService(service.MultiService):
         self.gateway.flush()
         yield service.MultiService.stopService(self)
         self.factory.flush_now()  # what the closing connections left (connectionLost)
+        if self.ops is not None:
+            yield self.ops.stop()
         self.journal.close()
         log.info("gateway stopped; journal flushed")
 
