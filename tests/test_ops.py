@@ -365,3 +365,87 @@ def test_the_page_in_chromium_shows_sessions_business_refusals_and_alerts(
         broker.close()
     finally:
         gw.kill()
+
+
+# --- end-of-day files judged by `gateway eod watch` (a process of its own) ----------------
+def test_eod_files_judged_by_the_watcher_are_counted_and_shown(home: GatewayHome) -> None:
+    write_toml(home, ops={"eod_dirs": ["drop"]})
+    gw = RunningGateway(home)
+    drop = home.root / "drop"
+    try:
+        peers = traffic(gw)
+        assert metrics_of(gw)["sbdx_eod_files_total"] == {
+            (("verdict", v),): 0.0 for v in ("accepted", "discrepancies", "rejected")}
+        today = dt.datetime.now(CHINA).date().isoformat()
+        out = gateway_cmd(home, "eod", "export", "--date", today, "--type", "XFER", "--to",
+                          BANK, "--out", str(drop))
+        assert out.returncode == 0, out.stderr
+        (drop / "junk.txt").write_text("H|nothing\n")
+        (drop / "junk.txt.sig").write_text("not a signature\n")
+        out = gateway_cmd(home, "eod", "watch", str(drop), "--once")
+        assert out.returncode == 0, out.stderr
+        counted = {dict(k)["verdict"]: v for k, v in metrics_of(gw)["sbdx_eod_files_total"]
+                   .items()}
+        assert counted == {"accepted": 1, "discrepancies": 0, "rejected": 1}
+        eod = {f["file"]: f for f in status_of(gw)["eod"]}
+        assert eod["junk.txt"]["verdict"] == "rejected" and eod["junk.txt"]["reason"]
+        exported = next(f for name, f in eod.items() if name != "junk.txt")
+        assert exported["verdict"] == "accepted" and exported["records"] == 4 \
+            == exported["matched"]
+        for peer in peers:
+            peer.close()
+    finally:
+        gw.kill()
+
+
+# --- the sans-IO parts ----------------------------------------------------------------------
+def test_message_labels_are_bounded_whatever_a_peer_sends() -> None:
+    from gateway.metrics import MessageCounts
+
+    counts = MessageCounts()
+    for n in range(50):
+        counts.count("in", f"X{n}.REQ", f"Z{n:03d}")  # a refused frame's Type, a bad Result
+    counts.count("out", "XFER.OUT.RSP", "B310")
+    counts.count("in", "XFER.OUT.RSP", "B310")
+    counts.count("out", "SYS.ERROR", "E202")
+    assert counts.counts[("in", "other", "other")] == 50 and len(counts.counts) == 4
+    assert counts.refusals() == [("B310", 1, 1), ("E202", 1, 0), ("other", 0, 50)]
+
+
+def test_the_result_of_a_sealed_message_is_read_with_or_without_a_prefix() -> None:
+    from gateway.session import _sent_result
+
+    assert _sent_result("XFER.OUT.RSP", b"<Msg><Body><R><Result>B310</Result>") == "B310"
+    assert _sent_result("XFER.OUT.RSP", b"<s:Body><s:Result> 0000 </s:Result>") == "0000"
+    assert _sent_result("SYS.ERROR", b"<Body><Code>E200</Code><Result>0000</Result>") == "E200"
+    assert _sent_result("XFER.OUT.REQ", b"<Result>0000</Result>") == "-"
+    assert _sent_result("XFER.OUT.RSP", b"<Result>not a code</Result>") == "-"
+
+
+@pytest.mark.parametrize(("ops", "alerts", "error"), [
+    ({"listen": 7780}, {}, "listen must be a string"),
+    ({"listen": "nowhere"}, {}, "is not HOST:PORT"),
+    ({"required_peers": "CCB"}, {}, "list of PartyIds"),
+    ({"required_peers": ["ccb"]}, {}, "list of PartyIds"),
+    ({"page_refresh_seconds": 0}, {}, "positive number"),
+    ({"listn": "127.0.0.1:1"}, {}, "unknown setting [ops].listn"),
+    ({}, {"peer_down_seconds": -1}, "[alerts] peer_down_seconds"),
+])
+def test_ops_settings_are_checked(ops: dict[str, Any], alerts: dict[str, Any],
+                                  error: str, tmp_path: Path) -> None:
+    from gateway.config import ConfigError
+    from gateway.opsconfig import from_tables
+
+    with pytest.raises(ConfigError, match=re.escape(error)):
+        from_tables(ops, alerts, tmp_path)
+
+
+def test_ops_settings_defaults_and_values(tmp_path: Path) -> None:
+    from gateway.opsconfig import OpsConfig, from_tables
+
+    assert from_tables({}, {}, tmp_path) == OpsConfig()
+    assert OpsConfig().listen == "127.0.0.1:7780" and OpsConfig().peer_down_seconds == 60
+    cfg = from_tables({"listen": "", "required_peers": ["CCB", "CCB"], "eod_dirs": ["d"]},
+                      {"peer_down_seconds": 5, "xfer_single_max": "5000.00"}, tmp_path)
+    assert not cfg.enabled and cfg.required_peers == ("CCB",)
+    assert cfg.peer_down_seconds == 5.0 and cfg.eod_dirs == (tmp_path / "d",)
