@@ -141,10 +141,11 @@ def _read_report(path: str, mtime_ns: int) -> EodResult | None:
 class GatewayCollector(Collector):
     """The gauges of §10, computed from the gateway at scrape time."""
 
-    def __init__(self, gateway: Any, counts: MessageCounts, eod: EodReports | None,
-                 clock: Callable[[], float]) -> None:
+    def __init__(self, gateway: Any, counts: MessageCounts, business: BusinessToday,
+                 eod: EodReports | None, clock: Callable[[], float]) -> None:
         self.gateway = gateway
         self.counts = counts
+        self.business = business
         self.eod = eod
         self.clock = clock
 
@@ -198,7 +199,7 @@ class GatewayCollector(Collector):
                                   "trade date", labels=labels)
         amount = GaugeMetricFamily("sbdx_business_amount_today_cny", "Their amounts, "
                                    "in yuan", labels=labels)
-        for biz_type, direction, state, n, fen in business_today(self.gateway):
+        for biz_type, direction, state, n, fen in self.business.rows():
             count.add_metric([biz_type, direction, state], n)
             amount.add_metric([biz_type, direction, state], fen / 100)
         yield count
@@ -224,11 +225,27 @@ class GatewayCollector(Collector):
         return family
 
 
-def business_today(gateway: Any) -> list[tuple[str, str, str, int, int]]:
-    """(type, direction, state, count, fen) of the gateway's current trade date."""
-    rows: list[tuple[str, str, str, int, int]] = gateway.journal.business_totals(
-        gateway.trade_date(), gateway.config.party)
-    return sorted(rows)
+class BusinessToday:
+    """(type, direction, state, count, fen) of the gateway's current trade date, read
+    again at most every ``ttl`` seconds (and at once when the trade date changes): the
+    query reads every record of the day in the reactor thread, ~85 ms per 100 000
+    records on the benchmark machine (docs/BENCHMARKS.md), so a scrape and the page's
+    refreshes share one reading."""
+
+    def __init__(self, gateway: Any, ttl: float) -> None:
+        self.gateway = gateway
+        self.ttl = ttl
+        self._day = ""
+        self._at = float("-inf")
+        self._rows: list[tuple[str, str, str, int, int]] = []
+
+    def rows(self) -> list[tuple[str, str, str, int, int]]:
+        now, day = self.gateway.now(), self.gateway.trade_date()
+        if day != self._day or not 0 <= now - self._at < self.ttl:
+            self._rows = sorted(self.gateway.journal.business_totals(
+                day, self.gateway.config.party))
+            self._day, self._at = day, now
+        return self._rows
 
 
 def _gauge(name: str, text: str, value: float) -> GaugeMetricFamily:
@@ -270,9 +287,9 @@ class CommitWatch:
 class OpsMetrics:
     """The registry of one gateway: its histograms, message counts and collector."""
 
-    def __init__(self, gateway: Any, eod: EodReports | None,
-                 clock: Callable[[], float]) -> None:
-        disable_created_metrics()  # no *_created series: Prometheus does not need them
+    def __init__(self, gateway: Any, eod: EodReports | None, clock: Callable[[], float],
+                 business_seconds: float = 5.0) -> None:
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series
         self.registry = CollectorRegistry(auto_describe=False)
         self.messages = MessageCounts()
         self.relay_seconds = Histogram(
@@ -286,7 +303,9 @@ class OpsMetrics:
         self.commit_frames = Histogram(
             "sbdx_commit_frames", "Frames (after-commit actions) each commit released",
             registry=self.registry, buckets=(0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000))
-        self.registry.register(GatewayCollector(gateway, self.messages, eod, clock))
+        self.business = BusinessToday(gateway, business_seconds)
+        self.registry.register(GatewayCollector(gateway, self.messages, self.business, eod,
+                                                clock))
 
     def render(self) -> bytes:
         """The Prometheus text format (in the reactor thread)."""

@@ -40,7 +40,7 @@ from .bookdate import CHINA
 from .config import split_host_port
 from .errors import RESULT_TEXT
 from .givebacks import fen_text
-from .metrics import CONTENT_TYPE, CommitWatch, EodReports, OpsMetrics, business_today
+from .metrics import CONTENT_TYPE, CommitWatch, EodReports, OpsMetrics
 from .opsconfig import OpsConfig, read_token
 from .session import count_messages
 
@@ -114,7 +114,7 @@ class OpsEndpoint:
         gateway = svc.gateway
         self.started_at = gateway.now()
         self.eod = EodReports(cfg.eod_dirs) if cfg.eod_dirs else None
-        self.metrics = OpsMetrics(gateway, self.eod, gateway.now)
+        self.metrics = OpsMetrics(gateway, self.eod, gateway.now, cfg.business_cache_seconds)
         count_messages(gateway, self.metrics.messages.count)
         gateway.on_round_trip = self.metrics.relay_seconds.observe
         self.commits = CommitWatch(gateway, self.metrics.commit_seconds,
@@ -225,7 +225,7 @@ class OpsEndpoint:
                 "inflight": s.inflight}
 
     def _business(self) -> dict[str, Any]:
-        rows = business_today(self.svc.gateway)
+        rows = self.metrics.business.rows()
         return {"trade_date": self.svc.gateway.trade_date(),
                 "rows": [{"type": t, "direction": d, "status": s, "count": n,
                           "amount": fen_text(fen)} for t, d, s, n, fen in rows]}

@@ -39,6 +39,9 @@ class OpsConfig:
     healthz_flush_seconds: float = 10.0
     #: Seconds between the operator page's refreshes.
     page_refresh_seconds: float = 5.0
+    #: The day's business totals are read from the journal at most this often (the
+    #: query reads all of the day's records in the reactor thread).
+    business_cache_seconds: float = 5.0
     #: Drop folders of `gateway eod watch`: their reports feed sbdx_eod_files_total
     #: and the page's EOD results (the watcher is a process of its own).
     eod_dirs: tuple[Path, ...] = ()
@@ -65,7 +68,7 @@ def _seconds(table: str, name: str, value: Any) -> float:
 def from_tables(ops: dict[str, Any], alerts: dict[str, Any], home: Path) -> OpsConfig:
     """The ``[ops]`` table (unknown keys are an error) and ``[alerts] peer_down_seconds``."""
     known = {"listen", "required_peers", "healthz_flush_seconds", "page_refresh_seconds",
-             "eod_dirs"}
+             "business_cache_seconds", "eod_dirs"}
     unknown = set(ops) - known
     if unknown:
         raise ConfigError(f"unknown setting [ops].{sorted(unknown)[0]}")
@@ -90,6 +93,8 @@ def from_tables(ops: dict[str, Any], alerts: dict[str, Any], home: Path) -> OpsC
             "healthz_flush_seconds", cfg.healthz_flush_seconds)),
         page_refresh_seconds=_seconds("ops", "page_refresh_seconds", ops.get(
             "page_refresh_seconds", cfg.page_refresh_seconds)),
+        business_cache_seconds=_seconds("ops", "business_cache_seconds", ops.get(
+            "business_cache_seconds", cfg.business_cache_seconds)),
         eod_dirs=tuple(home / d for d in dirs))  # relative to the home, absolute kept
 
 

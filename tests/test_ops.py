@@ -449,3 +449,33 @@ def test_ops_settings_defaults_and_values(tmp_path: Path) -> None:
                       {"peer_down_seconds": 5, "xfer_single_max": "5000.00"}, tmp_path)
     assert not cfg.enabled and cfg.required_peers == ("CCB",)
     assert cfg.peer_down_seconds == 5.0 and cfg.eod_dirs == (tmp_path / "d",)
+
+
+def test_the_days_business_is_read_again_after_its_ttl_or_a_new_trade_date() -> None:
+    from gateway.metrics import BusinessToday
+
+    class Fake:
+        def __init__(self) -> None:
+            self.t, self.day, self.asked = 100.0, "2026-12-02", []
+            self.config = type("C", (), {"party": "GW01"})()
+            self.journal = self
+
+        def now(self) -> float:
+            return self.t
+
+        def trade_date(self) -> str:
+            return self.day
+
+        def business_totals(self, day: str, party: str) -> list[Any]:
+            self.asked.append((day, self.t))
+            return [("XFER.IN", "IN", "SUCCEEDED", len(self.asked), 100)]
+
+    gw = Fake()
+    business = BusinessToday(gw, ttl=5)
+    assert business.rows()[0][3] == 1
+    gw.t += 4.9
+    assert business.rows()[0][3] == 1  # within the TTL: the same reading
+    gw.t += 0.1
+    assert business.rows()[0][3] == 2
+    gw.day = "2026-12-03"  # midnight: the new day at once
+    assert business.rows()[0][3] == 3 and gw.asked[-1] == ("2026-12-03", 105.0)
