@@ -684,6 +684,20 @@ class Journal:
             " AND receiver != ? GROUP BY 1, 2, 3", (trade_date, gateway))
         return [(str(t), str(d), str(s), int(n), int(a)) for t, d, s, n, a in rows]
 
+    def business_totals_by_pair(self, trade_date: str, gateway: str,
+                                ) -> list[tuple[str, str, str, str, str, int, int]]:
+        """:meth:`business_totals` split by who sent each request and who received it:
+        (type, direction, state, From, To, count, amount in fen) — the day's scale per
+        counterparty (§10 ``sbdx_business_*`` with ``party`` and ``counterparty``)."""
+        rows = self._db.execute(
+            "SELECT biz_type, CASE WHEN biz_type IN ('XFER.IN', 'XFER.OUT') THEN"
+            " substr(biz_type, 6) WHEN biz_type = 'XFER.REVERSE' AND orig_type IN"
+            " ('XFER.IN', 'XFER.OUT') THEN substr(orig_type, 6) ELSE '-' END AS direction,"
+            " state, origin, receiver, count(*), coalesce(sum(amount_fen), 0) FROM record"
+            " WHERE trade_date=? AND receiver != ? GROUP BY 1, 2, 3, 4, 5", (trade_date, gateway))
+        return [(str(t), str(d), str(s), str(o), str(r), int(n), int(a))
+                for t, d, s, o, r, n, a in rows]
+
     def reversal_backlog(self, now: float) -> tuple[int, float]:
         """Queued reversals not yet acknowledged, and the age of the oldest (seconds)."""
         count, oldest = self._db.execute(

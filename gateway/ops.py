@@ -227,8 +227,9 @@ class OpsEndpoint:
     def _business(self) -> dict[str, Any]:
         rows = self.metrics.business.rows()
         return {"trade_date": self.svc.gateway.trade_date(),
-                "rows": [{"type": t, "direction": d, "status": s, "count": n,
-                          "amount": fen_text(fen)} for t, d, s, n, fen in rows]}
+                "rows": [{"type": t, "direction": d, "status": s, "party": o,
+                          "counterparty": r, "count": n, "amount": fen_text(fen)}
+                         for t, d, s, o, r, n, fen in rows]}
 
 
 def _iso(at: float) -> str:

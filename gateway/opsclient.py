@@ -82,7 +82,8 @@ def summary(s: dict[str, Any]) -> str:
     biz = s["business"]
     lines.append(f"business on {biz['trade_date']}:" + ("" if biz["rows"] else " none"))
     for b in biz["rows"]:
-        lines.append(f"  {b['type']:<14} {b['direction']:<3} {b['status']:<10} "
+        lines.append(f"  {b['type']:<14} {b['party'] + '>' + b['counterparty']:<14} "
+                     f"{b['direction']:<3} {b['status']:<10} "
                      f"{b['count']:>7} {b['amount']:>16}")
     if s["refusals"]:
         lines.append("refusals: " + ", ".join(f"{r['code']} sent {r['sent']} received "

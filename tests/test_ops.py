@@ -239,8 +239,9 @@ def test_metrics_equal_the_journal_after_real_traffic(start_gateway) -> None:  #
     today = dt.datetime.now(CHINA).date().isoformat()
     with journal(gw) as db:
         business = db.execute(
-            "SELECT biz_type, state, count(*), sum(amount_fen) FROM record WHERE trade_date=?"
-            " AND receiver != 'GW01' GROUP BY 1, 2", (today,)).fetchall()
+            "SELECT biz_type, state, origin, receiver, count(*), sum(amount_fen) FROM record"
+            " WHERE trade_date=? AND receiver != 'GW01' GROUP BY 1, 2, 3, 4",
+            (today,)).fetchall()
         messages = db.execute("SELECT lower(direction), msg_type, count(*) FROM message"
                               " GROUP BY 1, 2").fetchall()
         out_xml = db.execute("SELECT msg_type, xml FROM message WHERE direction='OUT'"
@@ -248,18 +249,19 @@ def test_metrics_equal_the_journal_after_real_traffic(start_gateway) -> None:  #
         answered = db.execute("SELECT count(*) FROM message WHERE direction='IN' AND party=?"
                               " AND msg_type LIKE '%.RSP' AND msg_type NOT LIKE 'SYS.%'",
                               (BANK,)).fetchone()[0]
-    expected_count = {(t, t[5:] if t.startswith("XFER.") else "-", s): n
-                      for t, s, n, _ in business}
-    expected_yuan = {(t, t[5:] if t.startswith("XFER.") else "-", s): (fen or 0) / 100
-                     for t, s, _, fen in business}
-    got_count = {tuple(dict(k)[n] for n in ("type", "direction", "status")): v
+    expected_count = {(t, t[5:] if t.startswith("XFER.") else "-", s, o, r): n
+                      for t, s, o, r, n, _ in business}
+    expected_yuan = {(t, t[5:] if t.startswith("XFER.") else "-", s, o, r): (fen or 0) / 100
+                     for t, s, o, r, _, fen in business}
+    names = ("type", "direction", "status", "party", "counterparty")
+    got_count = {tuple(dict(k)[n] for n in names): v
                  for k, v in m["sbdx_business_today"].items()}
-    got_yuan = {tuple(dict(k)[n] for n in ("type", "direction", "status")): v
+    got_yuan = {tuple(dict(k)[n] for n in names): v
                 for k, v in m["sbdx_business_amount_today_cny"].items()}
     assert got_count == expected_count and got_yuan == expected_yuan, (got_count, business)
-    assert got_yuan[("XFER.IN", "IN", "SUCCEEDED")] == 350.50
-    assert got_count[("XFER.OUT", "OUT", "FAILED")] == 1  # the bank's B310
-    assert ("XFER.IN", "IN", "FAILED") not in got_count  # the gateway's own B300: left out
+    assert got_yuan[("XFER.IN", "IN", "SUCCEEDED", BROKER, BANK)] == 350.50
+    assert got_count[("XFER.OUT", "OUT", "FAILED", BROKER, BANK)] == 1  # the bank's B310
+    assert not any(k[:3] == ("XFER.IN", "IN", "FAILED") for k in got_count)  # the gateway's B300
     summed: dict[tuple[str, str], float] = {}
     for labels, n in m["sbdx_messages_total"].items():
         d = dict(labels)
@@ -343,11 +345,12 @@ def test_the_page_in_chromium_shows_sessions_business_refusals_and_alerts(
         assert token_of(home) not in dom.split("<body", 1)[1]  # out of the page it drew
         assert "SBDX gateway GW01" in dom and "not ready" in dom
         assert "ICBC has no ready session" in dom
-        row = re.search(r'data-key="XFER\.IN\|IN\|SUCCEEDED">(.*?)</tr>', dom).group(1)  # type: ignore[union-attr]
-        assert re.findall(r"<td[^>]*>([^<]*)</td>", row) == ["XFER.IN", "IN", "SUCCEEDED",
-                                                             "2", "350.50"]
+        row = re.search(r'data-key="XFER\.IN\|IN\|SUCCEEDED\|GTJA\|CCB">(.*?)</tr>',
+                        dom).group(1)  # type: ignore[union-attr]
+        assert re.findall(r"<td[^>]*>([^<]*)</td>", row) == [
+            "XFER.IN", "GTJA → CCB", "IN", "SUCCEEDED", "2", "350.50"]
         gross = re.search(r'data-key="transfers\|gross">(.*?)</tr>', dom).group(1)  # type: ignore[union-attr]
-        assert re.findall(r"<td[^>]*>([^<]*)</td>", gross)[3:] == ["3", "425.75"]
+        assert re.findall(r"<td[^>]*>([^<]*)</td>", gross)[4:] == ["3", "425.75"]
         for party in (BANK, BROKER):
             cells = re.findall(r"<td[^>]*>([^<]*)</td>", re.search(  # type: ignore[union-attr]
                 rf'data-key="{party}">(.*?)</tr>', dom).group(1))
@@ -466,16 +469,16 @@ def test_the_days_business_is_read_again_after_its_ttl_or_a_new_trade_date() -> 
         def trade_date(self) -> str:
             return self.day
 
-        def business_totals(self, day: str, party: str) -> list[Any]:
+        def business_totals_by_pair(self, day: str, party: str) -> list[Any]:
             self.asked.append((day, self.t))
-            return [("XFER.IN", "IN", "SUCCEEDED", len(self.asked), 100)]
+            return [("XFER.IN", "IN", "SUCCEEDED", "GTJA", "CCB", len(self.asked), 100)]
 
     gw = Fake()
     business = BusinessToday(gw, ttl=5)
-    assert business.rows()[0][3] == 1
+    assert business.rows()[0][5] == 1
     gw.t += 4.9
-    assert business.rows()[0][3] == 1  # within the TTL: the same reading
+    assert business.rows()[0][5] == 1  # within the TTL: the same reading
     gw.t += 0.1
-    assert business.rows()[0][3] == 2
+    assert business.rows()[0][5] == 2
     gw.day = "2026-12-03"  # midnight: the new day at once
-    assert business.rows()[0][3] == 3 and gw.asked[-1] == ("2026-12-03", 105.0)
+    assert business.rows()[0][5] == 3 and gw.asked[-1] == ("2026-12-03", 105.0)
