@@ -338,6 +338,7 @@ def _ops_settings(args: argparse.Namespace, home: Home) -> Any:
     """``[ops]`` (with ``--ops-listen``), and keys/ops.token made if missing (§10);
     None after one line on stderr if either is unusable."""
     from . import opsconfig
+    from .config import ConfigError
 
     try:
         ops = opsconfig.load(home.root).with_listen(args.ops_listen)
@@ -346,7 +347,7 @@ def _ops_settings(args: argparse.Namespace, home: Home) -> Any:
                 "made the ops token %s (it was missing; 0600)", home.keys / opsconfig.TOKEN_FILE)
         if ops.enabled:
             opsconfig.read_token(home.keys)
-    except (opsconfig.ConfigError, opsconfig.TokenError, OSError) as exc:
+    except (ConfigError, opsconfig.TokenError, OSError) as exc:
         print(f"gateway serve: {exc}", file=sys.stderr)
         return None
     return ops
