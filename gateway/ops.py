@@ -120,10 +120,16 @@ class OpsEndpoint:
         self.commits = CommitWatch(gateway, self.metrics.commit_seconds,
                                    self.metrics.commit_frames, gateway.now)
         self.readiness = Readiness(svc, cfg)
-        self._checks = task.LoopingCall(self.readiness.check)
+        self._checks = task.LoopingCall(self._check)
         self._checks.clock = svc.reactor
         self.port: Any = None
         self.closed = False
+
+    def _check(self) -> None:
+        try:
+            self.readiness.check()
+        except Exception:  # a bug: say so, keep looking every second
+            log.exception("checking the required peers failed")
 
     @property
     def address(self) -> str:
