@@ -12,7 +12,14 @@ from typing import Any
 
 from . import __version__
 from .config import connect_address, listen_address
-from .exitcodes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+from .exitcodes import (
+    EXIT_DISCREPANCIES,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_REJECTED,
+    EXIT_USAGE,
+)
 from .filemodes import UMASK
 
 #: ``serve`` stopped because the journal could not be committed (not by a signal).
@@ -278,23 +285,25 @@ def _cmd_key_promote(args: argparse.Namespace, home: Home) -> int:
     return EXIT_OK
 
 
-def setup_logging(level: int = logging.INFO) -> None:
-    logging.basicConfig(
-        level=level, stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+def setup_logging(log_format: str = "text", level: int = logging.INFO) -> None:
+    """stderr, ``--log-format`` text or json, Twisted's events included (logsetup.py)."""
+    from .logsetup import configure
+
+    configure(log_format, level)
 
 
 def _cmd_serve(args: argparse.Namespace, home: Home) -> int:
     from twisted.internet import reactor
 
     from . import config as config_mod
+    from .alertrules import load_settings
     from .server import GatewayService
 
-    setup_logging()
+    setup_logging(args.log_format)
     try:
         cfg = config_mod.with_key_store_party(config_mod.load(home.root),
                                               _key_store_party(home.root / "keys"))
+        alerts = load_settings(home.root)  # [alerts]: a bad value is one line, exit 1
     except config_mod.ConfigError as exc:
         print(f"gateway serve: {exc}", file=sys.stderr)
         return 1
@@ -302,7 +311,8 @@ def _cmd_serve(args: argparse.Namespace, home: Home) -> int:
     if ops is None:
         return EXIT_FAILED
     svc = GatewayService(home.root, cfg, reactor, listen=args.listen,
-                         tls=True if args.tls else None, ops=ops)
+                         tls=True if args.tls else None, alerts=alerts,
+                         ops=ops)
     flushes = FlushWatch(svc.gateway)
     refused: list[Exception] = []
 
@@ -404,13 +414,14 @@ def _cmd_sim(args: argparse.Namespace, home: Home) -> int:
     driving broker: until its script/load is done); gateway/sim/process.py."""
     from .sim import process
 
-    setup_logging()
+    setup_logging(args.log_format)
     return process.run(args, home.root, args.gateway_cert or home.keys / "gateway.crt")
 
 
 def _cmd_demo(args: argparse.Namespace, home: Home) -> int:
     from .demo import main as demo_main
 
+    setup_logging(args.log_format, logging.WARNING)
     return demo_main(args.keep, tls=args.tls)
 
 
@@ -429,7 +440,7 @@ def _cmd_eod_export(args: argparse.Namespace, home: Home) -> int:
 def _cmd_eod_watch(args: argparse.Namespace, home: Home) -> int:
     from .eod import watch_command
 
-    setup_logging()
+    setup_logging(args.log_format)
     return watch_command(home.root, args.dir, poll_seconds=args.poll, once=args.once)
 
 
@@ -438,13 +449,88 @@ def _ops_listen_address(text: str) -> str:
     return text if text == "" else listen_address(text)
 
 
+def _cmd_journal_show(args: argparse.Namespace, home: Home) -> int:
+    from .journalshow import show_command
+    from .keystore import KeyStoreMissing
+
+    try:  # the gateway's PartyId tells its own reversal attempts from relayed ones
+        party = _key_store_party(home.keys)
+    except KeyStoreMissing:
+        party = None
+    return show_command(home.root, args.biz_sn, args.origin, args.json, gateway=party)
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default: the one its text names, else the
+    value argparse has (a flag's: off).  A description or epilog written in lines
+    keeps them; one written as one paragraph is wrapped."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text:
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if (not action.option_strings or action.required or "default" in text
+                or action.default is argparse.SUPPRESS):
+            return text
+        if action.nargs == 0:  # store_true and friends
+            return f"{text} (default: off)"
+        if action.default is None or action.default == []:
+            return text  # "None" says nothing: the text names what happens without it
+        return f"{text} (default: %(default)s)"
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error exits 64, not 2 (gateway.exitcodes says why);
-    the subcommands' parsers are of this class too."""
+    """argparse, but a usage error exits 64, not 2 (gateway.exitcodes says why), and
+    help shows defaults; the subcommands' parsers are of this class too."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.print_usage(sys.stderr)
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+#: ``gateway --help``'s epilog: the exit codes of every command (gateway/exitcodes.py,
+#: docs/operations.md "Exit codes").
+EXIT_CODES_HELP = f"""\
+exit codes (every command):
+  {EXIT_OK:<4} done (eod check: the file is valid and reconciled)
+  {EXIT_FAILED:<4} the command could not do its job: no key store, a journal that failed to
+       commit, an error in gateway.toml, serve that cannot listen, no such record;
+       eod check: nothing was judged (no file at FILE, a journal too old)
+  {EXIT_REJECTED:<4} eod check: the file is rejected
+  {EXIT_DISCREPANCIES:<4} eod check: the file is valid, with discrepancies against the journal
+  {EXIT_USAGE:<4} usage error: an unknown option or command, a missing operand, a malformed
+       value, --home or --log-format after the command
+  {EXIT_INTERRUPTED:<4} interrupted (Ctrl-C) before it finished; serve, sim and eod watch stop
+       in order on SIGINT/SIGTERM and exit 0
+"""
+
+#: Options of ``gateway`` itself: they go before the command.
+GLOBAL_OPTIONS = {"--home": "DIR", "--log-format": "text|json"}
+
+
+def misplaced_global_option(argv: Sequence[str]) -> tuple[str, str] | None:
+    """(option, command) when a global option comes after the command."""
+    command, skip = None, False
+    for arg in argv:
+        name = arg.split("=", 1)[0]
+        if skip:
+            skip = False
+        elif command is None and name in GLOBAL_OPTIONS:
+            skip = "=" not in arg
+        elif command is None and not arg.startswith("-"):
+            command = arg
+        elif command is not None and name in GLOBAL_OPTIONS:
+            return name, command
+        elif arg == "--":
+            return None
+    return None
 
 
 def _seconds(text: str) -> float:
@@ -470,7 +556,8 @@ def _add_cert_and_key_commands(sub: Any) -> None:
     p.add_argument("--install", type=Path, metavar="FILE",
                    help="install FILE (PEM, intermediates after the certificate) as the "
                         "gateway certificate: it must be for keys/gateway.key and chain to "
-                        "keys/ca.crt or a root in keys/trust/")
+                        "keys/ca.crt or a root in keys/trust/ (default: print the current "
+                        "certificate instead)")
     p.set_defaults(run=_cmd_cert)
 
     p = sub.add_parser("csr", help="a certificate signing request for the gateway's key")
@@ -510,7 +597,8 @@ def _add_peer_commands(sub: Any) -> None:
         "next key beside the current one. A running gateway applies it within 1 s.")
     p.add_argument("--id", required=True, help="the peer's PartyId ([A-Z0-9]{2,12})")
     p.add_argument("--role", choices=["BANK", "BROKER"],
-                   help="BANK or BROKER (required, but with --next: the role is kept)")
+                   help="BANK or BROKER (required; with --next the default is the "
+                        "registered role)")
     p.add_argument("--cert", required=True, help="PEM certificate or public key file")
     connect = p.add_mutually_exclusive_group()
     connect.add_argument("--connect", metavar="HOST:PORT", type=connect_address,
@@ -527,7 +615,8 @@ def _add_peer_commands(sub: Any) -> None:
     p = peer.add_parser("list", help="peers, roles, key fingerprints, state, next keys",
                         description="List the registered peers, or print one's key letters.")
     p.add_argument("--letter", metavar="ID",
-                   help="print the key letters (current and next key) of peer ID instead")
+                   help="print the key letters (current and next key) of peer ID instead "
+                        "(default: list every peer)")
     p.set_defaults(run=_cmd_peer_list)
     p = peer.add_parser("promote", help="make a peer's next key its only key",
                         description="The next key becomes the only one; sessions logged on "
@@ -551,19 +640,49 @@ def _add_peer_commands(sub: Any) -> None:
     p.set_defaults(run=_cmd_peer_issue)
 
 
+def _add_journal_commands(sub: Any) -> None:
+    journal = sub.add_parser("journal", help="read the journal").add_subparsers(
+        dest="journal_command", metavar="SUBCOMMAND")
+    journal.required = True
+    p = journal.add_parser(
+        "show", help="one business record and its messages, PII masked",
+        description="Show the business record(s) with BIZSN from the journal: type, "
+        "parties, state, result, amounts, give-backs, the gateway's reversal, and the "
+        "messages (request and answer, as received and as relayed). CustName, IdNo and "
+        "Phone are never shown (nor decrypted); FundAcct and WalletId only by their last "
+        "4 characters. Reads the journal only: safe beside a running gateway. Exit 1 "
+        "when there is no such record.")
+    p.add_argument("biz_sn", metavar="BIZSN", help="the business serial (Body/BizSn)")
+    p.add_argument("--from", dest="origin", metavar="PARTY",
+                   help="only the record PARTY originated (default: every record with "
+                        "that BizSn)")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object {biz_sn, records: [...]} instead of text")
+    p.set_defaults(run=_cmd_journal_show)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="gateway",
-        description="SBDX/1 securities-bank e-CNY message-exchange gateway",
+        description="SBDX/1 securities-bank e-CNY message-exchange gateway.\n"
+                    "The options below go before the COMMAND (`gateway --home DIR serve`);\n"
+                    "`gateway COMMAND --help` shows the command's own.",
+        epilog=EXIT_CODES_HELP,
     )
     parser.add_argument("--version", action="version", version=f"gateway {__version__}")
-    parser.add_argument("--home", type=Path, default=Path.cwd(),
-                        help="gateway home (keys/, data/, gateway.toml); default: current directory")
+    parser.add_argument("--home", type=Path, default=Path.cwd(), metavar="DIR",
+                        help="gateway home (keys/, data/, gateway.toml) (default: the "
+                             "current directory)")
+    parser.add_argument("--log-format", choices=("text", "json"), default="text",
+                        help="log lines on stderr: text (time LEVEL logger: message) or "
+                             "json (one object a line: time, level, logger, message); "
+                             "docs/operations.md \"Logs\"")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
     p = sub.add_parser("init", help="create the gateway's keys, certificate and dev CA")
-    p.add_argument("--party", default="GW01")
+    p.add_argument("--party", default="GW01", metavar="ID",
+                   help="the gateway's own PartyId ([A-Z0-9]{2,12})")
     p.add_argument("--san", nargs="+", default=[], metavar="NAME",
                    help="DNS names and IP addresses peers dial the gateway by, named in its "
                         "certificate besides localhost and 127.0.0.1 (default: only those)")
@@ -571,10 +690,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_cert_and_key_commands(sub)
     _add_peer_commands(sub)
+    _add_journal_commands(sub)
 
-    p = sub.add_parser("serve", help="run the gateway until SIGTERM/SIGINT")
-    p.add_argument("--listen", metavar="HOST:PORT", type=listen_address)
-    p.add_argument("--tls", action="store_true")
+    p = sub.add_parser("serve", help="run the gateway until SIGTERM/SIGINT",
+                       description="Run the gateway until SIGTERM/SIGINT (then it drains "
+                       "and exits 0); SIGHUP reloads gateway.toml's [alerts].")
+    p.add_argument("--listen", metavar="HOST:PORT", type=listen_address,
+                   help="address to listen on, port 0 for any free port; IPv6 as "
+                        "[::1]:7700 (default: [gateway] listen of gateway.toml, else "
+                        "127.0.0.1:7700)")
+    p.add_argument("--tls", action="store_true",
+                   help="every session, accepted or dialled, over mutual TLS (default: "
+                        "[gateway] tls of gateway.toml, else off: plain TCP)")
     p.add_argument("--ops-listen", metavar="HOST:PORT", type=_ops_listen_address,
                    help="the ops HTTP endpoint (PROTOCOL §10) instead of [ops] listen "
                         "(default 127.0.0.1:7780); \"\" serves none")
@@ -588,18 +715,24 @@ def build_parser() -> argparse.ArgumentParser:
     eod = sub.add_parser("eod", help="end-of-day clearing files").add_subparsers(
         dest="eod_command", metavar="SUBCOMMAND")
     eod.required = True
-    p = eod.add_parser("check", help="check and reconcile one file")
-    p.add_argument("file", type=Path)
-    p.add_argument("--json", action="store_true")
+    p = eod.add_parser("check", help="check and reconcile one file",
+                       description="Check one §8 file and reconcile it with the journal: "
+                       "exit 0 reconciled, 3 discrepancies, 2 rejected, 1 nothing judged.")
+    p.add_argument("file", type=Path, help="the end-of-day file")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object instead of the text report")
     p.set_defaults(run=_cmd_eod_check)
     p = eod.add_parser("export", help="write a signed file from the journal")
-    p.add_argument("--date", required=True)
-    p.add_argument("--type", required=True, choices=["XFER", "SIGN", "PAY", "OTC"])
-    p.add_argument("--to", required=True)
-    p.add_argument("--out", type=Path, default=Path("."))
+    p.add_argument("--date", required=True, metavar="YYYY-MM-DD", help="the trade date")
+    p.add_argument("--type", required=True, choices=["XFER", "SIGN", "PAY", "OTC"],
+                   help="the file type (§8)")
+    p.add_argument("--to", required=True, metavar="PARTY",
+                   help="the counterparty the file is for")
+    p.add_argument("--out", type=Path, default=Path("."), metavar="DIR",
+                   help="folder to write it into (default: the current directory)")
     p.set_defaults(run=_cmd_eod_export)
     p = eod.add_parser("watch", help="check every complete file dropped into DIR")
-    p.add_argument("dir", type=Path)
+    p.add_argument("dir", type=Path, help="the drop folder")
     p.add_argument("--poll", type=_seconds, default=1.0, help="seconds between folder scans")
     p.add_argument("--once", action="store_true", help="process what is there, then exit")
     p.set_defaults(run=_cmd_eod_watch)
@@ -624,7 +757,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    given = sys.argv[1:] if argv is None else list(argv)
+    misplaced = misplaced_global_option(given)
+    if misplaced is not None:
+        option, command = misplaced
+        parser.error(f"{option} goes before the command: gateway {option} "
+                     f"{GLOBAL_OPTIONS[option]} {command} …")
+    args = parser.parse_args(given)
     home = Home(args.home.resolve())
     umask = os.umask(UMASK)  # whatever a command creates is owner-only (§9, filemodes.py)
     try:

@@ -14,7 +14,7 @@ import logging
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,10 +98,10 @@ class Script:
 
     @defer.inlineCallbacks
     def step(self, flow: str, what: str, expected: str, pending: defer.Deferred[Reply],
-             amount: str | None = None):  # type: ignore[no-untyped-def]
+             amount: str | None = None) -> Generator[Any, Any, Reply]:
         """Wait for one request's Reply and record it against ``expected``."""
         self.day.current = what
-        reply = yield pending
+        reply: Reply = yield pending
         self.day.outcomes.append(Outcome(flow, what, expected, reply.shown,
                                          to_fen(amount) or 0 if reply.result == "0000"
                                          and not reply.local else 0, reply.text))
@@ -309,7 +309,7 @@ def run_demo(home: Path, reactor: Any, end_of_day: Callable[..., Any] | None = N
             timer.cancel()
         yield shut_down()  # not in a finally: a generator closed at exit must not yield
 
-    stopping: list[defer.Deferred[None]] = []
+    stopping: list[defer.Deferred[Any]] = []
 
     def stopped_cleanly(results: list[tuple[bool, Any]]) -> None:
         """The sims and the gateway closed their books and journals (a failed final

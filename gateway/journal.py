@@ -354,15 +354,28 @@ class Journal:
     """SQLite journal with group commit.  One instance per gateway process."""
 
     def __init__(self, path: Path, synchronous: str = "FULL",
-                 slow_commit_seconds: float = SLOW_COMMIT_SECONDS) -> None:
-        private_database(path)  # 0600 in a 0700 data/ (§9); SQLite's -wal/-shm follow it
+                 slow_commit_seconds: float = SLOW_COMMIT_SECONDS, *,
+                 read_only: bool = False) -> None:
+        """``read_only``: for a command beside a running gateway (``journal show``): the
+        file must exist and be of the current schema; nothing is written, no checkpoint
+        is made (sqlite3.OperationalError / ValueError otherwise)."""
         self.path = path
-        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(f"PRAGMA synchronous={synchronous}")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._migrate()
-        self._checkpointer = Checkpointer(self._db, path)  # no 12 ms stall in a commit
+        if read_only:
+            self._db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
+                                       isolation_level=None, check_same_thread=False)
+            if self.schema_version != len(MIGRATIONS):
+                raise ValueError(f"{path} has schema version {self.schema_version}, this "
+                                 f"gateway reads {len(MIGRATIONS)}")
+        else:
+            private_database(path)  # 0600 in a 0700 data/ (§9); SQLite's -wal/-shm follow it
+            self._db = sqlite3.connect(str(path), isolation_level=None,
+                                       check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={synchronous}")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._migrate()
+        # no 12 ms stall in a commit
+        self._checkpointer = None if read_only else Checkpointer(self._db, path)
         self._in_tx = False
         self._before: list[Callable[[], None]] = []
         self._after: list[Callable[[], None]] = []
@@ -370,6 +383,8 @@ class Journal:
         self._savepoints = 0
         self.commit_stats = CommitStats()
         self._slow_commit = slow_commit_seconds
+        #: Told each COMMIT's wall-clock seconds, after the flush (alerts: journal_slow).
+        self.commit_listeners: list[Callable[[float], None]] = []
 
     # --- schema ---------------------------------------------------------------
     def _migrate(self) -> None:
@@ -458,6 +473,7 @@ class Journal:
             actions, self._before = self._before, []
             for action in actions:
                 action()
+        spent = None
         if self._in_tx:
             started = time.perf_counter()
             self._db.execute("COMMIT")
@@ -469,6 +485,9 @@ class Journal:
         actions, self._after = self._after, []
         for action in actions:
             action()
+        if spent is not None:
+            for listener in self.commit_listeners:  # their writes go to the next commit
+                listener(spent)
         return len(actions)
 
     def close(self) -> None:
@@ -478,7 +497,8 @@ class Journal:
         try:
             self.flush()
         finally:
-            self._checkpointer.close()
+            if self._checkpointer is not None:
+                self._checkpointer.close()
             self._db.close()
             log.info("journal %s closed: %s", self.path.name, self.commit_stats.summary())
 
@@ -497,6 +517,17 @@ class Journal:
         try:
             sql = "SELECT * FROM message" + (" WHERE msg_id = ?" if msg_id else "") + " ORDER BY id"
             yield from self._db.execute(sql, (msg_id,) if msg_id else ())
+        finally:
+            self._db.row_factory = None
+
+    def reversal_answer_messages(self, party: str, ref_id: str) -> list[sqlite3.Row]:
+        """The XFER.REVERSE.RSP rows ``party`` sent naming ``ref_id``, oldest first (the
+        partial index of :meth:`reversal_answers`)."""
+        self._db.row_factory = sqlite3.Row
+        try:
+            return list(self._db.execute(
+                "SELECT * FROM message WHERE msg_type='XFER.REVERSE.RSP' AND ref_id=? AND"
+                " party=? AND direction='IN' ORDER BY id", (ref_id, party)))
         finally:
             self._db.row_factory = None
 
@@ -526,6 +557,16 @@ class Journal:
     def record(self, origin: str, biz_type: str, biz_sn: str) -> Record | None:
         found = self._records("origin=? AND biz_type=? AND biz_sn=?", (origin, biz_type, biz_sn))
         return found[0] if found else None
+
+    def records_with_biz_sn(self, biz_sn: str, origins: tuple[str, ...] | None = None,
+                            biz_types: tuple[str, ...] = ()) -> list[Record]:
+        """Every record with this BizSn, oldest first: of ``origins`` and ``biz_types``
+        (probes of the unique index), or of anyone (None: a scan of the table)."""
+        if origins is None:
+            return self._records("biz_sn=? ORDER BY created_at", (biz_sn,))
+        o, t = ",".join("?" for _ in origins), ",".join("?" for _ in biz_types)
+        return self._records(f"origin IN ({o}) AND biz_type IN ({t}) AND biz_sn=?"
+                             " ORDER BY created_at", (*origins, *biz_types, biz_sn))
 
     def record_by_msg(self, receiver: str, origin: str, msg_id: str) -> Record | None:
         """The record of the request ``origin`` sent with ``msg_id`` and the gateway
@@ -665,6 +706,12 @@ class Journal:
         rows = self._db.execute("SELECT kind, count(*) FROM alert GROUP BY kind ORDER BY kind")
         return [(str(kind), int(n)) for kind, n in rows]
 
+    def last_alert(self, kind: str, subject: str) -> tuple[float, str, str] | None:
+        """The newest alert of this kind and subject: (at, severity, text)."""
+        row = self._db.execute("SELECT at, severity, text FROM alert WHERE kind=? AND"
+                               " subject=? ORDER BY id DESC LIMIT 1", (kind, subject)).fetchone()
+        return (float(row[0]), str(row[1]), str(row[2])) if row else None
+
     def agreement_by_no(self, agreement_no: str) -> Agreement | None:
         row = self._db.execute(f"SELECT {_AGREEMENT_COLUMNS} FROM agreement WHERE"
                                " agreement_no=?", (agreement_no,)).fetchone()
@@ -697,6 +744,16 @@ class Journal:
             " WHERE trade_date=? AND receiver != ? GROUP BY 1, 2, 3, 4, 5", (trade_date, gateway))
         return [(str(t), str(d), str(s), str(o), str(r), int(n), int(a))
                 for t, d, s, o, r, n, a in rows]
+
+    def transfer_totals(self, trade_date: str) -> list[tuple[str, str, str, int]]:
+        """The trade date's transfers (XFER.IN and XFER.OUT) answered 0000 and not
+        reversed since (one the gateway is still reversing, REVERSING, counts), summed
+        by (originator, receiver, FundAcct): what the §10 daily totals start from."""
+        rows = self._db.execute(
+            "SELECT origin, receiver, coalesce(fund_acct, ''), sum(amount_fen) FROM record"
+            " WHERE trade_date=? AND biz_type IN ('XFER.IN', 'XFER.OUT') AND result='0000'"
+            " AND state IN ('SUCCEEDED', 'REVERSING') GROUP BY 1, 2, 3", (trade_date,))
+        return [(str(o), str(r), str(f), int(a)) for o, r, f, a in rows]
 
     def reversal_backlog(self, now: float) -> tuple[int, float]:
         """Queued reversals not yet acknowledged, and the age of the oldest (seconds)."""

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import catalog, records
+from .alertrules import Monitor
 from .alerts import Alerts
 from .bizsn import check_owner
 from .bookdate import CHINA, Calendar
@@ -102,6 +103,8 @@ class Gateway(Node):
         self.alerts = Alerts(journal, clock)
         self.rules = Rules(journal, self.calendar, StorageCipher(keystore.storage_key()),
                            lambda: self.local_now().date(), self.alerts)
+        #: §10 thresholds (configured from [alerts] by the server)
+        self.monitor = Monitor(self.alerts, journal, self.trade_date)
         self.reversals = ReversalQueue(config, journal, self.ready_session,
                                        self._reversal_acknowledged)
         self._next_purge = self.now()
@@ -133,7 +136,6 @@ class Gateway(Node):
             self.sessions.remove(session)
         if session.party and session in self._ready.get(session.party, []):
             self._ready[session.party].remove(session)
-        log.info("session %s (%s) closed", session.session_id, session.party or "-")
 
     def ready_session(self, party: str) -> Session | None:
         """A ready session of ``party``, round-robin."""
@@ -494,9 +496,11 @@ class Gateway(Node):
         self.journal.update_record(rec.key, self.now(),
                                    state=records.transition(rec.state, settled.state),
                                    result=settled.result, response_xml=xml, **settled.changes)
+        self.monitor.transfer_settled(rec, settled.state)
         if rec.biz_type == "XFER.REVERSE":
             original = _original_of(rec)
             if settled.reversed_original is not None:
+                self.monitor.transfer_reversed(original)
                 self.reversals.done(original, settled.result)
                 self._original_reversed(original)
             elif settled.state == records.FAILED:
@@ -509,6 +513,7 @@ class Gateway(Node):
         REVERSED, and so are peers' reversals of it left unanswered (they timed out into
         the queue: their outcome is the queue's)."""
         self.rules.mark_reversed(original, now)
+        self.monitor.transfer_reversed(original)
         for rev in self.journal.give_backs(original):
             if rev.biz_type == "XFER.REVERSE" and rev.state == records.PENDING:
                 self._release_record(rev.key)
@@ -621,6 +626,7 @@ class Gateway(Node):
             if now >= pending.deadline:
                 self._time_out(key, pending)
         self.reversals.send_due(now)
+        self.monitor.tick(now)
         if now >= self._next_purge:
             self._purge_replay_store(now)
 

@@ -12,15 +12,23 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from OpenSSL import SSL
 from twisted.application import internet, service
 from twisted.internet import defer, endpoints, protocol, task
-from twisted.internet.interfaces import IHandshakeListener, IPushProducer, IReactorTime
+from twisted.internet.interfaces import (
+    IHandshakeListener,
+    IOpenSSLServerConnectionCreator,
+    IPushProducer,
+    IReactorTime,
+)
 from zope.interface import implementer
 
+from .alertrules import AlertSettings, load_settings
 from .certificates import gateway_identity
 from .config import CONFIG_FILE, Config, split_host_port
 from .journal import Journal
 from .keystore import KeyStore, Peer
+from .logsetup import DialOut, connection_end, host_port, join_host_port
 from .ops import OpsEndpoint
 from .opsconfig import OpsConfig
 from .registry import close_untrusted
@@ -61,6 +69,8 @@ class SessionProtocol(protocol.Protocol):
         self._handshake_call: Any = None
         self._tls_refusal: str | None = None
         self._address = "?"
+        #: Why we are cutting the connection, for its session's close line.
+        self._cut_why: str | None = None
 
     # Link ------------------------------------------------------------------------
     def write(self, data: bytes) -> None:
@@ -70,6 +80,8 @@ class SessionProtocol(protocol.Protocol):
                 log.warning("peer %s does not read: %d bytes queued, closing",
                             self.session.party if self.session else "?",
                             self._written_while_paused)
+                self._cut_why = (f"the peer does not read ({self._written_while_paused} "
+                                 "bytes queued)")
                 self.transport.abortConnection()
                 return
         self.transport.write(data)
@@ -112,7 +124,8 @@ class SessionProtocol(protocol.Protocol):
     def connectionMade(self) -> None:
         if not self._make_room():
             log.warning("connection limit %d reached; refusing %s",
-                        self.factory.config.max_connections, self.transport.getPeer())
+                        self.factory.config.max_connections,
+                        host_port(self.transport.getPeer()))
             self.transport.abortConnection()
             return
         self._no_delay()
@@ -125,8 +138,7 @@ class SessionProtocol(protocol.Protocol):
 
     # TLS handshake -----------------------------------------------------------------
     def _await_handshake(self) -> None:
-        peer = self.transport.getPeer()
-        self._address = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '?')}"
+        self._address = host_port(self.transport.getPeer())
         self._handshake_call = self.factory.reactor.callLater(
             self.factory.config.tls_handshake_seconds, self._handshake_overdue)
 
@@ -152,8 +164,8 @@ class SessionProtocol(protocol.Protocol):
         oldest = min(waiting, key=lambda s: s.opened_at)
         log.warning("connection limit %d reached: closing session %s, not logged on after "
                     "%.1f s, for %s", limit, oldest.session_id,
-                    gw.now() - oldest.opened_at, self.transport.getPeer())
-        oldest.close()
+                    gw.now() - oldest.opened_at, host_port(self.transport.getPeer()))
+        oldest.close(f"connection limit {limit} reached: its slot went to a new connection")
         self.factory.schedule_flush()
         return len(gw.sessions) < limit
 
@@ -175,8 +187,12 @@ class SessionProtocol(protocol.Protocol):
         self.session = Session(gw, self, new_session_id(gw.random_bytes), self.connect_to,
                                peer_side=self.factory.peer_side)
         gw.add_session(self.session)
-        log.info("session %s: connection from %s", self.session.session_id,
-                 self.transport.getPeer())
+        address = host_port(self.transport.getPeer())
+        if self.connect_to is not None:
+            log.info("session %s: connected to %s at %s (dialled out), logging on",
+                     self.session.session_id, self.connect_to.party, address)
+        else:
+            log.info("session %s: connection from %s", self.session.session_id, address)
         self.factory.schedule_flush()
 
     def _no_delay(self) -> None:
@@ -219,7 +235,7 @@ class SessionProtocol(protocol.Protocol):
             try:
                 self.factory.act_on_reads()  # what arrived before the close is acted on
             finally:
-                self.session.close()
+                self.session.close(self._cut_why or connection_end(reason))
             self.factory.schedule_flush()
 
 
@@ -230,6 +246,8 @@ class GatewayFactory(protocol.Factory):
     peer_side = False
     #: True when its connections are TLS: a session starts once the handshake is done.
     tls = False
+    #: No "Starting factory" line from Twisted per connection: sessions log their own.
+    noisy = False
 
     def __init__(self, gateway: Gateway, reactor: IReactorTime) -> None:
         self.gateway = gateway
@@ -265,7 +283,8 @@ class GatewayFactory(protocol.Factory):
                 log.exception("acting on %d read(s) failed; closing their sessions",
                               len(reads))
                 for session, _ in reads:
-                    session.close()
+                    session.close("internal error acting on its messages (see the "
+                                  "traceback above)")
 
     def flush_now(self) -> None:
         """Act on what was read and commit now, not at the end of the turn (on stop:
@@ -301,6 +320,8 @@ class GatewayFactory(protocol.Factory):
 class OutboundFactory(protocol.Factory):
     """Connections the gateway makes to peers with a connect address (it sends LOGON)."""
 
+    noisy = False  # each attempt is logged by its DialOut
+
     def __init__(self, parent: GatewayFactory, peer: Peer, tls: bool = False) -> None:
         self.parent = parent
         self.peer = peer
@@ -311,22 +332,27 @@ class OutboundFactory(protocol.Factory):
         return SessionProtocol(self.parent, connect_to=peer, after_handshake=self.tls)
 
 
+@implementer(IOpenSSLServerConnectionCreator)
 class _CurrentOptions:
-    """The listening port's TLS context factory, swapped in place after ``key promote``
-    (each new connection asks it for the context: it presents the new certificate)."""
+    """The listening port's TLS connection creator, its options swapped in place after
+    ``key promote`` (each new connection is made from the current ones: it presents the
+    new certificate)."""
 
     def __init__(self, options: Any) -> None:
         self.options = options
 
-    def getContext(self) -> Any:
-        return self.options.getContext()
+    def serverConnectionForTLS(self, tls_protocol: Any) -> SSL.Connection:
+        connection = SSL.Connection(self.options.getContext(), None)
+        connection.set_app_data(tls_protocol)
+        return connection
 
 
 class GatewayService(service.MultiService):
     """Listening port, outbound peers, ticker; drains and flushes on stop."""
 
     def __init__(self, home: Path, config: Config, reactor: Any, listen: str | None = None,
-                 tls: bool | None = None, ops: OpsConfig | None = None) -> None:
+                 tls: bool | None = None, alerts: AlertSettings | None = None,
+                 ops: OpsConfig | None = None) -> None:
         super().__init__()
         self.reactor = reactor
         self.config = config
@@ -355,6 +381,10 @@ class GatewayService(service.MultiService):
         self.alerts_reload_hooks: list[Callable[[dict[str, Any]], None]] = []
         #: The §10 ops HTTP endpoint (``serve``; None without ``[ops] listen``).
         self.ops = OpsEndpoint(self, ops) if ops is not None and ops.enabled else None
+
+        # §10 thresholds and the alert command (run from HOME); reloaded on SIGHUP
+        self.gateway.monitor.configure(alerts or load_settings(home), cwd=home)
+        self.alerts_reload_hooks.append(self.gateway.monitor.reload)
 
     # --- dial-outs -------------------------------------------------------------------
     def update_dial_outs(self) -> None:
@@ -386,9 +416,11 @@ class GatewayService(service.MultiService):
         if self._identity is not None:  # --tls covers the sessions we dial too
             creator = self._dial_tls[peer.party] = DialOutTLS(self._identity, peer)
             ep = endpoints.wrapClientTLS(creator, ep)
-        return internet.ClientService(ep, OutboundFactory(self.factory, peer,
-                                                          tls=self._identity is not None),
-                                      clock=self.reactor)
+        dial = DialOut(peer.party, join_host_port(h, p)
+                       + (" over TLS" if self._identity is not None else ""), log)
+        return internet.ClientService(dial.wrap(ep), OutboundFactory(
+            self.factory, peer, tls=self._identity is not None), retryPolicy=dial,
+            clock=self.reactor)
 
     def use_own_identity(self) -> None:
         """After ``key promote``: new TLS connections present the new certificate."""
@@ -435,8 +467,8 @@ class GatewayService(service.MultiService):
         super().startService()
         self._ticker.start(TICK_SECONDS, now=False)
         self.registry_watch.start()
-        log.info("gateway %s serving on %s:%d%s", self.config.party, self._host,
-                 self.listening_port, " (TLS)" if self.tls else "")
+        log.info("gateway %s serving on %s%s", self.config.party,
+                 join_host_port(self._host, self.listening_port), " (TLS)" if self.tls else "")
 
     @defer.inlineCallbacks
     def stopService(self):  # type: ignore[no-untyped-def]
@@ -456,13 +488,14 @@ class GatewayService(service.MultiService):
         self.registry_watch.stop()
         self.factory.act_on_reads()
         for session in list(self.gateway.sessions):
-            session.close()
+            session.close("the gateway is stopping")
         self.gateway.flush()
         yield service.MultiService.stopService(self)
         self.factory.flush_now()  # what the closing connections left (connectionLost)
         if self.ops is not None:
             yield self.ops.stop()
         self.journal.close()
+        self.gateway.monitor.close()  # the alert command gets the last alerts (bounded)
         log.info("gateway stopped; journal flushed")
 
 
@@ -534,3 +567,4 @@ def _tell_closing(session: Any, reason: str) -> None:
     log.warning("session %s: closing: %s", session.session_id, reason)
     session.send("SYS.ERROR", {"Code": "E203", "Text": f"{reason}; log on again with a "
                                "registered key", "RefMsgId": None})
+    session.close(f"its key is no longer valid: {reason}")

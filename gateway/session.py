@@ -155,6 +155,8 @@ class Session:
         self._key_seq = 0
         self.inflight = 0
         self._link_closed = False
+        #: Why it closed (``close``), once it has.
+        self.close_reason: str | None = None
         self._outbox: list[_Outgoing] = []
         self._journaled_in = False
         #: Per-message-type limits on what the peer may send (set at logon).
@@ -248,6 +250,9 @@ class Session:
             self._on_logon_req(envelope, message)
             return
         if self.state == LOGON_SENT:
+            if msg_type == "SYS.ERROR":
+                self._on_logon_error(envelope, message)
+                return
             if msg_type != "SYS.LOGON.RSP":
                 raise SessionNotReady("waiting for SYS.LOGON.RSP", ref_msg_id=message.head.msg_id)
             self._on_logon_rsp(envelope, message)
@@ -321,7 +326,7 @@ class Session:
                             "send it again later", ref_msg_id=message.head.msg_id,
                             closing=closing)
         if closing:
-            self.close()
+            self.close(f"{count} messages over their limits within 60 s")
 
     # --- logon --------------------------------------------------------------------
     def _authenticate_logon(self, envelope: Envelope, message: Message, party: str,
@@ -379,7 +384,7 @@ class Session:
             "ResultText": f"Body/SysLogonReq/HeartbeatSec: {heartbeat} is below this "
                           f"gateway's minimum of {minimum} s",
         }, ref_id=ref)
-        self.close()
+        self.close(f"logon refused: HeartbeatSec {heartbeat} is below the minimum {minimum}")
 
     def _send_logon(self, peer: Peer) -> None:
         self.peer = peer
@@ -392,17 +397,36 @@ class Session:
 
     def _on_logon_rsp(self, envelope: Envelope, message: Message) -> None:
         assert self.peer is not None
+        if message.body.get("Result") != "0000":
+            self._logon_refused(envelope, message, "Result", "ResultText")
+            return
         self.peer = self._authenticate_logon(envelope, message, self.peer.party, None)
         self._journal_in(envelope, message)
-        if message.body.get("Result") != "0000":
-            log.warning("session %s: %s refused our logon: %s %s", self.session_id,
-                        self.peer.party, message.body.get("Result"), message.body.get("ResultText"))
-            self.close()
-            return
         self.state = OPEN
         self._set_limits()
         self.keyx_due_at = self.owner.now()  # we connected out: key at once
         log.info("session %s: logged on to %s", self.session_id, self.peer.party)
+
+    def _on_logon_error(self, envelope: Envelope, message: Message) -> None:
+        """A SYS.ERROR in answer to our SYS.LOGON.REQ: the peer refused the logon (a peer
+        refusing before logon may send it unsigned, docs/protocol.md)."""
+        self._logon_refused(envelope, message, "Code", "Text")
+
+    def _logon_refused(self, envelope: Envelope, message: Message, code: str,
+                       text: str) -> None:
+        """The peer we dialled refused our logon: say why (its code and text, and whether
+        the answer could be verified: a refusal needs no proof, it only ends what we
+        started), keep it as evidence, close."""
+        assert self.peer is not None
+        try:
+            self._authenticate_logon(envelope, message, self.peer.party, None)
+            unverified = ""
+        except GatewayError as exc:
+            unverified = f" (its answer is not verified: {exc.code} {exc.text})"
+        self._journal_in(envelope, message)
+        body = message.body
+        self.close(f"{self.peer.party} refused our logon: {body.get(code)} {body.get(text)}"
+                   f"{unverified}", logging.WARNING)
 
     # --- key exchange -------------------------------------------------------------
     def _new_key_id(self) -> str:
@@ -426,7 +450,8 @@ class Session:
             keys = respond(eph, str(body["PublicKey"]), str(body["Nonce"]), nonce, key_id)
             self._check_key_id_unused(key_id)
         except (KeyExchangeFailed, ValueError) as exc:
-            log.warning("session %s: KEYX %s refused: %s", self.session_id, key_id, exc)
+            log.warning("session %s: refused SYS.KEYX.REQ %s (key %s) from %s: %s",
+                        self.session_id, head.msg_id, key_id, self.party, exc)
             self.send("SYS.KEYX.RSP", {"Result": UnknownKeyId.code,
                                        "ResultText": f"key exchange refused: {exc}"},
                       ref_id=head.msg_id)
@@ -456,8 +481,8 @@ class Session:
             log.warning("session %s: unexpected SYS.KEYX.RSP ignored", self.session_id)
             return
         if body.get("Result") != "0000":
-            log.warning("session %s: peer refused KEYX %s: %s %s", self.session_id,
-                        pending.key_id, body.get("Result"), body.get("ResultText"))
+            log.warning("session %s: %s refused our key exchange %s: %s %s", self.session_id,
+                        self.party, pending.key_id, body.get("Result"), body.get("ResultText"))
             return
         try:
             keys = complete(pending.ephemeral, str(body["PublicKey"]), pending.nonce,
@@ -487,15 +512,16 @@ class Session:
     def _on_logoff_req(self, verified: Verified) -> None:
         self.send("SYS.LOGOFF.RSP", {"Result": "0000", "ResultText": "logged off"},
                   ref_id=verified.message.head.msg_id)
-        self.close()
+        self.close(f"{self.party} logged off")
 
     def _on_logoff_rsp(self, verified: Verified) -> None:
-        self.close()
+        self.close(f"logged off ({self.party} answered our SYS.LOGOFF.REQ)")
 
     def _on_error(self, verified: Verified) -> None:
         body = verified.message.body
-        log.warning("session %s: %s reports %s %s (ref %s)", self.session_id, self.party,
-                    body.get("Code"), body.get("Text"), body.get("RefMsgId"))
+        log.warning("session %s: %s refused our message %s: %s %s", self.session_id,
+                    self.party, body.get("RefMsgId") or "(not named)", body.get("Code"),
+                    body.get("Text"))
         self.owner.peer_error(self, verified)
 
     _SYS_HANDLERS: Mapping[str, Callable[[Session, Verified], None]] = {
@@ -517,12 +543,13 @@ class Session:
         if self.state != OPEN and now - self.opened_at > self.owner.config.logon_timeout_seconds:
             log.warning("session %s: no verified logon within %g s: closing", self.session_id,
                         self.owner.config.logon_timeout_seconds)
-            self.close()
+            self.close(f"no verified logon within "
+                       f"{self.owner.config.logon_timeout_seconds:g} s")
             return
         if now - self.last_heard > 3 * self.heartbeat:
             log.warning("session %s: %s silent for %.0f s (3 heartbeats): closing",
                         self.session_id, self.party or "peer", now - self.last_heard)
-            self.close()
+            self.close(f"silent for {now - self.last_heard:.0f} s (3 heartbeats)")
             return
         if self.state != OPEN:
             return
@@ -680,12 +707,13 @@ class Session:
         if payload is not None and not self._journaled_in:
             self._journal_refused(payload, root, ref)
         over = isinstance(exc, OverLimit)
-        if not over:  # over-limit refusals are logged once a minute (_on_over_limit)
-            log.warning("session %s: %s refused message%s: %s %s", self.session_id,
-                        self.party or "peer", f" {ref}" if ref else "", exc.code, exc.text)
+        refused = (f"refused {_what(root, ref)} from {self.party or sender or 'the peer'}: "
+                   f"{exc.code} {exc.text}")
+        if not over and not exc.closes_session:  # over-limit refusals are logged once a
+            log.warning("session %s: %s", self.session_id, refused)  # minute (_on_over_limit)
         self._send_error(exc, ref, self.party or sender or "UNKNOWN", signed=not over)
         if exc.closes_session:
-            self.close()
+            self.close(refused, logging.INFO if over else logging.WARNING)
 
     def _refuse_unauthenticated(self, exc: GatewayError, payload: bytes | None,
                                 root: Any | None, ref: str | None, to: str | None) -> None:
@@ -695,16 +723,29 @@ class Session:
         evidence, both while the gateway-wide budget
         (``unauthenticated_evidence_bytes_per_minute``) lasts; past it the connection is
         closed with nothing written, and counted."""
-        head, xml = self._error_xml(exc, ref, to or "UNKNOWN")
+        logon = (self.state == AWAITING_LOGON and payload is not None
+                 and _head_token(root, "Type") == "SYS.LOGON.REQ")
+        head, xml = (self._logon_refusal_xml(exc, ref, to or "UNKNOWN") if logon
+                     else self._error_xml(exc, ref, to or "UNKNOWN"))
         kept = 0 if payload is None or self._journaled_in else min(
             len(payload), UNAUTHENTICATED_EVIDENCE_BYTES)
+        refused = f"refused {_what(root, ref)} from {to or 'a peer'}: {exc.code} {exc.text}"
         if unauthenticated_budget(self.owner).take(self.owner.now(), kept + len(xml)):
             if payload is not None and not self._journaled_in:
                 self._journal_refused(payload, root, ref)
-            log.warning("session %s: refused message%s before logon: %s %s; closing",
-                        self.session_id, f" {ref}" if ref else "", exc.code, exc.text)
-            self.send_xml(xml, "SYS.ERROR", head.msg_id, None, signed=False)
-        self.close()
+            self.send_xml(xml, head.type, head.msg_id, head.ref_id, signed=logon)
+            self.close(refused, logging.WARNING)
+        else:  # counted and logged once a minute (UnauthenticatedBudget)
+            self.close(f"{refused} (unanswered: the evidence budget is spent)")
+
+    def _logon_refusal_xml(self, exc: GatewayError, ref: str | None,
+                           to: str) -> tuple[Head, bytes]:
+        """The SYS.LOGON.RSP refusing a SYS.LOGON.REQ: its Result and ResultText say why
+        (§5.1; signed, as §3 requires of SYS.LOGON.*)."""
+        head = Head(type="SYS.LOGON.RSP", msg_id=self.owner.next_msg_id(),
+                    from_party=self.owner.config.party, to_party=to,
+                    time=self.owner.iso_time(), trade_date=self.owner.trade_date(), ref_id=ref)
+        return head, build_xml(head, {"Result": exc.code, "ResultText": exc.text[:256]})
 
     def _error_xml(self, exc: GatewayError, ref: str | None, to: str) -> tuple[Head, bytes]:
         body = {"Code": exc.code, "Text": exc.text[:512], "RefMsgId": ref}
@@ -718,11 +759,15 @@ class Session:
         head, xml = self._error_xml(exc, ref, to)
         self.send_xml(xml, "SYS.ERROR", head.msg_id, None, signed=signed)
 
-    def close(self) -> None:
-        """Close after everything queued so far has been written."""
+    def close(self, why: str = "closed here", level: int = logging.INFO) -> None:
+        """Close after everything queued so far has been written; ``why`` is logged
+        (at ``level``: a warning when it is all the log says of what went wrong)."""
         if self.state == CLOSED:
             return
         self.state = CLOSED
+        self.close_reason = why
+        log.log(level, "session %s (%s) closed: %s", self.session_id,
+                self.party or "not logged on", why)
         self.owner.session_closed(self)
         self.owner.journal.after_commit(self._close_link)
 
@@ -920,6 +965,14 @@ def _sent_result(msg_type: str, xml: bytes) -> str:
         _RESULT[b"Result"] if msg_type.endswith(".RSP") else None
     found = pattern.search(xml) if pattern is not None else None
     return found.group(1).decode("ascii") if found else "-"
+
+def _what(root: Any | None, ref: str | None) -> str:
+    """A refused message in a few words: its Type and MsgId, as far as they could be
+    read."""
+    msg_type = _head_token(root, "Type")
+    if msg_type and ref:
+        return f"{msg_type} {ref}"
+    return msg_type or (f"message {ref}" if ref else "a message")
 
 
 def new_session_id(random_bytes: Callable[[int], bytes] = secrets.token_bytes) -> str:

@@ -363,7 +363,8 @@ def test_a_sim_keeps_its_home_owner_only(home, start_gateway,  # type: ignore[no
     """`gateway sim bank` run as a process: its data/ (ledger with -wal/-shm), keys/ and
     the end-of-day folder and files it writes."""
     bank_home, eod = tmp_path / "ccb", tmp_path / "eod"
-    KeyStore(home.root / "keys").add_peer(BANK, "BANK", ensure_key(bank_home, BANK).read_bytes())
+    KeyStore(home.root / "keys").add_peer(BANK, "BANK", ensure_key(bank_home, BANK).read_bytes(),
+                                          replace=True)
     gw = start_gateway()
     sim = subprocess.Popen(
         [sys.executable, "-m", "gateway", "--home", str(bank_home), "sim", "bank", "--connect",

@@ -315,7 +315,7 @@ def test_a_refused_late_answer_to_a_timed_out_reversal_leaves_the_originator_to_
               TestPeer(BROKER, "BROKER", home.keys[BROKER], port=0))
     try:
         rig.broker.send("CTS.SIGN.REQ", sign_fields("GTJAS0"), to=BANK,
-                        encrypt=("IdNo", "Phone"))
+                        encrypt=("CustName", "IdNo", "Phone"))
         sign = MoneySequences._business(rig.bank.take())[0]
         rig.bank.send("CTS.SIGN.RSP", [("Result", "0000"), ("ResultText", "ok"),
                                        ("BizSn", "GTJAS0"), ("AgreementNo", "AG1")],

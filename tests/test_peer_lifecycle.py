@@ -73,7 +73,7 @@ def refused_logon(gw: Any, party: str, key: ec.EllipticCurvePrivateKey) -> Frame
     peer = TestPeer(party, "BANK" if party == BANK else "BROKER", key, gw.port).connect()
     try:
         rsp = peer.logon()
-        assert rsp.type == "SYS.ERROR", rsp.body
+        assert rsp.type == "SYS.LOGON.RSP", rsp.body  # its Result and ResultText say why
         assert peer.closed_by_gateway(5)
         return rsp
     finally:
@@ -119,7 +119,7 @@ def test_after_peer_add_replace_the_old_keys_transfer_is_refused_and_its_session
     broker = gw.peer(BROKER).open_session()
     rsp = call(broker, "XFER.OUT.REQ", xfer(f"{BROKER}NEW1", "5000.00"), bank=bank)
     assert rsp.body["Result"] == "0000", rsp.body
-    assert refused_logon(gw, BROKER, leaked.key).body["Code"] == "E203"
+    assert refused_logon(gw, BROKER, leaked.key).body["Result"] == "E203"
 
 
 def test_after_a_banks_key_is_replaced_nothing_more_is_relayed_to_its_old_session(
@@ -246,7 +246,7 @@ def test_disable_closes_live_sessions_within_1s_and_refuses_logons_until_enabled
         assert error_codes(closing_frames(session, 3.0)) == ["E203"]
     assert time.monotonic() - began < WITHIN
     rsp = refused_logon(gw, BANK, gw.home.keys[BANK])
-    assert rsp.body["Code"] == "E203" and "disabled" in rsp.body["Text"]
+    assert rsp.body["Result"] == "E203" and "disabled" in rsp.body["ResultText"]
     echo(broker)  # the other party's session is untouched
     assert "DISABLED" in gateway_cli(gw.home, "peer", "list").stdout
 
@@ -269,7 +269,7 @@ def test_remove_closes_sessions_forgets_the_party_and_keeps_its_journal(
     assert error_codes(closing_frames(bank, 3.0)) == ["E203"]
     assert time.monotonic() - began < WITHIN
     rsp = refused_logon(gw, BANK, gw.home.keys[BANK])
-    assert rsp.body["Code"] == "E203" and "not registered" in rsp.body["Text"]
+    assert rsp.body["Result"] == "E203" and "not registered" in rsp.body["ResultText"]
     assert BANK not in gateway_cli(gw.home, "peer", "list").stdout.split()
     again = gateway_cli(gw.home, "peer", "remove", "--id", BANK)
     assert again.returncode == 1 and "peer list" in again.stderr
@@ -309,7 +309,7 @@ def test_a_next_key_logs_on_and_works_beside_the_current_until_promote(
     assert time.monotonic() - began < WITHIN
     rsp = call(upcoming, "XFER.IN.REQ", xfer(f"{BROKER}NX9"), bank=bank)
     assert rsp.body["Result"] == "0000", rsp.body
-    assert refused_logon(gw, BROKER, current.key).body["Code"] == "E203"
+    assert refused_logon(gw, BROKER, current.key).body["Result"] == "E203"
     again = gateway_cli(gw.home, "peer", "promote", "--id", BROKER)
     assert again.returncode == 1 and "--next" in again.stderr
 

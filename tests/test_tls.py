@@ -61,7 +61,7 @@ def test_certificate_issued_for_another_key_is_refused(home, start_gateway, tmp_
     ctx = client_context(home.root, tmp_path, other, issue(home.root, BROKER, other.public_key()))
     broker = gw.peer(BROKER, tls=ctx).connect()
     rsp = broker.logon()
-    assert rsp.type == "SYS.ERROR" and rsp.body["Code"] == "E203"
+    assert rsp.type == "SYS.LOGON.RSP" and rsp.body["Result"] == "E203"
     assert broker.closed_by_gateway()
     gw.wait_for_log("TLS client certificate is not GTJA's registered key")
 
@@ -304,7 +304,7 @@ def tls_gateway(tmp_path: Path):  # type: ignore[no-untyped-def]
         pub = ensure_key(sim_home, party)
         if register:
             out = gateway_cli(gw_home.root, "peer", "add", "--id", party, "--role",
-                              role.upper(), "--cert", str(pub))
+                              role.upper(), "--cert", str(pub), "--replace")
             assert out.returncode == 0, out.stderr
         if issue_cert:
             out = gateway_cli(gw_home.root, "peer", "issue", "--id", party, "--out",

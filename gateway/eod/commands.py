@@ -15,6 +15,7 @@ from gateway.exitcodes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE
 from gateway.keystore import KeyStore, KeyStoreMissing
 
 from . import report as render
+from .alerting import FileAlerts
 from .check import Progress, check_file
 from .export import export_file
 from .reconcile import JournalTooOld
@@ -68,7 +69,11 @@ def check_command(home: Path, file: Path, as_json: bool = False) -> int:
     except KeyboardInterrupt:
         print("interrupted; nothing was judged", file=sys.stderr)
         return EXIT_INTERRUPTED
-    print(render.as_json(report) if as_json else render.as_text(report), end="\n" if as_json else "")
+    print(render.as_json(report) if as_json else render.as_text(report), end="\n" if as_json else "",
+          flush=True)
+    alerts = FileAlerts(Path(home))  # §10: eod_rejected, eod_discrepancy, overdraft
+    alerts.judged(report)
+    alerts.close()
     return report.exit_code
 
 
@@ -108,11 +113,14 @@ def watch_command(home: Path, folder: Path, *, poll_seconds: float = 1.0,
         print(text, flush=True)
 
     _interrupt_on_sigterm()
+    alerts = FileAlerts(Path(home))  # §10: eod_rejected, eod_discrepancy, overdraft
     try:
         while True:
-            sweep(Path(home), folder, log)
+            sweep(Path(home), folder, log, alerts.judged)
             if once:
                 return 0
             time.sleep(poll_seconds)
     except KeyboardInterrupt:
         return 0
+    finally:
+        alerts.close()

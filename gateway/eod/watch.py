@@ -45,6 +45,8 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 Log = Callable[[str], None]
+#: Told each report once its file is sorted (the §10 alerts of eod watch).
+Judged = Callable[[CheckReport], None]
 
 log = logging.getLogger(__name__)
 
@@ -181,15 +183,16 @@ def complete_files(top: int) -> list[str]:
     return out
 
 
-def sweep(home: Path, folder: Path, log: Log) -> int:
-    """One pass over the folder; the number of files processed."""
+def sweep(home: Path, folder: Path, log: Log, judged: Judged | None = None) -> int:
+    """One pass over the folder; the number of files processed (each report handed to
+    ``judged`` once the file is sorted)."""
     try:
         top = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
         log(f"error: cannot read {folder}: {exc.strerror}")
         return 0
     try:
-        return _sweep(home, folder, top, log)
+        return _sweep(home, folder, top, log, judged)
     except Unusable as exc:
         log(f"error: cannot sort files: {exc}")
         return 0
@@ -197,7 +200,7 @@ def sweep(home: Path, folder: Path, log: Log) -> int:
         os.close(top)
 
 
-def _sweep(home: Path, folder: Path, top: int, log: Log) -> int:
+def _sweep(home: Path, folder: Path, top: int, log: Log, judged: Judged | None) -> int:
     for name in (ACCEPTED, REJECTED, CHECKING):  # refuse up front: nothing half-sorted
         st = _lstat(name, top)
         problem = st and _refusal(str(folder), name, st, private=name == CHECKING)
@@ -211,10 +214,10 @@ def _sweep(home: Path, folder: Path, top: int, log: Log) -> int:
         assert checking is not None
         _finish_interrupted(folder, top, checking, log)
         for name in _staged(checking):
-            done += _process(home, folder, top, checking, name, log)
+            done += _process(home, folder, top, checking, name, log, judged)
         for name in complete_files(top):
             if _stage(top, checking, name):
-                done += _process(home, folder, top, checking, name, log)
+                done += _process(home, folder, top, checking, name, log, judged)
     try:
         os.rmdir(CHECKING, dir_fd=top)  # kept only while it holds something
     except OSError:
@@ -273,7 +276,8 @@ def _follow_file(folder: Path, top: int, checking: int | None, fd: int, name: st
                     return
 
 
-def _process(home: Path, folder: Path, top: int, checking: int, name: str, log: Log) -> int:
+def _process(home: Path, folder: Path, top: int, checking: int, name: str, log: Log,
+             judged: Judged | None = None) -> int:
     """Check one staged file and move it, with its ``.sig``, beside its report."""
     with _dir(top, str(folder), ACCEPTED, create=False) as accepted:
         previous = (None if accepted is None
@@ -298,6 +302,8 @@ def _process(home: Path, folder: Path, top: int, checking: int, name: str, log: 
     verdict = ("accepted" if report.valid else "rejected") + f" (exit {report.exit_code})"
     log(f"{name}: {verdict} -> {Path(dest_name, slot)}"
         + (f": {report.reason}" if report.reason else ""))
+    if judged is not None:
+        judged(report)
     return 1
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import logging
-from collections.abc import Mapping
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -385,7 +385,7 @@ class Originator:
 
     @defer.inlineCallbacks
     def bank_transfer(self, fund_acct: str, wallet_id: str, amount: str,
-                      sn: str | None = None):  # type: ignore[no-untyped-def]
+                      sn: str | None = None) -> Generator[Any, Any, Reply]:
         """A bank-originated XFER.IN: the bank holds the wallet's money in the dedicated
         wallet, then sweeps it (0000) or gives it back."""
         sn, fen = sn or self.sn("K"), to_fen(amount) or 0
@@ -395,12 +395,14 @@ class Originator:
         refused_code = self.book.hold(sn, wallet_id, fen)
         if refused_code:
             return Reply(refused_code, "refused by the bank's own checks: not sent", local=True)
-        reply = yield self.ask("XFER.IN.REQ", self.xfer_body(sn, fund_acct, wallet_id, amount))
+        reply: Reply = yield self.ask("XFER.IN.REQ", self.xfer_body(sn, fund_acct, wallet_id,
+                                                                    amount))
         return reply
 
     @defer.inlineCallbacks
     def wait_state(self, biz_sn: str, orig_type: str = "XFER.IN", state: str = "REVERSED",
-                   seconds: float = 10.0, every: float = 0.2):  # type: ignore[no-untyped-def]
+                   seconds: float = 10.0,
+                   every: float = 0.2) -> Generator[Any, Any, str]:
         """Ask the gateway (XFER.QUERY) until the record is in ``state``; the last state."""
         got = "NONE"
         for _ in range(max(1, int(seconds / every))):

@@ -273,7 +273,7 @@ class Ledger:
         return self._account(row) if row else None
 
     def accounts(self, kind: str | None = None) -> list[Account]:
-        sql, args = "SELECT * FROM account", ()
+        sql, args = "SELECT * FROM account", tuple[str, ...]()
         if kind:
             sql, args = sql + " WHERE kind=?", (kind,)
         return [self._account(r) for r in self.db.execute(sql + " ORDER BY id", args)]
@@ -335,7 +335,7 @@ class Ledger:
 
     def ops(self, day: str | None = None) -> list[Op]:
         """Booked operations (of ``day``), in booking order."""
-        sql, args = "SELECT * FROM op", ()
+        sql, args = "SELECT * FROM op", tuple[str, ...]()
         if day:
             sql, args = sql + " WHERE day=?", (day,)
         return [Op(*r) for r in self.db.execute(sql + " ORDER BY rowid", args)]

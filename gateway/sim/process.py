@@ -32,10 +32,15 @@ READY_SECONDS = 30.0
 
 def add_arguments(p: argparse.ArgumentParser, role: str) -> None:
     """The options of ``gateway sim <role>``."""
-    p.add_argument("--connect", required=True, metavar="HOST:PORT", type=connect_address)
-    p.add_argument("--party", help="PartyId (default CCB for a bank, GTJA for a broker)")
-    p.add_argument("--gateway-cert", type=Path, help="default: HOME/keys/gateway.crt")
-    p.add_argument("--gateway-party", default="GW01")
+    p.add_argument("--connect", required=True, metavar="HOST:PORT", type=connect_address,
+                   help="the gateway's address (IPv6 as [::1]:7700)")
+    p.add_argument("--party", metavar="ID",
+                   help="its PartyId (default CCB for a bank, GTJA for a broker)")
+    p.add_argument("--gateway-cert", type=Path, metavar="FILE",
+                   help="the gateway's certificate, whose key signs what the gateway sends "
+                        "(default: HOME/keys/gateway.crt)")
+    p.add_argument("--gateway-party", default="GW01", metavar="ID",
+                   help="the gateway's PartyId")
     p.add_argument("--connections", type=int, default=1, metavar="N",
                    help="sessions to hold with the gateway (default 1)")
     p.add_argument("--tls", action="store_true",
@@ -50,24 +55,30 @@ def add_arguments(p: argparse.ArgumentParser, role: str) -> None:
                         "own certificate, or the CA that issued it; default: --gateway-cert")
     p.add_argument("--eod-dir", type=Path, metavar="DIR",
                    help="write this party's signed end-of-day files (§8) into DIR at the end"
-                        + (" and on SIGUSR1" if role == "bank" else ""))
+                        + (" and on SIGUSR1" if role == "bank" else "")
+                        + " (default: none written)")
     p.add_argument("--eod-date", type=dt.date.fromisoformat, metavar="YYYY-MM-DD",
                    help="trade date of those files (default: the trade date when written)")
     if role == "bank":
         p.add_argument("--broker", default="GTJA",
                        help="the broker whose clients it seeds and whose files it writes")
         p.add_argument("--withhold", nargs="*", metavar="BIZSN",
-                       help="book these requests but never answer (timeout tests)")
-        p.add_argument("--delay", type=float, default=0.0, help="answer after N seconds")
+                       help="book these requests but never answer (timeout tests) "
+                        "(default: answer every one)")
+        p.add_argument("--delay", type=float, default=0.0, metavar="N",
+                       help="answer after N seconds")
         p.add_argument("--holidays", nargs="*", type=dt.date.fromisoformat, default=[],
                        metavar="YYYY-MM-DD",
-                       help="the gateway's holidays, for the OTC BookDate in its OTC file")
+                       help="the gateway's holidays, for the OTC BookDate in its OTC file "
+                            "(default: none, weekends only)")
     else:
         p.add_argument("--bank", default="CCB", help="the bank it sends to (default CCB)")
         p.add_argument("--script", type=Path, metavar="FILE",
-                       help="originate the steps of FILE (docs/simulators.md), then exit")
+                       help="originate the steps of FILE (docs/simulators.md), then exit "
+                            "(default: no script)")
         p.add_argument("--rate", type=float, metavar="N",
-                       help="originate N mixed transfers a second (after --script, if any)")
+                       help="originate N mixed transfers a second (after --script, if any) "
+                            "(default: none: serve only)")
         p.add_argument("--seconds", type=float, metavar="S",
                        help="with --rate: send for S seconds, then settle and exit "
                             "(default: until SIGTERM)")

@@ -5,6 +5,7 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from ..fieldcrypto import StorageCipher
 from ..filemodes import private_dir
 from ..journal import Journal
 from ..keystore import Peer, generate_key_file, load_signer
+from ..logsetup import DialOut
 from ..server import TICK_SECONDS, GatewayFactory, SessionProtocol
 from ..signature import key_type, load_public_key, signer_id
 from ..tls import GatewayTLS
@@ -37,23 +39,24 @@ RECONNECT_FIRST_SECONDS, RECONNECT_MAX_SECONDS = 0.5, 10.0
 FAILED_MAX_SECONDS = 60.0
 
 
-class Redial:
-    """When to dial the gateway again (a ClientService ``retryPolicy``).
+class Redial(DialOut):
+    """When to dial the gateway again (a ClientService ``retryPolicy``), logged.
 
     ClientService counts failed connects and starts again from 0 once a connect
     succeeds, so a session that fails after its connect — a TLS handshake or a logon
-    refused — would be tried again every second or so for ever, silently.  Here those
-    failures count too (each logged once, with the reason and the wait), until a
-    session is ready."""
+    refused — would be tried again every second or so for ever.  Here those failures
+    count too, until a session is ready.  Each failed connect and each failed session
+    is one log line with the reason and the wait (gateway.logsetup.DialOut)."""
 
     def __init__(self, party: str, address: str) -> None:
-        self.party, self.address = party, address
+        super().__init__("the gateway", address, log, prefix=f"{party}: ", announce=False)
+        self.party = party
         self.failures = 0
         self._connects = internet.backoffPolicy(RECONNECT_FIRST_SECONDS, RECONNECT_MAX_SECONDS)
         self._sessions = internet.backoffPolicy(RECONNECT_FIRST_SECONDS, FAILED_MAX_SECONDS,
                                                 jitter=lambda: 0.0)
 
-    def __call__(self, attempt: int) -> float:
+    def delay(self, attempt: int) -> float:
         if self.failures:
             return float(self._sessions(self.failures))
         return float(self._connects(attempt))
@@ -61,8 +64,7 @@ class Redial:
     def failed(self, why: str) -> None:
         """A session to the gateway ended before it was ready."""
         self.failures += 1
-        log.warning("%s: session with the gateway at %s failed: %s; dialling again in %.1f s",
-                    self.party, self.address, why, self(1))
+        super().failed(f"session with the gateway at {self.address} failed: {why}")
 
     def ready(self) -> None:
         self.failures = 0
@@ -204,8 +206,9 @@ class Sim:
         for stop in self.stoppers:
             self._attempt("stopping what runs on the books", stop)
         self._attempt("acting on what arrived", self.factory.act_on_reads)  # answered first
+        why = f"{self.node.config.party} is stopping"
         for session in list(self.node.sessions):
-            self._attempt("closing a session", session.close)
+            self._attempt("closing a session", partial(session.close, why))
         self._attempt("the final commit", self.node.flush)
         results = yield defer.DeferredList(
             [defer.maybeDeferred(service.stopService) for service in self.services],
@@ -236,7 +239,7 @@ class Sim:
 
 def _why(failure: Any) -> str:
     """A failure in a few words: its message, or its type when it has none."""
-    return failure.getErrorMessage() or failure.type.__name__
+    return str(failure.getErrorMessage() or failure.type.__name__)
 
 
 class GatewayLink(SessionProtocol):
@@ -250,9 +253,11 @@ class GatewayLink(SessionProtocol):
 
     def connectionLost(self, reason: Any = None) -> None:
         session = self.session
+        ended_here = session is not None and session.close_reason is not None
         super().connectionLost(reason)
         if session is not None and not session.keyring.has_key:
             self.factory.redial.failed(
+                str(session.close_reason) if ended_here else
                 "the connection ended before the session was ready (logon refused, or the "
                 "gateway serves TLS and this sim dials without --tls?)")
 
@@ -282,6 +287,7 @@ def start_sim(reactor: Any, home: Path, role: str, party: str, connect: str,
     ensure_key(home, party)
     signer = load_signer(key_file(home, party))
     journal, ledger = open_books(home, party)
+    node: PeerNode  # made below; the books ask it for the date and time
     today = lambda: node.trade_date()  # noqa: E731
     now_iso = lambda: node.iso_time()  # noqa: E731
     book: Any = (BankBook(ledger, party, today, now_iso) if role == "BANK"
@@ -296,8 +302,9 @@ def start_sim(reactor: Any, home: Path, role: str, party: str, connect: str,
     endpoint: Any = endpoints.HostnameEndpoint(reactor, host, port)
     if tls is not None:
         endpoint = endpoints.wrapClientTLS(tls, endpoint)
-    services = [internet.ClientService(endpoint, factory, retryPolicy=factory.redial,
-                                       clock=reactor) for _ in range(connections)]
+    services = [internet.ClientService(factory.redial.wrap(endpoint), factory,
+                                       retryPolicy=factory.redial, clock=reactor)
+                for _ in range(connections)]
     for service in services:
         service.startService()
     ticker = task.LoopingCall(factory.tick)
