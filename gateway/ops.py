@@ -26,6 +26,7 @@ import hmac
 import json
 import logging
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +38,11 @@ from twisted.web.server import Site
 from . import __version__
 from .alerts import CRITICAL, Alert
 from .bookdate import CHINA
-from .config import split_host_port
+from .config import ConfigError, split_host_port
 from .errors import RESULT_TEXT
 from .givebacks import fen_text
 from .metrics import CONTENT_TYPE, CommitWatch, EodReports, OpsMetrics
-from .opsconfig import OpsConfig, read_token
+from .opsconfig import OpsConfig, read_token, seconds_setting
 from .session import count_messages
 
 log = logging.getLogger(__name__)
@@ -120,10 +121,22 @@ class OpsEndpoint:
         self.commits = CommitWatch(gateway, self.metrics.commit_seconds,
                                    self.metrics.commit_frames, gateway.now)
         self.readiness = Readiness(svc, cfg)
+        svc.alerts_reload_hooks.append(self.reload_alerts)
         self._checks = task.LoopingCall(self._check)
         self._checks.clock = svc.reactor
         self.port: Any = None
         self.closed = False
+
+    def reload_alerts(self, table: dict[str, Any]) -> None:
+        """SIGHUP: ``[alerts] peer_down_seconds`` as the reloaded table says (its other
+        keys are the alert rules'); a bad value keeps the one in use."""
+        try:
+            cfg = replace(self.cfg, peer_down_seconds=seconds_setting(
+                "alerts", "peer_down_seconds", table.get("peer_down_seconds", 60.0)))
+        except ConfigError as exc:
+            log.error("SIGHUP: %s; peer_down_seconds stays %g", exc, self.cfg.peer_down_seconds)
+            return
+        self.cfg = self.readiness.cfg = cfg
 
     def _check(self) -> None:
         try:

@@ -59,7 +59,7 @@ class OpsConfig:
         return replace(self, listen=listen)
 
 
-def _seconds(table: str, name: str, value: Any) -> float:
+def seconds_setting(table: str, name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
         raise ConfigError(f"[{table}] {name} must be a positive number of seconds")
     return float(value)
@@ -87,13 +87,13 @@ def from_tables(ops: dict[str, Any], alerts: dict[str, Any], home: Path) -> OpsC
         raise ConfigError("[ops] eod_dirs must be a list of folders")
     return OpsConfig(
         listen=listen, required_peers=tuple(dict.fromkeys(peers)),
-        peer_down_seconds=_seconds("alerts", "peer_down_seconds",
+        peer_down_seconds=seconds_setting("alerts", "peer_down_seconds",
                                    alerts.get("peer_down_seconds", cfg.peer_down_seconds)),
-        healthz_flush_seconds=_seconds("ops", "healthz_flush_seconds", ops.get(
+        healthz_flush_seconds=seconds_setting("ops", "healthz_flush_seconds", ops.get(
             "healthz_flush_seconds", cfg.healthz_flush_seconds)),
-        page_refresh_seconds=_seconds("ops", "page_refresh_seconds", ops.get(
+        page_refresh_seconds=seconds_setting("ops", "page_refresh_seconds", ops.get(
             "page_refresh_seconds", cfg.page_refresh_seconds)),
-        business_cache_seconds=_seconds("ops", "business_cache_seconds", ops.get(
+        business_cache_seconds=seconds_setting("ops", "business_cache_seconds", ops.get(
             "business_cache_seconds", cfg.business_cache_seconds)),
         eod_dirs=tuple(home / d for d in dirs))  # relative to the home, absolute kept
 

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -204,12 +205,29 @@ def test_readyz_flips_when_the_bank_disconnects_and_back(home: GatewayHome) -> N
         gw.kill()
 
 
-def test_peer_down_is_raised_once_journaled_and_cleared_when_the_bank_is_back(
-        home: GatewayHome) -> None:
-    write_toml(home, ops={"required_peers": [BANK]}, alerts={"peer_down_seconds": 1})
+def recorder(tmp_path: Path) -> tuple[list[str], Path]:
+    """An ``[alerts] command`` that appends its stdin to a file."""
+    script, out = tmp_path / "record.sh", tmp_path / "alerts.jsonl"
+    script.write_text('#!/bin/sh\ncat >> "$1"\n')
+    script.chmod(0o700)
+    return [str(script), str(out)], out
+
+
+def test_peer_down_is_raised_once_journaled_handed_to_the_command_and_cleared(
+        home: GatewayHome, tmp_path: Path) -> None:
+    command, out = recorder(tmp_path)
+    write_toml(home, ops={"required_peers": [BANK]},
+               alerts={"peer_down_seconds": 1, "command": command})
     gw = RunningGateway(home)
     try:
         gw.wait_for_log(r"ALERT .*peer_down.*CCB", timeout=10)
+        raised = time.monotonic()
+        wait_until(lambda: out.exists() and out.read_text() != "", timeout=5)
+        assert time.monotonic() - raised < 5  # §10: the command has it within 5 s
+        sent = json.loads(out.read_text().splitlines()[0])
+        assert {k: sent[k] for k in ("kind", "severity", "subject")} == \
+            {"kind": "peer_down", "severity": "critical", "subject": BANK}
+        assert sent["time"].endswith("+08:00") and "no ready session" in sent["text"]
         time.sleep(2.5)  # still down: a state alert is not raised again
         with journal(gw) as db:
             rows = db.execute("SELECT kind, severity, subject FROM alert").fetchall()
@@ -482,3 +500,16 @@ def test_the_days_business_is_read_again_after_its_ttl_or_a_new_trade_date() -> 
     assert business.rows()[0][5] == 2
     gw.day = "2026-12-03"  # midnight: the new day at once
     assert business.rows()[0][5] == 3 and gw.asked[-1] == ("2026-12-03", 105.0)
+
+
+def test_sighup_applies_a_new_peer_down_seconds(home: GatewayHome) -> None:
+    write_toml(home, ops={"required_peers": [BANK]}, alerts={"peer_down_seconds": 3600})
+    gw = RunningGateway(home)
+    try:
+        time.sleep(1.5)
+        assert "ALERT" not in gw.log_text()
+        write_toml(home, ops={"required_peers": [BANK]}, alerts={"peer_down_seconds": 1})
+        gw.proc.send_signal(signal.SIGHUP)
+        gw.wait_for_log(r"ALERT .*peer_down.*CCB", timeout=10)
+    finally:
+        gw.kill()
