@@ -3,6 +3,7 @@
     python bench/relay.py                 # floor, closed loop at max, open loop at half
     python bench/relay.py --durability    # ... and closed loop per journal setting
     python bench/relay.py --profile       # ... and a cProfile of the gateway at max load
+    python bench/relay.py --ops           # closed loop with the §10 ops endpoint off / on
 
 Each load run starts, on loopback and as separate processes, with full security
 (MAC + ES256 signatures on every hop, XSD validation, durable journal):
@@ -171,15 +172,58 @@ def wallet_balance(setup: Setup) -> int:
         db.close()
 
 
+class Scraper:
+    """What Prometheus and an open operator page do to a gateway, harder: GET /metrics
+    and /api/status every ``every`` seconds from a thread of this process."""
+
+    def __init__(self, port: int, token: str, every: float) -> None:
+        self.port, self.token, self.every = port, token, every
+        self.spent: list[float] = []
+        self.failed = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="scraper", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import http.client
+
+        while not self._stop.wait(self.every):
+            for path in ("/metrics", "/api/status"):
+                t0 = time.monotonic()
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+                try:
+                    conn.request("GET", path, headers={"Authorization": f"Bearer {self.token}"})
+                    rsp = conn.getresponse()
+                    rsp.read()
+                    self.failed += rsp.status != 200
+                except OSError:
+                    self.failed += 1
+                finally:
+                    conn.close()
+                self.spent.append(time.monotonic() - t0)
+
+    def stop(self) -> dict[str, Any]:
+        self._stop.set()
+        self._thread.join()
+        ms = sorted(x * 1e3 for x in self.spent)
+        return {"scrapes": len(ms), "failed": self.failed,
+                "mean_ms": round(sum(ms) / len(ms), 2) if ms else None,
+                "max_ms": round(ms[-1], 2) if ms else None}
+
+
 def one_run(args: argparse.Namespace, label: str, *, rate: float = 0.0,
             settings: dict[str, Any] | None = None, profile: Path | None = None,
-            profile_who: str = "gateway") -> dict[str, Any]:
+            profile_who: str = "gateway", ops: bool = False) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="sbdx-bench-"))
     speed_before = box_speed()
     setup = prepare(root, settings or {})
     os.sync()  # nothing of the set-up (or a previous run) left for the disk to flush
     gw_log, bank_log = root / "gateway.log", root / "bank.log"
-    gw_cmd = [PY, "-m", "gateway", "--home", str(setup.gw), "serve"]
+    # the ops endpoint (§10) only when asked: the other runs stay comparable with those
+    # recorded before it existed
+    ops_port = free_port() if ops else 0
+    gw_cmd = [PY, "-m", "gateway", "--home", str(setup.gw), "serve", "--ops-listen",
+              f"127.0.0.1:{ops_port}" if ops else ""]
     bank_cmd = [PY, "-m", "gateway", "--home", str(setup.bank), "sim", "bank", "--connect",
                 f"127.0.0.1:{setup.port}", "--gateway-cert", str(setup.gw / "keys/gateway.crt")]
     if profile and profile_who == "gateway":
@@ -199,6 +243,8 @@ def one_run(args: argparse.Namespace, label: str, *, rate: float = 0.0,
         opening = wallet_balance(setup)
         result_file = root / "driver.json"
         probe = DiskProbe(root, args.warmup) if args.disk_probe else None
+        scraper = (Scraper(ops_port, (setup.gw / "keys" / "ops.token").read_text().strip(),
+                           args.scrape_seconds) if ops else None)
         try:
             driver = subprocess.run(
                 [PY, str(BENCH / "relay_driver.py"), "--home", str(setup.broker), "--connect",
@@ -209,6 +255,7 @@ def one_run(args: argparse.Namespace, label: str, *, rate: float = 0.0,
                  "--out", str(result_file)], capture_output=True, text=True, timeout=900)
         finally:
             disk = probe.stop() if probe else {}
+            scraped = scraper.stop() if scraper else {}
         if driver.returncode != 0 or not result_file.exists():
             raise RuntimeError(f"driver failed: {driver.stderr[-2000:]}")
         result = json.loads(result_file.read_text())
@@ -217,6 +264,7 @@ def one_run(args: argparse.Namespace, label: str, *, rate: float = 0.0,
         time.sleep(0.5)  # let the bank's last commit land before reading its books
         result["label"] = label
         result["disk_probe"] = disk
+        result["scraped"] = scraped
         result["checks"] = check_books(setup, result, opening)
         result["errors_in_logs"] = count_errors(gw_log) + count_errors(bank_log)
     finally:
@@ -388,6 +436,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--disk-probe", action="store_true",
                    help="time a 4 KiB write + fdatasync every 10 ms during each run (adds"
                         " ~5 %% to the rig's flushes; the gateway's commit times need none)")
+    p.add_argument("--ops", action="store_true",
+                   help="only closed loop, --ops-rounds times with the ops endpoint off then"
+                        " on (scraped every --scrape-seconds): the on/off throughput ratio")
+    p.add_argument("--ops-rounds", type=int, default=3)
+    p.add_argument("--scrape-seconds", type=float, default=1.0,
+                   help="with --ops: seconds between scrapes of /metrics and /api/status")
     p.add_argument("--json", type=Path, help="write all results here")
     args = p.parse_args(argv)
 
@@ -395,6 +449,8 @@ def main(argv: list[str] | None = None) -> int:
     base = floor("FULL", args.floor_group)
     print(f"floor: {base['round_trip_us']} µs per round trip in sequence; operations timed"
           f" alone sum to {base['ops_sum_us']} {base['hop_us']}", flush=True)
+    if args.ops:
+        return ops_comparison(args, base)
     if args.open_rate and args.open_only:
         rate = args.open_rate
     else:
@@ -446,6 +502,36 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps({"machine": machine(), "floors": floors, "runs": runs},
                                         indent=1, ensure_ascii=False))
     return 0 if all(r["checks"]["ok"] for r in runs) else 1
+
+
+def ops_comparison(args: argparse.Namespace, base: dict[str, Any]) -> int:
+    """Issue 19: closed-loop round trips with the ops endpoint on within 5 % of it off,
+    in one run; off and on alternate, so a drift of the VM's speed hits both alike."""
+    runs: list[dict[str, Any]] = []
+    for n in range(args.ops_rounds):
+        for ops in (False, True):
+            state = f"on, scraped every {args.scrape_seconds:g}s" if ops else "off"
+            label = f"closed loop, ops {state} #{n + 1}"
+            r = one_run(args, label, ops=ops)
+            r["ops"] = ops
+            runs.append(r)
+            print(row(r, base), r["scraped"] or "", flush=True)
+    off = [r["throughput"] for r in runs if not r["ops"]]
+    on = [r["throughput"] for r in runs if r["ops"]]
+    ratio = (sum(on) / len(on)) / (sum(off) / len(off))
+    print()
+    print(f"Machine: {machine()}")
+    print(HEADER)
+    for r in runs:
+        print(row(r, base))
+    print(f"ops on / off: {sum(on) / len(on):.0f} / {sum(off) / len(off):.0f} round trips/s"
+          f" = {ratio:.3f}; scrapes: {[r['scraped'] for r in runs if r['ops']]}")
+    if args.json:
+        for r in runs:
+            r.pop("biz_sns", None)
+        args.json.write_text(json.dumps({"machine": machine(), "runs": runs, "ratio": ratio},
+                                        indent=1, ensure_ascii=False))
+    return 0 if all(r["checks"]["ok"] for r in runs) and ratio >= 0.95 else 1
 
 
 if __name__ == "__main__":

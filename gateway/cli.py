@@ -51,10 +51,14 @@ def _cmd_init(args: argparse.Namespace, home: Home) -> int:
         return 1
     home.data.mkdir(parents=True, exist_ok=True)
     from .certificates import gateway_names
+    from .opsconfig import TOKEN_FILE, make_token
+
+    make_token(home.keys)  # §10: the ops API's bearer token, 0600
 
     print(f"initialised gateway {store.party} in {home.root}")
     print(f"signer {store.signer().signer}; certificate {home.keys / 'gateway.crt'} "
           f"naming {', '.join(gateway_names(store))}")
+    print(f"ops token (for the ops page and `gateway status`) in {home.keys / TOKEN_FILE}")
     return EXIT_OK
 
 
@@ -303,8 +307,12 @@ def _cmd_serve(args: argparse.Namespace, home: Home) -> int:
     except config_mod.ConfigError as exc:
         print(f"gateway serve: {exc}", file=sys.stderr)
         return 1
+    ops = _ops_settings(args, home)
+    if ops is None:
+        return EXIT_FAILED
     svc = GatewayService(home.root, cfg, reactor, listen=args.listen,
-                         tls=True if args.tls else None, alerts=alerts)
+                         tls=True if args.tls else None, alerts=alerts,
+                         ops=ops)
     flushes = FlushWatch(svc.gateway)
     refused: list[Exception] = []
 
@@ -333,6 +341,42 @@ def _cmd_serve(args: argparse.Namespace, home: Home) -> int:
         print("gateway serve: stopped because the journal could not be committed "
               "(see the log)", file=sys.stderr)
         return EXIT_JOURNAL_FAILED
+    return EXIT_OK
+
+
+def _ops_settings(args: argparse.Namespace, home: Home) -> Any:
+    """``[ops]`` (with ``--ops-listen``), and keys/ops.token made if missing (§10);
+    None after one line on stderr if either is unusable."""
+    from . import opsconfig
+    from .config import ConfigError
+
+    try:
+        ops = opsconfig.load(home.root).with_listen(args.ops_listen)
+        if ops.enabled and opsconfig.make_token(home.keys):
+            logging.getLogger("gateway.serve").warning(
+                "made the ops token %s (it was missing; 0600)", home.keys / opsconfig.TOKEN_FILE)
+        if ops.enabled:
+            opsconfig.read_token(home.keys)
+    except (ConfigError, opsconfig.TokenError, OSError) as exc:
+        print(f"gateway serve: {exc}", file=sys.stderr)
+        return None
+    return ops
+
+
+def _cmd_status(args: argparse.Namespace, home: Home) -> int:
+    from .opsclient import StatusError, fetch_status, summary
+
+    try:
+        status = fetch_status(home.root)
+    except StatusError as exc:
+        print(f"gateway status: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.json:
+        import json
+
+        print(json.dumps(status, ensure_ascii=False, indent=1))
+    else:
+        print(summary(status))
     return EXIT_OK
 
 
@@ -398,6 +442,11 @@ def _cmd_eod_watch(args: argparse.Namespace, home: Home) -> int:
 
     setup_logging(args.log_format)
     return watch_command(home.root, args.dir, poll_seconds=args.poll, once=args.once)
+
+
+def _ops_listen_address(text: str) -> str:
+    """``--ops-listen``: HOST:PORT (port 0: any free one), or "" for no endpoint."""
+    return text if text == "" else listen_address(text)
 
 
 def _cmd_journal_show(args: argparse.Namespace, home: Home) -> int:
@@ -653,7 +702,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls", action="store_true",
                    help="every session, accepted or dialled, over mutual TLS (default: "
                         "[gateway] tls of gateway.toml, else off: plain TCP)")
+    p.add_argument("--ops-listen", metavar="HOST:PORT", type=_ops_listen_address,
+                   help="the ops HTTP endpoint (PROTOCOL §10) instead of [ops] listen "
+                        "(default 127.0.0.1:7780); \"\" serves none")
     p.set_defaults(run=_cmd_serve)
+
+    p = sub.add_parser("status", help="ask the running gateway for its sessions, queues, "
+                                      "today's totals and alerts (PROTOCOL §10)")
+    p.add_argument("--json", action="store_true", help="the ops API's JSON as it is")
+    p.set_defaults(run=_cmd_status)
 
     eod = sub.add_parser("eod", help="end-of-day clearing files").add_subparsers(
         dest="eod_command", metavar="SUBCOMMAND")

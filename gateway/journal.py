@@ -701,6 +701,11 @@ class Journal:
         rows = self._db.execute("SELECT at, kind, severity, subject, text FROM alert ORDER BY id")
         return [(float(r[0]), str(r[1]), str(r[2]), str(r[3]), str(r[4])) for r in rows]
 
+    def alert_counts(self) -> list[tuple[str, int]]:
+        """(kind, alerts journaled) for every kind raised so far (sbdx_alerts_total)."""
+        rows = self._db.execute("SELECT kind, count(*) FROM alert GROUP BY kind ORDER BY kind")
+        return [(str(kind), int(n)) for kind, n in rows]
+
     def last_alert(self, kind: str, subject: str) -> tuple[float, str, str] | None:
         """The newest alert of this kind and subject: (at, severity, text)."""
         row = self._db.execute("SELECT at, severity, text FROM alert WHERE kind=? AND"
@@ -725,6 +730,20 @@ class Journal:
             " state, count(*), coalesce(sum(amount_fen), 0) FROM record WHERE trade_date=?"
             " AND receiver != ? GROUP BY 1, 2, 3", (trade_date, gateway))
         return [(str(t), str(d), str(s), int(n), int(a)) for t, d, s, n, a in rows]
+
+    def business_totals_by_pair(self, trade_date: str, gateway: str,
+                                ) -> list[tuple[str, str, str, str, str, int, int]]:
+        """:meth:`business_totals` split by who sent each request and who received it:
+        (type, direction, state, From, To, count, amount in fen) — the day's scale per
+        counterparty (§10 ``sbdx_business_*`` with ``party`` and ``counterparty``)."""
+        rows = self._db.execute(
+            "SELECT biz_type, CASE WHEN biz_type IN ('XFER.IN', 'XFER.OUT') THEN"
+            " substr(biz_type, 6) WHEN biz_type = 'XFER.REVERSE' AND orig_type IN"
+            " ('XFER.IN', 'XFER.OUT') THEN substr(orig_type, 6) ELSE '-' END AS direction,"
+            " state, origin, receiver, count(*), coalesce(sum(amount_fen), 0) FROM record"
+            " WHERE trade_date=? AND receiver != ? GROUP BY 1, 2, 3, 4, 5", (trade_date, gateway))
+        return [(str(t), str(d), str(s), str(o), str(r), int(n), int(a))
+                for t, d, s, o, r, n, a in rows]
 
     def transfer_totals(self, trade_date: str) -> list[tuple[str, str, str, int]]:
         """The trade date's transfers (XFER.IN and XFER.OUT) answered 0000 and not

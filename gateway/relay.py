@@ -112,6 +112,8 @@ class Gateway(Node):
         #: one comparison the relay makes anyway also refuses new work then (S902).
         self._inflight_limit = config.max_inflight_per_session
         self.draining = False
+        #: Told each relayed round trip's seconds, from relaying to its answer (§10).
+        self.on_round_trip: Callable[[float], None] | None = None
         recovered = self.reversals.recover(self.now())
         if recovered:
             log.warning("%d unanswered request(s) from before the restart queued for reversal",
@@ -417,6 +419,8 @@ class Gateway(Node):
         self.rules.check_answer(pending.record, message,
                                 session.peer.role if session.peer else "")
         self._release(key)
+        if self.on_round_trip is not None:  # sbdx_relay_seconds (gateway/metrics.py)
+            self.on_round_trip(self.now() - pending.deadline + self.config.relay_timeout_seconds)
         settled, xml = self._settle(pending.record, message)
         if settled.own_answer is not None:  # the gateway answers in the receiver's stead
             sent = self._answer_all(pending, settled.own_answer)

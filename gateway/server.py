@@ -29,6 +29,8 @@ from .config import CONFIG_FILE, Config, split_host_port
 from .journal import Journal
 from .keystore import KeyStore, Peer
 from .logsetup import DialOut, connection_end, host_port, join_host_port
+from .ops import OpsEndpoint
+from .opsconfig import OpsConfig
 from .registry import close_untrusted
 from .relay import Gateway
 from .session import AWAITING_LOGON, Session, new_session_id, receive_reads
@@ -349,7 +351,8 @@ class GatewayService(service.MultiService):
     """Listening port, outbound peers, ticker; drains and flushes on stop."""
 
     def __init__(self, home: Path, config: Config, reactor: Any, listen: str | None = None,
-                 tls: bool | None = None, alerts: AlertSettings | None = None) -> None:
+                 tls: bool | None = None, alerts: AlertSettings | None = None,
+                 ops: OpsConfig | None = None) -> None:
         super().__init__()
         self.reactor = reactor
         self.config = config
@@ -376,6 +379,9 @@ class GatewayService(service.MultiService):
         self.factory.before_reads = self.registry_watch.before_reads
         #: Called with gateway.toml's ``[alerts]`` table each time SIGHUP reloads it.
         self.alerts_reload_hooks: list[Callable[[dict[str, Any]], None]] = []
+        #: The §10 ops HTTP endpoint (``serve``; None without ``[ops] listen``).
+        self.ops = OpsEndpoint(self, ops) if ops is not None and ops.enabled else None
+
         # §10 thresholds and the alert command (run from HOME); reloaded on SIGHUP
         self.gateway.monitor.configure(alerts or load_settings(home), cwd=home)
         self.alerts_reload_hooks.append(self.gateway.monitor.reload)
@@ -456,6 +462,8 @@ class GatewayService(service.MultiService):
         else:
             self.port = self.reactor.listenTCP(self._port_number, self.factory,
                                                interface=self._host)
+        if self.ops is not None:
+            self.ops.start()
         super().startService()
         self._ticker.start(TICK_SECONDS, now=False)
         self.registry_watch.start()
@@ -484,6 +492,8 @@ class GatewayService(service.MultiService):
         self.gateway.flush()
         yield service.MultiService.stopService(self)
         self.factory.flush_now()  # what the closing connections left (connectionLost)
+        if self.ops is not None:
+            yield self.ops.stop()
         self.journal.close()
         self.gateway.monitor.close()  # the alert command gets the last alerts (bounded)
         log.info("gateway stopped; journal flushed")

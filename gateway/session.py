@@ -9,6 +9,7 @@ leaves only after the journal commit (``journal.after_commit``).
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 import weakref
 from collections.abc import Callable, Mapping
@@ -161,6 +162,9 @@ class Session:
         #: Per-message-type limits on what the peer may send (set at logon).
         self._limits: dict[str, _Bucket] = {}
         self._over_limit = _Window(now)
+        #: Messages journaled in and sealed out on this session (heartbeats excepted).
+        self.messages_in = self.messages_out = 0
+        self._count = _message_counters.get(owner)
         if connect_to is not None:
             self._send_logon(connect_to)
 
@@ -639,6 +643,9 @@ class Session:
             if it.msg_type != "SYS.HEARTBEAT":
                 log_message(it.at, "OUT", self.session_id, self.party, it.msg_type,
                             it.msg_id, it.ref_id, envelope.format(), it.xml)
+                self.messages_out += 1
+                if self._count is not None:
+                    self._count("out", it.msg_type, _sent_result(it.msg_type, it.xml))
             it.frame = encode_frame(payload, max(limit, len(payload)))
 
     def _write(self, frame: bytes) -> None:
@@ -653,6 +660,10 @@ class Session:
     def _journal_in(self, envelope: Envelope, message: Message) -> None:
         head = message.head
         self._journaled_in = True
+        self.messages_in += 1
+        if self._count is not None:
+            result = message.body.get("Code" if head.type == "SYS.ERROR" else "Result")
+            self._count("in", head.type, result if isinstance(result, str) else "-")
         self.owner.journal.log_message(self.owner.now(), "IN", self.session_id, self.party,
                                        head.type, head.msg_id, head.ref_id, envelope.format(),
                                        message.xml)
@@ -669,6 +680,9 @@ class Session:
             payload = payload[:UNAUTHENTICATED_EVIDENCE_BYTES]
         cut = payload.find(b"\n")
         envelope, xml = (payload, b"") if cut < 0 else (payload[:cut], payload[cut + 1:])
+        self.messages_in += 1
+        if self._count is not None:
+            self._count("in", _head_token(root, "Type") or "-", "-")
         self.owner.journal.log_message(
             self.owner.now(), "IN", self.session_id, self.party,
             _head_token(root, "Type"), msg_id, _head_token(root, "RefId"), envelope, xml)
@@ -931,6 +945,26 @@ def _head_token(root: Any | None, name: str) -> str | None:
         return text
     return None
 
+
+#: Per node (the gateway), what counts its messages: gateway/metrics.py MessageCounts.
+_message_counters: weakref.WeakKeyDictionary[Any, Callable[[str, str, str], None]] = \
+    weakref.WeakKeyDictionary()
+_RESULT = {b"Result": re.compile(rb"<(?:[\w.-]+:)?Result>\s*([0-9A-Z]{4})\s*<"),
+           b"Code": re.compile(rb"<(?:[\w.-]+:)?Code>\s*([0-9A-Z]{4})\s*<")}
+
+
+def count_messages(owner: Any, counter: Callable[[str, str, str], None]) -> None:
+    """Have the sessions ``owner`` makes from now on tell ``counter`` (direction,
+    Type, result) of each message they journal in or seal out."""
+    _message_counters[owner] = counter
+
+
+def _sent_result(msg_type: str, xml: bytes) -> str:
+    """The §7 code a response (Result) or a SYS.ERROR (Code) carries; ``-`` else."""
+    pattern = _RESULT[b"Code"] if msg_type == "SYS.ERROR" else \
+        _RESULT[b"Result"] if msg_type.endswith(".RSP") else None
+    found = pattern.search(xml) if pattern is not None else None
+    return found.group(1).decode("ascii") if found else "-"
 
 def _what(root: Any | None, ref: str | None) -> str:
     """A refused message in a few words: its Type and MsgId, as far as they could be

@@ -67,15 +67,19 @@ def home(tmp_path: Path) -> GatewayHome:
 class RunningGateway:
     """``gateway serve`` in a subprocess; its log is collected for assertions."""
 
-    def __init__(self, home: GatewayHome, *args: str, listen: str = "127.0.0.1:0") -> None:
+    def __init__(self, home: GatewayHome, *args: str, listen: str = "127.0.0.1:0",
+                 ops_listen: str | None = "127.0.0.1:0") -> None:
+        """``ops_listen``: the ops endpoint (§10) on a free port unless told (None: as
+        gateway.toml's ``[ops]`` says); its port is :attr:`ops_port`."""
         self.home = home
         self.log: list[str] = []
         self._port_seen = threading.Event()
-        self.port = 0
+        self.port = self.ops_port = 0
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        ops = [] if ops_listen is None else ["--ops-listen", ops_listen]
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway", "--home", str(home.root), "serve",
-             "--listen", listen, *args],
+             "--listen", listen, *ops, *args],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
         threading.Thread(target=self._drain, daemon=True).start()
         if not self._port_seen.wait(30):
@@ -86,6 +90,9 @@ class RunningGateway:
         assert self.proc.stderr is not None
         for line in self.proc.stderr:
             self.log.append(line)
+            ops = re.search(r"ops HTTP on [\d.]+:(\d+)", line)
+            if ops:
+                self.ops_port = int(ops.group(1))
             m = re.search(r"serving on [\d.]+:(\d+)", line)
             if m:
                 self.port = int(m.group(1))
@@ -123,10 +130,11 @@ class RunningGateway:
 def start_gateway(home: GatewayHome) -> Iterator[Any]:
     running: list[RunningGateway] = []
 
-    def start(*args: str, listen: str = "127.0.0.1:0", **settings: Any) -> RunningGateway:
+    def start(*args: str, listen: str = "127.0.0.1:0", ops_listen: str | None = "127.0.0.1:0",
+              **settings: Any) -> RunningGateway:
         if settings:
             home.write_config(**settings)
-        gw = RunningGateway(home, *args, listen=listen)
+        gw = RunningGateway(home, *args, listen=listen, ops_listen=ops_listen)
         running.append(gw)
         return gw
 

@@ -249,7 +249,8 @@ def _serve(tmp_path, *prefix: str) -> tuple[subprocess.Popen[str], int]:  # type
 
     assert run("--home", str(tmp_path), "init").returncode == 0
     proc = subprocess.Popen([sys.executable, *prefix, "--home", str(tmp_path), "serve",
-                             "--listen", "127.0.0.1:0"], stderr=subprocess.PIPE, text=True)
+                             "--listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0"],
+                            stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
