@@ -57,6 +57,10 @@ class SessionProtocol(protocol.Protocol):
     refused) is one log line saying why, and never a session; the handshake must be
     done within ``tls_handshake_seconds``."""
 
+    #: A TCP or TLS transport once connected: ITCPTransport, IProducer and (TLS)
+    #: ISSLTransport at once, which one interface type cannot say.
+    transport: Any
+
     def __init__(self, factory: GatewayFactory, connect_to: Peer | None = None,
                  after_handshake: bool = False) -> None:
         self.factory = factory
@@ -167,7 +171,7 @@ class SessionProtocol(protocol.Protocol):
                     gw.now() - oldest.opened_at, host_port(self.transport.getPeer()))
         oldest.close(f"connection limit {limit} reached: its slot went to a new connection")
         self.factory.schedule_flush()
-        return len(gw.sessions) < limit
+        return bool(len(gw.sessions) < limit)
 
     def handshakeCompleted(self) -> None:
         if self._handshake_call is not None and self._handshake_call.active():
@@ -353,7 +357,7 @@ class GatewayService(service.MultiService):
     def __init__(self, home: Path, config: Config, reactor: Any, listen: str | None = None,
                  tls: bool | None = None, alerts: AlertSettings | None = None,
                  ops: OpsConfig | None = None) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # twisted.application: untyped
         self.reactor = reactor
         self.config = config
         self.home = home
@@ -427,6 +431,7 @@ class GatewayService(service.MultiService):
         if not self.tls:
             return
         identity = self._identity = gateway_identity(self.keystore.keys_dir)
+        assert self._tls_options is not None  # made with self.tls
         self._tls_options.options = server_options(self.keystore.keys_dir)
         for creator in self._dial_tls.values():
             creator.use_identity(identity)
@@ -464,7 +469,7 @@ class GatewayService(service.MultiService):
                                                interface=self._host)
         if self.ops is not None:
             self.ops.start()
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         self._ticker.start(TICK_SECONDS, now=False)
         self.registry_watch.start()
         log.info("gateway %s serving on %s%s", self.config.party,

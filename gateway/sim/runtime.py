@@ -268,7 +268,8 @@ class PeerFactory(GatewayFactory):
     peer_side = True
 
     def __init__(self, node: PeerNode, reactor: Any, redial: Redial) -> None:
-        super().__init__(node, reactor)
+        # a PeerNode serves the factory's part of a Gateway: sessions, flush, tick
+        super().__init__(node, reactor)  # type: ignore[arg-type]
         self.redial = redial
         node.on_each_ready.append(redial.ready)
 
