@@ -317,7 +317,7 @@ def test_a_next_key_logs_on_and_works_beside_the_current_until_promote(
 # --- the gateway's own key --------------------------------------------------------------
 def test_key_rotate_then_promote_signs_with_the_new_key_within_1s_and_keeps_sessions(
         start_gateway) -> None:  # type: ignore[no-untyped-def]
-    gw = start_gateway()
+    gw = start_gateway(echo_burst=1000)  # the test polls with echoes, beyond the default limit
     bank = gw.peer(BANK).open_session()
     storage_key = (gw.home.root / "keys" / "storage.key").read_bytes()
     old_pk = gw.home.gateway_public_key
