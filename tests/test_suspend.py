@@ -209,6 +209,47 @@ def test_the_ops_api_needs_the_token_and_checks_what_it_is_asked(start_gateway) 
     assert status_of(gw)["suspensions"] == []
 
 
+# --- the suspension table (sans-IO core, a real journal file) --------------------------------
+def test_suspensions_are_journaled_and_resuming_one_party_keeps_the_others(tmp_path: Any
+                                                                          ) -> None:
+    from gateway.errors import Suspended
+    from gateway.journal import Journal
+    from gateway.suspension import SuspensionError, Suspensions
+
+    journal = Journal(tmp_path / "journal.sqlite3")
+    now = [1000.0]
+    parties = ["CCB", "GTJA", "HTSC"]
+    table = Suspensions(journal, lambda: now[0], lambda: parties)
+    assert table.suspend(None, "restored").changed
+    now[0] = 2000.0
+    assert not table.suspend(None, "restored").changed  # the first since stays
+    assert table.suspend(BANK, "leaving").changed
+    change = table.resume(BROKER)
+    assert change.changed and "still suspended" in change.text
+    want = [(BANK, "leaving", 2000.0), ("HTSC", "restored", 1000.0)]
+    assert [(x.party, x.reason, x.since) for x in table.current()] == want
+    with pytest.raises(SuspensionError, match="not a registered party"):
+        table.suspend("ICBC", "")
+    journal.flush()
+    journal.close()
+
+    journal = Journal(tmp_path / "journal.sqlite3")  # a restart reads them back
+    table = Suspensions(journal, lambda: now[0], lambda: parties)
+    assert [(x.party, x.reason, x.since) for x in table.current()] == want
+    for origin, receiver in (("HTSC", BANK), (BROKER, BANK), (BANK, "HTSC")):
+        with pytest.raises(Suspended):
+            table.check("XFER.IN", origin, receiver)
+    table.check("XFER.IN", BROKER, "ICBC")  # neither suspended
+    for kind in ("XFER.OUT", "XFER.REVERSE", "CTS.UNSIGN", "PAY.REFUND", "OTC.REDEEM",
+                 "XFER.QUERY", "CTS.QUERY"):
+        table.check(kind, "HTSC", BANK)
+    assert not table.resume("ICBC").changed
+    assert table.resume(None).changed and table.current() == []
+    journal.flush()
+    assert journal.suspensions() == []
+    journal.close()
+
+
 # --- the CLI, through the ops API --------------------------------------------------------
 def test_cli_suspend_resume_and_status(home: GatewayHome) -> None:
     home.add_party("HTSC", "BROKER")
