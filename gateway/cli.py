@@ -505,9 +505,12 @@ exit codes (every command):
   {EXIT_OK:<4} done (eod check: the file is valid and reconciled)
   {EXIT_FAILED:<4} the command could not do its job: no key store, a journal that failed to
        commit, an error in gateway.toml, serve that cannot listen, no such record;
-       eod check: nothing was judged (no file at FILE, a journal too old)
-  {EXIT_REJECTED:<4} eod check: the file is rejected
-  {EXIT_DISCREPANCIES:<4} eod check: the file is valid, with discrepancies against the journal
+       eod check: nothing was judged (no file at FILE, a journal too old);
+       eod export: the file is already there (--force); eod watch: another watcher
+       holds the folder, or (--once) the folder could not be sorted
+  {EXIT_REJECTED:<4} eod check: the file is rejected; eod watch --once: a file was rejected
+  {EXIT_DISCREPANCIES:<4} eod check: the file is valid, with discrepancies against the journal;
+       eod watch --once: a file had discrepancies (none rejected)
   {EXIT_USAGE:<4} usage error: an unknown option or command, a missing operand, a malformed
        value, --home or --log-format after the command
   {EXIT_INTERRUPTED:<4} interrupted (Ctrl-C) before it finished; serve, sim and eod watch stop

@@ -26,7 +26,8 @@ Steps per file, each safe to repeat after a crash: move the file, then its ``.si
 into ``.checking/`` → check → write the reports into the destination → move the file
 → move the ``.sig``.  A ``.sig`` left alone whose file already sits further on
 without one is a move interrupted by a crash, and is finished; files left in
-``.checking/`` are checked first.  Never more than one watcher per folder.
+``.checking/`` are checked first.  Never more than one watcher per folder
+(:func:`hold_folder`).
 """
 from __future__ import annotations
 
