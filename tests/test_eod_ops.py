@@ -20,7 +20,6 @@ from test_eod import BANK, BROKER, JOURNAL, NAME, XFER_ROWS, Env
 
 from gateway.eod import export_command, watch_command
 from gateway.eod.export import CST
-from gateway.eod.watch import hold_folder
 from gateway.exitcodes import EXIT_FAILED, EXIT_USAGE
 
 EXPORTED = "XFER_GW01_GTJA_20261125.txt"
@@ -125,6 +124,23 @@ def test_console_export_twice_needs_force(final_env: Env, tmp_path: Path) -> Non
     assert console(final_env.home, *args, "--force").returncode == 0
 
 
+def test_console_export_refuses_the_future_and_warns_of_today(final_env: Env,
+                                                               tmp_path: Path) -> None:
+    """The same by the real clock, as an operator meets it."""
+    today = dt.datetime.now(CST).date()
+    args = ("eod", "export", "--type", "XFER", "--to", BROKER, "--out")
+    future = console(final_env.home, *args, str(tmp_path / "f"), "--date",
+                     str(today + dt.timedelta(days=2)))
+    assert future.returncode == EXIT_USAGE and "after today's trade date" in future.stderr
+    assert not (tmp_path / "f").exists()
+    now = console(final_env.home, *args, str(tmp_path / "t"), "--date", str(today))
+    if dt.datetime.now(CST).date() != today:
+        pytest.skip("ran across midnight in Asia/Shanghai")
+    assert now.returncode == 0 and now.stdout.strip().endswith(f"{today:%Y%m%d}.txt")
+    assert f"warning: {today} is today's trade date (Asia/Shanghai) and still open" \
+        in now.stderr
+
+
 # --- watch: exit codes, start and stop ----------------------------------------------------
 def test_watch_once_exit_code_tells_what_it_found(env: Env, tmp_path: Path) -> None:
     assert watch_command(env.home, env.drop, once=True) == 0  # nothing there
@@ -184,6 +200,8 @@ def test_console_watch_logs_the_signal_that_stopped_it(env: Env) -> None:
 
 def test_a_second_watcher_on_a_folder_is_refused(
         env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway.eod.watch import hold_folder
+
     env.write(XFER_ROWS)
     held = hold_folder(env.drop)  # as a running watcher holds it
     try:
