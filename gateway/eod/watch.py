@@ -380,6 +380,7 @@ def _process(run: _Pass, folder: Path, top: int, checking: int, name: str) -> in
     superseded = None
     if previous is not None and run.replace and report.valid:
         superseded = _supersede(folder, top, previous, name)
+        run.tally.replaced += 1
     dest_name = ACCEPTED if report.valid else REJECTED
     with _dir(top, str(folder), dest_name, create=True) as dest:
         assert dest is not None
@@ -391,17 +392,16 @@ def _process(run: _Pass, folder: Path, top: int, checking: int, name: str) -> in
             os.rename(name, name, src_dir_fd=checking, dst_dir_fd=target)
             if _exists(name + SIG, checking):
                 os.rename(name + SIG, name + SIG, src_dir_fd=checking, dst_dir_fd=target)
+    run.tally.count(report)  # sorted: counted before anything else can be interrupted
     verdict = ("accepted" if report.valid else "rejected") + f" (exit {report.exit_code})"
     note = ""
     if superseded is not None:
-        run.tally.replaced += 1
         note = (f"; replaces the file accepted before, kept in {superseded} with its "
                 "reports")
     elif previous is not None and run.replace:
         note = f"; {Path(ACCEPTED, previous, name)} stays the accepted file"
     run.log(f"{name}: {verdict} -> {Path(dest_name, slot)}"
             + (f": {report.reason}" if report.reason else "") + note)
-    run.tally.count(report)
     if run.judged is not None:
         run.judged(report)
     return 1
