@@ -123,6 +123,9 @@ def hold_folder(folder: Path) -> int:
         os.close(fd)
         raise FolderBusy(f"another `gateway eod watch` is running on {folder} (one watcher "
                          "per folder): stop it first, or leave the folder to it") from None
+    except OSError as exc:  # a file system without locks (some network ones)
+        log.warning("cannot lock %s (%s): make sure no other watcher runs on it",
+                    folder, exc.strerror)
     return fd
 
 
