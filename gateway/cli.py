@@ -436,14 +436,15 @@ def _cmd_eod_check(args: argparse.Namespace, home: Home) -> int:
 def _cmd_eod_export(args: argparse.Namespace, home: Home) -> int:
     from .eod import export_command
 
-    return export_command(home.root, args.date, args.type, args.to, args.out)
+    return export_command(home.root, args.date, args.type, args.to, args.out, force=args.force)
 
 
 def _cmd_eod_watch(args: argparse.Namespace, home: Home) -> int:
     from .eod import watch_command
 
     setup_logging(args.log_format)
-    return watch_command(home.root, args.dir, poll_seconds=args.poll, once=args.once)
+    return watch_command(home.root, args.dir, poll_seconds=args.poll, once=args.once,
+                         replace=args.replace)
 
 
 def _ops_listen_address(text: str) -> str:
@@ -504,9 +505,12 @@ exit codes (every command):
   {EXIT_OK:<4} done (eod check: the file is valid and reconciled)
   {EXIT_FAILED:<4} the command could not do its job: no key store, a journal that failed to
        commit, an error in gateway.toml, serve that cannot listen, no such record;
-       eod check: nothing was judged (no file at FILE, a journal too old)
-  {EXIT_REJECTED:<4} eod check: the file is rejected
-  {EXIT_DISCREPANCIES:<4} eod check: the file is valid, with discrepancies against the journal
+       eod check: nothing was judged (no file at FILE, a journal too old);
+       eod export: the file is already there (--force); eod watch: another watcher
+       holds the folder, or (--once) the folder could not be sorted
+  {EXIT_REJECTED:<4} eod check: the file is rejected; eod watch --once: a file was rejected
+  {EXIT_DISCREPANCIES:<4} eod check: the file is valid, with discrepancies against the journal;
+       eod watch --once: a file had discrepancies (none rejected)
   {EXIT_USAGE:<4} usage error: an unknown option or command, a missing operand, a malformed
        value, --home or --log-format after the command
   {EXIT_INTERRUPTED:<4} interrupted (Ctrl-C) before it finished; serve, sim and eod watch stop
@@ -782,19 +786,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true",
                    help="print one JSON object instead of the text report")
     p.set_defaults(run=_cmd_eod_check)
-    p = eod.add_parser("export", help="write a signed file from the journal")
+    p = eod.add_parser("export", help="write a signed file from the journal",
+                       description="Write <TYPE>_<GATEWAY>_<PARTY>_<YYYYMMDD>.txt and its .sig "
+                       "from the journal's final records of that trade date.  Refuses a "
+                       "future date (exit 64) and a file already there (exit 1, see --force); "
+                       "warns on stderr, exit 0, when the day is still open (today, or "
+                       "records still PENDING/REVERSING: they are left out).")
     p.add_argument("--date", required=True, metavar="YYYY-MM-DD", help="the trade date")
     p.add_argument("--type", required=True, choices=["XFER", "SIGN", "PAY", "OTC"],
                    help="the file type (§8)")
     p.add_argument("--to", required=True, metavar="PARTY",
                    help="the counterparty the file is for")
     p.add_argument("--out", type=Path, default=Path("."), metavar="DIR",
-                   help="folder to write it into (default: the current directory)")
+                   help="folder to write it into, created 0700 if missing (default: . , "
+                        "the current directory)")
+    p.add_argument("--force", action="store_true",
+                   help="replace a file of that name (and its .sig) already in --out "
+                        "(default: refuse, exit 1)")
     p.set_defaults(run=_cmd_eod_export)
-    p = eod.add_parser("watch", help="check every complete file dropped into DIR")
+    p = eod.add_parser("watch", help="check every complete file dropped into DIR",
+                       description="Check every complete file (its .sig there) dropped into "
+                       "DIR and move it, with its .sig and a report, into DIR/accepted or "
+                       "DIR/rejected.  Runs until SIGTERM/SIGINT (exit 0), or one pass with "
+                       "--once.  One watcher per folder (a second exits 1).")
     p.add_argument("dir", type=Path, help="the drop folder")
-    p.add_argument("--poll", type=_seconds, default=1.0, help="seconds between folder scans")
-    p.add_argument("--once", action="store_true", help="process what is there, then exit")
+    p.add_argument("--poll", type=_seconds, default=1.0, metavar="S",
+                   help="seconds between folder scans (default 1)")
+    p.add_argument("--once", action="store_true",
+                   help="one pass, then exit: 0 every file accepted and reconciled (or "
+                        "none), 3 one accepted with discrepancies, 2 one rejected, 1 the "
+                        "folder could not be sorted (default: run until stopped)")
+    p.add_argument("--replace", action="store_true",
+                   help="a valid file of a name already accepted (a corrected file for that "
+                        "day) takes the accepted one's place, which is kept in "
+                        "DIR/accepted/superseded/ (default: such a file is rejected as a "
+                        "duplicate)")
     p.set_defaults(run=_cmd_eod_watch)
 
     from .sim import process as sim_process  # options only: no Twisted imported here

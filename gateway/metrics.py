@@ -69,7 +69,9 @@ class MessageCounts:
 # --- the gateway as the collector sees it ---------------------------------------------
 class EodReports:
     """The reports ``gateway eod watch`` wrote beside the files it judged, in
-    ``DIR/accepted`` and ``DIR/rejected`` (and their numbered slots), read once each."""
+    ``DIR/accepted`` and ``DIR/rejected`` (and their numbered slots), read once each;
+    also ``DIR/accepted/superseded`` (files a corrected one replaced): they were judged,
+    and a counter never goes down."""
 
     def __init__(self, dirs: tuple[Path, ...]) -> None:
         self.dirs = dirs
@@ -88,7 +90,7 @@ class EodReports:
 
     def _report_files(self) -> Iterator[tuple[str, int]]:
         for top in self.dirs:
-            for verdict_dir in ("accepted", "rejected"):
+            for verdict_dir in ("accepted", "rejected", "accepted/superseded"):
                 yield from _reports_in(top / verdict_dir, slots=True)
 
 

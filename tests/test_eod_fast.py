@@ -388,7 +388,7 @@ def test_watch_survives_a_failing_check_and_a_blocking_name(
         raise RuntimeError("bug")
 
     monkeypatch.setattr(watch, "check_opened", boom)
-    assert watch_command(env.home, env.drop, once=True) == 0
+    assert watch_command(env.home, env.drop, once=True) == 2
     report = json.loads((env.drop / "rejected" / (NAME + ".report.json")).read_text())
     assert report["valid"] is False and "internal error" in report["reason"]
     monkeypatch.undo()
@@ -396,7 +396,7 @@ def test_watch_survives_a_failing_check_and_a_blocking_name(
     (env.drop / "accepted.sig").write_text("x")
     env.write(XFER_ROWS)
     capsys.readouterr()
-    assert watch_command(env.home, env.drop, once=True) == 0
+    assert watch_command(env.home, env.drop, once=True) == 1  # nothing sorted
     assert "accepted in" in capsys.readouterr().out and (env.drop / NAME).exists()
     assert path.name == NAME
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from gateway.keystore import KeyStore
 
-from .fileformat import LAYOUTS, RECONCILED_TYPES, fen_text
+from .fileformat import LAYOUTS, RECONCILED_TYPES, FileName, fen_text
 from .mapping import day_query
 from .writer import write_file
 
@@ -31,6 +31,33 @@ def _text(name: str, value: object) -> str:
         return dt.datetime.fromtimestamp(float(value), CST).isoformat(  # type: ignore[arg-type]
             timespec="seconds")
     return str(value)
+
+
+class AlreadyExported(Exception):
+    """The file (or its ``.sig``) is already in the output folder; the message says
+    what to do."""
+
+
+def trade_date_now(now: dt.datetime) -> dt.date:
+    """Today's trade date: the Asia/Shanghai calendar date of ``now`` (§4)."""
+    return now.astimezone(CST).date()
+
+
+def unfinished(home: Path, file_type: str, day: dt.date, to_party: str) -> int:
+    """How many journal records the file would cover are not final yet (PENDING or
+    REVERSING): the export leaves them out."""
+    journal = Path(home) / "data" / "journal.sqlite3"
+    if not journal.exists():
+        return 0
+    gateway = KeyStore(Path(home) / "keys").party
+    sql, args = day_query(file_type, ("BizSn",), day.isoformat(), gateway, gateway, to_party)
+    db = sqlite3.connect(f"file:{journal}?mode=ro", uri=True)
+    try:
+        (count,) = db.execute(f"SELECT count(*) FROM ({sql.format(db='')}) WHERE NOT final",
+                              args).fetchone()
+        return int(count)
+    finally:
+        db.close()
 
 
 def journal_records(journal: Path, file_type: str, day: dt.date, gateway: str,
@@ -51,8 +78,9 @@ def journal_records(journal: Path, file_type: str, day: dt.date, gateway: str,
 
 
 def export_file(home: Path, day: dt.date, file_type: str, to_party: str, out_dir: Path,
-                now: dt.datetime | None = None) -> Path:
-    """Write and sign the file; return its path.  ValueError on bad arguments."""
+                now: dt.datetime | None = None, *, force: bool = True) -> Path:
+    """Write and sign the file; return its path.  ValueError on bad arguments;
+    :class:`AlreadyExported` when the file or its ``.sig`` is there and not ``force``."""
     if file_type not in RECONCILED_TYPES:
         raise ValueError(f"cannot export {file_type!r}: the journal holds XFER, SIGN, PAY "
                          "and OTC business (BAL files are written by brokers)")
@@ -62,6 +90,12 @@ def export_file(home: Path, day: dt.date, file_type: str, to_party: str, out_dir
         raise ValueError("the counterparty must be a peer, not the gateway itself")
     if keys.peer(to_party) is None:
         raise ValueError(f"{to_party} is not a registered peer")
+    path = Path(out_dir) / FileName(file_type, gateway, to_party, day).text
+    there = [p.name for p in (path, path.with_name(path.name + ".sig")) if p.exists()]
+    if there and not force:
+        raise AlreadyExported(f"{' and '.join(there)} already in {out_dir}: a signed file may "
+                              "have been handed over already; to write it again in its "
+                              "place, run the same command with --force")
     created = now or dt.datetime.now(CST)
     records = journal_records(Path(home) / "data" / "journal.sqlite3", file_type, day,
                               gateway, to_party)
