@@ -29,6 +29,7 @@ from .bookdate import CHINA
 from .givebacks import GIVES_BACK, REVERSAL, account, fen_text
 from .journal import Journal, Record, Reversal
 from .message import parse_xml
+from .store.model import StoredMessage
 
 #: Body fields shown only by their last characters.
 MASKED_FIELDS = ("FundAcct", "WalletId", "CorpWalletId")
@@ -84,11 +85,10 @@ class Evidence:
     body: dict[str, Any]
 
     @classmethod
-    def of(cls, row: sqlite3.Row) -> Evidence:
-        head, body = _read_xml(bytes(row["xml"]))
-        return cls(iso(float(row["at"])), str(row["direction"]), row["party"],
-                   row["msg_type"], row["msg_id"], row["ref_id"], str(row["session"]),
-                   _signer(bytes(row["envelope"])), head, body)
+    def of(cls, row: StoredMessage) -> Evidence:
+        head, body = _read_xml(row.xml)
+        return cls(iso(row.at), row.direction, row.party, row.msg_type, row.msg_id,
+                   row.ref_id, row.session, _signer(row.envelope), head, body)
 
 
 def _signer(envelope: bytes) -> str | None:

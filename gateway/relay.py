@@ -474,8 +474,8 @@ class Gateway(Node):
         if not msg_id:  # messages("") would be every message
             return []
         rows = [row for row in self.journal.messages(msg_id)
-                if row["direction"] == "OUT" and row["party"] == receiver]
-        return [parse_message(bytes(row["xml"])) for row in reversed(rows)]
+                if row.direction == "OUT" and row.party == receiver]
+        return [parse_message(row.xml) for row in reversed(rows)]
 
     def _check_addressed(self, receiver: str, message: Message) -> None:
         """An answer that names no request of its To, in flight or journaled, but whose

@@ -130,10 +130,9 @@ class ReversalQueue:
         if not msg_id:
             return None
         for row in list(self.journal.messages(msg_id)):
-            if (row["direction"], row["party"], row["msg_type"]) != \
-                    ("OUT", receiver, "XFER.REVERSE.REQ"):
+            if (row.direction, row.party, row.msg_type) != ("OUT", receiver, "XFER.REVERSE.REQ"):
                 continue
-            sent = parse_message(bytes(row["xml"]))
+            sent = parse_message(row.xml)
             if sent.head.from_party == self.config.party:  # ours, not a relayed one
                 return (str(sent.body["OrigFrom"]), str(sent.body["OrigType"]),
                         str(sent.body["OrigBizSn"]))

@@ -23,10 +23,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import Checkpointer
 from ..fieldcrypto import StorageCipher
 from ..filemodes import private_database
 from ..journal import Journal
+from ..store.sqlite.checkpoint import Checkpointer
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS account (
