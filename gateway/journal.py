@@ -59,12 +59,6 @@ class Journal:
     def _checkpointer(self) -> Any:
         return self.uow.checkpointer
 
-    @property
-    def connection(self) -> Any:
-        """Transitional: the connection the simulated parties' books share (their
-        writes join the journal's transaction); gateway/sim/ledger.py."""
-        return self.uow.connection
-
     def _write(self, sql: str, args: tuple[object, ...]) -> Any:
         """Transitional (see ``_db``)."""
         return self.uow.write(sql, args)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-import sqlite3
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ from .bookdate import CHINA
 from .givebacks import GIVES_BACK, REVERSAL, account, fen_text
 from .journal import Journal, Record, Reversal
 from .message import parse_xml
-from .store.model import StoredMessage
+from .store import StoredMessage, StoreUnavailable
 
 #: Body fields shown only by their last characters.
 MASKED_FIELDS = ("FundAcct", "WalletId", "CorpWalletId")
@@ -267,7 +266,7 @@ def show_command(home: Path, biz_sn: str, origin: str | None, as_json: bool,
         return 1
     try:
         journal = Journal(path, read_only=True)
-    except (sqlite3.Error, ValueError) as exc:
+    except StoreUnavailable as exc:
         print(f"gateway journal show: cannot read {path}: {exc}", file=sys.stderr)
         return 1
     try:

@@ -12,13 +12,24 @@ implementation plugs in.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import Protocol
 
-from .model import Agreement, Alert, CommitStats, DayLine, Record, Reversal, StoredMessage
+from .model import Agreement, Alert, CommitStats, Record, Reversal, StoredMessage
 
 Key = tuple[str, str, str]  #: (origin, biz_type, biz_sn): a record's idempotency key (§6)
+
+
+class StoreUnavailable(Exception):
+    """The store cannot be opened (missing, unreadable, not a journal, or of another
+    schema version than this gateway's); the message says which."""
+
+
+class StoreTooOld(Exception):
+    """The stored schema predates what is asked of it (the gateway migrates it when it
+    starts)."""
 
 
 class UnitOfWork(Protocol):
@@ -100,6 +111,14 @@ class RecordStore(Protocol):
         """The (newest) record of the request ``origin`` sent as ``msg_id``, relayed to
         ``receiver``."""
 
+    def asked_again(self, key: Key, receiver: str, msg_id: str, now: float) -> None:
+        """A repeat of the request of ``key`` went to ``receiver`` as ``msg_id`` (its
+        originator's MsgId): its answer is the record's."""
+
+    def by_repeat(self, receiver: str, origin: str, msg_id: str) -> Record | None:
+        """The record whose repeat ``origin`` sent as ``msg_id`` was asked again of
+        ``receiver``."""
+
     def open(self, state: str) -> list[Record]:
         """Records in ``state``, one of model.OPEN_STATES (ValueError otherwise)."""
 
@@ -156,6 +175,15 @@ class ReversalStore(Protocol):
     def by_msg(self, receiver: str, msg_id: str) -> Reversal | None:
         """The reversal whose latest attempt went to ``receiver`` as ``msg_id``."""
 
+    def by_attempt(self, receiver: str, msg_id: str) -> Reversal | None:
+        """The reversal one of whose attempts (any, not only the latest) went to
+        ``receiver`` as ``msg_id``."""
+
+    def attempted(self, original: Key, receiver: str, msg_id: str, now: float,
+                  **changes: object) -> None:
+        """An attempt went to ``receiver`` as ``msg_id``: remember it, make it the latest
+        (``last_msg_id``) and apply ``changes`` to the queue row."""
+
     def update(self, original: Key, **changes: object) -> None: ...
 
     def backlog(self, now: float) -> tuple[int, float]:
@@ -191,23 +219,54 @@ class MonitoringQueries(Protocol):
 
 
 class EodQueries(Protocol):
-    """The journal side of end-of-day (§8): what each clearing file covers.
+    """The journal side of end-of-day (§8), read beside a running gateway.
 
-    ``scope`` is always (file type, trade date ISO, gateway, file From, file To)."""
+    A file is named by (file type, trade date ISO, gateway, file From, file To); the
+    records it covers are the final ones of that date between its parties, of the
+    business types its TYPE lists (gateway/eod/mapping.py), each as its §8 line
+    without Time (mapping.eod_line)."""
+
+    def exists(self) -> bool:
+        """The journal exists (no journal yet: the gateway has seen no business)."""
 
     def schema_has_lines(self) -> bool:
         """The store keeps each record's §8 line (False: too old; migrate first)."""
 
-    def day_lines(self, file_type: str, trade_date: str, gateway: str, from_party: str,
-                  to_party: str, final_only: bool = True) -> Iterator[DayLine]:
-        """The day's records the file covers, as lines (owed: for ``from_party``,
-        the file's writer), streamed."""
+    def optional_lines(self, file_type: str, trade_date: str, gateway: str,
+                       from_party: str, to_party: str, limit: int) -> list[tuple[str, int]]:
+        """(line, fen) of the records the file may list or omit, at most ``limit``."""
+
+    def owed_lines(self, file_type: str, trade_date: str, gateway: str, from_party: str,
+                   to_party: str, batch: int) -> Iterator[list[tuple[str, int]]]:
+        """(line, fen) of the records the file must list, streamed in batches."""
 
     def export_rows(self, file_type: str, trade_date: str, gateway: str,
                     to_party: str) -> Iterator[tuple[object, ...]]:
-        """The final records of the gateway's file to ``to_party``: one value per
-        field of the file's layout (Amount in fen, Time in epoch seconds), ordered by
-        Time then BizSn."""
+        """The records of the gateway's file to ``to_party``: one value per field of
+        the file's layout (Amount in fen, Time in epoch seconds, absent: None),
+        ordered by Time then BizSn."""
+
+
+class FileWorkspace(Protocol):
+    """The exact check's scratch space: a file's records (scanner rows of
+    gateway/eod/fileformat.row_fields), then joined with the journal's day."""
+
+    def sink(self, rows: Sequence[Sequence[str]]) -> None: ...
+
+    def total_fen(self) -> int: ...
+
+    def first_duplicate(self) -> tuple[int, str, int] | None:
+        """(line, BizSn, first line) of the earliest repeated BizSn, or None."""
+
+    def file_biz_sns(self) -> list[str]: ...
+
+    def join(self, journal: Path, file_type: str, trade_date: str, gateway: str,
+             from_party: str, to_party: str,
+             ) -> tuple[int, list[tuple[str, int | None, str | None, str | None]], list[str]]:
+        """(matched by BizSn, differing rows (BizSn, file seq, file line, journal line),
+        BizSns only the file has); :class:`StoreTooOld` if the journal keeps no lines."""
+
+    def close(self) -> None: ...
 
 
 class Store(Protocol):
@@ -222,7 +281,6 @@ class Store(Protocol):
     reversals: ReversalStore
     alerts: AlertStore
     monitoring: MonitoringQueries
-    eod: EodQueries
 
     @property
     def schema_version(self) -> int: ...

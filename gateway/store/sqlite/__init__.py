@@ -27,7 +27,7 @@ class SqliteStore:
 
     ``read_only``: for a command beside a running gateway (``journal show``): the file
     must exist and be of the current schema; nothing is written, no checkpoint is made
-    (sqlite3.OperationalError / ValueError otherwise)."""
+    (gateway.store.interfaces.StoreUnavailable otherwise)."""
 
     def __init__(self, path: Path, synchronous: str = "FULL",
                  slow_commit_seconds: float = SLOW_COMMIT_SECONDS, *,

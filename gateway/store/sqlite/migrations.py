@@ -6,6 +6,8 @@ new migration.  Applied by :func:`gateway.store.sqlite.connection.migrate`.
 """
 from __future__ import annotations
 
+from .eod import eod_line_sql
+
 #: Versioned migrations: index i brings the schema from version i to i+1.
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -107,7 +109,9 @@ MIGRATIONS: tuple[str, ...] = (
     # answer (~1 KB of XML) moved out of the record row into `response`, so a record
     # (~250 bytes) never spills into overflow pages of the clustered b-tree; the state and
     # original-reference indexes made partial (only open records, only records naming an
-    # original: fewer index writes per relayed request).  Frozen SQL.
+    # original: fewer index writes per relayed request).  Frozen SQL; the line's expression is
+    # rendered from gateway/eod/mapping.py (its one definition) and pinned by a test
+    # (tests/test_store.py): a change to the line is a new migration rebuilding ``record``.
     """
     CREATE TABLE response (id INTEGER PRIMARY KEY, xml BLOB NOT NULL);
     INSERT INTO response (id, xml)
@@ -140,34 +144,7 @@ MIGRATIONS: tuple[str, ...] = (
         created_at REAL NOT NULL,
         updated_at REAL NOT NULL,
         eod_line TEXT GENERATED ALWAYS AS (
-            'D|' || biz_sn || '|' || CASE
-            WHEN biz_type IN ('XFER.IN', 'XFER.OUT', 'XFER.REVERSE') THEN
-                CASE biz_type WHEN 'XFER.IN' THEN 'IN' WHEN 'XFER.OUT' THEN 'OUT'
-                ELSE 'REV' END
-                || '|' || COALESCE(fund_acct, '') || '|' || COALESCE(wallet_id, '')
-                || '|' || (amount_fen / 100) || '.' || substr(100 + amount_fen % 100, 2)
-                || '|' || CASE state WHEN 'SUCCEEDED' THEN 'S' WHEN 'FAILED' THEN 'F'
-                          WHEN 'REVERSED' THEN 'R' ELSE state END
-                || '|' || COALESCE(bank_sn, '') || '|' || COALESCE(sweep_ref, '')
-            WHEN biz_type IN ('CTS.SIGN', 'CTS.UNSIGN') THEN
-                CASE biz_type WHEN 'CTS.SIGN' THEN 'SIGN' ELSE 'UNSIGN' END
-                || '|' || COALESCE(fund_acct, '') || '|' || COALESCE(wallet_id, '')
-                || '|' || COALESCE(agreement_no, '')
-                || '|' || CASE state WHEN 'SUCCEEDED' THEN 'S' WHEN 'FAILED' THEN 'F'
-                          WHEN 'REVERSED' THEN 'R' ELSE state END
-            WHEN biz_type = 'PAY.ORDER' THEN
-                COALESCE(order_no, '') || '|' || COALESCE(wallet_id, '')
-                || '|' || (amount_fen / 100) || '.' || substr(100 + amount_fen % 100, 2)
-                || '|' || CASE state WHEN 'SUCCEEDED' THEN 'S' WHEN 'FAILED' THEN 'F'
-                          WHEN 'REVERSED' THEN 'R' ELSE state END
-                || '|' || COALESCE(product_code, '')
-            WHEN biz_type = 'OTC.SUBSCRIBE' THEN
-                COALESCE(order_no, '') || '|' || COALESCE(wallet_id, '')
-                || '|' || (amount_fen / 100) || '.' || substr(100 + amount_fen % 100, 2)
-                || '|' || CASE state WHEN 'SUCCEEDED' THEN 'S' WHEN 'FAILED' THEN 'F'
-                          WHEN 'REVERSED' THEN 'R' ELSE state END
-                || '|' || COALESCE(book_date, '')
-            END
+            @EOD_LINE@
         ) STORED,
         PRIMARY KEY (trade_date, origin, biz_type, biz_sn)
     ) WITHOUT ROWID;
@@ -189,7 +166,7 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX record_wallet ON record (wallet_id, biz_type);
     CREATE INDEX record_orig ON record (orig_from, orig_type, orig_biz_sn)
         WHERE orig_biz_sn IS NOT NULL;
-    """,
+    """.replace("@EOD_LINE@", eod_line_sql()),
     # 3: alerts (PROTOCOL §10): each one journaled with its kind, severity, subject and time.
     """
     CREATE TABLE alert (
@@ -203,5 +180,34 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX message_reversal_answer ON message (ref_id, party)
         WHERE msg_type = 'XFER.REVERSE.RSP';
     ALTER TABLE reversal ADD COLUMN queued_at REAL;
+    """,
+    # 4: what the gateway sent again kept as state, not re-read from the evidence: each
+    # attempt at one of its own reversals (§6: an answer to any attempt counts) and each
+    # repeat it asked again of a receiver (its late answer settles the original record).
+    # Before, both were found by parsing the XML of the evidence log.  The latest attempt
+    # of every reversal is carried over; an answer to an earlier one sent before the
+    # upgrade is not matched (a queued reversal is sent again and that answer counts).
+    """
+    CREATE TABLE reversal_attempt (
+        receiver TEXT NOT NULL,
+        msg_id TEXT NOT NULL,
+        origin TEXT NOT NULL,
+        biz_type TEXT NOT NULL,
+        biz_sn TEXT NOT NULL,
+        at REAL NOT NULL,
+        PRIMARY KEY (receiver, msg_id)
+    ) WITHOUT ROWID;
+    INSERT OR IGNORE INTO reversal_attempt (receiver, msg_id, origin, biz_type, biz_sn, at)
+        SELECT receiver, last_msg_id, origin, biz_type, biz_sn, next_at FROM reversal
+        WHERE last_msg_id IS NOT NULL;
+    CREATE TABLE asked_again (
+        receiver TEXT NOT NULL,
+        origin TEXT NOT NULL,
+        msg_id TEXT NOT NULL,
+        biz_type TEXT NOT NULL,
+        biz_sn TEXT NOT NULL,
+        at REAL NOT NULL,
+        PRIMARY KEY (receiver, origin, msg_id)
+    ) WITHOUT ROWID;
     """,
 )

@@ -109,7 +109,8 @@ class SqliteSeenMsgIds:
 
 
 class SqliteRecords:
-    """gateway.store.interfaces.RecordStore over tables ``record`` and ``response``."""
+    """gateway.store.interfaces.RecordStore over tables ``record``, ``response`` and
+    ``asked_again``."""
 
     def __init__(self, uow: SqliteUnitOfWork) -> None:
         self._uow = uow
@@ -164,12 +165,23 @@ class SqliteRecords:
 
     def of_day(self, trade_date: str, parties: tuple[str, str],
                biz_types: tuple[str, ...]) -> list[Record]:
-        from .eod import LISTED_SQL
+        from .eod import LISTED_SQL  # loaded when a day is read
 
         return self.select(
             f"trade_date=? AND biz_type IN ({_marks(biz_types)}) AND {LISTED_SQL} AND"
             " ((origin=? AND receiver=?) OR (origin=? AND receiver=?)) ORDER BY created_at",
             (trade_date, *biz_types, parties[0], parties[1], parties[1], parties[0]))
+
+    def asked_again(self, key: Key, receiver: str, msg_id: str, now: float) -> None:
+        self._uow.write("INSERT OR IGNORE INTO asked_again (receiver, origin, msg_id, biz_type,"
+                        " biz_sn, at) VALUES (?,?,?,?,?,?)",
+                        (receiver, key[0], msg_id, key[1], key[2], now))
+
+    def by_repeat(self, receiver: str, origin: str, msg_id: str) -> Record | None:
+        found = self.select("(origin, biz_type, biz_sn) IN (SELECT origin, biz_type, biz_sn"
+                            " FROM asked_again WHERE receiver=? AND origin=? AND msg_id=?)",
+                            (receiver, origin, msg_id))
+        return found[0] if found else None
 
     def insert(self, rec: Record, now: float) -> None:
         values = [*_values(rec, _RECORD_FIELDS), now, now]
@@ -251,7 +263,8 @@ class SqliteAgreements:
 
 
 class SqliteReversals:
-    """gateway.store.interfaces.ReversalStore over table ``reversal``."""
+    """gateway.store.interfaces.ReversalStore over tables ``reversal`` and
+    ``reversal_attempt``."""
 
     def __init__(self, uow: SqliteUnitOfWork) -> None:
         self._uow = uow
@@ -276,6 +289,17 @@ class SqliteReversals:
 
     def by_msg(self, receiver: str, msg_id: str) -> Reversal | None:
         return self._one("receiver=? AND last_msg_id=?", (receiver, msg_id))
+
+    def by_attempt(self, receiver: str, msg_id: str) -> Reversal | None:
+        return self.by_msg(receiver, msg_id) or self._one("(origin, biz_type, biz_sn) IN (SELECT origin, biz_type, biz_sn FROM"
+                         " reversal_attempt WHERE receiver=? AND msg_id=?)", (receiver, msg_id))
+
+    def attempted(self, original: Key, receiver: str, msg_id: str, now: float,
+                  **changes: object) -> None:
+        self._uow.write("INSERT OR IGNORE INTO reversal_attempt (receiver, msg_id, origin,"
+                        " biz_type, biz_sn, at) VALUES (?,?,?,?,?,?)",
+                        (receiver, msg_id, *original, now))
+        self.update(original, last_msg_id=msg_id, **changes)
 
     def update(self, original: Key, **changes: object) -> None:
         sets = ", ".join(f"{k}=?" for k in changes)

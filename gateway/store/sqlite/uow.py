@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..interfaces import StoreUnavailable
 from ..model import CommitStats
 from .checkpoint import Checkpointer
 from .migrations import MIGRATIONS
@@ -31,17 +32,20 @@ def open_connection(path: Path, synchronous: str = "FULL", *,
                     read_only: bool = False) -> sqlite3.Connection:
     """The journal's connection (autocommit mode: transactions are explicit), migrated
     to the current schema; ``read_only``: the file must exist and be of the current
-    schema (sqlite3.OperationalError / ValueError otherwise), nothing is written."""
+    schema (:class:`gateway.store.interfaces.StoreUnavailable` otherwise), nothing is written."""
     from gateway.filemodes import private_database
 
     if read_only:
-        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
-                             isolation_level=None, check_same_thread=False)
-        version = schema_version(db)
+        try:
+            db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
+                                 isolation_level=None, check_same_thread=False)
+            version = schema_version(db)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(str(exc)) from exc
         if version != len(MIGRATIONS):
             db.close()
-            raise ValueError(f"{path} has schema version {version}, this gateway reads"
-                             f" {len(MIGRATIONS)}")
+            raise StoreUnavailable(f"{path} has schema version {version}, this gateway"
+                                   f" reads {len(MIGRATIONS)}")
         return db
     private_database(path)  # 0600 in a 0700 data/ (§9); SQLite's -wal/-shm follow it
     db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)

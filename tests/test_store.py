@@ -1,0 +1,80 @@
+"""The store layer (gateway/store): the §8 line defined once, the schema frozen, and
+the unit of work's outbox and savepoints over the SQLite implementation."""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from gateway.eod.mapping import BIZ_TYPES, eod_line
+from gateway.store import Record
+from gateway.store.sqlite import MIGRATIONS, SqliteStore
+
+#: sha256 of each released migration.  A released migration never changes (databases
+#: made by it are never migrated again): if this fails, the schema or the §8 line
+#: (gateway/eod/mapping.py, rendered into migration 2) changed — put the change in a new
+#: migration (for the line: one that rebuilds table ``record``) and restore the old text.
+RELEASED = (
+    "c72c89120224df322f666d1268ba95fb743e751966471bad416d66ae51f45beb",
+    "910bf06b47ba63ee7b723d7948da0c169a4c1d1d73e09db9b121d21aa47191a8",
+    "7afe14e76149a1cc64879ec03ca22bc0012000d35ee81bf67679833a5cc68b68",
+    "a6e03f3f22f414cc1526dfcf0715123bc8f9ac21353edd5c1f2c5f3851634c51",
+)
+
+FUND, WALLET = "6222020012345678", "0000111122223333"
+
+
+def test_released_migrations_are_frozen() -> None:
+    got = tuple(hashlib.sha256(m.encode()).hexdigest() for m in MIGRATIONS)
+    assert got[:len(RELEASED)] == RELEASED
+
+
+def _records() -> list[Record]:
+    """A record of every listed type in every state, with and without optional fields."""
+    out = []
+    kinds = [k for ks in BIZ_TYPES.values() for k in ks] + ["PAY.REFUND", "CTS.QUERY"]
+    states = ("SUCCEEDED", "FAILED", "REVERSED", "PENDING", "REVERSING")
+    for n, (kind, state, full) in enumerate(itertools.product(kinds, states, (True, False))):
+        extra = dict(bank_sn="B1", sweep_ref="S1", agreement_no="AG1", order_no="O1",
+                     product_code="P1", book_date="2026-11-26") if full else {}
+        out.append(Record(origin="GTJA", biz_type=kind, biz_sn=f"SN{n}", receiver="CCB",
+                          msg_id=f"M{n}", content_hash="h", state=state,
+                          trade_date="2026-11-25", amount_fen=12345 + n,
+                          fund_acct=FUND if full else None, wallet_id=WALLET, **extra))
+    return out
+
+
+def test_stored_eod_line_is_the_mapping_line(tmp_path: Path) -> None:
+    """The journal's ``record.eod_line`` (SQL rendered from gateway/eod/mapping.py) is
+    mapping.eod_line of the record, for every type, state and absent field."""
+    store = SqliteStore(tmp_path / "j.sqlite3")
+    records = _records()
+    for rec in records:
+        store.records.insert(rec, 1.0)
+    store.uow.flush()
+    store.close()
+    db = sqlite3.connect(tmp_path / "j.sqlite3")
+    stored = dict(db.execute("SELECT biz_sn, eod_line FROM record").fetchall())
+    db.close()
+    assert stored == {rec.biz_sn: eod_line(rec) for rec in records}
+    assert stored["SN0"] == f"D|SN0|IN|{FUND}|{WALLET}|123.45|S|B1|S1"
+
+
+def test_a_rolled_back_savepoint_drops_its_writes_and_outbox(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "j.sqlite3")
+    uow, sent, undone = store.uow, [], []
+    with uow.savepoint():
+        store.seen.remember("GTJA", "M1", 1.0)
+        uow.after_commit(lambda: sent.append("M1"))
+    with pytest.raises(RuntimeError), uow.savepoint():
+        store.seen.remember("GTJA", "M2", 1.0)
+        uow.after_commit(lambda: sent.append("M2"))
+        uow.on_rollback(lambda: undone.append("M2"))
+        raise RuntimeError("refused")
+    assert sent == [] and undone == ["M2"] and uow.dirty
+    assert uow.flush() == 1 and sent == ["M1"] and not uow.dirty
+    assert store.seen.count() == 1 and not store.seen.remember("GTJA", "M1", 2.0)
+    store.close()
