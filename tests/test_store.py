@@ -5,12 +5,14 @@ from __future__ import annotations
 import hashlib
 import itertools
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from gateway.eod.mapping import BIZ_TYPES, eod_line
-from gateway.store import Record
+from gateway.store import Agreement, Record, Reversal
+from gateway.store.interfaces import Store
 from gateway.store.sqlite import MIGRATIONS, SqliteStore
 
 #: sha256 of each released migration.  A released migration never changes (databases
@@ -63,9 +65,19 @@ def test_stored_eod_line_is_the_mapping_line(tmp_path: Path) -> None:
     assert stored["SN0"] == f"D|SN0|IN|{FUND}|{WALLET}|123.45|S|B1|S1"
 
 
-def test_a_rolled_back_savepoint_drops_its_writes_and_outbox(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "j.sqlite3")
-    uow, sent, undone = store.uow, [], []
+# --- the contract of gateway/store/interfaces.py, for every implementation -------------
+@pytest.fixture(params=["sqlite"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """Each store implementation (a second one joins ``params``)."""
+    opened = SqliteStore(tmp_path / "j.sqlite3")
+    yield opened
+    opened.close()
+
+
+def test_a_rolled_back_savepoint_drops_its_writes_and_outbox(store: Store) -> None:
+    uow = store.uow
+    sent: list[str] = []
+    undone: list[str] = []
     with uow.savepoint():
         store.seen.remember("GTJA", "M1", 1.0)
         uow.after_commit(lambda: sent.append("M1"))
@@ -76,5 +88,53 @@ def test_a_rolled_back_savepoint_drops_its_writes_and_outbox(tmp_path: Path) -> 
         raise RuntimeError("refused")
     assert sent == [] and undone == ["M2"] and uow.dirty
     assert uow.flush() == 1 and sent == ["M1"] and not uow.dirty
-    assert store.seen.count() == 1 and not store.seen.remember("GTJA", "M1", 2.0)
-    store.close()
+    assert not store.seen.remember("GTJA", "M1", 2.0) and store.seen.remember("GTJA", "M2", 2.0)
+
+
+def test_a_record_changes_only_what_may_change(store: Store) -> None:
+    rec = Record(origin="GTJA", biz_type="XFER.OUT", biz_sn="T1", receiver="CCB", msg_id="M1",
+                 content_hash="h", state="PENDING", trade_date="2026-11-25", amount_fen=100)
+    store.records.insert(rec, 1.0)
+    store.records.update(rec.key, 2.0, state="SUCCEEDED", result="0000",
+                         response_xml=b"<Msg/>", bank_sn=None)
+    got = store.records.get(rec.key)
+    assert got is not None and (got.state, got.result, got.response_xml, got.bank_sn) == (
+        "SUCCEEDED", "0000", b"<Msg/>", None)
+    with pytest.raises(ValueError):
+        store.records.update(rec.key, 3.0, amount_fen=1)
+    assert store.records.by_msg("CCB", "GTJA", "M1") == got
+    assert store.records.by_repeat("CCB", "GTJA", "M2") is None
+    store.records.asked_again(rec.key, "CCB", "M2", 3.0)
+    assert store.records.by_repeat("CCB", "GTJA", "M2") == got
+    assert store.records.open("PENDING") == []
+    store.uow.flush()
+
+
+def test_every_attempt_at_a_reversal_finds_it(store: Store) -> None:
+    key = ("GTJA", "XFER.OUT", "T1")
+    store.reversals.queue(Reversal(*key, receiver="CCB", reversal_sn="GW01R1", amount_fen=100,
+                                   state="QUEUED", attempts=0, next_at=0.0, last_msg_id=None,
+                                   result=None, queued_at=0.0))
+    store.reversals.attempted(key, "CCB", "GW01M1", 1.0, attempts=1)
+    store.reversals.attempted(key, "CCB", "GW01M2", 2.0, attempts=2)
+    latest = store.reversals.of(key)
+    assert latest is not None and (latest.attempts, latest.last_msg_id) == (2, "GW01M2")
+    assert store.reversals.by_msg("CCB", "GW01M1") is None  # not the latest
+    assert store.reversals.by_attempt("CCB", "GW01M1") == latest
+    assert store.reversals.by_attempt("BOC", "GW01M1") is None
+    assert store.reversals.backlog(10.0) == (1, 10.0)
+    store.uow.flush()
+
+
+def test_an_agreement_binds_only_when_active_and_of_its_parties(store: Store) -> None:
+    store.agreements.insert(Agreement(None, "GTJA", "CCB", FUND, WALLET, "1", "PERSONAL",
+                                      "PENDING", "2026-11-25", None, "v1:x", "01", "v1:y",
+                                      None, "GTJAS1"))
+    assert not store.agreements.binds(FUND, WALLET, ("GTJA", "CCB"))
+    store.agreements.settle("GTJA", "GTJAS1", "ACTIVE", "AG1")
+    assert store.agreements.binds(FUND, WALLET, ("CCB", "GTJA"))
+    assert not store.agreements.binds(FUND, WALLET, ("GTJA", "BOC"))
+    found = store.agreements.by_no("AG1")
+    assert found is not None and store.agreements.find(wallet_id=WALLET, active_only=True) == [
+        found]
+    store.uow.flush()

@@ -273,14 +273,30 @@ class Store(Protocol):
     """Everything stored by one gateway (or one simulated party), behind one unit of
     work: the stores' writes share its transaction."""
 
-    uow: UnitOfWork
-    messages: MessageStore
-    seen: SeenMsgIds
-    records: RecordStore
-    agreements: AgreementStore
-    reversals: ReversalStore
-    alerts: AlertStore
-    monitoring: MonitoringQueries
+    @property
+    def uow(self) -> UnitOfWork: ...
+
+    @property
+    def messages(self) -> MessageStore: ...
+
+    @property
+    def seen(self) -> SeenMsgIds: ...
+
+    @property
+    def records(self) -> RecordStore: ...
+
+    @property
+    def agreements(self) -> AgreementStore: ...
+
+    @property
+    def reversals(self) -> ReversalStore: ...
+
+    @property
+    def alerts(self) -> AlertStore: ...
+
+    @property
+    def monitoring(self) -> MonitoringQueries: ...
+
 
     @property
     def schema_version(self) -> int: ...

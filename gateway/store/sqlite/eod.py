@@ -23,7 +23,7 @@ from gateway.eod.mapping import (
     line_fields,
 )
 
-from ..interfaces import StoreTooOld
+from ..interfaces import EodQueries, FileWorkspace, StoreTooOld
 
 #: The journal schema from which every record keeps its §8 line (migration 2).
 JOURNAL_SCHEMA_WITH_LINES = 2
@@ -260,3 +260,9 @@ class SqliteFileWorkspace:
         return [str(r[0]) for r in self.db.execute(
             "SELECT bizsn FROM f WHERE NOT EXISTS (SELECT 1 FROM jk WHERE jk.bizsn = f.bizsn) "
             "ORDER BY seq")]
+
+
+def _conforms(reader: SqliteEodReader, space: SqliteFileWorkspace,
+              ) -> tuple[EodQueries, FileWorkspace]:
+    """mypy holds the end-of-day classes to the interfaces (never called)."""
+    return reader, space
