@@ -6,6 +6,7 @@ reads them and never sees a cursor, a row object or SQL.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 #: Record states that still wait for something (an answer, a reversal).
 OPEN_STATES = ("PENDING", "REVERSING")
@@ -101,6 +102,11 @@ class StoredMessage:
     ref_id: str | None
     envelope: bytes
     xml: bytes
+
+    def __getitem__(self, name: str) -> Any:
+        """Transitional, for code written when ``Journal.messages`` gave sqlite3 rows
+        (``row["xml"]``): the field of that name.  New code reads the attributes."""
+        return getattr(self, name)
 
 
 @dataclass(frozen=True, slots=True)
