@@ -138,3 +138,25 @@ def test_an_agreement_binds_only_when_active_and_of_its_parties(store: Store) ->
     assert found is not None and store.agreements.find(wallet_id=WALLET, active_only=True) == [
         found]
     store.uow.flush()
+
+
+def test_a_read_only_open_refuses_another_schema_saying_what_to_do(tmp_path: Path) -> None:
+    """``journal show`` beside a gateway of another release: refused, with the remedy."""
+    from gateway.store import StoreUnavailable
+
+    path = tmp_path / "j.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript(MIGRATIONS[0] + "PRAGMA user_version=1;")
+    db.close()
+    with pytest.raises(StoreUnavailable, match="version 1, this gateway reads .*: start this"
+                                               " gateway once to migrate it"):
+        SqliteStore(path, read_only=True)
+    SqliteStore(path).close()  # migrated
+    SqliteStore(path, read_only=True).close()
+    db = sqlite3.connect(path)
+    db.execute(f"PRAGMA user_version={len(MIGRATIONS) + 1}")
+    db.close()
+    with pytest.raises(StoreUnavailable, match="use the gateway release that wrote it"):
+        SqliteStore(path, read_only=True)
+    with pytest.raises(StoreUnavailable):
+        SqliteStore(tmp_path / "missing.sqlite3", read_only=True)

@@ -44,8 +44,10 @@ def open_connection(path: Path, synchronous: str = "FULL", *,
             raise StoreUnavailable(str(exc)) from exc
         if version != len(MIGRATIONS):
             db.close()
+            todo = ("start this gateway once to migrate it" if version < len(MIGRATIONS)
+                    else "use the gateway release that wrote it")
             raise StoreUnavailable(f"{path} has schema version {version}, this gateway"
-                                   f" reads {len(MIGRATIONS)}")
+                                   f" reads {len(MIGRATIONS)}: {todo}")
         return db
     private_database(path)  # 0600 in a 0700 data/ (§9); SQLite's -wal/-shm follow it
     db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
