@@ -18,7 +18,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-import sqlite3
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from .bookdate import CHINA
 from .givebacks import GIVES_BACK, REVERSAL, account, fen_text
 from .journal import Journal, Record, Reversal
 from .message import parse_xml
+from .store import StoredMessage, StoreUnavailable
 
 #: Body fields shown only by their last characters.
 MASKED_FIELDS = ("FundAcct", "WalletId", "CorpWalletId")
@@ -84,11 +84,10 @@ class Evidence:
     body: dict[str, Any]
 
     @classmethod
-    def of(cls, row: sqlite3.Row) -> Evidence:
-        head, body = _read_xml(bytes(row["xml"]))
-        return cls(iso(float(row["at"])), str(row["direction"]), row["party"],
-                   row["msg_type"], row["msg_id"], row["ref_id"], str(row["session"]),
-                   _signer(bytes(row["envelope"])), head, body)
+    def of(cls, row: StoredMessage) -> Evidence:
+        head, body = _read_xml(row.xml)
+        return cls(iso(row.at), row.direction, row.party, row.msg_type, row.msg_id,
+                   row.ref_id, row.session, _signer(row.envelope), head, body)
 
 
 def _signer(envelope: bytes) -> str | None:
@@ -267,7 +266,7 @@ def show_command(home: Path, biz_sn: str, origin: str | None, as_json: bool,
         return 1
     try:
         journal = Journal(path, read_only=True)
-    except (sqlite3.Error, ValueError) as exc:
+    except StoreUnavailable as exc:
         print(f"gateway journal show: cannot read {path}: {exc}", file=sys.stderr)
         return 1
     try:

@@ -8,14 +8,13 @@ reconciles with zero discrepancies against the journal it came from.
 from __future__ import annotations
 
 import datetime as dt
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
 from gateway.keystore import KeyStore
+from gateway.store import eod_reader
 
 from .fileformat import LAYOUTS, RECONCILED_TYPES, FileName, fen_text
-from .mapping import day_query
 from .writer import write_file
 
 #: Offset the exporter stamps times in (trading days are Asia/Shanghai, no DST).
@@ -50,31 +49,15 @@ def unfinished(home: Path, file_type: str, day: dt.date, to_party: str) -> int:
     if not journal.exists():
         return 0
     gateway = KeyStore(Path(home) / "keys").party
-    sql, args = day_query(file_type, ("BizSn",), day.isoformat(), gateway, gateway, to_party)
-    db = sqlite3.connect(f"file:{journal}?mode=ro", uri=True)
-    try:
-        (count,) = db.execute(f"SELECT count(*) FROM ({sql.format(db='')}) WHERE NOT final",
-                              args).fetchone()
-        return int(count)
-    finally:
-        db.close()
+    return eod_reader(journal).unfinished(file_type, day.isoformat(), gateway, to_party)
 
 
 def journal_records(journal: Path, file_type: str, day: dt.date, gateway: str,
                     to_party: str) -> Iterator[list[str]]:
     """The D fields of every final journal record the file covers, streamed."""
     names = tuple(n for n, _ in LAYOUTS[file_type])
-    if not journal.exists():
-        return
-    sql, args = day_query(file_type, names, day.isoformat(), gateway, gateway, to_party)
-    db = sqlite3.connect(f"file:{journal}?mode=ro", uri=True)
-    try:
-        rows = db.execute(f"SELECT * FROM ({sql.format(db='')}) WHERE final "
-                          "ORDER BY time, bizsn", args)
-        for row in rows:
-            yield [_text(n, v) for n, v in zip(names, row[:-1], strict=True)]
-    finally:
-        db.close()
+    for row in eod_reader(journal).export_rows(file_type, day.isoformat(), gateway, to_party):
+        yield [_text(n, v) for n, v in zip(names, row, strict=True)]
 
 
 def export_file(home: Path, day: dt.date, file_type: str, to_party: str, out_dir: Path,
