@@ -1,0 +1,38 @@
+"""The turn's commit off the reactor thread (gateway/store_pg/committer.py): a real
+reactor in a subprocess (tests/pgturns.py) against a real throwaway PostgreSQL."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("psycopg")
+
+HERE = Path(__file__).parent
+
+
+def test_commits_run_in_order_off_the_reactor_and_a_stale_holder_is_fenced(
+        pg_store_url: str) -> None:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE.parent), str(HERE)]))
+    proc = subprocess.run([sys.executable, str(HERE / "pgturns.py"), pg_store_url],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert "error" not in out, out["error"]
+    # while a commit waited for the database, the reactor kept turning and nothing of
+    # the waiting turns was reported committed
+    assert out["ticks_while_blocked"] >= 10
+    assert out["done_while_blocked"] == [False, False, False]
+    # the turns that queued behind it were committed together, in order
+    assert out["events"] == ["t1 committed", "t2 committed", "t3 committed", "t4 committed",
+                             "dup failed UniqueViolation", "t6 committed", "t7 failed Fenced"]
+    # a merged transaction that failed was split: only the bad turn failed
+    assert out["split"] == 1
+    assert out["transactions"] == 4 and out["units"] == 6  # t1, t2-t4, t5, t6
+    # the fenced turn wrote nothing
+    assert out["takeover_epoch"] == 2
+    assert out["alerts"] == ["t1", "t2", "t3", "t4", "t5", "t6"]
