@@ -36,3 +36,16 @@ def test_commits_run_in_order_off_the_reactor_and_a_stale_holder_is_fenced(
     # the fenced turn wrote nothing
     assert out["takeover_epoch"] == 2
     assert out["alerts"] == ["t1", "t2", "t3", "t4", "t5", "t6"]
+
+
+def test_the_commit_bench_runs(pg_url: str, tmp_path: Path) -> None:
+    """bench/pg_commit.py keeps working (a tiny run; nothing here times anything)."""
+    report = tmp_path / "pg.json"
+    proc = subprocess.run([sys.executable, str(HERE.parent / "bench" / "pg_commit.py"),
+                           "--url", pg_url, "--seconds", "0.2", "--window", "4",
+                           "--json", str(report)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    runs = json.loads(report.read_text())["runs"]
+    assert set(runs) == {"sequential sync=on", "sequential sync=off", "pipelined sync=on",
+                         "pipelined sync=off", "committer"}
+    assert runs["committer"]["turns_per_s"] > 0 and runs["pipelined sync=on"]["commits_per_s"] > 0
