@@ -7,6 +7,9 @@ gateway/store_pg/lease.py's; this module only says what the database answered.
 """
 from __future__ import annotations
 
+import os
+import secrets
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -25,6 +28,12 @@ Connection = psycopg.Connection[Any]
 class Fenced(RuntimeError):
     """A commit was refused: this gateway does not hold the lease at its epoch any more
     (a standby took over).  Nothing of that transaction was written; step down."""
+
+
+def holder_id() -> str:
+    """This process's name in the lease: host, pid and a random suffix, so a restarted
+    process (or a reused pid) never passes for the one that held the lease before."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
 def acquire(conn: Connection, holder: str, ttl: float, name: str = LEASE_NAME) -> Grant | None:
