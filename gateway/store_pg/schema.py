@@ -110,7 +110,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             trade_date text NOT NULL,
             amount_fen bigint,
             result text,
-            response_id bigint REFERENCES response (id),
+            response_id bigint,
             fund_acct text,
             wallet_id text,
             order_no text,
