@@ -49,3 +49,37 @@ def test_the_commit_bench_runs(pg_url: str, tmp_path: Path) -> None:
     assert set(runs) == {"sequential sync=on", "sequential sync=off", "pipelined sync=on",
                          "pipelined sync=off", "committer"}
     assert runs["committer"]["turns_per_s"] > 0 and runs["pipelined sync=on"]["commits_per_s"] > 0
+
+
+def test_work_that_leaves_a_transaction_open_does_not_swallow_the_next_commit(
+        pg_store_url: str) -> None:
+    """A read run through ``call`` opens a transaction and leaves it; the next unit
+    must still be its own transaction, durable when reported (not a savepoint inside
+    the read's transaction, rolled back or never committed)."""
+    import threading
+
+    import psycopg
+
+    from gateway.store_pg.committer import Statement, TurnCommitter
+    from gateway.store_pg.leasedb import acquire
+
+    with psycopg.connect(pg_store_url, autocommit=True) as watch:
+        grant = acquire(watch, "A", 60.0)
+        results: list[object] = []
+        done = threading.Event()
+        committer = TurnCommitter(lambda: psycopg.connect(pg_store_url),
+                                  lambda f, *a: f(*a))  # no reactor: fire in the thread
+        read = committer.call(lambda conn: conn.execute("SELECT count(*) FROM alert")
+                              .fetchone())
+        read.addCallback(results.append)
+        unit = (Statement("INSERT INTO alert (at, kind, severity, subject, text)"
+                          " VALUES (1, 'k', 'warning', 'after the read', 't')"),)
+        committed = committer.submit(grant, unit)
+        committed.addCallback(lambda _: results.append(
+            watch.execute("SELECT subject FROM alert").fetchall()))
+        committed.addBoth(lambda _: done.set())
+        assert done.wait(60)
+        assert results == [(0,), [("after the read",)]]
+        stopped = threading.Event()
+        committer.close().addCallback(lambda _: stopped.set())
+        assert stopped.wait(60)

@@ -21,7 +21,8 @@ time out into B330 and reversal as in §6, and a restarted or standby gateway re
 from the journal what did commit.
 
 Only this thread uses the write connection; :meth:`call` runs other work (a lease
-renewal, a read that must see every earlier commit) on it, in order.
+renewal, a read that must see every earlier commit) on it, in order; such work
+commits its own writes (a transaction it leaves open is rolled back).
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import psycopg
+from psycopg.pq import TransactionStatus
 from twisted.internet.defer import Deferred
 
 from .lease import Grant
@@ -158,9 +160,18 @@ class TurnCommitter:
         return self._conn
 
     def _do_call(self, job: _Call) -> None:
+        """``work`` commits what it writes (leasedb's functions do); a transaction it
+        leaves open is rolled back, so the next unit's transaction is a transaction of
+        its own, not a savepoint inside that one."""
         try:
-            result = job.work(self._connection())
+            conn = self._connection()
+            try:
+                result = job.work(conn)
+            finally:
+                if not conn.closed and conn.info.transaction_status != TransactionStatus.IDLE:
+                    conn.rollback()
         except Exception as e:
+            self._broken()
             self._fail(job.done, e)
         else:
             self._reply(job.done, result)

@@ -117,9 +117,7 @@ class LeaseKeeper:
     # --- answers from the database -------------------------------------------------
     def acquired(self, grant: Grant, sent_at: float) -> list[Action]:
         self._in_flight = False
-        if self.role is not Role.STANDBY:  # stepping down: it tried before; release later
-            return []
-        self._move(Role.ACTIVE)
+        self._move(Role.ACTIVE)  # only a standby sends ACQUIRE
         self.grant = grant
         self._confirmed_at = sent_at
         self._next_at = sent_at + self.timings.renew_every
