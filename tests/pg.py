@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,7 +54,14 @@ def pg_server() -> Iterator[str]:
         pytest.skip(f"no PostgreSQL: set {ENV} or install Debian's `postgresql` package")
     folder = Path(tempfile.mkdtemp(prefix="sbdx-pg-"))  # /tmp: the socket path stays short
     try:
-        yield pgcluster.start(folder)
+        try:
+            url = pgcluster.start(folder)
+        except (OSError, RuntimeError, subprocess.CalledProcessError) as e:
+            err = getattr(e, "stderr", b"") or b""
+            pytest.skip(f"could not start a throwaway PostgreSQL ({e}"
+                        f"{': ' + err.decode(errors='replace').strip() if err else ''});"
+                        f" set {ENV} to a server's URL")
+        yield url
     finally:
         pgcluster.stop(folder)
 

@@ -39,7 +39,9 @@ def find_bindir() -> Path | None:
 def _as_owner(argv: list[str]) -> list[str]:
     """``argv`` run as the cluster's owner: ``postgres`` when we are root."""
     if os.geteuid() == 0:
-        return ["runuser", "-u", SUPERUSER, "--", *argv]
+        runuser = (shutil.which("runuser") or next(
+            (p for p in ("/usr/sbin/runuser", "/sbin/runuser") if os.path.exists(p)), "runuser"))
+        return [runuser, "-u", SUPERUSER, "--", *argv]
     return argv
 
 
