@@ -56,7 +56,7 @@ def test_of_two_holders_only_one_gets_the_lease(conns: tuple[Any, Any]) -> None:
     assert grant == Grant("gateway", "A", 1)
     assert acquire(b, "B", TTL) is None
     assert acquire(a, "A2", TTL) is None  # not even a second process of the same host
-    assert leasedb.holder(b) == ("A", 1, True)
+    assert leasedb.lease_state(b) == ("A", 1, True)
 
 
 def test_an_expired_lease_is_taken_over_with_a_higher_epoch(conns: tuple[Any, Any]) -> None:

@@ -78,7 +78,7 @@ def release(conn: Connection, grant: Grant) -> bool:
     return row is not None
 
 
-def holder(conn: Connection, name: str = LEASE_NAME) -> tuple[str | None, int, bool] | None:
+def lease_state(conn: Connection, name: str = LEASE_NAME) -> tuple[str | None, int, bool] | None:
     """(holder, epoch, unexpired) of the lease, None if never taken (``/readyz``, status)."""
     row = conn.execute("SELECT holder, epoch, expires_at > clock_timestamp() FROM lease"
                        " WHERE name = %s", (name,)).fetchone()
