@@ -94,6 +94,11 @@ class LeaseKeeper:
         """Only the active one: the others answer LOGON with S903 (§12)."""
         return self.role is Role.ACTIVE
 
+    @property
+    def awaiting_answer(self) -> bool:
+        """An acquire or renew was sent and its answer has not been reported yet."""
+        return self._in_flight
+
     def due(self) -> Action | None:
         """What to send now (None: nothing; one attempt in flight at a time).  The edge
         calls :meth:`sent` when it sends it."""
