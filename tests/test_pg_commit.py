@@ -51,8 +51,9 @@ def test_the_commit_bench_runs(pg_url: str, tmp_path: Path) -> None:
     assert runs["committer"]["turns_per_s"] > 0 and runs["pipelined sync=on"]["commits_per_s"] > 0
 
 
+@pytest.mark.parametrize("pipelined", [True, False])
 def test_work_that_leaves_a_transaction_open_does_not_swallow_the_next_commit(
-        pg_store_url: str) -> None:
+        pg_store_url: str, pipelined: bool) -> None:
     """A read run through ``call`` opens a transaction and leaves it; the next unit
     must still be its own transaction, durable when reported (not a savepoint inside
     the read's transaction, rolled back or never committed)."""
@@ -61,14 +62,15 @@ def test_work_that_leaves_a_transaction_open_does_not_swallow_the_next_commit(
     import psycopg
 
     from gateway.store_pg.committer import Statement, TurnCommitter
-    from gateway.store_pg.leasedb import acquire
+    from gateway.store_pg.leasedb import Fenced, acquire
 
     with psycopg.connect(pg_store_url, autocommit=True) as watch:
         grant = acquire(watch, "A", 60.0)
         results: list[object] = []
         done = threading.Event()
         committer = TurnCommitter(lambda: psycopg.connect(pg_store_url),
-                                  lambda f, *a: f(*a))  # no reactor: fire in the thread
+                                  lambda f, *a: f(*a),  # no reactor: fire in the thread
+                                  pipelined=pipelined)
         read = committer.call(lambda conn: conn.execute("SELECT count(*) FROM alert")
                               .fetchone())
         read.addCallback(results.append)
@@ -80,6 +82,15 @@ def test_work_that_leaves_a_transaction_open_does_not_swallow_the_next_commit(
         committed.addBoth(lambda _: done.set())
         assert done.wait(60)
         assert results == [(0,), [("after the read",)]]
+        fenced: list[object] = []
+        watch.execute("UPDATE lease SET epoch = epoch + 1")  # taken over
+        done.clear()
+        stale = committer.submit(grant, unit)
+        stale.addErrback(lambda f: fenced.append(f.type))
+        stale.addBoth(lambda _: done.set())
+        assert done.wait(60)
+        assert fenced == [Fenced]
+        assert watch.execute("SELECT count(*) FROM alert").fetchone() == (1,)
         stopped = threading.Event()
         committer.close().addCallback(lambda _: stopped.set())
         assert stopped.wait(60)

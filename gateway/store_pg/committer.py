@@ -31,6 +31,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -92,13 +93,17 @@ class TurnCommitter:
 
     def __init__(self, connect: Callable[[], Connection],
                  call_from_thread: Callable[..., object],
-                 max_units: int = MAX_UNITS_PER_COMMIT) -> None:
+                 max_units: int = MAX_UNITS_PER_COMMIT, pipelined: bool = True) -> None:
         """``connect``: opens the write connection (in the committer's thread);
         ``call_from_thread``: the reactor's ``callFromThread``, which fires the
-        Deferreds in the reactor thread."""
+        Deferreds in the reactor thread; ``pipelined``: send each transaction in one
+        round trip (for a database across a network; on a local unix socket the
+        pipeline's bookkeeping costs more CPU than the round trips it saves:
+        docs/BENCHMARKS.md)."""
         self._connect = connect
         self._call_from_thread = call_from_thread
         self._max_units = max_units
+        self._pipelined = pipelined
         self._jobs: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._conn: Connection | None = None
         self.stats = CommitterStats()
@@ -208,7 +213,7 @@ class TurnCommitter:
     def _transaction(self, grant: Grant, units: list[Unit]) -> None:
         conn = self._connection()
         started = time.perf_counter()
-        with conn.pipeline(), conn.transaction():
+        with conn.pipeline() if self._pipelined else nullcontext(), conn.transaction():
             fence(conn, grant)
             for unit in units:
                 for statement in unit:
