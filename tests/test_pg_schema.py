@@ -9,6 +9,7 @@ import pytest
 
 psycopg = pytest.importorskip("psycopg")
 
+from gateway.eod.mapping import eod_line  # noqa: E402
 from gateway.journal import Journal, Record  # noqa: E402
 from gateway.store_pg.schema import MIGRATIONS, migrate, schema_version  # noqa: E402
 
@@ -84,8 +85,9 @@ def test_eod_line_is_the_same_text_sqlite_computes(pg_store_url: str, tmp_path: 
     for rec in _RECORDS:
         journal.insert_record(rec, 1.5)
     journal.flush()
-    expected = dict(journal.connection.execute("SELECT biz_sn, eod_line FROM record"))
+    expected = dict(journal.store.uow.connection.execute("SELECT biz_sn, eod_line FROM record"))
     journal.close()
+    assert expected == {rec.biz_sn: eod_line(rec) for rec in _RECORDS}  # its one definition
     names = [f for f in Record.__slots__ if f != "response_xml"]
     with psycopg.connect(pg_store_url) as conn:
         for rec in _RECORDS:
