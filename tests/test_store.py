@@ -66,10 +66,17 @@ def test_stored_eod_line_is_the_mapping_line(tmp_path: Path) -> None:
 
 
 # --- the contract of gateway/store/interfaces.py, for every implementation -------------
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(params=["sqlite", "postgresql"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    """Each store implementation (a second one joins ``params``)."""
-    opened = SqliteStore(tmp_path / "j.sqlite3")
+    """Each store implementation: the SQLite file, and a fresh migrated PostgreSQL
+    database (tests/pg.py; skipped, saying why, where there is no PostgreSQL)."""
+    opened: Store
+    if request.param == "sqlite":
+        opened = SqliteStore(tmp_path / "j.sqlite3")
+    else:
+        from gateway.store_pg.store import PgStore
+
+        opened = PgStore(request.getfixturevalue("pg_store_url"))
     yield opened
     opened.close()
 
@@ -160,3 +167,65 @@ def test_a_read_only_open_refuses_another_schema_saying_what_to_do(tmp_path: Pat
         SqliteStore(path, read_only=True)
     with pytest.raises(StoreUnavailable):
         SqliteStore(tmp_path / "missing.sqlite3", read_only=True)
+
+
+def test_suspensions_take_the_newest_values_and_lift_one_or_all(store: Store) -> None:
+    store.suspensions.put("CCB", "maintenance", 1.0)
+    store.suspensions.put("*", "drill", 2.0)
+    store.suspensions.put("CCB", "audit", 3.0)  # again: the new values
+    assert store.suspensions.all() == [("*", "drill", 2.0), ("CCB", "audit", 3.0)]
+    store.suspensions.delete("*")
+    assert store.suspensions.all() == [("CCB", "audit", 3.0)]
+    store.suspensions.delete()
+    assert store.suspensions.all() == []
+    store.uow.flush()
+
+
+def test_records_are_found_by_every_index_and_counted_by_monitoring(store: Store) -> None:
+    day = "2026-11-25"
+    out = Record(origin="GTJA", biz_type="XFER.OUT", biz_sn="T1", receiver="CCB", msg_id="M1",
+                 content_hash="h", state="SUCCEEDED", trade_date=day, amount_fen=250,
+                 result="0000", fund_acct=FUND, wallet_id=WALLET)
+    rev = Record(origin="SBDX", biz_type="XFER.REVERSE", biz_sn="R1", receiver="CCB",
+                 msg_id="M2", content_hash="h", state="PENDING", trade_date=day,
+                 amount_fen=250, wallet_id=WALLET, orig_type="XFER.OUT", orig_from="GTJA",
+                 orig_biz_sn="T1")
+    store.records.insert(out, 1.0)
+    store.records.insert(rev, 2.0)
+    assert store.records.with_biz_sn("T1") == [out]
+    assert store.records.with_biz_sn("T1", ("GTJA",), ("XFER.OUT", "XFER.IN")) == [out]
+    assert store.records.with_biz_sn("T1", (), ()) == []
+    assert store.records.of_wallet(WALLET, ("XFER.OUT",), ("SUCCEEDED",)) == [out]
+    assert store.records.referring(out.key) == [rev]
+    assert store.records.referring(out.key, "XFER.IN") == []
+    assert store.records.same_bizsn_between("T1", ("XFER.OUT",), ("CCB", "GTJA"), day) == out
+    assert store.records.of_day(day, ("CCB", "GTJA"), ("XFER.OUT", "XFER.REVERSE")) == [out]
+    assert store.records.open("PENDING") == [rev]
+    with pytest.raises(ValueError):
+        store.records.open("SUCCEEDED")
+    assert sorted(store.monitoring.business_totals(day, "SBDX")) == [
+        ("XFER.OUT", "OUT", "SUCCEEDED", 1, 250), ("XFER.REVERSE", "OUT", "PENDING", 1, 250)]
+    assert store.monitoring.business_totals_by_pair(day, "CCB") == []
+    assert store.monitoring.transfer_totals(day) == [("GTJA", "CCB", FUND, 250)]
+    store.uow.flush()
+
+
+def test_messages_alerts_and_seen_msg_ids_read_back(store: Store) -> None:
+    from gateway.store import Alert
+
+    store.messages.log(1.0, "IN", "s1", "CCB", "XFER.REVERSE.RSP", "M9", "R1", b"env", b"<x/>")
+    store.messages.log(2.0, "OUT", "s1", "CCB", "XFER.REVERSE", "M8", None, b"e2", b"<y/>")
+    assert [m.msg_id for m in store.messages.by_msg_id()] == ["M9", "M8"]
+    (got,) = store.messages.by_msg_id("M9")
+    assert (got.envelope, got.xml, got.at) == (b"env", b"<x/>", 1.0)
+    assert store.messages.count_reversal_answers("CCB", "R1") == 1
+    assert [m.msg_id for m in store.messages.reversal_answers("CCB", "R1")] == ["M9"]
+    store.alerts.log(Alert(1.0, "journal_slow", "warning", "commit", "slow"))
+    store.alerts.log(Alert(2.0, "journal_slow", "warning", "commit", "slower"))
+    assert store.alerts.counts() == [("journal_slow", 2)]
+    last = store.alerts.last("journal_slow", "commit")
+    assert last is not None and last.text == "slower" and len(store.alerts.all()) == 2
+    assert store.seen.remember("CCB", "M1", 1.0) and store.seen.remember("CCB", "M2", 5.0)
+    assert store.seen.purge(2.0) == 1 and store.seen.remember("CCB", "M1", 6.0)
+    store.uow.flush()
+

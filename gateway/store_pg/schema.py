@@ -200,6 +200,38 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             updated_at timestamptz NOT NULL DEFAULT now()
         )""",
     ),
+    # 2: SQLite's migrations 4 and 5 (gateway/store/sqlite/migrations.py): each attempt
+    # at one of the gateway's own reversals and each repeat asked again of a receiver,
+    # kept as state (the latest attempt of every reversal carried over, as SQLite's 4
+    # does); the §11 suspensions.
+    (
+        """CREATE TABLE reversal_attempt (
+            receiver text NOT NULL,
+            msg_id text NOT NULL,
+            origin text NOT NULL,
+            biz_type text NOT NULL,
+            biz_sn text NOT NULL,
+            at double precision NOT NULL,
+            PRIMARY KEY (receiver, msg_id)
+        )""",
+        """INSERT INTO reversal_attempt (receiver, msg_id, origin, biz_type, biz_sn, at)
+            SELECT receiver, last_msg_id, origin, biz_type, biz_sn, next_at FROM reversal
+            WHERE last_msg_id IS NOT NULL ON CONFLICT DO NOTHING""",
+        """CREATE TABLE asked_again (
+            receiver text NOT NULL,
+            origin text NOT NULL,
+            msg_id text NOT NULL,
+            biz_type text NOT NULL,
+            biz_sn text NOT NULL,
+            at double precision NOT NULL,
+            PRIMARY KEY (receiver, origin, msg_id)
+        )""",
+        """CREATE TABLE suspension (
+            party text PRIMARY KEY,
+            reason text NOT NULL,
+            since double precision NOT NULL
+        )""",
+    ),
 )
 
 
