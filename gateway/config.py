@@ -83,6 +83,11 @@ class Config:
     max_over_limit_per_minute: int = 100
     #: Seconds a TLS connection may take to complete its handshake before it is cut.
     tls_handshake_seconds: float = 10.0
+    # --- table [journal] (PROTOCOL §12; docs/operations.md) ------------------------
+    #: ``url``: the store.  sqlite:///PATH (relative to the home) or postgresql://…
+    journal_url: str = "sqlite:///data/journal.sqlite3"
+    #: ``failover_seconds``: a standby takes a dead active's lease within this time.
+    journal_failover_seconds: float = 5.0
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -157,15 +162,26 @@ def _coerce(name: str, default: Any, value: Any) -> Any:
     return value
 
 
-def from_mapping(values: dict[str, Any]) -> Config:
-    """Build a Config from the ``[gateway]`` table; unknown keys are an error."""
-    known = {f.name: f for f in fields(Config) if f.name != "extra"}
+#: The keys of table ``[journal]``, as Config fields.
+JOURNAL_KEYS = {"url": "journal_url", "failover_seconds": "journal_failover_seconds"}
+
+
+def from_mapping(values: dict[str, Any], journal: dict[str, Any] | None = None) -> Config:
+    """Build a Config from the ``[gateway]`` table (and the ``[journal]`` one); unknown
+    keys are an error."""
+    known = {f.name: f for f in fields(Config)
+             if f.name != "extra" and f.name not in JOURNAL_KEYS.values()}
     defaults = Config()
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
         if key not in known:
             raise ConfigError(f"unknown setting [gateway].{key}")
         kwargs[key] = _coerce(key, getattr(defaults, key), value)
+    for key, value in (journal or {}).items():
+        if key not in JOURNAL_KEYS:
+            raise ConfigError(f"unknown setting [journal].{key} (known: url, failover_seconds)")
+        name = JOURNAL_KEYS[key]
+        kwargs[name] = _coerce(f"[journal].{key}", getattr(defaults, name), value)
     cfg = Config(**kwargs, extra={"explicit": frozenset(kwargs)})
     if cfg.replay_retention_days < 7:
         raise ConfigError("replay_retention_days must be at least 7 (PROTOCOL §5)")
@@ -174,6 +190,12 @@ def from_mapping(values: dict[str, Any]) -> Config:
     if cfg.journal_synchronous not in ("FULL", "NORMAL", "EXTRA", "OFF"):
         raise ConfigError("journal_synchronous must be FULL, EXTRA, NORMAL or OFF")
     check_address(cfg.listen, lowest_port=0)
+    from .store import check_url
+
+    try:
+        check_url(cfg.journal_url)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     if cfg.min_heartbeat_seconds > 3600:
         raise ConfigError("min_heartbeat_seconds must be at most 3600 (HeartbeatSec's maximum)")
     return cfg
@@ -188,7 +210,7 @@ def load(home: Path) -> Config:
         data = tomllib.loads(path.read_text("utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{path}: {exc}") from None
-    return from_mapping(data.get("gateway", {}))
+    return from_mapping(data.get("gateway", {}), data.get("journal", {}))
 
 
 def with_key_store_party(cfg: Config, store_party: str | None) -> Config:

@@ -1,7 +1,9 @@
 """The durable journal: a facade over the store layer (gateway/store), kept while
 callers move to the stores themselves.
 
-:class:`Journal` opens a :class:`gateway.store.sqlite.SqliteStore` and delegates each of
+:class:`Journal` opens the store ``[journal] url`` names (gateway.store.open_store: a
+:class:`gateway.store.sqlite.SqliteStore` for ``sqlite:///…`` or a path, a
+:class:`gateway.store_pg.store.PgStore` for ``postgresql://…``) and delegates each of
 its historical methods to the store that now owns it (``journal.store.records``,
 ``.agreements``, ``.reversals``, ``.messages``, ``.seen``, ``.alerts``, ``.monitoring``)
 or to the unit of work (``journal.uow``: begin, savepoint, after_commit, flush, …).
@@ -15,6 +17,8 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
+from .store import open_store, sqlite_path
+from .store.interfaces import Store, UnitOfWork
 from .store.model import (
     Agreement,
     Alert,
@@ -30,17 +34,37 @@ __all__ = ["MIGRATIONS", "SLOW_COMMIT_SECONDS", "Agreement", "CommitStats", "Jou
 
 
 class Journal:
-    """The gateway's store behind its historical interface.  One per process."""
+    """The gateway's store behind its historical interface.  One per process.
 
-    def __init__(self, path: Path, synchronous: str = "FULL",
+    ``where``: the SQLite file, or a ``[journal] url`` (``sqlite:///PATH`` relative to
+    ``home``, or ``postgresql://…``); ``path`` is the SQLite file (None for PostgreSQL)."""
+
+    def __init__(self, where: Path | str, synchronous: str = "FULL",
                  slow_commit_seconds: float = SLOW_COMMIT_SECONDS, *,
-                 read_only: bool = False) -> None:
-        self.path = path
-        self.store = SqliteStore(path, synchronous, slow_commit_seconds, read_only=read_only)
-        self.uow = self.store.uow
-        #: transitional, for journal methods written against the connection (merged
-        #: branches): new SQL goes to gateway/store/sqlite
-        self._db = self.uow.connection
+                 read_only: bool = False, home: Path | None = None) -> None:
+        self.path: Path | None
+        self.store: Store
+        if isinstance(where, Path):
+            self.path = where
+            self.store = SqliteStore(where, synchronous, slow_commit_seconds,
+                                     read_only=read_only)
+        else:
+            self.path = sqlite_path(where, home or Path("."))
+            self.store = open_store(where, home or Path("."), synchronous,
+                                    slow_commit_seconds, read_only=read_only)
+        self.uow: UnitOfWork = self.store.uow
+
+    @property
+    def _sqlite(self) -> SqliteStore:
+        """Transitional, for journal methods written against SQLite (merged branches):
+        new SQL goes to the stores."""
+        if not isinstance(self.store, SqliteStore):
+            raise TypeError("this journal is not SQLite")
+        return self.store
+
+    @property
+    def _db(self) -> Any:
+        return self._sqlite.uow.connection
 
     # --- unit of work ---------------------------------------------------------------
     @property
@@ -57,11 +81,11 @@ class Journal:
 
     @property
     def _checkpointer(self) -> Any:
-        return self.uow.checkpointer
+        return self._sqlite.uow.checkpointer
 
     def _write(self, sql: str, args: tuple[object, ...]) -> Any:
-        """Transitional (see ``_db``)."""
-        return self.uow.write(sql, args)
+        """Transitional (see ``_sqlite``)."""
+        return self._sqlite.uow.write(sql, args)
 
     def begin(self) -> None:
         self.uow.begin()
@@ -113,8 +137,8 @@ class Journal:
 
     # --- business records -------------------------------------------------------------
     def _records(self, where: str, args: tuple[object, ...]) -> list[Record]:
-        """Transitional (see ``_db``)."""
-        return self.store.records.select(where, args)
+        """Transitional (see ``_sqlite``)."""
+        return self._sqlite.records.select(where, args)
 
     def record(self, origin: str, biz_type: str, biz_sn: str) -> Record | None:
         return self.store.records.get((origin, biz_type, biz_sn))

@@ -362,7 +362,7 @@ class GatewayService(service.MultiService):
         self.config = config
         self.home = home
         self.keystore = KeyStore(home / "keys")
-        self.journal = Journal(home / "data" / "journal.sqlite3", config.journal_synchronous)
+        self.journal = Journal(config.journal_url, config.journal_synchronous, home=home)
         self.gateway = Gateway(config, self.keystore, self.journal, reactor.seconds)
         self.factory = GatewayFactory(self.gateway, reactor)
         self.keystore.check_every_lookup = False  # RegistryWatch.before_reads instead

@@ -52,3 +52,25 @@ def test_addresses_that_are_not_host_port(text: str) -> None:
 
     with pytest.raises(ConfigError, match="is not HOST:PORT"):
         check_address(text, lowest_port=0)
+
+
+def test_the_journal_table_names_the_store_and_the_failover_time(tmp_path: Path) -> None:
+    """PROTOCOL §12: ``[journal] url`` (default the SQLite file of the home) and
+    ``failover_seconds`` (default 5); a url of neither form and an unknown key stop."""
+    from gateway.config import ConfigError
+
+    assert (Config().journal_url, Config().journal_failover_seconds) == (
+        "sqlite:///data/journal.sqlite3", 5.0)
+    (tmp_path / "gateway.toml").write_text(
+        '[gateway]\nparty = "GW01"\n[journal]\nurl = "postgresql://db/sbdx"\n'
+        "failover_seconds = 2\n", "utf-8")
+    cfg = load(tmp_path)
+    assert (cfg.journal_url, cfg.journal_failover_seconds) == ("postgresql://db/sbdx", 2.0)
+    with pytest.raises(ConfigError, match="neither sqlite:///PATH .* nor postgresql://"):
+        from_mapping({}, {"url": "mysql://db"})
+    with pytest.raises(ConfigError, match=r"unknown setting \[journal\].path"):
+        from_mapping({}, {"path": "x"})
+    with pytest.raises(ConfigError, match="must be positive"):
+        from_mapping({}, {"failover_seconds": 0})
+    with pytest.raises(ConfigError, match=r"unknown setting \[gateway\].journal_url"):
+        from_mapping({"journal_url": "sqlite:///x"})

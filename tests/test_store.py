@@ -229,3 +229,24 @@ def test_messages_alerts_and_seen_msg_ids_read_back(store: Store) -> None:
     assert store.seen.purge(2.0) == 1 and store.seen.remember("CCB", "M1", 6.0)
     store.uow.flush()
 
+
+
+def test_open_store_picks_the_store_the_url_names(tmp_path: Path,
+                                                  request: pytest.FixtureRequest) -> None:
+    """``[journal] url``: sqlite:///PATH relative to the home (or absolute), or a
+    PostgreSQL URL."""
+    from gateway.store import open_store
+
+    store = open_store("sqlite:///data/j.sqlite3", tmp_path)
+    assert isinstance(store, SqliteStore) and store.path == tmp_path / "data" / "j.sqlite3"
+    store.close()
+    store = open_store(f"sqlite:///{tmp_path / 'abs.sqlite3'}", Path("/elsewhere"))
+    assert isinstance(store, SqliteStore) and (tmp_path / "abs.sqlite3").exists()
+    store.close()
+    with pytest.raises(ValueError, match="neither sqlite:///PATH"):
+        open_store("journal.sqlite3", tmp_path)
+    from gateway.store_pg.store import PgStore
+
+    pg = open_store(request.getfixturevalue("pg_store_url"), tmp_path)
+    assert isinstance(pg, PgStore) and pg.schema_version == 2
+    pg.close()

@@ -67,8 +67,9 @@ class UnitOfWork(Protocol):
         """Run the before-commit actions, commit, then run the after-commit actions in
         order; how many after-commit actions ran."""
 
-    def close(self) -> None:
-        """Flush, then release the connection (closed even if that flush fails)."""
+    def close(self, flush: Callable[[], object] | None = None) -> None:
+        """Flush (through ``flush``: default :meth:`flush`), then release the connection
+        (closed even if that flush fails)."""
 
 
 class MessageStore(Protocol):

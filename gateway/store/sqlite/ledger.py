@@ -29,6 +29,7 @@ from typing import Any, Protocol
 from gateway.fieldcrypto import StorageCipher
 from gateway.filemodes import private_database
 
+from ..interfaces import Store
 from . import SqliteStore
 from .checkpoint import Checkpointer
 
@@ -164,9 +165,11 @@ class Tombstone:
 
 
 class HasStore(Protocol):
-    """A journal facade (gateway.journal.Journal): what holds a store."""
+    """A journal facade (gateway.journal.Journal): what holds a store (the books share
+    only a SQLite one)."""
 
-    store: SqliteStore
+    @property
+    def store(self) -> Store: ...
 
 
 def biz_key(origin: str, biz_type: str, biz_sn: str) -> str:
@@ -194,6 +197,8 @@ class Ledger:
         self.sealer = sealer
         store = where if isinstance(where, SqliteStore) else (
             None if isinstance(where, Path) else where.store)
+        if store is not None and not isinstance(store, SqliteStore):
+            raise TypeError("the books share only a SQLite journal's file and transaction")
         self._journal = store
         self._group = group_commit or store is not None
         self._in_tx = False
