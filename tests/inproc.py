@@ -144,7 +144,10 @@ class Rig:
 
     def start(self) -> None:
         self.generation += 1
-        self.journal = Journal(self.journal_path, synchronous="OFF")
+        if self.config.journal_url.startswith("postgresql"):  # [journal] url (§12)
+            self.journal = Journal(self.config.journal_url, home=self.home.root)
+        else:
+            self.journal = Journal(self.journal_path, synchronous="OFF")
         self.gateway = Gateway(self.config, KeyStore(self.home.root / "keys"), self.journal,
                                self.clock)
         self.gateway.flush()

@@ -16,8 +16,9 @@ import itertools
 import os
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pytest
@@ -100,3 +101,16 @@ def pg_store_url(pg_server: str, pg_template: str) -> Iterator[str]:
         yield with_database(pg_server, name)
     finally:
         _admin(pg_server, f"DROP DATABASE {name} WITH (FORCE)")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def open_journal(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Any]:
+    """Opens the test's journal (gateway.journal.Journal) on each store: a SQLite file
+    in ``tmp_path``, or a fresh migrated PostgreSQL database (``[journal] url``).  Call
+    it again for a restart: the same file or database."""
+    from gateway.journal import Journal
+
+    if request.param == "sqlite":
+        return lambda: Journal(tmp_path / "journal.sqlite3")
+    url = request.getfixturevalue("pg_store_url")
+    return lambda: Journal(url, home=tmp_path)

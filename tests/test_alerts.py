@@ -142,9 +142,12 @@ def test_serve_with_a_bad_alerts_value_exits_1_with_one_line(home: GatewayHome) 
 class Core:
     """A journal, its Alerts and a Monitor with a clock and trade date the test sets."""
 
-    def __init__(self, path: Path, settings: AlertSettings, day: str = DAY) -> None:
+    def __init__(self, path: Path | Callable[[], Journal], settings: AlertSettings,
+                 day: str = DAY) -> None:
+        """``path``: the SQLite journal, or what opens a journal (tests/pg.py
+        ``open_journal``: each store)."""
         self.now, self.day = 1_796_000_000.0, day
-        self.journal = Journal(path)
+        self.journal = path() if callable(path) else Journal(path)
         self.alerts = Alerts(self.journal, lambda: self.now)
         self.heard: list[Alert] = []
         self.alerts.listeners.append(self.heard.append)
@@ -187,8 +190,8 @@ def test_xfer_amount_fires_for_each_succeeded_transfer_above_the_maximum(tmp_pat
 
 
 def test_daily_totals_are_gross_raised_once_per_trade_date_and_clear_with_it(
-        tmp_path: Path) -> None:
-    core = Core(tmp_path / "j.sqlite3", money(xfer_daily_max="1000.00",
+        open_journal: Callable[[], Journal]) -> None:
+    core = Core(open_journal, money(xfer_daily_max="1000.00",
                                               pair_daily_max="1500.00"))
     core.settle("GTJA1", 60000)
     core.settle("CCB2", 50000, biz_type="XFER.OUT", origin=BANK, receiver=BROKER)  # 1100: over
@@ -222,8 +225,8 @@ def test_a_reversed_transfer_no_longer_counts(tmp_path: Path) -> None:
 
 
 def test_a_restart_keeps_the_totals_and_does_not_raise_a_crossed_total_again(
-        tmp_path: Path) -> None:
-    path = tmp_path / "j.sqlite3"
+        open_journal: Callable[[], Journal]) -> None:
+    path = open_journal
     core = Core(path, money(xfer_daily_max="1000.00"))
     core.settle("GTJA1", 120000)
     assert len(core.heard) == 1
@@ -283,8 +286,8 @@ def queue_reversal(journal: Journal, biz_sn: str, queued_at: float) -> tuple[str
 
 
 def test_reversal_backlog_raised_once_cleared_when_acknowledged_not_again_after_restart(
-        tmp_path: Path) -> None:
-    path = tmp_path / "j.sqlite3"
+        open_journal: Callable[[], Journal]) -> None:
+    path = open_journal
     core = Core(path, parse_settings({"reversal_age_max_seconds": 60}))
     key = queue_reversal(core.journal, "GTJA1", core.now)
     for step in (30, 31, 5, 5, 5):  # older than 60 s from 61 s on

@@ -307,15 +307,15 @@ def test_a_late_answer_to_a_repeat_asked_again_settles_the_sign(day) -> None:  #
         broker.recv("CTS.SIGN.RSP", timeout=0.5)
 
 # --- the one state machine ------------------------------------------------------------------
-def test_a_reversal_acknowledged_for_a_failed_original_leaves_it_failed(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_reversal_acknowledged_for_a_failed_original_leaves_it_failed(open_journal) -> None:  # type: ignore[no-untyped-def]
     """§6 receivers acknowledge the reversal of a failed original: the queue row is done,
     the original stays FAILED (FAILED never changes), and the listener hears of it."""
     from gateway.config import Config
-    from gateway.journal import Journal, Record, Reversal
+    from gateway.journal import Record, Reversal
     from gateway.reversal import ReversalQueue
     from gateway.rules import Rules
 
-    j = Journal(tmp_path / "j.sqlite3")
+    j = open_journal()
     rec = Record(origin=BROKER, biz_type="XFER.OUT", biz_sn="GTJAT1", receiver=BANK,
                  msg_id="M1", content_hash="h", state="FAILED", trade_date="2026-11-25",
                  amount_fen=100)

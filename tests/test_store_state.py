@@ -19,12 +19,17 @@ from flows import FUND, WALLET, sign_fields
 from peer import Frame, TestPeer
 
 
-@pytest.fixture
-def rig(tmp_path: Path) -> Iterator[Rig]:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def rig(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Rig]:
+    """The gateway on each store: the SQLite file, or ``[journal] url`` naming a fresh
+    PostgreSQL database (tests/pg.py)."""
     home = make_home(tmp_path / "gw")
     bank = TestPeer(BANK, "BANK", home.keys[BANK], port=0)
     broker = TestPeer(BROKER, "BROKER", home.keys[BROKER], port=0)
-    r = Rig(home, fast_config(), Clock(time.time()), bank, broker)
+    config = (fast_config() if request.param == "sqlite" else
+              fast_config(journal_url=request.getfixturevalue("pg_store_url")))
+    r = Rig(home, config, Clock(time.time()), bank, broker)
+    assert r.journal is not None and (r.journal.path is None) == (request.param != "sqlite")
     yield r
     r.close()
 
@@ -48,10 +53,16 @@ def _forget_evidence(rig: Rig) -> None:
     """Every evidence row out of the journal, as if archived."""
     assert rig.journal is not None
     rig.journal.close()
-    db = sqlite3.connect(rig.journal_path)
-    db.execute("DELETE FROM message")
-    db.commit()
-    db.close()
+    if rig.config.journal_url.startswith("postgresql"):
+        import psycopg
+
+        with psycopg.connect(rig.config.journal_url) as pg:
+            pg.execute("DELETE FROM message")
+    else:
+        db = sqlite3.connect(rig.journal_path)
+        db.execute("DELETE FROM message")
+        db.commit()
+        db.close()
     rig.journal = None
     rig.start()
 

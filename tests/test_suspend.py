@@ -210,13 +210,12 @@ def test_the_ops_api_needs_the_token_and_checks_what_it_is_asked(start_gateway) 
 
 
 # --- the suspension table (sans-IO core, a real journal file) --------------------------------
-def test_suspensions_are_journaled_and_resuming_one_party_keeps_the_others(tmp_path: Any
-                                                                          ) -> None:
+def test_suspensions_are_journaled_and_resuming_one_party_keeps_the_others(
+        open_journal: Any) -> None:
     from gateway.errors import Suspended
-    from gateway.journal import Journal
     from gateway.suspension import SuspensionError, Suspensions
 
-    journal = Journal(tmp_path / "journal.sqlite3")
+    journal = open_journal()
     now = [1000.0]
     parties = ["CCB", "GTJA", "HTSC"]
     table = Suspensions(journal, lambda: now[0], lambda: parties)
@@ -233,7 +232,7 @@ def test_suspensions_are_journaled_and_resuming_one_party_keeps_the_others(tmp_p
     journal.flush()
     journal.close()
 
-    journal = Journal(tmp_path / "journal.sqlite3")  # a restart reads them back
+    journal = open_journal()  # a restart reads them back
     table = Suspensions(journal, lambda: now[0], lambda: parties)
     assert [(x.party, x.reason, x.since) for x in table.current()] == want
     for origin, receiver in (("HTSC", BANK), (BROKER, BANK), (BANK, "HTSC")):
