@@ -1,0 +1,56 @@
+"""`gateway serve` with ``[journal] url = postgresql://…`` (PROTOCOL §12) over real
+loopback sockets: the gateway migrates an empty database, relays a transfer end to end
+with every row in PostgreSQL (no SQLite journal file), and after a restart answers a
+repeat from what PostgreSQL kept."""
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+psycopg = pytest.importorskip("psycopg")
+
+from conftest import BANK, BROKER, GatewayHome  # noqa: E402
+from flows import signed  # noqa: E402
+from test_server import bank_answers, xfer  # noqa: E402
+
+
+def _use_postgres(home: GatewayHome, url: str) -> None:
+    home.write_config(relay_timeout_seconds=5.0)
+    with (home.root / "gateway.toml").open("a", encoding="utf-8") as f:
+        f.write(f'[journal]\nurl = "{url}"\nfailover_seconds = 5\n')
+
+
+def test_a_gateway_on_postgresql_relays_and_remembers_across_a_restart(
+        home: GatewayHome, start_gateway: Any, pg_url: str) -> None:
+    _use_postgres(home, pg_url)  # an empty database: the gateway migrates it
+    gw = start_gateway()
+    bank, broker = gw.peer(BANK).open_session(), gw.peer(BROKER).open_session()
+    signed(bank, broker)
+    msg_id = broker.send("XFER.OUT.REQ", xfer("GTJAP1"), to=BANK)
+    req = bank_answers(bank, bank_sn="CCBP1")
+    assert req.head("MsgId") == msg_id
+    rsp = broker.recv("XFER.OUT.RSP")
+    broker.verify_from_gateway(rsp)
+    assert (rsp.body["Result"], rsp.body["BankSn"]) == ("0000", "CCBP1")
+    bank.close()
+    broker.close()
+    assert gw.stop() == 0
+    with psycopg.connect(pg_url) as conn:
+        state = conn.execute("SELECT state, bank_sn, amount_fen FROM record WHERE"
+                             " biz_sn = 'GTJAP1'").fetchall()
+        evidence = conn.execute("SELECT count(*) FROM message WHERE msg_id = %s",
+                                (msg_id,)).fetchone()[0]
+    assert state == [("SUCCEEDED", "CCBP1", 123450)] and evidence >= 2  # in, relayed
+    assert not (home.root / "data" / "journal.sqlite3").exists()
+
+    again = start_gateway()  # a restart: the record is read back from PostgreSQL
+    bank, broker = again.peer(BANK).open_session(), again.peer(BROKER).open_session()
+    broker.send("XFER.OUT.REQ", xfer("GTJAP1"), to=BANK)  # a repeat: from the journal
+    repeat = broker.recv("XFER.OUT.RSP")
+    assert (repeat.body["Result"], repeat.body["BankSn"]) == ("0000", "CCBP1")
+    with pytest.raises(TimeoutError):
+        bank.recv("XFER.OUT.REQ", timeout=0.5)  # never relayed twice
+    bank.close()
+    broker.close()
+    assert again.stop() == 0
