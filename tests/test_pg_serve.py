@@ -10,9 +10,10 @@ import pytest
 
 psycopg = pytest.importorskip("psycopg")
 
+from test_server import bank_answers, xfer  # noqa: E402
+
 from conftest import BANK, BROKER, GatewayHome  # noqa: E402
 from flows import signed  # noqa: E402
-from test_server import bank_answers, xfer  # noqa: E402
 
 
 def _use_postgres(home: GatewayHome, url: str) -> None:
