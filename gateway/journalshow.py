@@ -259,15 +259,25 @@ def _message_text(m: dict[str, Any]) -> str:
 
 def show_command(home: Path, biz_sn: str, origin: str | None, as_json: bool,
                  gateway: str | None = None) -> int:
-    """Print the record(s); 1 when there is no journal or no such record."""
-    path = home / "data" / "journal.sqlite3"
-    if not path.exists():
+    """Print the record(s) of the journal ``[journal] url`` names (SQLite or
+    PostgreSQL); 1 when there is no journal or no such record."""
+    from .config import ConfigError, load
+    from .store import sqlite_path
+
+    try:
+        url = load(home).journal_url
+    except ConfigError as exc:
+        print(f"gateway journal show: {exc} (fix gateway.toml)", file=sys.stderr)
+        return 1
+    path = sqlite_path(url, home)
+    if path is not None and not path.exists():
         print(f"gateway journal show: no journal at {path}", file=sys.stderr)
         return 1
     try:
-        journal = Journal(path, read_only=True)
+        journal = Journal(path if path is not None else url, read_only=True, home=home)
     except StoreUnavailable as exc:
-        print(f"gateway journal show: cannot read {path}: {exc}", file=sys.stderr)
+        print(f"gateway journal show: cannot read {path or 'the PostgreSQL journal'}: {exc}",
+              file=sys.stderr)
         return 1
     try:
         records = find_records(journal, biz_sn, origin)

@@ -10,6 +10,7 @@ import pytest
 
 psycopg = pytest.importorskip("psycopg")
 
+from test_journal_show import shown_json  # noqa: E402
 from test_server import bank_answers, xfer  # noqa: E402
 
 from conftest import BANK, BROKER, GatewayHome  # noqa: E402
@@ -44,6 +45,9 @@ def test_a_gateway_on_postgresql_relays_and_remembers_across_a_restart(
                                 (msg_id,)).fetchone()[0]
     assert state == [("SUCCEEDED", "CCBP1", 123450)] and evidence >= 2  # in, relayed
     assert not (home.root / "data" / "journal.sqlite3").exists()
+    shown = shown_json(home.root, "GTJAP1")  # journal show reads [journal] url
+    (view,) = shown["records"]
+    assert view["state"] == "SUCCEEDED" and len(view["messages"]) >= 4
 
     again = start_gateway()  # a restart: the record is read back from PostgreSQL
     bank, broker = again.peer(BANK).open_session(), again.peer(BROKER).open_session()
