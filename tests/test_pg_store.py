@@ -4,6 +4,8 @@ committed.  The shared contract is tests/test_store.py's, run on both stores."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -77,3 +79,41 @@ def test_an_unreachable_or_newer_journal_is_refused_saying_what_to_do(
         PgStore(pg_store_url)
     with pytest.raises(StoreUnavailable, match="use the gateway release that wrote it"):
         PgStore(pg_store_url, read_only=True)
+
+
+def test_the_end_of_day_reader_answers_as_sqlites(pg_store_url: str, tmp_path: Path) -> None:
+    """The same records in both stores: every EodQueries answer is the same, for every
+    file type and every pair of writer and receiver (PROTOCOL §8)."""
+    from test_store import _records
+
+    from gateway.eod.mapping import BIZ_TYPES
+    from gateway.store import eod_reader
+    from gateway.store.sqlite import SqliteStore
+
+    records = _records()
+    records += [replace(r, origin="CCB", receiver="GTJA", biz_sn=r.biz_sn + "B")
+                for r in records[::3]]
+    records += [replace(r, receiver="GW01", biz_sn=r.biz_sn + "G") for r in records[::7]]
+    for store in (SqliteStore(tmp_path / "j.sqlite3"), PgStore(pg_store_url)):
+        for n, rec in enumerate(records):
+            store.records.insert(rec, float(n))
+        store.close()
+    lite, pg = eod_reader(tmp_path / "j.sqlite3"), eod_reader(pg_store_url)
+    assert pg.exists() and pg.schema_has_lines()
+    day = "2026-11-25"
+    for file_type in BIZ_TYPES:
+        for writer, reader in (("GTJA", "CCB"), ("CCB", "GTJA"), ("GW01", "CCB"),
+                               ("GTJA", "GW01")):
+            args = (file_type, day, "GW01", writer, reader)
+            owed = [row for batch in pg.owed_lines(*args, 7) for row in batch]
+            assert sorted(owed) == sorted(
+                row for batch in lite.owed_lines(*args, 7) for row in batch), args
+            assert sorted(pg.optional_lines(*args, 1000)) == sorted(
+                lite.optional_lines(*args, 1000)), args
+        for reader in ("CCB", "GTJA"):
+            args4 = (file_type, day, "GW01", reader)
+            assert list(pg.export_rows(*args4)) == list(lite.export_rows(*args4)), args4
+            assert pg.unfinished(*args4) == lite.unfinished(*args4) > 0, args4
+    assert owed and any(pg.export_rows("XFER", day, "GW01", "CCB"))
+    missing = eod_reader(pg_store_url.replace("/sbdx_test_", "/sbdx_nope_"))
+    assert not missing.exists() and list(missing.export_rows("XFER", day, "GW01", "CCB")) == []

@@ -71,8 +71,15 @@ def open_store(url: str, home: Path, synchronous: str = "FULL",
                    read_only=read_only)
 
 
-def eod_reader(journal: Path) -> EodQueries:
-    """The end-of-day reader of the journal at ``journal`` (read-only)."""
+def eod_reader(journal: Path | str) -> EodQueries:
+    """The end-of-day reader of the journal at ``journal`` (read-only): a SQLite file,
+    or a ``postgresql://…`` url."""
+    if isinstance(journal, str):
+        if not journal.startswith(_POSTGRES):
+            raise ValueError(f"{journal!r} is not a postgresql:// url")
+        from gateway.store_pg.eod import PgEodReader
+
+        return PgEodReader(journal)
     from .sqlite.eod import SqliteEodReader
 
     return SqliteEodReader(journal)
