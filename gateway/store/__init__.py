@@ -1,8 +1,10 @@
 """The store layer: everything the gateway keeps durably, behind typed interfaces.
 
 ``interfaces`` (one Protocol per concern, and the unit of work), ``model`` (the plain
-dataclasses every store returns) and one package per implementation (``sqlite``).
-Nothing outside this package imports a database driver or writes SQL.
+dataclasses every store returns) and one package per implementation (``sqlite``, and
+the sibling ``gateway.store_pg`` for PostgreSQL); :func:`open_store` picks one by
+``[journal] url``.  Nothing outside these packages imports a database driver or writes
+SQL.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The store layer's contract: one typed interface per concern, and the unit of work.
 
 Business code (relay, rules, reversal, alerts, the end-of-day checks) depends on these
-Protocols only; an implementation (gateway/store/sqlite today, a PostgreSQL one later)
+Protocols only; an implementation (gateway/store/sqlite, gateway/store_pg)
 owns every statement of its dialect.  Everything returned is a plain value
 (gateway/store/model.py dataclasses, tuples of str/int/float): no cursor, no row object.
 
