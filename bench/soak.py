@@ -107,7 +107,8 @@ def start_rig(root: Path, relay_timeout: float, withheld: list[str],
             toml.write(f"\n[journal]\nretention_days = {retention_days!r}\n")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     gw_log, bank_log = root / "gateway.log", root / "bank.log"
-    gw = subprocess.Popen([sys.executable, "-m", "gateway", "--home", str(home.root), "serve"],
+    gw = subprocess.Popen([sys.executable, "-m", "gateway", "--home", str(home.root), "serve",
+                           "--ops-listen", "127.0.0.1:0"],  # never collides with another
                           stdout=subprocess.DEVNULL, stderr=open(gw_log, "wb"), env=env)
     wait_for_log(gw_log, r"serving on", 30)
     bank = subprocess.Popen(

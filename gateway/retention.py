@@ -27,8 +27,8 @@ since (one index probe per record).  A crash between the month file's commit and
 journal's leaves the rows in both places; the next pass copies them again, which
 stores nothing twice.  A pass walks the evidence until it meets a row younger than the
 retention; the next pass starts again from the beginning (rows held back for an open
-record are looked at again) after :meth:`Retention.pass_interval`.  Sans-IO: time is
-handed in.
+record are looked at again) after :meth:`Retention.pass_interval`.  No Twisted here:
+time is handed in, and the job's thread is a plain one, as the journal's checkpointer.
 """
 from __future__ import annotations
 
