@@ -374,3 +374,24 @@ def test_a_record_that_changes_while_its_evidence_is_copied_keeps_it(tmp_path: P
         assert show_command(home.root, "GTJAT1", None, True, gateway="GW01") == 0
     finally:
         rig.close()
+
+
+def test_a_serving_gateway_moves_evidence_and_stops_cleanly(home, start_gateway) -> None:  # type: ignore[no-untyped-def]
+    """``gateway serve`` with ``[journal] retention_days`` of 2 s: the move's log line
+    names the month file; SIGTERM waits for the job and exits 0."""
+    from flows import call, signed
+
+    home.write_config()
+    with open(home.root / "gateway.toml", "a") as toml:
+        toml.write(f"[journal]\nretention_days = {2 / 86400!r}\n")
+    gw = start_gateway()
+    bank, broker = gw.peer(BANK).open_session(), gw.peer(BROKER).open_session()
+    signed(bank, broker)
+    assert call(broker, "XFER.IN.REQ", xfer("GTJAT1"), bank=bank).body["Result"] == "0000"
+    line = gw.wait_for_log(r"retention: moved \d+ evidence message\(s\) to \S+/data/archive/"
+                           r"\d{6}\.sqlite3", timeout=30)
+    assert "copied in" in line and "deleted in" in line
+    bank.close()
+    broker.close()
+    assert gw.stop() == 0
+    assert "journal flushed" in gw.log_text() and "Traceback" not in gw.log_text()
