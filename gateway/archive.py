@@ -89,7 +89,8 @@ def create(home: Path, out: Path) -> Made:
             continue
         _copy_file(path, out, PurePosixPath("keys") / name, made)
     manifest = out / MANIFEST
-    _write(manifest, b"".join(f"{_sha256(out / n)}  {n}\n".encode() for n in made.files))
+    _write(manifest, b"".join(f"{_sha256(out / n)}  {n}\n".encode()
+                              for n in sorted(made.files)))
     from .eod.signing import sign_file  # §8's detached signature, as EOD files have
 
     digest = hashlib.sha256(manifest.read_bytes()).digest()

@@ -684,7 +684,8 @@ def _add_archive_commands(sub: Any) -> None:
         "Exit 1 if it cannot be written (DIR not empty, no key store, no journal).")
     p.add_argument("--out", type=Path, metavar="DIR",
                    help="a new or empty folder to write the archive into (made 0700); "
-                        "required unless the subcommand is verify")
+                        "required unless the subcommand is verify (default: none: "
+                        "without it, a usage error)")
     p.set_defaults(run=_cmd_archive, archive_command=None, archive_parser=p)
     verbs = p.add_subparsers(dest="archive_command", metavar="SUBCOMMAND")
     v = verbs.add_parser(
