@@ -31,7 +31,7 @@ FRAME_HEADER = 24
 
 
 class _NoCheckpoints:
-    """Stands in for gateway.checkpoint.Checkpointer: the WAL keeps every frame."""
+    """Stands in for gateway.store.sqlite.checkpoint.Checkpointer: the WAL keeps every frame."""
 
     def __init__(self, writer: sqlite3.Connection, path: Path, **_: Any) -> None:
         writer.execute("PRAGMA wal_autocheckpoint=0")

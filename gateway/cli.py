@@ -436,14 +436,15 @@ def _cmd_eod_check(args: argparse.Namespace, home: Home) -> int:
 def _cmd_eod_export(args: argparse.Namespace, home: Home) -> int:
     from .eod import export_command
 
-    return export_command(home.root, args.date, args.type, args.to, args.out)
+    return export_command(home.root, args.date, args.type, args.to, args.out, force=args.force)
 
 
 def _cmd_eod_watch(args: argparse.Namespace, home: Home) -> int:
     from .eod import watch_command
 
     setup_logging(args.log_format)
-    return watch_command(home.root, args.dir, poll_seconds=args.poll, once=args.once)
+    return watch_command(home.root, args.dir, poll_seconds=args.poll, once=args.once,
+                         replace=args.replace)
 
 
 def _ops_listen_address(text: str) -> str:
@@ -514,10 +515,14 @@ exit codes (every command):
   {EXIT_OK:<4} done (eod check: the file is valid and reconciled)
   {EXIT_FAILED:<4} the command could not do its job: no key store, a journal that failed to
        commit, an error in gateway.toml, serve that cannot listen, no such record;
-       eod check: nothing was judged (no file at FILE, a journal too old)
-  {EXIT_REJECTED:<4} eod check: the file is rejected; archive verify: the archive does not
-       hold (a file missing, changed or extra, or a bad signature)
-  {EXIT_DISCREPANCIES:<4} eod check: the file is valid, with discrepancies against the journal
+       eod check: nothing was judged (no file at FILE, a journal too old);
+       eod export: the file is already there (--force); eod watch: another watcher
+       holds the folder, or (--once) the folder could not be sorted
+  {EXIT_REJECTED:<4} eod check: the file is rejected; eod watch --once: a file was rejected;
+       archive verify: the archive does not hold (a file missing, changed or extra,
+       or a bad signature)
+  {EXIT_DISCREPANCIES:<4} eod check: the file is valid, with discrepancies against the journal;
+       eod watch --once: a file had discrepancies (none rejected)
   {EXIT_USAGE:<4} usage error: an unknown option or command, a missing operand, a malformed
        value, --home or --log-format after the command
   {EXIT_INTERRUPTED:<4} interrupted (Ctrl-C) before it finished; serve, sim and eod watch stop
@@ -704,6 +709,50 @@ def _add_archive_commands(sub: Any) -> None:
     v.set_defaults(run=_cmd_archive)
 
 
+def _cmd_suspend(args: argparse.Namespace, home: Home) -> int:
+    from .opsclient import change_command
+
+    return change_command(home.root, args.command, args.party,
+                          getattr(args, "reason", None), args.json)
+
+
+def _cmd_backup(args: argparse.Namespace, home: Home) -> int:
+    from .backup import backup_command
+
+    return backup_command(home.root, args.out)
+
+
+def _add_suspend_commands(sub: Any) -> None:
+    """§11 ``suspend`` / ``resume``, through the running gateway's ops API."""
+    p = sub.add_parser(
+        "suspend", help="refuse new business (B340) with a party or every party (§11)",
+        description="Ask the running gateway (its ops API, like `gateway status`) to "
+        "refuse with B340 the requests that bring new business with PARTY (CTS.SIGN, "
+        "XFER.IN, PAY.ORDER, OTC.SUBSCRIBE, whether PARTY sends or receives them); "
+        "unsigning, withdrawals, reversals, refunds, redemptions and queries still flow. "
+        "Kept in the journal across restarts until `gateway resume`. Exit 0 done (also "
+        "when it already was), 1 when the gateway is not running or refused it.")
+    p.add_argument("--party", metavar="P", help="the bank or broker (default: every party)")
+    p.add_argument("--reason", metavar="TEXT",
+                   help="why, one line (shown in status, logs and B340's text) "
+                        "(default: none)")
+    p.add_argument("--json", action="store_true",
+                   help="print the ops API's JSON answer instead of text")
+    p.set_defaults(run=_cmd_suspend)
+    p = sub.add_parser(
+        "resume", help="lift a suspension (§11)",
+        description="Ask the running gateway to lift the suspension of PARTY, or every "
+        "suspension. `resume --party P` while every party is suspended resumes P alone: "
+        "the every-party suspension becomes one per other registered party "
+        "(docs/operations.md). Exit 0 done (also when nothing was suspended), 1 when the "
+        "gateway is not running or refused it.")
+    p.add_argument("--party", metavar="P",
+                   help="the bank or broker (default: every suspension is lifted)")
+    p.add_argument("--json", action="store_true",
+                   help="print the ops API's JSON answer instead of text")
+    p.set_defaults(run=_cmd_suspend)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="gateway",
@@ -755,6 +804,20 @@ def build_parser() -> argparse.ArgumentParser:
                                       "today's totals and alerts (PROTOCOL §10)")
     p.add_argument("--json", action="store_true", help="the ops API's JSON as it is")
     p.set_defaults(run=_cmd_status)
+    _add_suspend_commands(sub)
+    p = sub.add_parser(
+        "backup", help="a consistent copy of the journal, taken while the gateway serves",
+        description="Copy data/journal.sqlite3 into the new file FILE (0600) with "
+        "SQLite's online backup, beside a running gateway or a stopped one: the journal "
+        "as of one commit. The copy carries an every-party suspension (\"restored from "
+        "backup taken at …\"): a gateway restored from it refuses new business (B340) "
+        "until `gateway resume` (PROTOCOL §11; restore procedure in docs/operations.md "
+        "\"Backup and restore\"). Exit 0 written, 1 not (FILE exists, no journal, the "
+        "copy failed; nothing is left at FILE).")
+    p.add_argument("--out", type=Path, required=True, metavar="FILE",
+                   help="the new file (relative to the current directory); never "
+                        "replaced (default: none, required)")
+    p.set_defaults(run=_cmd_backup)
 
     eod = sub.add_parser("eod", help="end-of-day clearing files").add_subparsers(
         dest="eod_command", metavar="SUBCOMMAND")
@@ -766,19 +829,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true",
                    help="print one JSON object instead of the text report")
     p.set_defaults(run=_cmd_eod_check)
-    p = eod.add_parser("export", help="write a signed file from the journal")
+    p = eod.add_parser("export", help="write a signed file from the journal",
+                       description="Write <TYPE>_<GATEWAY>_<PARTY>_<YYYYMMDD>.txt and its .sig "
+                       "from the journal's final records of that trade date.  Refuses a "
+                       "future date (exit 64) and a file already there (exit 1, see --force); "
+                       "warns on stderr, exit 0, when the day is still open (today, or "
+                       "records still PENDING/REVERSING: they are left out).")
     p.add_argument("--date", required=True, metavar="YYYY-MM-DD", help="the trade date")
     p.add_argument("--type", required=True, choices=["XFER", "SIGN", "PAY", "OTC"],
                    help="the file type (§8)")
     p.add_argument("--to", required=True, metavar="PARTY",
                    help="the counterparty the file is for")
     p.add_argument("--out", type=Path, default=Path("."), metavar="DIR",
-                   help="folder to write it into (default: the current directory)")
+                   help="folder to write it into, created 0700 if missing (default: . , "
+                        "the current directory)")
+    p.add_argument("--force", action="store_true",
+                   help="replace a file of that name (and its .sig) already in --out "
+                        "(default: refuse, exit 1)")
     p.set_defaults(run=_cmd_eod_export)
-    p = eod.add_parser("watch", help="check every complete file dropped into DIR")
+    p = eod.add_parser("watch", help="check every complete file dropped into DIR",
+                       description="Check every complete file (its .sig there) dropped into "
+                       "DIR and move it, with its .sig and a report, into DIR/accepted or "
+                       "DIR/rejected.  Runs until SIGTERM/SIGINT (exit 0), or one pass with "
+                       "--once.  One watcher per folder (a second exits 1).")
     p.add_argument("dir", type=Path, help="the drop folder")
-    p.add_argument("--poll", type=_seconds, default=1.0, help="seconds between folder scans")
-    p.add_argument("--once", action="store_true", help="process what is there, then exit")
+    p.add_argument("--poll", type=_seconds, default=1.0, metavar="S",
+                   help="seconds between folder scans (default 1)")
+    p.add_argument("--once", action="store_true",
+                   help="one pass, then exit: 0 every file accepted and reconciled (or "
+                        "none), 3 one accepted with discrepancies, 2 one rejected, 1 the "
+                        "folder could not be sorted (default: run until stopped)")
+    p.add_argument("--replace", action="store_true",
+                   help="a valid file of a name already accepted (a corrected file for that "
+                        "day) takes the accepted one's place, which is kept in "
+                        "DIR/accepted/superseded/ (default: such a file is rejected as a "
+                        "duplicate)")
     p.set_defaults(run=_cmd_eod_watch)
 
     from .sim import process as sim_process  # options only: no Twisted imported here

@@ -205,8 +205,7 @@ def check_books(day: Day, bank: Sim, broker: Sim, opening_total: int) -> None:
     day.check("aggregate account = sum of client funds at the broker", aggregate == funds,
               f"{fen_text(aggregate)} = {fen_text(funds)}")
     slow = L.op(f"{BROKER}|XFER.IN|{SLOW}")
-    undone = L.db.execute("SELECT count(*) FROM posting WHERE biz_key=? AND reversal=1",
-                          (f"{BROKER}|XFER.IN|{SLOW}",)).fetchone()[0]
+    undone = L.reversing_postings(f"{BROKER}|XFER.IN|{SLOW}")
     day.check("the timed-out transfer was undone exactly once at the bank",
               bool(slow and slow.reversed and undone == 2), f"{undone} reversing postings")
     for name in (MERCHANT, PRODUCT):

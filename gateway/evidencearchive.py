@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .bookdate import CHINA
 from .filemodes import private_database
-from .journal import MESSAGE_COLUMNS
+from .journal import MESSAGE_COLUMNS, StoredMessage
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +121,8 @@ class EvidenceArchive:
         self._open.clear()
 
     # --- reading (journal show) --------------------------------------------------
-    def _select(self, where: str, args: tuple[object, ...]) -> list[sqlite3.Row]:
-        found: list[sqlite3.Row] = []
+    def _select(self, where: str, args: tuple[object, ...]) -> list[tuple[StoredMessage, str]]:
+        found: list[tuple[StoredMessage, str]] = []
         for month in self.months():
             try:
                 db = _reader(self.path(month))
@@ -130,20 +130,22 @@ class EvidenceArchive:
                 log.warning("evidence archive %s unreadable: %s", self.path(month), exc)
                 continue
             try:
-                found += db.execute(f"SELECT *, ? AS archive FROM message WHERE {where}"
-                                    " ORDER BY id", (month, *args)).fetchall()
+                found += [(StoredMessage(int(r[0]), float(r[1]), str(r[2]), str(r[3]), r[4],
+                                         r[5], r[6], r[7], bytes(r[8]), bytes(r[9])), month)
+                          for r in db.execute(f"SELECT {', '.join(MESSAGE_COLUMNS)} FROM"
+                                              f" message WHERE {where} ORDER BY id", args)]
             except sqlite3.DatabaseError as exc:
                 log.warning("evidence archive %s unreadable: %s", self.path(month), exc)
             finally:
                 db.close()
         return found
 
-    def messages(self, msg_id: str) -> list[sqlite3.Row]:
-        """Archived rows journaled under ``msg_id`` (each with column ``archive``: its
-        month), oldest first."""
+    def messages(self, msg_id: str) -> list[tuple[StoredMessage, str]]:
+        """Archived rows journaled under ``msg_id``, each with its month, oldest first."""
         return self._select("msg_id = ?", (msg_id,))
 
-    def reversal_answer_messages(self, party: str, ref_id: str) -> list[sqlite3.Row]:
+    def reversal_answer_messages(self, party: str,
+                                 ref_id: str) -> list[tuple[StoredMessage, str]]:
         """Archived XFER.REVERSE.RSP rows ``party`` sent naming ``ref_id``."""
         return self._select("msg_type='XFER.REVERSE.RSP' AND ref_id=? AND party=? AND"
                             " direction='IN'", (ref_id, party))
@@ -157,5 +159,4 @@ def _reader(path: Path) -> sqlite3.Connection:
         db.execute("SELECT count(*) FROM sqlite_master").fetchone()
     except sqlite3.OperationalError:
         db = sqlite3.connect(str(path), timeout=5.0)
-    db.row_factory = sqlite3.Row
     return db

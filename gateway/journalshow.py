@@ -19,7 +19,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-import sqlite3
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from .evidencearchive import EvidenceArchive
 from .givebacks import GIVES_BACK, REVERSAL, account, fen_text
 from .journal import Journal, Record, Reversal
 from .message import parse_xml
+from .store import StoredMessage, StoreUnavailable
 
 #: Body fields shown only by their last characters.
 MASKED_FIELDS = ("FundAcct", "WalletId", "CorpWalletId")
@@ -88,12 +88,11 @@ class Evidence:
     archive: str | None = None
 
     @classmethod
-    def of(cls, row: sqlite3.Row) -> Evidence:
-        head, body = _read_xml(bytes(row["xml"]))
-        return cls(iso(float(row["at"])), str(row["direction"]), row["party"],
-                   row["msg_type"], row["msg_id"], row["ref_id"], str(row["session"]),
-                   _signer(bytes(row["envelope"])), head, body,
-                   row["archive"] if "archive" in row.keys() else None)
+    def of(cls, row: StoredMessage, archive: str | None = None) -> Evidence:
+        """``archive``: the month file the row was read from (None: the journal)."""
+        head, body = _read_xml(row.xml)
+        return cls(iso(row.at), row.direction, row.party, row.msg_type, row.msg_id,
+                   row.ref_id, row.session, _signer(row.envelope), head, body, archive)
 
 
 def _signer(envelope: bytes) -> str | None:
@@ -145,18 +144,22 @@ def _messages(journal: Journal, msg_id: str | None, sender: str | None,
     From only): as received and as relayed on; in the journal or moved to the archive."""
     if not msg_id:
         return []
-    rows = list(journal.messages(msg_id))
-    if archive is not None:
-        rows = _merged(rows, archive.messages(msg_id))
-    shown = [Evidence.of(row) for row in rows]
+    rows = _merged(list(journal.messages(msg_id)),
+                   archive.messages(msg_id) if archive is not None else [])
+    shown = [Evidence.of(row, month) for row, month in rows]
     return [e for e in shown if sender is None or e.head.get("From") == sender]
 
 
-def _merged(journal_rows: list[sqlite3.Row], archived: list[sqlite3.Row]) -> list[sqlite3.Row]:
-    """Journal rows and archived ones; a row in both (a move interrupted between the
-    archive's commit and the journal's) once, from the journal."""
-    ids = {row["id"] for row in journal_rows}
-    return journal_rows + [row for row in archived if row["id"] not in ids]
+Found = list[tuple[StoredMessage, str | None]]
+
+
+def _merged(journal_rows: list[StoredMessage],
+            archived: list[tuple[StoredMessage, str]]) -> Found:
+    """Journal rows and archived ones (with their month); a row in both (a move
+    interrupted between the archive's commit and the journal's) once, from the journal."""
+    ids = {row.id for row in journal_rows}
+    return ([(row, None) for row in journal_rows]
+            + [(row, month) for row, month in archived if row.id not in ids])
 
 
 def _answer_head(rec: Record) -> tuple[str | None, str | None]:
@@ -177,11 +180,11 @@ def record_view(journal: Journal, rec: Record, gateway: str | None,
     reversal = journal.reversal_of(rec.key)
     if reversal is not None and reversal.last_msg_id:
         messages += _messages(journal, reversal.last_msg_id, gateway, archive)
-        answers = journal.reversal_answer_messages(reversal.receiver, reversal.last_msg_id)
-        if archive is not None:
-            answers = _merged(answers, archive.reversal_answer_messages(
-                reversal.receiver, reversal.last_msg_id))
-        messages += [Evidence.of(r) for r in answers]
+        answers = _merged(
+            journal.reversal_answer_messages(reversal.receiver, reversal.last_msg_id),
+            archive.reversal_answer_messages(reversal.receiver, reversal.last_msg_id)
+            if archive is not None else [])
+        messages += [Evidence.of(r, month) for r, month in answers]
     messages.sort(key=lambda e: e.time)
     return {
         "type": rec.biz_type, "biz_sn": rec.biz_sn, "from": rec.origin, "to": rec.receiver,
@@ -289,7 +292,7 @@ def show_command(home: Path, biz_sn: str, origin: str | None, as_json: bool,
         return 1
     try:
         journal = Journal(path, read_only=True)
-    except (sqlite3.Error, ValueError) as exc:
+    except StoreUnavailable as exc:
         print(f"gateway journal show: cannot read {path}: {exc}", file=sys.stderr)
         return 1
     archive = EvidenceArchive(path.parent / "archive")  # §11 retention's month files

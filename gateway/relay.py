@@ -48,6 +48,7 @@ from .retention import Retention
 from .reversal import ReversalQueue
 from .rules import Repeat, Rules, Settlement
 from .session import Session
+from .suspension import Suspensions
 from .verification import Verified
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,9 @@ class Gateway(Node):
         self.monitor = Monitor(self.alerts, journal, self.trade_date)
         self.reversals = ReversalQueue(config, journal, self.ready_session,
                                        self._reversal_acknowledged)
+        #: §11: business suspended with a party (or every party), from the journal
+        self.suspensions = Suspensions(journal, self.now,
+                                       lambda: [p.party for p in keystore.peers()])
         self._next_purge = self.now()
         #: §11 ``[journal] retention_days``: evidence of long-final records moves out
         self.retention = (Retention(config.journal, journal, config.party)
@@ -241,16 +245,25 @@ class Gateway(Node):
             self._on_repeat(session, message, existing, digest, plaintexts)
             return
         day = self._trade_date_of(message)
+        base: dict[str, Any] = {"origin": session.party, "biz_type": biz_type, "biz_sn": biz_sn,
+                "receiver": dest.party, "msg_id": message.head.msg_id, "content_hash": digest,
+                "state": records.PENDING, "trade_date": day}
+        try:  # the rest of §6 idempotency: a BizSn once per trade date and file family
+            self.rules.check_file_unique(session.party, message, day)
+        except BusinessError as exc:
+            self._refuse_recorded(session, message, base, exc)
+            return
+        # §11: after verification, the trade date and idempotency, before the other
+        # rules; B340 is not journaled (like B320): the same request may come again
+        # after a resume (docs/protocol.md "Suspension (§11)")
+        self.suspensions.check(biz_type, session.party, dest.party)
         if session.inflight >= self._inflight_limit:
             raise self._busy(session)
         target = self.ready_session(dest.party)
         if target is None:
             raise CounterpartyNotConnected(f"{dest.party} has no ready session")
-        base: dict[str, Any] = {"origin": session.party, "biz_type": biz_type, "biz_sn": biz_sn,
-                "receiver": dest.party, "msg_id": message.head.msg_id, "content_hash": digest,
-                "state": records.PENDING, "trade_date": day}
         try:
-            admitted = self.rules.admit(session.party, message, plaintexts, day)
+            admitted = self.rules.admit(session.party, message, plaintexts)
         except BusinessError as exc:  # refused: journaled FAILED, so a repeat gets the same
             self._refuse_recorded(session, message, base, exc)
             return
@@ -382,6 +395,8 @@ class Gateway(Node):
         pending = Pending(session, message.head.msg_id, existing.key, existing.receiver,
                           self.now() + self.config.relay_timeout_seconds, existing)
         self._in_flight(pending)
+        self.journal.store.records.asked_again(existing.key, existing.receiver,
+                                               message.head.msg_id, self.now())
         target.relay_xml(message.xml, message.type, message.head.msg_id, None, plaintexts)
 
     def _answer_locally(self, session: Session, message: Message) -> None:
@@ -462,24 +477,14 @@ class Gateway(Node):
         them (for messages that name no originator; rare, so a scan)."""
         return [k for k in self.pending if k[0] == receiver and k[2] == msg_id]
 
-    def _asked_again_record(self, receiver: str, origin: str, ref: str) -> Record | None:
-        """The record of a repeat that was asked again (``_ask_again``) with MsgId
-        ``ref``: found through the evidence of what was relayed (rare: late answers)."""
-        for request in self._sent_to(receiver, ref):
-            biz_sn = request.body.get("BizSn")
-            if (request.type.endswith(".REQ") and request.head.from_party == origin
-                    and isinstance(biz_sn, str)):
-                return self.journal.record(origin, request.kind.business, biz_sn)
-        return None
-
     def _sent_to(self, receiver: str, msg_id: str) -> list[Message]:
         """What the gateway sent ``receiver`` with MsgId ``msg_id``, the newest first,
-        from the evidence (rare paths only: a late answer, a receiver's SYS.ERROR)."""
+        from the evidence (one rare path: a receiver's SYS.ERROR; it asks what was sent)."""
         if not msg_id:  # messages("") would be every message
             return []
         rows = [row for row in self.journal.messages(msg_id)
-                if row["direction"] == "OUT" and row["party"] == receiver]
-        return [parse_message(bytes(row["xml"])) for row in reversed(rows)]
+                if row.direction == "OUT" and row.party == receiver]
+        return [parse_message(row.xml) for row in reversed(rows)]
 
     def _check_addressed(self, receiver: str, message: Message) -> None:
         """An answer that names no request of its To, in flight or journaled, but whose
@@ -604,8 +609,8 @@ class Gateway(Node):
 
     def _late_response(self, session: Session, message: Message, result: str) -> None:
         receiver, origin, ref = session.party or "", message.head.to_party, message.head.ref_id or ""
-        rec = self.journal.record_by_msg(receiver, origin, ref) or \
-            self._asked_again_record(receiver, origin, ref)
+        stored = self.journal.store.records
+        rec = stored.by_msg(receiver, origin, ref) or stored.by_repeat(receiver, origin, ref)
         if rec is None:
             # misaddressed (another originator's request with this MsgId is in flight)?
             self._check_addressed(receiver, message)

@@ -7,8 +7,8 @@ gateway reads stays in the journal: the records, their stored answers (idempoten
 give-back sums, reconciliation, queries read only those), the MsgIds of the replay
 window (table ``seen_msg_id``, purged on its own schedule), and every row of a record
 still open (PENDING, REVERSING) or final for less than the retention: the relay and the
-reversal queue re-read the evidence of those only (a late answer, an earlier reversal
-attempt's answer, a receiver's SYS.ERROR).
+reversal queue re-read evidence only for what is in flight (what was sent under the
+MsgId a receiver's SYS.ERROR names, the answers to a reversal attempt still queued).
 
 Which record a row is evidence of is read from the row itself: a business request names
 it by its From and BizSn (the gateway's own XFER.REVERSE by the original it reverses),

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 from . import records
 from .config import Config
 from .givebacks import fen_text
-from .journal import Journal, Record, Reversal
-from .message import parse_message
+from .journal import Journal
+from .store import Record, Reversal
 
 if TYPE_CHECKING:
     from .session import Session
@@ -39,7 +39,9 @@ class ReversalQueue:
                  session_of: Callable[[str], Session | None],
                  acknowledged: Callable[[tuple[str, str, str], float], None]) -> None:
         self.config = config
-        self.journal = journal
+        self.records = journal.store.records
+        self.reversals = journal.store.reversals
+        self.messages = journal.store.messages
         self.session_of = session_of
         #: told when the receiver acknowledged the reversal of an original
         self.acknowledged = acknowledged
@@ -50,9 +52,9 @@ class ReversalQueue:
         REVERSING (a late answer failed it meanwhile) is reversed all the same: §6 has
         receivers acknowledge the reversal of an unknown or failed original."""
         if records.allowed(rec.state, records.REVERSING):
-            self.journal.update_record(rec.key, now,
+            self.records.update(rec.key, now,
                                        state=records.transition(rec.state, records.REVERSING))
-        self.journal.queue_reversal(Reversal(
+        self.reversals.queue(Reversal(
             origin=rec.origin, biz_type=rec.biz_type, biz_sn=rec.biz_sn, receiver=rec.receiver,
             reversal_sn=reversal_sn(self.config.party, rec.key),
             amount_fen=rec.amount_fen or 0, state=QUEUED, attempts=0, next_at=now,
@@ -65,21 +67,21 @@ class ReversalQueue:
     def send_due(self, now: float, party: str | None = None) -> int:
         """Send every due reversal (or, after a reconnect, all of ``party``'s)."""
         sent = 0
-        due = self.journal.reversals_due(float("inf") if party else now)
+        due = self.reversals.due(float("inf") if party else now)
         for rev in due:
             if party and rev.receiver != party:
                 continue
             session = self.session_of(rev.receiver)
             key = (rev.origin, rev.biz_type, rev.biz_sn)
             if session is None:
-                self.journal.update_reversal(key, next_at=now + self.backoff(rev.attempts + 1))
+                self.reversals.update(key, next_at=now + self.backoff(rev.attempts + 1))
                 continue
             msg_id = session.send("XFER.REVERSE.REQ", {
                 "BizSn": rev.reversal_sn, "OrigType": rev.biz_type, "OrigFrom": rev.origin,
                 "OrigBizSn": rev.biz_sn, "Amount": fen_text(rev.amount_fen)}).msg_id
-            self.journal.update_reversal(key, attempts=rev.attempts + 1, last_msg_id=msg_id,
-                                         next_at=now + max(self.config.relay_timeout_seconds,
-                                                           self.backoff(rev.attempts + 1)))
+            self.reversals.attempted(key, rev.receiver, msg_id, now, attempts=rev.attempts + 1,
+                                     next_at=now + max(self.config.relay_timeout_seconds,
+                                                       self.backoff(rev.attempts + 1)))
             log.info("reversal %s of %s %s from %s sent to %s (attempt %d)", rev.reversal_sn,
                      rev.biz_type, rev.biz_sn, rev.origin, rev.receiver, rev.attempts + 1)
             sent += 1
@@ -90,23 +92,18 @@ class ReversalQueue:
 
         Any attempt's answer counts, not only the latest: a receiver slower than the
         retry interval answers an earlier XFER.REVERSE (same BizSn, so the same
-        reversal at its end).  The latest attempt is found on the queue row; an earlier
-        one (also from before a restart) by the XFER.REVERSE.REQ the journal holds under
-        that MsgId.  An answer to a reversal already acknowledged changes nothing."""
-        rev = self.journal.reversal_by_msg(receiver, ref_id) if ref_id else None
+        reversal at its end): every attempt is kept (``reversal_attempt``), also across
+        restarts.  An answer to a reversal already acknowledged changes nothing."""
+        rev = self.reversals.by_attempt(receiver, ref_id) if ref_id else None
         if rev is None:
-            key = self._attempt(receiver, ref_id)
-            if key is None:
-                return False
-            rev = self._queued(key)
-            if rev is None:
-                log.info("answer %s to an earlier attempt at reversing %s %s from %s: "
-                         "already acknowledged, ignored", result, key[1], key[2], key[0])
-                return True
+            return False
         key = (rev.origin, rev.biz_type, rev.biz_sn)
         if rev.state == DONE:
+            if rev.last_msg_id != ref_id:
+                log.info("answer %s to an earlier attempt at reversing %s %s from %s: "
+                         "already acknowledged, ignored", result, key[1], key[2], key[0])
             return True
-        if self.journal.reversal_answers(receiver, ref_id) > 1:
+        if self.messages.count_reversal_answers(receiver, ref_id) > 1:
             # the first answer to an attempt settles it; a second one (a duplicate, or
             # one contradicting the first) is evidence only
             log.warning("a second answer %s to reversal attempt %s of %s %s from %s: "
@@ -114,41 +111,26 @@ class ReversalQueue:
                         rev.origin)
             return True
         if result in ACKNOWLEDGING:
-            self.journal.update_reversal(key, state=DONE, result=result)
+            self.reversals.update(key, state=DONE, result=result)
             log.info("reversal of %s %s from %s acknowledged (%s): REVERSED", rev.biz_type,
                      rev.biz_sn, rev.origin, result)
             self.acknowledged(key, now)
         else:
             log.warning("reversal of %s %s refused by %s with %s; will retry", rev.biz_type,
                         rev.biz_sn, receiver, result)
-            self.journal.update_reversal(key, result=result,
-                                         next_at=now + self.backoff(rev.attempts))
+            self.reversals.update(key, result=result, next_at=now + self.backoff(rev.attempts))
         return True
-
-    def _attempt(self, receiver: str, msg_id: str) -> tuple[str, str, str] | None:
-        """The original named by the XFER.REVERSE.REQ we sent ``receiver`` as ``msg_id``."""
-        if not msg_id:
-            return None
-        for row in list(self.journal.messages(msg_id)):
-            if (row["direction"], row["party"], row["msg_type"]) != \
-                    ("OUT", receiver, "XFER.REVERSE.REQ"):
-                continue
-            sent = parse_message(bytes(row["xml"]))
-            if sent.head.from_party == self.config.party:  # ours, not a relayed one
-                return (str(sent.body["OrigFrom"]), str(sent.body["OrigType"]),
-                        str(sent.body["OrigBizSn"]))
-        return None
 
     def _queued(self, key: tuple[str, str, str]) -> Reversal | None:
         """The reversal of ``key`` if it still waits for its acknowledgement."""
-        rev = self.journal.reversal_of(key)
+        rev = self.reversals.of(key)
         return rev if rev is not None and rev.state == QUEUED else None
 
     def done(self, key: tuple[str, str, str], result: str) -> None:
         """A peer's own reversal of ``key`` was acknowledged: the gateway's need not be
         sent again (receivers apply one reversal per original, §6)."""
         if self._queued(key) is not None:
-            self.journal.update_reversal(key, state=DONE, result=result)
+            self.reversals.update(key, state=DONE, result=result)
 
     def recover(self, now: float) -> int:
         """After a restart: relayed, unanswered reversible requests are reversed, and so
@@ -157,17 +139,17 @@ class ReversalQueue:
         from .catalog import REVERSIBLE
 
         count = 0
-        for rec in self.journal.open_records(records.PENDING):
+        for rec in self.records.open(records.PENDING):
             original = rec
             if rec.biz_type == "XFER.REVERSE":
-                found = self.journal.record(str(rec.orig_from), str(rec.orig_type),
-                                            str(rec.orig_biz_sn))
+                found = self.records.get((str(rec.orig_from), str(rec.orig_type),
+                                          str(rec.orig_biz_sn)))
                 if found is None or found.state == records.REVERSED:
                     continue
                 original = found
             elif rec.biz_type not in REVERSIBLE:
                 continue
-            if self.journal.reversal_of(original.key) is not None:
+            if self.reversals.of(original.key) is not None:
                 continue
             log.warning("%s %s from %s was unanswered at restart: reversing %s %s",
                         rec.biz_type, rec.biz_sn, rec.origin, original.biz_type,

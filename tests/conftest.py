@@ -19,6 +19,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from peer import TestPeer
 
+#: PostgreSQL fixtures (pg_server, pg_url, pg_store_url): tests/pg.py
+pytest_plugins = ["pg"]
+
 BANK, BROKER = "CCB", "GTJA"
 
 

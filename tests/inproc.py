@@ -8,6 +8,11 @@ Gateway on the same journal file, with new sessions (what was in memory is gone)
 """
 from __future__ import annotations
 
+import logging
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +25,11 @@ from gateway.keystore import KeyStore
 from gateway.relay import Gateway
 from gateway.session import Session
 
-from conftest import GatewayHome
+from conftest import BANK, BROKER, GatewayHome
 from peer import Frame, TestPeer
+
+#: Gateway seconds a peer waiting for a frame lets pass per tick (see Side.recv_frame).
+WAIT_STEP = 0.1
 
 
 class Clock:
@@ -74,7 +82,9 @@ class Side:
         self.link = Link()
         self.session = Session(rig.gateway, self.link, sid)
         rig.gateway.add_session(self.session)
+        self.pending: list[Frame] = []
         peer.send_raw = self.feed  # type: ignore[method-assign]
+        peer.recv_frame = self.recv_frame  # type: ignore[method-assign]
 
     def feed(self, data: bytes) -> None:
         self.session.receive_bytes(data)
@@ -95,7 +105,26 @@ class Side:
         return self.peer.send(msg_type, fields, **kw)
 
     def take(self) -> list[Frame]:
-        return self.link.take()
+        frames, self.pending = [*self.pending, *self.link.take()], []
+        return frames
+
+    def recv_frame(self, timeout: float = 10) -> Frame:
+        """The next frame the gateway wrote to this session.  While there is none,
+        waiting is the gateway's time passing: its clock moves WAIT_STEP and it ticks
+        (timeouts, retries), up to ``timeout`` gateway seconds, then TimeoutError, as a
+        socket read would; ConnectionError once the gateway closed the session."""
+        waited = 0.0
+        while True:
+            self.pending += self.link.take()
+            if self.pending:
+                return self.pending.pop(0)
+            if self.link.closed:
+                raise ConnectionError("gateway closed the connection")
+            if waited >= timeout:
+                raise TimeoutError("timed out")
+            self.rig.clock.advance(WAIT_STEP)
+            self.rig.tick()
+            waited += WAIT_STEP
 
 
 class Rig:
@@ -147,3 +176,79 @@ def fast_config(**overrides: Any) -> Config:
                                 "reversal_retry_max_seconds": 2.0}
     settings.update(overrides)
     return Config(**settings)
+
+
+class LogTap(logging.Handler):
+    """The gateway's log lines, as the socket tests read a gateway process's stderr."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record) + "\n")
+
+
+class InprocGateway:
+    """What the business-rule tests use of a gateway process (conftest.RunningGateway),
+    over a :class:`Rig`: its home, its log, waiting for a log line (gateway time passes
+    meanwhile, as for a peer waiting for a frame)."""
+
+    def __init__(self, rig: Rig, tap: LogTap) -> None:
+        self.rig, self.tap, self.home = rig, tap, rig.home
+        self.sessions = 0
+
+    def peer(self, party: str, role: str | None = None) -> TestPeer:
+        """One more peer; its ``open_session`` logs on over a new in-process session."""
+        peer = TestPeer(party, role or ("BANK" if party == BANK else "BROKER"),
+                        self.home.keys[party], port=0,
+                        gateway_public_key=self.home.gateway_public_key)
+
+        def open_session() -> TestPeer:
+            self.sessions += 1
+            Side(self.rig, peer, f"X{self.sessions}").open()
+            return peer
+
+        peer.open_session = open_session  # type: ignore[method-assign]
+        return peer
+
+    def log_text(self) -> str:
+        return "".join(self.tap.lines)
+
+    def wait_for_log(self, pattern: str, timeout: float = 10) -> str:
+        waited = 0.0
+        while True:
+            for line in self.tap.lines:
+                if re.search(pattern, line):
+                    return line
+            if waited >= timeout:
+                raise AssertionError(f"log never matched {pattern!r}:\n{self.log_text()}")
+            self.rig.clock.advance(WAIT_STEP)
+            self.rig.tick()
+            waited += WAIT_STEP
+
+
+@contextmanager
+def inproc_day(root: Path, **settings: Any) -> Iterator[tuple[InprocGateway, TestPeer, TestPeer]]:
+    """conftest's ``day`` in process: a gateway with ``settings``, a bank and a broker
+    keyed on their sessions; the log holds no traceback at the end."""
+    from conftest import make_home
+
+    home = make_home(root / "gw")
+    peers = [TestPeer(party, role, home.keys[party], port=0,
+                      gateway_public_key=home.gateway_public_key)
+             for party, role in ((BANK, "BANK"), (BROKER, "BROKER"))]
+    tap = LogTap()
+    logger = logging.getLogger()
+    level = logger.level
+    logger.addHandler(tap)
+    logger.setLevel(logging.INFO)
+    rig = Rig(home, fast_config(**settings), Clock(time.time()), peers[0], peers[1])
+    try:
+        yield InprocGateway(rig, tap), peers[0], peers[1]
+        assert "Traceback" not in InprocGateway(rig, tap).log_text()
+    finally:
+        rig.close()
+        logger.removeHandler(tap)
+        logger.setLevel(level)

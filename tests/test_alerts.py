@@ -555,7 +555,7 @@ def test_eod_watch_raises_each_sorted_files_alerts(eod: Any) -> None:
     rows = [[f"{1000000 + i}", test_eod.WALLET, "-1.00"] for i in range(55)]
     eod.write(rows, "BAL", BROKER, BANK, eod.broker)
     run = console(eod.home, "eod", "watch", str(eod.drop), "--once")
-    assert run.returncode == 0, run.stderr
+    assert run.returncode == 2, run.stderr  # one file rejected
     got = received(eod.out)
     assert {(a["kind"], a["subject"]) for a in got if a["kind"] != "overdraft"} == {
         ("eod_discrepancy", test_eod.NAME), ("eod_rejected", bad.name)}

@@ -6,6 +6,7 @@ import sqlite3
 import time
 
 import pytest
+from inproc import inproc_day
 
 from conftest import BANK, BROKER
 from flows import (
@@ -22,6 +23,16 @@ from flows import (
     signed_pair,
     xfer,
 )
+
+
+@pytest.fixture
+def day(tmp_path):  # type: ignore[no-untyped-def]
+    """conftest's ``day`` in process (tests/inproc.py): these rules need no sockets; a
+    peer waiting for a frame lets the gateway's time pass."""
+    with inproc_day(tmp_path, relay_timeout_seconds=1.5, reversal_retry_initial_seconds=0.5,
+                    reversal_retry_max_seconds=1.0) as running:
+        yield running
+
 
 
 def test_sign_relays_reencrypted_identity_and_registers_the_agreement(day) -> None:  # type: ignore[no-untyped-def]

@@ -10,9 +10,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from inproc import inproc_day
 
 from conftest import BANK, BROKER
 from flows import CORP, FAST_REVERSALS, call, otc, pay, sign_fields, signed, signed_pair, xfer
+
+
+@pytest.fixture
+def day(tmp_path):  # type: ignore[no-untyped-def]
+    """conftest's ``day`` in process (tests/inproc.py): these rules need no sockets; a
+    peer waiting for a frame lets the gateway's time pass."""
+    with inproc_day(tmp_path, relay_timeout_seconds=1.5, reversal_retry_initial_seconds=0.5,
+                    reversal_retry_max_seconds=1.0) as running:
+        yield running
+
 
 
 def journal(gw: Any) -> sqlite3.Connection:
@@ -330,13 +341,15 @@ def test_a_reversal_acknowledged_for_a_failed_original_leaves_it_failed(tmp_path
 
 def _state_values(tree: ast.AST) -> list[ast.expr]:
     """Every value given to a business record's ``state``: ``update_record(state=…)``,
-    ``Record(state=…)`` and ``Record(**{"state": …})``."""
+    ``….records.update(state=…)`` (the record store), ``Record(state=…)`` and
+    ``Record(**{"state": …})``."""
     found: list[ast.expr] = []
     for node in ast.walk(tree):
         if not isinstance(node, ast.Call):
             continue
         name = ast.unparse(node.func).rsplit(".", 1)[-1]
-        if name not in ("update_record", "Record"):
+        if name not in ("update_record", "Record") and \
+                not ast.unparse(node.func).endswith(".records.update"):
             continue
         for kw in node.keywords:
             if kw.arg == "state":

@@ -1,4 +1,4 @@
-"""gateway.checkpoint: WAL checkpoints off the committing thread."""
+"""gateway.store.sqlite.checkpoint: WAL checkpoints off the committing thread."""
 from __future__ import annotations
 
 import os
@@ -7,8 +7,8 @@ import threading
 import time
 from pathlib import Path
 
-from gateway.checkpoint import Checkpointer
 from gateway.journal import Journal, Record
+from gateway.store.sqlite.checkpoint import Checkpointer
 
 
 def _writer(path: Path) -> sqlite3.Connection:

@@ -7,6 +7,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from inproc import inproc_day
 
 from gateway.fieldcrypto import StorageCipher
 from gateway.keystore import KeyStore
@@ -17,6 +18,14 @@ from gateway.sim.runtime import open_books, storage_cipher
 
 from conftest import BANK, BROKER
 from flows import answer, call, sign_fields
+
+
+@pytest.fixture
+def day(tmp_path):  # type: ignore[no-untyped-def]
+    """conftest's ``day`` in process (tests/inproc.py): these rules need no sockets."""
+    with inproc_day(tmp_path, relay_timeout_seconds=1.5, reversal_retry_initial_seconds=0.5,
+                    reversal_retry_max_seconds=1.0) as running:
+        yield running
 
 #: A name found nowhere else in the code or the fixtures, so a byte search is meaningful.
 NAME = "司马相如"

@@ -423,7 +423,7 @@ def test_watch_rejects_and_accepts_with_discrepancies(env: Env) -> None:
     env.write(XFER_ROWS[1:])  # X1 missing: valid with discrepancies -> accepted
     bad = env.write(XFER_ROWS, "XFER", BANK, "HTSC")
     bad.write_bytes(bad.read_bytes().replace(b"100.50", b"100.51"))
-    assert watch_command(env.home, env.drop, once=True) == 0
+    assert watch_command(env.home, env.drop, once=True) == 2  # one rejected
     assert (env.drop / "accepted" / NAME).exists()
     assert json.loads((env.drop / "accepted" / (NAME + ".report.json")).read_text())[
         "missing_in_file"] == ["X1"]
@@ -447,18 +447,20 @@ def test_watch_restart_mid_folder_processes_each_file_once(
     assert sorted(p.name for p in env.drop.iterdir()) == ["accepted"]
     capsys.readouterr()
     assert watch_command(env.home, env.drop, once=True) == 0  # second restart: nothing to do
-    assert capsys.readouterr().out == ""
+    started, stopped = capsys.readouterr().out.splitlines()  # no file line
+    assert started.startswith("eod watch: started on") and "0 file(s)" in stopped
 
 
 def test_watch_duplicate_drop_rejected_earlier_copy_kept(env: Env, tmp_path: Path) -> None:
     staged = env.write(XFER_ROWS, out=tmp_path / "stage")
-    for _ in range(2):
+    for code in (0, 2):  # accepted, then rejected as a duplicate
         shutil.copy(staged, env.drop / NAME)
         shutil.copy(staged.with_name(NAME + ".sig"), env.drop / (NAME + ".sig"))
-        assert watch_command(env.home, env.drop, once=True) == 0
+        assert watch_command(env.home, env.drop, once=True) == code
     assert (env.drop / "accepted" / NAME).read_bytes() == staged.read_bytes()
     report = json.loads((env.drop / "rejected" / (NAME + ".report.json")).read_text())
     assert report["valid"] is False and report["reason"].startswith("duplicate")
+    assert f"gateway eod watch {env.drop} --once --replace" in report["reason"]
     assert (env.drop / "rejected" / NAME).read_bytes() == staged.read_bytes()
 
 

@@ -100,14 +100,14 @@ def test_a_symlinked_rejected_folder_receives_nothing(
     (env.drop / "gateway.toml").write_text('[gateway]\nlisten = "0.0.0.0:7700"\n')
     (env.drop / "gateway.toml.sig").write_bytes(b"x")
     for _ in range(2):  # it keeps running, and keeps refusing
-        assert watch_command(env.home, env.drop, once=True) == 0
+        assert watch_command(env.home, env.drop, once=True) == 1  # nothing sorted
         out = capsys.readouterr().out
         assert "error: cannot sort files: rejected in" in out and "symbolic link" in out
         assert f"rm {env.drop}/rejected && mkdir -m 700 {env.drop}/rejected" in out
     assert not (env.home / "gateway.toml").exists()
     assert (env.drop / "gateway.toml").exists() and (env.drop / "gateway.toml.sig").exists()
     (env.drop / "rejected").unlink()  # the operator's fix: a real folder
-    assert watch_command(env.home, env.drop, once=True) == 0
+    assert watch_command(env.home, env.drop, once=True) == 2
     assert report(env.drop / "rejected", "gateway.toml")["reason"].startswith("name:")
     assert not (env.home / "gateway.toml").exists()
 
@@ -118,7 +118,7 @@ def test_a_symlinked_accepted_folder_receives_nothing(
     elsewhere.mkdir()
     (env.drop / "accepted").symlink_to(elsewhere, target_is_directory=True)
     drop(env, staged(env, tmp_path))
-    assert watch_command(env.home, env.drop, once=True) == 0
+    assert watch_command(env.home, env.drop, once=True) == 1
     assert "accepted in" in capsys.readouterr().out
     assert list(elsewhere.iterdir()) == [] and (env.drop / NAME).exists()
 
@@ -129,7 +129,7 @@ def test_an_accepted_folder_writable_by_others_is_refused(
     (env.drop / "accepted").mkdir()
     os.chmod(env.drop / "accepted", 0o777)
     drop(env, staged(env, tmp_path))
-    assert watch_command(env.home, env.drop, once=True) == 0
+    assert watch_command(env.home, env.drop, once=True) == 1
     assert "not the watcher's own folder" in capsys.readouterr().out
     assert (env.drop / NAME).exists() and not (env.drop / "accepted" / NAME).exists()
 
@@ -141,7 +141,7 @@ def test_a_symlinked_clearing_file_is_rejected_as_the_link(env: Env, tmp_path: P
     original = source.read_bytes()
     (env.drop / NAME).symlink_to(source)
     shutil.copy(source.with_name(NAME + ".sig"), env.drop / (NAME + ".sig"))
-    assert watch_command(env.home, env.drop, once=True) == 0
+    assert watch_command(env.home, env.drop, once=True) == 2
     rejected = env.drop / "rejected"
     assert report(rejected)["reason"] == (
         f"file: {NAME} is a symbolic link; the watcher does not follow links: drop the "
@@ -155,7 +155,7 @@ def test_a_symlinked_sig_is_rejected(env: Env, tmp_path: Path) -> None:
     source = staged(env, tmp_path)
     shutil.copy(source, env.drop / NAME)
     (env.drop / (NAME + ".sig")).symlink_to(source.with_name(NAME + ".sig"))
-    assert watch_command(env.home, env.drop, once=True) == 0
+    assert watch_command(env.home, env.drop, once=True) == 2
     rejected = env.drop / "rejected"
     assert report(rejected)["reason"].startswith(
         f"legitimacy: signature file {NAME}.sig is a symbolic link")
@@ -168,7 +168,7 @@ def test_a_hard_linked_clearing_file_is_rejected(env: Env, tmp_path: Path) -> No
     source = staged(env, tmp_path)
     os.link(source, env.drop / NAME)
     shutil.copy(source.with_name(NAME + ".sig"), env.drop / (NAME + ".sig"))
-    assert watch_command(env.home, env.drop, once=True) == 0
+    assert watch_command(env.home, env.drop, once=True) == 2
     assert report(env.drop / "rejected")["reason"].startswith(f"file: {NAME} has 2 links")
 
 
@@ -201,7 +201,7 @@ def test_a_planted_checking_folder_is_refused(
     elsewhere.mkdir()
     (env.drop / ".checking").symlink_to(elsewhere, target_is_directory=True)
     drop(env, staged(env, tmp_path))
-    assert watch_command(env.home, env.drop, once=True) == 0
+    assert watch_command(env.home, env.drop, once=True) == 1
     assert ".checking in" in capsys.readouterr().out
     assert list(elsewhere.iterdir()) == [] and (env.drop / NAME).exists()
 
@@ -258,7 +258,7 @@ SPARSE_REASON = (f"legitimacy: signature file {NAME}.sig is {SPARSE_SIG_BYTES} b
 def test_watch_rejects_a_huge_sig_without_reading_it(env: Env) -> None:
     sparse_sig(env.write(XFER_ROWS))
     code, out, rss_kib = _measured(env.home, "eod", "watch", str(env.drop), "--once")
-    assert code == 0, out
+    assert code == 2, out
     assert report(env.drop / "rejected")["reason"] == SPARSE_REASON
     assert f"rejected (exit 2) -> rejected: {SPARSE_REASON}" in out
     assert rss_kib < PROCESS_RSS_LIMIT_KIB
@@ -321,7 +321,7 @@ def test_eod_files_the_watcher_and_writer_make_are_owner_only(
     (env.drop / "X.txt").write_text("junk")
     (env.drop / "X.txt.sig").write_bytes(b"x")
     os.chmod(env.drop / "X.txt", 0o644)
-    assert watch_command(env.home, env.drop, once=True) == 0
+    assert watch_command(env.home, env.drop, once=True) == 2
     for sub in ("accepted", "rejected"):
         assert mode(env.drop / sub) == 0o700, sub
         reports = list((env.drop / sub).glob("*.report.*"))

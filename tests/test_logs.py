@@ -68,7 +68,7 @@ class Serve:
         self.lines: list[str] = []
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway", "--home", str(home.root), *global_options,
-             "serve", "--listen", listen],
+             "serve", "--listen", listen, "--ops-listen", "127.0.0.1:0"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
             env=dict(os.environ, PYTHONUNBUFFERED="1"))
         threading.Thread(target=self._drain, daemon=True).start()

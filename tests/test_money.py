@@ -11,10 +11,21 @@ import sqlite3
 from typing import Any
 
 import pytest
+from inproc import inproc_day
 
 from conftest import BANK, BROKER
 from flows import CORP, call, otc, pay, sign_fields, signed, xfer
 from peer import CN, TestPeer
+
+
+@pytest.fixture
+def day(tmp_path):  # type: ignore[no-untyped-def]
+    """conftest's ``day`` in process (tests/inproc.py): these rules need no sockets; a
+    peer waiting for a frame lets the gateway's time pass."""
+    with inproc_day(tmp_path, relay_timeout_seconds=1.5, reversal_retry_initial_seconds=0.5,
+                    reversal_retry_max_seconds=1.0) as running:
+        yield running
+
 
 GW = "GW01"
 

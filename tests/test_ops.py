@@ -404,7 +404,7 @@ def test_eod_files_judged_by_the_watcher_are_counted_and_shown(home: GatewayHome
         (drop / "junk.txt").write_text("H|nothing\n")
         (drop / "junk.txt.sig").write_text("not a signature\n")
         out = gateway_cmd(home, "eod", "watch", str(drop), "--once")
-        assert out.returncode == 0, out.stderr
+        assert out.returncode == 2, out.stderr  # junk.txt rejected
         counted = {dict(k)["verdict"]: v for k, v in metrics_of(gw)["sbdx_eod_files_total"]
                    .items()}
         assert counted == {"accepted": 1, "discrepancies": 0, "rejected": 1}

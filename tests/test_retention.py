@@ -72,7 +72,7 @@ def journal_ids(rig: Rig, msg_id: str) -> list[int]:
 
 
 def archived_ids(rig: Rig, msg_id: str) -> list[int]:
-    return [row["id"] for row in EvidenceArchive(rig.journal_path.parent / "archive")
+    return [row.id for row, _ in EvidenceArchive(rig.journal_path.parent / "archive")
             .messages(msg_id)]
 
 
@@ -143,7 +143,7 @@ def test_evidence_of_long_final_records_moves_and_open_ones_stay(
     assert rig.journal is not None
     t1 = rig.journal.record(BROKER, "XFER.IN", "GTJAT1")
     assert t1 is not None and t1.state == records.SUCCEEDED and t1.response_xml
-    db = rig.journal.connection
+    db = rig.journal.uow.connection
     assert db.execute("SELECT count(*) FROM seen_msg_id WHERE msg_id=?",
                       (ids["T1"],)).fetchone()[0] == 1
     # one month file, owner-only, and a log line per move naming it

@@ -147,12 +147,12 @@ def test_message_before_logon_is_e207_kept_as_evidence_and_not_acted_on(
     error = harness.link.frames[-1]
     assert error.body["Code"] == "E207" and error.head("To") == BROKER
     rows = list(harness.journal.messages())
-    inbound = [r for r in rows if r["direction"] == "IN"]
+    inbound = [r for r in rows if r.direction == "IN"]
     # §3: the refused bytes are kept as evidence, with no party (nobody has logged on)
-    assert len(inbound) == 1 and inbound[0]["party"] is None
-    assert inbound[0]["msg_type"] == "SYS.ECHO.REQ" and b"<Text>x</Text>" in inbound[0]["xml"]
-    assert [r["msg_type"] for r in rows if r["direction"] == "OUT"] == ["SYS.ERROR"]
-    assert harness.journal._db.execute("SELECT count(*) FROM seen_msg_id").fetchone()[0] == 0
+    assert len(inbound) == 1 and inbound[0].party is None
+    assert inbound[0].msg_type == "SYS.ECHO.REQ" and b"<Text>x</Text>" in inbound[0].xml
+    assert [r.msg_type for r in rows if r.direction == "OUT"] == ["SYS.ERROR"]
+    assert harness.journal.store.seen.count() == 0
 
 
 def test_msgids_are_remembered_for_the_retention_period_then_forgotten(tmp_path: Path) -> None:
@@ -160,12 +160,12 @@ def test_msgids_are_remembered_for_the_retention_period_then_forgotten(tmp_path:
     h.logon()
     h.tick(5.1)
     h.answer_keyx()
-    sender_count = h.journal._db.execute("SELECT count(*) FROM seen_msg_id").fetchone()[0]
+    sender_count = h.journal.store.seen.count()
     assert sender_count == 2  # LOGON and KEYX answer
     h.tick(6 * 86400)  # heartbeats aside, nothing is forgotten within 7 days
-    assert h.journal._db.execute("SELECT count(*) FROM seen_msg_id").fetchone()[0] == 2
+    assert h.journal.store.seen.count() == 2
     h.tick(1.01 * 86400 + 3600)
-    assert h.journal._db.execute("SELECT count(*) FROM seen_msg_id").fetchone()[0] == 0
+    assert h.journal.store.seen.count() == 0
 
 
 def test_retention_below_seven_days_is_refused() -> None:
@@ -366,7 +366,7 @@ def test_frames_after_a_logoff_in_the_same_read_are_never_acted_on(harness: Harn
     harness.gateway.flush()
     assert [f.type for f in harness.link.frames[before:]] == ["SYS.LOGOFF.RSP"]
     assert harness.session.state == CLOSED and harness.link.closed
-    inbound = [r["msg_type"] for r in harness.journal.messages() if r["direction"] == "IN"]
+    inbound = [r.msg_type for r in harness.journal.messages() if r.direction == "IN"]
     assert "SYS.ECHO.REQ" not in inbound
 
 
@@ -379,14 +379,14 @@ def test_an_outgoing_message_is_sealed_at_the_flush_with_the_key_of_its_queueing
     _, echo = harness.peer.build("SYS.ECHO.REQ", [("Text", "x")])
     harness.session.receive_bytes(_raw(harness, echo))
     assert harness.journal.dirty
-    out_rows = [r for r in harness.journal.messages() if r["direction"] == "OUT"]
+    out_rows = [r for r in harness.journal.messages() if r.direction == "OUT"]
     count = len(out_rows)
     harness.gateway.flush()
     frame = harness.link.frames[-1]
     assert frame.type == "SYS.ECHO.RSP" and frame.key_id == key.key_id
-    rows = [r for r in harness.journal.messages() if r["direction"] == "OUT"]
+    rows = [r for r in harness.journal.messages() if r.direction == "OUT"]
     assert len(rows) == count + 1  # its evidence row was written in the flush
-    assert rows[-1]["envelope"].decode() == f"SBDX1 {frame.key_id} {frame.mac} {frame.sig}"
+    assert rows[-1].envelope.decode() == f"SBDX1 {frame.key_id} {frame.mac} {frame.sig}"
 
 
 def _echo_frame(h: Harness, text: str) -> bytes:

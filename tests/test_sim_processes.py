@@ -195,23 +195,34 @@ def test_a_scripted_business_day_across_three_processes_balances_and_reconciles(
     assert out.returncode == 0, out.stdout + out.stderr
     assert "all as expected" in out.stdout and "UNEXPECTED" not in out.stdout
     assert out.stdout.count("\nstep ") == DAY_SCRIPT.count("\n") - 1
-    rig.bank.send_signal(signal.SIGUSR1)  # the bank writes its files now, and keeps running
+    rig.bank.send_signal(signal.SIGUSR1)  # provisional files now; the bank keeps running
+    provisional = rig.eod / "provisional"
     deadline = time.monotonic() + 15
-    while len(list(rig.eod.glob("*_CCB_GTJA_*.txt.sig"))) < 4 and time.monotonic() < deadline:
+    while len(list(provisional.glob("*_CCB_GTJA_*.txt.sig"))) < 4 and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert len(list(rig.eod.glob("*_CCB_GTJA_*.txt.sig"))) == 4 and rig.bank.poll() is None
-    bank_out = rig.stop_bank()  # and again at the end
-    assert bank_out.count("eod: wrote") == 2
+    assert len(list(provisional.glob("*_CCB_GTJA_*.txt.sig"))) == 4 and rig.bank.poll() is None
+    assert list(rig.eod.glob("*_CCB_GTJA_*")) == []  # not the day's files: none in DIR
+    midday = {p.name: p.read_bytes() for p in provisional.iterdir()}
+    bank_out = rig.stop_bank()  # the closing files, in DIR
+    assert bank_out.count("eod: wrote") == 2 and bank_out.count("eod: wrote provisional") == 1
     states = check_day(rig)
     assert states["GTJASLOW1"] == "REVERSED"
     assert sorted(states.values()).count("SUCCEEDED") == 4
-    check_files(rig, bank_out, out.stdout)
+    names = check_files(rig, bank_out, out.stdout)
     # the BAL file's total is the aggregate account's balance (§8)
     bal = next(rig.eod.glob("BAL_*.txt")).read_text().splitlines()
     bank = sqlite3.connect(rig.bank_home / "data" / f"{BANK}-ledger.sqlite3")
     aggregate, = bank.execute("SELECT balance_fen FROM account WHERE id='AGGREGATE'").fetchone()
     assert bal[-1].split("|")[2] == f"{aggregate // 100}.{aggregate % 100:02d}"
     assert "Traceback" not in rig.gw.log_text() + bank_out
+    # a watcher of DIR takes the closing files, never the provisional ones
+    watch = subprocess.run([sys.executable, "-m", "gateway", "--home", str(rig.gw_home), "eod",
+                            "watch", str(rig.eod), "--once"], capture_output=True, text=True,
+                           timeout=120)
+    assert watch.returncode == 0, watch.stdout + watch.stderr
+    assert sorted(p.name for p in (rig.eod / "accepted").glob("*.txt")
+                  if ".report." not in p.name) == names
+    assert {p.name: p.read_bytes() for p in provisional.iterdir()} == midday
 
 
 def test_a_broker_under_load_until_sigterm_drains_and_writes_its_bal_file(rig: Rig) -> None:

@@ -255,5 +255,5 @@ def test_one_read_of_junk_before_logon_gets_one_unsigned_answer(tmp_path: Path) 
     h.gateway.flush()
     assert [(f.type, f.body["Code"], f.sig) for f in h.link.frames] == [("SYS.ERROR", "E207", "-")]
     assert h.session.state == CLOSED and h.link.closed
-    assert [(r["direction"], r["msg_type"]) for r in h.journal.messages()] == [
+    assert [(r.direction, r.msg_type) for r in h.journal.messages()] == [
         ("IN", "SYS.ECHO.REQ"), ("OUT", "SYS.ERROR")]

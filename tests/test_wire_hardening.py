@@ -128,8 +128,8 @@ def test_the_session_refuses_a_comment_with_e110_and_keeps_no_half_value(
     h.gateway.flush()
     err = h.link.frames[-1]
     assert (err.type, err.body["Code"], err.body["RefMsgId"]) == ("SYS.ERROR", "E110", msg_id)
-    row = [r for r in h.journal.messages(msg_id) if r["direction"] == "IN"][-1]
-    assert row["msg_type"] is None
+    row = [r for r in h.journal.messages(msg_id) if r.direction == "IN"][-1]
+    assert row.msg_type is None
     assert h.session.state != CLOSED
 
 

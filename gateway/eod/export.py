@@ -8,14 +8,13 @@ reconciles with zero discrepancies against the journal it came from.
 from __future__ import annotations
 
 import datetime as dt
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
 from gateway.keystore import KeyStore
+from gateway.store import eod_reader
 
-from .fileformat import LAYOUTS, RECONCILED_TYPES, fen_text
-from .mapping import day_query
+from .fileformat import LAYOUTS, RECONCILED_TYPES, FileName, fen_text
 from .writer import write_file
 
 #: Offset the exporter stamps times in (trading days are Asia/Shanghai, no DST).
@@ -33,26 +32,38 @@ def _text(name: str, value: object) -> str:
     return str(value)
 
 
+class AlreadyExported(Exception):
+    """The file (or its ``.sig``) is already in the output folder; the message says
+    what to do."""
+
+
+def trade_date_now(now: dt.datetime) -> dt.date:
+    """Today's trade date: the Asia/Shanghai calendar date of ``now`` (§4)."""
+    return now.astimezone(CST).date()
+
+
+def unfinished(home: Path, file_type: str, day: dt.date, to_party: str) -> int:
+    """How many journal records the file would cover are not final yet (PENDING or
+    REVERSING): the export leaves them out."""
+    journal = Path(home) / "data" / "journal.sqlite3"
+    if not journal.exists():
+        return 0
+    gateway = KeyStore(Path(home) / "keys").party
+    return eod_reader(journal).unfinished(file_type, day.isoformat(), gateway, to_party)
+
+
 def journal_records(journal: Path, file_type: str, day: dt.date, gateway: str,
                     to_party: str) -> Iterator[list[str]]:
     """The D fields of every final journal record the file covers, streamed."""
     names = tuple(n for n, _ in LAYOUTS[file_type])
-    if not journal.exists():
-        return
-    sql, args = day_query(file_type, names, day.isoformat(), gateway, gateway, to_party)
-    db = sqlite3.connect(f"file:{journal}?mode=ro", uri=True)
-    try:
-        rows = db.execute(f"SELECT * FROM ({sql.format(db='')}) WHERE final "
-                          "ORDER BY time, bizsn", args)
-        for row in rows:
-            yield [_text(n, v) for n, v in zip(names, row[:-1], strict=True)]
-    finally:
-        db.close()
+    for row in eod_reader(journal).export_rows(file_type, day.isoformat(), gateway, to_party):
+        yield [_text(n, v) for n, v in zip(names, row, strict=True)]
 
 
 def export_file(home: Path, day: dt.date, file_type: str, to_party: str, out_dir: Path,
-                now: dt.datetime | None = None) -> Path:
-    """Write and sign the file; return its path.  ValueError on bad arguments."""
+                now: dt.datetime | None = None, *, force: bool = True) -> Path:
+    """Write and sign the file; return its path.  ValueError on bad arguments;
+    :class:`AlreadyExported` when the file or its ``.sig`` is there and not ``force``."""
     if file_type not in RECONCILED_TYPES:
         raise ValueError(f"cannot export {file_type!r}: the journal holds XFER, SIGN, PAY "
                          "and OTC business (BAL files are written by brokers)")
@@ -62,6 +73,12 @@ def export_file(home: Path, day: dt.date, file_type: str, to_party: str, out_dir
         raise ValueError("the counterparty must be a peer, not the gateway itself")
     if keys.peer(to_party) is None:
         raise ValueError(f"{to_party} is not a registered peer")
+    path = Path(out_dir) / FileName(file_type, gateway, to_party, day).text
+    there = [p.name for p in (path, path.with_name(path.name + ".sig")) if p.exists()]
+    if there and not force:
+        raise AlreadyExported(f"{' and '.join(there)} already in {out_dir}: a signed file may "
+                              "have been handed over already; to write it again in its "
+                              "place, run the same command with --force")
     created = now or dt.datetime.now(CST)
     records = journal_records(Path(home) / "data" / "journal.sqlite3", file_type, day,
                               gateway, to_party)

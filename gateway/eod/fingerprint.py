@@ -27,19 +27,18 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sqlite3
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from operator import itemgetter
 from pathlib import Path
 from typing import BinaryIO
 
 from gateway.signature import PublicKey
+from gateway.store import eod_reader
 
 from .fileformat import SUM_FIELD, TRAILER_RE, FileName, fen_text, record_text_regex
-from .mapping import BIZ_TYPES, FINAL_STATES, LISTED_SQL, scope
-from .reconcile import JOURNAL_SCHEMA_WITH_LINES, Reconciliation
+from .mapping import BIZ_TYPES
+from .reconcile import Reconciliation
 from .scan import MAX_LINE_BYTES
 from .signing import BadSignature, verify_file
 
@@ -135,16 +134,13 @@ def prove(journal: Path, gateway: str, name: FileName, file: BinaryIO, key: Publ
 
     The journal's day is read on a second thread while this one reads the file:
     SQLite runs without the GIL, so its range scan overlaps the file's regex work."""
-    db = _open(journal)
-    try:
-        if db.execute("PRAGMA user_version").fetchone()[0] < JOURNAL_SCHEMA_WITH_LINES:
-            raise Declined("journal schema without end-of-day lines")
-        where, args = _day(name, gateway)
-        optional = _optional_lines(db, where, args, name.from_party)
-    finally:
-        db.close()
+    reader = eod_reader(journal)
+    day = (name.file_type, name.day.isoformat(), gateway, name.from_party, name.to_party)
+    if not reader.schema_has_lines():
+        raise Declined("journal schema without end-of-day lines")
+    optional = _optional_lines(reader.optional_lines(*day, limit=OPTIONAL_MAX + 1))
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="eod-journal") as pool:
-        owed_sums = pool.submit(_owed_sums, journal, where, args, name.from_party)
+        owed_sums = pool.submit(_owed_sums, reader.owed_lines(*day, batch=FETCH_ROWS))
         scan = FileScan(name.file_type, LineSums(optional))
         scan.read(file, progress)
         _checks(scan, name, key, sig, file, header_ok)
@@ -153,47 +149,22 @@ def prove(journal: Path, gateway: str, name: FileName, file: BinaryIO, key: Publ
     return Reconciliation(matched=scan.sums.count)
 
 
-def _day(name: FileName, gateway: str) -> tuple[str, tuple[object, ...]]:
-    kinds = BIZ_TYPES[name.file_type]
-    pair, pair_args = scope(gateway, name.from_party, name.to_party)
-    where = (f"trade_date=? AND biz_type IN ({','.join('?' for _ in kinds)})"
-             f" AND {LISTED_SQL} AND {pair}"
-             f" AND state IN ({','.join(repr(s) for s in FINAL_STATES)})")
-    return where, (name.day.isoformat(), *kinds, *pair_args)
-
-
-def _optional_lines(db: sqlite3.Connection, where: str, args: tuple[object, ...],
-                    writer: str) -> dict[int, int]:
-    """hash(line) → amount of the records the file may list or omit (mapping.OWED_SQL)."""
-    rows = db.execute(f"SELECT eod_line, COALESCE(amount_fen, 0) FROM record WHERE {where}"
-                      f" AND state='REVERSED' AND receiver=? LIMIT {OPTIONAL_MAX + 1}",
-                      (*args, writer)).fetchall()
+def _optional_lines(rows: list[tuple[str, int]]) -> dict[int, int]:
+    """hash(line) → amount of the records the file may list or omit."""
     out = {hash(line): amount for line, amount in rows}
     if len(rows) > OPTIONAL_MAX or len(out) != len(rows):
         raise Declined("optional records too many or not distinct")
     return out
 
 
-def _open(journal: Path) -> sqlite3.Connection:
-    return sqlite3.connect(f"file:{journal}?mode=ro", uri=True)
-
-
-def _owed_sums(journal: Path, where: str, args: tuple[object, ...],
-               writer: str) -> tuple[int, int, int]:
-    """(count, hash sum, amount sum in fen) of the records the file must list; opens
-    its own connection (it runs on the journal thread)."""
-    db = _open(journal)
-    try:
-        cur = db.execute(f"SELECT eod_line, COALESCE(amount_fen, 0) FROM record WHERE {where}"
-                         " AND NOT (state='REVERSED' AND receiver=?)", (*args, writer))
-        sums, amount = LineSums({}), 0
-        line, fen = itemgetter(0), itemgetter(1)
-        while rows := cur.fetchmany(FETCH_ROWS):
-            sums.add(list(map(line, rows)))
-            amount += sum(map(fen, rows))
-        return sums.count, sums.hash_sum, amount
-    finally:
-        db.close()
+def _owed_sums(batches: Iterator[list[tuple[str, int]]]) -> tuple[int, int, int]:
+    """(count, hash sum, amount sum in fen) of the records the file must list (runs on
+    the journal thread: the reader opens its own connection)."""
+    sums, amount = LineSums({}), 0
+    for rows in batches:
+        sums.add([line for line, _ in rows])
+        amount += sum(fen for _, fen in rows)
+    return sums.count, sums.hash_sum, amount
 
 
 def _checks(scan: FileScan, name: FileName, key: PublicKey, sig: bytes, file: BinaryIO,

@@ -1,16 +1,22 @@
 """How journal records appear in a clearing file (PROTOCOL §8 reconciliation), as data.
 
-Per TYPE: which journal business types it lists, and for each D field the SQL
-expression over the journal's ``record`` table that yields it.  ``Amount`` is the
-integer ``amount_fen``; ``Time`` is ``created_at`` (epoch seconds, formatted by the
-exporter; never compared).
+This module is the one definition of a record's §8 line.  The layout of each TYPE
+(field order and syntax) is gateway/eod/fileformat.py's ``LAYOUTS``; here, per D field,
+where its value comes from in a record (:data:`SOURCES`); :func:`eod_line` builds the
+line from both.  Every other form is derived from these two tables: the SQLite store
+renders the same line as SQL (gateway/store/sqlite/eod.py: the ``record.eod_line``
+column, kept by SQLite on every write, and the exporter's SELECT), and a test holds the
+stored line, :func:`eod_line` and the exported file equal.  ``Amount`` is the integer
+``amount_fen`` (written ``12.34``); ``Time`` is ``created_at`` (epoch seconds, formatted
+by the exporter; never compared, not part of the line).
 """
 from __future__ import annotations
 
-FINAL_STATES = ("SUCCEEDED", "FAILED", "REVERSED")
+from dataclasses import dataclass
 
-STATUS_SQL = ("CASE state WHEN 'SUCCEEDED' THEN 'S' WHEN 'FAILED' THEN 'F' "
-              "WHEN 'REVERSED' THEN 'R' ELSE state END")
+from .fileformat import LAYOUTS, fen_text
+
+FINAL_STATES = ("SUCCEEDED", "FAILED", "REVERSED")
 
 #: Journal business types each file lists.  PAY.REFUND and OTC.REDEEM are not listed:
 #: the PAY and OTC layouts have no column telling them from an order/subscription.
@@ -26,70 +32,78 @@ BIZ_TYPES: dict[str, tuple[str, ...]] = {
 #: file lists it; its original, REVERSED, shows Status ``R`` in the PAY or OTC file.
 REVERSED_TRANSFERS = ("XFER.IN", "XFER.OUT")
 
-#: SQL condition every journal row a file lists meets, whatever the file's TYPE: it
-#: leaves out exactly the reversals of what is not a transfer.
-LISTED_SQL = "(biz_type <> 'XFER.REVERSE' OR orig_type IN ({}))".format(
-    ", ".join(f"'{t}'" for t in REVERSED_TRANSFERS))
 
-_COMMON = {"BizSn": "biz_sn", "FundAcct": "fund_acct", "WalletId": "wallet_id",
-           "CorpWalletId": "wallet_id", "Amount": "amount_fen", "Status": STATUS_SQL,
-           "BankSn": "bank_sn", "SweepRef": "sweep_ref", "AgreementNo": "agreement_no",
-           "OrderNo": "order_no", "ProductCode": "product_code", "BookDate": "book_date",
-           "Time": "created_at",
-           "Direction": "CASE biz_type WHEN 'XFER.IN' THEN 'IN' WHEN 'XFER.OUT' THEN 'OUT' "
-                        "ELSE 'REV' END",
-           "Action": "CASE biz_type WHEN 'CTS.SIGN' THEN 'SIGN' ELSE 'UNSIGN' END"}
+@dataclass(frozen=True)
+class Source:
+    """Where a D field's text comes from: a record attribute, either as it is (absent:
+    empty), or coded through ``codes`` (a value not in it: ``otherwise``, or the value
+    itself if that is None), or, for ``Amount``, as fen written with two decimals."""
 
-#: Whether the file must list a journal record (``?`` = the file's writer).  A record the
-#: gateway REVERSED after a relay timeout may be unknown to its receiver: the request can
-#: be lost with the connection (or the gateway) before it arrives, and §6 has receivers
-#: answer the reversal of an unknown original with success.  Money moved on neither
-#: side, so the receiver's file may omit it; if it lists the record, it must say ``R``.
-OWED_SQL = ("(state IN ({finals}) AND NOT (state = 'REVERSED' AND receiver = ?))"
-            .format(finals=",".join(f"'{s}'" for s in FINAL_STATES)))
+    attribute: str
+    codes: tuple[tuple[str, str], ...] = ()
+    otherwise: str | None = None
+    fen: bool = False
 
 
-def lines_day_query(file_type: str, trade_date: str, gateway: str, from_party: str,
-                    to_party: str) -> tuple[str, tuple[object, ...]]:
-    """The day's journal rows a file covers as: bizsn, ``eod_line`` (the record as a D
-    line without Time, schema v2), ``owed`` (the file must list it, see OWED_SQL) and
-    ``final``."""
-    sql, args = day_query(file_type, ("BizSn",), trade_date, gateway, from_party, to_party)
-    # OWED_SQL's parameter comes first: the SELECT list precedes day_query's WHERE.
-    return (sql.replace("biz_sn AS bizsn,", f"biz_sn AS bizsn, eod_line, {OWED_SQL} AS owed,", 1),
-            (from_party, *args))
+STATUS_CODES = (("SUCCEEDED", "S"), ("FAILED", "F"), ("REVERSED", "R"))
+
+#: Per D field of the reconciled TYPEs, its source in a record (gateway.store.Record).
+SOURCES: dict[str, Source] = {
+    "BizSn": Source("biz_sn"),
+    "Direction": Source("biz_type", (("XFER.IN", "IN"), ("XFER.OUT", "OUT")), "REV"),
+    "Action": Source("biz_type", (("CTS.SIGN", "SIGN"),), "UNSIGN"),
+    "FundAcct": Source("fund_acct"),
+    "WalletId": Source("wallet_id"),
+    "CorpWalletId": Source("wallet_id"),
+    "Amount": Source("amount_fen", fen=True),
+    "Status": Source("state", STATUS_CODES),
+    "BankSn": Source("bank_sn"),
+    "SweepRef": Source("sweep_ref"),
+    "AgreementNo": Source("agreement_no"),
+    "OrderNo": Source("order_no"),
+    "ProductCode": Source("product_code"),
+    "BookDate": Source("book_date"),
+    "Time": Source("created_at"),
+}
+
+
+def line_fields(file_type: str) -> tuple[str, ...]:
+    """The D fields of a TYPE's line as the journal keeps it: all but Time."""
+    return tuple(name for name, _ in LAYOUTS[file_type] if name != "Time")
+
+
+def file_type_of(biz_type: str) -> str | None:
+    """The file TYPE that lists a business type (None: no file lists it)."""
+    return next((t for t, kinds in BIZ_TYPES.items() if biz_type in kinds), None)
+
+
+def field_text(name: str, record: object) -> str | None:
+    """A D field of ``record`` (any object with gateway.store.Record's attributes) as
+    the file writes it; None only for an absent Amount (the line has none then)."""
+    source = SOURCES[name]
+    value = getattr(record, source.attribute)
+    if source.fen:
+        return None if value is None else fen_text(int(value))
+    if value is None:
+        return ""
+    if source.codes:
+        coded = dict(source.codes).get(str(value))
+        return coded if coded is not None else (source.otherwise or str(value))
+    return str(value)
+
+
+def eod_line(record: object) -> str | None:
+    """The record as its §8 D line without ``|Time`` (what ``record.eod_line`` holds);
+    None if no file lists its type or it has no amount where the layout needs one."""
+    file_type = file_type_of(str(getattr(record, "biz_type")))  # noqa: B009
+    if file_type is None:
+        return None
+    texts = [field_text(name, record) for name in line_fields(file_type)]
+    if any(text is None for text in texts):
+        return None
+    return "D|" + "|".join(t for t in texts if t is not None)
 
 
 def column(field_name: str) -> str:
-    """The temp-table column of a D field."""
+    """The scratch-table column of a D field (gateway/store/sqlite/eod.py)."""
     return field_name.lower()
-
-
-def scope(gateway: str, from_party: str, to_party: str) -> tuple[str, tuple[str, ...]]:
-    """SQL condition and arguments selecting the journal records a file covers.
-
-    Two peers: their business with each other, either direction.  One peer (the
-    gateway wrote or receives the file): all that peer's relayed business.  Records
-    the gateway refused itself (receiver = the gateway) were never relayed, so no
-    counterparty lists them.
-    """
-    peers = [p for p in (from_party, to_party) if p != gateway]
-    if len(peers) == 2:
-        return ("(origin IN (?, ?) AND receiver IN (?, ?) AND origin <> receiver)",
-                (peers[0], peers[1], peers[0], peers[1]))
-    if len(peers) == 1:
-        return "((origin=? OR receiver=?) AND receiver<>?)", (peers[0], peers[0], gateway)
-    return "receiver<>?", (gateway,)
-
-
-def day_query(file_type: str, fields: tuple[str, ...], trade_date: str, gateway: str,
-              from_party: str, to_party: str) -> tuple[str, tuple[object, ...]]:
-    """SELECT of the journal rows a file covers, as file fields plus ``final``."""
-    exprs = ", ".join(f"{_COMMON[f]} AS {column(f)}" for f in fields)
-    kinds = BIZ_TYPES[file_type]
-    where, args = scope(gateway, from_party, to_party)
-    marks = ",".join("?" for _ in kinds)
-    finals = ",".join(f"'{s}'" for s in FINAL_STATES)
-    sql = (f"SELECT {exprs}, state IN ({finals}) AS final FROM {{db}}record "
-           f"WHERE trade_date=? AND biz_type IN ({marks}) AND {LISTED_SQL} AND {where}")
-    return sql, (trade_date, *kinds, *args)

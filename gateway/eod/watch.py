@@ -16,28 +16,40 @@ there without following links and checked through that descriptor, so the bytes
 checked are the bytes moved on: a dropped link is rejected as the link itself, never
 read through.  A ``.sig`` is read bounded (signing.MAX_SIGNATURE_BYTES).
 
+A corrected file for a day whose file was already accepted (the same name again) is
+rejected as a duplicate, unless the watcher runs with ``replace``: then it is checked,
+and if valid the accepted one moves, with its ``.sig`` and reports, into
+``accepted/superseded/`` (a numbered slot there if that name is taken) and the new one
+takes its place.  An invalid replacement is rejected and the accepted file stays.
+
 Steps per file, each safe to repeat after a crash: move the file, then its ``.sig``,
 into ``.checking/`` → check → write the reports into the destination → move the file
 → move the ``.sig``.  A ``.sig`` left alone whose file already sits further on
 without one is a move interrupted by a crash, and is finished; files left in
-``.checking/`` are checked first.  Never more than one watcher per folder.
+``.checking/`` are checked first.  Never more than one watcher per folder
+(:func:`hold_folder`).
 """
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
 import os
 import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
+from gateway.exitcodes import EXIT_DISCREPANCIES, EXIT_FAILED, EXIT_OK, EXIT_REJECTED
 from gateway.filemodes import DIR_MODE, create_private
 
 from .check import CheckReport, Opened, Rejected, check_opened, signature_of
 from .report import as_json, as_text
 
 ACCEPTED, REJECTED = "accepted", "rejected"
+#: In ``accepted/``: the files a corrected one replaced (``--replace``), with their reports.
+SUPERSEDED = "superseded"
 #: The watcher's own folder in DIR, where a file is checked (hidden: never a drop).
 CHECKING = ".checking"
 SIG = ".sig"
@@ -51,9 +63,70 @@ Judged = Callable[[CheckReport], None]
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class Tally:
+    """What a watcher did: files by verdict, replacements, passes that sorted nothing."""
+
+    accepted: int = 0
+    discrepant: int = 0
+    rejected: int = 0
+    replaced: int = 0
+    errors: int = 0
+
+    def count(self, report: CheckReport) -> None:
+        if not report.valid:
+            self.rejected += 1
+        elif report.exit_code == EXIT_DISCREPANCIES:
+            self.discrepant += 1
+        else:
+            self.accepted += 1
+
+    @property
+    def exit_code(self) -> int:
+        """``eod watch --once``: 1 the folder could not be sorted, 2 a file was rejected,
+        3 one had discrepancies, 0 every file accepted and reconciled (or none there)."""
+        if self.errors:
+            return EXIT_FAILED
+        if self.rejected:
+            return EXIT_REJECTED
+        if self.discrepant:
+            return EXIT_DISCREPANCIES
+        return EXIT_OK
+
+    def text(self) -> str:
+        files = self.accepted + self.discrepant + self.rejected
+        text = (f"{files} file(s): {self.accepted} accepted, {self.discrepant} accepted with "
+                f"discrepancies, {self.rejected} rejected, {self.replaced} replaced an "
+                "accepted file")
+        if self.errors:
+            text += f"; {self.errors} pass(es) could not sort the folder"
+        return text
+
+
 class Unusable(Exception):
     """A folder the watcher would move files into is a link, no folder, or not its own;
     the message says what to do."""
+
+
+class FolderBusy(Exception):
+    """Another watcher holds the folder; the message says what to do."""
+
+
+def hold_folder(folder: Path) -> int:
+    """Lock the folder for this watcher: an exclusive ``flock`` on the folder itself,
+    held by the returned descriptor (close it to let go; the system lets go when the
+    process ends, however it ends).  :class:`FolderBusy` if another watcher holds it."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise FolderBusy(f"another `gateway eod watch` is running on {folder} (one watcher "
+                         "per folder): stop it first, or leave the folder to it") from None
+    except OSError as exc:  # a file system without locks (some network ones)
+        log.warning("cannot lock %s (%s): make sure no other watcher runs on it",
+                    folder, exc.strerror)
+    return fd
 
 
 # --- folders, by descriptor -------------------------------------------------------
@@ -183,24 +256,42 @@ def complete_files(top: int) -> list[str]:
     return out
 
 
-def sweep(home: Path, folder: Path, log: Log, judged: Judged | None = None) -> int:
+@dataclass
+class _Pass:
+    """What one sweep needs besides the folder: the home, the log, who is told each
+    report, whether a valid file replaces an accepted one, and the tally to count in."""
+
+    home: Path
+    log: Log
+    judged: Judged | None
+    replace: bool
+    tally: Tally
+
+
+def sweep(home: Path, folder: Path, log: Log, judged: Judged | None = None, *,
+          replace: bool = False, tally: Tally | None = None) -> int:
     """One pass over the folder; the number of files processed (each report handed to
-    ``judged`` once the file is sorted)."""
+    ``judged`` once the file is sorted, and counted in ``tally``).  ``replace``: a valid
+    file of a name already accepted takes the accepted one's place (module doc)."""
+    run = _Pass(home, log, judged, replace, tally if tally is not None else Tally())
     try:
         top = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
         log(f"error: cannot read {folder}: {exc.strerror}")
+        run.tally.errors += 1
         return 0
     try:
-        return _sweep(home, folder, top, log, judged)
+        return _sweep(run, folder, top)
     except Unusable as exc:
         log(f"error: cannot sort files: {exc}")
+        run.tally.errors += 1
         return 0
     finally:
         os.close(top)
 
 
-def _sweep(home: Path, folder: Path, top: int, log: Log, judged: Judged | None) -> int:
+def _sweep(run: _Pass, folder: Path, top: int) -> int:
+    log = run.log
     for name in (ACCEPTED, REJECTED, CHECKING):  # refuse up front: nothing half-sorted
         st = _lstat(name, top)
         problem = st and _refusal(str(folder), name, st, private=name == CHECKING)
@@ -214,10 +305,10 @@ def _sweep(home: Path, folder: Path, top: int, log: Log, judged: Judged | None) 
         assert checking is not None
         _finish_interrupted(folder, top, checking, log)
         for name in _staged(checking):
-            done += _process(home, folder, top, checking, name, log, judged)
+            done += _process(run, folder, top, checking, name)
         for name in complete_files(top):
             if _stage(top, checking, name):
-                done += _process(home, folder, top, checking, name, log, judged)
+                done += _process(run, folder, top, checking, name)
     try:
         os.rmdir(CHECKING, dir_fd=top)  # kept only while it holds something
     except OSError:
@@ -276,18 +367,23 @@ def _follow_file(folder: Path, top: int, checking: int | None, fd: int, name: st
                     return
 
 
-def _process(home: Path, folder: Path, top: int, checking: int, name: str, log: Log,
-             judged: Judged | None = None) -> int:
+def _process(run: _Pass, folder: Path, top: int, checking: int, name: str) -> int:
     """Check one staged file and move it, with its ``.sig``, beside its report."""
     with _dir(top, str(folder), ACCEPTED, create=False) as accepted:
         previous = (None if accepted is None
                     else _holding(accepted, f"{folder}/{ACCEPTED}", name))
-    if previous is not None:
+    if previous is not None and not run.replace:
         report = CheckReport(file=str(folder / name), reason=(
             f"duplicate: {name} was already accepted ({Path(ACCEPTED, previous, name)}); "
-            "a file is processed once"))
+            "a file is processed once. If this is a corrected file to take its place, "
+            f"drop it again and run `gateway eod watch {folder} --once --replace` (stop "
+            "the running watcher first, or run it with --replace; docs/eod.md)"))
     else:
-        report = _checked(home, folder / name, checking)
+        report = _checked(run.home, folder / name, checking)
+    superseded = None
+    if previous is not None and run.replace and report.valid:
+        superseded = _supersede(folder, top, previous, name)
+        run.tally.replaced += 1
     dest_name = ACCEPTED if report.valid else REJECTED
     with _dir(top, str(folder), dest_name, create=True) as dest:
         assert dest is not None
@@ -299,12 +395,39 @@ def _process(home: Path, folder: Path, top: int, checking: int, name: str, log: 
             os.rename(name, name, src_dir_fd=checking, dst_dir_fd=target)
             if _exists(name + SIG, checking):
                 os.rename(name + SIG, name + SIG, src_dir_fd=checking, dst_dir_fd=target)
+    run.tally.count(report)  # sorted: counted before anything else can be interrupted
     verdict = ("accepted" if report.valid else "rejected") + f" (exit {report.exit_code})"
-    log(f"{name}: {verdict} -> {Path(dest_name, slot)}"
-        + (f": {report.reason}" if report.reason else ""))
-    if judged is not None:
-        judged(report)
+    note = ""
+    if superseded is not None:
+        note = (f"; replaces the file accepted before, kept in {superseded} with its "
+                "reports")
+    elif previous is not None and run.replace:
+        note = f"; {Path(ACCEPTED, previous, name)} stays the accepted file"
+    run.log(f"{name}: {verdict} -> {Path(dest_name, slot)}"
+            + (f": {report.reason}" if report.reason else "") + note)
+    if run.judged is not None:
+        run.judged(report)
     return 1
+
+
+def _supersede(folder: Path, top: int, slot: str, name: str) -> Path:
+    """Move the accepted ``name`` (in ``slot`` of ``accepted/``), its ``.sig`` and its
+    reports into ``accepted/superseded/`` (a free numbered slot there); where it went.
+    The file moves last: while it is still in ``accepted/`` the move is not done, and
+    a pass after a crash repeats it (what already moved stays where it went)."""
+    where = f"{folder}/{ACCEPTED}"
+    with _dir(top, str(folder), ACCEPTED, create=False) as accepted:
+        assert accepted is not None
+        with _slot(accepted, where, slot) as source, \
+                _dir(accepted, where, SUPERSEDED, create=True) as kept:
+            assert kept is not None
+            kept_where = f"{where}/{SUPERSEDED}"
+            into = _free_slot(kept, kept_where, name)
+            with _slot(kept, kept_where, into) as target:
+                for part in (f"{name}.report.json", f"{name}.report.txt", name + SIG, name):
+                    if _exists(part, source):
+                        os.rename(part, part, src_dir_fd=source, dst_dir_fd=target)
+    return Path(ACCEPTED, SUPERSEDED, into, name)
 
 
 def _write_atomic(dir_fd: int, name: str, text: str) -> None:

@@ -120,9 +120,7 @@ class Outbox:
         self.ledger = ledger
         self.entries: dict[str, Entry] = {}
         rewritten = False
-        for key, msg_type, to, body, secret, state, attempts, last, at in ledger.db.execute(
-                "SELECT biz_key, msg_type, to_party, body, secret, state, attempts, last, at"
-                " FROM outbox ORDER BY rowid").fetchall():
+        for key, msg_type, to, body, secret, state, attempts, last, at in ledger.outbox_rows():
             entry = Entry(key, msg_type, to, json.loads(body), self._read_secret(key, secret),
                           state, attempts, last or "", at)
             self.entries[key] = entry
@@ -140,11 +138,10 @@ class Outbox:
         return self.entries.get(key)
 
     def add(self, entry: Entry) -> None:
-        self._write("INSERT INTO outbox (biz_key, msg_type, to_party, body, secret, state,"
-                    " attempts, last, at) VALUES (?,?,?,?,?,?,?,?,?)",
-                    (entry.biz_key, entry.msg_type, entry.to,
-                     json.dumps(entry.body, ensure_ascii=False), self._stored_secret(entry),
-                     entry.state, entry.attempts, entry.last, entry.at))
+        self.ledger.outbox_add(entry.biz_key, entry.msg_type, entry.to,
+                               json.dumps(entry.body, ensure_ascii=False),
+                               self._stored_secret(entry), entry.state, entry.attempts,
+                               entry.last, entry.at)
         self.entries[entry.biz_key] = entry
 
     def _stored_secret(self, entry: Entry) -> str | None:
@@ -159,27 +156,16 @@ class Outbox:
         return json.loads(text) if text else None
 
     def _rewrite(self, entry: Entry) -> None:
-        self._write("UPDATE outbox SET body=?, secret=? WHERE biz_key=?",
-                    (json.dumps(entry.body, ensure_ascii=False), self._stored_secret(entry),
-                     entry.biz_key))
+        self.ledger.outbox_rewrite(entry.biz_key, json.dumps(entry.body, ensure_ascii=False),
+                                   self._stored_secret(entry))
 
     def save(self, entry: Entry) -> None:
         """Write its state, attempts and last answer."""
-        self._write("UPDATE outbox SET state=?, attempts=?, last=? WHERE biz_key=?",
-                    (entry.state, entry.attempts, entry.last, entry.biz_key))
+        self.ledger.outbox_save(entry.biz_key, entry.state, entry.attempts, entry.last)
 
     def remove(self, key: str) -> None:
-        self._write("DELETE FROM outbox WHERE biz_key=?", (key,))
+        self.ledger.outbox_remove(key)
         self.entries.pop(key, None)
-
-    def _write(self, sql: str, args: tuple[Any, ...]) -> None:
-        self.ledger.begin()
-        try:
-            self.ledger.db.execute(sql, args)
-        except BaseException:
-            self.ledger.rollback()
-            raise
-        self.ledger.commit()
 
 
 def _move_clear_secrets(entry: Entry) -> bool:

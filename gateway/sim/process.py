@@ -3,8 +3,9 @@
 It dials the gateway and serves what the gateway relays to it until SIGTERM/SIGINT.
 A broker may also originate business (``--script FILE``, ``--rate N``) and then
 exits; each party can write its end-of-day files (``--eod-dir``): the bank its
-XFER, SIGN, PAY and OTC files at the end and on SIGUSR1, the broker its BAL file at
-the end.  docs/simulators.md describes every option.
+XFER, SIGN, PAY and OTC files at the end (its closing files, in DIR) and on SIGUSR1
+(provisional ones, in DIR/provisional/, where a watcher of DIR never takes them), the
+broker its BAL file at the end.  docs/simulators.md describes every option.
 """
 from __future__ import annotations
 
@@ -26,6 +27,9 @@ log = logging.getLogger(__name__)
 #: requests it has not settled yet (--settle-seconds): a relay timeout (10 s by default)
 #: and the reversal that follows, or a gateway restart and the reconnect, fit in it.
 SETTLE_SECONDS = 60.0
+#: Sub-folder of ``--eod-dir`` for the bank's mid-day (SIGUSR1) files: the day is not
+#: over, so they are not the day's files; a watcher of DIR ignores sub-folders.
+PROVISIONAL = "provisional"
 #: Seconds a driving broker waits for its first ready (logged-on, keyed) session.
 READY_SECONDS = 30.0
 
@@ -55,7 +59,8 @@ def add_arguments(p: argparse.ArgumentParser, role: str) -> None:
                         "own certificate, or the CA that issued it; default: --gateway-cert")
     p.add_argument("--eod-dir", type=Path, metavar="DIR",
                    help="write this party's signed end-of-day files (§8) into DIR at the end"
-                        + (" and on SIGUSR1" if role == "bank" else "")
+                        + (" (on SIGUSR1: provisional ones, of the day so far, into "
+                           f"DIR/{PROVISIONAL}/)" if role == "bank" else "")
                         + " (default: none written)")
     p.add_argument("--eod-date", type=dt.date.fromisoformat, metavar="YYYY-MM-DD",
                    help="trade date of those files (default: the trade date when written)")
@@ -157,12 +162,14 @@ def _run_bank(args: argparse.Namespace, sim: Any, reactor: Any) -> int:
 
         sim.node.answer_later = later
 
-    def write_eod() -> None:
+    def write_eod(provisional: bool = False) -> None:
         sim.node.flush()
         day = _eod_day(args, sim)
-        paths = write_bank_files(sim.book, args.eod_dir, day, args.broker,
+        out = args.eod_dir / PROVISIONAL if provisional else args.eod_dir
+        paths = write_bank_files(sim.book, out, day, args.broker,
                                  sim.node.gateway.party, sim.node.signer, sim.node.local_now())
-        print("eod: wrote " + " ".join(str(p) for p in paths), flush=True)
+        print("eod: wrote " + ("provisional " if provisional else "")
+              + " ".join(str(p) for p in paths), flush=True)
 
     def stop() -> Any:
         if args.eod_dir is not None:
@@ -171,8 +178,8 @@ def _run_bank(args: argparse.Namespace, sim: Any, reactor: Any) -> int:
         return sim.stop()  # the shutdown waits for the books and journal to close
 
     if args.eod_dir is not None:
-        signal.signal(signal.SIGUSR1,
-                      lambda *_: reactor.callFromThread(_guarded, write_eod))
+        signal.signal(signal.SIGUSR1, lambda *_: reactor.callFromThread(
+            _guarded, lambda: write_eod(provisional=True)))
     reactor.addSystemEventTrigger("before", "shutdown", stop)
     reactor.run()
     return EXIT_OK if sim.stop_error is None else EXIT_FAILED  # it is logged
