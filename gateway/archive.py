@@ -78,7 +78,13 @@ def create(home: Path, out: Path) -> Made:
         raise ArchiveError(f"no journal at {journal}: is --home the gateway's home?")
     _empty_dir(out)
     made = Made(out)
-    _copy_database(journal, out, JOURNAL, made)
+    from .store.sqlite.backup import BackupError, copy_journal  # as `gateway backup`
+
+    try:
+        copy_journal(journal, _target(out, JOURNAL))
+    except BackupError as exc:
+        raise ArchiveError(str(exc)) from None
+    made.files.append(str(JOURNAL))
     for path in sorted((home / str(EVIDENCE_DIR)).glob("*.sqlite3")):
         _copy_database(path, out, EVIDENCE_DIR / path.name, made)
     if (home / CONFIG).is_file():
@@ -144,8 +150,10 @@ def _copy_file(src: Path, out: Path, name: PurePosixPath, made: Made) -> None:
 
 
 def _copy_database(src: Path, out: Path, name: PurePosixPath, made: Made) -> None:
-    """A consistent copy of the SQLite database ``src`` (which a gateway may be writing):
-    the backup API in one step, one read transaction; the copy in rollback-journal mode."""
+    """A consistent copy of the SQLite database ``src`` (a month file of the retention,
+    which the gateway may be writing; the journal goes through ``copy_journal``, which
+    checks it is one): the backup API in one step, one read transaction; the copy in
+    rollback-journal mode."""
     dst_path = _target(out, name)
     os.close(create_private(dst_path))
     source = _open_source(src)
