@@ -463,6 +463,16 @@ def _cmd_journal_show(args: argparse.Namespace, home: Home) -> int:
     return show_command(home.root, args.biz_sn, args.origin, args.json, gateway=party)
 
 
+def _cmd_archive(args: argparse.Namespace, home: Home) -> int:
+    from .archive import archive_command, verify_command
+
+    if args.archive_command == "verify":
+        return verify_command(args.dir, args.cert)
+    if args.out is None:
+        args.archive_parser.error("give --out DIR (a new or empty folder), or: verify DIR")
+    return archive_command(home.root, args.out)
+
+
 class _HelpFormatter(argparse.HelpFormatter):
     """Every option's help ends with its default: the one its text names, else the
     value argparse has (a flag's: off).  A description or epilog written in lines
@@ -508,7 +518,9 @@ exit codes (every command):
        eod check: nothing was judged (no file at FILE, a journal too old);
        eod export: the file is already there (--force); eod watch: another watcher
        holds the folder, or (--once) the folder could not be sorted
-  {EXIT_REJECTED:<4} eod check: the file is rejected; eod watch --once: a file was rejected
+  {EXIT_REJECTED:<4} eod check: the file is rejected; eod watch --once: a file was rejected;
+       archive verify: the archive does not hold (a file missing, changed or extra,
+       or a bad signature)
   {EXIT_DISCREPANCIES:<4} eod check: the file is valid, with discrepancies against the journal;
        eod watch --once: a file had discrepancies (none rejected)
   {EXIT_USAGE:<4} usage error: an unknown option or command, a missing operand, a malformed
@@ -667,6 +679,36 @@ def _add_journal_commands(sub: Any) -> None:
     p.set_defaults(run=_cmd_journal_show)
 
 
+def _add_archive_commands(sub: Any) -> None:
+    p = sub.add_parser(
+        "archive", help="technical exit: a signed copy of journal, config and public keys",
+        description="Write DIR: a consistent copy of the journal (and of the evidence "
+        "moved to data/archive/), gateway.toml, the certificates and the peers' public "
+        "keys (never a private key), and MANIFEST (sha256sum lines) with MANIFEST.sig, "
+        "the gateway key's signature (PROTOCOL §8, §11). Safe while the gateway serves. "
+        "Exit 1 if it cannot be written (DIR not empty, no key store, no journal).")
+    p.add_argument("--out", type=Path, metavar="DIR",
+                   help="a new or empty folder to write the archive into (made 0700); "
+                        "required unless the subcommand is verify (default: none: "
+                        "without it, a usage error)")
+    p.set_defaults(run=_cmd_archive, archive_command=None, archive_parser=p)
+    verbs = p.add_subparsers(dest="archive_command", metavar="SUBCOMMAND")
+    v = verbs.add_parser(
+        "verify", help="check an archive: files against MANIFEST, MANIFEST against its "
+                       "signature",
+        description="Check the archive in DIR: every file MANIFEST lists is there with "
+        "its SHA-256, no file is there that it does not list, and MANIFEST.sig verifies. "
+        "Exit 0 if so; 2 otherwise, each problem named (missing, changed, extra file, "
+        "bad signature).")
+    v.add_argument("dir", type=Path, metavar="DIR", help="the archive folder")
+    v.add_argument("--cert", type=Path, metavar="FILE",
+                   help="check the signature with this certificate or public key (PEM) "
+                        "instead of the archive's own keys/gateway.crt (default: DIR/keys/"
+                        "gateway.crt; its fingerprint is printed: compare it with the one "
+                        "you know)")
+    v.set_defaults(run=_cmd_archive)
+
+
 def _cmd_suspend(args: argparse.Namespace, home: Home) -> int:
     from .opsclient import change_command
 
@@ -741,6 +783,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cert_and_key_commands(sub)
     _add_peer_commands(sub)
     _add_journal_commands(sub)
+    _add_archive_commands(sub)
 
     p = sub.add_parser("serve", help="run the gateway until SIGTERM/SIGINT",
                        description="Run the gateway until SIGTERM/SIGINT (then it drains "

@@ -24,6 +24,33 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class JournalSettings:
+    """The ``[journal]`` table (docs/operations.md "Retention")."""
+
+    #: Days a business record stays final before its message evidence moves to
+    #: ``data/archive/YYYYMM.sqlite3`` (PROTOCOL §11); 0 keeps everything in the journal.
+    #: Fractions are allowed (0.5: twelve hours; the soak bench uses seconds' worth).
+    retention_days: float = 0.0
+
+    @property
+    def retention_seconds(self) -> float:
+        return self.retention_days * 86400.0
+
+
+def journal_settings(table: dict[str, Any]) -> JournalSettings:
+    """The ``[journal]`` table, checked; unknown keys are an error."""
+    for key in table:
+        if key != "retention_days":
+            raise ConfigError(f"unknown setting [journal].{key}")
+    days = table.get("retention_days", 0)
+    if (isinstance(days, bool) or not isinstance(days, int | float)
+            or not 0 <= days < float("inf")):
+        raise ConfigError("[journal] retention_days must be a number of days, 0 or more "
+                          "(0 keeps all evidence in the journal)")
+    return JournalSettings(float(days))
+
+
+@dataclass(frozen=True)
 class Config:
     #: The gateway's own PartyId (§1).
     party: str = "GW01"
@@ -88,6 +115,8 @@ class Config:
     journal_url: str = "sqlite:///data/journal.sqlite3"
     #: ``failover_seconds``: a standby takes a dead active's lease within this time.
     journal_failover_seconds: float = 5.0
+    #: The ``[journal]`` table (not keys of ``[gateway]``).
+    journal: JournalSettings = field(default_factory=JournalSettings)
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -162,7 +191,8 @@ def _coerce(name: str, default: Any, value: Any) -> Any:
     return value
 
 
-#: The keys of table ``[journal]``, as Config fields.
+#: The keys of table ``[journal]`` kept as Config fields (the store, §12); the others
+#: (retention, §11) are :class:`JournalSettings`.
 JOURNAL_KEYS = {"url": "journal_url", "failover_seconds": "journal_failover_seconds"}
 
 
@@ -170,19 +200,28 @@ def from_mapping(values: dict[str, Any], journal: dict[str, Any] | None = None) 
     """Build a Config from the ``[gateway]`` table (and the ``[journal]`` one); unknown
     keys are an error."""
     known = {f.name: f for f in fields(Config)
-             if f.name != "extra" and f.name not in JOURNAL_KEYS.values()}
+             if f.name not in ("extra", "journal") and f.name not in JOURNAL_KEYS.values()}
     defaults = Config()
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
         if key not in known:
             raise ConfigError(f"unknown setting [gateway].{key}")
         kwargs[key] = _coerce(key, getattr(defaults, key), value)
-    for key, value in (journal or {}).items():
-        if key not in JOURNAL_KEYS:
-            raise ConfigError(f"unknown setting [journal].{key} (known: url, failover_seconds)")
+    store_keys = {k: v for k, v in (journal or {}).items() if k in JOURNAL_KEYS}
+    lifecycle = {k: v for k, v in (journal or {}).items() if k not in JOURNAL_KEYS}
+    for key, value in store_keys.items():
         name = JOURNAL_KEYS[key]
         kwargs[name] = _coerce(f"[journal].{key}", getattr(defaults, name), value)
-    cfg = Config(**kwargs, extra={"explicit": frozenset(kwargs)})
+    try:
+        settings = journal_settings(lifecycle)
+    except ConfigError as exc:
+        if "unknown setting" in str(exc):
+            raise ConfigError(f"{exc} (known: url, failover_seconds, retention_days)") from None
+        raise
+    cfg = Config(**kwargs, journal=settings, extra={"explicit": frozenset(kwargs)})
+    if cfg.journal.retention_days > 0 and not cfg.journal_url.startswith("sqlite:"):
+        raise ConfigError("[journal] retention_days works with the SQLite journal only: set it "
+                          "to 0 with a postgresql:// url (PROTOCOL §11, §12)")
     if cfg.replay_retention_days < 7:
         raise ConfigError("replay_retention_days must be at least 7 (PROTOCOL §5)")
     if not _PARTY.match(cfg.party):
@@ -210,7 +249,10 @@ def load(home: Path) -> Config:
         data = tomllib.loads(path.read_text("utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{path}: {exc}") from None
-    return from_mapping(data.get("gateway", {}), data.get("journal", {}))
+    journal = data.get("journal", {})
+    if not isinstance(journal, dict):
+        raise ConfigError(f"{path}: journal must be a table ([journal])")
+    return from_mapping(data.get("gateway", {}), journal)
 
 
 def with_key_store_party(cfg: Config, store_party: str | None) -> Config:
