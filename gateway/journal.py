@@ -582,11 +582,25 @@ class Journal:
         return self._records("state IN ('PENDING', 'REVERSING') AND state=?", (state,))
 
     def records_of_wallet(self, wallet_id: str, biz_types: tuple[str, ...],
-                          states: tuple[str, ...]) -> list[Record]:
+                          states: tuple[str, ...],
+                          created_after: float | None = None) -> list[Record]:
+        """The wallet's records of ``biz_types`` in ``states`` (journaled after
+        ``created_after``, seconds since the epoch, if given)."""
         t = ",".join("?" for _ in biz_types)
         s = ",".join("?" for _ in states)
-        return self._records(f"wallet_id=? AND biz_type IN ({t}) AND state IN ({s})",
-                             (wallet_id, *biz_types, *states))
+        after = "" if created_after is None else " AND created_at > ?"
+        return self._records(f"wallet_id=? AND biz_type IN ({t}) AND state IN ({s}){after}",
+                             (wallet_id, *biz_types, *states,
+                              *(() if created_after is None else (created_after,))))
+
+    def records_of_types(self, biz_types: tuple[str, ...],
+                         states: tuple[str, ...]) -> list[Record]:
+        """Every record of ``biz_types`` in ``states``, oldest first: a scan of the table
+        (the exit report's subscriptions, gateway/exitreport.py; not on a hot path)."""
+        t = ",".join("?" for _ in biz_types)
+        s = ",".join("?" for _ in states)
+        return self._records(f"biz_type IN ({t}) AND state IN ({s}) ORDER BY created_at",
+                             (*biz_types, *states))
 
     def give_backs(self, original: tuple[str, str, str]) -> list[Record]:
         """Every record naming ``original`` (its reversals, refunds, redemptions), oldest
