@@ -669,6 +669,44 @@ def _add_journal_commands(sub: Any) -> None:
     p.set_defaults(run=_cmd_journal_show)
 
 
+def _cmd_suspend(args: argparse.Namespace, home: Home) -> int:
+    from .opsclient import change_command
+
+    return change_command(home.root, args.command, args.party,
+                          getattr(args, "reason", None), args.json)
+
+
+def _add_suspend_commands(sub: Any) -> None:
+    """§11 ``suspend`` / ``resume``, through the running gateway's ops API."""
+    p = sub.add_parser(
+        "suspend", help="refuse new business (B340) with a party or every party (§11)",
+        description="Ask the running gateway (its ops API, like `gateway status`) to "
+        "refuse with B340 the requests that bring new business with PARTY (CTS.SIGN, "
+        "XFER.IN, PAY.ORDER, OTC.SUBSCRIBE, whether PARTY sends or receives them); "
+        "unsigning, withdrawals, reversals, refunds, redemptions and queries still flow. "
+        "Kept in the journal across restarts until `gateway resume`. Exit 0 done (also "
+        "when it already was), 1 when the gateway is not running or refused it.")
+    p.add_argument("--party", metavar="P", help="the bank or broker (default: every party)")
+    p.add_argument("--reason", metavar="TEXT",
+                   help="why, one line (shown in status, logs and B340's text) "
+                        "(default: none)")
+    p.add_argument("--json", action="store_true",
+                   help="print the ops API's JSON answer instead of text")
+    p.set_defaults(run=_cmd_suspend)
+    p = sub.add_parser(
+        "resume", help="lift a suspension (§11)",
+        description="Ask the running gateway to lift the suspension of PARTY, or every "
+        "suspension. `resume --party P` while every party is suspended resumes P alone: "
+        "the every-party suspension becomes one per other registered party "
+        "(docs/operations.md). Exit 0 done (also when nothing was suspended), 1 when the "
+        "gateway is not running or refused it.")
+    p.add_argument("--party", metavar="P",
+                   help="the bank or broker (default: every suspension is lifted)")
+    p.add_argument("--json", action="store_true",
+                   help="print the ops API's JSON answer instead of text")
+    p.set_defaults(run=_cmd_suspend)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="gateway",
@@ -738,6 +776,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "today's totals and alerts (PROTOCOL §10)")
     p.add_argument("--json", action="store_true", help="the ops API's JSON as it is")
     p.set_defaults(run=_cmd_status)
+    _add_suspend_commands(sub)
 
     eod = sub.add_parser("eod", help="end-of-day clearing files").add_subparsers(
         dest="eod_command", metavar="SUBCOMMAND")

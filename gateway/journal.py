@@ -219,6 +219,15 @@ MIGRATIONS: tuple[str, ...] = (
         WHERE msg_type = 'XFER.REVERSE.RSP';
     ALTER TABLE reversal ADD COLUMN queued_at REAL;
     """,
+    # 4: suspensions (PROTOCOL §11): business suspended with a party ('*': every party),
+    # why and since when; kept across restarts until an operator resumes.
+    """
+    CREATE TABLE suspension (
+        party TEXT PRIMARY KEY,
+        reason TEXT NOT NULL,
+        since REAL NOT NULL
+    ) WITHOUT ROWID;
+    """,
 )
 
 
@@ -725,6 +734,23 @@ class Journal:
         row = self._db.execute("SELECT at, severity, text FROM alert WHERE kind=? AND"
                                " subject=? ORDER BY id DESC LIMIT 1", (kind, subject)).fetchone()
         return (float(row[0]), str(row[1]), str(row[2])) if row else None
+
+    # --- suspensions (§11) -----------------------------------------------------------
+    def suspensions(self) -> list[tuple[str, str, float]]:
+        """(party or '*' for every party, reason, since) of every suspension."""
+        rows = self._db.execute("SELECT party, reason, since FROM suspension ORDER BY party")
+        return [(str(r[0]), str(r[1]), float(r[2])) for r in rows]
+
+    def put_suspension(self, party: str, reason: str, since: float) -> None:
+        self._write("INSERT OR REPLACE INTO suspension (party, reason, since) VALUES (?,?,?)",
+                    (party, reason, since))
+
+    def delete_suspensions(self, party: str | None = None) -> None:
+        """Lift ``party``'s suspension ('*': the every-party one), or every one."""
+        if party is None:
+            self._write("DELETE FROM suspension", ())
+        else:
+            self._write("DELETE FROM suspension WHERE party=?", (party,))
 
     def agreement_by_no(self, agreement_no: str) -> Agreement | None:
         row = self._db.execute(f"SELECT {_AGREEMENT_COLUMNS} FROM agreement WHERE"

@@ -8,9 +8,9 @@ Two kinds of figure:
   observed once per answer and once per commit);
 - read at scrape time, in the reactor thread that owns the journal's connection
   (:class:`GatewayCollector`): sessions, in-flight requests, the reversal queue, key
-  ages, alerts by kind, the trade date's business by type, direction and state, and the
-  end-of-day files judged by ``gateway eod watch`` (a process of its own: counted from
-  the reports it leaves in ``[ops] eod_dirs``).
+  ages, alerts by kind, suspended parties, the trade date's business by type, direction
+  and state, and the end-of-day files judged by ``gateway eod watch`` (a process of its
+  own: counted from the reports it leaves in ``[ops] eod_dirs``).
 
 Nothing here renders in a thread: :meth:`OpsMetrics.render` is called by the ops
 resource in the reactor thread (prometheus_client's own Twisted resource renders in a
@@ -161,6 +161,7 @@ class GatewayCollector(Collector):
                      oldest)
         yield from self._business()
         yield self._alerts()
+        yield self._suspended()
         if self.eod is not None:
             yield self._eod_files()
 
@@ -212,6 +213,15 @@ class GatewayCollector(Collector):
                                      labels=["kind"])
         for kind, n in self.gateway.journal.alert_counts():
             family.add_metric([kind], n)
+        return family
+
+    def _suspended(self) -> Metric:
+        family = GaugeMetricFamily("sbdx_suspended", "1 while new business with the party "
+                                   "is suspended (§11: its own suspension or every "
+                                   "party's), else 0", labels=["party"])
+        suspensions = self.gateway.suspensions
+        for peer in sorted(self.gateway.keystore.peers(), key=lambda p: p.party):
+            family.add_metric([peer.party], int(suspensions.of(peer.party) is not None))
         return family
 
     def _eod_files(self) -> Metric:

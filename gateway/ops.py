@@ -10,7 +10,8 @@ that owns the journal):
 - ``GET /metrics``: the Prometheus text format (gateway/metrics.py);
 - everything else needs ``Authorization: Bearer <keys/ops.token>`` (compared in
   constant time; a request without it gets 401 and a body that says nothing):
-  ``GET /api/status`` (the page's data, JSON) and ``GET /`` (the page).  A browser
+  ``GET /api/status`` (the page's data, JSON), ``GET /`` (the page), and
+  ``POST /api/suspend`` / ``POST /api/resume`` (§11, gateway/suspension.py).  A browser
   cannot put a header on a navigation, so the page alone also takes the token as
   ``/?token=…``: it moves it to the tab's sessionStorage, takes it out of the address
   bar and sends it as the bearer header from then on (docs/operations.md).
@@ -33,7 +34,7 @@ from typing import Any
 from twisted.internet import defer, task
 from twisted.internet.error import CannotListenError
 from twisted.web.resource import Resource
-from twisted.web.server import Site
+from twisted.web.server import NOT_DONE_YET, Site
 
 from . import __version__
 from .alerts import CRITICAL, Alert
@@ -44,6 +45,7 @@ from .givebacks import fen_text
 from .metrics import CONTENT_TYPE, CommitWatch, EodReports, OpsMetrics
 from .opsconfig import OpsConfig, read_token, seconds_setting
 from .session import count_messages
+from .suspension import SuspensionError, check_party, check_reason
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,8 @@ log = logging.getLogger(__name__)
 #: ``peer_down_seconds``).
 PEER_CHECK_SECONDS = 1.0
 PUBLIC = (b"/healthz", b"/readyz", b"/metrics")
+#: The POSTs of §11 (token needed, like /api/status).
+CHANGES = (b"/api/suspend", b"/api/resume")
 _HTML_401 = "text/html; charset=utf-8"
 
 
@@ -220,6 +224,9 @@ class OpsEndpoint:
                          for code, out, inn in self.metrics.messages.refusals()],
             "alerts": {"open": [_alert(a) for a in gw.alerts.open.values()],
                        "recent": [_alert(a) for a in gw.alerts.recent(20)]},
+            "suspensions": [x.as_dict() for x in gw.suspensions.current()],
+            "suspended_parties": gw.suspensions.suspended_parties(
+                p.party for p in gw.keystore.peers()),
         }
         if self.eod is not None:
             data["eod"] = [r.as_dict() for r in self.eod.results()[:20]]
@@ -297,7 +304,8 @@ class OpsResource(Resource):
         super().__init__()  # type: ignore[no-untyped-call]
         self.endpoint = endpoint
 
-    def render(self, request: Any) -> bytes:
+    def render(self, request: Any) -> bytes | int:
+        """The body, or NOT_DONE_YET (a POST of §11: answered after the commit)."""
         request.setHeader(b"server", b"sbdx-gateway")
         request.setHeader(b"cache-control", b"no-store")
         request.setHeader(b"x-content-type-options", b"nosniff")
@@ -310,6 +318,11 @@ class OpsResource(Resource):
         if not self.endpoint.authorized(request, allow_query=path == b"/" and
                                         method in (b"GET", b"HEAD")):
             return self._unauthorized(request, path == b"/" and method == b"GET")
+        if path in CHANGES:
+            if method != b"POST":
+                request.setHeader(b"allow", b"POST")
+                return _text(request, 405, "method not allowed\n")
+            return self._change(request, path)
         if method not in (b"GET", b"HEAD"):
             request.setHeader(b"allow", b"GET, HEAD")
             return _text(request, 405, "method not allowed\n")
@@ -322,6 +335,36 @@ class OpsResource(Resource):
             return _send(request, 200, "text/html; charset=utf-8",
                          PAGE.render(self.endpoint.cfg.page_refresh_seconds))
         return _text(request, 404, "not found\n")
+
+    def _change(self, request: Any, path: bytes) -> bytes | int:
+        """``POST /api/suspend`` or ``/api/resume`` (§11): a JSON body with optional
+        ``party`` and (suspend) ``reason``; the answer, JSON with the suspensions after
+        the change, is sent once the change is committed to the journal."""
+        try:
+            fields = _json_body(request)
+            party = check_party(fields.get("party"))
+            gw = self.endpoint.svc.gateway
+            if path == b"/api/suspend":
+                change = gw.suspensions.suspend(party, check_reason(fields.get("reason")))
+            else:
+                if "reason" in fields:
+                    raise SuspensionError("resume takes no reason")
+                change = gw.suspensions.resume(party)
+        except SuspensionError as exc:
+            return _send(request, 400, "application/json; charset=utf-8",
+                         json.dumps({"error": str(exc)}).encode())
+        body = json.dumps(change.as_dict(), ensure_ascii=False, indent=1).encode()
+        gone: list[object] = []
+        request.notifyFinish().addErrback(gone.append)  # the client hung up meanwhile
+
+        def committed() -> None:
+            if not gone:
+                request.write(_send(request, 200, "application/json; charset=utf-8", body))
+                request.finish()
+
+        gw.journal.after_commit(committed)
+        self.endpoint.svc.factory.schedule_flush()
+        return int(NOT_DONE_YET)
 
     def _public(self, request: Any, path: bytes) -> bytes:
         ep = self.endpoint
@@ -345,6 +388,31 @@ class OpsResource(Resource):
             request.setHeader(b"x-frame-options", b"DENY")
             return _send(request, 401, _HTML_401, LOGIN.render(0))
         return _text(request, 401, "unauthorized\n")
+
+
+#: Largest body of a POST of the ops API.
+MAX_BODY = 4096
+
+
+def _json_body(request: Any) -> dict[str, Any]:
+    """The request's JSON object (an empty body: no fields), else SuspensionError."""
+    raw = request.content.read(MAX_BODY + 1) if request.content is not None else b""
+    if len(raw) > MAX_BODY:
+        raise SuspensionError(f"the body is larger than {MAX_BODY} bytes")
+    if not raw.strip():
+        return {}
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        raise SuspensionError('the body must be a JSON object, e.g. {"party": "CCB", '
+                              '"reason": "..."}') from None
+    if not isinstance(data, dict):
+        raise SuspensionError("the body must be a JSON object")
+    unknown = sorted(set(data) - {"party", "reason"})
+    if unknown:
+        raise SuspensionError(f"unknown field(s): {', '.join(unknown)}; "
+                              "known: party, reason")
+    return data
 
 
 def _text(request: Any, code: int, text: str) -> bytes:

@@ -1,4 +1,5 @@
-"""``gateway status``: the running gateway's ``GET /api/status`` (PROTOCOL §9, §10).
+"""``gateway status``, ``suspend`` and ``resume``: the running gateway's ops API
+(PROTOCOL §9, §10, §11): ``GET /api/status``, ``POST /api/suspend``, ``/api/resume``.
 
 The address is ``[ops] listen`` of ``gateway.toml``, the token the content of
 ``keys/ops.token``; a gateway that does not answer is one line and exit 1.
@@ -24,6 +25,23 @@ class StatusError(Exception):
 
 
 def fetch_status(home: Path) -> dict[str, Any]:
+    return _ask(home, "GET", "/api/status")
+
+
+def change_suspension(home: Path, action: str, party: str | None,
+                      reason: str | None = None) -> dict[str, Any]:
+    """``POST /api/suspend`` or ``/api/resume`` (§11): the answer (``changed``, ``text``,
+    ``suspensions``); a refusal (HTTP 400) is a StatusError with the gateway's reason."""
+    assert action in ("suspend", "resume")
+    fields: dict[str, str] = {}
+    if party is not None:
+        fields["party"] = party
+    if reason is not None:
+        fields["reason"] = reason
+    return _ask(home, "POST", f"/api/{action}", json.dumps(fields).encode())
+
+
+def _ask(home: Path, method: str, path: str, body: bytes | None = None) -> dict[str, Any]:
     try:
         ops = load(home)
         token = read_token(home / "keys")
@@ -35,17 +53,21 @@ def fetch_status(home: Path) -> dict[str, Any]:
     host, port = split_host_port(ops.listen)
     if port == 0:
         raise StatusError("[ops] listen has port 0 (any free port): name the port in "
-                          "gateway.toml to use `gateway status`")
+                          "gateway.toml to use `gateway status`, `suspend` and `resume`")
     host = _WILDCARD.get(host, host)
     where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     conn = http.client.HTTPConnection(host, port, timeout=TIMEOUT_SECONDS)
+    headers = {"Authorization": f"Bearer {token}"}
+    if body is not None:
+        headers["Content-Type"] = "application/json"
     try:
-        conn.request("GET", "/api/status", headers={"Authorization": f"Bearer {token}"})
+        conn.request(method, path, body=body, headers=headers)
         response = conn.getresponse()
-        body = response.read()
+        answer = response.read()
     except (ConnectionRefusedError, socket.gaierror) as exc:
         raise StatusError(f"no gateway answers on {where} ({exc.strerror or exc}): is "
-                          "`gateway serve` running?") from None
+                          "`gateway serve` running? (start it, or check [ops] listen in "
+                          "gateway.toml)") from None
     except (TimeoutError, OSError, http.client.HTTPException) as exc:
         raise StatusError(f"the gateway on {where} did not answer: {exc}") from None
     finally:
@@ -53,13 +75,16 @@ def fetch_status(home: Path) -> dict[str, Any]:
     if response.status == 401:
         raise StatusError(f"the gateway on {where} refused the token in keys/ops.token "
                           "(another home's gateway on that port?)")
-    if response.status != 200:
-        raise StatusError(f"the gateway on {where} answered HTTP {response.status}")
     try:
-        data: dict[str, Any] = json.loads(body)
+        data: dict[str, Any] = json.loads(answer) if response.status in (200, 400) else {}
     except ValueError:
         raise StatusError(f"the gateway on {where} answered something else than "
                           "JSON") from None
+    if response.status == 400 and isinstance(data.get("error"), str):
+        raise StatusError(f"the gateway refused it: {data['error']}")
+    if response.status != 200 or not isinstance(data, dict):
+        raise StatusError(f"the gateway on {where} answered HTTP {response.status} "
+                          f"to {method} {path} (a gateway of another version?)")
     return data
 
 
@@ -88,6 +113,7 @@ def summary(s: dict[str, Any]) -> str:
     if s["refusals"]:
         lines.append("refusals: " + ", ".join(f"{r['code']} sent {r['sent']} received "
                                               f"{r['received']}" for r in s["refusals"]))
+    lines.append(suspensions_line(s))
     opened = s["alerts"]["open"]
     lines.append(f"open alerts: {len(opened) or 'none'}")
     for a in opened:
@@ -103,3 +129,32 @@ def _age(seconds: float | None) -> str:
     if seconds < 7200:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+def suspensions_line(s: dict[str, Any]) -> str:
+    """§11: what is suspended, one line ("suspended: none" when nothing)."""
+    found = s.get("suspensions") or []
+    if not found:
+        return "suspended: none"
+    return "SUSPENDED: " + "; ".join(
+        ("every party" if x["every_party"] else x["party"]) + f" since {x['since']}"
+        + (f" ({x['reason']})" if x["reason"] else "") for x in found)
+
+
+def change_command(home: Path, action: str, party: str | None, reason: str | None,
+                   as_json: bool) -> int:
+    """``gateway suspend`` / ``gateway resume``: exit 0 done (or nothing to change), 1
+    when the gateway could not be asked or refused it (one line on stderr)."""
+    import sys
+
+    try:
+        answer = change_suspension(home, action, party, reason)
+    except StatusError as exc:
+        print(f"gateway {action}: {exc}", file=sys.stderr)
+        return 1
+    if as_json:
+        print(json.dumps(answer, ensure_ascii=False, indent=1))
+    else:
+        print(answer.get("text", ""))
+        print(suspensions_line(answer))
+    return 0

@@ -47,6 +47,7 @@ from .queries import cts_query, xfer_query
 from .reversal import ReversalQueue
 from .rules import Repeat, Rules, Settlement
 from .session import Session
+from .suspension import Suspensions
 from .verification import Verified
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,9 @@ class Gateway(Node):
         self.monitor = Monitor(self.alerts, journal, self.trade_date)
         self.reversals = ReversalQueue(config, journal, self.ready_session,
                                        self._reversal_acknowledged)
+        #: §11: business suspended with a party (or every party), from the journal
+        self.suspensions = Suspensions(journal, self.now,
+                                       lambda: [p.party for p in keystore.peers()])
         self._next_purge = self.now()
         #: Relayed, unanswered requests a session may have; 0 while draining, so the
         #: one comparison the relay makes anyway also refuses new work then (S902).
@@ -237,16 +241,25 @@ class Gateway(Node):
             self._on_repeat(session, message, existing, digest, plaintexts)
             return
         day = self._trade_date_of(message)
+        base: dict[str, Any] = {"origin": session.party, "biz_type": biz_type, "biz_sn": biz_sn,
+                "receiver": dest.party, "msg_id": message.head.msg_id, "content_hash": digest,
+                "state": records.PENDING, "trade_date": day}
+        try:  # the rest of §6 idempotency: a BizSn once per trade date and file family
+            self.rules.check_file_unique(session.party, message, day)
+        except BusinessError as exc:
+            self._refuse_recorded(session, message, base, exc)
+            return
+        # §11: after verification, the trade date and idempotency, before the other
+        # rules; B340 is not journaled (like B320): the same request may come again
+        # after a resume (docs/protocol.md "Suspension (§11)")
+        self.suspensions.check(biz_type, session.party, dest.party)
         if session.inflight >= self._inflight_limit:
             raise self._busy(session)
         target = self.ready_session(dest.party)
         if target is None:
             raise CounterpartyNotConnected(f"{dest.party} has no ready session")
-        base: dict[str, Any] = {"origin": session.party, "biz_type": biz_type, "biz_sn": biz_sn,
-                "receiver": dest.party, "msg_id": message.head.msg_id, "content_hash": digest,
-                "state": records.PENDING, "trade_date": day}
         try:
-            admitted = self.rules.admit(session.party, message, plaintexts, day)
+            admitted = self.rules.admit(session.party, message, plaintexts)
         except BusinessError as exc:  # refused: journaled FAILED, so a repeat gets the same
             self._refuse_recorded(session, message, base, exc)
             return

@@ -93,17 +93,18 @@ class Rules:
     FILE_FAMILIES: dict[str, tuple[str, ...]] = {
         t: fam for fam in FILE_BIZ_TYPES.values() if len(fam) > 1 for t in fam}
 
-    def admit(self, origin: str, message: Message, plaintexts: Mapping[str, str],
-              trade_date: str) -> dict[str, Any] | Repeat:
-        """Check ``message`` (a new request of ``origin``, of ``trade_date``) against §6;
-        the fields to keep on its record."""
-        self._check_file_unique(origin, message, trade_date)
+    def admit(self, origin: str, message: Message,
+              plaintexts: Mapping[str, str]) -> dict[str, Any] | Repeat:
+        """Check ``message`` (a new request of ``origin``, its BizSn checked by
+        :meth:`check_file_unique`) against the rules of its type in §6; the fields to
+        keep on its record."""
         return BUSINESS_TYPES[message.kind.business].admit(self, origin, message, plaintexts)
 
-    def _check_file_unique(self, origin: str, m: Message, day: str) -> None:
+    def check_file_unique(self, origin: str, m: Message, day: str) -> None:
         """§6 makes (From, Type, BizSn) unique, but one §8 file lists both parties' records
         of a family by BizSn and refuses duplicates: a BizSn already used that trade date
-        between the same two parties in the same family is B312."""
+        between the same two parties in the same family is B312 (part of §6 idempotency:
+        checked before §11's B340 and the type's own rules)."""
         family = self.FILE_FAMILIES.get(m.kind.business)
         if family is None:
             return

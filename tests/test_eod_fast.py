@@ -183,7 +183,7 @@ def test_v1_journal_migrates_keeping_records_and_gains_eod_lines(tmp_path: Path)
                "'CCB','M2','h','PENDING','2026-11-25',1.0,1.0)")
     db.close()
     journal = Journal(path)
-    assert journal.schema_version == len(MIGRATIONS) == 3
+    assert journal.schema_version == len(MIGRATIONS) == 4
     rec = journal.record("GTJA", "XFER.IN", "X1")
     assert rec is not None and rec.amount_fen == 10005 and rec.bank_sn == "B1"
     assert rec.response_xml == b"<Msg>answer</Msg>"  # moved into table response
