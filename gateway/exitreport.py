@@ -339,10 +339,13 @@ def net_transfers(journal: Journal, a: Agreement, after: float | None = None) ->
 
 def balance_of(journal: Journal, a: Agreement, bal_files: Sequence[BalFile]) -> Balance:
     """The fund account's balance: the latest checked BAL file's figure plus the
-    transfers journaled since it was made; else the journal's net transfers."""
+    transfers journaled since it was made (from the second after its created time);
+    else the journal's net transfers."""
     bal = latest_bal(bal_files, a.broker, a.bank)
     if bal is not None and (a.fund_acct, a.wallet_id) in bal.balances:
-        since = net_transfers(journal, a, after=bal.created.timestamp())
+        # §8 writes the created time to the second (truncated): a transfer journaled
+        # within that second is taken as one the file already holds
+        since = net_transfers(journal, a, after=bal.created.timestamp() + 1.0)
         in_file = bal.balances[(a.fund_acct, a.wallet_id)]
         return Balance(in_file + since, "bal", bal.name, in_file, since)
     return Balance(net_transfers(journal, a), "journal")

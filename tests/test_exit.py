@@ -13,7 +13,7 @@ file valid and reconciled.
 from __future__ import annotations
 
 import json
-import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -23,9 +23,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_ops import write_toml
+from test_sim_processes import (
+    CORP,
+    RIG_SETTINGS,
+    Rig,
+    eod_check,
+    net_by_key,
+    run_broker,
+    start_rig,
+)
 
 from conftest import BANK, BROKER
-from test_sim_processes import CORP, Rig, check_day, eod_check, run_broker, start_rig
 
 #: The personal wallets the bank seeds (gateway/sim/bank.py) and their opening fen.
 SEEDED = {"0071130812093028": 20_000_000, "0071130812093036": 5_000_000,
@@ -46,6 +55,15 @@ otc-subscribe wallet={CORP} amount=1000000.00 product=SY2026A01 sn=GTJASUB1 expe
 otc-redeem amount=400000.00 expect=0000
 """
 
+#: New business with the suspended bank: B340 before any other rule (the class-II
+#: wallet's sign would be B302 otherwise).
+NEW_BUSINESS = f"""\
+sign fund=100020003026 expect=B340
+xfer-in fund=100020003000 amount=1.00 sn=GTJANEW1 expect=B340
+pay fund=100020003000 amount=1.00 expect=B340
+otc-subscribe wallet={CORP} amount=1.00 expect=B340
+"""
+
 #: What the suspended bank still takes: the refund and the redemption that clear the
 #: exit report's last blockers.
 SETTLE_REST = f"""\
@@ -56,7 +74,19 @@ otc-redeem orig=GTJASUB1 wallet={CORP} amount=600000.00 expect=0000
 
 @pytest.fixture
 def rig(home, start_gateway, tmp_path: Path) -> Iterator[Rig]:  # type: ignore[no-untyped-def]
-    rig = start_rig(home, start_gateway, tmp_path, "--withhold", "GTJASLOW1")
+    """test_sim_processes' rig, the gateway's ops API on a port gateway.toml names (for
+    `gateway suspend`) and `[ops] eod_dirs` the drop folder (for `gateway exit-report`)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    write_toml(home, gateway=RIG_SETTINGS,
+               ops={"listen": f"127.0.0.1:{port}", "eod_dirs": [str(tmp_path / "drop")]})
+    real = start_gateway
+
+    def start(**_: Any) -> Any:  # the settings are in gateway.toml already
+        return real(ops_listen=None)
+
+    rig = start_rig(home, start, tmp_path, "--withhold", "GTJASLOW1")
     yield rig
     if rig.bank.poll() is None:
         rig.bank.kill()
@@ -70,8 +100,10 @@ def gateway(rig: Rig, *args: str, timeout: float = 60) -> subprocess.CompletedPr
     return out
 
 
-def exit_report(rig: Rig, drop: Path) -> tuple[int, dict[str, Any], Path]:
-    out = gateway(rig, "exit-report", "--json", "--eod-dir", str(drop))
+def exit_report(rig: Rig) -> tuple[int, dict[str, Any], Path]:
+    """`gateway exit-report --json` (balances from [ops] eod_dirs' accepted BAL files),
+    kept in a file for the broker's --exit-report."""
+    out = gateway(rig, "exit-report", "--json")
     assert out.returncode in (0, 3), out.stderr
     path = rig.eod.parent / f"exit-report-{time.monotonic_ns()}.json"
     path.write_text(out.stdout, encoding="utf-8")
@@ -99,11 +131,6 @@ def accept_bal(rig: Rig, drop: Path) -> None:
     assert out.returncode == 0 and "accepted" in out.stdout, out.stdout + out.stderr
 
 
-def wallet_balances(rig: Rig) -> dict[str, int]:
-    bank = sqlite3.connect(rig.bank_home / "data" / f"{BANK}-ledger.sqlite3")
-    return dict(bank.execute("SELECT id, balance_fen FROM account"))
-
-
 def journal_net_of_wallets(rig: Rig) -> dict[str, int]:
     """What the gateway's journal says each wallet paid out (−) and got back (+), from the
     records that ended SUCCEEDED (reversed ones moved nothing)."""
@@ -119,22 +146,87 @@ def journal_net_of_wallets(rig: Rig) -> dict[str, int]:
     return net
 
 
+def reconcile(rig: Rig) -> None:
+    """The simulators' ledgers agree with the gateway's journal, record by record, and
+    every wallet is back at its opening balance, the bank's pools and the broker's
+    accounts at 0.00."""
+    journal = sqlite3.connect(rig.gw_home / "data" / "journal.sqlite3")
+    bank = sqlite3.connect(rig.bank_home / "data" / f"{BANK}-ledger.sqlite3")
+    broker = sqlite3.connect(rig.broker_home / "data" / f"{BROKER}-ledger.sqlite3")
+    records = journal.execute("SELECT biz_type, biz_sn, state FROM record WHERE origin=? AND"
+                              " receiver=? ORDER BY biz_type, biz_sn", (BROKER, BANK)).fetchall()
+    assert records and {s for _, _, s in records} <= {"SUCCEEDED", "FAILED", "REVERSED"}
+    booked = {(t, sn): (res, rev) for t, sn, res, rev in bank.execute(
+        "SELECT biz_type, biz_sn, result, reversed FROM op WHERE origin=?", (BROKER,))}
+    assert set(booked) == {(t, sn) for t, sn, _ in records}  # B340 reached neither
+    for kind, sn, state in records:
+        result, reversed_ = booked[(kind, sn)]
+        assert (state == "SUCCEEDED") == (result == "0000" and not reversed_), (kind, sn)
+        assert (state == "REVERSED") == bool(reversed_), (kind, sn)
+        if kind.startswith("XFER.") and state != "SUCCEEDED":
+            assert net_by_key(bank, f"{BROKER}|{kind}|{sn}") == {}, (kind, sn)
+    # the broker's transfers: booked alike; the B340 one refused before the journal (§11)
+    states = {sn: state for kind, sn, state in records if kind.startswith("XFER.")}
+    mine = dict(broker.execute("SELECT biz_sn, result FROM op WHERE origin=? AND biz_type"
+                               " LIKE 'XFER.%'", (BROKER,)).fetchall())
+    assert {sn: r for sn, r in mine.items() if r == "B340"} == {"GTJANEW1": "B340"}
+    assert set(mine) - {"GTJANEW1"} == set(states)
+    for sn, state in states.items():
+        assert (mine[sn] == "0000") == (state == "SUCCEEDED"), (sn, state, mine[sn])
+    # every wallet: the ledger is the opening balance plus the journal's net, which is 0
+    balances = dict(bank.execute("SELECT id, balance_fen FROM account"))
+    net = journal_net_of_wallets(rig)
+    for wallet, seeded in SEEDED.items():
+        assert balances[wallet] == seeded + net.get(wallet, 0) == seeded, wallet
+    assert {pool: balances[pool] for pool in ("AGGREGATE", "DEDICATED", "MERCHANT", "PRODUCT")
+            } == dict.fromkeys(("AGGREGATE", "DEDICATED", "MERCHANT", "PRODUCT"), 0)
+    assert broker.execute("SELECT id, balance_fen FROM account WHERE balance_fen != 0"
+                          ).fetchall() == []
+    assert broker.execute("SELECT count(*) FROM outbox").fetchone() == (0,)
+
+
+def check_all_files(rig: Rig) -> list[str]:
+    """Every §8 file of the day — the simulators' and the gateway's own exports — is
+    valid and reconciles with the journal without a discrepancy."""
+    day = next(rig.eod.glob("BAL_*.txt")).name.rsplit("_", 1)[1][:8]
+    date = f"{day[:4]}-{day[4:6]}-{day[6:]}"
+    for kind in ("XFER", "SIGN", "PAY", "OTC"):
+        out = gateway(rig, "eod", "export", "--date", date, "--type", kind, "--to", BANK,
+                      "--out", str(rig.eod))
+        assert out.returncode == 0, out.stdout + out.stderr
+    names = sorted(p.name for p in rig.eod.glob("*.txt"))
+    assert len(names) == 9, names  # BAL, the bank's 4, the gateway's 4
+    for name in names:
+        code, checked = eod_check(rig, rig.eod / name)
+        assert code == 0 and checked["valid"] is True, checked
+        assert checked["missing_in_file"] == checked["extra_in_file"] == []
+        assert checked["mismatched"] == []
+    return names
+
+
 def test_a_business_day_ends_with_a_complete_clean_exit(rig: Rig) -> None:
     drop = rig.eod.parent / "drop"
     out = script(rig, "day.txt", DAY)
     assert out.returncode == 0 and "all as expected" in out.stdout, out.stdout + out.stderr
     accept_bal(rig, drop)
 
+    # --- mid-day, the bank is suspended: new business B340 --------------------------------
+    out = gateway(rig, "suspend", "--party", BANK, "--reason", "CCB leaves the platform")
+    assert out.returncode == 0, out.stdout + out.stderr
+    out = script(rig, "new.txt", NEW_BUSINESS)
+    assert out.returncode == 0 and "all as expected" in out.stdout, out.stdout + out.stderr
+
     # --- the exit report: who is blocked by what -----------------------------------------
-    code, report, report_path = exit_report(rig, drop)
-    assert code == 3 and report["version"] == 1
-    assert report["bal_files"][0]["file"].endswith("accepted/BAL_GTJA_CCB_" +
-                                                   report["today"].replace("-", "") + ".txt")
+    code, report, report_path = exit_report(rig)
+    assert code == 3 and report["version"] == 1 and report["exit_code"] == 3
+    [bal] = report["bal_files"]
+    assert bal["file"] == str(drop / "accepted" /
+                              f"BAL_GTJA_CCB_{report['today'].replace('-', '')}.txt")
     agreements = by_fund(report)
     assert set(agreements) == {"3000", "3018"} and report["ready"] == []
     first, second = agreements["3000"], agreements["3018"]
     assert first["balance"] == {"amount": "30000.00", "source": "bal",
-                                "bal_file": Path(report["bal_files"][0]["file"]).name,
+                                "bal_file": Path(bal["file"]).name,
                                 "bal_amount": "30000.00", "since_amount": "0.00"}
     assert [b["kind"] for b in first["blockers"]] == ["funds"]
     assert [b["kind"] for b in second["blockers"]] == ["service", "funds"]
@@ -142,7 +234,7 @@ def test_a_business_day_ends_with_a_complete_clean_exit(rig: Rig) -> None:
     assert second["balance"]["amount"] == "700.00"  # the 300.00 was reversed
     [corp] = report["subscriptions"]
     assert corp["left"] == "600000.00" and corp["subscriptions"][0]["biz_sn"] == "GTJASUB1"
-    text = gateway(rig, "exit-report", "--eod-dir", str(drop), "--party", BANK)
+    text = gateway(rig, "exit-report", "--party", BANK)
     assert text.returncode == 3 and "BLOCKED" in text.stdout and "GTJAADV1" in text.stdout
     assert "100020003000" not in text.stdout + report_path.read_text()  # masked
     assert gateway(rig, "exit-report", "--party", "NOBODY").returncode == 0
@@ -151,47 +243,34 @@ def test_a_business_day_ends_with_a_complete_clean_exit(rig: Rig) -> None:
     out = run_broker(rig, "--exit", "--exit-report", str(report_path))
     assert out.returncode == 1, out.stdout + out.stderr
     assert f"exit: {first['agreement_no']}: fund ********3000: unsigned" in out.stdout
-    assert f"NOT UNSIGNED {second['agreement_no']}: the exit report says: PAY.ORDER " \
-           "GTJAADV1" in out.stdout
+    assert (f"NOT UNSIGNED {second['agreement_no']}: the exit report says: PAY.ORDER "
+            "GTJAADV1") in out.stdout
     assert "exit: 1 agreement(s) unsigned, 30000.00 returned to wallets, 1 not" in out.stdout
 
     # --- what is left is settled, the exit is run again -----------------------------------
     out = script(rig, "rest.txt", SETTLE_REST)
     assert out.returncode == 0 and "all as expected" in out.stdout, out.stdout + out.stderr
-    code, report, report_path = exit_report(rig, drop)
+    code, report, report_path = exit_report(rig)
     assert code == 3 and report["subscriptions"] == []
     [left] = report["agreements"]
     assert [b["kind"] for b in left["blockers"]] == ["funds"]
     out = run_broker(rig, "--exit", "--exit-report", str(report_path))
     assert out.returncode == 0, out.stdout + out.stderr
     assert "exit: 1 agreement(s) unsigned, 700.00 returned to wallets, 0 not" in out.stdout
-    code, report, _ = exit_report(rig, drop)
+    code, report, _ = exit_report(rig)
     assert code == 0 and report["agreements"] == [] and report["subscriptions"] == []
+    assert report["ready"] == [] and report["summary"]["agreements"] == 0
 
     # --- every agreement ended; wallets, the aggregate account and the files agree --------
     journal = sqlite3.connect(rig.gw_home / "data" / "journal.sqlite3")
     assert journal.execute("SELECT status, count(*) FROM agreement GROUP BY status"
                            ).fetchall() == [("ENDED", 2)]
-    rig.bank.send_signal(signal.SIGUSR1)
-    bank_out = rig.stop_bank()
-    states = check_day(rig)
-    assert states["GTJASLOW1"] == "REVERSED"
-    balances = wallet_balances(rig)
-    net = journal_net_of_wallets(rig)
-    for wallet, seeded in SEEDED.items():  # ledger = seed + the journal's net, = the seed
-        assert balances[wallet] == seeded + net.get(wallet, 0) == seeded, wallet
-    for pool in ("AGGREGATE", "DEDICATED", "MERCHANT", "PRODUCT"):
-        assert balances[pool] == 0, pool
-    broker = sqlite3.connect(rig.broker_home / "data" / f"{BROKER}-ledger.sqlite3")
-    assert broker.execute("SELECT count(*) FROM account WHERE balance_fen != 0"
-                          ).fetchone() == (0,)
+    bank_out = rig.stop_bank()  # writes its end-of-day files
     assert "eod: wrote" in bank_out
-    for path in sorted(rig.eod.glob("*.txt")):
-        code, checked = eod_check(rig, path)
-        assert code == 0 and checked["valid"] is True, checked
-        assert checked["missing_in_file"] == checked["extra_in_file"] == []
-        assert checked["mismatched"] == []
-    bal = next(rig.eod.glob("BAL_*.txt")).read_text().splitlines()
-    assert bal[-1].split("|")[1:3] == ["3", "0.00"]  # every client at 0.00, as AGGREGATE
-    sign_lines = (rig.eod / next(p.name for p in rig.eod.glob("SIGN_CCB_*.txt"))).read_text()
-    assert sign_lines.count("|UNSIGN|") == 2
+    reconcile(rig)
+    check_all_files(rig)
+    bal_lines = next(rig.eod.glob("BAL_*.txt")).read_text().splitlines()
+    assert bal_lines[-1].split("|")[1:3] == ["3", "0.00"]  # every client at 0.00
+    sign = next(rig.eod.glob("SIGN_CCB_GTJA_*.txt")).read_text().splitlines()
+    actions = sorted(line.split("|")[2] for line in sign if line.startswith("D|"))
+    assert actions == ["SIGN", "SIGN", "UNSIGN", "UNSIGN"]
