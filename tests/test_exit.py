@@ -12,6 +12,8 @@ file valid and reconciled.
 """
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import json
 import socket
 import sqlite3
@@ -274,3 +276,243 @@ def test_a_business_day_ends_with_a_complete_clean_exit(rig: Rig) -> None:
     sign = next(rig.eod.glob("SIGN_CCB_GTJA_*.txt")).read_text().splitlines()
     actions = sorted(line.split("|")[2] for line in sign if line.startswith("D|"))
     assert actions == ["SIGN", "SIGN", "UNSIGN", "UNSIGN"]
+
+
+# --- the report's logic over a journal made by hand (no gateway) --------------------------
+from gateway import exitreport  # noqa: E402
+from gateway.bookdate import CHINA  # noqa: E402
+from gateway.journal import Agreement, Journal, Record, Reversal  # noqa: E402
+
+TODAY = "2026-12-02"
+WALLET, FUND, OTHER_WALLET, OTHER_FUND = "0071130812093028", "100020003000", "0071", "1000"
+
+
+class Book:
+    """A journal written the way the relay writes it, one record at a time."""
+
+    def __init__(self, path: Path) -> None:
+        self.journal = Journal(path)
+        self.at = 1_000.0
+        self.sn = 0
+
+    def agreement(self, number: str | None = "AG1", fund: str = FUND, wallet: str = WALLET,
+                  status: str = "ACTIVE", broker: str = BROKER, bank: str = BANK) -> None:
+        self.sn += 1
+        self.journal.insert_agreement(Agreement(
+            number, broker, bank, fund, wallet, "1", "PERSONAL", status, TODAY, None,
+            "sealed", "01", "sealed", None, f"{broker}S{self.sn}"))
+
+    def record(self, biz_type: str, state: str = "SUCCEEDED", fen: int | None = 10_000,
+               origin: str = BROKER, receiver: str = BANK, **fields: Any) -> Record:
+        self.sn += 1
+        self.at += 10
+        fields.setdefault("biz_sn", f"{origin}X{self.sn}")
+        if biz_type.startswith("XFER.") and biz_type != "XFER.REVERSE":
+            fields.setdefault("fund_acct", FUND)
+            fields.setdefault("wallet_id", WALLET)
+        rec = Record(origin=origin, biz_type=biz_type, receiver=receiver, msg_id=f"M{self.sn}",
+                     content_hash="h", state=state, trade_date=TODAY, amount_fen=fen,
+                     result="0000" if state == "SUCCEEDED" else None, **fields)
+        self.journal.insert_record(rec, self.at)
+        return rec
+
+    def report(self, party: str | None = None,
+               bal: Any = ()) -> exitreport.ExitReport:
+        self.journal.flush()
+        return exitreport.build_report(self.journal, TODAY, TODAY + "T10:00:00+08:00", party,
+                                       bal)
+
+
+@pytest.fixture
+def book(tmp_path: Path) -> Iterator[Book]:
+    b = Book(tmp_path / "journal.sqlite3")
+    yield b
+    b.journal.close()
+
+
+def kinds(report: exitreport.ExitReport, number: str = "AG1") -> list[str]:
+    [a] = [a for a in report.agreements if a.agreement.agreement_no == number]
+    return [b.kind for b in a.blockers]
+
+
+def test_an_agreement_without_funds_records_or_services_is_ready(book: Book) -> None:
+    book.agreement()
+    xin = book.record("XFER.IN")
+    book.record("XFER.OUT", fen=10_000)
+    book.record("XFER.IN", state="FAILED", fen=5_000)
+    book.record("XFER.REVERSE", orig_type="XFER.IN", orig_from=BROKER,
+                orig_biz_sn=xin.biz_sn, state="FAILED")  # a failed give-back takes nothing
+    report = book.report()
+    assert kinds(report) == [] and report.exit_code == exitreport.EXIT_READY
+    data = report.as_dict()
+    assert data["ready"] == ["AG1"] and data["exit_code"] == 0
+    assert data["agreements"][0]["fund_acct"] == "********3000"  # masked
+    assert data["agreements"][0]["wallet_id"] == "************3028"
+    assert "100020003000" not in json.dumps(data) + exitreport.as_text(report)
+    assert "result: nothing blocks" in exitreport.as_text(report)
+
+
+def test_funds_are_the_journals_net_transfers_less_what_is_given_back(book: Book) -> None:
+    book.agreement()
+    book.record("XFER.IN", fen=50_000)
+    book.record("XFER.OUT", fen=20_000)
+    book.record("XFER.IN", state="REVERSED", fen=7_000)
+    given = book.record("XFER.IN", fen=3_000)
+    book.record("XFER.REVERSE", state="PENDING", orig_type="XFER.IN", orig_from=BROKER,
+                orig_biz_sn=given.biz_sn, fen=3_000)  # being given back: not the client's
+    book.record("XFER.IN", fen=900, fund_acct=OTHER_FUND)  # another account
+    book.record("XFER.IN", fen=800, origin=BROKER, receiver="ICBC")  # another bank
+    report = book.report()
+    [a] = report.agreements
+    assert a.balance == exitreport.Balance(30_000, "journal")
+    assert kinds(report) == ["open_record", "funds"]  # the reversal in flight, the 300.00
+    assert a.blockers[1].detail == {"amount": "300.00", "source": "journal"}
+    assert report.exit_code == exitreport.EXIT_BLOCKED
+
+
+def test_an_overdraft_blocks_too(book: Book) -> None:
+    book.agreement()
+    book.record("XFER.OUT", fen=100)
+    report = book.report()
+    assert kinds(report) == ["funds"]
+    assert "an overdraft in the fund account: -1.00" in report.agreements[0].blockers[0].text
+
+
+def test_records_not_final_and_queued_reversals_block(book: Book) -> None:
+    book.agreement()
+    book.record("XFER.OUT", state="PENDING", fen=100)
+    slow = book.record("XFER.IN", state="REVERSING", fen=200)
+    book.journal.queue_reversal(Reversal(BROKER, "XFER.IN", slow.biz_sn, BANK, "GW01R1", 200,
+                                         "QUEUED", 3, 0.0, None, None, 1_000.0))
+    pay = book.record("PAY.ORDER", fen=500, wallet_id=WALLET, service_end="2026-01-01")
+    book.record("XFER.REVERSE", state="PENDING", orig_type="PAY.ORDER", orig_from=BROKER,
+                orig_biz_sn=pay.biz_sn, fen=500)  # no wallet of its own: its original's
+    book.record("XFER.OUT", state="PENDING", fen=100, wallet_id=OTHER_WALLET)  # not this one
+    report = book.report()
+    assert kinds(report) == ["open_record", "open_record", "open_record", "reversal_queued"]
+    texts = [b.text for b in report.agreements[0].blockers]
+    assert "is REVERSING" in texts[2] and "(3 attempt(s) so far)" in texts[3]
+    assert [b.detail["biz_type"] for b in report.agreements[0].blockers] == [
+        "XFER.OUT", "XFER.REVERSE", "XFER.IN", "XFER.IN"]  # PENDING ones, then REVERSING
+
+
+def test_paid_services_in_validity_block_until_refunded_in_full(book: Book) -> None:
+    book.agreement()
+    running = book.record("PAY.ORDER", fen=8_800, wallet_id=WALLET, service_end=TODAY,
+                          order_no="O1", product_code="ADVICE")
+    book.record("PAY.ORDER", fen=100, wallet_id=WALLET, service_end="2026-12-01")  # ended
+    refunded = book.record("PAY.ORDER", fen=199, wallet_id=WALLET, service_end="2027-01-01")
+    book.record("PAY.REFUND", fen=199, orig_type="PAY.ORDER", orig_from=BROKER,
+                orig_biz_sn=refunded.biz_sn, wallet_id=WALLET)
+    book.record("PAY.REFUND", fen=8_000, orig_type="PAY.ORDER", orig_from=BROKER,
+                orig_biz_sn=running.biz_sn, wallet_id=WALLET)  # in part only
+    report = book.report()
+    assert kinds(report) == ["service"]
+    blocker = report.agreements[0].blockers[0]
+    assert blocker.detail["biz_sn"] == running.biz_sn and blocker.detail["service_end"] == TODAY
+    assert "runs until 2026-12-02" in blocker.text
+    book.record("PAY.REFUND", fen=800, orig_type="PAY.ORDER", orig_from=BROKER,
+                orig_biz_sn=running.biz_sn, wallet_id=WALLET)
+    assert kinds(book.report()) == []
+
+
+def test_a_sign_in_flight_is_listed_as_not_answered(book: Book) -> None:
+    book.agreement(None, status="PENDING")
+    report = book.report()
+    assert [a.agreement.status for a in report.agreements] == ["PENDING"]
+    assert kinds(report, None) == ["sign_pending"]  # type: ignore[arg-type]
+    book.agreement("AG9", fund="2", wallet="3", status="ENDED")  # ended: not listed
+    assert len(book.report().agreements) == 1
+
+
+def test_the_balance_is_the_checked_bal_files_plus_the_transfers_since(
+        book: Book, tmp_path: Path) -> None:
+    book.agreement()
+    book.agreement("AG2", fund=OTHER_FUND, wallet=OTHER_WALLET)
+    book.record("XFER.IN", fen=50_000)
+    created = dt.datetime.fromtimestamp(book.at, CHINA).replace(microsecond=0)
+    book.at += 5
+    book.record("XFER.OUT", fen=20_000)  # after the file was made
+    bal = exitreport.parse_bal(tmp_path / "BAL_GTJA_CCB_20261202.txt", (
+        f"H|SBDX1|BAL|20261202|GTJA|CCB|{created.isoformat()}\n"
+        f"D|{FUND}|{WALLET}|490.00\nD|9|9|-1.50\nT|2|488.50|00\n"))
+    assert bal.balances[("9", "9")] == -150
+    older = dataclasses.replace(bal, day=dt.date(2026, 12, 1), balances={})
+    report = book.report(bal=[older, bal])
+    first, second = report.agreements
+    assert first.balance == exitreport.Balance(29_000, "bal", bal.name, 49_000, -20_000)
+    assert second.balance == exitreport.Balance(0, "journal")  # not in the file
+    assert [f.name for f in report.bal_files] == [bal.name]
+    assert "BAL_GTJA_CCB_20261202.txt: 490.00, transfers since: -200.00" in \
+        exitreport.as_text(report)
+    assert exitreport.latest_bal([older, bal], BROKER, "ICBC") is None
+
+
+def test_only_bal_files_eod_watch_accepted_as_valid_count(tmp_path: Path) -> None:
+    drop = tmp_path / "drop"
+    (drop / "accepted" / "1").mkdir(parents=True)
+    text = "H|SBDX1|BAL|20261202|GTJA|CCB|2026-12-02T16:00:00+08:00\nD|1|2|3.00\nT|1|3.00|0\n"
+    for where, valid in ((drop / "accepted", True), (drop / "accepted" / "1", False)):
+        (where / "BAL_GTJA_CCB_20261202.txt").write_text(text)
+        (where / "BAL_GTJA_CCB_20261202.txt.report.json").write_text(
+            json.dumps({"valid": valid}))
+        (where / "BAL_GTJA_CCB_20261202.txt.report.txt").write_text("valid")
+    (drop / "accepted" / "BAL_GTJA_CCB_20261203.txt").write_text("nonsense")
+    (drop / "accepted" / "BAL_GTJA_CCB_20261203.txt.report.json").write_text('{"valid": true}')
+    found, problems = exitreport.accepted_bal_files([drop, tmp_path / "absent"])
+    assert [(f.path.parent.name, f.balances) for f in found] == [("accepted", {("1", "2"): 300})]
+    assert len(problems) == 1 and "BAL_GTJA_CCB_20261203.txt: left out" in problems[0]
+
+
+def test_subscriptions_not_redeemed_per_corporate_wallet_and_the_party_filter(
+        book: Book) -> None:
+    corp = "0099000011112222"
+    book.agreement()
+    book.agreement("AG2", fund="2", wallet="3", broker="HTSC", bank="ICBC")
+    sub = book.record("OTC.SUBSCRIBE", fen=100_000, wallet_id=corp, order_no="SY1",
+                      product_code="SY2026A01", book_date="2026-12-03")
+    book.record("OTC.REDEEM", fen=40_000, orig_type="OTC.SUBSCRIBE", orig_from=BROKER,
+                orig_biz_sn=sub.biz_sn, wallet_id=corp)
+    done = book.record("OTC.SUBSCRIBE", fen=5_000, wallet_id=corp)
+    book.record("OTC.REDEEM", fen=5_000, orig_type="OTC.SUBSCRIBE", orig_from=BROKER,
+                orig_biz_sn=done.biz_sn, wallet_id=corp)
+    book.record("OTC.SUBSCRIBE", state="REVERSED", fen=7_000, wallet_id=corp)
+    book.record("OTC.SUBSCRIBE", fen=1_000, wallet_id="X1", origin="HTSC", receiver="ICBC")
+    report = book.report()
+    assert [(w.wallet_id, w.left_fen) for w in report.subscriptions] == [(corp, 60_000),
+                                                                        ("X1", 1_000)]
+    assert report.exit_code == exitreport.EXIT_BLOCKED  # the agreements are ready
+    assert report.as_dict()["subscriptions"][0] == {
+        "corp_wallet_id": "************2222", "broker": BROKER, "bank": BANK,
+        "left": "600.00", "subscriptions": [{
+            "biz_sn": sub.biz_sn, "order_no": "SY1", "product_code": "SY2026A01",
+            "state": "SUCCEEDED", "trade_date": TODAY, "book_date": "2026-12-03",
+            "amount": "1000.00", "redeemed": "400.00", "left": "600.00"}]}
+    ccb = book.report(party=BANK)
+    assert [a.agreement.agreement_no for a in ccb.agreements] == ["AG1"]
+    assert [w.wallet_id for w in ccb.subscriptions] == [corp]
+    assert [a.agreement.agreement_no for a in book.report(party="HTSC").agreements] == ["AG2"]
+
+
+def test_exit_report_command_without_a_journal_exits_1(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    assert exitreport.exit_report_command(tmp_path, None, False, []) == 1
+    assert "no journal at" in capsys.readouterr().err
+
+
+def test_the_broker_exit_plans_by_the_report() -> None:
+    from gateway.sim.exiting import plan
+
+    report = {"agreements": [
+        {"agreement_no": "AG1", "broker": BROKER, "blockers": [{"kind": "funds", "text": "f"}]},
+        {"agreement_no": "AG2", "broker": BROKER, "blockers": [
+            {"kind": "funds", "text": "f"}, {"kind": "service", "text": "PAY.ORDER P1 runs"}]},
+        {"agreement_no": "AG4", "broker": BROKER, "blockers": []},
+        {"agreement_no": "AG5", "broker": "HTSC", "blockers": []}]}
+    active = {"AG1": "1", "AG2": "2", "AG3": "3", "AG4": "4"}
+    go, left = plan(report, BROKER, active)
+    assert go == {"AG1": "1", "AG4": "4"}
+    assert left == [("AG2", "the exit report says: PAY.ORDER P1 runs"),
+                    ("AG3", "not in the exit report (signed after it was made?): run "
+                            "`gateway exit-report --json` again")]
+    assert plan(None, BROKER, active) == (active, [])
