@@ -512,7 +512,8 @@ exit codes (every command):
        commit, an error in gateway.toml, serve that cannot listen, no such record;
        eod check: nothing was judged (no file at FILE, a journal too old)
   {EXIT_REJECTED:<4} eod check: the file is rejected
-  {EXIT_DISCREPANCIES:<4} eod check: the file is valid, with discrepancies against the journal
+  {EXIT_DISCREPANCIES:<4} eod check: the file is valid, with discrepancies against the journal;
+       exit-report: something keeps a client from leaving
   {EXIT_USAGE:<4} usage error: an unknown option or command, a missing operand, a malformed
        value, --home or --log-format after the command
   {EXIT_INTERRUPTED:<4} interrupted (Ctrl-C) before it finished; serve, sim and eod watch stop
