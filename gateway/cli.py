@@ -468,6 +468,16 @@ def _cmd_exit_report(args: argparse.Namespace, home: Home) -> int:
     return exit_report_command(home.root, args.party, args.json, args.eod_dir)
 
 
+def _cmd_archive(args: argparse.Namespace, home: Home) -> int:
+    from .archive import archive_command, verify_command
+
+    if args.archive_command == "verify":
+        return verify_command(args.dir, args.cert)
+    if args.out is None:
+        args.archive_parser.error("give --out DIR (a new or empty folder), or: verify DIR")
+    return archive_command(home.root, args.out)
+
+
 class _HelpFormatter(argparse.HelpFormatter):
     """Every option's help ends with its default: the one its text names, else the
     value argparse has (a flag's: off).  A description or epilog written in lines
@@ -511,7 +521,8 @@ exit codes (every command):
   {EXIT_FAILED:<4} the command could not do its job: no key store, a journal that failed to
        commit, an error in gateway.toml, serve that cannot listen, no such record;
        eod check: nothing was judged (no file at FILE, a journal too old)
-  {EXIT_REJECTED:<4} eod check: the file is rejected
+  {EXIT_REJECTED:<4} eod check: the file is rejected; archive verify: the archive does not
+       hold (a file missing, changed or extra, or a bad signature)
   {EXIT_DISCREPANCIES:<4} eod check: the file is valid, with discrepancies against the journal;
        exit-report: something keeps a client from leaving
   {EXIT_USAGE:<4} usage error: an unknown option or command, a missing operand, a malformed
@@ -708,6 +719,35 @@ def _add_suspend_commands(sub: Any) -> None:
     p.set_defaults(run=_cmd_suspend)
 
 
+def _add_archive_commands(sub: Any) -> None:
+    p = sub.add_parser(
+        "archive", help="technical exit: a signed copy of journal, config and public keys",
+        description="Write DIR: a consistent copy of the journal (and of the evidence "
+        "moved to data/archive/), gateway.toml, the certificates and the peers' public "
+        "keys (never a private key), and MANIFEST (sha256sum lines) with MANIFEST.sig, "
+        "the gateway key's signature (PROTOCOL §8, §11). Safe while the gateway serves. "
+        "Exit 1 if it cannot be written (DIR not empty, no key store, no journal).")
+    p.add_argument("--out", type=Path, metavar="DIR",
+                   help="a new or empty folder to write the archive into (made 0700); "
+                        "required unless the subcommand is verify")
+    p.set_defaults(run=_cmd_archive, archive_command=None, archive_parser=p)
+    verbs = p.add_subparsers(dest="archive_command", metavar="SUBCOMMAND")
+    v = verbs.add_parser(
+        "verify", help="check an archive: files against MANIFEST, MANIFEST against its "
+                       "signature",
+        description="Check the archive in DIR: every file MANIFEST lists is there with "
+        "its SHA-256, no file is there that it does not list, and MANIFEST.sig verifies. "
+        "Exit 0 if so; 2 otherwise, each problem named (missing, changed, extra file, "
+        "bad signature).")
+    v.add_argument("dir", type=Path, metavar="DIR", help="the archive folder")
+    v.add_argument("--cert", type=Path, metavar="FILE",
+                   help="check the signature with this certificate or public key (PEM) "
+                        "instead of the archive's own keys/gateway.crt (default: DIR/keys/"
+                        "gateway.crt; its fingerprint is printed: compare it with the one "
+                        "you know)")
+    v.set_defaults(run=_cmd_archive)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="gateway",
@@ -738,6 +778,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cert_and_key_commands(sub)
     _add_peer_commands(sub)
     _add_journal_commands(sub)
+    _add_archive_commands(sub)
 
     p = sub.add_parser("serve", help="run the gateway until SIGTERM/SIGINT",
                        description="Run the gateway until SIGTERM/SIGINT (then it drains "

@@ -24,6 +24,33 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class JournalSettings:
+    """The ``[journal]`` table (docs/operations.md "Retention")."""
+
+    #: Days a business record stays final before its message evidence moves to
+    #: ``data/archive/YYYYMM.sqlite3`` (PROTOCOL §11); 0 keeps everything in the journal.
+    #: Fractions are allowed (0.5: twelve hours; the soak bench uses seconds' worth).
+    retention_days: float = 0.0
+
+    @property
+    def retention_seconds(self) -> float:
+        return self.retention_days * 86400.0
+
+
+def journal_settings(table: dict[str, Any]) -> JournalSettings:
+    """The ``[journal]`` table, checked; unknown keys are an error."""
+    for key in table:
+        if key != "retention_days":
+            raise ConfigError(f"unknown setting [journal].{key}")
+    days = table.get("retention_days", 0)
+    if (isinstance(days, bool) or not isinstance(days, int | float)
+            or not 0 <= days < float("inf")):
+        raise ConfigError("[journal] retention_days must be a number of days, 0 or more "
+                          "(0 keeps all evidence in the journal)")
+    return JournalSettings(float(days))
+
+
+@dataclass(frozen=True)
 class Config:
     #: The gateway's own PartyId (§1).
     party: str = "GW01"
@@ -83,6 +110,8 @@ class Config:
     max_over_limit_per_minute: int = 100
     #: Seconds a TLS connection may take to complete its handshake before it is cut.
     tls_handshake_seconds: float = 10.0
+    #: The ``[journal]`` table (not keys of ``[gateway]``).
+    journal: JournalSettings = field(default_factory=JournalSettings)
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -157,16 +186,18 @@ def _coerce(name: str, default: Any, value: Any) -> Any:
     return value
 
 
-def from_mapping(values: dict[str, Any]) -> Config:
-    """Build a Config from the ``[gateway]`` table; unknown keys are an error."""
-    known = {f.name: f for f in fields(Config) if f.name != "extra"}
+def from_mapping(values: dict[str, Any], journal: dict[str, Any] | None = None) -> Config:
+    """Build a Config from the ``[gateway]`` table (and the ``[journal]`` one); unknown
+    keys are an error."""
+    known = {f.name: f for f in fields(Config) if f.name not in ("extra", "journal")}
     defaults = Config()
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
         if key not in known:
             raise ConfigError(f"unknown setting [gateway].{key}")
         kwargs[key] = _coerce(key, getattr(defaults, key), value)
-    cfg = Config(**kwargs, extra={"explicit": frozenset(kwargs)})
+    cfg = Config(**kwargs, journal=journal_settings(journal or {}),
+                 extra={"explicit": frozenset(kwargs)})
     if cfg.replay_retention_days < 7:
         raise ConfigError("replay_retention_days must be at least 7 (PROTOCOL §5)")
     if not _PARTY.match(cfg.party):
@@ -188,7 +219,10 @@ def load(home: Path) -> Config:
         data = tomllib.loads(path.read_text("utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{path}: {exc}") from None
-    return from_mapping(data.get("gateway", {}))
+    journal = data.get("journal", {})
+    if not isinstance(journal, dict):
+        raise ConfigError(f"{path}: journal must be a table ([journal])")
+    return from_mapping(data.get("gateway", {}), journal)
 
 
 def with_key_store_party(cfg: Config, store_party: str | None) -> Config:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 from .checkpoint import Checkpointer
 from .filemodes import private_database
@@ -229,6 +230,12 @@ MIGRATIONS: tuple[str, ...] = (
     ) WITHOUT ROWID;
     """,
 )
+
+
+#: The columns of an evidence row (table ``message``), in order: what the evidence
+#: archive files keep too (gateway/evidencearchive.py).
+MESSAGE_COLUMNS = ("id", "at", "direction", "session", "party", "msg_type", "msg_id", "ref_id",
+                   "envelope", "xml")
 
 
 @dataclass(frozen=True, slots=True)
@@ -546,6 +553,49 @@ class Journal:
         return int(self._db.execute(
             "SELECT count(*) FROM message WHERE msg_type='XFER.REVERSE.RSP' AND ref_id=? AND"
             " party=? AND direction='IN'", (ref_id, party)).fetchone()[0])
+
+    # --- retention (gateway/retention.py, PROTOCOL §11) ---------------------------
+    def messages_after(self, after_id: int, limit: int) -> list[tuple[Any, ...]]:
+        """Up to ``limit`` evidence rows with an id above ``after_id``, oldest first, every
+        column (:data:`MESSAGE_COLUMNS`), as tuples."""
+        return list(self._db.execute(
+            f"SELECT {', '.join(MESSAGE_COLUMNS)} FROM message WHERE id > ? ORDER BY id"
+            " LIMIT ?", (after_id, limit)))
+
+    def last_message_id(self) -> int:
+        """The largest evidence id (0 when there is none)."""
+        return int(self._db.execute("SELECT coalesce(max(id), 0) FROM message").fetchone()[0])
+
+    def delete_messages(self, ids: list[int]) -> int:
+        """Remove these evidence rows (copied to the archive and committed there first)."""
+        deleted = 0
+        for start in range(0, len(ids), 500):  # SQLite's bound-parameter limit
+            part = ids[start:start + 500]
+            deleted += self._write(f"DELETE FROM message WHERE id IN ({','.join('?' * len(part))})",
+                                   tuple(part)).rowcount
+        return deleted
+
+    def record_settled(self, key: tuple[str, str, str]) -> tuple[str, float] | None:
+        """(state, when it last changed) of the record, None if there is no such record."""
+        row = self._db.execute("SELECT state, updated_at FROM record WHERE origin=? AND"
+                               " biz_type=? AND biz_sn=?", key).fetchone()
+        return (str(row[0]), float(row[1])) if row else None
+
+    def record_of_answer(self, receiver: str, origin: str, msg_id: str,
+                         ) -> tuple[str, str, str] | None:
+        """The key of the record whose request ``origin`` sent with ``msg_id`` to
+        ``receiver`` (an answer that names its request by RefId only)."""
+        row = self._db.execute("SELECT origin, biz_type, biz_sn FROM record WHERE receiver=?"
+                               " AND msg_id=? AND origin=? LIMIT 1",
+                               (receiver, msg_id, origin)).fetchone()
+        return (str(row[0]), str(row[1]), str(row[2])) if row else None
+
+    def reversal_original(self, receiver: str, reversal_sn: str) -> tuple[str, str, str] | None:
+        """The original the gateway's reversal ``reversal_sn`` to ``receiver`` reverses."""
+        row = self._db.execute("SELECT origin, biz_type, biz_sn FROM reversal WHERE"
+                               " receiver=? AND reversal_sn=? LIMIT 1",
+                               (receiver, reversal_sn)).fetchone()
+        return (str(row[0]), str(row[1]), str(row[2])) if row else None
 
     # --- replay defence (gateway.replay.ReplayStore) --------------------------
     def remember(self, sender: str, msg_id: str, seen_at: float) -> bool:

@@ -7,7 +7,8 @@ refunds, redemptions; the gateway's own queued reversal) and the evidence messag
 it — the request as received and as relayed, the answer as received and as relayed
 (found by the record's MsgId and its answer's MsgId, probes of an index), the gateway's
 last reversal attempt and its answers.  Repeats of the request and late answers are
-not listed.
+not listed.  Evidence that ``[journal] retention_days`` moved to
+``data/archive/YYYYMM.sqlite3`` (PROTOCOL §11) is found there, marked with its month.
 
 PII is masked (docs/operations.md, "journal show"): CustName, IdNo and Phone (encrypted
 on the wire, sealed at rest) are never decrypted and never shown; a FundAcct, WalletId
@@ -26,6 +27,7 @@ from typing import Any
 
 from . import catalog
 from .bookdate import CHINA
+from .evidencearchive import EvidenceArchive
 from .givebacks import GIVES_BACK, REVERSAL, account, fen_text
 from .journal import Journal, Record, Reversal
 from .message import parse_xml
@@ -82,13 +84,16 @@ class Evidence:
     signer: str | None
     head: dict[str, str]
     body: dict[str, Any]
+    #: ``YYYYMM`` when the row was moved to ``data/archive/`` (§11 retention)
+    archive: str | None = None
 
     @classmethod
     def of(cls, row: sqlite3.Row) -> Evidence:
         head, body = _read_xml(bytes(row["xml"]))
         return cls(iso(float(row["at"])), str(row["direction"]), row["party"],
                    row["msg_type"], row["msg_id"], row["ref_id"], str(row["session"]),
-                   _signer(bytes(row["envelope"])), head, body)
+                   _signer(bytes(row["envelope"])), head, body,
+                   row["archive"] if "archive" in row.keys() else None)
 
 
 def _signer(envelope: bytes) -> str | None:
@@ -134,13 +139,24 @@ def _local(tag: Any) -> str:
     return str(tag).rsplit("}", 1)[-1]
 
 
-def _messages(journal: Journal, msg_id: str | None, sender: str | None) -> list[Evidence]:
+def _messages(journal: Journal, msg_id: str | None, sender: str | None,
+              archive: EvidenceArchive | None) -> list[Evidence]:
     """The rows journaled under ``msg_id`` that ``sender`` sent (a MsgId is unique per
-    From only): as received and as relayed on."""
+    From only): as received and as relayed on; in the journal or moved to the archive."""
     if not msg_id:
         return []
-    shown = [Evidence.of(row) for row in list(journal.messages(msg_id))]
+    rows = list(journal.messages(msg_id))
+    if archive is not None:
+        rows = _merged(rows, archive.messages(msg_id))
+    shown = [Evidence.of(row) for row in rows]
     return [e for e in shown if sender is None or e.head.get("From") == sender]
+
+
+def _merged(journal_rows: list[sqlite3.Row], archived: list[sqlite3.Row]) -> list[sqlite3.Row]:
+    """Journal rows and archived ones; a row in both (a move interrupted between the
+    archive's commit and the journal's) once, from the journal."""
+    ids = {row["id"] for row in journal_rows}
+    return journal_rows + [row for row in archived if row["id"] not in ids]
 
 
 def _answer_head(rec: Record) -> tuple[str | None, str | None]:
@@ -151,16 +167,21 @@ def _answer_head(rec: Record) -> tuple[str | None, str | None]:
     return head.get("MsgId"), head.get("From")
 
 
-def record_view(journal: Journal, rec: Record, gateway: str | None) -> dict[str, Any]:
-    """Everything ``journal show`` says of one record, PII masked."""
+def record_view(journal: Journal, rec: Record, gateway: str | None,
+                archive: EvidenceArchive | None = None) -> dict[str, Any]:
+    """Everything ``journal show`` says of one record, PII masked; evidence moved out by
+    ``[journal] retention_days`` is read from ``archive``."""
     answer_id, answer_from = _answer_head(rec)
-    messages = _messages(journal, rec.msg_id, rec.origin) + _messages(
-        journal, answer_id, answer_from)
+    messages = _messages(journal, rec.msg_id, rec.origin, archive) + _messages(
+        journal, answer_id, answer_from, archive)
     reversal = journal.reversal_of(rec.key)
     if reversal is not None and reversal.last_msg_id:
-        messages += _messages(journal, reversal.last_msg_id, gateway)
-        messages += [Evidence.of(r) for r in journal.reversal_answer_messages(
-            reversal.receiver, reversal.last_msg_id)]
+        messages += _messages(journal, reversal.last_msg_id, gateway, archive)
+        answers = journal.reversal_answer_messages(reversal.receiver, reversal.last_msg_id)
+        if archive is not None:
+            answers = _merged(answers, archive.reversal_answer_messages(
+                reversal.receiver, reversal.last_msg_id))
+        messages += [Evidence.of(r) for r in answers]
     messages.sort(key=lambda e: e.time)
     return {
         "type": rec.biz_type, "biz_sn": rec.biz_sn, "from": rec.origin, "to": rec.receiver,
@@ -208,7 +229,7 @@ def _evidence_view(e: Evidence) -> dict[str, Any]:
     return {"time": e.time, "direction": e.direction, "party": e.party, "type": e.type,
             "msg_id": e.msg_id, "ref_id": e.ref_id, "session": e.session,
             "signer": e.signer, "from": e.head.get("From"), "to": e.head.get("To"),
-            "body": e.body}
+            "body": e.body, "archive": e.archive}
 
 
 # --- what is printed ----------------------------------------------------------------
@@ -255,7 +276,8 @@ def _message_text(m: dict[str, Any]) -> str:
     tail += f" Result {result}" if result else ""
     return (f"    {m['time']} {m['direction']:<3} {arrow} {m['party'] or '?':<8} "
             f"{m['type'] or '?'} MsgId {m['msg_id'] or '?'}{tail} session {m['session']}"
-            + (f" signer {m['signer']}" if m["signer"] else ""))
+            + (f" signer {m['signer']}" if m["signer"] else "")
+            + (f" (archive {m['archive']})" if m.get("archive") else ""))
 
 
 def show_command(home: Path, biz_sn: str, origin: str | None, as_json: bool,
@@ -270,9 +292,10 @@ def show_command(home: Path, biz_sn: str, origin: str | None, as_json: bool,
     except (sqlite3.Error, ValueError) as exc:
         print(f"gateway journal show: cannot read {path}: {exc}", file=sys.stderr)
         return 1
+    archive = EvidenceArchive(path.parent / "archive")  # §11 retention's month files
     try:
         records = find_records(journal, biz_sn, origin)
-        views = [record_view(journal, rec, gateway) for rec in records]
+        views = [record_view(journal, rec, gateway, archive) for rec in records]
     finally:
         journal.close()
     if not views:

@@ -44,6 +44,7 @@ from .keystore import KeyStore, Peer
 from .message import Message, parse_message, replace_texts
 from .node import Node
 from .queries import cts_query, xfer_query
+from .retention import Retention
 from .reversal import ReversalQueue
 from .rules import Repeat, Rules, Settlement
 from .session import Session
@@ -112,6 +113,9 @@ class Gateway(Node):
         self.suspensions = Suspensions(journal, self.now,
                                        lambda: [p.party for p in keystore.peers()])
         self._next_purge = self.now()
+        #: §11 ``[journal] retention_days``: evidence of long-final records moves out
+        self.retention = (Retention(config.journal, journal, config.party)
+                          if config.journal.retention_days > 0 else None)
         #: Relayed, unanswered requests a session may have; 0 while draining, so the
         #: one comparison the relay makes anyway also refuses new work then (S902).
         self._inflight_limit = config.max_inflight_per_session
@@ -642,6 +646,8 @@ class Gateway(Node):
         self.monitor.tick(now)
         if now >= self._next_purge:
             self._purge_replay_store(now)
+        if self.retention is not None and self.retention.due(now):
+            self.retention.step(now)  # one bounded batch a tick
 
     def _purge_replay_store(self, now: float) -> None:
         """Forget MsgIds older than ``replay_retention_days`` (§5 asks for ≥ 7 days)."""
