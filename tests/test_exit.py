@@ -8,7 +8,8 @@ OTC.REDEEM and CTS.UNSIGN still 0000); `gateway exit-report` saying what blocks 
 the broker's `--exit` returning funds and unsigning what the report lets it; what is
 left settled; the exit run again; and at the end: every agreement ended, every wallet
 and the aggregate account back where they were (ledgers vs journal), every end-of-day
-file valid and reconciled.
+file valid and reconciled; and the journal frozen by `gateway archive`, verified, whose
+own exit report says nothing is left.
 """
 from __future__ import annotations
 
@@ -276,6 +277,22 @@ def test_a_business_day_ends_with_a_complete_clean_exit(rig: Rig) -> None:
     sign = next(rig.eod.glob("SIGN_CCB_GTJA_*.txt")).read_text().splitlines()
     actions = sorted(line.split("|")[2] for line in sign if line.startswith("D|"))
     assert actions == ["SIGN", "SIGN", "UNSIGN", "UNSIGN"]
+
+    # --- the technical exit: the journal frozen while the gateway still serves ------------
+    frozen = rig.eod.parent / "archive"
+    out = gateway(rig, "archive", "--out", str(frozen))
+    assert out.returncode == 0, out.stdout + out.stderr
+    out = gateway(rig, "archive", "verify", str(frozen))
+    assert out.returncode == 0 and "intact" in out.stdout, out.stdout + out.stderr
+    copy = sqlite3.connect(f"file:{frozen / 'data' / 'journal.sqlite3'}?mode=ro", uri=True)
+    assert copy.execute("SELECT status, count(*) FROM agreement GROUP BY status"
+                        ).fetchall() == [("ENDED", 2)]
+    copy.close()
+    out = subprocess.run([sys.executable, "-m", "gateway", "--home", str(frozen), "exit-report",
+                          "--json"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and json.loads(out.stdout)["agreements"] == [], out.stderr
+    out = gateway(rig, "archive", "verify", str(frozen))  # reading it changed nothing
+    assert out.returncode == 0 and "intact" in out.stdout, out.stdout + out.stderr
 
 
 # --- the report's logic over a journal made by hand (no gateway) --------------------------
