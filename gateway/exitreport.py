@@ -506,6 +506,7 @@ def exit_report_command(home: Path, party: str | None, as_json: bool,
         print(f"gateway exit-report: cannot read {path}: {exc}", file=sys.stderr)
         return EXIT_FAILED
     try:
+        journal.begin()  # one read transaction: every query sees the same moment
         report = build_report(journal, now.date().isoformat(),
                               now.isoformat(timespec="milliseconds"), party, bal_files,
                               problems)

@@ -295,6 +295,34 @@ def test_a_business_day_ends_with_a_complete_clean_exit(rig: Rig) -> None:
     assert out.returncode == 0 and "intact" in out.stdout, out.stdout + out.stderr
 
 
+def test_without_a_report_the_broker_exit_tries_every_agreement_and_the_gateway_decides(
+        rig: Rig) -> None:
+    """`--exit` alone: funds returned and the unsign sent for every ACTIVE agreement; the
+    one with a paid service still valid is refused by the gateway (B304, its reason),
+    which fails the run, and stays signed with its funds back in the wallet."""
+    out = script(rig, "day.txt", """\
+sign fund=100020003000 expect=0000
+sign fund=100020003018 expect=0000
+xfer-in fund=100020003000 amount=500.00 expect=0000
+xfer-in fund=100020003018 amount=70.00 expect=0000
+pay fund=100020003018 amount=8.00 product=ADVICE kind=ADVISORY days=30 sn=GTJAADV2 expect=0000
+""")
+    assert out.returncode == 0 and "all as expected" in out.stdout, out.stdout + out.stderr
+    out = run_broker(rig, "--exit")
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "fund ********3000: 500.00 returned to the wallet (XFER.OUT 0000)" in out.stdout
+    assert "fund ********3000: unsigned (CTS.UNSIGN 0000)" in out.stdout
+    assert "fund ********3018: 70.00 returned to the wallet" in out.stdout
+    assert "NOT unsigned: CTS.UNSIGN got B304 wallet 0071130812093036 has a paid service" \
+        in out.stdout
+    assert "exit: 1 agreement(s) unsigned, 570.00 returned to wallets, 1 not" in out.stdout
+    code, report, _ = exit_report(rig)
+    assert code == 3 and [b["kind"] for b in report["agreements"][0]["blockers"]] == ["service"]
+    assert report["agreements"][0]["balance"] == {
+        "amount": "0.00", "source": "journal", "bal_file": None, "bal_amount": None,
+        "since_amount": "0.00"}  # no BAL file checked: the journal's net transfers
+
+
 # --- the report's logic over a journal made by hand (no gateway) --------------------------
 from gateway import exitreport  # noqa: E402
 from gateway.bookdate import CHINA  # noqa: E402
