@@ -325,11 +325,13 @@ def services_in_validity(journal: Journal, wallet: str, today: str) -> list[Reco
 
 def net_transfers(journal: Journal, a: Agreement, after: float | None = None) -> int:
     """XFER.IN − XFER.OUT of the agreement's fund account and wallet between its broker
-    and bank that succeeded, each less what is reversed or being given back; only those
-    journaled after ``after`` (seconds since the epoch), if given."""
+    and bank that succeeded, each less what is reversed or being given back, from the
+    agreement's sign date on; only those journaled after ``after`` (seconds since the
+    epoch), if given."""
     net = 0
     for rec in journal.records_of_wallet(a.wallet_id, XFERS, (records.SUCCEEDED,), after):
-        if rec.fund_acct != a.fund_acct or not _between(rec, a):
+        if (rec.fund_acct != a.fund_acct or not _between(rec, a)
+                or rec.trade_date < a.sign_date):  # an earlier agreement's transfers
             continue
         acct = givebacks.account(journal, rec.key)
         left = acct.left_fen if acct is not None else 0

@@ -355,8 +355,9 @@ class Book:
         if biz_type.startswith("XFER.") and biz_type != "XFER.REVERSE":
             fields.setdefault("fund_acct", FUND)
             fields.setdefault("wallet_id", WALLET)
+        fields.setdefault("trade_date", TODAY)
         rec = Record(origin=origin, biz_type=biz_type, receiver=receiver, msg_id=f"M{self.sn}",
-                     content_hash="h", state=state, trade_date=TODAY, amount_fen=fen,
+                     content_hash="h", state=state, amount_fen=fen,
                      result="0000" if state == "SUCCEEDED" else None, **fields)
         self.journal.insert_record(rec, self.at)
         return rec
@@ -407,6 +408,7 @@ def test_funds_are_the_journals_net_transfers_less_what_is_given_back(book: Book
                 orig_biz_sn=given.biz_sn, fen=3_000)  # being given back: not the client's
     book.record("XFER.IN", fen=900, fund_acct=OTHER_FUND)  # another account
     book.record("XFER.IN", fen=800, origin=BROKER, receiver="ICBC")  # another bank
+    book.record("XFER.IN", fen=700, trade_date="2026-11-30")  # an earlier agreement's
     report = book.report()
     [a] = report.agreements
     assert a.balance == exitreport.Balance(30_000, "journal")
