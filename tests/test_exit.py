@@ -323,6 +323,25 @@ pay fund=100020003018 amount=8.00 product=ADVICE kind=ADVISORY days=30 sn=GTJAAD
         "since_amount": "0.00"}  # no BAL file checked: the journal's net transfers
 
 
+def test_the_demo_ends_with_the_business_exit(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "gateway", "demo", "--keep", str(tmp_path)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    for line in ("ok  CCB suspended: new business refused            B340",
+                 "ok  exit report: 张三 blocked by funds only, ¥600,000.00 not redeemed",
+                 "ok  broker's exit: funds back in the wallet, every agreement unsigned: "
+                 "¥30000.00 returned",
+                 "ok  exit report: nothing blocks any more",
+                 "ok  aggregate account = sum of client funds at the broker: 0.00 = 0.00"):
+        assert line in out.stdout, out.stdout
+    journal = sqlite3.connect(tmp_path / "gateway" / "data" / "journal.sqlite3")
+    assert journal.execute("SELECT status, count(*) FROM agreement WHERE agreement_no IS NOT"
+                           " NULL GROUP BY status").fetchall() == [("ENDED", 2)]
+    code = subprocess.run([sys.executable, "-m", "gateway", "--home", str(tmp_path / "gateway"),
+                           "exit-report"], capture_output=True, text=True, timeout=60)
+    assert code.returncode == 0 and "nothing blocks" in code.stdout, code.stdout + code.stderr
+
+
 # --- the report's logic over a journal made by hand (no gateway) --------------------------
 from gateway import exitreport  # noqa: E402
 from gateway.bookdate import CHINA  # noqa: E402
