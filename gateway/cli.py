@@ -803,7 +803,8 @@ def build_parser() -> argparse.ArgumentParser:
         "transfers), the agreements that can be unsigned now, and per corporate wallet the "
         "subscriptions not yet redeemed. FundAcct and WalletIds show their last 4 "
         "characters. Reads the journal only: safe beside a running gateway. Exit 0 nothing "
-        "blocks, 3 something does, 1 no journal (docs/operations.md, \"Business exit\").")
+        "blocks, 3 something does, 1 no journal or an unknown --party (docs/operations.md, "
+        "\"Business exit\").")
     p.add_argument("--party", metavar="P",
                    help="only agreements and subscriptions with counterparty P, a bank or a "
                         "broker (default: every party)")

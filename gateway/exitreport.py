@@ -479,10 +479,24 @@ def as_text(report: ExitReport) -> str:
 
 
 # --- the command ------------------------------------------------------------------------
+def known_parties(home: Path, journal: Journal) -> set[str]:
+    """The registered peers, and every party of an agreement (also one removed since):
+    a mistyped ``--party`` must not read as "nothing blocks"."""
+    from .keystore import KeyStore, KeyStoreMissing
+
+    known = {p for a in journal.agreements() for p in (a.broker, a.bank)}
+    try:
+        known.update(p.party for p in KeyStore(home / "keys").peers())
+    except (KeyStoreMissing, OSError, ValueError, KeyError):
+        pass  # no key store (an archive's home): the journal's parties alone
+    return known
+
+
 def exit_report_command(home: Path, party: str | None, as_json: bool,
                         eod_dirs: Sequence[Path] | None = None,
                         now: dt.datetime | None = None) -> int:
-    """Print the report; 0 nothing blocks, 3 something does, 1 nothing reported.
+    """Print the report; 0 nothing blocks, 3 something does, 1 nothing reported (also
+    for a ``party`` neither registered nor in any agreement: a typo).
     ``eod_dirs``: the drop folders whose accepted BAL files count (None: ``[ops]
     eod_dirs`` of gateway.toml)."""
     from .config import ConfigError
@@ -509,6 +523,11 @@ def exit_report_command(home: Path, party: str | None, as_json: bool,
         return EXIT_FAILED
     try:
         journal.begin()  # one read transaction: every query sees the same moment
+        if party is not None and party not in known_parties(home, journal):
+            print(f"gateway exit-report: no party {party}: not a registered peer (`gateway "
+                  "peer list`) and in no agreement of the journal; check --party",
+                  file=sys.stderr)
+            return EXIT_FAILED
         report = build_report(journal, now.date().isoformat(),
                               now.isoformat(timespec="milliseconds"), party, bal_files,
                               problems)

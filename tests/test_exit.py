@@ -240,7 +240,8 @@ def test_a_business_day_ends_with_a_complete_clean_exit(rig: Rig) -> None:
     text = gateway(rig, "exit-report", "--party", BANK)
     assert text.returncode == 3 and "BLOCKED" in text.stdout and "GTJAADV1" in text.stdout
     assert "100020003000" not in text.stdout + report_path.read_text()  # masked
-    assert gateway(rig, "exit-report", "--party", "NOBODY").returncode == 0
+    typo = gateway(rig, "exit-report", "--party", "CBB")  # never "nothing blocks"
+    assert typo.returncode == 1 and "no party CBB" in typo.stderr and typo.stdout == ""
 
     # --- the broker's exit: what the report lets it do -----------------------------------
     out = run_broker(rig, "--exit", "--exit-report", str(report_path))
