@@ -30,14 +30,19 @@ from typing import Any
 
 from . import givebacks, records
 from .bookdate import CHINA
+from .exitcodes import EXIT_DISCREPANCIES, EXIT_OK
+from .exitcodes import EXIT_FAILED as _FAILED
 from .givebacks import fen_text
 from .journal import Agreement, Journal, Record
 from .journalshow import mask
 
-#: Exit codes of ``gateway exit-report`` (docs/operations.md "Exit codes").
-EXIT_READY = 0  #: every agreement listed can be unsigned now, no subscription is left
-EXIT_FAILED = 1  #: nothing reported: no journal, an unreadable one, a bad gateway.toml
-EXIT_BLOCKED = 3  #: something keeps a client from leaving (the report says what)
+#: Exit codes of ``gateway exit-report`` (gateway/exitcodes.py; docs/operations.md).
+EXIT_READY = EXIT_OK  #: every agreement listed can be unsigned now, no subscription left
+#: nothing reported: no journal, an unreadable one, a bad gateway.toml, an unknown party
+EXIT_FAILED = _FAILED
+#: something keeps a client from leaving (the report says what): 3, as a check that
+#: found discrepancies
+EXIT_BLOCKED = EXIT_DISCREPANCIES
 
 #: Version of the ``--json`` shape; raised when a field changes meaning or goes.
 JSON_VERSION = 1
