@@ -688,6 +688,12 @@ def _cmd_suspend(args: argparse.Namespace, home: Home) -> int:
                           getattr(args, "reason", None), args.json)
 
 
+def _cmd_backup(args: argparse.Namespace, home: Home) -> int:
+    from .backup import backup_command
+
+    return backup_command(home.root, args.out)
+
+
 def _add_suspend_commands(sub: Any) -> None:
     """§11 ``suspend`` / ``resume``, through the running gateway's ops API."""
     p = sub.add_parser(
@@ -820,6 +826,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="the ops API's JSON as it is")
     p.set_defaults(run=_cmd_status)
     _add_suspend_commands(sub)
+    p = sub.add_parser(
+        "backup", help="a consistent copy of the journal, taken while the gateway serves",
+        description="Copy data/journal.sqlite3 into the new file FILE (0600) with "
+        "SQLite's online backup, beside a running gateway or a stopped one: the journal "
+        "as of one commit. The copy carries an every-party suspension (\"restored from "
+        "backup taken at …\"): a gateway restored from it refuses new business (B340) "
+        "until `gateway resume` (PROTOCOL §11; restore procedure in docs/operations.md "
+        "\"Backup and restore\"). Exit 0 written, 1 not (FILE exists, no journal, the "
+        "copy failed; nothing is left at FILE).")
+    p.add_argument("--out", type=Path, required=True, metavar="FILE",
+                   help="the new file (relative to the current directory); never "
+                        "replaced (default: none, required)")
+    p.set_defaults(run=_cmd_backup)
 
     eod = sub.add_parser("eod", help="end-of-day clearing files").add_subparsers(
         dest="eod_command", metavar="SUBCOMMAND")

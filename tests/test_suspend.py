@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import socket
+import time
 from typing import Any
 
 import pytest
@@ -208,6 +209,47 @@ def test_the_ops_api_needs_the_token_and_checks_what_it_is_asked(start_gateway) 
     assert status_of(gw)["suspensions"] == []
 
 
+# --- the suspension table (sans-IO core, a real journal file) --------------------------------
+def test_suspensions_are_journaled_and_resuming_one_party_keeps_the_others(tmp_path: Any
+                                                                          ) -> None:
+    from gateway.errors import Suspended
+    from gateway.journal import Journal
+    from gateway.suspension import SuspensionError, Suspensions
+
+    journal = Journal(tmp_path / "journal.sqlite3")
+    now = [1000.0]
+    parties = ["CCB", "GTJA", "HTSC"]
+    table = Suspensions(journal, lambda: now[0], lambda: parties)
+    assert table.suspend(None, "restored").changed
+    now[0] = 2000.0
+    assert not table.suspend(None, "restored").changed  # the first since stays
+    assert table.suspend(BANK, "leaving").changed
+    change = table.resume(BROKER)
+    assert change.changed and "still suspended" in change.text
+    want = [(BANK, "leaving", 2000.0), ("HTSC", "restored", 1000.0)]
+    assert [(x.party, x.reason, x.since) for x in table.current()] == want
+    with pytest.raises(SuspensionError, match="not a registered party"):
+        table.suspend("ICBC", "")
+    journal.flush()
+    journal.close()
+
+    journal = Journal(tmp_path / "journal.sqlite3")  # a restart reads them back
+    table = Suspensions(journal, lambda: now[0], lambda: parties)
+    assert [(x.party, x.reason, x.since) for x in table.current()] == want
+    for origin, receiver in (("HTSC", BANK), (BROKER, BANK), (BANK, "HTSC")):
+        with pytest.raises(Suspended):
+            table.check("XFER.IN", origin, receiver)
+    table.check("XFER.IN", BROKER, "ICBC")  # neither suspended
+    for kind in ("XFER.OUT", "XFER.REVERSE", "CTS.UNSIGN", "PAY.REFUND", "OTC.REDEEM",
+                 "XFER.QUERY", "CTS.QUERY"):
+        table.check(kind, "HTSC", BANK)
+    assert not table.resume("ICBC").changed
+    assert table.resume(None).changed and table.current() == []
+    journal.flush()
+    assert journal.suspensions() == []
+    journal.close()
+
+
 # --- the CLI, through the ops API --------------------------------------------------------
 def test_cli_suspend_resume_and_status(home: GatewayHome) -> None:
     home.add_party("HTSC", "BROKER")
@@ -263,3 +305,152 @@ def test_cli_suspend_resume_and_status(home: GatewayHome) -> None:
         assert out.returncode == 1 and out.stdout == "" and out.stderr.count("\n") == 1
         assert f"gateway {args[0]}: no gateway answers on 127.0.0.1:{port}" in out.stderr
         assert "is `gateway serve` running?" in out.stderr
+
+
+# --- backup and restore -------------------------------------------------------------------
+def _rows(db_path: Any) -> tuple[dict[tuple[str, str, str], tuple[Any, ...]],
+                               set[tuple[Any, ...]]]:
+    """(records, messages) of a journal file: every record (key: its MsgId, content hash,
+    state and result), every message (direction, party, type, MsgId, xml)."""
+    import sqlite3
+
+    db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        records = {(o, t, sn): rest for o, t, sn, *rest in db.execute(
+            "SELECT origin, biz_type, biz_sn, msg_id, content_hash, state, result"
+            " FROM record")}
+        messages = set(db.execute("SELECT direction, party, msg_type, msg_id, xml FROM message"))
+    finally:
+        db.close()
+    return records, messages
+
+
+def test_backup_under_load_then_restore_as_the_docs_say(home: GatewayHome, tmp_path: Any
+                                                       ) -> None:
+    import os
+    import shutil
+    import sqlite3
+    import stat
+    import threading
+
+    fixed_ops_port(home, relay_timeout_seconds=8)
+    gw = RunningGateway(home, ops_listen=None)
+    bank = gw.peer(BANK).open_session()
+    broker = gw.peer(BROKER).open_session()
+    signed(bank, broker)
+    # one transfer the bank holds: in flight when the backup is taken
+    broker.send("XFER.IN.REQ", xfer("GTJAH1", "7.00"), to=BANK)
+    bank.recv("XFER.IN.REQ")
+    answers: dict[str, dict[str, str]] = {}
+    stop = threading.Event()
+    failed: list[BaseException] = []
+
+    def load() -> None:  # transfers one after the other until told to stop
+        try:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                kind = "XFER.IN" if n % 3 else "XFER.OUT"
+                sn = f"GTJAL{n}"
+                answers[sn] = call(broker, kind + ".REQ", xfer(sn, "1.00"), bank=bank).body
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            failed.append(exc)
+
+    worker = threading.Thread(target=load)
+    worker.start()
+    copy = tmp_path / "journal-backup.sqlite3"
+    try:
+        while len(answers) < 15 and not failed:
+            time.sleep(0.05)
+        done_before = len(answers)
+        out = gateway_cmd(home, "backup", "--out", str(copy))
+        done_after = len(answers)
+        assert out.returncode == 0, out.stderr
+        assert "every party suspended" in out.stdout
+        while len(answers) < done_after + 10 and not failed:
+            time.sleep(0.05)
+        stop.set()
+        worker.join(60)
+        assert not failed and not worker.is_alive(), failed
+        assert len(answers) > done_after  # business went on after the backup
+        assert all(a["Result"] == "0000" for a in answers.values())
+        # never replaced
+        again = gateway_cmd(home, "backup", "--out", str(copy))
+        assert again.returncode == 1 and again.stdout == "" and \
+            again.stderr.count("\n") == 1 and "exists" in again.stderr, again
+        bank.close()
+        broker.close()
+    finally:
+        stop.set()
+        worker.join(60)
+        assert gw.stop() == 0
+    assert stat.S_IMODE(os.stat(copy).st_mode) == 0o600
+    check = sqlite3.connect(copy)
+    assert check.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert check.execute("SELECT party, reason FROM suspension").fetchall() == [
+        ("*", check.execute("SELECT reason FROM suspension").fetchone()[0])]
+    assert "restored from backup taken at 20" in check.execute(
+        "SELECT reason FROM suspension").fetchone()[0]
+    check.close()
+    backed_records, backed_messages = _rows(copy)
+    # a consistent cut: the transfers answered before the backup began are in it; those
+    # sent after it ended are not; none is half there (a record without its request)
+    loaded = {key[2] for key in backed_records if key[2].startswith("GTJAL")}
+    assert done_before <= len(loaded) <= done_after + 1
+    assert loaded == {f"GTJAL{n}" for n in range(1, len(loaded) + 1)}
+    assert {r[0] for r in backed_records.values()} <= {m[3] for m in backed_messages}
+    live_records, _ = _rows(home.root / "data" / "journal.sqlite3")
+    assert len(live_records) > len(backed_records)
+
+    # the restore, as docs/operations.md says: stop (done), put the file back, start
+    data = home.root / "data"
+    aside = tmp_path / "journal-before-restore"
+    aside.mkdir()
+    for side in data.glob("journal.sqlite3*"):
+        shutil.move(side, aside / side.name)
+    shutil.copy2(copy, data / "journal.sqlite3")
+    os.chmod(data / "journal.sqlite3", 0o600)
+    gw = RunningGateway(home, ops_listen=None)
+    try:
+        gw.wait_for_log(r"business suspended \(kept from before the restart\): every party "
+                        r"since .* \(restored from backup taken at ")
+        out = gateway_cmd(home, "status")
+        assert "SUSPENDED: every party since" in out.stdout, out.stdout
+        records, messages = _rows(data / "journal.sqlite3")
+        assert backed_messages <= messages
+        pending = {key[2] for key, r in backed_records.items() if r[2] == "PENDING"}
+        assert "GTJAH1" in pending
+        for key, backed in backed_records.items():  # as backed up; in flight: reversing
+            assert records[key] == backed or (key[2] in pending and records[key][:2] ==
+                                              backed[:2] and records[key][2] == "REVERSING")
+        bank = gw.peer(BANK).open_session()
+        broker = gw.peer(BROKER).open_session()
+        # a transfer in flight when the backup was taken is PENDING in it: the restored
+        # gateway reverses it as after a crash (§6), suspended or not (§11)
+        reversed_now = set()
+        for _ in pending:
+            rev = bank.recv("XFER.REVERSE.REQ", timeout=10)
+            assert rev.head("From") == GW
+            reversed_now.add(rev.body["OrigBizSn"])
+            bank.send("XFER.REVERSE.RSP", [("Result", "0000"), ("ResultText", "ok"),
+                                           ("BizSn", rev.body["BizSn"])], to=GW,
+                      ref=rev.head("MsgId"))
+        assert reversed_now == pending
+        # what the backup holds is answered as before; what came after it is unknown
+        # to it and new business: B340
+        first = "GTJAL1"
+        kind = "XFER.IN" if int(first[5:]) % 3 else "XFER.OUT"
+        assert call(broker, kind + ".REQ", xfer(first, "1.00")).body == answers[first]
+        later = max(answers, key=lambda sn: int(sn[5:]))
+        assert later not in loaded
+        in_later = next(sn for sn in sorted(answers, key=lambda sn: -int(sn[5:]))
+                        if sn not in loaded and int(sn[5:]) % 3)
+        assert result(call(broker, "XFER.IN.REQ", xfer(in_later, "1.00"))) == "B340"
+        assert result(call(broker, "XFER.IN.REQ", xfer("GTJAN1"))) == "B340"
+        not_relayed(bank)
+        assert gateway_cmd(home, "resume").returncode == 0
+        assert result(call(broker, "XFER.IN.REQ", xfer("GTJAN1"), bank=bank)) == "0000"
+        bank.close()
+        broker.close()
+    finally:
+        assert gw.stop() == 0
