@@ -1,6 +1,7 @@
 """Soak (issue 9) — SLOW, run by hand, not in CI (pytest collects tests/ only).
 
     python bench/soak.py [--minutes 30] [--rate 75] [--dir DIR] [--sample 10]
+                         [--retention-days 0]
 
 Starts ``gateway serve`` (a subprocess, gateway.toml: ``rotate_seconds = 60`` so every
 session key is rotated each minute, ``relay_timeout_seconds = 3``) and
@@ -11,7 +12,9 @@ signatures (E200/E202), replayed MsgIds (E204), a transfer the bank never answer
 30 s (B330 → reversal), and beside it a hostile connection every 5 s.
 
 Every ``--sample`` seconds it records the gateway's RSS (/proc/PID/status VmRSS), open
-fds (/proc/PID/fd), CPU seconds and the key rotations in its log.  At the end: every
+fds (/proc/PID/fd), CPU seconds, the key rotations in its log, and the journal's size
+(main file, WAL, the month files of ``--retention-days``) with its evidence and record
+rows.  At the end: every
 BizSn must be in a final state in the journal and agree with the answer the broker got
 and with the bank's books, the bank's EOD XFER file must reconcile with 0
 discrepancies, and SIGTERM must drain the gateway with exit 0.  The summary is printed
@@ -90,7 +93,8 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_rig(root: Path, relay_timeout: float, withheld: list[str]) -> Rig:
+def start_rig(root: Path, relay_timeout: float, withheld: list[str],
+              retention_days: float = 0.0) -> Rig:
     port = free_port()
     home = make_home(root / "gw", {"GTJA": "BROKER"})
     sim_home = root / "ccb"
@@ -98,6 +102,9 @@ def start_rig(root: Path, relay_timeout: float, withheld: list[str]) -> Rig:
     home.write_config(listen=f"127.0.0.1:{port}", rotate_seconds=60.0,
                       relay_timeout_seconds=relay_timeout, reversal_retry_initial_seconds=0.5,
                       reversal_retry_max_seconds=5.0)
+    if retention_days:  # PROTOCOL §11: evidence of records final for longer moves out
+        with open(home.root / "gateway.toml", "a") as toml:
+            toml.write(f"\n[journal]\nretention_days = {retention_days!r}\n")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     gw_log, bank_log = root / "gateway.log", root / "bank.log"
     gw = subprocess.Popen([sys.executable, "-m", "gateway", "--home", str(home.root), "serve"],
@@ -146,6 +153,11 @@ class Sample:
     sent: int
     answered: int
     p99_ms: float | None
+    journal_kib: int = 0  #: data/journal.sqlite3 (the main file; its -wal apart)
+    wal_kib: int = 0
+    archive_kib: int = 0  #: data/archive/*.sqlite3 (retention's month files)
+    messages: int = 0  #: evidence rows in the journal
+    records: int = 0  #: business records in the journal
 
 
 def proc_status(pid: int) -> dict[str, str]:
@@ -171,6 +183,22 @@ def rotations(log: str) -> int:
     return sum(len(keys) - 1 for keys in installs(log).values())
 
 
+def kib(path: Path) -> int:
+    return path.stat().st_size // 1024 if path.exists() else 0
+
+
+def journal_sizes(home: Path) -> dict[str, int]:
+    """The journal's files and rows now (read from this process, as ``journal show``)."""
+    data = home / "data"
+    path = data / "journal.sqlite3"
+    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)) as db:
+        messages = db.execute("SELECT count(*) FROM message").fetchone()[0]
+        records = db.execute("SELECT count(*) FROM record").fetchone()[0]
+    return {"journal_kib": kib(path), "wal_kib": kib(data / "journal.sqlite3-wal"),
+            "archive_kib": sum(kib(p) for p in (data / "archive").glob("*.sqlite3*")),
+            "messages": int(messages), "records": int(records)}
+
+
 def take_sample(rig: Rig, broker: Broker, started: float) -> Sample:
     pid = rig.gw.pid
     status = proc_status(pid)
@@ -181,7 +209,7 @@ def take_sample(rig: Rig, broker: Broker, started: float) -> Sample:
                   len(os.listdir(f"/proc/{pid}/fd")), int(status["Threads"]),
                   round(cpu_seconds(pid), 2), rotations(rig.log_text()),
                   sum(broker.tally.sent.values()), answered,
-                  None if p99 is None else round(p99, 2))
+                  None if p99 is None else round(p99, 2), **journal_sizes(rig.gw_home))
 
 
 def drive(rig: Rig, broker: Broker, seconds: float, every: float,
@@ -195,7 +223,9 @@ def drive(rig: Rig, broker: Broker, seconds: float, every: float,
         last = samples[-1]
         print(f"[{last.t:7.1f}s] sent {last.sent} answered {last.answered} rss "
               f"{last.rss_kib} KiB fds {last.fds} rotations {last.rotations} "
-              f"p99 {last.p99_ms} ms", flush=True)
+              f"p99 {last.p99_ms} ms journal {last.journal_kib} KiB (wal {last.wal_kib}, "
+              f"archive {last.archive_kib}) messages {last.messages} records "
+              f"{last.records}", flush=True)
 
 
 # --- the checks at the end ------------------------------------------------------------------
@@ -337,6 +367,21 @@ def slope_per_min(samples: list[Sample]) -> float:
         if den else 0.0
 
 
+def journal_growth(samples: list[Sample]) -> dict[str, Any]:
+    """The journal's main file and rows over the run, and its growth per record over
+    the second half (after retention, if on, has reached its steady state)."""
+    half = samples[len(samples) // 2:]
+    first, last = half[0], half[-1]
+    new = last.records - first.records
+    return {"journal_kib": series([s.journal_kib for s in samples]),
+            "wal_kib_max": max(s.wal_kib for s in samples),
+            "archive_kib_last": samples[-1].archive_kib,
+            "messages": series([s.messages for s in samples]),
+            "records_last": samples[-1].records,
+            "second_half_bytes_per_record": round((last.journal_kib - first.journal_kib)
+                                                  * 1024 / new) if new > 0 else None}
+
+
 def latency(ms: list[float]) -> dict[str, float]:
     if len(ms) < 2:
         return {}
@@ -362,7 +407,8 @@ def summary(args: argparse.Namespace, rig: Rig, broker: Broker, hostile: Hostile
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": machine(), "dir": str(rig.root),
         "config": {"rotate_seconds": 60, "relay_timeout_seconds": args.relay_timeout,
-                   "rate_per_s": args.rate, "sample_seconds": args.sample},
+                   "rate_per_s": args.rate, "sample_seconds": args.sample,
+                   "retention_days": args.retention_days},
         "duration_s": round(seconds, 1),
         "requests": {"sent": sum(t.sent.values()), "sent_by_kind": dict(t.sent),
                      "answered": sum(t.answered.values()), "answered_by_code": by_code,
@@ -380,13 +426,14 @@ def summary(args: argparse.Namespace, rig: Rig, broker: Broker, hostile: Hostile
         "fds": series([s.fds for s in samples]),
         "threads": series([s.threads for s in samples]),
         "gateway_cpu_s": samples[-1].cpu_s,
+        "journal": journal_growth(samples),
         "checks": {"ok": not checks.failures, "failures": checks.failures, **checks.facts},
         "samples": [vars(s) for s in samples],
     }
 
 
 def markdown(rep: dict[str, Any]) -> str:
-    r, rss, fds = rep["requests"], rep["rss_kib"], rep["fds"]
+    r, rss, fds, j = rep["requests"], rep["rss_kib"], rep["fds"], rep["journal"]
     lines = [f"# Soak {rep['duration_s'] / 60:.1f} min — {'OK' if rep['checks']['ok'] else 'FAILED'}",
              "", f"`{rep['command']}` on {rep['machine']['cpus']} × {rep['machine']['cpu']}", "",
              "| | |", "|---|---|",
@@ -403,17 +450,26 @@ def markdown(rep: dict[str, Any]) -> str:
              f"| open fds first/last/min/max | {fds['first']}/{fds['last']}/{fds['min']}/"
              f"{fds['max']} |",
              f"| gateway CPU seconds | {rep['gateway_cpu_s']} |",
+             f"| journal KiB first/last (WAL max; archive) | {j['journal_kib']['first']}/"
+             f"{j['journal_kib']['last']} ({j['wal_kib_max']}; {j['archive_kib_last']}) |",
+             f"| evidence rows in the journal first/last/max | {j['messages']['first']}/"
+             f"{j['messages']['last']}/{j['messages']['max']} |",
+             f"| journal growth per record, second half | "
+             f"{j['second_half_bytes_per_record']} bytes |",
              f"| final states | {rep['checks'].get('final_states')} |",
              f"| EOD | {rep['checks'].get('eod')} |",
              f"| failures | {rep['checks']['failures'] or 'none'} |", "",
-             "| minute | RSS KiB | fds | rotations | sent | p99 ms (last window) |",
-             "|---|---|---|---|---|---|"]
+             "| minute | RSS KiB | fds | rotations | sent | p99 ms (last window) | journal KiB "
+             "| WAL KiB | archive KiB | evidence rows | records |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     shown = -1
     for s in rep["samples"]:
         if int(s["t"] // 60) != shown:
             shown = int(s["t"] // 60)
             lines.append(f"| {s['t'] / 60:.1f} | {s['rss_kib']} | {s['fds']} | "
-                         f"{s['rotations']} | {s['sent']} | {s['p99_ms']} |")
+                         f"{s['rotations']} | {s['sent']} | {s['p99_ms']} | "
+                         f"{s['journal_kib']} | {s['wal_kib']} | {s['archive_kib']} | "
+                         f"{s['messages']} | {s['records']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -435,6 +491,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--hostile-every", type=float, default=5.0,
                    help="seconds between hostile connections")
     p.add_argument("--dir", type=Path, help="work directory (default: a new temp dir)")
+    p.add_argument("--retention-days", type=float, default=0.0,
+                   help="[journal] retention_days for the gateway (PROTOCOL §11); a fraction "
+                        "for the bench, e.g. 0.0007 = ~60 s (default: 0, keep all)")
     return p.parse_args(argv)
 
 
@@ -443,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
     root = args.dir or Path(tempfile.mkdtemp(prefix="sbdx-soak-"))
     root.mkdir(parents=True, exist_ok=True)
     withheld = [f"GTJAW{i:04d}" for i in range(int(args.minutes * 2) + 2)]
-    rig = start_rig(root, args.relay_timeout, withheld)
+    rig = start_rig(root, args.relay_timeout, withheld, args.retention_days)
     checks = Checks()
     try:
         end = (dt.date.today() + dt.timedelta(days=30)).isoformat()
