@@ -343,6 +343,26 @@ def test_the_demo_ends_with_the_business_exit(tmp_path: Path) -> None:
     assert code.returncode == 0 and "nothing blocks" in code.stdout, code.stdout + code.stderr
 
 
+@pytest.mark.parametrize("args, says", [
+    (["--exit-report", "r.json"], "--exit-report goes with --exit"),
+    (["--exit", "--rate", "5"], "--exit and --rate do not go together"),
+    (["--exit", "--exit-report", "absent.json"], "make it with `gateway exit-report --json"),
+    (["--exit", "--exit-report", "bad.json"], "not the JSON of `gateway exit-report --json`"),
+])
+def test_the_broker_exit_options_are_checked_before_anything_is_sent(
+        tmp_path: Path, args: list[str], says: str) -> None:
+    gw_home = tmp_path / "gw"
+    assert subprocess.run([sys.executable, "-m", "gateway", "--home", str(gw_home), "init"],
+                          capture_output=True, timeout=60).returncode == 0
+    (tmp_path / "bad.json").write_text('{"ready": []}')
+    out = subprocess.run([sys.executable, "-m", "gateway", "--home", str(tmp_path / "gtja"),
+                          "sim", "broker", "--connect", "127.0.0.1:9", "--gateway-cert",
+                          str(gw_home / "keys" / "gateway.crt"),
+                          *[str(tmp_path / a) if a.endswith(".json") else a for a in args]],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 64 and says in out.stderr, out.stderr
+
+
 # --- the report's logic over a journal made by hand (no gateway) --------------------------
 from gateway import exitreport  # noqa: E402
 from gateway.bookdate import CHINA  # noqa: E402

@@ -129,7 +129,8 @@ def run(args: argparse.Namespace, home: Path, gateway_cert: Path) -> int:
                 if not isinstance(exit_report, dict) or "agreements" not in exit_report:
                     raise ValueError("not the JSON of `gateway exit-report --json`")
             except (OSError, UnicodeDecodeError, ValueError) as exc:
-                print(f"gateway sim broker: --exit-report {args.exit_report}: {exc}",
+                print(f"gateway sim broker: --exit-report {args.exit_report}: {exc}; make "
+                      "it with `gateway exit-report --json > FILE` on the gateway's host",
                       file=sys.stderr)
                 return EXIT_USAGE
     if role == "BROKER" and args.rate is not None and args.rate <= 0:
