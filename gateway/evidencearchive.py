@@ -79,7 +79,9 @@ class EvidenceArchive:
         if db is None:
             path = self.path(month)
             private_database(path)  # 0600 in a 0700 folder
-            db = sqlite3.connect(str(path), isolation_level=None, timeout=1.0)
+            # written by the retention's job thread, closed by whichever thread ends a pass
+            db = sqlite3.connect(str(path), isolation_level=None, timeout=1.0,
+                                 check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")  # readers (journal show) never block it
             db.execute("PRAGMA synchronous=FULL")
             for statement in SCHEMA:
@@ -122,8 +124,11 @@ class EvidenceArchive:
     def _select(self, where: str, args: tuple[object, ...]) -> list[sqlite3.Row]:
         found: list[sqlite3.Row] = []
         for month in self.months():
-            db = sqlite3.connect(str(self.path(month)), timeout=5.0)
-            db.row_factory = sqlite3.Row
+            try:
+                db = _reader(self.path(month))
+            except sqlite3.Error as exc:
+                log.warning("evidence archive %s unreadable: %s", self.path(month), exc)
+                continue
             try:
                 found += db.execute(f"SELECT *, ? AS archive FROM message WHERE {where}"
                                     " ORDER BY id", (month, *args)).fetchall()
@@ -142,3 +147,15 @@ class EvidenceArchive:
         """Archived XFER.REVERSE.RSP rows ``party`` sent naming ``ref_id``."""
         return self._select("msg_type='XFER.REVERSE.RSP' AND ref_id=? AND party=? AND"
                             " direction='IN'", (ref_id, party))
+
+
+def _reader(path: Path) -> sqlite3.Connection:
+    """A month file opened for reading: read-only when SQLite can (a WAL file whose
+    ``-shm`` is gone needs a writable connection to be read at all)."""
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=5.0)
+        db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.OperationalError:
+        db = sqlite3.connect(str(path), timeout=5.0)
+    db.row_factory = sqlite3.Row
+    return db

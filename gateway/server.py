@@ -499,6 +499,8 @@ class GatewayService(service.MultiService):
         self.factory.flush_now()  # what the closing connections left (connectionLost)
         if self.ops is not None:
             yield self.ops.stop()
+        if self.gateway.retention is not None:  # its job's copy without the delete is
+            self.gateway.retention.close()  # harmless: the next start moves it again
         self.journal.close()
         self.gateway.monitor.close()  # the alert command gets the last alerts (bounded)
         log.info("gateway stopped; journal flushed")

@@ -108,12 +108,20 @@ def day_of_business(rig: Rig) -> dict[str, str]:
     return ids
 
 
-def past_retention(rig: Rig) -> None:
-    """Move the clock past the retention and let the gateway's ticks run its passes."""
-    rig.clock.advance(RETENTION + 5)
-    for _ in range(5):
+def settle(rig: Rig, ticks: int, seconds: float) -> None:
+    """Ticks ``seconds`` apart, each waiting for the retention's job it started."""
+    for _ in range(ticks):
         rig.tick()
-        rig.clock.advance(0.5)
+        if rig.gateway.retention is not None:
+            rig.gateway.retention.wait()
+        rig.clock.advance(seconds)
+
+
+def past_retention(rig: Rig) -> None:
+    """Move the clock past the retention and let the gateway's ticks run its passes
+    (one every retention / 24 = 2.5 s)."""
+    rig.clock.advance(RETENTION + 5)
+    settle(rig, 12, 0.5)
     rig.bank.take()
 
 
@@ -164,9 +172,7 @@ def test_a_record_final_for_less_than_the_retention_keeps_its_old_evidence(rig: 
     assert t3 is not None and t3.state == records.REVERSED
     assert rig.gateway.retention is not None
     passes = rig.gateway.retention.passes
-    for _ in range(8):  # a few passes (every retention / 24, at least 1 s)
-        rig.clock.advance(1.0)
-        rig.tick()
+    settle(rig, 8, 1.0)  # a few passes (every retention / 24)
     assert rig.gateway.retention.passes >= passes + 2
     assert len(journal_ids(rig, ids["T3"])) >= 2 and not archived_ids(rig, ids["T3"])
     assert not journal_ids(rig, ids["T1"])  # while T1's went
@@ -253,8 +259,9 @@ from gateway.journal import Journal
 from gateway.retention import Retention
 
 journal = Journal(Path(sys.argv[1]))
-retention = Retention(JournalSettings(float(sys.argv[2])), journal, "GW01")
-moved = retention.step(float(sys.argv[3]))
+retention = Retention(JournalSettings(float(sys.argv[2])), journal, "GW01", inline=True)
+assert retention.step(float(sys.argv[3])) == 0  # the job: copied, committed in the archive
+moved = retention.step(float(sys.argv[3]))  # deleted in the journal's open transaction
 print(moved, flush=True)
 os._exit(0)  # killed after the archive's commit, before the journal's
 """
@@ -277,9 +284,7 @@ def test_a_crash_between_archive_commit_and_journal_delete_loses_nothing(
     # the restarted gateway moves them again: stored once, deleted from the journal
     rig.clock.t = later
     rig.restart()
-    for _ in range(5):
-        rig.tick()
-        rig.clock.advance(0.5)
+    settle(rig, 8, 0.5)
     assert not journal_ids(rig, ids["T1"])
     moved = archived_ids(rig, ids["T1"])
     assert len(moved) == len(set(moved)) >= 2
@@ -338,3 +343,34 @@ def test_the_exit_archive_carries_the_month_files(rig: Rig, tmp_path: Path,
     assert show_command(out, "GTJAT1", None, True, gateway="GW01") == 0
     moved = json.loads(capsys.readouterr().out)["records"][0]["messages"]
     assert len(moved) == 4 and {m["archive"] for m in moved} == {month}
+
+
+def test_a_record_that_changes_while_its_evidence_is_copied_keeps_it(tmp_path: Path) -> None:
+    """The job judged T1 final and old and copied its rows; before the reactor deletes
+    them a reversal makes T1 REVERSED (a change): its rows stay in the journal (and are
+    in the archive: a duplicate, which journal show lists once); T2's go."""
+    from gateway.retention import Retention
+
+    home = make_home(tmp_path / "gw")
+    rig = Rig(home, fast_config(), Clock(time.time()),
+              TestPeer(BANK, "BANK", home.keys[BANK], port=0),
+              TestPeer(BROKER, "BROKER", home.keys[BROKER], port=0))
+    try:
+        ids = day_of_business(rig)
+        assert rig.journal is not None
+        retention = Retention(SETTINGS, rig.journal, "GW01", inline=True)
+        rig.clock.advance(RETENTION + 5)
+        assert retention.step(rig.clock()) == 0  # the job: copied and committed there
+        assert archived_ids(rig, ids["T1"]) and archived_ids(rig, ids["T2"])
+        _, rsp = relay(rig, "XFER.REVERSE.REQ", [
+            ("BizSn", "GTJAV1"), ("OrigType", "XFER.IN"), ("OrigFrom", BROKER),
+            ("OrigBizSn", "GTJAT1"), ("Amount", "100.00")])
+        assert rsp is not None and rsp.body["Result"] == "0000"
+        assert retention.step(rig.clock()) > 0
+        rig.gateway.flush()
+        assert not journal_ids(rig, ids["T2"])
+        assert sorted(journal_ids(rig, ids["T1"])) == sorted(archived_ids(rig, ids["T1"]))
+        rig.journal.flush()
+        assert show_command(home.root, "GTJAT1", None, True, gateway="GW01") == 0
+    finally:
+        rig.close()
