@@ -463,6 +463,12 @@ def _cmd_journal_show(args: argparse.Namespace, home: Home) -> int:
     return show_command(home.root, args.biz_sn, args.origin, args.json, gateway=party)
 
 
+def _cmd_exit_report(args: argparse.Namespace, home: Home) -> int:
+    from .exitreport import exit_report_command
+
+    return exit_report_command(home.root, args.party, args.json, args.eod_dir)
+
+
 def _cmd_archive(args: argparse.Namespace, home: Home) -> int:
     from .archive import archive_command, verify_command
 
@@ -522,7 +528,8 @@ exit codes (every command):
        archive verify: the archive does not hold (a file missing, changed or extra,
        or a bad signature)
   {EXIT_DISCREPANCIES:<4} eod check: the file is valid, with discrepancies against the journal;
-       eod watch --once: a file had discrepancies (none rejected)
+       eod watch --once: a file had discrepancies (none rejected);
+       exit-report: something keeps a client from leaving
   {EXIT_USAGE:<4} usage error: an unknown option or command, a missing operand, a malformed
        value, --home or --log-format after the command
   {EXIT_INTERRUPTED:<4} interrupted (Ctrl-C) before it finished; serve, sim and eod watch stop
@@ -799,6 +806,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the ops HTTP endpoint (PROTOCOL §10) instead of [ops] listen "
                         "(default 127.0.0.1:7780); \"\" serves none")
     p.set_defaults(run=_cmd_serve)
+
+    p = sub.add_parser(
+        "exit-report", help="what keeps each agreement from being unsigned (PROTOCOL §11)",
+        description="Every agreement in force with what keeps it from being unsigned now "
+        "(records not final, queued reversals, paid services in validity, funds left: the "
+        "latest checked BAL file plus the transfers since, else the journal's net "
+        "transfers), the agreements that can be unsigned now, and per corporate wallet the "
+        "subscriptions not yet redeemed. FundAcct and WalletIds show their last 4 "
+        "characters. Reads the journal only: safe beside a running gateway. Exit 0 nothing "
+        "blocks, 3 something does, 1 no journal or an unknown --party (docs/operations.md, "
+        "\"Business exit\").")
+    p.add_argument("--party", metavar="P",
+                   help="only agreements and subscriptions with counterparty P, a bank or a "
+                        "broker (default: every party)")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object (its fields: docs/operations.md) instead of text")
+    p.add_argument("--eod-dir", type=Path, action="append", metavar="DIR",
+                   help="a `gateway eod watch` drop folder whose accepted/ BAL files give the "
+                        "balances; repeatable (default: [ops] eod_dirs of gateway.toml)")
+    p.set_defaults(run=_cmd_exit_report)
 
     p = sub.add_parser("status", help="ask the running gateway for its sessions, queues, "
                                       "today's totals and alerts (PROTOCOL §10)")

@@ -3,7 +3,8 @@
 A temporary home gets the gateway's keys, a simulated bank (CCB) and broker
 (GTJA) with keys and ledgers of their own, all registered; the gateway listens
 on a free loopback port and both simulators dial it.  Every flow of §6 runs —
-including a timeout that is reversed and a refused unsign — then the day's
+including a timeout that is reversed and a refused unsign — then the business
+exit of §11 (the bank suspended, the exit report, the broker's exit), then the day's
 files are written, checked and reconciled, and the books are checked.  The exit
 code is 0 only if every step did what it should.
 """
@@ -21,6 +22,7 @@ from typing import Any
 
 from twisted.internet import defer, task
 
+from .bookdate import CHINA
 from .certificates import issue_peer_certificate
 from .config import Config
 from .keystore import KeyStore
@@ -176,6 +178,43 @@ class Script:
                                 sn=self.sn("O"), order="SY-0001"))
         yield S("OTC", "redeem ¥400,000.00", "0000",
                 g.otc_redeem(sub, CORP_WALLET, "400000.00", self.sn("D")), "400000.00")
+        self.subscription = sub
+        self.day.current = None
+
+    @defer.inlineCallbacks
+    def exit(self, service: GatewayService):  # type: ignore[no-untyped-def]
+        """§11, the business exit: CCB suspended (new business B340, the rest flows), the
+        exit report, the rest of the subscription redeemed, the broker's exit (funds back,
+        unsign), and the report again: nothing left."""
+        from .exitreport import ExitReport, build_report
+        from .sim.exiting import run_exit
+
+        S, g, gw = self.step, self.gtja, service.gateway
+
+        def report() -> ExitReport:
+            now = dt.datetime.now(CHINA)
+            return build_report(gw.journal, now.date().isoformat(), now.isoformat())
+
+        gw.suspensions.suspend(BANK, "the demo's business exit")
+        yield S("EXIT", "CCB suspended: new business refused", "B340",
+                g.transfer("XFER.IN", ZHANG[0], "1.00", self.sn("V")))
+        before = report()
+        self.day.check("exit report: 张三 blocked by funds only, ¥600,000.00 not redeemed",
+                       [[b.kind for b in a.blockers] for a in before.agreements] == [["funds"]]
+                       and [w.left_fen for w in before.subscriptions] == [60_000_000],
+                       "; ".join(b.text for a in before.agreements for b in a.blockers))
+        yield S("EXIT", "redeem the remaining ¥600,000.00 (still flows)", "0000",
+                g.otc_redeem(self.subscription, CORP_WALLET, "600000.00", self.sn("D")),
+                "600000.00")
+        self.day.current = "the broker's exit"
+        tally = yield run_exit(g, before.as_dict(), lambda line: log.info("demo: %s", line))
+        self.day.check("broker's exit: funds back in the wallet, every agreement unsigned",
+                       tally.ok and len(tally.unsigned) == 1,
+                       f"¥{fen_text(tally.returned_fen)} returned; "
+                       + "; ".join(f"{n}: {why}" for n, why in tally.not_unsigned))
+        after = report()
+        self.day.check("exit report: nothing blocks any more", after.exit_code == 0
+                       and not after.agreements, f"{len(after.agreements)} agreement(s)")
         self.day.current = None
 
     @defer.inlineCallbacks
@@ -296,6 +335,7 @@ def run_demo(home: Path, reactor: Any, end_of_day: Callable[..., Any] | None = N
             if tls:
                 check_tls(day, service)
             yield script.run()
+            yield script.exit(service)
             yield script.settled()
             check_books(day, bank, broker, opening)
             if end_of_day is not None:

@@ -202,8 +202,13 @@ class Journal:
         return self.store.records.open(state)
 
     def records_of_wallet(self, wallet_id: str, biz_types: tuple[str, ...],
-                          states: tuple[str, ...]) -> list[Record]:
-        return self.store.records.of_wallet(wallet_id, biz_types, states)
+                          states: tuple[str, ...],
+                          created_after: float | None = None) -> list[Record]:
+        return self.store.records.of_wallet(wallet_id, biz_types, states, created_after)
+
+    def records_of_types(self, biz_types: tuple[str, ...],
+                         states: tuple[str, ...]) -> list[Record]:
+        return self.store.records.of_types(biz_types, states)
 
     def give_backs(self, original: tuple[str, str, str]) -> list[Record]:
         return self.store.records.referring(original)

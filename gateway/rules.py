@@ -31,6 +31,7 @@ from .errors import (
     UnsignRefused,
     WalletNotAllowed,
 )
+from .exitreport import services_in_validity
 from .fieldcrypto import StorageCipher
 from .givebacks import GiveBack
 from .givebacks import fen_text as fen_text  # re-exported: the sims and the demo use it
@@ -156,16 +157,8 @@ class Rules:
 
     def _services_running(self, wallet: str) -> bool:
         """A paid order of the wallet, in flight or paid, whose service has not ended and
-        that is neither reversed nor refunded in full."""
-        today = self.today().isoformat()
-        for order in self.journal.records_of_wallet(wallet, ("PAY.ORDER",),
-                                                    (records.SUCCEEDED, records.PENDING)):
-            if (order.service_end or "") < today:
-                continue
-            acct = givebacks.account(self.journal, order.key)
-            if acct is None or not acct.fully_given_back:
-                return True
-        return False
+        that is neither reversed nor refunded in full (the exit report lists them)."""
+        return bool(services_in_validity(self.journal, wallet, self.today().isoformat()))
 
     def _admit_transfer(self, origin: str, m: Message, _: Mapping[str, str]) -> dict[str, Any]:
         fen = _positive(m)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import logging
 import signal
 import sys
@@ -87,6 +88,15 @@ def add_arguments(p: argparse.ArgumentParser, role: str) -> None:
         p.add_argument("--seconds", type=float, metavar="S",
                        help="with --rate: send for S seconds, then settle and exit "
                             "(default: until SIGTERM)")
+        p.add_argument("--exit", action="store_true",
+                       help="the business exit (§11), after --script if any: return every "
+                            "client's funds (XFER.OUT) and unsign (CTS.UNSIGN) its agreement; "
+                            "exit 1 if any is not unsigned (default: off)")
+        p.add_argument("--exit-report", type=Path, metavar="FILE",
+                       help="with --exit: the JSON of `gateway exit-report --json`; only "
+                            "agreements it lists as ready, or blocked by funds alone, are "
+                            "unsigned (default: none: every active agreement is tried and "
+                            "the gateway's answers decide)")
         p.add_argument("--settle-seconds", type=float, default=SETTLE_SECONDS, metavar="S",
                        help="at the end, wait at most S seconds for the requests not yet "
                             f"settled (default {SETTLE_SECONDS:g}); exit 1 if any is left")
@@ -109,6 +119,25 @@ def run(args: argparse.Namespace, home: Path, gateway_cert: Path) -> int:
         except (OSError, UnicodeDecodeError, ScriptError) as exc:
             print(f"gateway sim broker: {exc}", file=sys.stderr)
             return EXIT_USAGE
+    exit_report = None
+    if role == "BROKER":
+        if args.exit_report is not None and not args.exit:
+            print("gateway sim broker: --exit-report goes with --exit", file=sys.stderr)
+            return EXIT_USAGE
+        if args.exit and args.rate is not None:
+            print("gateway sim broker: --exit and --rate do not go together: the exit "
+                  "ends the business", file=sys.stderr)
+            return EXIT_USAGE
+        if args.exit_report is not None:
+            try:
+                exit_report = json.loads(args.exit_report.read_text(encoding="utf-8"))
+                if not isinstance(exit_report, dict) or "agreements" not in exit_report:
+                    raise ValueError("not the JSON of `gateway exit-report --json`")
+            except (OSError, UnicodeDecodeError, ValueError) as exc:
+                print(f"gateway sim broker: --exit-report {args.exit_report}: {exc}; make "
+                      "it with `gateway exit-report --json > FILE` on the gateway's host",
+                      file=sys.stderr)
+                return EXIT_USAGE
     if role == "BROKER" and args.rate is not None and args.rate <= 0:
         print("gateway sim broker: --rate must be above 0", file=sys.stderr)
         return EXIT_USAGE
@@ -137,7 +166,7 @@ def run(args: argparse.Namespace, home: Path, gateway_cert: Path) -> int:
                     args.gateway_party, connections=args.connections, tls=tls)
     if role == "BANK":
         return _run_bank(args, sim, reactor)
-    return _run_broker(args, sim, reactor, steps)
+    return _run_broker(args, sim, reactor, steps, exit_report)
 
 
 def _eod_day(args: argparse.Namespace, sim: Any) -> dt.date:
@@ -212,6 +241,8 @@ class Broker:
         self.args, self.sim, self.reactor, self.steps = args, sim, reactor, steps
         self.originator = Originator(sim, args.bank, reactor)
         self.load: Any = None
+        #: with --exit-report: the exit report's JSON (gateway/sim/exiting.py)
+        self.exit_report: dict[str, Any] | None = None
         self.exit_code = EXIT_OK
         self.finished = False
         self.ending = False  # finish() has begun: the reactor is already stopping
@@ -220,7 +251,7 @@ class Broker:
 
     @property
     def driving(self) -> bool:
-        return self.steps is not None or self.args.rate is not None
+        return self.steps is not None or self.args.rate is not None or self.args.exit
 
     def drive(self) -> Any:
         from twisted.internet import defer, task
@@ -241,6 +272,8 @@ class Broker:
                     tally = yield ScriptRun(self.originator, self.steps, self.reactor,
                                             lambda line: print(line, flush=True)).run()
                     self._report("script", tally)
+                if self.args.exit and not self.ending:
+                    yield self._exit()
                 if self.args.rate is not None and not self.ending:
                     self.load = Load(self.originator, self.reactor, self.args.rate,
                                      self.args.seconds)
@@ -252,6 +285,26 @@ class Broker:
         d = go()
         d.addErrback(self._crashed)
         return d
+
+    def _exit(self) -> Any:
+        """--exit: every client's funds back, every agreement unsigned (or why not)."""
+        from twisted.internet import defer
+
+        from .exiting import run_exit
+
+        @defer.inlineCallbacks
+        def go():  # type: ignore[no-untyped-def]
+            tally = yield run_exit(self.originator, self.exit_report,
+                                   lambda line: print(line, flush=True))
+            print(f"exit: {len(tally.unsigned)} agreement(s) unsigned, "
+                  f"{signed_fen(tally.returned_fen)} returned to wallets, "
+                  f"{len(tally.not_unsigned)} not unsigned", flush=True)
+            for number, why in tally.not_unsigned:
+                print(f"  NOT UNSIGNED {number}: {why}", flush=True)
+            if not tally.ok:
+                self.exit_code = EXIT_FAILED
+
+        return go()
 
     def _crashed(self, failure: Any) -> None:
         log.error("broker: driving failed: %s", failure.getTraceback())
@@ -371,9 +424,10 @@ class Broker:
 
 
 def _run_broker(args: argparse.Namespace, sim: Any, reactor: Any,
-                steps: list[Any] | None) -> int:
+                steps: list[Any] | None, exit_report: dict[str, Any] | None = None) -> int:
     sim.book.seed()
     broker = Broker(args, sim, reactor, steps)
+    broker.exit_report = exit_report
     if broker.driving:
         reactor.callWhenRunning(broker.drive)
     reactor.addSystemEventTrigger("before", "shutdown", broker.finish)

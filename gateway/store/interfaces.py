@@ -124,7 +124,13 @@ class RecordStore(Protocol):
         """Records in ``state``, one of model.OPEN_STATES (ValueError otherwise)."""
 
     def of_wallet(self, wallet_id: str, biz_types: tuple[str, ...],
-                  states: tuple[str, ...]) -> list[Record]: ...
+                  states: tuple[str, ...], created_after: float | None = None) -> list[Record]:
+        """The wallet's records of ``biz_types`` in ``states`` (journaled after
+        ``created_after``, seconds since the epoch, if given)."""
+
+    def of_types(self, biz_types: tuple[str, ...], states: tuple[str, ...]) -> list[Record]:
+        """Every record of ``biz_types`` in ``states``, oldest first: a scan of the table
+        (the exit report's subscriptions; not on a hot path)."""
 
     def referring(self, original: Key, biz_type: str | None = None) -> list[Record]:
         """Records naming ``original`` (of ``biz_type``, or any), oldest first."""

@@ -149,9 +149,16 @@ class PgRecords:
         return self.select("state IN ('PENDING', 'REVERSING') AND state=%s", (state,))
 
     def of_wallet(self, wallet_id: str, biz_types: tuple[str, ...],
-                  states: tuple[str, ...]) -> list[Record]:
+                  states: tuple[str, ...], created_after: float | None = None) -> list[Record]:
+        after = "" if created_after is None else " AND created_at > %s"
         return self.select(f"wallet_id=%s AND biz_type IN ({_marks(biz_types)}) AND state IN"
-                           f" ({_marks(states)})", (wallet_id, *biz_types, *states))
+                           f" ({_marks(states)}){after}",
+                           (wallet_id, *biz_types, *states,
+                            *(() if created_after is None else (created_after,))))
+
+    def of_types(self, biz_types: tuple[str, ...], states: tuple[str, ...]) -> list[Record]:
+        return self.select(f"biz_type IN ({_marks(biz_types)}) AND state IN ({_marks(states)})"
+                           " ORDER BY created_at", (*biz_types, *states))
 
     def referring(self, original: Key, biz_type: str | None = None) -> list[Record]:
         where = "orig_from=%s AND orig_type=%s AND orig_biz_sn=%s"
