@@ -23,6 +23,7 @@ from twisted.internet.interfaces import (
 )
 from zope.interface import implementer
 
+from .addresses import AddressListEndpoint, AddressRing
 from .alertrules import AlertSettings, load_settings
 from .certificates import gateway_identity
 from .config import CONFIG_FILE, Config, split_host_port
@@ -414,16 +415,25 @@ class GatewayService(service.MultiService):
                 self._dialling[party] = (made_from, client)
 
     def _dial_out(self, peer: Peer) -> service.Service:
+        """A ClientService dialling the peer's address, or its addresses in turn (§12:
+        each attempt after a failure or a lost session goes to the next one)."""
         assert peer.connect is not None
-        h, p = split_host_port(peer.connect)
-        ep: Any = endpoints.HostnameEndpoint(self.reactor, h, p)
+        ring = AddressRing.parse(peer.connect)
+        creator: DialOutTLS | None = None
         if self._identity is not None:  # --tls covers the sessions we dial too
             creator = self._dial_tls[peer.party] = DialOutTLS(self._identity, peer)
-            ep = endpoints.wrapClientTLS(creator, ep)
-        dial = DialOut(peer.party, join_host_port(h, p)
-                       + (" over TLS" if self._identity is not None else ""), log)
+        over = " over TLS" if creator is not None else ""
+
+        def endpoint_for(host: str, port: int) -> Any:
+            ep: Any = endpoints.HostnameEndpoint(self.reactor, host, port)
+            return ep if creator is None else endpoints.wrapClientTLS(creator, ep)
+
+        dial = DialOut(peer.party, ",".join(join_host_port(h, p) for h, p in ring.addresses)
+                       + over, log)
+        ep = AddressListEndpoint(ring, endpoint_for,
+                                 lambda address: setattr(dial, "address", address + over))
         return internet.ClientService(dial.wrap(ep), OutboundFactory(
-            self.factory, peer, tls=self._identity is not None), retryPolicy=dial,
+            self.factory, peer, tls=creator is not None), retryPolicy=dial,
             clock=self.reactor)
 
     def use_own_identity(self) -> None:

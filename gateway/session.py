@@ -157,6 +157,8 @@ class Session:
         self._link_closed = False
         #: Why it closed (``close``), once it has.
         self.close_reason: str | None = None
+        #: The code with which the party we dialled refused our logon (S903: a standby).
+        self.logon_refused_with: str | None = None
         self._outbox: list[_Outgoing] = []
         self._journaled_in = False
         #: Per-message-type limits on what the peer may send (set at logon).
@@ -425,6 +427,7 @@ class Session:
             unverified = f" (its answer is not verified: {exc.code} {exc.text})"
         self._journal_in(envelope, message)
         body = message.body
+        self.logon_refused_with = str(body.get(code))
         self.close(f"{self.peer.party} refused our logon: {body.get(code)} {body.get(text)}"
                    f"{unverified}", logging.WARNING)
 
