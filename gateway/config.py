@@ -23,6 +23,45 @@ class ConfigError(ValueError):
     """The configuration file is unreadable or holds a bad value."""
 
 
+#: ``[journal] url`` by default: the embedded journal, relative to ``--home``.
+SQLITE_DEFAULT_URL = "sqlite:///data/journal.sqlite3"
+
+
+@dataclass(frozen=True)
+class JournalSettings:
+    """The ``[journal]`` table's store keys (PROTOCOL §12; docs/operations.md "High
+    availability")."""
+
+    #: ``sqlite:///PATH`` (embedded, relative to ``--home``) or ``postgresql://…``
+    #: (two gateways with the same party, keys and url form an active/standby pair).
+    url: str = SQLITE_DEFAULT_URL
+    #: With PostgreSQL: a standby takes a dead active's lease within this many seconds.
+    failover_seconds: float = 5.0
+
+    @property
+    def postgresql(self) -> bool:
+        return self.url.startswith(("postgresql://", "postgres://"))
+
+
+def journal_settings(table: dict[str, Any]) -> JournalSettings:
+    """The ``[journal]`` table's ``url`` and ``failover_seconds``, checked (other keys
+    of the table are other concerns' and left to them)."""
+    url = table.get("url", SQLITE_DEFAULT_URL)
+    if not isinstance(url, str) or not url.startswith(("sqlite:///", "postgresql://",
+                                                        "postgres://")):
+        raise ConfigError("[journal] url must be sqlite:///PATH or postgresql://… (got "
+                          f"{url!r}); see docs/operations.md \"High availability\"")
+    if url.startswith("sqlite:///") and url != SQLITE_DEFAULT_URL:
+        raise ConfigError(f"[journal] url {url!r}: this release keeps the SQLite journal at "
+                          f"{SQLITE_DEFAULT_URL} only; leave url out or use that")
+    failover = table.get("failover_seconds", 5.0)
+    if (isinstance(failover, bool) or not isinstance(failover, int | float)
+            or not 0.5 <= failover <= 600):
+        raise ConfigError("[journal] failover_seconds must be a number of seconds from 0.5 "
+                          "to 600 (default 5)")
+    return JournalSettings(url, float(failover))
+
+
 @dataclass(frozen=True)
 class Config:
     #: The gateway's own PartyId (§1).
@@ -83,6 +122,8 @@ class Config:
     max_over_limit_per_minute: int = 100
     #: Seconds a TLS connection may take to complete its handshake before it is cut.
     tls_handshake_seconds: float = 10.0
+    #: The ``[journal]`` table's store keys (not keys of ``[gateway]``).
+    journal: JournalSettings = field(default_factory=JournalSettings)
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -190,16 +231,18 @@ def _coerce(name: str, default: Any, value: Any) -> Any:
     return value
 
 
-def from_mapping(values: dict[str, Any]) -> Config:
-    """Build a Config from the ``[gateway]`` table; unknown keys are an error."""
-    known = {f.name: f for f in fields(Config) if f.name != "extra"}
+def from_mapping(values: dict[str, Any], journal: dict[str, Any] | None = None) -> Config:
+    """Build a Config from the ``[gateway]`` table (and the ``[journal]`` one); unknown
+    keys of ``[gateway]`` are an error."""
+    known = {f.name: f for f in fields(Config) if f.name not in ("extra", "journal")}
     defaults = Config()
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
         if key not in known:
             raise ConfigError(f"unknown setting [gateway].{key}")
         kwargs[key] = _coerce(key, getattr(defaults, key), value)
-    cfg = Config(**kwargs, extra={"explicit": frozenset(kwargs)})
+    cfg = Config(**kwargs, journal=journal_settings(journal or {}),
+                 extra={"explicit": frozenset(kwargs)})
     if cfg.replay_retention_days < 7:
         raise ConfigError("replay_retention_days must be at least 7 (PROTOCOL §5)")
     if not _PARTY.match(cfg.party):
@@ -221,7 +264,10 @@ def load(home: Path) -> Config:
         data = tomllib.loads(path.read_text("utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{path}: {exc}") from None
-    return from_mapping(data.get("gateway", {}))
+    journal = data.get("journal", {})
+    if not isinstance(journal, dict):
+        raise ConfigError(f"{path}: journal must be a table ([journal])")
+    return from_mapping(data.get("gateway", {}), journal)
 
 
 def with_key_store_party(cfg: Config, store_party: str | None) -> Config:
