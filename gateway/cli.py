@@ -312,9 +312,14 @@ def _cmd_serve(args: argparse.Namespace, home: Home) -> int:
     ops = _ops_settings(args, home)
     if ops is None:
         return EXIT_FAILED
-    svc = GatewayService(home.root, cfg, reactor, listen=args.listen,
-                         tls=True if args.tls else None, alerts=alerts,
-                         ops=ops)
+    from .standing import StoreUnavailable
+
+    try:
+        svc = GatewayService(home.root, cfg, reactor, listen=args.listen,
+                             tls=True if args.tls else None, alerts=alerts, ops=ops)
+    except StoreUnavailable as exc:  # §12: the PostgreSQL of [journal] url
+        print(f"gateway serve: could not start: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     flushes = FlushWatch(svc.gateway)
     refused: list[Exception] = []
 

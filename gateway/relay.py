@@ -47,6 +47,7 @@ from .queries import cts_query, xfer_query
 from .reversal import ReversalQueue
 from .rules import Repeat, Rules, Settlement
 from .session import Session
+from .standing import AlwaysActive, Standing
 from .suspension import Suspensions
 from .verification import Verified
 
@@ -118,12 +119,35 @@ class Gateway(Node):
         self.draining = False
         #: Told each relayed round trip's seconds, from relaying to its answer (§10).
         self.on_round_trip: Callable[[float], None] | None = None
+        #: Active, or a standby of a pair (§12); the edge sets a lease's view.
+        self.standing: Standing = AlwaysActive()
         recovered = self.reversals.recover(self.now())
         if recovered:
             log.warning("%d unanswered request(s) from before the restart queued for reversal",
                         recovered)
 
     # --- SessionOwner -----------------------------------------------------------
+    @property
+    def accepts_logons(self) -> bool:
+        return self.standing.accepts_logons
+
+    def stand_by(self, why: str) -> int:
+        """§12: the lease is not ours (any more).  Every session is cut now — nothing
+        queued for it leaves, not even after a commit — and the requests in flight are
+        forgotten here: the active gateway of the pair times them out from the shared
+        journal (B330 and reversal, §6).  Returns the number of sessions cut."""
+        sessions = list(self.sessions)
+        for session in sessions:
+            session.cut(why)
+        dropped = len(self.pending) + len(self._taken_out)
+        self.pending.clear()
+        self._pending_by_record.clear()
+        self._taken_out.clear()
+        if dropped:
+            log.warning("standing by: %d request(s) in flight left to the active gateway",
+                        dropped)
+        return len(sessions)
+
     def find_peer(self, party: str) -> Peer | None:
         return self.keystore.peer(party)
 
@@ -627,6 +651,8 @@ class Gateway(Node):
         now = self.now()
         for session in list(self.sessions):
             session.tick()
+        if not self.standing.accepts_logons:  # a standby: no timeouts, reversals, alerts
+            return
         for key, pending in list(self.pending.items()):
             if now >= pending.deadline:
                 self._time_out(key, pending)

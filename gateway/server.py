@@ -262,6 +262,9 @@ class GatewayFactory(protocol.Factory):
         self._reads: list[tuple[Session, bytes]] = []
         #: Called before a turn's reads are acted on (the gateway: KeyStore.refresh).
         self.before_reads: Callable[[], None] | None = None
+        #: Called first in every turn that acts on reads or timers (a pair's lease
+        #: check, §12: a paused active cuts its sessions before it handles anything).
+        self.guard: Callable[[], None] | None = None
 
     def buildProtocol(self, addr: Any) -> SessionProtocol:
         return SessionProtocol(self, after_handshake=self.tls)
@@ -278,6 +281,8 @@ class GatewayFactory(protocol.Factory):
         self.schedule_flush()
 
     def act_on_reads(self) -> None:
+        if self.guard is not None and self._reads:
+            self.guard()
         reads, self._reads = self._reads, []
         if reads:
             try:
@@ -314,6 +319,8 @@ class GatewayFactory(protocol.Factory):
             self.reactor.stop()  # type: ignore[attr-defined]
 
     def tick(self) -> None:
+        if self.guard is not None:
+            self.guard()
         self.act_on_reads()  # an answer already read settles before its timeout fires
         try:
             self.gateway.tick()
@@ -377,6 +384,11 @@ class GatewayService(service.MultiService):
         #: Dial-outs by party: (what they were made from, the ClientService).
         self._dialling: dict[str, tuple[tuple[Any, ...], service.Service]] = {}
         self._dial_tls: dict[str, DialOutTLS] = {}
+        #: §12: the lease of an active/standby pair (``[journal] url`` PostgreSQL), else
+        #: None: alone on SQLite, always active.
+        self.pair: Any = None
+        if config.journal.postgresql:
+            self._open_pair()
         self.update_dial_outs()
         self._ticker = task.LoopingCall(self.factory.tick)
         self._ticker.clock = reactor
@@ -391,6 +403,35 @@ class GatewayService(service.MultiService):
         self.gateway.monitor.configure(alerts or load_settings(home), cwd=home)
         self.alerts_reload_hooks.append(self.gateway.monitor.reload)
 
+    # --- active / standby (§12) ----------------------------------------------------
+    def _open_pair(self) -> None:
+        """The lease loop on PostgreSQL (gateway/store_pg/pair.py): a standby until the
+        lease is ours.  PairUnavailable (a RuntimeError) goes up: ``serve`` exits 1."""
+        from .standing import LeaseStanding
+        from .store_pg.pair import open_pair
+
+        cfg = self.config.journal
+        self.pair = open_pair(cfg.url, cfg.failover_seconds, self.reactor,
+                              self._became_active, self._stand_by)
+        self.gateway.standing = LeaseStanding(self.pair.keeper)
+        self.factory.guard = self.pair.check
+
+    def _became_active(self, grant: Any) -> None:
+        """The lease is ours: accept logons (the session asks the standing), dial out."""
+        log.warning("active: lease epoch %d taken; accepting logons and dialling out",
+                    grant.epoch)
+        if self.ops is not None:
+            self.ops.readiness.restart()
+        self.update_dial_outs()
+
+    def _stand_by(self) -> None:
+        """The lease is not confirmed ours: cut every session now (nothing queued
+        leaves), stop dialling; the lease machine is standby next."""
+        cut = self.gateway.stand_by("this gateway is not the active one any more "
+                                    "(§12: its lease is not confirmed)")
+        log.error("standing by: %d session(s) cut, dial-outs stopped; logons get S903", cut)
+        self.update_dial_outs()
+
     # --- dial-outs -------------------------------------------------------------------
     def update_dial_outs(self) -> None:
         """Dial every enabled peer that has a connect address, as registered now: one
@@ -398,7 +439,8 @@ class GatewayService(service.MultiService):
         and dialled anew, or no more.  A new key or role needs no new dial-out: the
         session of the old one is closed by RegistryWatch, and the next connection
         logs on, and checks the peer's TLS key, as the peer is registered then."""
-        plan = {p.party: (p.connect,) for p in self.keystore.peers() if p.connect and p.enabled}
+        plan = ({p.party: (p.connect,) for p in self.keystore.peers() if p.connect and p.enabled}
+                if self.gateway.accepts_logons else {})  # a standby dials nobody (§12)
         for party, creator in self._dial_tls.items():
             creator._peer = self.keystore.peer(party) or creator._peer
         for party, (made_from, client) in list(self._dialling.items()):
@@ -406,7 +448,9 @@ class GatewayService(service.MultiService):
                 del self._dialling[party]
                 self._dial_tls.pop(party, None)
                 client.disownServiceParent()
-                log.info("dial-out to %s stopped (its registration changed)", party)
+                log.info("dial-out to %s stopped (%s)", party,
+                         "its registration changed" if self.gateway.accepts_logons
+                         else "standby")
         for party, made_from in plan.items():
             peer = self.keystore.peer(party)
             if party not in self._dialling and peer is not None:
@@ -484,12 +528,16 @@ class GatewayService(service.MultiService):
         self.registry_watch.start()
         log.info("gateway %s serving on %s%s", self.config.party,
                  join_host_port(self._host, self.listening_port), " (TLS)" if self.tls else "")
+        if self.pair is not None:
+            self.pair.start()
 
     @defer.inlineCallbacks
     def stopService(self):  # type: ignore[no-untyped-def]
         """Stop accepting (connections, and new requests on open sessions: S902), let
         in-flight requests be answered or time out, flush."""
         if not self.running:  # it never started (it could not listen): nothing to drain
+            if self.pair is not None:
+                yield self.pair.stop()
             self.journal.close()
             return
         log.info("gateway stopping: draining %d in-flight request(s)", len(self.gateway.pending))
@@ -509,6 +557,8 @@ class GatewayService(service.MultiService):
         self.factory.flush_now()  # what the closing connections left (connectionLost)
         if self.ops is not None:
             yield self.ops.stop()
+        if self.pair is not None:
+            yield self.pair.stop()  # a standby takes the released lease at its next poll
         self.journal.close()
         self.gateway.monitor.close()  # the alert command gets the last alerts (bounded)
         log.info("gateway stopped; journal flushed")
