@@ -46,6 +46,18 @@ def http(port: int, path: str) -> tuple[int, str]:
         return exc.code, exc.read().decode()
 
 
+def role(gw: RunningGateway) -> tuple[str, int | None, str]:
+    """(role, lease epoch, store) from the gateway's /api/status."""
+    import json
+
+    token = (gw.home.root / "keys" / "ops.token").read_text().strip()
+    request = urllib.request.Request(f"http://127.0.0.1:{gw.ops_port}/api/status",
+                                     headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=10) as rsp:
+        g = json.loads(rsp.read())["gateway"]
+    return g["role"], g["lease_epoch"], g["store"]
+
+
 def metric(port: int, name: str) -> float:
     _, text = http(port, "/metrics")
     for line in text.splitlines():
@@ -154,6 +166,7 @@ def test_a_standby_answers_s903_and_is_not_ready_then_takes_over_when_the_active
     assert http(a.ops_port, "/readyz")[0] == 200
     assert metric(b.ops_port, "sbdx_active") == 0 and metric(a.ops_port, "sbdx_active") == 1
     assert metric(a.ops_port, "sbdx_lease_epoch") == 1
+    assert role(a) == ("active", 1, "postgresql") and role(b) == ("standby", None, "postgresql")
     with pytest.raises(TimeoutError):
         dialled(listener, 2.0)  # the standby dials nobody (the active dials once)
 
@@ -175,6 +188,7 @@ def test_a_standby_answers_s903_and_is_not_ready_then_takes_over_when_the_active
     dialled(listener, 20).close()  # the new active dials out
     assert metric(b.ops_port, "sbdx_active") == 1
     assert metric(b.ops_port, "sbdx_lease_epoch") == 2
+    assert role(b) == ("active", 2, "postgresql")
     assert http(b.ops_port, "/readyz")[0] == 200
     sim.terminate()
     _, err = sim.communicate(timeout=30)
