@@ -612,9 +612,10 @@ def _add_peer_commands(sub: Any) -> None:
                         "registered role)")
     p.add_argument("--cert", required=True, help="PEM certificate or public key file")
     connect = p.add_mutually_exclusive_group()
-    connect.add_argument("--connect", metavar="HOST:PORT", type=connect_address,
-                         help="the gateway dials the peer there (default: a new peer dials "
-                         "in; a registered one keeps its address)")
+    connect.add_argument("--connect", metavar="HOST:PORT[,HOST:PORT…]", type=connect_address,
+                         help="the gateway dials the peer there; a comma-separated list is "
+                         "tried in turn (default: a new peer dials in; a registered one "
+                         "keeps its address)")
     connect.add_argument("--no-connect", action="store_true",
                          help="drop a registered peer's connect address: it dials in")
     p.add_argument("--replace", action="store_true",
