@@ -20,11 +20,7 @@ from twisted.internet.interfaces import IStreamClientEndpoint
 from zope.interface import implementer
 
 from .config import check_address_list
-
-
-def join_host_port(host: str, port: int) -> str:
-    """``host:port``; an IPv6 host in brackets (``[::1]:7700``)."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+from .logsetup import join_host_port
 
 
 class AddressRing:
