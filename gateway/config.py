@@ -23,45 +23,6 @@ class ConfigError(ValueError):
     """The configuration file is unreadable or holds a bad value."""
 
 
-#: ``[journal] url`` by default: the embedded journal, relative to ``--home``.
-SQLITE_DEFAULT_URL = "sqlite:///data/journal.sqlite3"
-
-
-@dataclass(frozen=True)
-class JournalSettings:
-    """The ``[journal]`` table's store keys (PROTOCOL §12; docs/operations.md "High
-    availability")."""
-
-    #: ``sqlite:///PATH`` (embedded, relative to ``--home``) or ``postgresql://…``
-    #: (two gateways with the same party, keys and url form an active/standby pair).
-    url: str = SQLITE_DEFAULT_URL
-    #: With PostgreSQL: a standby takes a dead active's lease within this many seconds.
-    failover_seconds: float = 5.0
-
-    @property
-    def postgresql(self) -> bool:
-        return self.url.startswith(("postgresql://", "postgres://"))
-
-
-def journal_settings(table: dict[str, Any]) -> JournalSettings:
-    """The ``[journal]`` table's ``url`` and ``failover_seconds``, checked (other keys
-    of the table are other concerns' and left to them)."""
-    url = table.get("url", SQLITE_DEFAULT_URL)
-    if not isinstance(url, str) or not url.startswith(("sqlite:///", "postgresql://",
-                                                        "postgres://")):
-        raise ConfigError("[journal] url must be sqlite:///PATH or postgresql://… (got "
-                          f"{url!r}); see docs/operations.md \"High availability\"")
-    if url.startswith("sqlite:///") and url != SQLITE_DEFAULT_URL:
-        raise ConfigError(f"[journal] url {url!r}: this release keeps the SQLite journal at "
-                          f"{SQLITE_DEFAULT_URL} only; leave url out or use that")
-    failover = table.get("failover_seconds", 5.0)
-    if (isinstance(failover, bool) or not isinstance(failover, int | float)
-            or not 0.5 <= failover <= 600):
-        raise ConfigError("[journal] failover_seconds must be a number of seconds from 0.5 "
-                          "to 600 (default 5)")
-    return JournalSettings(url, float(failover))
-
-
 @dataclass(frozen=True)
 class Config:
     #: The gateway's own PartyId (§1).
@@ -122,8 +83,11 @@ class Config:
     max_over_limit_per_minute: int = 100
     #: Seconds a TLS connection may take to complete its handshake before it is cut.
     tls_handshake_seconds: float = 10.0
-    #: The ``[journal]`` table's store keys (not keys of ``[gateway]``).
-    journal: JournalSettings = field(default_factory=JournalSettings)
+    # --- table [journal] (PROTOCOL §12; docs/operations.md) ------------------------
+    #: ``url``: the store.  sqlite:///PATH (relative to the home) or postgresql://…
+    journal_url: str = "sqlite:///data/journal.sqlite3"
+    #: ``failover_seconds``: a standby takes a dead active's lease within this time.
+    journal_failover_seconds: float = 5.0
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -231,18 +195,42 @@ def _coerce(name: str, default: Any, value: Any) -> Any:
     return value
 
 
+#: The keys of table ``[journal]``, as Config fields.
+JOURNAL_KEYS = {"url": "journal_url", "failover_seconds": "journal_failover_seconds"}
+#: ``[journal] url`` of the embedded journal (this branch keeps it at this path only).
+SQLITE_DEFAULT_URL = "sqlite:///data/journal.sqlite3"
+
+
+def is_postgresql(url: str) -> bool:
+    """Whether ``[journal] url`` names PostgreSQL (an active/standby pair, §12)."""
+    return url.startswith(("postgresql://", "postgres://"))
+
+
+def check_journal_url(url: str) -> None:
+    """ConfigError unless ``url`` is the SQLite journal or a PostgreSQL url."""
+    if url != SQLITE_DEFAULT_URL and not is_postgresql(url):
+        raise ConfigError(f"[journal] url {url!r}: use {SQLITE_DEFAULT_URL} (the default) or "
+                          "postgresql://USER:PASSWORD@HOST:PORT/DB (docs/operations.md "
+                          "\"High availability\")")
+
+
 def from_mapping(values: dict[str, Any], journal: dict[str, Any] | None = None) -> Config:
     """Build a Config from the ``[gateway]`` table (and the ``[journal]`` one); unknown
-    keys of ``[gateway]`` are an error."""
-    known = {f.name: f for f in fields(Config) if f.name not in ("extra", "journal")}
+    keys are an error."""
+    known = {f.name: f for f in fields(Config)
+             if f.name != "extra" and f.name not in JOURNAL_KEYS.values()}
     defaults = Config()
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
         if key not in known:
             raise ConfigError(f"unknown setting [gateway].{key}")
         kwargs[key] = _coerce(key, getattr(defaults, key), value)
-    cfg = Config(**kwargs, journal=journal_settings(journal or {}),
-                 extra={"explicit": frozenset(kwargs)})
+    for key, value in (journal or {}).items():
+        if key not in JOURNAL_KEYS:
+            raise ConfigError(f"unknown setting [journal].{key} (known: url, failover_seconds)")
+        name = JOURNAL_KEYS[key]
+        kwargs[name] = _coerce(f"[journal].{key}", getattr(defaults, name), value)
+    cfg = Config(**kwargs, extra={"explicit": frozenset(kwargs)})
     if cfg.replay_retention_days < 7:
         raise ConfigError("replay_retention_days must be at least 7 (PROTOCOL §5)")
     if not _PARTY.match(cfg.party):
@@ -250,6 +238,7 @@ def from_mapping(values: dict[str, Any], journal: dict[str, Any] | None = None) 
     if cfg.journal_synchronous not in ("FULL", "NORMAL", "EXTRA", "OFF"):
         raise ConfigError("journal_synchronous must be FULL, EXTRA, NORMAL or OFF")
     check_address(cfg.listen, lowest_port=0)
+    check_journal_url(cfg.journal_url)
     if cfg.min_heartbeat_seconds > 3600:
         raise ConfigError("min_heartbeat_seconds must be at most 3600 (HeartbeatSec's maximum)")
     return cfg
@@ -264,10 +253,7 @@ def load(home: Path) -> Config:
         data = tomllib.loads(path.read_text("utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{path}: {exc}") from None
-    journal = data.get("journal", {})
-    if not isinstance(journal, dict):
-        raise ConfigError(f"{path}: journal must be a table ([journal])")
-    return from_mapping(data.get("gateway", {}), journal)
+    return from_mapping(data.get("gateway", {}), data.get("journal", {}))
 
 
 def with_key_store_party(cfg: Config, store_party: str | None) -> Config:

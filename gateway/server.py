@@ -26,7 +26,7 @@ from zope.interface import implementer
 from .addresses import AddressListEndpoint, AddressRing
 from .alertrules import AlertSettings, load_settings
 from .certificates import gateway_identity
-from .config import CONFIG_FILE, Config, split_host_port
+from .config import CONFIG_FILE, Config, is_postgresql, split_host_port
 from .journal import Journal
 from .keystore import KeyStore, Peer
 from .logsetup import DialOut, connection_end, host_port, join_host_port
@@ -387,7 +387,7 @@ class GatewayService(service.MultiService):
         #: §12: the lease of an active/standby pair (``[journal] url`` PostgreSQL), else
         #: None: alone on SQLite, always active.
         self.pair: Any = None
-        if config.journal.postgresql:
+        if is_postgresql(config.journal_url):
             self._open_pair()
         self.update_dial_outs()
         self._ticker = task.LoopingCall(self.factory.tick)
@@ -410,8 +410,8 @@ class GatewayService(service.MultiService):
         from .standing import LeaseStanding
         from .store_pg.pair import open_pair
 
-        cfg = self.config.journal
-        self.pair = open_pair(cfg.url, cfg.failover_seconds, self.reactor,
+        cfg = self.config
+        self.pair = open_pair(cfg.journal_url, cfg.journal_failover_seconds, self.reactor,
                               self._became_active, self._stand_by)
         self.gateway.standing = LeaseStanding(self.pair.keeper)
         self.factory.guard = self.pair.check

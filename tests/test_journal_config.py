@@ -11,18 +11,19 @@ from gateway.config import ConfigError, from_mapping
 
 
 def test_defaults_are_the_embedded_journal_and_five_seconds() -> None:
-    journal = from_mapping({}).journal
-    assert journal.url == "sqlite:///data/journal.sqlite3" and not journal.postgresql
-    assert journal.failover_seconds == 5.0
-    pg = from_mapping({}, {"url": "postgresql://u@db/x", "failover_seconds": 2}).journal
-    assert pg.postgresql and pg.failover_seconds == 2.0
+    cfg = from_mapping({})
+    assert cfg.journal_url == "sqlite:///data/journal.sqlite3"
+    assert cfg.journal_failover_seconds == 5.0
+    pg = from_mapping({}, {"url": "postgresql://u@db/x", "failover_seconds": 2})
+    assert pg.journal_url == "postgresql://u@db/x" and pg.journal_failover_seconds == 2.0
 
 
 @pytest.mark.parametrize(("table", "says"), [
-    ({"url": "mysql://db/x"}, "must be sqlite:///PATH or postgresql://"),
-    ({"url": "sqlite:///elsewhere.db"}, "keeps the SQLite journal at"),
-    ({"failover_seconds": 0}, "failover_seconds must be a number of seconds from 0.5"),
-    ({"failover_seconds": "5"}, "failover_seconds must be a number"),
+    ({"url": "mysql://db/x"}, "use sqlite:///data/journal.sqlite3 .* or postgresql://"),
+    ({"url": "sqlite:///elsewhere.db"}, "use sqlite:///data/journal.sqlite3"),
+    ({"failover_seconds": 0}, r"\[journal\].failover_seconds must be positive"),
+    ({"failover_seconds": "5"}, r"\[journal\].failover_seconds must be a number"),
+    ({"failover": 5}, r"unknown setting \[journal\].failover \(known: url, failover_seconds"),
 ])
 def test_a_bad_journal_setting_says_what_is_wrong(table: dict[str, object], says: str) -> None:
     with pytest.raises(ConfigError, match=says):
