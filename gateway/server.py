@@ -265,6 +265,9 @@ class GatewayFactory(protocol.Factory):
         #: Called first in every turn that acts on reads or timers (a pair's lease
         #: check, §12: a paused active cuts its sessions before it handles anything).
         self.guard: Callable[[], None] | None = None
+        #: Told a failed commit; True when it was handled (a pair's fenced commit, §12:
+        #: the gateway stands by instead of stopping).
+        self.fenced: Callable[[BaseException], bool] | None = None
 
     def buildProtocol(self, addr: Any) -> SessionProtocol:
         return SessionProtocol(self, after_handshake=self.tls)
@@ -314,7 +317,9 @@ class GatewayFactory(protocol.Factory):
         try:
             self.act_on_reads()
             self.gateway.flush()
-        except Exception:
+        except Exception as exc:
+            if self.fenced is not None and self.fenced(exc):
+                return  # nothing of the turn was written, nor sent: stood by
             log.exception("journal flush failed; stopping to protect the journal")
             self.reactor.stop()  # type: ignore[attr-defined]
 
@@ -415,6 +420,18 @@ class GatewayService(service.MultiService):
                               self._became_active, self._stand_by)
         self.gateway.standing = LeaseStanding(self.pair.keeper)
         self.factory.guard = self.pair.check
+        self.factory.fenced = self._commit_fenced
+
+    def _commit_fenced(self, exc: BaseException) -> bool:
+        """A commit refused by the lease's fence (a PostgreSQL journal, §12): step down
+        at once; any other failure is not ours to handle (the gateway stops)."""
+        from .store_pg.leasedb import Fenced
+
+        if not isinstance(exc, Fenced):
+            return False
+        log.error("a journal commit was fenced: %s; standing by", exc)
+        self.pair.fenced()
+        return True
 
     def _became_active(self, grant: Any) -> None:
         """The lease is ours: accept logons (the session asks the standing), dial out."""

@@ -13,9 +13,10 @@ import pytest
 from inproc import Clock, Rig, Side, fast_config
 from twisted.internet.task import Clock as ReactorClock
 
-from gateway.server import GatewayFactory
+from gateway.server import GatewayFactory, GatewayService
 from gateway.standing import LeaseStanding
 from gateway.store_pg.lease import Grant, LeaseKeeper, LeaseTimings, Role
+from gateway.store_pg.leasedb import Fenced
 from gateway.store_pg.leasedriver import LeaseDriver
 
 from conftest import BANK, BROKER, make_home
@@ -44,6 +45,12 @@ class Active:
                                   lambda: gw.stand_by("lease lost"))
         self.factory = GatewayFactory(gw, ReactorClock())
         self.factory.guard = self.driver.check
+        svc = GatewayService.__new__(GatewayService)  # only its fence handler
+        svc.pair = self
+        self.factory.fenced = svc._commit_fenced
+
+    def fenced(self) -> None:  # LeasePair.fenced
+        self.driver.fenced()
 
 
 @pytest.fixture
@@ -98,3 +105,23 @@ def test_a_standby_gateway_answers_logon_with_a_signed_s903_and_closes(active: A
     assert rsp.type == "SYS.LOGON.RSP" and rsp.body["Result"] == "S903", rsp.body
     peer.verify_from_gateway(rsp)
     assert side.link.closed and not side.session.ready
+
+
+def test_a_fenced_commit_makes_the_active_stand_by_instead_of_stopping(
+        active: Active, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A commit the fence refused (the journal on PostgreSQL, another gateway holding
+    the lease): no frame of the turn leaves, every session is cut, the gateway stands by
+    and keeps running (the factory's reactor has no stop(): calling it would fail)."""
+    rig = active.rig
+    msg_id, xml = active.peers[1].build("SYS.ECHO.REQ", [("Text", "fenced")])
+
+    def fenced_flush() -> int:  # what PgUnitOfWork.flush raises (branch pgstore)
+        raise Fenced("lease 'gateway' epoch 1 is no longer held by me")
+
+    monkeypatch.setattr(rig.gateway, "flush", fenced_flush)
+    active.factory.read(rig.broker.session, active.peers[1].frame(xml))
+    active.factory.flush_or_stop()
+
+    assert active.keeper.role is Role.STANDBY and not rig.gateway.accepts_logons
+    for side in (rig.bank, rig.broker):
+        assert side.link.closed and side.link.take() == []
