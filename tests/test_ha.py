@@ -170,7 +170,7 @@ def test_a_standby_answers_s903_and_is_not_ready_then_takes_over_when_the_active
     with pytest.raises(TimeoutError):
         dialled(listener, 2.0)  # the standby dials nobody (the active dials once)
 
-    sim = pair.sim_bank(a.port, b.port)  # the bank knows both addresses, the active first
+    sim = pair.sim_bank(b.port, a.port)  # both addresses, the standby's first: S903, next
     a.wait_for_log(r"CCB logged on as BANK", timeout=30)
     broker = a.peer(BROKER).open_session()
 
@@ -193,6 +193,7 @@ def test_a_standby_answers_s903_and_is_not_ready_then_takes_over_when_the_active
     sim.terminate()
     _, err = sim.communicate(timeout=30)
     assert "Traceback" not in err, err
+    assert f"the gateway at 127.0.0.1:{b.port} is a standby" in err, err
 
 
 def test_a_paused_active_is_fenced_it_cuts_its_sessions_stands_by_and_relays_nothing(
