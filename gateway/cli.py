@@ -312,9 +312,14 @@ def _cmd_serve(args: argparse.Namespace, home: Home) -> int:
     ops = _ops_settings(args, home)
     if ops is None:
         return EXIT_FAILED
-    svc = GatewayService(home.root, cfg, reactor, listen=args.listen,
-                         tls=True if args.tls else None, alerts=alerts,
-                         ops=ops)
+    from .standing import StoreUnavailable
+
+    try:
+        svc = GatewayService(home.root, cfg, reactor, listen=args.listen,
+                             tls=True if args.tls else None, alerts=alerts, ops=ops)
+    except StoreUnavailable as exc:  # §12: the PostgreSQL of [journal] url
+        print(f"gateway serve: could not start: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     flushes = FlushWatch(svc.gateway)
     refused: list[Exception] = []
 
@@ -626,9 +631,10 @@ def _add_peer_commands(sub: Any) -> None:
                         "registered role)")
     p.add_argument("--cert", required=True, help="PEM certificate or public key file")
     connect = p.add_mutually_exclusive_group()
-    connect.add_argument("--connect", metavar="HOST:PORT", type=connect_address,
-                         help="the gateway dials the peer there (default: a new peer dials "
-                         "in; a registered one keeps its address)")
+    connect.add_argument("--connect", metavar="HOST:PORT[,HOST:PORT…]", type=connect_address,
+                         help="the gateway dials the peer there; a comma-separated list is "
+                         "tried in turn (default: a new peer dials in; a registered one "
+                         "keeps its address)")
     connect.add_argument("--no-connect", action="store_true",
                          help="drop a registered peer's connect address: it dials in")
     p.add_argument("--replace", action="store_true",

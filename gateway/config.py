@@ -146,6 +146,30 @@ def check_address(text: str, lowest_port: int = 1) -> tuple[str, int]:
     return host, port
 
 
+def check_address_list(text: str, lowest_port: int = 1) -> tuple[tuple[str, int], ...]:
+    """``HOST:PORT[,HOST:PORT…]`` (PROTOCOL §12: peers and ``--connect`` take a list,
+    tried in turn), each element as :func:`check_address` reads it; spaces around the
+    commas are allowed.  A bad element is named by its place and its text."""
+    parts = [part.strip() for part in text.split(",")]
+    out = []
+    for number, part in enumerate(parts, 1):
+        try:
+            out.append(check_address(part, lowest_port))
+        except ConfigError as exc:
+            if len(parts) == 1:
+                raise
+            raise ConfigError(f"address {number} of {len(parts)} in {text!r}: {exc}"
+                              " (a list is HOST:PORT,HOST:PORT,…)") from None
+    return tuple(out)
+
+
+def address_list_text(text: str) -> str:
+    """An address list as it is stored and shown: its elements, checked, joined by
+    commas without spaces."""
+    check_address_list(text)
+    return ",".join(part.strip() for part in text.split(","))
+
+
 def address_option(lowest_port: int) -> Callable[[str], str]:
     """An argparse ``type`` for a HOST:PORT option: a bad address is a usage error
     (exit 64), never a traceback when the address is first used."""
@@ -159,8 +183,17 @@ def address_option(lowest_port: int) -> Callable[[str], str]:
     return address
 
 
-#: ``peer add --connect``, ``sim --connect``.
-connect_address = address_option(1)
+def address_list_option(text: str) -> str:
+    """The argparse ``type`` of ``peer add --connect`` and ``sim --connect``: one
+    address or a comma-separated list (§12); a bad element is a usage error naming it."""
+    try:
+        return address_list_text(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+#: ``peer add --connect``, ``sim --connect``: HOST:PORT or a list of them (§12).
+connect_address = address_list_option
 #: ``serve --listen`` (port 0: any free port).
 listen_address = address_option(0)
 
@@ -194,6 +227,13 @@ def _coerce(name: str, default: Any, value: Any) -> Any:
 #: The keys of table ``[journal]`` kept as Config fields (the store, §12); the others
 #: (retention, §11) are :class:`JournalSettings`.
 JOURNAL_KEYS = {"url": "journal_url", "failover_seconds": "journal_failover_seconds"}
+#: ``[journal] url`` of the embedded journal (the default).
+SQLITE_DEFAULT_URL = "sqlite:///data/journal.sqlite3"
+
+
+def is_postgresql(url: str) -> bool:
+    """Whether ``[journal] url`` names PostgreSQL (an active/standby pair, §12)."""
+    return url.startswith(("postgresql://", "postgres://"))
 
 
 def from_mapping(values: dict[str, Any], journal: dict[str, Any] | None = None) -> Config:

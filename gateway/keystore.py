@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gateway import registry
-from gateway.config import ConfigError, check_address
+from gateway.config import ConfigError, address_list_text, check_address_list
 from gateway.registry import ROLES, Peer, PeerKey, RegistryRefusal, key_letter
 from gateway.signature import PublicKey, Signer, key_type, load_public_key, signer_id
 
@@ -221,10 +221,11 @@ def public_pem(pem: bytes) -> bytes:
                            serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
-def check_connect(connect: str) -> tuple[str, int]:
-    """A peer's dial-out address: ``HOST:PORT`` as ``serve`` parses it, port 1–65535."""
+def check_connect(connect: str) -> tuple[tuple[str, int], ...]:
+    """A peer's dial-out address: ``HOST:PORT`` as ``serve`` parses it, port 1–65535, or
+    a comma-separated list of them, tried in turn (PROTOCOL §12)."""
     try:
-        return check_address(connect)
+        return check_address_list(connect)
     except ConfigError as exc:
         raise ValueError(f"--connect: {exc}") from None
 
@@ -484,6 +485,7 @@ class KeyStore:
         self._check_prefix_free(party)
         if connect is not None:
             check_connect(connect)
+            connect = address_list_text(connect)
         key = self._new_peer_key(pem)
         return self._change(lambda t: registry.register(t, party, role, key, connect, replace,
                                                         no_connect))

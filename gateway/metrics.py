@@ -153,6 +153,12 @@ class GatewayCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         yield from self._sessions()
+        standing = self.gateway.standing
+        yield _gauge("sbdx_active", "1 while this gateway is the active one (always with "
+                     "SQLite; with PostgreSQL while it holds the lease, §12), else 0",
+                     1 if standing.accepts_logons else 0)
+        yield _gauge("sbdx_lease_epoch", "Epoch of the §12 lease held (0: none held, or "
+                     "no lease: SQLite)", standing.epoch or 0)
         yield self._messages()
         yield _gauge("sbdx_inflight", "Requests relayed and not yet answered",
                      len(self.gateway.pending))

@@ -32,6 +32,11 @@ class Node:
         self._random = random_bytes
         self._seq = itertools.count(int.from_bytes(random_bytes(3), "big"))
 
+    @property
+    def accepts_logons(self) -> bool:
+        """Whether a SYS.LOGON.REQ is taken (a standby gateway of a pair says S903, §12)."""
+        return True
+
     def now(self) -> float:
         return self._clock()
 

@@ -75,6 +75,12 @@ class Readiness:
         #: A required party is down from the start until it has a ready session.
         self.down_since: dict[str, float] = dict.fromkeys(cfg.required_peers, now)
 
+    def restart(self) -> None:
+        """Became active (§12): required parties count as down from now, not from
+        while it stood by."""
+        now = self.svc.gateway.now()
+        self.down_since = dict.fromkeys(self.cfg.required_peers, now)
+
     def has_ready(self, party: str) -> bool:
         return any(s.ready and s.party == party for s in self.svc.gateway.sessions)
 
@@ -82,6 +88,9 @@ class Readiness:
         """What keeps the gateway from being ready, in words; empty when ready."""
         gw = self.svc.gateway
         out = []
+        if not gw.accepts_logons:
+            out.append(f"standby: another gateway of the pair is active (§12; role "
+                       f"{gw.standing.name})")
         if self.svc.port is None or gw.draining:
             out.append("the gateway is not listening" + (" (draining)" if gw.draining else ""))
         out += [f"{party} has no ready session" for party in self.cfg.required_peers
@@ -92,6 +101,9 @@ class Readiness:
         """Every PEER_CHECK_SECONDS: raise peer_down for a party down long enough, clear
         it when the party is ready again."""
         gw, now, raised = self.svc.gateway, self.svc.gateway.now(), False
+        if not gw.accepts_logons:  # a standby has no sessions by design: no peer_down
+            self.restart()
+            return
         for party in self.cfg.required_peers:
             if self.has_ready(party):
                 self.down_since.pop(party, None)
@@ -210,7 +222,9 @@ class OpsEndpoint:
                         "trade_date": gw.trade_date(), "started": _iso(self.started_at),
                         "uptime_seconds": round(now - self.started_at, 1),
                         "listen": self._listening(), "tls": bool(self.svc.tls),
-                        "draining": bool(gw.draining)},
+                        "draining": bool(gw.draining), "role": gw.standing.name,
+                        "lease_epoch": gw.standing.epoch,
+                        "store": "postgresql" if gw.standing.lease else "sqlite"},
             "health": {"ok": healthy, "text": health},
             "ready": {"ok": not missing, "missing": missing,
                       "required_peers": list(self.cfg.required_peers)},

@@ -95,6 +95,9 @@ def summary(s: dict[str, Any]) -> str:
              f"trade date {g['trade_date']}, up {_age(g['uptime_seconds'])}; "
              f"{'healthy' if s['health']['ok'] else 'UNHEALTHY: ' + s['health']['text']}; "
              + ("ready" if s["ready"]["ok"] else "NOT READY: " + "; ".join(s["ready"]["missing"]))]
+    if g.get("store") == "postgresql":  # §12: one of a pair
+        lines.append(f"role: {g['role']}" + (f" (lease epoch {g['lease_epoch']})"
+                                             if g.get("lease_epoch") else ""))
     lines.append(f"sessions: {len(s['sessions'])}")
     for x in s["sessions"]:
         lines.append(f"  {x['party'] or '-':<10} {x['role'] or '-':<7} "

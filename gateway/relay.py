@@ -48,6 +48,7 @@ from .retention import Retention
 from .reversal import ReversalQueue
 from .rules import Repeat, Rules, Settlement
 from .session import Session
+from .standing import AlwaysActive, Standing
 from .suspension import Suspensions
 from .verification import Verified
 
@@ -88,7 +89,11 @@ class Gateway(Node):
 
     def __init__(self, config: Config, keystore: KeyStore, journal: Journal,
                  clock: Callable[[], float],
-                 random_bytes: Callable[[int], bytes] = os.urandom) -> None:
+                 random_bytes: Callable[[int], bytes] = os.urandom, *,
+                 recover: bool = True) -> None:
+        """``recover``: queue the reversals left by a restart now (a gateway alone); a
+        member of a pair (§12) does it in :meth:`take_over`, when the lease is its own —
+        a standby must not act on the active's requests in flight."""
         super().__init__(config, journal, keystore.signer(), clock, random_bytes)
         self.keystore = keystore
         self.sessions: list[Session] = []
@@ -122,12 +127,48 @@ class Gateway(Node):
         self.draining = False
         #: Told each relayed round trip's seconds, from relaying to its answer (§10).
         self.on_round_trip: Callable[[float], None] | None = None
+        #: Active, or a standby of a pair (§12); the edge sets a lease's view.
+        self.standing: Standing = AlwaysActive()
+        if recover:
+            self._recover("before the restart")
+
+    def _recover(self, when: str) -> int:
         recovered = self.reversals.recover(self.now())
         if recovered:
-            log.warning("%d unanswered request(s) from before the restart queued for reversal",
-                        recovered)
+            log.warning("%d unanswered request(s) from %s queued for reversal",
+                        recovered, when)
+        return recovered
+
+    def take_over(self) -> int:
+        """§12: this gateway of a pair now holds the lease.  What the other one left in
+        the shared journal is read again: the suspensions, and its relayed requests still
+        unanswered — they time out into reversal as after a crash (§6: their originators
+        learn B330 when they repeat).  Returns how many were queued for reversal."""
+        self.suspensions.reload()
+        return self._recover("the previous active gateway")
 
     # --- SessionOwner -----------------------------------------------------------
+    @property
+    def accepts_logons(self) -> bool:
+        return self.standing.accepts_logons
+
+    def stand_by(self, why: str) -> int:
+        """§12: the lease is not ours (any more).  Every session is cut now — nothing
+        queued for it leaves, not even after a commit — and the requests in flight are
+        forgotten here: the active gateway of the pair times them out from the shared
+        journal (B330 and reversal, §6).  Returns the number of sessions cut."""
+        sessions = list(self.sessions)
+        for session in sessions:
+            session.cut(why)
+        dropped = len(self.pending) + len(self._taken_out)
+        self.pending.clear()
+        self._pending_by_record.clear()
+        self._taken_out.clear()
+        if dropped:
+            log.warning("standing by: %d request(s) in flight left to the active gateway",
+                        dropped)
+        return len(sessions)
+
     def find_peer(self, party: str) -> Peer | None:
         return self.keystore.peer(party)
 
@@ -631,6 +672,8 @@ class Gateway(Node):
         now = self.now()
         for session in list(self.sessions):
             session.tick()
+        if not self.standing.accepts_logons:  # a standby: no timeouts, reversals, alerts
+            return
         for key, pending in list(self.pending.items()):
             if now >= pending.deadline:
                 self._time_out(key, pending)

@@ -23,9 +23,10 @@ from twisted.internet.interfaces import (
 )
 from zope.interface import implementer
 
+from .addresses import AddressListEndpoint, AddressRing
 from .alertrules import AlertSettings, load_settings
 from .certificates import gateway_identity
-from .config import CONFIG_FILE, Config, split_host_port
+from .config import CONFIG_FILE, Config, is_postgresql, split_host_port
 from .journal import Journal
 from .keystore import KeyStore, Peer
 from .logsetup import DialOut, connection_end, host_port, join_host_port
@@ -261,6 +262,12 @@ class GatewayFactory(protocol.Factory):
         self._reads: list[tuple[Session, bytes]] = []
         #: Called before a turn's reads are acted on (the gateway: KeyStore.refresh).
         self.before_reads: Callable[[], None] | None = None
+        #: Called first in every turn that acts on reads or timers (a pair's lease
+        #: check, §12: a paused active cuts its sessions before it handles anything).
+        self.guard: Callable[[], None] | None = None
+        #: Told a failed commit; True when it was handled (a pair's fenced commit, §12:
+        #: the gateway stands by instead of stopping).
+        self.fenced: Callable[[BaseException], bool] | None = None
 
     def buildProtocol(self, addr: Any) -> SessionProtocol:
         return SessionProtocol(self, after_handshake=self.tls)
@@ -277,6 +284,8 @@ class GatewayFactory(protocol.Factory):
         self.schedule_flush()
 
     def act_on_reads(self) -> None:
+        if self.guard is not None and self._reads:
+            self.guard()
         reads, self._reads = self._reads, []
         if reads:
             try:
@@ -308,11 +317,15 @@ class GatewayFactory(protocol.Factory):
         try:
             self.act_on_reads()
             self.gateway.flush()
-        except Exception:
+        except Exception as exc:
+            if self.fenced is not None and self.fenced(exc):
+                return  # nothing of the turn was written, nor sent: stood by
             log.exception("journal flush failed; stopping to protect the journal")
             self.reactor.stop()  # type: ignore[attr-defined]
 
     def tick(self) -> None:
+        if self.guard is not None:
+            self.guard()
         self.act_on_reads()  # an answer already read settles before its timeout fires
         try:
             self.gateway.tick()
@@ -363,7 +376,8 @@ class GatewayService(service.MultiService):
         self.home = home
         self.keystore = KeyStore(home / "keys")
         self.journal = Journal(config.journal_url, config.journal_synchronous, home=home)
-        self.gateway = Gateway(config, self.keystore, self.journal, reactor.seconds)
+        self.gateway = Gateway(config, self.keystore, self.journal, reactor.seconds,
+                               recover=not is_postgresql(config.journal_url))
         self.factory = GatewayFactory(self.gateway, reactor)
         self.keystore.check_every_lookup = False  # RegistryWatch.before_reads instead
         self._host, self._port_number = split_host_port(listen or config.listen)
@@ -376,6 +390,11 @@ class GatewayService(service.MultiService):
         #: Dial-outs by party: (what they were made from, the ClientService).
         self._dialling: dict[str, tuple[tuple[Any, ...], service.Service]] = {}
         self._dial_tls: dict[str, DialOutTLS] = {}
+        #: §12: the lease of an active/standby pair (``[journal] url`` PostgreSQL), else
+        #: None: alone on SQLite, always active.
+        self.pair: Any = None
+        if is_postgresql(config.journal_url):
+            self._open_pair()
         self.update_dial_outs()
         self._ticker = task.LoopingCall(self.factory.tick)
         self._ticker.clock = reactor
@@ -390,6 +409,56 @@ class GatewayService(service.MultiService):
         self.gateway.monitor.configure(alerts or load_settings(home), cwd=home)
         self.alerts_reload_hooks.append(self.gateway.monitor.reload)
 
+    # --- active / standby (§12) ----------------------------------------------------
+    def _open_pair(self) -> None:
+        """The lease loop on PostgreSQL (gateway/store_pg/pair.py): a standby until the
+        lease is ours.  PairUnavailable (a RuntimeError) goes up: ``serve`` exits 1."""
+        from .standing import LeaseStanding
+        from .store_pg.pair import open_pair
+
+        cfg = self.config
+        self.pair = open_pair(cfg.journal_url, cfg.journal_failover_seconds, self.reactor,
+                              self._became_active, self._stand_by)
+        self.gateway.standing = LeaseStanding(self.pair.keeper)
+        self.factory.guard = self.pair.check
+        self.factory.fenced = self._commit_fenced
+
+    def _commit_fenced(self, exc: BaseException) -> bool:
+        """A commit refused by the lease's fence (a PostgreSQL journal, §12): step down
+        at once; any other failure is not ours to handle (the gateway stops)."""
+        from .store_pg.leasedb import Fenced
+
+        if not isinstance(exc, Fenced):
+            return False
+        log.error("a journal commit was fenced: %s; standing by", exc)
+        self.pair.fenced()
+        return True
+
+    def _became_active(self, grant: Any) -> None:
+        """The lease is ours: accept logons (the session asks the standing), dial out."""
+        log.warning("active: lease epoch %d taken; accepting logons and dialling out",
+                    grant.epoch)
+        uow = getattr(self.journal.store, "uow", None)
+        if uow is not None and hasattr(uow, "grant"):
+            uow.grant = grant  # every commit from now on is fenced by this epoch (§12)
+        self.gateway.take_over()
+        self.factory.flush_now()
+        if self.ops is not None:
+            self.ops.readiness.restart()
+        self.update_dial_outs()
+
+    def _stand_by(self) -> None:
+        """The lease is not confirmed ours: cut every session now (nothing queued
+        leaves), stop dialling; the lease machine is standby next."""
+        cut = self.gateway.stand_by("this gateway is not the active one any more "
+                                    "(§12: its lease is not confirmed)")
+        log.error("standing by: %d session(s) cut, dial-outs stopped; logons get S903", cut)
+        uow = getattr(self.journal.store, "uow", None)
+        if uow is not None and hasattr(uow, "grant"):
+            uow.discard()  # the turn's uncommitted writes and frames: never unfenced
+            uow.grant = None  # a standby journals no business, only refused logons
+        self.update_dial_outs()
+
     # --- dial-outs -------------------------------------------------------------------
     def update_dial_outs(self) -> None:
         """Dial every enabled peer that has a connect address, as registered now: one
@@ -397,7 +466,8 @@ class GatewayService(service.MultiService):
         and dialled anew, or no more.  A new key or role needs no new dial-out: the
         session of the old one is closed by RegistryWatch, and the next connection
         logs on, and checks the peer's TLS key, as the peer is registered then."""
-        plan = {p.party: (p.connect,) for p in self.keystore.peers() if p.connect and p.enabled}
+        plan = ({p.party: (p.connect,) for p in self.keystore.peers() if p.connect and p.enabled}
+                if self.gateway.accepts_logons else {})  # a standby dials nobody (§12)
         for party, creator in self._dial_tls.items():
             creator._peer = self.keystore.peer(party) or creator._peer
         for party, (made_from, client) in list(self._dialling.items()):
@@ -405,7 +475,9 @@ class GatewayService(service.MultiService):
                 del self._dialling[party]
                 self._dial_tls.pop(party, None)
                 client.disownServiceParent()
-                log.info("dial-out to %s stopped (its registration changed)", party)
+                log.info("dial-out to %s stopped (%s)", party,
+                         "its registration changed" if self.gateway.accepts_logons
+                         else "standby")
         for party, made_from in plan.items():
             peer = self.keystore.peer(party)
             if party not in self._dialling and peer is not None:
@@ -414,16 +486,25 @@ class GatewayService(service.MultiService):
                 self._dialling[party] = (made_from, client)
 
     def _dial_out(self, peer: Peer) -> service.Service:
+        """A ClientService dialling the peer's address, or its addresses in turn (§12:
+        each attempt after a failure or a lost session goes to the next one)."""
         assert peer.connect is not None
-        h, p = split_host_port(peer.connect)
-        ep: Any = endpoints.HostnameEndpoint(self.reactor, h, p)
+        ring = AddressRing.parse(peer.connect)
+        creator: DialOutTLS | None = None
         if self._identity is not None:  # --tls covers the sessions we dial too
             creator = self._dial_tls[peer.party] = DialOutTLS(self._identity, peer)
-            ep = endpoints.wrapClientTLS(creator, ep)
-        dial = DialOut(peer.party, join_host_port(h, p)
-                       + (" over TLS" if self._identity is not None else ""), log)
+        over = " over TLS" if creator is not None else ""
+
+        def endpoint_for(host: str, port: int) -> Any:
+            ep: Any = endpoints.HostnameEndpoint(self.reactor, host, port)
+            return ep if creator is None else endpoints.wrapClientTLS(creator, ep)
+
+        dial = DialOut(peer.party, ",".join(join_host_port(h, p) for h, p in ring.addresses)
+                       + over, log)
+        ep = AddressListEndpoint(ring, endpoint_for,
+                                 lambda address: setattr(dial, "address", address + over))
         return internet.ClientService(dial.wrap(ep), OutboundFactory(
-            self.factory, peer, tls=self._identity is not None), retryPolicy=dial,
+            self.factory, peer, tls=creator is not None), retryPolicy=dial,
             clock=self.reactor)
 
     def use_own_identity(self) -> None:
@@ -474,12 +555,16 @@ class GatewayService(service.MultiService):
         self.registry_watch.start()
         log.info("gateway %s serving on %s%s", self.config.party,
                  join_host_port(self._host, self.listening_port), " (TLS)" if self.tls else "")
+        if self.pair is not None:
+            self.pair.start()
 
     @defer.inlineCallbacks
     def stopService(self):  # type: ignore[no-untyped-def]
         """Stop accepting (connections, and new requests on open sessions: S902), let
         in-flight requests be answered or time out, flush."""
         if not self.running:  # it never started (it could not listen): nothing to drain
+            if self.pair is not None:
+                yield self.pair.stop()
             self.journal.close()
             return
         log.info("gateway stopping: draining %d in-flight request(s)", len(self.gateway.pending))
@@ -501,6 +586,8 @@ class GatewayService(service.MultiService):
             yield self.ops.stop()
         if self.gateway.retention is not None:  # its job's copy without the delete is
             self.gateway.retention.close()  # harmless: the next start moves it again
+        if self.pair is not None:
+            yield self.pair.stop()  # a standby takes the released lease at its next poll
         self.journal.close()
         self.gateway.monitor.close()  # the alert command gets the last alerts (bounded)
         log.info("gateway stopped; journal flushed")

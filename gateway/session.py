@@ -23,6 +23,7 @@ from .errors import (
     Busy,
     GatewayError,
     KeyNoLongerValid,
+    NotActive,
     SchemaInvalid,
     SessionNotReady,
     UnknownKeyId,
@@ -89,6 +90,8 @@ class SessionOwner(Protocol):
     journal: Journal
     signer: Signer
     role: str
+    #: False while a gateway is a standby of a pair (§12): LOGON gets S903.
+    accepts_logons: bool
 
     def now(self) -> float: ...
 
@@ -157,6 +160,8 @@ class Session:
         self._link_closed = False
         #: Why it closed (``close``), once it has.
         self.close_reason: str | None = None
+        #: The code with which the party we dialled refused our logon (S903: a standby).
+        self.logon_refused_with: str | None = None
         self._outbox: list[_Outgoing] = []
         self._journaled_in = False
         #: Per-message-type limits on what the peer may send (set at logon).
@@ -247,6 +252,9 @@ class Session:
             if msg_type != "SYS.LOGON.REQ":
                 raise SessionNotReady("log on first (SYS.LOGON.REQ)",
                                       ref_msg_id=message.head.msg_id)
+            if not self.owner.accepts_logons:  # §12: a standby of a pair
+                raise NotActive("this gateway is a standby: log on at the active one (the "
+                                "next address of your list)", ref_msg_id=message.head.msg_id)
             self._on_logon_req(envelope, message)
             return
         if self.state == LOGON_SENT:
@@ -425,6 +433,7 @@ class Session:
             unverified = f" (its answer is not verified: {exc.code} {exc.text})"
         self._journal_in(envelope, message)
         body = message.body
+        self.logon_refused_with = str(body.get(code))
         self.close(f"{self.peer.party} refused our logon: {body.get(code)} {body.get(text)}"
                    f"{unverified}", logging.WARNING)
 
@@ -758,6 +767,13 @@ class Session:
                     signed: bool = True) -> None:
         head, xml = self._error_xml(exc, ref, to)
         self.send_xml(xml, "SYS.ERROR", head.msg_id, None, signed=signed)
+
+    def cut(self, why: str) -> None:
+        """Close now, without waiting for a commit, and drop what is queued: this
+        gateway is not the active one any more (§12), so nothing may reach the peer."""
+        self._outbox.clear()
+        self.close(why, logging.WARNING)
+        self._close_link()
 
     def close(self, why: str = "closed here", level: int = logging.INFO) -> None:
         """Close after everything queued so far has been written; ``why`` is logged

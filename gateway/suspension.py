@@ -111,9 +111,14 @@ class Suspensions:
         self.journal = journal
         self.clock = clock
         self.parties = parties
-        self._by_party: dict[str, Suspension] = {
-            party: Suspension(party, reason, since)
-            for party, reason, since in journal.suspensions()}
+        self._by_party: dict[str, Suspension] = {}
+        self.reload()
+
+    def reload(self) -> None:
+        """Read the suspensions from the journal (at start, and when a standby of a pair
+        takes over: the other gateway may have changed them, §12)."""
+        self._by_party = {party: Suspension(party, reason, since)
+                          for party, reason, since in self.journal.suspensions()}
         if self._by_party:
             log.warning("business suspended (kept from before the restart): %s; "
                         "`gateway resume` lifts it", self.summary())

@@ -13,6 +13,7 @@ cryptography key and certificate objects.  Whose certificate is accepted:
 """
 from __future__ import annotations
 
+import copy
 import ipaddress
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -202,6 +203,19 @@ class GatewayTLS:
         except ValueError:
             self._ip = None
         self._context = _options(identity, trusted).getContext()
+
+    def for_host(self, host: str) -> GatewayTLS:
+        """The same identity and trust for a gateway at another address of the list
+        (§12): its certificate must name ``host``."""
+        if host == self.host:
+            return self
+        other = copy.copy(self)
+        other.host = host
+        try:
+            other._ip = str(ipaddress.ip_address(host))
+        except ValueError:
+            other._ip = None
+        return other
 
     def clientConnectionForTLS(self, tls_protocol: Any) -> SSL.Connection:
         conn = SSL.Connection(self._context, None)

@@ -37,8 +37,10 @@ READY_SECONDS = 30.0
 
 def add_arguments(p: argparse.ArgumentParser, role: str) -> None:
     """The options of ``gateway sim <role>``."""
-    p.add_argument("--connect", required=True, metavar="HOST:PORT", type=connect_address,
-                   help="the gateway's address (IPv6 as [::1]:7700)")
+    p.add_argument("--connect", required=True, metavar="HOST:PORT[,HOST:PORT…]",
+                   type=connect_address,
+                   help="the gateway's address (IPv6 as [::1]:7700), or both addresses of "
+                        "an active/standby pair, tried in turn (required, no default)")
     p.add_argument("--party", metavar="ID",
                    help="its PartyId (default CCB for a bank, GTJA for a broker)")
     p.add_argument("--gateway-cert", type=Path, metavar="FILE",

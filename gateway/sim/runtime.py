@@ -12,7 +12,9 @@ from typing import Any
 from twisted.application import internet
 from twisted.internet import defer, endpoints, task
 
-from ..config import Config, split_host_port
+from ..addresses import AddressListEndpoint, AddressRing
+from ..config import Config, check_address_list
+from ..errors import NotActive
 from ..fieldcrypto import StorageCipher
 from ..filemodes import private_dir
 from ..journal import Journal
@@ -52,6 +54,8 @@ class Redial(DialOut):
         super().__init__("the gateway", address, log, prefix=f"{party}: ", announce=False)
         self.party = party
         self.failures = 0
+        #: S903 answers in a row (a standby gateway, §12)
+        self.standbys = 0
         self._connects = internet.backoffPolicy(RECONNECT_FIRST_SECONDS, RECONNECT_MAX_SECONDS)
         self._sessions = internet.backoffPolicy(RECONNECT_FIRST_SECONDS, FAILED_MAX_SECONDS,
                                                 jitter=lambda: 0.0)
@@ -59,6 +63,8 @@ class Redial(DialOut):
     def delay(self, attempt: int) -> float:
         if self.failures:
             return float(self._sessions(self.failures))
+        if self.standbys:
+            return float(self._connects(self.standbys))
         return float(self._connects(attempt))
 
     def failed(self, why: str) -> None:
@@ -66,8 +72,16 @@ class Redial(DialOut):
         self.failures += 1
         super().failed(f"session with the gateway at {self.address} failed: {why}")
 
+    def standby(self, why: str) -> None:
+        """The gateway dialled answered S903: a standby of a pair (§12).  Not a failure
+        to back off from for long: the next attempt dials the next address, after the
+        short back-off of a connect refused."""
+        self.standbys += 1
+        super().failed(f"the gateway at {self.address} is a standby ({why}); trying the "
+                       "next address")
+
     def ready(self) -> None:
-        self.failures = 0
+        self.failures = self.standbys = 0
 
 
 def gateway_peer(cert_pem: bytes, party: str) -> Peer:
@@ -136,7 +150,7 @@ def client_tls(home: Path, party: str, connect: str, trusted_pem: bytes,
     if signer_id(certs[0].public_key()) != signer.signer:  # type: ignore[arg-type]
         raise ValueError(f"{path} is not for {party}'s key {key_file(home, party)} "
                          f"(signer {signer.signer})")
-    host, _ = split_host_port(connect)
+    host, _ = check_address_list(connect)[0]  # the others: GatewayTLS.for_host
     return GatewayTLS(host, Identity(signer.private_key, certs[0], certs[1:]), trusted)
 
 
@@ -255,7 +269,9 @@ class GatewayLink(SessionProtocol):
         session = self.session
         ended_here = session is not None and session.close_reason is not None
         super().connectionLost(reason)
-        if session is not None and not session.keyring.has_key:
+        if session is not None and session.logon_refused_with == NotActive.code:
+            self.factory.redial.standby(str(session.close_reason))
+        elif session is not None and not session.keyring.has_key:
             self.factory.redial.failed(
                 str(session.close_reason) if ended_here else
                 "the connection ended before the session was ready (logon refused, or the "
@@ -297,15 +313,22 @@ def start_sim(reactor: Any, home: Path, role: str, party: str, connect: str,
     node = PeerNode(cfg, journal, signer, reactor.seconds, gateway_peer(gateway_cert,
                                                                          gateway_party),
                     role, book)
-    factory = PeerFactory(node, reactor, Redial(party, connect))
+    redial = Redial(party, connect)
+    factory = PeerFactory(node, reactor, redial)
     factory.tls = tls is not None
-    host, port = split_host_port(connect)
-    endpoint: Any = endpoints.HostnameEndpoint(reactor, host, port)
-    if tls is not None:
-        endpoint = endpoints.wrapClientTLS(tls, endpoint)
-    services = [internet.ClientService(factory.redial.wrap(endpoint), factory,
-                                       retryPolicy=factory.redial, clock=reactor)
-                for _ in range(connections)]
+
+    def endpoint_for(host: str, port: int) -> Any:
+        endpoint: Any = endpoints.HostnameEndpoint(reactor, host, port)
+        return endpoint if tls is None else endpoints.wrapClientTLS(tls.for_host(host),
+                                                                    endpoint)
+
+    def on_address(address: str) -> None:
+        redial.address = address
+
+    # each connection goes through the gateway's addresses in turn on its own (§12)
+    services = [internet.ClientService(redial.wrap(AddressListEndpoint(
+        AddressRing.parse(connect), endpoint_for, on_address)), factory,
+        retryPolicy=redial, clock=reactor) for _ in range(connections)]
     for service in services:
         service.startService()
     ticker = task.LoopingCall(factory.tick)

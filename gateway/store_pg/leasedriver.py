@@ -63,6 +63,11 @@ class LeaseDriver:
         """A commit was refused by the fence: the lease is not ours."""
         self._act(self.keeper.lost())
 
+    def check(self) -> None:
+        """The step-down rule alone, now (the edge calls it before acting on reads or
+        timers: an active paused past the deadline cuts its sessions first)."""
+        self._act(self.keeper.tick())
+
     def step(self) -> None:
         """One timer turn: the step-down rule, then what is due."""
         self._act(self.keeper.tick())

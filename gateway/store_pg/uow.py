@@ -191,6 +191,15 @@ class PgUnitOfWork:
             raise
         self._in_tx = False
 
+    def discard(self) -> None:
+        """Drop what this turn wrote and queued, uncommitted (a gateway that lost its
+        lease, §12: nothing of it may reach the journal or a peer)."""
+        self._before.clear()
+        self._after.clear()
+        if self._in_tx:
+            self._in_tx = False
+            self._rollback_quietly()
+
     def _rollback_quietly(self) -> None:
         try:
             if not self.connection.closed:
