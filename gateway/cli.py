@@ -312,12 +312,13 @@ def _cmd_serve(args: argparse.Namespace, home: Home) -> int:
     ops = _ops_settings(args, home)
     if ops is None:
         return EXIT_FAILED
-    from .standing import StoreUnavailable
+    from .standing import StoreUnavailable as PairUnavailable
+    from .store.interfaces import StoreUnavailable
 
     try:
         svc = GatewayService(home.root, cfg, reactor, listen=args.listen,
                              tls=True if args.tls else None, alerts=alerts, ops=ops)
-    except StoreUnavailable as exc:  # §12: the PostgreSQL of [journal] url
+    except (StoreUnavailable, PairUnavailable) as exc:  # §12: the PostgreSQL of [journal] url
         print(f"gateway serve: could not start: {exc}", file=sys.stderr)
         return EXIT_FAILED
     flushes = FlushWatch(svc.gateway)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import shutil
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -70,6 +69,7 @@ class Pair:
     """Two gateway homes with the same keys and registry, on one lease."""
 
     def __init__(self, root: Path, url: str, listener: socket.socket) -> None:
+        self.url = url
         self.a = make_home(root / "a", {BANK: "BANK", BROKER: "BROKER", DIALLED: "BANK",
                                             BOC: "BANK"})
         store = KeyStore(self.a.root / "keys")
@@ -219,8 +219,10 @@ def test_a_paused_active_is_fenced_it_cuts_its_sessions_stands_by_and_relays_not
             raise AssertionError(f"{peer.party} got {frame.type} from the fenced gateway")
     log = a.log_text()
     assert "the lease is not confirmed ours" in log, log
-    with sqlite3.connect(pair.a.root / "data" / "journal.sqlite3") as journal:
-        assert journal.execute("SELECT count(*) FROM message WHERE msg_id = ?",
+    import psycopg
+
+    with psycopg.connect(pair.url) as journal:  # the pair's one journal (§12)
+        assert journal.execute("SELECT count(*) FROM message WHERE msg_id = %s",
                                (echo,)).fetchone() == (0,)  # never acted on, never journaled
     refused_as_standby(a, BOC)  # a standby now, the lease being B's
     assert metric(a.ops_port, "sbdx_active") == 0
