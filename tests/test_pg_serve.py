@@ -24,9 +24,10 @@ def _use_postgres(home: GatewayHome, url: str) -> None:
 
 
 def test_a_gateway_on_postgresql_relays_and_remembers_across_a_restart(
-        home: GatewayHome, start_gateway: Any, pg_url: str) -> None:
+        pg_url: str, home: GatewayHome, start_gateway: Any) -> None:
     _use_postgres(home, pg_url)  # an empty database: the gateway migrates it
     gw = start_gateway()
+    gw.wait_for_log(r"active: lease epoch \d+ taken")  # alone on the url: a pair of one (§12)
     bank, broker = gw.peer(BANK).open_session(), gw.peer(BROKER).open_session()
     signed(bank, broker)
     msg_id = broker.send("XFER.OUT.REQ", xfer("GTJAP1"), to=BANK)
@@ -50,6 +51,7 @@ def test_a_gateway_on_postgresql_relays_and_remembers_across_a_restart(
     assert view["state"] == "SUCCEEDED" and len(view["messages"]) >= 4
 
     again = start_gateway()  # a restart: the record is read back from PostgreSQL
+    again.wait_for_log(r"active: lease epoch \d+ taken")
     bank, broker = again.peer(BANK).open_session(), again.peer(BROKER).open_session()
     broker.send("XFER.OUT.REQ", xfer("GTJAP1"), to=BANK)  # a repeat: from the journal
     repeat = broker.recv("XFER.OUT.RSP")
