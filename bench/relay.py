@@ -156,6 +156,8 @@ class PgServer:
             except BaseException:
                 pgcluster.stop(self.folder)
                 raise
+            print(f"PostgreSQL cluster in {self.folder} (stopped and removed at the end)",
+                  file=sys.stderr, flush=True)
         self._numbers = itertools.count(1)
 
     @property
