@@ -4,6 +4,7 @@
     python bench/relay.py --durability    # ... and closed loop per journal setting
     python bench/relay.py --profile       # ... and a cProfile of the gateway at max load
     python bench/relay.py --ops           # closed loop with the §10 ops endpoint off / on
+    python bench/relay.py --store both    # SQLite, then the PostgreSQL journal (issue 21)
 
 Each load run starts, on loopback and as separate processes, with full security
 (MAC + ES256 signatures on every hop, XSD validation, durable journal):
@@ -21,10 +22,19 @@ Beside each run, what the machine did meanwhile, to tell the gateway's share of 
 from the VM's: the gateway journal's own COMMIT timings (mean / max), this VM's speed
 (µs per ECDSA verify, before / after the run), and with ``--disk-probe`` a probe of
 the disk (4 KiB write + fdatasync every 10 ms: p99 / max).
+
+``--store postgresql`` puts the gateway's journal in PostgreSQL (``[journal] url``, a
+fresh database per run; PROTOCOL §12): on the server at ``--pg-url``, or else on a
+throwaway cluster this command starts and stops (tests/pgcluster.py: unix socket,
+``fsync`` and ``synchronous_commit`` on, so every hop's commit is durable); the CPU of
+that cluster's processes is reported per round trip beside the gateway's.  ``--store
+both`` runs SQLite then PostgreSQL in one invocation (closed loops first, then both open
+loops at one rate) and prints PostgreSQL ÷ SQLite.
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -42,6 +52,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -78,6 +89,8 @@ def wait_for(path: Path, text: str, timeout: float, proc: subprocess.Popen[bytes
 class Setup:
     root: Path
     port: int
+    #: ``[journal] url`` when the journal is not the default SQLite file
+    journal_url: str | None = None
 
     @property
     def gw(self) -> Path:
@@ -92,20 +105,98 @@ class Setup:
         return self.root / "gtja"
 
 
-def prepare(root: Path, settings: dict[str, Any]) -> Setup:
-    """Fresh homes: the gateway's keys with CCB and GTJA registered; the bank's books."""
-    setup = Setup(root, free_port())
+def prepare(root: Path, settings: dict[str, Any], journal_url: str | None = None) -> Setup:
+    """Fresh homes: the gateway's keys with CCB and GTJA registered; the bank's books;
+    ``journal_url``: the gateway's ``[journal] url`` (default: its SQLite file)."""
+    setup = Setup(root, free_port(), journal_url)
     store = KeyStore.create(setup.gw / "keys", party="GW01")
     store.add_peer("CCB", "BANK", ensure_key(setup.bank, "CCB").read_bytes())
     store.add_peer("GTJA", "BROKER", ensure_key(setup.broker, "GTJA").read_bytes())
     lines = ["[gateway]", f'listen = "127.0.0.1:{setup.port}"']
     lines += [f'{k} = "{v}"' if isinstance(v, str) else f"{k} = {v}" for k, v in settings.items()]
+    if journal_url:
+        lines += ["[journal]", f'url = "{journal_url}"']
     (setup.gw / "gateway.toml").write_text("\n".join(lines) + "\n")
     ledger = Ledger(setup.bank / "data" / "CCB-ledger.sqlite3")
     ledger.open_account(AGGREGATE, AGGREGATE, 10**13)  # the settlement funds of the day
     BankBook(ledger, "CCB", lambda: "", lambda: "").seed("GTJA")
     ledger.db.close()
     return setup
+
+
+def with_database(url: str, dbname: str) -> str:
+    """``url`` naming database ``dbname`` instead (query parameters kept)."""
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k != "dbname"]
+    return urlunsplit((parts.scheme, parts.netloc, f"/{dbname}", urlencode(query),
+                       parts.fragment))
+
+
+class PgServer:
+    """The PostgreSQL server the ``--store postgresql`` runs journal to: the one at
+    ``url``, or (None) a throwaway cluster started here and stopped by :meth:`stop`
+    (tests/pgcluster.py).  Each run gets a fresh database, dropped after it."""
+
+    def __init__(self, url: str | None) -> None:
+        import psycopg  # noqa: F401  (fail here, before any run, if it is missing)
+
+        sys.path.insert(0, str(ROOT / "tests"))
+        import pgcluster
+
+        self._cluster = pgcluster
+        self.folder: Path | None = None
+        if url:
+            self.url = url
+        else:
+            # in /tmp whatever TMPDIR says: the unix socket's path must stay short and
+            # the folder reachable by the `postgres` user the cluster runs as under root
+            self.folder = Path(tempfile.mkdtemp(prefix="sbdx-pg-", dir="/tmp"))
+            try:
+                self.url = pgcluster.start(self.folder)
+            except BaseException:
+                pgcluster.stop(self.folder)
+                raise
+            print(f"PostgreSQL cluster in {self.folder} (stopped and removed at the end)",
+                  file=sys.stderr, flush=True)
+        self._numbers = itertools.count(1)
+
+    @property
+    def postmaster_pid(self) -> int:
+        """The local cluster's server process (0 for a server at --pg-url: not measured)."""
+        if self.folder is None:
+            return 0
+        return int((self.folder / "data" / "postmaster.pid").read_text().split()[0])
+
+    def _admin(self, sql: str) -> None:
+        import psycopg
+
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute(sql)
+
+    def new_database(self) -> str:
+        name = f"sbdx_bench_{os.getpid()}_{next(self._numbers)}"
+        self._admin(f"CREATE DATABASE {name} TEMPLATE template0")
+        return with_database(self.url, name)
+
+    def drop_database(self, url: str) -> None:
+        self._admin(f"DROP DATABASE IF EXISTS {urlsplit(url).path.lstrip('/')} WITH (FORCE)")
+
+    def describe(self) -> str:
+        import psycopg
+
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            version = conn.execute("SHOW server_version").fetchone()
+            sync = conn.execute("SHOW synchronous_commit").fetchone()
+            fsync = conn.execute("SHOW fsync").fetchone()
+        where = "throwaway cluster, unix socket" if self.folder else "--pg-url"
+        return (f"PostgreSQL {version[0] if version else '?'} ({where}; fsync"
+                f" {fsync[0] if fsync else '?'}, synchronous_commit {sync[0] if sync else '?'}),"
+                f" psycopg {psycopg.__version__} ({psycopg.pq.__impl__} implementation)")
+
+    def stop(self) -> None:
+        if self.folder is not None:
+            self._cluster.stop(self.folder)
+            self.folder = None
 
 
 class DiskProbe:
@@ -213,10 +304,12 @@ class Scraper:
 
 def one_run(args: argparse.Namespace, label: str, *, rate: float = 0.0,
             settings: dict[str, Any] | None = None, profile: Path | None = None,
-            profile_who: str = "gateway", ops: bool = False) -> dict[str, Any]:
+            profile_who: str = "gateway", ops: bool = False,
+            pg: PgServer | None = None) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="sbdx-bench-"))
     speed_before = box_speed()
-    setup = prepare(root, settings or {})
+    journal_url = pg.new_database() if pg else None
+    setup = prepare(root, settings or {}, journal_url)
     os.sync()  # nothing of the set-up (or a previous run) left for the disk to flush
     gw_log, bank_log = root / "gateway.log", root / "bank.log"
     # the ops endpoint (§10) only when asked: the other runs stay comparable with those
@@ -252,6 +345,7 @@ def one_run(args: argparse.Namespace, label: str, *, rate: float = 0.0,
                  "--connections", str(args.connections), "--window", str(args.window),
                  "--rate", str(rate), "--warmup", str(args.warmup), "--seconds", str(args.seconds),
                  "--gateway-pid", str(gw.pid), "--bank-pid", str(bank.pid), "--tag", "R",
+                 "--postgres-pid", str(pg.postmaster_pid if pg else 0),
                  "--out", str(result_file)], capture_output=True, text=True, timeout=900)
         finally:
             disk = probe.stop() if probe else {}
@@ -276,6 +370,8 @@ def one_run(args: argparse.Namespace, label: str, *, rate: float = 0.0,
             except subprocess.TimeoutExpired:
                 proc.kill()
         commits = {"gateway": commit_stats(gw_log), "bank": commit_stats(bank_log)}
+        if pg and journal_url and not args.keep:
+            pg.drop_database(journal_url)
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
             # ext4 mounted with `discard` trims the freed blocks at its next journal
@@ -283,12 +379,15 @@ def one_run(args: argparse.Namespace, label: str, *, rate: float = 0.0,
             # here, between runs, not inside the next run's measured window.
             os.sync()
         else:
-            print(f"kept {root}", file=sys.stderr)
+            print(f"kept {root}" + (f" (journal {journal_url})" if journal_url else ""),
+                  file=sys.stderr)
+    result["store"] = "postgresql" if pg else "sqlite"
     result["commits"] = commits
     result["verify_us"] = [speed_before, box_speed()]
     cpu = result["cpu"]
     answered = result["throughput"] * args.seconds
-    for who in ("gateway", "gateway_sys", "bank", "bank_sys", "driver"):
+    for who in ("gateway", "gateway_sys", "bank", "bank_sys", "driver", "postgres",
+                "postgres_sys"):
         if who in cpu["from"]:
             spent = cpu["to"][who] - cpu["from"][who]
             result[f"{who}_cpu_us_per_rt"] = round(spent / answered * 1e6, 1) if answered else None
@@ -315,15 +414,21 @@ def check_books(setup: Setup, result: dict[str, Any], opening: int) -> dict[str,
     """Exactly once, end to end: the journals of all three parties and the bank's ledger."""
     sent = result["biz_sns"]
     ok = {sn for sn, res in sent.items() if res == "0000"}
-    gw = sqlite3.connect(setup.gw / "data" / "journal.sqlite3")
+    gw: Any
+    if setup.journal_url:
+        import psycopg
+
+        gw = psycopg.connect(setup.journal_url)
+    else:
+        gw = sqlite3.connect(setup.gw / "data" / "journal.sqlite3")
     states = dict(gw.execute("SELECT biz_sn, state FROM record WHERE origin='GTJA' AND"
                              " biz_type='XFER.OUT'"))
     relayed_twice = gw.execute(
         "SELECT count(*) FROM (SELECT msg_id FROM message WHERE direction='OUT' AND"
-        " msg_type='XFER.OUT.REQ' GROUP BY msg_id HAVING count(*) > 1)").fetchone()[0]
+        " msg_type='XFER.OUT.REQ' GROUP BY msg_id HAVING count(*) > 1) AS twice").fetchone()[0]
     answered_twice = gw.execute(
         "SELECT count(*) FROM (SELECT ref_id FROM message WHERE direction='OUT' AND"
-        " msg_type='XFER.OUT.RSP' AND party='GTJA' GROUP BY ref_id HAVING count(*) > 1)"
+        " msg_type='XFER.OUT.RSP' AND party='GTJA' GROUP BY ref_id HAVING count(*) > 1) AS twice"
     ).fetchone()[0]
     gw.close()
     broker = sqlite3.connect(journal_file(setup.broker, "GTJA"))
@@ -416,6 +521,51 @@ HEADER = ("| run | round trips/s | p50 ms | p90 ms | p99 ms | max ms | gateway C
           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
+def store_row(r: dict[str, Any]) -> str:
+    """One row of the store comparison: where each process's CPU went per round trip."""
+    lat = r["latency_ms"]
+    gwc = (r.get("commits") or {}).get("gateway") or {}
+
+    def cpu(who: str) -> str:
+        total, sys_ = r.get(f"{who}_cpu_us_per_rt"), r.get(f"{who}_sys_cpu_us_per_rt")
+        return "-" if total is None else f"{total} ({sys_})"
+
+    return (f"| {r['store']} | {r['label']} | {r['throughput']:.0f} | {lat.get('p50')} | "
+            f"{lat.get('p99')} | {lat.get('max')} | {cpu('gateway')} | {cpu('postgres')} | "
+            f"{cpu('bank')} | {r.get('driver_cpu_us_per_rt')} | {gwc.get('commits')} | "
+            f"{gwc.get('mean_ms')} / {gwc.get('max_ms')} | "
+            f"{'yes' if r['checks']['ok'] else 'NO'} |")
+
+
+STORE_HEADER = ("| journal | run | round trips/s | p50 ms | p99 ms | max ms | gateway CPU µs/rt"
+                " (sys) | PostgreSQL server CPU µs/rt (sys) | bank CPU µs/rt (sys) | broker CPU"
+                " µs/rt | gateway commits | gateway commit mean / max ms | exactly once +"
+                " ledger |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+
+#: Issue 21: the PostgreSQL journal's closed-loop round trips ÷ SQLite's, at least.
+PG_TARGET = 0.70
+
+
+def store_ratio(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """PostgreSQL ÷ SQLite in the runs of one invocation (closed loop; open-loop p99)."""
+    out: dict[str, Any] = {}
+    for mode in ("closed", "open"):
+        by = {r["store"]: r for r in runs if r["mode"] == mode and "cProfile" not in r["label"]
+              and ("journal FULL" in r["label"] or r["store"] == "postgresql")}
+        if {"sqlite", "postgresql"} <= set(by):
+            lite, pg = by["sqlite"], by["postgresql"]
+            if mode == "closed":
+                out["closed_rt_s"] = {"sqlite": round(lite["throughput"]),
+                                      "postgresql": round(pg["throughput"])}
+                out["closed_ratio"] = round(pg["throughput"] / lite["throughput"], 3)
+                out["target_met"] = out["closed_ratio"] >= PG_TARGET
+            else:
+                out["open_rate"] = pg["rate"]
+                out["open_p99_ms"] = {"sqlite": lite["latency_ms"].get("p99"),
+                                      "postgresql": pg["latency_ms"].get("p99")}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--connections", type=int, default=4)
@@ -423,7 +573,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=float, default=3.0)
     p.add_argument("--seconds", type=float, default=15.0)
     p.add_argument("--open-rate", type=float, default=0.0,
-                   help="open-loop rate (default: half the closed-loop result)")
+                   help="open-loop rate (default: half the closed-loop result; with --store"
+                        " both, half the lower of the two, so both open loops get one rate)")
     p.add_argument("--durability", action="store_true",
                    help="also run closed (and open) loop with journal_synchronous NORMAL and OFF")
     p.add_argument("--profile", choices=["gateway", "bank"],
@@ -442,26 +593,70 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ops-rounds", type=int, default=3)
     p.add_argument("--scrape-seconds", type=float, default=1.0,
                    help="with --ops: seconds between scrapes of /metrics and /api/status")
+    p.add_argument("--store", choices=["sqlite", "postgresql", "both"], default="sqlite",
+                   help="the gateway's journal: its SQLite file, PostgreSQL ([journal] url, a"
+                        " fresh database per run), or both one after the other with the"
+                        " PostgreSQL ÷ SQLite ratio (default: %(default)s). The exit code"
+                        " says whether the runs' checks passed, not whether a target was met")
+    p.add_argument("--pg-url",
+                   help="with --store postgresql/both: a PostgreSQL server to journal to (its"
+                        " user may CREATE DATABASE); default: a throwaway cluster started and"
+                        " stopped by this command (Debian's postgresql package: initdb, fsync"
+                        " and synchronous_commit on, unix socket)")
     p.add_argument("--json", type=Path, help="write all results here")
     args = p.parse_args(argv)
+    if args.store != "sqlite" and (args.durability or args.ops):
+        p.error("--durability and --ops vary the SQLite journal: use them with --store sqlite")
+    if args.pg_url and args.store == "sqlite":
+        p.error("--pg-url is for --store postgresql or both")
 
-    runs: list[dict[str, Any]] = []
     base = floor("FULL", args.floor_group)
     print(f"floor: {base['round_trip_us']} µs per round trip in sequence; operations timed"
           f" alone sum to {base['ops_sum_us']} {base['hop_us']}", flush=True)
     if args.ops:
         return ops_comparison(args, base)
+    pg: PgServer | None = None
+    if args.store != "sqlite":
+        try:
+            pg = PgServer(args.pg_url)
+        except ImportError as e:
+            print(f"relay.py: psycopg is not installed ({e}): pip install -e '.[test]'",
+                  file=sys.stderr)
+            return 2
+        except (OSError, RuntimeError, subprocess.CalledProcessError) as e:
+            err = getattr(e, "stderr", b"") or b""
+            print(f"relay.py: no PostgreSQL to journal to ({e}"
+                  f"{': ' + err.decode(errors='replace').strip() if err else ''}): install"
+                  " Debian's postgresql package or give --pg-url", file=sys.stderr)
+            return 2
+    try:
+        return measure(args, base, pg)
+    finally:
+        if pg:
+            pg.stop()
+
+
+def measure(args: argparse.Namespace, base: dict[str, Any], pg: PgServer | None) -> int:
+    stores = ["sqlite", "postgresql"] if args.store == "both" else [args.store]
+    server = {"sqlite": None, "postgresql": pg}
+    journal = {"sqlite": "journal FULL", "postgresql": "journal PostgreSQL"}
+    runs: list[dict[str, Any]] = []
     if args.open_rate and args.open_only:
         rate = args.open_rate
     else:
-        closed = one_run(args, "closed loop, max (journal FULL)")
-        runs.append(closed)
-        print(row(closed, base), flush=True)
-        rate = args.open_rate or round(closed["throughput"] / 2)
+        closed = []
+        for store in stores:
+            r = one_run(args, f"closed loop, max ({journal[store]})", pg=server[store])
+            runs.append(r)
+            closed.append(r["throughput"])
+            print(row(r, base), flush=True)
+        rate = args.open_rate or round(min(closed) / 2)
     if not args.closed_only:
-        opened = one_run(args, f"open loop at {rate:.0f}/s (journal FULL)", rate=rate)
-        runs.append(opened)
-        print(row(opened, base), flush=True)
+        for store in stores:
+            r = one_run(args, f"open loop at {rate:.0f}/s ({journal[store]})", rate=rate,
+                        pg=server[store])
+            runs.append(r)
+            print(row(r, base), flush=True)
     floors = {"FULL": base}
     if args.durability:
         for sync in ("NORMAL", "OFF"):
@@ -477,13 +672,17 @@ def main(argv: list[str] | None = None) -> int:
                 print(row(r, floors[sync]), flush=True)
     prof_text = ""
     if args.profile:
-        prof = Path(tempfile.mkdtemp(prefix="sbdx-prof-")) / "gateway.prof"
-        r = one_run(args, f"closed loop, max, {args.profile} under cProfile", profile=prof,
-                    profile_who=args.profile)
-        runs.append(r)
-        prof_text = profile_summary(prof)
+        for store in stores:
+            prof = Path(tempfile.mkdtemp(prefix="sbdx-prof-")) / "gateway.prof"
+            suffix = f" ({journal[store]})" if len(stores) > 1 or pg else ""
+            r = one_run(args, f"closed loop, max, {args.profile} under cProfile{suffix}",
+                        profile=prof, profile_who=args.profile, pg=server[store])
+            runs.append(r)
+            prof_text += (f"{store}:\n" if len(stores) > 1 else "") + profile_summary(prof)
     print()
     print(f"Machine: {machine()}")
+    if pg:
+        print(f"Journal server: {pg.describe()}")
     print(f"Floor (journal FULL, commit every {args.floor_group} hops): "
           f"{base['round_trip_us']} µs per round trip in sequence, {base['ops_sum_us']} µs as the"
           " sum of the operations timed alone")
@@ -494,13 +693,32 @@ def main(argv: list[str] | None = None) -> int:
                                 "OFF" if "OFF)" in r["label"] else "FULL")))
     for r in runs:
         print(r["label"], json.dumps(r["checks"]))
+    ratio: dict[str, Any] = {}
+    if pg:
+        print()
+        print(STORE_HEADER)
+        for r in runs:
+            print(store_row(r))
+        ratio = store_ratio(runs)
+        if "closed_ratio" in ratio:
+            rt = ratio["closed_rt_s"]
+            print(f"PostgreSQL ÷ SQLite, closed loop: {rt['postgresql']} / {rt['sqlite']} round"
+                  f" trips/s = {ratio['closed_ratio']:.2f} (issue 21 target ≥ {PG_TARGET:.2f}:"
+                  f" {'met' if ratio['target_met'] else 'NOT met'})")
+        if "open_p99_ms" in ratio:
+            p99 = ratio["open_p99_ms"]
+            print(f"open loop at {ratio['open_rate']:.0f}/s, p99: PostgreSQL {p99['postgresql']}"
+                  f" ms, SQLite {p99['sqlite']} ms")
     if prof_text:
         print(prof_text)
     if args.json:
         for r in runs:
             r.pop("biz_sns", None)
-        args.json.write_text(json.dumps({"machine": machine(), "floors": floors, "runs": runs},
-                                        indent=1, ensure_ascii=False))
+        report: dict[str, Any] = {"machine": machine(), "floors": floors, "runs": runs}
+        if pg:
+            report["journal_server"] = pg.describe()
+            report["store_ratio"] = ratio
+        args.json.write_text(json.dumps(report, indent=1, ensure_ascii=False))
     return 0 if all(r["checks"]["ok"] for r in runs) else 1
 
 

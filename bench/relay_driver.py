@@ -48,6 +48,23 @@ def cpu_split(pid: int) -> tuple[float, float]:
     return int(fields[11]) / ticks, int(fields[12]) / ticks
 
 
+def tree_cpu_split(root: int) -> tuple[float, float]:
+    """(utime, stime) of a process and its children now alive, in seconds: the
+    PostgreSQL server (the postmaster and its backends, WAL writer, checkpointer, …).
+    A child that exits between two marks takes its CPU with it; the gateway's
+    connections live for the whole run."""
+    user, system = cpu_split(root)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == root:
+                u, s = cpu_split(int(stat.parent.name))
+                user, system = user + u, system + s
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+    return user, system
+
+
 @dataclass
 class Sample:
     biz_sn: str
@@ -87,6 +104,9 @@ class Driver:
             if pid:
                 user, system = cpu_split(pid)
                 marks[name], marks[name + "_sys"] = user + system, system
+        if self.args.postgres_pid:
+            user, system = tree_cpu_split(self.args.postgres_pid)
+            marks["postgres"], marks["postgres_sys"] = user + system, system
         self.cpu_marks[label] = marks
 
     # --- phases ------------------------------------------------------------------
@@ -246,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tag", default="R")
     p.add_argument("--gateway-pid", type=int, default=0)
     p.add_argument("--bank-pid", type=int, default=0)
+    p.add_argument("--postgres-pid", type=int, default=0,
+                   help="the PostgreSQL postmaster: its CPU and its children's is marked too"
+                        " (default: 0, none)")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s driver %(message)s")

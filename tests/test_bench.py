@@ -78,3 +78,36 @@ def test_wal_pages_names_the_btrees_a_commit_writes(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
     assert "frames per commit" in out.stdout and " message" in out.stdout, out.stdout
     assert not any(tmp_path.iterdir())  # its journal folder removed
+
+
+def test_the_relay_rig_journals_to_a_throwaway_postgresql_and_stops_it(
+        tmp_path: Path) -> None:
+    """``--store postgresql`` (issue 21): the gateway's journal is a fresh PostgreSQL
+    database on a cluster the bench starts and removes; the exactly-once checks read it."""
+    import pytest
+
+    pytest.importorskip("psycopg", reason="psycopg is not installed (pip install -e '.[test]')")
+    import pgcluster
+
+    if pgcluster.find_bindir() is None:
+        pytest.skip("no PostgreSQL server binaries: install Debian's `postgresql` package")
+    out = _bench("relay.py", "--store", "postgresql", "--closed-only", "--seconds", "1",
+                 "--warmup", "0.5", "--keep", "--json", str(tmp_path / "relay.json"),
+                 tmp=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    report = json.loads((tmp_path / "relay.json").read_text())
+    run, = report["runs"]
+    assert run["store"] == "postgresql" and run["checks"]["ok"], run["checks"]
+    assert run["checks"]["sent"] == run["checks"]["journal_succeeded"] > 0
+    assert run["postgres_cpu_us_per_rt"] > 0 and run["commits"]["gateway"]["commits"] > 0
+    assert "synchronous_commit on" in report["journal_server"]
+    kept = Path(re.search(r"kept (\S+)", out.stderr).group(1))  # type: ignore[union-attr]
+    assert not (kept / "gw" / "data" / "journal.sqlite3").exists()  # no SQLite journal
+    cluster = Path(re.search(r"PostgreSQL cluster in (\S+)", out.stderr).group(1))  # type: ignore[union-attr]
+    assert not cluster.exists()  # stopped and removed
+
+
+def test_the_relay_rig_refuses_sqlite_only_options_with_postgresql(tmp_path: Path) -> None:
+    out = _bench("relay.py", "--store", "postgresql", "--durability", tmp=tmp_path)
+    assert out.returncode == 2 and "use them with --store sqlite" in out.stderr
+    assert "Traceback" not in out.stderr
