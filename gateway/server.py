@@ -617,6 +617,7 @@ class RegistryWatch:
         self._call.clock = svc.reactor
         #: §12: the registry in PostgreSQL: its revision is asked on a worker thread.
         self._asking: Deferred[None] | None = None
+        self._unanswered_said = False
 
     def start(self) -> None:
         self._call.start(REGISTRY_POLL_SECONDS, now=False)
@@ -646,12 +647,17 @@ class RegistryWatch:
 
     def _answered(self, _: None) -> None:
         self._asking = None
+        if self._unanswered_said:
+            self._unanswered_said = False
+            log.warning("the peer registry's revision is read again")
         self._apply()
 
     def _unanswered(self, failure: Failure) -> None:
         self._asking = None
-        log.warning("the peer registry's revision could not be read (%s); the peers read "
-                    "before stay in force", failure.getErrorMessage())
+        if not self._unanswered_said:  # once per outage, not every 0.5 s
+            self._unanswered_said = True
+            log.warning("the peer registry's revision could not be read (%s); the peers "
+                        "read before stay in force", failure.getErrorMessage())
         self._apply()
 
     def _apply(self) -> None:

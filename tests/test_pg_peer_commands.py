@@ -6,17 +6,19 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from test_peer_lifecycle import WITHIN, closing_frames, error_codes, new_key
 
-from conftest import BANK, BROKER, GatewayHome, RunningGateway, make_home
 from gateway.keystore import KeyStore, RegistryRefusal
 from gateway.registry import set_enabled
-from test_peer_lifecycle import WITHIN, closing_frames, error_codes, new_key
+
+from conftest import BANK, BROKER, GatewayHome, RunningGateway, make_home
 
 psycopg = pytest.importorskip("psycopg")
 
@@ -113,3 +115,18 @@ def test_a_key_replaced_on_one_home_closes_the_session_on_the_others_gateway(
     finally:
         gw.kill()
     assert "Traceback" not in gw.log_text(), gw.log_text()
+
+
+def test_a_peer_command_with_the_database_away_is_refused_in_one_line(
+        tmp_path: Path) -> None:
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+    try:
+        a, _ = two_homes(tmp_path, f"postgresql://sbdx@127.0.0.1:{closed.getsockname()[1]}/x")
+        for args in (("peer", "list"), ("peer", "disable", "--id", BANK)):
+            out = cli(a, *args)
+            assert out.returncode == 1, (out.stdout, out.stderr)
+            assert "Traceback" not in out.stderr and len(out.stderr.splitlines()) == 1
+            assert "unreachable" in out.stderr and "run the command again" in out.stderr
+    finally:
+        closed.close()

@@ -45,10 +45,16 @@ class PgRegistry:
                                                    connect_timeout=CONNECT_TIMEOUT)
             except psycopg.Error as exc:
                 raise RegistryRefusal(
-                    f"{self.where} is unreachable ({str(exc).strip().splitlines()[0]}): "
-                    "check [journal] url in gateway.toml and the database, then run the "
-                    "command again") from None
-            migrate(conn)
+                    f"{self.where} is unreachable ({_first_line(exc)}): check [journal] url"
+                    " in gateway.toml and the database, then run the command again") from None
+            try:
+                migrate(conn)  # as the journal does: a peer command may come first
+            except (psycopg.Error, ValueError) as exc:
+                conn.close()
+                raise RegistryRefusal(
+                    f"{self.where}: the schema could not be brought up to date "
+                    f"({_first_line(exc)}): check the user's rights to create tables, or "
+                    "run the newer gateway") from None
             self._conn = conn
         return self._conn
 
@@ -59,8 +65,8 @@ class PgRegistry:
         except psycopg.OperationalError as exc:
             conn.close()
             raise RegistryRefusal(
-                f"{self.where} could not be read or written ({str(exc).strip()}): check the "
-                "database, then run the command again") from None
+                f"{self.where} could not be read or written ({_first_line(exc)}): check "
+                "the database, then run the command again") from None
 
     def version(self, fresh: bool) -> Hashable:
         if fresh:
@@ -104,3 +110,8 @@ class PgRegistry:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
