@@ -451,14 +451,16 @@ class KeyStore:
 
     def refresh(self, fresh: bool | None = None) -> bool:
         """Read peers.json again if it was replaced since it was last read (one stat of
-        its inode, time and size, ~1-3 µs).  With the registry in PostgreSQL the
-        revision is asked of the database only if ``fresh`` (default: when
-        :attr:`check_every_lookup`), else the revision last polled is compared
-        (the server polls it every 0.5 s, off the hot path).  By default every lookup does this, so a
+        its inode, time and size, ~1-3 µs).  By default every lookup does this, so a
         `peer` command is in force for the very next message; the server instead calls
         it once per reactor turn, before acting on the turn's reads (all of which
         arrived before the stat).  A gateway that finds the file unreadable (a hand
-        edit) keeps the peers it last read and logs it once.  True if it read anew."""
+        edit) keeps the peers it last read and logs it once.  True if it read anew.
+
+        With the registry in PostgreSQL (§12) the database is asked for its revision
+        only if ``fresh`` (default: :attr:`check_every_lookup`), else the revision last
+        polled is compared: the server polls it every 0.5 s on a worker thread
+        (RegistryWatch), so a reactor turn never waits on the database for it."""
         where = self.registry.where
         cached = self._peer_cache
         try:
@@ -553,7 +555,9 @@ class KeyStore:
 
     def _change(self, apply: Callable[[dict[str, Peer]], Peer]) -> Peer:
         """Read the registry, apply one change, write it whole (temp + rename), all
-        under the store's lock so two commands never lose each other's change."""
+        under the store's lock so two commands never lose each other's change.  In
+        PostgreSQL the write is a compare-and-set on the revision read: a change by
+        another home meanwhile refuses it (RegistryRefusal: run the command again)."""
         with self.locked():
             version, data = self.registry.read()
             table = self._parse(data)
