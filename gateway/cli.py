@@ -208,9 +208,13 @@ def _cmd_peer_list(args: argparse.Namespace, home: Home) -> int:
         except ValueError as exc:
             return _refused("peer list", exc)
         return EXIT_OK
+    try:
+        peers = store.peers()
+    except ValueError as exc:  # e.g. the registry in PostgreSQL is unreachable (§12)
+        return _refused("peer list", exc)
     print(f"{'PARTY':<12} {'ROLE':<7} {'KEY':<8} {'SIGNER':<16}  {'CONNECT':<21} "
           f"{'STATE':<8} NEXT")
-    for p in store.peers():
+    for p in peers:
         print(f"{p.party:<12} {p.role:<7} {p.key_type:<8} {p.signer:<16}  "
               f"{p.connect or '-':<21} {'enabled' if p.enabled else 'DISABLED':<8} "
               f"{p.next_key.signer if p.next_key else '-'}")

@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,8 +19,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gateway import registry
-from gateway.config import ConfigError, address_list_text, check_address_list
+from gateway.config import ConfigError, address_list_text, check_address_list, is_postgresql
 from gateway.registry import ROLES, Peer, PeerKey, RegistryRefusal, key_letter
+from gateway.registrystore import FileRegistry, RegistryStore, home_registry_url
 from gateway.signature import PublicKey, Signer, key_type, load_public_key, signer_id
 
 __all__ = ["KeyStore", "KeyStoreExists", "KeyStoreMissing", "KeyStoreRefusal", "Peer",
@@ -302,14 +303,17 @@ def _remove(paths: list[Path]) -> None:
 class KeyStore:
     """The gateway's key directory."""
 
-    def __init__(self, keys_dir: Path) -> None:
+    def __init__(self, keys_dir: Path, registry_url: str | None = None) -> None:
+        """``registry_url``: a postgresql:// url keeps the peer registry in that store
+        (PROTOCOL §12); None: the home's ``[journal] url`` decides (``keys_dir``'s
+        parent is the home), else ``keys/peers.json``."""
         self.keys_dir = Path(keys_dir)
         if not (self.keys_dir / GATEWAY_KEY).exists():
             raise KeyStoreMissing(f"no gateway key in {self.keys_dir}: run `gateway init` first")
         self._signer: Signer | None = None
-        self._peers_path = os.fspath(self.keys_dir / PEERS_JSON)  # stat'ed per lookup
-        self._peer_cache: tuple[tuple[int, int, int], dict[str, Peer]] | None = None
-        self._bad_stamp: tuple[int, int, int] | None = None
+        self.registry = self._registry_store(registry_url)
+        self._peer_cache: tuple[Hashable, dict[str, Peer]] | None = None
+        self._bad_stamp: Hashable | None = None
         #: Look at peers.json on every lookup (else only at :meth:`refresh`).
         self.check_every_lookup = True
 
@@ -413,12 +417,31 @@ class KeyStore:
                          for key, status in keys)
 
     # --- peers -----------------------------------------------------------------
-    def _read_peers(self) -> dict[str, Peer]:
+    def _registry_store(self, url: str | None) -> RegistryStore:
+        if url is None:
+            url = home_registry_url(self.keys_dir.parent)
+        if url is not None and is_postgresql(url):
+            from .store_pg.registrystore import PgRegistry
+
+            return PgRegistry(url, self._file_document)
+        return FileRegistry(self.keys_dir / PEERS_JSON, _write_atomic)
+
+    def _file_document(self) -> bytes:
+        """``keys/peers.json`` as a registry document of the current format (an empty
+        registry if there is none): what a PostgreSQL store without a registry imports."""
         try:
             data = (self.keys_dir / PEERS_JSON).read_bytes()
         except FileNotFoundError:
+            return registry.dump({})
+        return registry.dump(self._parse(data))
+
+    def _parse(self, data: bytes | None) -> dict[str, Peer]:
+        if data is None:
             return {}
         return registry.parse(data, lambda p: (self.keys_dir / PEERS_DIR / f"{p}.pem").read_bytes())
+
+    def _read_peers(self) -> dict[str, Peer]:
+        return self._parse(self.registry.read()[1])
 
     def _peer_table(self) -> dict[str, Peer]:
         if self._peer_cache is None or self.check_every_lookup:
@@ -426,27 +449,37 @@ class KeyStore:
         assert self._peer_cache is not None
         return self._peer_cache[1]
 
-    def refresh(self) -> bool:
+    def refresh(self, fresh: bool | None = None) -> bool:
         """Read peers.json again if it was replaced since it was last read (one stat of
         its inode, time and size, ~1-3 µs).  By default every lookup does this, so a
         `peer` command is in force for the very next message; the server instead calls
         it once per reactor turn, before acting on the turn's reads (all of which
         arrived before the stat).  A gateway that finds the file unreadable (a hand
-        edit) keeps the peers it last read and logs it once.  True if it read anew."""
-        stamp = _stamp(self._peers_path)
+        edit) keeps the peers it last read and logs it once.  True if it read anew.
+
+        With the registry in PostgreSQL (§12) the database is asked for its revision
+        only if ``fresh`` (default: :attr:`check_every_lookup`), else the revision last
+        polled is compared: the server polls it every 0.5 s on a worker thread
+        (RegistryWatch), so a reactor turn never waits on the database for it."""
+        where = self.registry.where
         cached = self._peer_cache
-        if cached is not None and cached[0] == stamp:
-            return False
         try:
-            table = self._read_peers()
+            stamp = self.registry.version(self.check_every_lookup if fresh is None else fresh)
+            if cached is not None and cached[0] == stamp:
+                return False
+            stamp, data = self.registry.read()
+            table = self._parse(data)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             if cached is None:
-                raise ValueError(f"{self.keys_dir / PEERS_JSON} is unreadable: {exc}") from None
-            if self._bad_stamp != stamp:
-                self._bad_stamp = stamp
+                if isinstance(exc, RegistryRefusal):
+                    raise
+                raise ValueError(f"{where} is unreadable: {exc}") from None
+            if self._bad_stamp != repr(exc):
+                self._bad_stamp = repr(exc)
                 log.error("%s is unreadable (%s); the peers read before stay in force",
-                          self.keys_dir / PEERS_JSON, exc)
+                          where, exc)
             return False
+        self._bad_stamp = None
         self._peer_cache = (stamp, table)
         return True
 
@@ -522,12 +555,15 @@ class KeyStore:
 
     def _change(self, apply: Callable[[dict[str, Peer]], Peer]) -> Peer:
         """Read the registry, apply one change, write it whole (temp + rename), all
-        under the store's lock so two commands never lose each other's change."""
+        under the store's lock so two commands never lose each other's change.  In
+        PostgreSQL the write is a compare-and-set on the revision read: a change by
+        another home meanwhile refuses it (RegistryRefusal: run the command again)."""
         with self.locked():
-            table = self._read_peers()
+            version, data = self.registry.read()
+            table = self._parse(data)
             before = dict(table)
             result = apply(table)
-            _write_atomic(self.keys_dir / PEERS_JSON, registry.dump(table))
+            self.registry.write(version, registry.dump(table))
             self._peer_cache = None
             self._write_copies(before, table)
         return result

@@ -14,13 +14,15 @@ from typing import Any
 
 from OpenSSL import SSL
 from twisted.application import internet, service
-from twisted.internet import defer, endpoints, protocol, task
+from twisted.internet import defer, endpoints, protocol, task, threads
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
     IHandshakeListener,
     IOpenSSLServerConnectionCreator,
     IPushProducer,
     IReactorTime,
 )
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .addresses import AddressListEndpoint, AddressRing
@@ -374,7 +376,7 @@ class GatewayService(service.MultiService):
         self.reactor = reactor
         self.config = config
         self.home = home
-        self.keystore = KeyStore(home / "keys")
+        self.keystore = KeyStore(home / "keys", config.journal_url)
         self.journal = Journal(config.journal_url, config.journal_synchronous, home=home)
         self.gateway = Gateway(config, self.keystore, self.journal, reactor.seconds,
                                recover=not is_postgresql(config.journal_url))
@@ -613,6 +615,9 @@ class RegistryWatch:
         self._own_stamp = svc.keystore.own_key_stamp()
         self._call = task.LoopingCall(self.poll)
         self._call.clock = svc.reactor
+        #: §12: the registry in PostgreSQL: its revision is asked on a worker thread.
+        self._asking: Deferred[None] | None = None
+        self._unanswered_said = False
 
     def start(self) -> None:
         self._call.start(REGISTRY_POLL_SECONDS, now=False)
@@ -627,9 +632,38 @@ class RegistryWatch:
             self._close_untrusted()
 
     def poll(self) -> None:
+        """Every REGISTRY_POLL_SECONDS.  With the registry in PostgreSQL its revision is
+        asked first, on a worker thread (one small query; the reactor never waits on
+        the database for it), then applied as the file's stat is."""
+        registry = self.svc.keystore.registry
+        if not registry.remote:
+            self._apply()
+            return
+        if self._asking is not None:
+            return  # the last question is still out (a slow database)
+        self._asking = threads.deferToThreadPool(
+            self.svc.reactor, self.svc.reactor.getThreadPool(), registry.poll)
+        self._asking.addCallbacks(self._answered, self._unanswered)
+
+    def _answered(self, _: None) -> None:
+        self._asking = None
+        if self._unanswered_said:
+            self._unanswered_said = False
+            log.warning("the peer registry's revision is read again")
+        self._apply()
+
+    def _unanswered(self, failure: Failure) -> None:
+        self._asking = None
+        if not self._unanswered_said:  # once per outage, not every 0.5 s
+            self._unanswered_said = True
+            log.warning("the peer registry's revision could not be read (%s); the peers "
+                        "read before stay in force", failure.getErrorMessage())
+        self._apply()
+
+    def _apply(self) -> None:
         svc = self.svc
         try:
-            svc.keystore.refresh()
+            svc.keystore.refresh(fresh=False)
             self._own_key()
             if self._close_untrusted():
                 svc.factory.flush_or_stop()  # their E203 is written before any hang-up
