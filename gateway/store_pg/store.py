@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from gateway.store.interfaces import Store
 
-from .schema import schema_version
-from .stores import (
-    PgAgreements,
-    PgAlerts,
-    PgMessages,
-    PgMonitoring,
-    PgRecords,
-    PgReversals,
-    PgSeenMsgIds,
-    PgSuspensions,
+from ..store.sqlstores import (
+    SqlAgreements,
+    SqlAlerts,
+    SqlMessages,
+    SqlMonitoring,
+    SqlRecords,
+    SqlReversals,
+    SqlSeenMsgIds,
+    SqlSuspensions,
 )
+from .schema import schema_version
 from .uow import SLOW_COMMIT_SECONDS, PgUnitOfWork, open_connection
 
 
@@ -28,14 +28,14 @@ class PgStore:
         self.url = url
         self.uow = PgUnitOfWork(open_connection(url, read_only=read_only),
                                 slow_commit_seconds)
-        self.messages = PgMessages(self.uow)
-        self.seen = PgSeenMsgIds(self.uow)
-        self.records = PgRecords(self.uow)
-        self.agreements = PgAgreements(self.uow)
-        self.reversals = PgReversals(self.uow)
-        self.alerts = PgAlerts(self.uow)
-        self.monitoring = PgMonitoring(self.uow)
-        self.suspensions = PgSuspensions(self.uow)
+        self.messages = SqlMessages(self.uow)
+        self.seen = SqlSeenMsgIds(self.uow)
+        self.records = SqlRecords(self.uow)
+        self.agreements = SqlAgreements(self.uow)
+        self.reversals = SqlReversals(self.uow)
+        self.alerts = SqlAlerts(self.uow)
+        self.monitoring = SqlMonitoring(self.uow)
+        self.suspensions = SqlSuspensions(self.uow)
 
     @property
     def schema_version(self) -> int:

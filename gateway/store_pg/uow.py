@@ -13,6 +13,7 @@ reactor waits for each statement's round trip and for the COMMIT; the non-blocki
 """
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -62,6 +63,12 @@ def open_connection(url: str, *, read_only: bool = False) -> Connection:
     return conn
 
 
+@functools.lru_cache(maxsize=512)
+def _psycopg(sql: str) -> str:
+    """The stores' ``?`` placeholders as psycopg's ``%s`` (a literal ``%`` doubled)."""
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
 class PgUnitOfWork:
     """Group commit over one PostgreSQL connection (gateway.store.interfaces.UnitOfWork).
 
@@ -83,14 +90,16 @@ class PgUnitOfWork:
 
     # --- statements (for the stores of this package only) ------------------------
     def write(self, sql: str, args: Sequence[object] = ()) -> Cursor:
+        """A statement of the stores (gateway/store/sqlstores.py, ``?`` placeholders)
+        in the turn's transaction."""
         if not self._in_tx:
             self.begin()
-        return self.connection.execute(sql, tuple(args))
+        return self.connection.execute(_psycopg(sql), tuple(args))
 
     def read(self, sql: str, args: Sequence[object] = ()) -> Cursor:
         """(inside the turn's transaction if one is open: it sees the turn's writes;
         else autocommitted)"""
-        return self.connection.execute(sql, tuple(args))
+        return self.connection.execute(_psycopg(sql), tuple(args))
 
     def row(self, sql: str, args: Sequence[object] = ()) -> tuple[Any, ...]:
         """The one row an aggregate ``sql`` returns."""

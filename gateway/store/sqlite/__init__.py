@@ -2,7 +2,7 @@
 
 :class:`SqliteStore` implements gateway.store.interfaces.Store; every SQL statement of
 the gateway is in this package (migrations.py: the schema; uow.py: transactions;
-stores.py: the live stores; eod.py: the end-of-day queries; checkpoint.py: WAL
+../sqlstores.py: the live stores, shared with PostgreSQL; eod.py: the end-of-day queries; checkpoint.py: WAL
 checkpoints off the committing thread).
 """
 from __future__ import annotations
@@ -10,17 +10,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..interfaces import Store
-from .migrations import MIGRATIONS
-from .stores import (
-    SqliteAgreements,
-    SqliteAlerts,
-    SqliteMessages,
-    SqliteMonitoring,
-    SqliteRecords,
-    SqliteReversals,
-    SqliteSeenMsgIds,
-    SqliteSuspensions,
+from ..sqlstores import (
+    SqlAgreements,
+    SqlAlerts,
+    SqlMessages,
+    SqlMonitoring,
+    SqlRecords,
+    SqlReversals,
+    SqlSeenMsgIds,
+    SqlSuspensions,
 )
+from .migrations import MIGRATIONS
 from .uow import SLOW_COMMIT_SECONDS, SqliteUnitOfWork, open_connection, schema_version
 
 
@@ -37,14 +37,14 @@ class SqliteStore:
         self.path = path
         db = open_connection(path, synchronous, read_only=read_only)
         self.uow = SqliteUnitOfWork(db, path, slow_commit_seconds, checkpoints=not read_only)
-        self.messages = SqliteMessages(self.uow)
-        self.seen = SqliteSeenMsgIds(self.uow)
-        self.records = SqliteRecords(self.uow)
-        self.agreements = SqliteAgreements(self.uow)
-        self.reversals = SqliteReversals(self.uow)
-        self.alerts = SqliteAlerts(self.uow)
-        self.monitoring = SqliteMonitoring(self.uow)
-        self.suspensions = SqliteSuspensions(self.uow)
+        self.messages = SqlMessages(self.uow)
+        self.seen = SqlSeenMsgIds(self.uow)
+        self.records = SqlRecords(self.uow)
+        self.agreements = SqlAgreements(self.uow)
+        self.reversals = SqlReversals(self.uow)
+        self.alerts = SqlAlerts(self.uow)
+        self.monitoring = SqlMonitoring(self.uow)
+        self.suspensions = SqlSuspensions(self.uow)
 
     @property
     def schema_version(self) -> int:

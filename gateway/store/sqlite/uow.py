@@ -4,7 +4,7 @@ Writes of one reactor turn share one transaction: callers queue the actions that
 wait for durability (acknowledgements, relays: the outbox) with :meth:`after_commit`,
 and the edge calls :meth:`flush` once per turn, which commits (fsync with
 ``synchronous=FULL``) and then runs them.  Nothing leaves the gateway before what it
-depends on is on disk.  The stores of gateway/store/sqlite/stores.py write through
+depends on is on disk.  The stores of gateway/store/sqlstores.py write through
 :meth:`write` (which opens the transaction) and read through :meth:`read`.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -93,14 +93,14 @@ class SqliteUnitOfWork:
         self._slow_commit = slow_commit_seconds
         self.commit_listeners: list[Callable[[float], None]] = []
 
-    # --- statements (for the stores of this package only) ------------------------
+    # --- statements (for gateway/store/sqlstores.py) ------------------------
     def write(self, sql: str, args: tuple[object, ...] = ()) -> sqlite3.Cursor:
         if not self._in_tx:
             self.begin()
         return self.connection.execute(sql, args)
 
-    def read(self, sql: str, args: tuple[object, ...] | list[object] = ()) -> sqlite3.Cursor:
-        return self.connection.execute(sql, args)
+    def read(self, sql: str, args: Sequence[object] = ()) -> sqlite3.Cursor:
+        return self.connection.execute(sql, tuple(args))
 
     # --- the unit of work ------------------------------------------------------------
     def begin(self) -> None:

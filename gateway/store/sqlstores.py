@@ -1,17 +1,20 @@
-"""The SQLite stores: every statement the live gateway runs against its journal.
+"""The live stores: every statement the gateway runs against its journal, SQLite's or
+PostgreSQL's.
 
-Each class implements one Protocol of gateway/store/interfaces.py over the shared
-:class:`~gateway.store.sqlite.uow.SqliteUnitOfWork` (writes open its transaction) and
-returns gateway/store/model.py dataclasses.
+Each class implements one Protocol of gateway/store/interfaces.py over a unit of work
+that runs :class:`Statements` (:class:`~gateway.store.sqlite.uow.SqliteUnitOfWork`, or
+:class:`~gateway.store_pg.uow.PgUnitOfWork`, which turns the ``?`` placeholders into
+psycopg's) and returns gateway/store/model.py dataclasses.  The SQL is the dialect both
+speak: ``INSERT … ON CONFLICT``, ``RETURNING``, ``?`` placeholders.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import fields
-from typing import Any
+from typing import Any, Protocol
 
-from ..interfaces import Key
-from ..model import (
+from .interfaces import Key
+from .model import (
     OPEN_STATES,
     UPDATABLE,
     Agreement,
@@ -20,7 +23,16 @@ from ..model import (
     Reversal,
     StoredMessage,
 )
-from .uow import SqliteUnitOfWork
+
+
+class Statements(Protocol):
+    """What the stores need of a unit of work: statements with ``?`` placeholders,
+    each answering a DB-API cursor (writes open the turn's transaction)."""
+
+    def write(self, sql: str, args: tuple[object, ...] = ()) -> Any: ...
+
+    def read(self, sql: str, args: Sequence[object] = ()) -> Any: ...
+
 
 _RECORD_FIELDS = tuple(f.name for f in fields(Record))
 #: The stored answer lives in table ``response`` (schema v2); read back in place.
@@ -43,7 +55,9 @@ def _values(row: object, names: tuple[str, ...]) -> tuple[object, ...]:
 
 
 def _marks(values: tuple[object, ...]) -> str:
-    return ",".join("?" for _ in values)
+    """Placeholders for ``IN (…)``; none: ``NULL`` (PostgreSQL refuses ``IN ()``, and
+    nothing is IN (NULL))."""
+    return ",".join("?" for _ in values) or "NULL"
 
 
 def _message(row: tuple[Any, ...]) -> StoredMessage:
@@ -52,10 +66,10 @@ def _message(row: tuple[Any, ...]) -> StoredMessage:
                          msg_id, ref_id, bytes(envelope), bytes(xml))
 
 
-class SqliteMessages:
+class SqlMessages:
     """gateway.store.interfaces.MessageStore over table ``message``."""
 
-    def __init__(self, uow: SqliteUnitOfWork) -> None:
+    def __init__(self, uow: Statements) -> None:
         self._uow = uow
 
     def log(self, at: float, direction: str, session: str, party: str | None,
@@ -87,32 +101,33 @@ class SqliteMessages:
             " party=? AND direction='IN'", (ref_id, party)).fetchone()[0])
 
 
-class SqliteSeenMsgIds:
+class SqlSeenMsgIds:
     """gateway.store.interfaces.SeenMsgIds over table ``seen_msg_id``."""
 
-    def __init__(self, uow: SqliteUnitOfWork) -> None:
+    def __init__(self, uow: Statements) -> None:
         self._uow = uow
 
     def remember(self, sender: str, msg_id: str, seen_at: float) -> bool:
         cur = self._uow.write(
-            "INSERT OR IGNORE INTO seen_msg_id (sender, msg_id, seen_at) VALUES (?,?,?)",
+            "INSERT INTO seen_msg_id (sender, msg_id, seen_at) VALUES (?,?,?)"
+            " ON CONFLICT DO NOTHING",
             (sender, msg_id, seen_at))
-        return cur.rowcount == 1
+        return bool(cur.rowcount == 1)
 
     def purge(self, older_than: float) -> int:
-        return self._uow.write("DELETE FROM seen_msg_id WHERE seen_at < ?",
-                               (older_than,)).rowcount
+        return int(self._uow.write("DELETE FROM seen_msg_id WHERE seen_at < ?",
+                                   (older_than,)).rowcount)
 
     def count(self) -> int:
         """MsgIds remembered now (tests, diagnostics)."""
         return int(self._uow.read("SELECT count(*) FROM seen_msg_id").fetchone()[0])
 
 
-class SqliteRecords:
+class SqlRecords:
     """gateway.store.interfaces.RecordStore over tables ``record``, ``response`` and
     ``asked_again``."""
 
-    def __init__(self, uow: SqliteUnitOfWork) -> None:
+    def __init__(self, uow: Statements) -> None:
         self._uow = uow
 
     def select(self, where: str, args: tuple[object, ...]) -> list[Record]:
@@ -172,7 +187,7 @@ class SqliteRecords:
 
     def of_day(self, trade_date: str, parties: tuple[str, str],
                biz_types: tuple[str, ...]) -> list[Record]:
-        from .eod import LISTED_SQL  # loaded when a day is read
+        from .sqlite.eod import LISTED_SQL  # loaded when a day is read
 
         return self.select(
             f"trade_date=? AND biz_type IN ({_marks(biz_types)}) AND {LISTED_SQL} AND"
@@ -180,8 +195,8 @@ class SqliteRecords:
             (trade_date, *biz_types, parties[0], parties[1], parties[1], parties[0]))
 
     def asked_again(self, key: Key, receiver: str, msg_id: str, now: float) -> None:
-        self._uow.write("INSERT OR IGNORE INTO asked_again (receiver, origin, msg_id, biz_type,"
-                        " biz_sn, at) VALUES (?,?,?,?,?,?)",
+        self._uow.write("INSERT INTO asked_again (receiver, origin, msg_id, biz_type,"
+                        " biz_sn, at) VALUES (?,?,?,?,?,?) ON CONFLICT DO NOTHING",
                         (receiver, key[0], msg_id, key[1], key[2], now))
 
     def by_repeat(self, receiver: str, origin: str, msg_id: str) -> Record | None:
@@ -199,7 +214,9 @@ class SqliteRecords:
         """Keep an answer in ``response``; its id for ``record.response_id``."""
         if xml is None:
             return None
-        return self._uow.write("INSERT INTO response (xml) VALUES (?)", (xml,)).lastrowid
+        rows = self._uow.write("INSERT INTO response (xml) VALUES (?) RETURNING id",
+                               (xml,)).fetchall()
+        return int(rows[0][0]) if rows else None
 
     def update(self, key: Key, now: float, **changes: object) -> None:
         bad = set(changes) - UPDATABLE
@@ -214,10 +231,10 @@ class SqliteRecords:
                         " biz_type=? AND biz_sn=?", (*changes.values(), now, *key))
 
 
-class SqliteAgreements:
+class SqlAgreements:
     """gateway.store.interfaces.AgreementStore over table ``agreement``."""
 
-    def __init__(self, uow: SqliteUnitOfWork) -> None:
+    def __init__(self, uow: Statements) -> None:
         self._uow = uow
 
     def insert(self, agreement: Agreement) -> None:
@@ -269,11 +286,11 @@ class SqliteAgreements:
             (wallet_id, fund_acct, a, b, b, a)).fetchone() is not None
 
 
-class SqliteReversals:
+class SqlReversals:
     """gateway.store.interfaces.ReversalStore over tables ``reversal`` and
     ``reversal_attempt``."""
 
-    def __init__(self, uow: SqliteUnitOfWork) -> None:
+    def __init__(self, uow: Statements) -> None:
         self._uow = uow
 
     def _one(self, where: str, args: tuple[object, ...]) -> Reversal | None:
@@ -283,8 +300,8 @@ class SqliteReversals:
 
     def queue(self, rev: Reversal) -> None:
         values = _values(rev, _REVERSAL_FIELDS)
-        self._uow.write(f"INSERT OR IGNORE INTO reversal ({_REVERSAL_COLUMNS}) VALUES"
-                        f" ({_marks(values)})", values)
+        self._uow.write(f"INSERT INTO reversal ({_REVERSAL_COLUMNS}) VALUES"
+                        f" ({_marks(values)}) ON CONFLICT DO NOTHING", values)
 
     def due(self, now: float) -> list[Reversal]:
         rows = self._uow.read(f"SELECT {_REVERSAL_COLUMNS} FROM reversal WHERE"
@@ -303,8 +320,9 @@ class SqliteReversals:
 
     def attempted(self, original: Key, receiver: str, msg_id: str, now: float,
                   **changes: object) -> None:
-        self._uow.write("INSERT OR IGNORE INTO reversal_attempt (receiver, msg_id, origin,"
-                        " biz_type, biz_sn, at) VALUES (?,?,?,?,?,?)",
+        self._uow.write("INSERT INTO reversal_attempt (receiver, msg_id, origin,"
+                        " biz_type, biz_sn, at) VALUES (?,?,?,?,?,?)"
+                        " ON CONFLICT DO NOTHING",
                         (receiver, msg_id, *original, now))
         self.update(original, last_msg_id=msg_id, **changes)
 
@@ -320,10 +338,10 @@ class SqliteReversals:
         return int(count), (max(0.0, now - float(oldest)) if oldest is not None else 0.0)
 
 
-class SqliteAlerts:
+class SqlAlerts:
     """gateway.store.interfaces.AlertStore over table ``alert``."""
 
-    def __init__(self, uow: SqliteUnitOfWork) -> None:
+    def __init__(self, uow: Statements) -> None:
         self._uow = uow
 
     def log(self, alert: Alert) -> None:
@@ -347,10 +365,10 @@ class SqliteAlerts:
                      str(row[4])) if row else None
 
 
-class SqliteSuspensions:
+class SqlSuspensions:
     """gateway.store.interfaces.SuspensionStore over table ``suspension``."""
 
-    def __init__(self, uow: SqliteUnitOfWork) -> None:
+    def __init__(self, uow: Statements) -> None:
         self._uow = uow
 
     def all(self) -> list[tuple[str, str, float]]:
@@ -358,8 +376,9 @@ class SqliteSuspensions:
         return [(str(r[0]), str(r[1]), float(r[2])) for r in rows]
 
     def put(self, party: str, reason: str, since: float) -> None:
-        self._uow.write("INSERT OR REPLACE INTO suspension (party, reason, since)"
-                        " VALUES (?,?,?)", (party, reason, since))
+        self._uow.write("INSERT INTO suspension (party, reason, since) VALUES (?,?,?)"
+                        " ON CONFLICT (party) DO UPDATE SET reason = excluded.reason,"
+                        " since = excluded.since", (party, reason, since))
 
     def delete(self, party: str | None = None) -> None:
         if party is None:
@@ -373,10 +392,10 @@ _DIRECTION = ("CASE WHEN biz_type IN ('XFER.IN', 'XFER.OUT') THEN substr(biz_typ
               " THEN substr(orig_type, 6) ELSE '-' END")
 
 
-class SqliteMonitoring:
+class SqlMonitoring:
     """gateway.store.interfaces.MonitoringQueries over table ``record``."""
 
-    def __init__(self, uow: SqliteUnitOfWork) -> None:
+    def __init__(self, uow: Statements) -> None:
         self._uow = uow
 
     def business_totals(self, trade_date: str,
@@ -407,5 +426,5 @@ class SqliteMonitoring:
         return [(str(o), str(r), str(f), int(a)) for o, r, f, a in rows]
 
 
-__all__ = ["SqliteAgreements", "SqliteAlerts", "SqliteMessages", "SqliteMonitoring",
-           "SqliteRecords", "SqliteReversals", "SqliteSeenMsgIds"]
+__all__ = ["SqlAgreements", "SqlAlerts", "SqlMessages", "SqlMonitoring", "SqlRecords",
+           "SqlReversals", "SqlSeenMsgIds", "SqlSuspensions", "Statements"]
