@@ -188,6 +188,14 @@ class Journal:
         """Transitional (see ``_sqlite``)."""
         return self._sqlite.records.select(where, args)
 
+    def read_ahead(self, reads: list[tuple[str, tuple[object, ...]]]) -> None:
+        """Tell the store the reads a message is about to make (``(name, args)`` of
+        :meth:`record`, :meth:`same_bizsn_between`, :meth:`binds`): a store over the
+        network fetches them in one round trip; SQLite reads in process and ignores it."""
+        ahead = getattr(self.store, "read_ahead", None)
+        if ahead is not None:
+            ahead(reads)
+
     def record(self, origin: str, biz_type: str, biz_sn: str) -> Record | None:
         return self.store.records.get((origin, biz_type, biz_sn))
 

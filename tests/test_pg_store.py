@@ -53,17 +53,55 @@ def test_a_fenced_turn_writes_nothing_and_sends_nothing(pair: tuple[PgStore, PgS
 
 
 def test_a_turn_the_database_aborted_is_an_error_not_a_commit(pg_store_url: str) -> None:
-    """A statement that failed outside a savepoint aborts the whole transaction: its
-    COMMIT answers ROLLBACK, which the flush reports instead of running the outbox."""
+    """Writes are queued and sent with the next round trip: a statement the database
+    refuses fails that round trip — here the COMMIT's — and so the whole turn: nothing
+    of it is written and its outbox is dropped."""
     store = PgStore(pg_store_url)
     sent: list[str] = []
     store.seen.remember("CCB", "M1", 1.0)
-    with pytest.raises(psycopg.Error):
-        store.uow.write("INSERT INTO suspension (party, reason, since) VALUES (NULL, 'x', 1)")
+    store.uow.write("INSERT INTO suspension (party, reason, since) VALUES (NULL, 'x', 1)")
     store.uow.after_commit(lambda: sent.append("M1"))
-    with pytest.raises(psycopg.errors.InFailedSqlTransaction, match="rolled back"):
+    with pytest.raises(psycopg.errors.NotNullViolation):
         store.uow.flush()
     assert sent == [] and store.seen.remember("CCB", "M1", 2.0)  # nothing was written
+    store.uow.write("INSERT INTO suspension (party, reason, since) VALUES (NULL, 'x', 1)")
+    with pytest.raises(psycopg.errors.NotNullViolation):  # a read carries it: fails there
+        store.suspensions.all()
+    store.uow.after_commit(lambda: sent.append("M2"))
+    with pytest.raises(psycopg.errors.InFailedSqlTransaction, match="rolled back"):
+        store.uow.flush()
+    assert sent == [] and store.seen.remember("CCB", "M2", 3.0)
+    store.close()
+
+
+def test_writes_ride_with_the_next_read_and_a_failed_message_drops_its_own(
+        pg_store_url: str) -> None:
+    """A turn's writes wait for a statement that needs an answer and go with it in one
+    round trip; a message that fails before any round trip drops its queued writes
+    without a savepoint ever reaching the server, one that fails after rolls back to
+    its savepoint — either way the rest of the turn commits."""
+    store = PgStore(pg_store_url)
+    uow = store.uow
+    rounds = uow._round
+    store.suspensions.put("CCB", "one", 1.0)
+    store.suspensions.put("ICBC", "two", 1.0)
+    assert uow._round == rounds  # nothing sent yet
+    assert [p for p, _, _ in store.suspensions.all()] == ["CCB", "ICBC"]
+    assert uow._round == rounds + 1  # both writes and the read: one round trip
+    with pytest.raises(RuntimeError), uow.savepoint():
+        store.suspensions.put("BOC", "dropped before any round trip", 1.0)
+        raise RuntimeError("handler failed")
+    assert uow._round == rounds + 1
+    with pytest.raises(RuntimeError), uow.savepoint():
+        store.suspensions.put("ABC", "rolled back on the server", 1.0)
+        assert "ABC" in [p for p, _, _ in store.suspensions.all()]
+        raise RuntimeError("handler failed after a read")
+    with uow.savepoint():
+        store.suspensions.put("CMB", "kept", 1.0)
+    uow.flush()
+    other = PgStore(pg_store_url)
+    assert [p for p, _, _ in other.suspensions.all()] == ["CCB", "CMB", "ICBC"]
+    other.close()
     store.close()
 
 

@@ -2,6 +2,8 @@
 and one unit of work (gateway.store.interfaces.Store)."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from gateway.store.interfaces import Store
 
 from ..store.sqlstores import (
@@ -16,6 +18,10 @@ from ..store.sqlstores import (
 )
 from .schema import schema_version
 from .uow import SLOW_COMMIT_SECONDS, PgUnitOfWork, open_connection
+
+#: What :meth:`PgStore.read_ahead` can be asked: the query of each store read by name.
+_READS = {"record": SqlRecords.get_query, "same_bizsn": SqlRecords.same_bizsn_query,
+          "binds": SqlAgreements.binds_query}
 
 
 class PgStore:
@@ -36,6 +42,12 @@ class PgStore:
         self.alerts = SqlAlerts(self.uow)
         self.monitoring = SqlMonitoring(self.uow)
         self.suspensions = SqlSuspensions(self.uow)
+
+    def read_ahead(self, reads: Sequence[tuple[str, tuple[object, ...]]]) -> None:
+        """Fetch the store reads named in ``reads`` (``("record", (key,))``,
+        ``("same_bizsn", …)``, ``("binds", …)``: a store method's name
+        and arguments) in one round trip; the methods then answer from it."""
+        self.uow.prefetch([_READS[name](*args) for name, args in reads])  # type: ignore[operator]
 
     @property
     def schema_version(self) -> int:

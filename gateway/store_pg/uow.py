@@ -21,12 +21,13 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
+from psycopg.pq import TransactionStatus
 
 from gateway.store.interfaces import StoreUnavailable
 from gateway.store.model import CommitStats
 
 from .lease import Grant
-from .leasedb import Fenced, fence, is_fenced
+from .leasedb import Fenced, is_fenced
 from .schema import MIGRATIONS, migrate, schema_version
 
 #: The journal's own logger name (operators filter on it; docs/operations.md).
@@ -69,8 +70,57 @@ def _psycopg(sql: str) -> str:
     return sql.replace("%", "%%").replace("?", "%s")
 
 
+class Pending:
+    """A write of the turn not yet sent: queued until a statement whose result is needed
+    (a read, or this write's own rowcount / rows) sends everything queued before it in
+    one pipelined round trip (:meth:`PgUnitOfWork.sync`)."""
+
+    __slots__ = ("sql", "args", "cursor", "batch", "_uow")
+
+    def __init__(self, uow: PgUnitOfWork, sql: str, args: tuple[object, ...],
+                 batch: bool = False) -> None:
+        self.sql, self.args, self._uow = sql, args, uow
+        self.batch = batch  # a write: it may go in one executemany with its like
+        self.cursor: Cursor | None = None
+
+    def _sent(self) -> Cursor:
+        if self.cursor is None:
+            self._uow.sync()
+        if self.cursor is None:
+            raise psycopg.errors.InFailedSqlTransaction(
+                f"the statement {self.sql!r} was dropped with its savepoint")
+        return self.cursor
+
+    @property
+    def rowcount(self) -> int:
+        return self._sent().rowcount
+
+    def fetchall(self) -> list[Any]:
+        return self._sent().fetchall()
+
+    def fetchone(self) -> Any:
+        return self._sent().fetchone()
+
+
+class _Rows(list[Any]):
+    """Rows read ahead (:meth:`PgUnitOfWork.prefetch`), answered as a cursor would."""
+
+    def fetchone(self) -> Any:
+        return self[0] if self else None
+
+    def fetchall(self) -> list[Any]:
+        return list(self)
+
+
 class PgUnitOfWork:
     """Group commit over one PostgreSQL connection (gateway.store.interfaces.UnitOfWork).
+
+    Writes are queued (:class:`Pending`) and sent in pipeline mode together with the
+    next statement that needs an answer — a read, a write whose rowcount or rows are
+    asked for, the COMMIT — so a turn costs a few round trips instead of one per
+    statement.  A message's savepoint is sent only if a round trip happens inside it;
+    if the message fails before, its queued writes are simply dropped.  A statement
+    that fails in the database fails the round trip that carried it, and so the turn.
 
     ``grant``: the lease this gateway holds (None: no fence — a single gateway, or a
     tool); every commit is fenced by it."""
@@ -80,6 +130,9 @@ class PgUnitOfWork:
         self.connection = conn
         self.grant: Grant | None = None
         self._in_tx = False
+        self._queue: list[Pending] = []
+        self._ahead: dict[tuple[str, tuple[object, ...]], list[Any]] = {}
+        self._round = 0  # round trips so far
         self._before: list[Callable[[], None]] = []
         self._after: list[Callable[[], None]] = []
         self._undo: list[Callable[[], None]] = []
@@ -87,18 +140,33 @@ class PgUnitOfWork:
         self.commit_stats = CommitStats()
         self._slow_commit = slow_commit_seconds
         self.commit_listeners: list[Callable[[float], None]] = []
+        #: SQL for the id the last ``INSERT INTO response`` drew (the stores use it in
+        #: the same turn instead of asking for it: no round trip).
+        self.last_response_id_sql = "currval(pg_get_serial_sequence('response', 'id'))"
 
     # --- statements (for the stores of this package only) ------------------------
-    def write(self, sql: str, args: Sequence[object] = ()) -> Cursor:
+    def write(self, sql: str, args: Sequence[object] = ()) -> Pending:
         """A statement of the stores (gateway/store/sqlstores.py, ``?`` placeholders)
-        in the turn's transaction."""
+        in the turn's transaction, queued: sent with the next round trip."""
         if not self._in_tx:
             self.begin()
-        return self.connection.execute(_psycopg(sql), tuple(args))
+        self._ahead.clear()  # what was read ahead may be what this changes
+        pending = Pending(self, _psycopg(sql), tuple(args), batch=True)
+        self._queue.append(pending)
+        return pending
 
-    def read(self, sql: str, args: Sequence[object] = ()) -> Cursor:
-        """(inside the turn's transaction if one is open: it sees the turn's writes;
-        else autocommitted)"""
+    def read(self, sql: str, args: Sequence[object] = ()) -> Cursor | _Rows:
+        """(inside the turn's transaction if one is open: it sees the turn's writes,
+        which ride in the same round trip; else autocommitted; a read asked ahead by
+        :meth:`prefetch`, with no write since, is answered from what it fetched)"""
+        ahead = self._ahead.pop((sql, tuple(args)), None)
+        if ahead is not None:
+            return _Rows(ahead)
+        if self._queue:
+            read = Pending(self, _psycopg(sql), tuple(args))
+            self.sync(read)
+            assert read.cursor is not None
+            return read.cursor
         return self.connection.execute(_psycopg(sql), tuple(args))
 
     def row(self, sql: str, args: Sequence[object] = ()) -> tuple[Any, ...]:
@@ -108,10 +176,56 @@ class PgUnitOfWork:
             raise LookupError(f"no row from {sql}")
         return tuple(found)
 
+    def prefetch(self, queries: Sequence[tuple[str, Sequence[object]]]) -> None:
+        """Run ``queries`` (reads, ``?`` placeholders) now, in one round trip with the
+        queued writes; each is answered from what it fetched when :meth:`read` asks it
+        next — unless a write comes first (then every read goes to the database)."""
+        if not queries:
+            return
+        pendings = [Pending(self, _psycopg(sql), tuple(args)) for sql, args in queries]
+        self.sync(*pendings)
+        self._ahead = {(sql, tuple(args)): list(p.cursor.fetchall() if p.cursor else ())
+                       for (sql, args), p in zip(queries, pendings, strict=True)}
+
+    def sync(self, *reads: Pending) -> Cursor | None:
+        """Send every queued statement, then ``reads``, in one pipelined round trip; the
+        cursor of the last one sent.  Savepoints the queue ends with stay queued (a read
+        needs none: one is sent with the first write of its message, or never).
+        Consecutive queued writes of one statement (the evidence log's inserts) go as
+        one ``executemany``: their own cursor is that batch's (nothing asks a queued
+        write for its rowcount after the fact)."""
+        queue, self._queue = self._queue, []
+        held = len(queue)  # savepoints with nothing after them yet wait for a write
+        while held and queue[held - 1].sql.startswith("SAVEPOINT "):
+            held -= 1
+        queue, self._queue = queue[:held], queue[held:]
+        self._round += 1
+        db = self.connection
+        with db.pipeline():
+            at = 0
+            while at < len(queue):
+                sql = queue[at].sql
+                end = at + 1
+                while (queue[at].batch and end < len(queue) and queue[end].batch
+                       and queue[end].sql == sql):
+                    end += 1
+                if end - at == 1:
+                    queue[at].cursor = db.execute(sql, queue[at].args)
+                else:
+                    batch = db.cursor()
+                    batch.executemany(sql, [q.args for q in queue[at:end]])
+                    for pending in queue[at:end]:
+                        pending.cursor = batch
+                at = end
+            for read in reads:
+                read.cursor = db.execute(read.sql, read.args)
+        sent = reads or queue
+        return sent[-1].cursor if sent else None
+
     # --- the unit of work ------------------------------------------------------------
     def begin(self) -> None:
         if not self._in_tx:
-            self.connection.execute("BEGIN")
+            self._queue.append(Pending(self, "BEGIN", ()))
             self._in_tx = True
 
     def before_commit(self, action: Callable[[], None]) -> None:
@@ -129,22 +243,30 @@ class PgUnitOfWork:
         self.begin()
         self._savepoints += 1
         name = f"msg{self._savepoints}"
-        db = self.connection
-        db.execute(f"SAVEPOINT {name}")
+        mark = Pending(self, f"SAVEPOINT {name}", ())
+        self._queue.append(mark)
         marks = (len(self._after), len(self._undo))
         try:
             yield
         except BaseException:
-            db.execute(f"ROLLBACK TO SAVEPOINT {name}")
-            db.execute(f"RELEASE SAVEPOINT {name}")
+            self._ahead.clear()
+            if mark.cursor is None:  # nothing of it sent: forget its statements
+                del self._queue[self._queue.index(mark):]
+            else:
+                self._queue += [Pending(self, f"ROLLBACK TO SAVEPOINT {name}", ()),
+                                Pending(self, f"RELEASE SAVEPOINT {name}", ())]
             undo = self._undo[marks[1]:]
             del self._after[marks[0]:], self._undo[marks[1]:]
             for action in reversed(undo):
                 action()
             raise
         else:
-            db.execute(f"RELEASE SAVEPOINT {name}")
+            if mark.cursor is None:  # never sent: its writes simply join the turn
+                self._queue.remove(mark)
+            else:
+                self._queue.append(Pending(self, f"RELEASE SAVEPOINT {name}", ()))
         finally:
+            self._ahead.clear()
             self._savepoints -= 1
             if not self._savepoints:
                 self._undo.clear()
@@ -157,6 +279,7 @@ class PgUnitOfWork:
         """As the Protocol says; a fenced commit raises :class:`Fenced` (nothing of the
         turn written, its after-commit actions dropped: step down), any other failed
         commit raises psycopg's error (also dropping them: the edge stops)."""
+        self._ahead.clear()
         while self._before:
             actions, self._before = self._before, []
             for action in actions:
@@ -178,18 +301,24 @@ class PgUnitOfWork:
         return len(actions)
 
     def _commit(self) -> None:
-        """Fence (when a grant is set), then COMMIT; on any failure roll back and drop
-        the outbox — nothing queued reaches a peer unless its commit succeeded."""
+        """Fence (when a grant is set), then COMMIT, with the turn's last queued writes
+        in one round trip; on any failure roll back and drop the outbox — nothing
+        queued reaches a peer unless its commit succeeded."""
         try:
             if self.grant is not None:
-                fence(self.connection, self.grant)
-            done = self.connection.execute("COMMIT").statusmessage
+                grant = self.grant
+                self._queue.append(Pending(self, "SELECT sbdx_fence(%s, %s, %s)",
+                                           (grant.name, grant.holder, grant.epoch)))
+            commit = Pending(self, "COMMIT", ())
+            self.sync(commit)
+            done = commit.cursor.statusmessage if commit.cursor is not None else None
             if done != "COMMIT":  # an aborted transaction "commits" as ROLLBACK
                 raise psycopg.errors.InFailedSqlTransaction(
                     f"the journal transaction was rolled back ({done}): a statement of"
                     " this turn failed outside a savepoint")
         except BaseException as exc:
             self._in_tx = False
+            self._queue.clear()
             self._after.clear()
             self._rollback_quietly()
             if is_fenced(exc) and self.grant is not None:
@@ -205,13 +334,16 @@ class PgUnitOfWork:
         lease, §12: nothing of it may reach the journal or a peer)."""
         self._before.clear()
         self._after.clear()
+        self._queue.clear()
+        self._ahead.clear()
         if self._in_tx:
             self._in_tx = False
             self._rollback_quietly()
 
     def _rollback_quietly(self) -> None:
         try:
-            if not self.connection.closed:
+            if not self.connection.closed and (
+                    self.connection.info.transaction_status != TransactionStatus.IDLE):
                 self.connection.execute("ROLLBACK")
         except psycopg.Error:
             log.debug("rollback after a failed commit failed too", exc_info=True)

@@ -92,6 +92,8 @@ class SqliteUnitOfWork:
         self.commit_stats = CommitStats()
         self._slow_commit = slow_commit_seconds
         self.commit_listeners: list[Callable[[float], None]] = []
+        #: SQL for the id the last ``INSERT INTO response`` drew (gateway/store/sqlstores.py)
+        self.last_response_id_sql = "last_insert_rowid()"
 
     # --- statements (for gateway/store/sqlstores.py) ------------------------
     def write(self, sql: str, args: tuple[object, ...] = ()) -> sqlite3.Cursor:
