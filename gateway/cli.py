@@ -401,12 +401,12 @@ class FlushWatch:
 
     def __init__(self, gateway: Any) -> None:
         self.failed = False
-        self._flush: Callable[[], int] = gateway.flush
+        self._flush: Callable[[bool], int] = gateway.flush
         gateway.flush = self
 
-    def __call__(self) -> int:
+    def __call__(self, background: bool = False) -> int:
         try:
-            return self._flush()
+            return self._flush(background)
         except Exception:
             self.failed = True
             raise

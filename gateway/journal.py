@@ -111,8 +111,11 @@ class Journal:
     def dirty(self) -> bool:
         return self.uow.dirty
 
-    def flush(self) -> int:
-        return self.uow.flush()
+    def flush(self, background: bool = False) -> int:
+        """Commit (group commit), then release what waited for it; ``background``: a
+        store that can commit off the calling thread may return before the commit is
+        durable and release the turn when it is (the PostgreSQL journal)."""
+        return self.uow.flush(background)
 
     def close(self) -> None:
         self.uow.close(self.flush)

@@ -57,6 +57,7 @@ class Node:
         """``<party><epoch ms><seq>``: unique across restarts (ms clock + random start)."""
         return f"{self.config.party}{int(self.now() * 1000):013d}{next(self._seq) % 10**6:06d}"
 
-    def flush(self) -> int:
-        """Commit the journal, then release what waited for it (group commit)."""
-        return self.journal.flush()
+    def flush(self, background: bool = False) -> int:
+        """Commit the journal, then release what waited for it (group commit;
+        ``background``: the commit may run off this thread, see Journal.flush)."""
+        return self.journal.flush(background)

@@ -155,3 +155,114 @@ def test_the_end_of_day_reader_answers_as_sqlites(pg_store_url: str, tmp_path: P
     assert owed and any(pg.export_rows("XFER", day, "GW01", "CCB"))
     missing = eod_reader(pg_store_url.replace("/sbdx_test_", "/sbdx_nope_"))
     assert not missing.exists() and list(missing.export_rows("XFER", day, "GW01", "CCB")) == []
+
+
+class ThreadBackground:
+    """gateway.store_pg.uow.Background as the edge gives it (gateway/committhread.py),
+    with the test as the reactor: the work runs on a real thread; ``finished`` waits
+    in ``arrived`` until the test delivers it (what callFromThread would do)."""
+
+    def __init__(self, uow: object) -> None:
+        self.uow = uow
+        self.arrived: list[object] = []
+        self.threads: list[object] = []
+        self.done_calls = 0
+
+    def submit(self, work: object, finished: object) -> None:
+        import threading
+
+        def run() -> None:
+            work()  # type: ignore[operator]
+            self.arrived.append(finished)
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        self.threads.append(thread)
+
+    def deliver(self) -> None:
+        for thread in self.threads:
+            thread.join()  # type: ignore[attr-defined]
+        arrived, self.arrived = self.arrived, []
+        for finished in arrived:
+            finished()  # type: ignore[operator]
+
+    def done(self) -> None:
+        self.done_calls += 1
+        self.uow.flush(background=True)  # type: ignore[attr-defined]
+
+
+def test_a_background_commit_releases_its_turn_only_once_durable_and_in_order(
+        pg_store_url: str) -> None:
+    """The end-of-turn flush hands the COMMIT to another thread and returns at once;
+    the turn's frames wait until the commit is durable (then the edge's ``done`` flushes
+    again, which releases them), and a turn committed after it releases its own only
+    after them."""
+    store, other = PgStore(pg_store_url), PgStore(pg_store_url)
+    background = ThreadBackground(store.uow)
+    store.uow.background = background
+    sent: list[str] = []
+    store.suspensions.put("CCB", "turn 1", 1.0)
+    store.uow.after_commit(lambda: sent.append("turn 1"))
+    assert store.uow.flush(background=True) == 0 and sent == [] and store.uow.dirty
+    store.suspensions.put("ICBC", "turn 2", 2.0)  # the next turn queues meanwhile
+    store.uow.after_commit(lambda: sent.append("turn 2"))
+    background.threads[0].join()  # type: ignore[attr-defined]
+    assert [p for p, _, _ in other.suspensions.all()] == ["CCB"]  # durable, not yet sent
+    assert sent == []
+    assert store.uow.flush(background=True) == 1  # settles turn 1 first, then commits 2
+    assert sent == ["turn 1"]
+    background.deliver()  # both finished callbacks: turn 2's done flushes it out
+    assert sent == ["turn 1", "turn 2"] and background.done_calls == 1
+    assert not store.uow.dirty
+    assert [p for p, _, _ in other.suspensions.all()] == ["CCB", "ICBC"]
+    store.close()
+    other.close()
+
+
+def test_a_fenced_background_commit_releases_nothing_and_the_next_flush_says_so(
+        pair: tuple[PgStore, PgStore]) -> None:
+    a, b = pair
+    grant = acquire(a.uow.connection, "A", 30.0)
+    assert grant is not None
+    a.uow.grant = grant
+    background = ThreadBackground(a.uow)
+    a.uow.background = background
+    b.uow.connection.execute("UPDATE lease SET expires_at = clock_timestamp()")  # A stalled
+    assert acquire(b.uow.connection, "B", 30.0) is not None
+    sent: list[str] = []
+    a.seen.remember("CCB", "M1", 1.0)
+    a.uow.after_commit(lambda: sent.append("M1"))
+    a.uow.flush(background=True)
+    a.seen.remember("CCB", "M2", 2.0)  # the next turn, queued meanwhile
+    a.uow.after_commit(lambda: sent.append("M2"))
+    with pytest.raises(Fenced, match="no longer held by A"):
+        background.deliver()  # the edge's done() flushes: the failure comes out there
+    assert sent == []
+    a.uow.discard()  # what standing by does
+    assert b.seen.remember("CCB", "M1", 3.0) and b.seen.remember("CCB", "M2", 3.0)
+
+
+def test_reads_asked_ahead_are_answered_from_one_round_trip_until_a_write(
+        pg_store_url: str) -> None:
+    """A request's reads fetched ahead (record, same BizSn, binds) cost one round trip;
+    a write after them sends the next read to the database, so it sees the write."""
+    from gateway.store.model import Record
+
+    store = PgStore(pg_store_url)
+    uow = store.uow
+    key = ("GTJA", "XFER.IN", "GTJA0001")
+    rounds = uow._round
+    store.read_ahead([("record", (key,)), ("binds", ("F1", "W1", ("GTJA", "CCB")))])
+    assert uow._round == rounds + 1
+    assert store.records.get(key) is None and not store.agreements.binds(
+        "F1", "W1", ("GTJA", "CCB"))
+    assert uow._round == rounds + 1  # both answered from what was fetched
+    store.read_ahead([("record", (key,))])
+    fields = {f: None for f in Record.__dataclass_fields__}
+    record = Record(**{**fields, "origin": key[0], "biz_type": key[1], "biz_sn": key[2],
+                       "receiver": "CCB", "msg_id": "M1", "content_hash": "h",
+                       "state": "PENDING", "trade_date": "2026-12-02"})
+    store.records.insert(record, 1.0)
+    found = store.records.get(key)  # not the absent answer fetched before the insert
+    assert found is not None and found.msg_id == "M1"
+    store.close()

@@ -115,7 +115,7 @@ def test_a_fenced_commit_makes_the_active_stand_by_instead_of_stopping(
     rig = active.rig
     msg_id, xml = active.peers[1].build("SYS.ECHO.REQ", [("Text", "fenced")])
 
-    def fenced_flush() -> int:  # what PgUnitOfWork.flush raises (branch pgstore)
+    def fenced_flush(background: bool = False) -> int:  # what PgUnitOfWork.flush raises (branch pgstore)
         raise Fenced("lease 'gateway' epoch 1 is no longer held by me")
 
     monkeypatch.setattr(rig.gateway, "flush", fenced_flush)

@@ -63,9 +63,11 @@ class UnitOfWork(Protocol):
     def dirty(self) -> bool:
         """Anything written or queued since the last flush."""
 
-    def flush(self) -> int:
+    def flush(self, background: bool = False) -> int:
         """Run the before-commit actions, commit, then run the after-commit actions in
-        order; how many after-commit actions ran."""
+        order; how many after-commit actions ran.  ``background``: a store whose commit
+        is a network round trip may commit off the calling thread and run the
+        after-commit actions when it is durable (its own docstring says how)."""
 
     def close(self, flush: Callable[[], object] | None = None) -> None:
         """Flush (through ``flush``: default :meth:`flush`), then release the connection

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import psycopg
 from psycopg.pq import TransactionStatus
@@ -102,6 +104,29 @@ class Pending:
         return self._sent().fetchone()
 
 
+@dataclass(slots=True)
+class _Commit:
+    """A turn's commit sent by the commit thread: its statements, its after-commit
+    actions, and (once ``finished``) how it went."""
+
+    statements: list[Pending]
+    after: list[Callable[[], None]]
+    finished: threading.Event = field(default_factory=threading.Event)
+    error: BaseException | None = None
+    spent: float | None = None
+
+
+class Background(Protocol):
+    """Where a background commit runs (the edge gives a thread of its own): ``submit``
+    runs ``work`` off the calling thread, then ``finished`` in the calling thread;
+    ``done`` is what the unit of work asks of the edge once a commit is durable —
+    flush again (gateway.server: the turn's flush path, which settles it)."""
+
+    def submit(self, work: Callable[[], None], finished: Callable[[], None]) -> None: ...
+
+    def done(self) -> None: ...
+
+
 class _Rows(list[Any]):
     """Rows read ahead (:meth:`PgUnitOfWork.prefetch`), answered as a cursor would."""
 
@@ -132,6 +157,9 @@ class PgUnitOfWork:
         self._in_tx = False
         self._queue: list[Pending] = []
         self._ahead: dict[tuple[str, tuple[object, ...]], list[Any]] = {}
+        #: Set by the edge: end-of-turn commits run off the reactor thread.
+        self.background: Background | None = None
+        self._committing: _Commit | None = None
         self._round = 0  # round trips so far
         self._before: list[Callable[[], None]] = []
         self._after: list[Callable[[], None]] = []
@@ -167,6 +195,7 @@ class PgUnitOfWork:
             self.sync(read)
             assert read.cursor is not None
             return read.cursor
+        self._settle_wait()
         return self.connection.execute(_psycopg(sql), tuple(args))
 
     def row(self, sql: str, args: Sequence[object] = ()) -> tuple[Any, ...]:
@@ -194,11 +223,18 @@ class PgUnitOfWork:
         Consecutive queued writes of one statement (the evidence log's inserts) go as
         one ``executemany``: their own cursor is that batch's (nothing asks a queued
         write for its rowcount after the fact)."""
+        self._settle_wait()
         queue, self._queue = self._queue, []
         held = len(queue)  # savepoints with nothing after them yet wait for a write
         while held and queue[held - 1].sql.startswith("SAVEPOINT "):
             held -= 1
         queue, self._queue = queue[:held], queue[held:]
+        self._send(queue, reads)
+        sent = reads or queue
+        return sent[-1].cursor if sent else None
+
+    def _send(self, queue: Sequence[Pending], reads: Sequence[Pending] = ()) -> None:
+        """One pipelined round trip (in the reactor thread, or the commit thread)."""
         self._round += 1
         db = self.connection
         with db.pipeline():
@@ -219,8 +255,6 @@ class PgUnitOfWork:
                 at = end
             for read in reads:
                 read.cursor = db.execute(read.sql, read.args)
-        sent = reads or queue
-        return sent[-1].cursor if sent else None
 
     # --- the unit of work ------------------------------------------------------------
     def begin(self) -> None:
@@ -273,26 +307,47 @@ class PgUnitOfWork:
 
     @property
     def dirty(self) -> bool:
-        return self._in_tx or bool(self._after) or bool(self._before)
+        return (self._in_tx or bool(self._after) or bool(self._before)
+                or self._committing is not None)
 
-    def flush(self) -> int:
+    def flush(self, background: bool = False) -> int:
         """As the Protocol says; a fenced commit raises :class:`Fenced` (nothing of the
         turn written, its after-commit actions dropped: step down), any other failed
-        commit raises psycopg's error (also dropping them: the edge stops)."""
+        commit raises psycopg's error (also dropping them: the edge stops).
+
+        ``background`` (the reactor's end-of-turn flush, once :attr:`background` is
+        set): the COMMIT's round trip runs on the commit thread and this returns at
+        once; the turn's after-commit actions run when it is durable — in the reactor
+        thread, through :attr:`background`'s ``done`` hook (which flushes again), or at
+        the start of the next flush, whichever comes first.  Until then the next turn
+        may queue writes; its first round trip waits for the commit (the database's
+        order is the turns' order).  A failed background commit is raised by that
+        next flush, before anything of the next turn commits."""
+        done = self._settle()
         self._ahead.clear()
         while self._before:
             actions, self._before = self._before, []
             for action in actions:
                 action()
+        if self._in_tx and background and self.background is not None:
+            commit = _Commit(self._commit_statements(), self._after)
+            self._in_tx, self._after, self._committing = False, [], commit
+            self.background.submit(lambda: self._commit_off_thread(commit),
+                                   lambda: self._committed(commit))
+            return done
         spent = None
         if self._in_tx:
             started = time.perf_counter()
             self._commit()
             spent = time.perf_counter() - started
-            if self.commit_stats.add(spent, self._slow_commit):
-                log.warning("journal commit took %.0f ms; the turn's answers waited for it"
-                            " (a slow database?)", spent * 1e3)
         actions, self._after = self._after, []
+        return done + self._release(actions, spent)
+
+    def _release(self, actions: list[Callable[[], None]], spent: float | None) -> int:
+        """A durable commit's after-commit actions, then its commit listeners."""
+        if spent is not None and self.commit_stats.add(spent, self._slow_commit):
+            log.warning("journal commit took %.0f ms; the turn's answers waited for it"
+                        " (a slow database?)", spent * 1e3)
         for action in actions:
             action()
         if spent is not None:
@@ -300,38 +355,93 @@ class PgUnitOfWork:
                 listener(spent)
         return len(actions)
 
+    def _commit_statements(self) -> list[Pending]:
+        """The turn's queued writes, the fence (when a grant is set), COMMIT."""
+        statements, self._queue = self._queue, []
+        if self.grant is not None:
+            grant = self.grant
+            statements.append(Pending(self, "SELECT sbdx_fence(%s, %s, %s)",
+                                      (grant.name, grant.holder, grant.epoch)))
+        statements.append(Pending(self, "COMMIT", ()))
+        return statements
+
     def _commit(self) -> None:
         """Fence (when a grant is set), then COMMIT, with the turn's last queued writes
         in one round trip; on any failure roll back and drop the outbox — nothing
         queued reaches a peer unless its commit succeeded."""
+        self._settle_wait()
+        self._in_tx = False
         try:
-            if self.grant is not None:
-                grant = self.grant
-                self._queue.append(Pending(self, "SELECT sbdx_fence(%s, %s, %s)",
-                                           (grant.name, grant.holder, grant.epoch)))
-            commit = Pending(self, "COMMIT", ())
-            self.sync(commit)
-            done = commit.cursor.statusmessage if commit.cursor is not None else None
+            self._commit_round(self._commit_statements())
+        except BaseException as exc:
+            self._after.clear()
+            raise self._failed(exc) from exc
+
+    def _commit_round(self, statements: list[Pending]) -> None:
+        """Send a commit's statements; raise unless the database committed (on any
+        failure the connection is rolled back)."""
+        try:
+            self._send(statements)
+            status = statements[-1].cursor
+            done = status.statusmessage if status is not None else None
             if done != "COMMIT":  # an aborted transaction "commits" as ROLLBACK
                 raise psycopg.errors.InFailedSqlTransaction(
                     f"the journal transaction was rolled back ({done}): a statement of"
                     " this turn failed outside a savepoint")
-        except BaseException as exc:
-            self._in_tx = False
-            self._queue.clear()
-            self._after.clear()
+        except BaseException:
             self._rollback_quietly()
-            if is_fenced(exc) and self.grant is not None:
-                grant = self.grant
-                raise Fenced(f"lease {grant.name!r} epoch {grant.epoch} is no longer held"
-                             f" by {grant.holder}: nothing of this commit was written"
-                             ) from exc
             raise
-        self._in_tx = False
+
+    def _failed(self, exc: BaseException) -> BaseException:
+        """What a failed commit raises: :class:`Fenced` for the fence's refusal."""
+        if is_fenced(exc) and self.grant is not None:
+            grant = self.grant
+            return Fenced(f"lease {grant.name!r} epoch {grant.epoch} is no longer held"
+                          f" by {grant.holder}: nothing of this commit was written")
+        return exc
+
+    # --- the commit in the background ------------------------------------------------
+    def _commit_off_thread(self, commit: _Commit) -> None:
+        """(on the commit thread: the reactor thread does not touch the connection
+        until :meth:`_settle_wait` has seen ``commit.finished``)"""
+        started = time.perf_counter()
+        try:
+            self._commit_round(commit.statements)
+        except BaseException as exc:  # reported in the reactor thread
+            commit.error = exc
+        finally:
+            commit.spent = time.perf_counter() - started
+            commit.finished.set()
+
+    def _committed(self, commit: _Commit) -> None:
+        """(in the reactor thread, once ``commit`` has finished)"""
+        if self._committing is commit:
+            assert self.background is not None
+            self.background.done()
+
+    def _settle_wait(self) -> None:
+        """Wait for the commit in flight, if any (before the connection is used)."""
+        if self._committing is not None:
+            self._committing.finished.wait()
+
+    def _settle(self) -> int:
+        """Finish the commit in flight: its after-commit actions if it committed (how
+        many ran), else its error raised."""
+        commit = self._committing
+        if commit is None:
+            return 0
+        commit.finished.wait()
+        self._committing = None
+        if commit.error is not None:
+            raise self._failed(commit.error) from commit.error
+        return self._release(commit.after, commit.spent)
 
     def discard(self) -> None:
         """Drop what this turn wrote and queued, uncommitted (a gateway that lost its
-        lease, §12: nothing of it may reach the journal or a peer)."""
+        lease, §12: nothing of it may reach the journal or a peer); a commit in flight
+        is waited for and its after-commit actions dropped."""
+        self._settle_wait()
+        self._committing = None
         self._before.clear()
         self._after.clear()
         self._queue.clear()

@@ -149,7 +149,8 @@ class SqliteUnitOfWork:
     def dirty(self) -> bool:
         return self._in_tx or bool(self._after) or bool(self._before)
 
-    def flush(self) -> int:
+    def flush(self, background: bool = False) -> int:
+        """(``background`` is ignored: an in-process commit is not a network wait)"""
         while self._before:
             actions, self._before = self._before, []
             for action in actions:
