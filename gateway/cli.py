@@ -849,7 +849,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_suspend_commands(sub)
     p = sub.add_parser(
         "backup", help="a consistent copy of the journal, taken while the gateway serves",
-        description="Copy data/journal.sqlite3 into the new file FILE (0600) with "
+        description="Copy the SQLite journal [journal] url names (default "
+        "data/journal.sqlite3) into the new file FILE (0600) with "
         "SQLite's online backup, beside a running gateway or a stopped one: the journal "
         "as of one commit. The copy carries an every-party suspension (\"restored from "
         "backup taken at …\"): a gateway restored from it refuses new business (B340) "
