@@ -486,7 +486,7 @@ def _cmd_archive(args: argparse.Namespace, home: Home) -> int:
         return verify_command(args.dir, args.cert)
     if args.out is None:
         args.archive_parser.error("give --out DIR (a new or empty folder), or: verify DIR")
-    return archive_command(home.root, args.out)
+    return archive_command(home.root, args.out, with_journal=not args.without_journal)
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -704,11 +704,15 @@ def _add_archive_commands(sub: Any) -> None:
         "moved to data/archive/), gateway.toml, the certificates and the peers' public "
         "keys (never a private key), and MANIFEST (sha256sum lines) with MANIFEST.sig, "
         "the gateway key's signature (PROTOCOL §8, §11). Safe while the gateway serves. "
-        "Exit 1 if it cannot be written (DIR not empty, no key store, no journal).")
+        "Exit 1 if it cannot be written (DIR not empty, no key store, no journal, a "
+        "PostgreSQL journal without --without-journal).")
     p.add_argument("--out", type=Path, metavar="DIR",
                    help="a new or empty folder to write the archive into (made 0700); "
                         "required unless the subcommand is verify (default: none: "
                         "without it, a usage error)")
+    p.add_argument("--without-journal", action="store_true",
+                   help="leave the journal and its month files out: the configuration "
+                        "and public keys only (a PostgreSQL journal: dump it with pg_dump)")
     p.set_defaults(run=_cmd_archive, archive_command=None, archive_parser=p)
     verbs = p.add_subparsers(dest="archive_command", metavar="SUBCOMMAND")
     v = verbs.add_parser(
@@ -845,13 +849,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_suspend_commands(sub)
     p = sub.add_parser(
         "backup", help="a consistent copy of the journal, taken while the gateway serves",
-        description="Copy data/journal.sqlite3 into the new file FILE (0600) with "
+        description="Copy the SQLite journal [journal] url names (default "
+        "data/journal.sqlite3) into the new file FILE (0600) with "
         "SQLite's online backup, beside a running gateway or a stopped one: the journal "
         "as of one commit. The copy carries an every-party suspension (\"restored from "
         "backup taken at …\"): a gateway restored from it refuses new business (B340) "
         "until `gateway resume` (PROTOCOL §11; restore procedure in docs/operations.md "
         "\"Backup and restore\"). Exit 0 written, 1 not (FILE exists, no journal, the "
-        "copy failed; nothing is left at FILE).")
+        "copy failed; nothing is left at FILE; a PostgreSQL journal: back it up with "
+        "pg_dump or PostgreSQL's base backups and WAL archiving instead).")
     p.add_argument("--out", type=Path, required=True, metavar="FILE",
                    help="the new file (relative to the current directory); never "
                         "replaced (default: none, required)")

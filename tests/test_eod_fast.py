@@ -193,10 +193,11 @@ def test_v1_journal_migrates_keeping_records_and_gains_eod_lines(tmp_path: Path)
     assert journal.record(*sign.key).response_xml == b"<Msg>ok</Msg>"  # type: ignore[union-attr]
     journal.update_record(rec.key, 2.0, state="REVERSED")
     journal.flush()
-    line, = journal._db.execute("SELECT eod_line FROM record WHERE biz_sn='X1'").fetchone()
+    db = journal.store.uow.connection
+    line, = db.execute("SELECT eod_line FROM record WHERE biz_sn='X1'").fetchone()
     assert line == f"D|X1|IN|{FUND}|{WALLET}|100.05|R|B1|S1"
     with pytest.raises(sqlite3.IntegrityError):  # (From, Type, BizSn) stays unique
-        journal._db.execute("INSERT INTO record (origin, biz_type, biz_sn, receiver, msg_id,"
+        db.execute("INSERT INTO record (origin, biz_type, biz_sn, receiver, msg_id,"
                             " content_hash, state, trade_date, created_at, updated_at) VALUES"
                             " ('GTJA','XFER.IN','X1','CCB','M2','h','PENDING','2026-11-26',1,1)")
     journal.close()

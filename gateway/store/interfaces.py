@@ -296,6 +296,47 @@ class FileWorkspace(Protocol):
     def close(self) -> None: ...
 
 
+class RetentionQueries(Protocol):
+    """What PROTOCOL §11 retention (gateway/retention.py) reads and deletes in the
+    journal: evidence rows oldest first, and the state of the record each is evidence
+    of.  SQLite only (gateway/store/sqlite/retention.py): the month files are local."""
+
+    def messages_after(self, after_id: int, limit: int) -> list[StoredMessage]:
+        """Up to ``limit`` evidence rows with an id above ``after_id``, oldest first."""
+
+    def last_message_id(self) -> int:
+        """The largest evidence id (0 when there is none)."""
+
+    def delete_messages(self, ids: Sequence[int]) -> int:
+        """Remove these evidence rows in the open transaction (copied to a month file
+        and committed there first); how many went."""
+
+    def record_settled(self, key: Key) -> tuple[str, float] | None:
+        """(state, when it last changed) of the record, None if there is no such one."""
+
+    def record_of_answer(self, receiver: str, origin: str, msg_id: str) -> Key | None:
+        """The key of the record whose request ``origin`` sent as ``msg_id`` to
+        ``receiver`` (an answer that names its request by RefId only)."""
+
+    def reversal_original(self, receiver: str, reversal_sn: str) -> Key | None:
+        """The original that the gateway's reversal ``reversal_sn`` to ``receiver``
+        reverses."""
+
+    def close(self) -> None:
+        """Release what the queries opened themselves (a reader's own connection)."""
+
+
+class MonthFile(Protocol):
+    """One month file of evidence moved out by retention (``data/archive/YYYYMM``):
+    the journal's ``message`` columns and ids (gateway/store/sqlite/monthfiles.py)."""
+
+    def store(self, rows: Sequence[StoredMessage]) -> tuple[int, list[tuple[int, int]]]:
+        """Copy ``rows`` in and commit (durable when this returns): (rows newly stored,
+        (id, new id) of each row whose id was there with other content)."""
+
+    def close(self) -> None: ...
+
+
 class Store(Protocol):
     """Everything stored by one gateway (or one simulated party), behind one unit of
     work: the stores' writes share its transaction."""
