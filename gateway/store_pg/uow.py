@@ -1,15 +1,14 @@
-"""The PostgreSQL unit of work: one connection, one open transaction per turn, fenced.
+"""The PostgreSQL unit of work: one connection, one transaction per turn, fenced.
 
-The synchronous first step of docs/architecture.md "PostgreSQL store (design)": writes
-of a reactor turn are executed at once inside one transaction on the store's own
-connection (so the turn's reads see its own uncommitted writes, as with SQLite), a
-savepoint per message is a PostgreSQL ``SAVEPOINT``, and :meth:`PgUnitOfWork.flush`
-commits — after the fence statement when a lease grant is set (PROTOCOL §12: the
-commit is conditional on our lease epoch; :class:`gateway.store_pg.leasedb.Fenced`
-otherwise, nothing of the turn written and none of its after-commit actions run).  The
-reactor waits for each statement's round trip and for the COMMIT; the non-blocking path
-(statements collected as a :data:`gateway.store_pg.committer.Unit` and committed by the
-:class:`~gateway.store_pg.committer.TurnCommitter`) is what remains.
+docs/architecture.md "The store as built": writes are queued and sent, pipelined, with
+the next statement that needs an answer (so the turn's reads see the turn's writes); a
+message's savepoint reaches the server only with the first of its writes that must be
+sent; a request's reads can be fetched ahead in one round trip (:meth:`prefetch`); the
+end-of-turn COMMIT — after the fence statement when a lease grant is set (PROTOCOL §12:
+the commit is conditional on our lease epoch; :class:`gateway.store_pg.leasedb.Fenced`
+otherwise, nothing of the turn written and none of its after-commit actions run) — can
+run off the reactor thread (``flush(background=True)``), the turn's after-commit
+actions waiting until it is durable.
 """
 from __future__ import annotations
 
