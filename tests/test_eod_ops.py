@@ -167,7 +167,9 @@ def test_watch_logs_its_start_options_and_its_stop_with_counts(
     assert watch_command(env.home, env.drop, once=True, replace=True) == 2
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == (f"eod watch: started on {env.drop.resolve()} (home "
-                        f"{env.home.resolve()}; one pass (--once), replace on: a valid file "
+                        f"{env.home.resolve()}, journal "
+                        f"{(env.home / 'data' / 'journal.sqlite3').resolve()}; one pass "
+                        "(--once), replace on: a valid file "
                         "replaces an accepted one of its name)")
     assert lines[-1] == (f"eod watch: stopped on {env.drop.resolve()} (one pass done "
                          "(--once)): 2 file(s): 0 accepted, 1 accepted with discrepancies, "
