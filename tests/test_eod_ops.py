@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_eod import BANK, BROKER, JOURNAL, NAME, XFER_ROWS, Env
+from test_eod import BANK, BOTH_STORES, BROKER, JOURNAL, NAME, XFER_ROWS, Env, store_url
 
 from gateway.eod import export_command, watch_command
 from gateway.eod.export import CST
@@ -28,8 +28,8 @@ LATER = dt.datetime(2026, 12, 2, 10, 0, tzinfo=CST)
 
 
 @pytest.fixture()
-def env(tmp_path: Path) -> Env:
-    return Env(tmp_path)
+def env(request: pytest.FixtureRequest, tmp_path: Path) -> Env:
+    return Env(tmp_path, url=store_url(request))
 
 
 @pytest.fixture()
@@ -142,6 +142,7 @@ def test_console_export_refuses_the_future_and_warns_of_today(final_env: Env,
 
 
 # --- watch: exit codes, start and stop ----------------------------------------------------
+@BOTH_STORES
 def test_watch_once_exit_code_tells_what_it_found(env: Env, tmp_path: Path) -> None:
     assert watch_command(env.home, env.drop, once=True) == 0  # nothing there
     env.write(XFER_ROWS)

@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from gateway.exitcodes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE
-from gateway.keystore import KeyStore, KeyStoreMissing
+from gateway.keystore import KeyStore, KeyStoreMissing, RegistryRefusal
 from gateway.store import StoreUnavailable
 
 from . import report as render
@@ -68,7 +68,7 @@ def check_command(home: Path, file: Path, as_json: bool = False) -> int:
     _interrupt_on_sigterm()
     try:
         report = check_file(Path(home), Path(file), _progress_bar())
-    except (KeyStoreMissing, JournalTooOld, StoreUnavailable) as exc:
+    except (KeyStoreMissing, JournalTooOld, StoreUnavailable, RegistryRefusal) as exc:
         print(f"error: {exc}; nothing was judged", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
@@ -101,17 +101,20 @@ def export_command(home: Path, day: str, file_type: str, to_party: str, out_dir:
               "today's", file=sys.stderr)
         return EXIT_USAGE
     kind = file_type.upper()
+    path: Path | None = None
     try:
         path = export_file(Path(home), date, kind, to_party, Path(out_dir), force=force)
         pending = unfinished(Path(home), kind, date, to_party)
+    except (KeyStoreMissing, StoreUnavailable, RegistryRefusal) as exc:
+        print(f"error: {exc}; " + ("no file was written" if path is None else
+                                   f"{path} was written but its open records not counted: "
+                                   "export again with --force"), file=sys.stderr)
+        return EXIT_FAILED
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except AlreadyExported as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    except (KeyStoreMissing, StoreUnavailable) as exc:
-        print(f"error: {exc}; no file was written", file=sys.stderr)
         return EXIT_FAILED
     print(path)
     if date == today:

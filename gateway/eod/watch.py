@@ -45,6 +45,7 @@ from pathlib import Path
 
 from gateway.exitcodes import EXIT_DISCREPANCIES, EXIT_FAILED, EXIT_OK, EXIT_REJECTED
 from gateway.filemodes import DIR_MODE, create_private
+from gateway.registry import RegistryRefusal
 from gateway.store import StoreTooOld, StoreUnavailable
 
 from .check import CheckReport, Opened, Rejected, check_opened, signature_of
@@ -291,7 +292,7 @@ def sweep(home: Path, folder: Path, log: Log, judged: Judged | None = None, *,
         log(f"error: cannot sort files: {exc}")
         run.tally.errors += 1
         return 0
-    except (StoreUnavailable, StoreTooOld) as exc:
+    except (StoreUnavailable, StoreTooOld, RegistryRefusal) as exc:
         log(f"error: cannot check files against the journal: {exc}; nothing was judged, "
             f"the file waits in {folder / CHECKING} and is checked first at the next pass")
         run.tally.errors += 1
@@ -458,8 +459,8 @@ def _checked(home: Path, path: Path, checking: int) -> CheckReport:
                                                                                path.name)))
     except Rejected as exc:
         return CheckReport(file=str(path), reason=str(exc))
-    except (StoreUnavailable, StoreTooOld):
-        raise  # the journal's fault, not the file's: it waits in .checking/ (sweep)
+    except (StoreUnavailable, StoreTooOld, RegistryRefusal):
+        raise  # the journal's (registry's) fault, not the file's: it waits (sweep)
     except Exception:  # noqa: BLE001 - logged with its traceback, the file is rejected
         log.exception("checking %s failed", path.name)
         return CheckReport(file=str(path), reason="check failed: internal error (see the "
