@@ -689,7 +689,8 @@ def test_console_eod_export_writes_a_file_that_checks(env: Env, tmp_path: Path) 
     files = sorted(p.name for p in out_dir.iterdir())
     assert files == ["XFER_GW01_GTJA_20261125.txt", "XFER_GW01_GTJA_20261125.txt.sig"]
     out = _console(env.home, "eod", "check", str(out_dir / files[0]), "--json")
-    assert json.loads(out.stdout)["valid"] is True
+    report = json.loads(out.stdout)
+    assert out.returncode == 0 and report["valid"] is True and report["matched"] == 4, report
 
 
 # --- a reversal of a payment or a subscription is no transfer (§8, issue 17 case 9) ---------
