@@ -295,3 +295,12 @@ def test_superseded_reports_stay_counted_by_the_gateway(env: Env, tmp_path: Path
     drop(env, env.write(XFER_ROWS, out=tmp_path / "v2"))
     watch_command(env.home, env.drop, once=True, replace=True)
     assert sorted(r.verdict for r in reports.results()) == ["accepted", "discrepancies"]
+
+
+def test_the_watchers_start_line_names_a_postgresql_journal_never_its_password() -> None:
+    from gateway.eod.commands import _journal_text
+
+    assert _journal_text("postgresql://sbdx:secret@db.internal:5432/sbdx_gateway") == \
+        "PostgreSQL sbdx_gateway on db.internal"
+    assert _journal_text("postgresql://postgres@/postgres?host=/tmp/pg") == \
+        "PostgreSQL postgres on /tmp/pg"
