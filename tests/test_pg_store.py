@@ -119,7 +119,8 @@ def test_an_unreachable_or_newer_journal_is_refused_saying_what_to_do(
         PgStore(pg_store_url, read_only=True)
 
 
-def test_the_end_of_day_reader_answers_as_sqlites(pg_store_url: str, tmp_path: Path) -> None:
+def test_the_end_of_day_reader_answers_as_sqlites(pg_store_url: str, pg_url: str,
+                                                   tmp_path: Path) -> None:
     """The same records in both stores: every EodQueries answer is the same, for every
     file type and every pair of writer and receiver (PROTOCOL §8)."""
     from test_store import _records
@@ -138,7 +139,7 @@ def test_the_end_of_day_reader_answers_as_sqlites(pg_store_url: str, tmp_path: P
         store.close()
     lite, pg = eod_reader(tmp_path / "j.sqlite3"), eod_reader(pg_store_url)
     assert pg.exists() and pg.schema_has_lines()
-    day = "2026-11-25"
+    day, days = "2026-11-25", 0
     for file_type in BIZ_TYPES:
         for writer, reader in (("GTJA", "CCB"), ("CCB", "GTJA"), ("GW01", "CCB"),
                                ("GTJA", "GW01")):
@@ -148,13 +149,24 @@ def test_the_end_of_day_reader_answers_as_sqlites(pg_store_url: str, tmp_path: P
                 row for batch in lite.owed_lines(*args, 7) for row in batch), args
             assert sorted(pg.optional_lines(*args, 1000)) == sorted(
                 lite.optional_lines(*args, 1000)), args
+            lines = sorted(row for batch in pg.day_rows(*args, 5) for row in batch)
+            assert lines == sorted(row for batch in lite.day_rows(*args, 5) for row in batch)
+            days += len(lines)
         for reader in ("CCB", "GTJA"):
             args4 = (file_type, day, "GW01", reader)
             assert list(pg.export_rows(*args4)) == list(lite.export_rows(*args4)), args4
             assert pg.unfinished(*args4) == lite.unfinished(*args4) > 0, args4
     assert owed and any(pg.export_rows("XFER", day, "GW01", "CCB"))
+    assert days > 0
+    # a journal that cannot be reached is no empty one: an export must not sign an empty
+    # file, a check not report every record extra, because the server was down
     missing = eod_reader(pg_store_url.replace("/sbdx_test_", "/sbdx_nope_"))
-    assert not missing.exists() and list(missing.export_rows("XFER", day, "GW01", "CCB")) == []
+    with pytest.raises(StoreUnavailable, match=r"\[journal\] url"):
+        missing.exists()
+    with pytest.raises(StoreUnavailable):
+        list(missing.export_rows("XFER", day, "GW01", "CCB"))
+    empty = eod_reader(pg_url)  # reachable, never migrated: no business yet
+    assert not empty.exists() and list(empty.export_rows("XFER", day, "GW01", "CCB")) == []
 
 
 class ThreadBackground:
