@@ -278,3 +278,25 @@ def test_reads_asked_ahead_are_answered_from_one_round_trip_until_a_write(
     found = store.records.get(key)  # not the absent answer fetched before the insert
     assert found is not None and found.msg_id == "M1"
     store.close()
+
+
+def test_a_round_trip_sends_the_evidence_rows_together_never_across_a_savepoint() -> None:
+    """The evidence log's inserts of a round trip go as one executemany at the place of
+    the first, in order — but never across a savepoint, the fence or COMMIT (a message
+    rolled back to its savepoint must take its evidence with it)."""
+    from gateway.store_pg.uow import Pending, _groups
+
+    def write(sql: str) -> Pending:
+        return Pending(None, sql, (sql,), batch=True)  # type: ignore[arg-type]
+
+    log = "INSERT INTO message (at) VALUES (%s)"
+    queue = [Pending(None, "BEGIN", ()), write(log), write("INSERT INTO seen_msg_id x"),  # type: ignore[arg-type]
+             write("INSERT INTO record y"), write(log),
+             Pending(None, "SAVEPOINT msg1", ()), write(log), write("UPDATE record z"),  # type: ignore[arg-type]
+             write("UPDATE record z"), write(log), Pending(None, "COMMIT", ())]  # type: ignore[arg-type]
+    groups = _groups(queue)
+    assert [(len(g), g[0].sql) for g in groups] == [
+        (1, "BEGIN"), (2, log), (1, "INSERT INTO seen_msg_id x"), (1, "INSERT INTO record y"),
+        (1, "SAVEPOINT msg1"), (2, log), (2, "UPDATE record z"), (1, "COMMIT")]
+    assert len([p for g in groups for p in g]) == len(queue)
+    assert [p for g in groups for p in g if p.sql == log] == [p for p in queue if p.sql == log]

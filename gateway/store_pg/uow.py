@@ -126,6 +126,38 @@ class Background(Protocol):
     def done(self) -> None: ...
 
 
+#: The evidence log's insert: rows no statement of the turn depends on, so those of a
+#: round trip go together as one ``executemany`` (psycopg's cost per row drops ~4×).
+_EVIDENCE = "INSERT INTO message "
+#: Statements a write is never moved across (the transaction's and savepoints' own).
+_CONTROL = ("BEGIN", "COMMIT", "SAVEPOINT ", "ROLLBACK", "RELEASE ", "SELECT sbdx_fence")
+
+
+def _groups(queue: Sequence[Pending]) -> list[list[Pending]]:
+    """``queue`` in order, as groups sent one statement or one ``executemany`` each:
+    consecutive writes of one statement together, and every evidence insert between
+    two control statements (savepoints, the fence, COMMIT) with the first of them."""
+    groups: list[list[Pending]] = []
+    evidence: list[Pending] | None = None
+    for pending in queue:
+        if pending.sql.startswith(_CONTROL):
+            evidence = None
+        elif pending.batch and pending.sql.startswith(_EVIDENCE):
+            if evidence is not None and evidence[0].sql == pending.sql:
+                evidence.append(pending)
+                continue
+            evidence = [pending]
+            groups.append(evidence)
+            continue
+        last = groups[-1] if groups else None
+        if (pending.batch and last is not None and last is not evidence and last[0].batch
+                and last[0].sql == pending.sql):
+            last.append(pending)
+        else:
+            groups.append([pending])
+    return groups
+
+
 class _Rows(list[Any]):
     """Rows read ahead (:meth:`PgUnitOfWork.prefetch`), answered as a cursor would."""
 
@@ -237,21 +269,14 @@ class PgUnitOfWork:
         self._round += 1
         db = self.connection
         with db.pipeline():
-            at = 0
-            while at < len(queue):
-                sql = queue[at].sql
-                end = at + 1
-                while (queue[at].batch and end < len(queue) and queue[end].batch
-                       and queue[end].sql == sql):
-                    end += 1
-                if end - at == 1:
-                    queue[at].cursor = db.execute(sql, queue[at].args)
+            for group in _groups(queue):
+                if len(group) == 1:
+                    group[0].cursor = db.execute(group[0].sql, group[0].args)
                 else:
                     batch = db.cursor()
-                    batch.executemany(sql, [q.args for q in queue[at:end]])
-                    for pending in queue[at:end]:
+                    batch.executemany(group[0].sql, [q.args for q in group])
+                    for pending in group:
                         pending.cursor = batch
-                at = end
             for read in reads:
                 read.cursor = db.execute(read.sql, read.args)
 
