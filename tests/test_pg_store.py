@@ -300,3 +300,26 @@ def test_a_round_trip_sends_the_evidence_rows_together_never_across_a_savepoint(
         (1, "SAVEPOINT msg1"), (2, log), (2, "UPDATE record z"), (1, "COMMIT")]
     assert len([p for g in groups for p in g]) == len(queue)
     assert [p for g in groups for p in g if p.sql == log] == [p for p in queue if p.sql == log]
+
+
+def test_msg_ids_asked_ahead_answer_the_replay_check_without_a_round_trip(
+        pg_store_url: str) -> None:
+    """The turn's authenticated (From, MsgId)s are asked in one round trip; each replay
+    check then only queues its insert — a MsgId seen before is still a replay, and one
+    that comes twice in the turn is a replay the second time."""
+    store = PgStore(pg_store_url)
+    assert store.seen.remember("CCB", "M1", 1.0)
+    store.uow.flush()
+    store.read_ahead([("seen", ("CCB", "M1")), ("seen", ("CCB", "M2")),
+                      ("seen", ("GTJA", "M1"))])
+    rounds = store.uow._round
+    assert not store.seen.remember("CCB", "M1", 2.0)  # seen in an earlier turn
+    assert store.seen.remember("CCB", "M2", 2.0)
+    assert store.seen.remember("GTJA", "M1", 2.0)  # another sender's MsgId
+    assert store.uow._round == rounds  # no round trip for any of them
+    assert not store.seen.remember("CCB", "M2", 2.5)  # twice in one turn: a replay
+    store.uow.flush()
+    store.read_ahead([("seen", ("CCB", "M3"))])
+    store.uow.flush()  # a turn's answers are forgotten at its flush
+    assert store.seen.remember("CCB", "M3", 3.0) and not store.seen.remember("CCB", "M3", 3.0)
+    store.close()

@@ -188,6 +188,8 @@ class PgUnitOfWork:
         self._in_tx = False
         self._queue: list[Pending] = []
         self._ahead: dict[tuple[str, tuple[object, ...]], list[Any]] = {}
+        #: Called at each flush and discard: what was read ahead for a turn is forgotten.
+        self.turn_listeners: list[Callable[[], None]] = []
         #: Set by the edge: end-of-turn commits run off the reactor thread.
         self.background: Background | None = None
         self._committing: _Commit | None = None
@@ -349,6 +351,8 @@ class PgUnitOfWork:
         next flush, before anything of the next turn commits."""
         done = self._settle()
         self._ahead.clear()
+        for forget in self.turn_listeners:
+            forget()
         while self._before:
             actions, self._before = self._before, []
             for action in actions:
@@ -470,6 +474,8 @@ class PgUnitOfWork:
         self._after.clear()
         self._queue.clear()
         self._ahead.clear()
+        for forget in self.turn_listeners:
+            forget()
         if self._in_tx:
             self._in_tx = False
             self._rollback_quietly()
