@@ -281,7 +281,7 @@ class Gateway(Node):
         biz_type, biz_sn = message.kind.business, str(message.body["BizSn"])
         key = (session.party, biz_type, biz_sn)
         digest = content_hash(message, plaintexts)
-        self._read_ahead(session.party, message, key)
+        self.journal.read_ahead(self.reads_ahead(session, message))
         existing = self.journal.record(*key)
         if existing is not None:
             self._on_repeat(session, message, existing, digest, plaintexts)
@@ -322,15 +322,24 @@ class Gateway(Node):
         self._in_flight(pending)
         target.relay_xml(message.xml, message.type, message.head.msg_id, None, plaintexts)
 
-    def _read_ahead(self, origin: str, message: Message, key: tuple[str, str, str]) -> None:
-        """The request's journal reads in one go (a PostgreSQL journal: one round trip
-        instead of one each); what they find is then checked in §6's order below."""
-        reads: list[tuple[str, tuple[object, ...]]] = [("record", (key,))]
+    def reads_ahead(self, session: Session, message: Message
+                    ) -> list[tuple[str, tuple[Any, ...]]]:
+        """What :meth:`_on_request` will read of the journal for ``message`` (a
+        request of a logged-on ``session``; nothing for anything else): the record
+        under its key, and the probes of its type's rules (a store over the network
+        fetches a turn's worth in one round trip: gateway.session.receive_reads)."""
+        kind = message.kind
+        if session.party is None or kind.is_sys or kind.is_response or kind.route is None \
+                or "BizSn" not in message.body:
+            return []
+        key = (session.party, kind.business, str(message.body["BizSn"]))
+        reads: list[tuple[str, tuple[Any, ...]]] = [("record", (key,))]
         try:
-            reads += self.rules.reads_ahead(origin, message, self._trade_date_of(message))
+            reads += self.rules.reads_ahead(session.party, message,
+                                            self._trade_date_of(message))
         except GatewayError:
             pass  # B320 comes in its turn, after the repeat check
-        self.journal.read_ahead(reads)
+        return reads
 
     def _trade_date_of(self, message: Message) -> str:
         """§4: the gateway's trade date is the Asia/Shanghai calendar date, the previous

@@ -836,7 +836,7 @@ def receive_reads(reads: list[tuple[Session, bytes]]) -> None:
               for session, got in taken]
     signatures = [session._presign(items) for (session, _), items in zip(taken, parsed,
                                                                           strict=True)]
-    _seen_ahead(taken, parsed, signatures)
+    _read_ahead(taken, parsed, signatures)
     for (session, got), items, sigs in zip(taken, parsed, signatures, strict=True):
         if isinstance(got, WireError):
             if session.state != CLOSED:
@@ -845,22 +845,28 @@ def receive_reads(reads: list[tuple[Session, bytes]]) -> None:
             session._act(got, items, sigs)
 
 
-def _seen_ahead(taken: list[tuple[Session, Any]], parsed: list[list[_Parsed | None]],
+def _read_ahead(taken: list[tuple[Session, Any]], parsed: list[list[_Parsed | None]],
                 signatures: list[list[Presigned | None]]) -> None:
-    """Tell the journal the (From, MsgId) of every frame of the turn whose MAC and
-    signature held (a network store asks them all in one round trip; the replay check
-    of each then needs none).  Frames nobody authenticated cost nothing."""
-    pairs = []
-    for items, sigs in zip(parsed, signatures, strict=True):
+    """Tell the journal what the turn's frames whose MAC and signature held will read —
+    each one's (From, MsgId) for the replay check, and what the owner says a request
+    reads (gateway.relay.Gateway.reads_ahead) — so that a store over the network asks
+    it all in one round trip.  Frames nobody authenticated cost nothing."""
+    reads: list[tuple[str, tuple[Any, ...]]] = []
+    owner = taken[0][0].owner if taken else None
+    ahead_of = getattr(owner, "reads_ahead", None)
+    for (session, _), items, sigs in zip(taken, parsed, signatures, strict=True):
         for item, sig in zip(items, sigs, strict=True):
             if sig is None or sig.refusal is not None or item is None:
                 continue
             result = item[1]
-            if not isinstance(result, BaseException):
-                head = result[1].head
-                pairs.append(("seen", (head.from_party, head.msg_id)))
-    if pairs:
-        taken[0][0].owner.journal.read_ahead(pairs)
+            if isinstance(result, BaseException):
+                continue
+            message = result[1]
+            reads.append(("seen", (message.head.from_party, message.head.msg_id)))
+            if ahead_of is not None:
+                reads += ahead_of(session, message)
+    if reads and owner is not None:
+        owner.journal.read_ahead(reads)
 
 
 #: Bytes of a refused payload kept as evidence before the peer has logged on.

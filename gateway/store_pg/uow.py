@@ -3,7 +3,7 @@
 docs/architecture.md "The store as built": writes are queued and sent, pipelined, with
 the next statement that needs an answer (so the turn's reads see the turn's writes); a
 message's savepoint reaches the server only with the first of its writes that must be
-sent; a request's reads can be fetched ahead in one round trip (:meth:`prefetch`); the
+sent; a request's reads can be fetched ahead in one round trip (:meth:`read_many`); the
 end-of-turn COMMIT — after the fence statement when a lease grant is set (PROTOCOL §12:
 the commit is conditional on our lease epoch; :class:`gateway.store_pg.leasedb.Fenced`
 otherwise, nothing of the turn written and none of its after-commit actions run) — can
@@ -158,16 +158,6 @@ def _groups(queue: Sequence[Pending]) -> list[list[Pending]]:
     return groups
 
 
-class _Rows(list[Any]):
-    """Rows read ahead (:meth:`PgUnitOfWork.prefetch`), answered as a cursor would."""
-
-    def fetchone(self) -> Any:
-        return self[0] if self else None
-
-    def fetchall(self) -> list[Any]:
-        return list(self)
-
-
 class PgUnitOfWork:
     """Group commit over one PostgreSQL connection (gateway.store.interfaces.UnitOfWork).
 
@@ -187,7 +177,6 @@ class PgUnitOfWork:
         self.grant: Grant | None = None
         self._in_tx = False
         self._queue: list[Pending] = []
-        self._ahead: dict[tuple[str, tuple[object, ...]], list[Any]] = {}
         #: Called at each flush and discard: what was read ahead for a turn is forgotten.
         self.turn_listeners: list[Callable[[], None]] = []
         #: Set by the edge: end-of-turn commits run off the reactor thread.
@@ -211,18 +200,13 @@ class PgUnitOfWork:
         in the turn's transaction, queued: sent with the next round trip."""
         if not self._in_tx:
             self.begin()
-        self._ahead.clear()  # what was read ahead may be what this changes
         pending = Pending(self, _psycopg(sql), tuple(args), batch=True)
         self._queue.append(pending)
         return pending
 
-    def read(self, sql: str, args: Sequence[object] = ()) -> Cursor | _Rows:
+    def read(self, sql: str, args: Sequence[object] = ()) -> Cursor:
         """(inside the turn's transaction if one is open: it sees the turn's writes,
-        which ride in the same round trip; else autocommitted; a read asked ahead by
-        :meth:`prefetch`, with no write since, is answered from what it fetched)"""
-        ahead = self._ahead.pop((sql, tuple(args)), None)
-        if ahead is not None:
-            return _Rows(ahead)
+        which ride in the same round trip; else autocommitted)"""
         if self._queue:
             read = Pending(self, _psycopg(sql), tuple(args))
             self.sync(read)
@@ -238,16 +222,14 @@ class PgUnitOfWork:
             raise LookupError(f"no row from {sql}")
         return tuple(found)
 
-    def prefetch(self, queries: Sequence[tuple[str, Sequence[object]]]) -> None:
-        """Run ``queries`` (reads, ``?`` placeholders) now, in one round trip with the
-        queued writes; each is answered from what it fetched when :meth:`read` asks it
-        next — unless a write comes first (then every read goes to the database)."""
+    def read_many(self, queries: Sequence[tuple[str, Sequence[object]]]) -> list[list[Any]]:
+        """Run ``queries`` (reads, ``?`` placeholders) in one round trip with the queued
+        writes (so they see them); each one's rows."""
         if not queries:
-            return
+            return []
         pendings = [Pending(self, _psycopg(sql), tuple(args)) for sql, args in queries]
         self.sync(*pendings)
-        self._ahead = {(sql, tuple(args)): list(p.cursor.fetchall() if p.cursor else ())
-                       for (sql, args), p in zip(queries, pendings, strict=True)}
+        return [p.cursor.fetchall() if p.cursor is not None else [] for p in pendings]
 
     def sync(self, *reads: Pending) -> Cursor | None:
         """Send every queued statement, then ``reads``, in one pipelined round trip; the
@@ -309,7 +291,6 @@ class PgUnitOfWork:
         try:
             yield
         except BaseException:
-            self._ahead.clear()
             if mark.cursor is None:  # nothing of it sent: forget its statements
                 del self._queue[self._queue.index(mark):]
             else:
@@ -326,7 +307,6 @@ class PgUnitOfWork:
             else:
                 self._queue.append(Pending(self, f"RELEASE SAVEPOINT {name}", ()))
         finally:
-            self._ahead.clear()
             self._savepoints -= 1
             if not self._savepoints:
                 self._undo.clear()
@@ -350,7 +330,6 @@ class PgUnitOfWork:
         order is the turns' order).  A failed background commit is raised by that
         next flush, before anything of the next turn commits."""
         done = self._settle()
-        self._ahead.clear()
         for forget in self.turn_listeners:
             forget()
         while self._before:
@@ -473,7 +452,6 @@ class PgUnitOfWork:
         self._before.clear()
         self._after.clear()
         self._queue.clear()
-        self._ahead.clear()
         for forget in self.turn_listeners:
             forget()
         if self._in_tx:
