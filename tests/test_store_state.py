@@ -121,3 +121,29 @@ def test_a_late_answer_to_a_repeat_asked_again_settles_without_the_evidence(
                   to=BROKER, ref=again)
     assert _state(rig, key) == "SUCCEEDED"
     assert not _requests(rig.broker.take(), "CTS.SIGN.RSP")  # journaled, not relayed
+
+
+def test_one_read_with_a_request_its_repeat_and_a_replay_is_judged_in_order(
+        rig: Rig) -> None:
+    """The journal reads of a turn's frames are asked ahead together (one round trip
+    on PostgreSQL): a request and its repeat (same BizSn, new MsgId) and a replay of
+    the first MsgId, all in one read, must still be judged as if one by one — the
+    request relayed once, the repeat answered as such, the replay refused E204."""
+    _signed(rig)
+    fields = [("BizSn", "GTJAT9"), ("FundAcct", FUND), ("WalletId", WALLET),
+              ("Amount", "10.00"), ("Ccy", "CNY")]
+    peer = rig.broker.peer
+    first_id, first = peer.build("XFER.IN.REQ", fields, to=BANK)
+    _, again = peer.build("XFER.IN.REQ", fields, to=BANK)
+    rig.broker.feed(peer.frame(first) + peer.frame(again) + peer.frame(first))
+    relayed = _requests(rig.bank.take(), "XFER.IN.REQ")
+    assert len(relayed) == 1
+    answers = rig.broker.take()
+    assert [f.body.get("Code") for f in answers if f.type == "SYS.ERROR"] == ["E204"]
+    rig.bank.send("XFER.IN.RSP", [("Result", "0000"), ("ResultText", "ok"),
+                                  ("BizSn", "GTJAT9"), ("BankSn", "B9"), ("SweepRef", "S9")],
+                  to=BROKER, ref=relayed[0].head("MsgId"))
+    answered = [f for f in rig.broker.take() if f.type == "XFER.IN.RSP"]
+    assert answered and all(f.body["Result"] == "0000" for f in answered)
+    assert _state(rig, (BROKER, "XFER.IN", "GTJAT9")) == "SUCCEEDED"
+    assert rig.bank.take() == []  # nothing relayed twice
