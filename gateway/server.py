@@ -416,11 +416,18 @@ class GatewayService(service.MultiService):
         """The lease loop on PostgreSQL (gateway/store_pg/pair.py): a standby until the
         lease is ours.  PairUnavailable (a RuntimeError) goes up: ``serve`` exits 1."""
         from .standing import LeaseStanding
+        from .store_pg.leasedb import bound_statements
         from .store_pg.pair import open_pair
 
         cfg = self.config
+        bound = cfg.journal_statement_timeout_seconds  # a hung database: errors, no hang
         self.pair = open_pair(cfg.journal_url, cfg.journal_failover_seconds, self.reactor,
-                              self._became_active, self._stand_by)
+                              self._became_active, self._stand_by, bound)
+        uow = getattr(self.journal.store, "uow", None)
+        if uow is not None and hasattr(uow, "grant"):  # the journal on PostgreSQL
+            bound_statements(uow.connection, bound)
+        if hasattr(self.keystore.registry, "bound"):
+            self.keystore.registry.bound(bound)
         self.gateway.standing = LeaseStanding(self.pair.keeper)
         self.factory.guard = self.pair.check
         self.factory.fenced = self._commit_fenced

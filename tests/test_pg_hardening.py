@@ -4,13 +4,14 @@ hangs (a lock held) while the gateway stops, and the ops API on a gateway that i
 the active one."""
 from __future__ import annotations
 
+import subprocess
 from typing import Any
 
 import pytest
 
 psycopg = pytest.importorskip("psycopg")
 
-from conftest import BANK, GatewayHome  # noqa: E402
+from conftest import BANK, GatewayHome, RunningGateway  # noqa: E402
 
 
 def _use_postgres(home: GatewayHome, url: str, failover: float = 30.0, **journal: Any) -> None:
@@ -49,3 +50,33 @@ def test_a_fenced_commit_stands_by_and_a_later_stop_is_an_ordered_stop(
     with psycopg.connect(pg_url) as conn:
         assert conn.execute("SELECT holder, epoch FROM lease").fetchone() == (
             "the-other-gateway", 2)
+
+
+def test_a_database_that_hangs_turns_into_errors_and_the_gateway_never_hangs(
+        pg_url: str, home: GatewayHome) -> None:
+    """A database that hangs rather than goes away — here the lease table locked by
+    another session — makes every statement that touches it wait: the renewal, the
+    fence of the next commit, the release at a stop.  With ``[journal]
+    statement_timeout_seconds`` (PostgreSQL's statement_timeout and lock_timeout on the
+    gateway's connections) each fails after it instead: the commit that cannot be made
+    stops the gateway as any failed commit does (exit 1, the standby takes over), and
+    the release it tries on the way out fails and is logged.  Without the bound the
+    first commit held the reactor thread for as long as the lock was held, and SIGTERM
+    could not stop it."""
+    _use_postgres(home, pg_url, failover=5.0, statement_timeout_seconds=1)
+    gw = RunningGateway(home)
+    try:
+        gw.wait_for_log(r"active: lease epoch 1 taken")
+        with psycopg.connect(pg_url) as hog:  # a transaction holding the lock
+            hog.execute("LOCK TABLE lease IN ACCESS EXCLUSIVE MODE")
+            try:
+                code = gw.proc.wait(15)  # a commit is due within a second (monitoring)
+            except subprocess.TimeoutExpired:
+                code = gw.stop(timeout=15)
+        log = gw.log_text()
+        assert code == 1, log
+        assert "journal flush failed; stopping" in log, log
+        assert "canceling statement due to statement timeout" in log, log
+        assert "releasing the lease failed" in log and "gateway stopped" in log, log
+    finally:
+        gw.kill()
