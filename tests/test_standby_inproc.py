@@ -266,3 +266,43 @@ def test_a_suspend_whose_commit_is_fenced_gets_503_not_silence(
     assert service.fenced_calls == 1 and not svc.gateway.accepts_logons
     assert request.finished and request.responseCode == 503, request.written
     assert "not committed" in json.loads(b"".join(request.written))["error"]
+
+
+def test_the_two_gateways_of_a_pair_never_make_the_same_msg_id_whatever_their_clocks(
+        tmp_path: Path) -> None:
+    """§12, §4: the gateways of a pair sign as one party, so a MsgId of one must never
+    be one the other already sent, however their clocks stand.  Here the worst case:
+    both clocks at the same millisecond and both counters from the same start — the
+    active at lease epoch 1, the one that took over at epoch 2, and a standby answering
+    S903 — and still no MsgId twice; a gateway alone (SQLite, no lease) keeps the
+    format it had: its six digits are all its counter's."""
+    from gateway.journal import Journal
+    from gateway.keystore import KeyStore
+    from gateway.relay import Gateway
+
+    home = make_home(tmp_path / "gw")
+
+    def at_one_instant() -> float:
+        return 1_800_000_000.123
+
+    def same_random(n: int) -> bytes:
+        return b"\x01" * n
+
+    made: list[list[str]] = []
+    for n, epoch in enumerate((1, 2, None, "alone")):
+        journal = Journal(tmp_path / f"j{n}.sqlite3", synchronous="OFF")
+        gw = Gateway(fast_config(), KeyStore(home.root / "keys"), journal, at_one_instant,
+                     same_random)
+        if epoch != "alone":
+            keeper = LeaseKeeper(LeaseTimings.from_failover(F), at_one_instant)
+            if isinstance(epoch, int):
+                keeper.acquired(Grant("gateway", f"holder{epoch}", epoch), keeper.sent())
+            gw.standing = LeaseStanding(keeper)
+        made.append([gw.next_msg_id() for _ in range(2000)])
+        journal.close()
+    pair = made[:3]
+    assert len(set().union(*pair)) == sum(len(ids) for ids in pair)
+    for ids in made:
+        assert all(i.startswith("GW01") and len(i) == 4 + 13 + 6 and i.isalnum() for i in ids)
+    start = int.from_bytes(b"\x01" * 3, "big")
+    assert made[3][0] == f"GW01{1_800_000_000_123:013d}{start % 10**6:06d}"
