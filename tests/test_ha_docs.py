@@ -40,6 +40,8 @@ EXPECTED = [
     "sbdx_lease_epoch 0.0",
     "sbdx_active 1.0",
     "sbdx_lease_epoch 2.0",
+    "refused POST /api/suspend: this gateway is a standby",
+    "exit 1",
     "broker exit 0",
     "settled: every request sent has its outcome",
     "books: ",
