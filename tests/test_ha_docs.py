@@ -94,10 +94,10 @@ def test_the_one_machine_ha_walkthrough_of_the_docs_runs_as_written() -> None:
     os.chmod(folder, 0o755)  # the cluster's owner (postgres, as root) walks into it
     trial = folder / "t"
     assert block.count("T=/tmp/sbdx-ha;") == 1, "the block sets T=/tmp/sbdx-ha once"
-    script = block.replace("T=/tmp/sbdx-ha;", f"T={trial};")
     ports = dict(zip(PORTS, free_ports(len(PORTS)), strict=True))
-    assert all(old in script for old in PORTS)
-    script = re.sub("|".join(PORTS), lambda m: ports[m.group(0)], script)
+    assert all(old in block for old in PORTS)
+    script = re.sub("|".join(PORTS), lambda m: ports[m.group(0)], block)
+    script = script.replace("T=/tmp/sbdx-ha;", f"T={trial};")  # after: it may hold digits
     env = dict(os.environ)
     bin_dir = folder / "bin"
     bin_dir.mkdir()
