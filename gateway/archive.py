@@ -16,6 +16,10 @@ backup API reads each database in one step, inside one read transaction, so the 
 is the database as of one commit (WAL readers never block the writer).  The copy is
 turned to rollback-journal mode, so it is one self-contained file.
 
+The journal is the SQLite file ``[journal] url`` names.  A PostgreSQL journal is
+not copied (:data:`POSTGRESQL_REFUSAL`, exit 1): it is dumped with pg_dump, and
+``--without-journal`` archives the configuration and public keys alone.
+
 ``verify`` re-hashes every file, looks for files missing, changed or added, and checks
 the signature with the certificate in the archive (or one given with ``--cert``);
 exit 0 when everything holds, 2 otherwise, one line per problem.
@@ -25,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import sqlite3
 import stat
 import sys
 from collections.abc import Iterator
@@ -52,6 +55,11 @@ CONFIG = "gateway.toml"
 PUBLIC_KEY_FILE = re.compile(r"(.*\.(pem|crt|json)|.*\.crt\.[^/]*)\Z")
 #: Never copied, whatever their name says: any file holding one of these.
 SECRET_MARKERS = (b"PRIVATE KEY",)
+#: ``archive`` of a gateway whose ``[journal] url`` is PostgreSQL (exit 1).
+POSTGRESQL_REFUSAL = (
+    "the journal is in PostgreSQL ([journal] url) and an archive copies a SQLite journal"
+    " only: dump it with pg_dump (docs/operations.md \"Technical exit: archive\"), then"
+    " archive the configuration and keys with --without-journal")
 _LINE = re.compile(r"([0-9a-f]{64})  (\S(?:.*\S)?)\Z")
 _CHUNK = 1 << 20
 
@@ -70,23 +78,23 @@ class Made:
     left_out: list[str] = field(default_factory=list)
 
 
-def create(home: Path, out: Path) -> Made:
-    """Write the archive of ``home`` into the new or empty folder ``out``."""
+def create(home: Path, out: Path, *, with_journal: bool = True) -> Made:
+    """Write the archive of ``home`` into the new or empty folder ``out``
+    (``with_journal`` False: the configuration and public keys only)."""
     keys = _key_store(home)
-    journal = home / str(JOURNAL)
-    if not journal.is_file():
-        raise ArchiveError(f"no journal at {journal}: is --home the gateway's home?")
+    journal = _journal_file(home) if with_journal else None
     _empty_dir(out)
     made = Made(out)
-    from .store.sqlite.backup import BackupError, copy_journal  # as `gateway backup`
+    if journal is not None:
+        from .store.sqlite.backup import BackupError, copy_journal  # as `gateway backup`
 
-    try:
-        copy_journal(journal, _target(out, JOURNAL))
-    except BackupError as exc:
-        raise ArchiveError(str(exc)) from None
-    made.files.append(str(JOURNAL))
-    for path in sorted((home / str(EVIDENCE_DIR)).glob("*.sqlite3")):
-        _copy_database(path, out, EVIDENCE_DIR / path.name, made)
+        try:
+            copy_journal(journal, _target(out, JOURNAL))
+        except BackupError as exc:
+            raise ArchiveError(str(exc)) from None
+        made.files.append(str(JOURNAL))
+        for path in sorted((journal.parent / "archive").glob("*.sqlite3")):
+            _copy_database(path, out, EVIDENCE_DIR / path.name, made)
     if (home / CONFIG).is_file():
         _copy_file(home / CONFIG, out, PurePosixPath(CONFIG), made)
     for path, name in _public_key_files(keys.keys_dir):
@@ -103,6 +111,23 @@ def create(home: Path, out: Path) -> Made:
     _write(out / MANIFEST_SIG, sign_file(keys.signer(), manifest, digest))
     _fsync_dirs(out)
     return made
+
+
+def _journal_file(home: Path) -> Path:
+    """The SQLite journal ``[journal] url`` names; ArchiveError, saying what to do
+    instead, for a PostgreSQL one (or none there)."""
+    from .config import ConfigError, load
+    from .store import sqlite_path
+
+    try:
+        path = sqlite_path(load(home).journal_url, home)
+    except ConfigError as exc:
+        raise ArchiveError(f"{exc} (fix gateway.toml)") from None
+    if path is None:
+        raise ArchiveError(POSTGRESQL_REFUSAL)
+    if not path.is_file():
+        raise ArchiveError(f"no journal at {path}: is --home the gateway's home?")
+    return path
 
 
 def _key_store(home: Path) -> KeyStore:
@@ -150,41 +175,17 @@ def _copy_file(src: Path, out: Path, name: PurePosixPath, made: Made) -> None:
 
 
 def _copy_database(src: Path, out: Path, name: PurePosixPath, made: Made) -> None:
-    """A consistent copy of the SQLite database ``src`` (a month file of the retention,
-    which the gateway may be writing; the journal goes through ``copy_journal``, which
-    checks it is one): the backup API in one step, one read transaction; the copy in
-    rollback-journal mode."""
-    dst_path = _target(out, name)
-    os.close(create_private(dst_path))
-    source = _open_source(src)
+    """A consistent copy of the month file ``src`` of the retention, which the gateway
+    may be writing (gateway/store/sqlite/monthfiles.py; the journal goes through
+    ``copy_journal``, which checks it is one)."""
+    from .store.interfaces import StoreUnavailable
+    from .store.sqlite.monthfiles import copy_month_file
+
     try:
-        target = sqlite3.connect(str(dst_path), isolation_level=None)
-        try:
-            source.backup(target)  # pages=-1: all at once, so one snapshot
-            target.execute("PRAGMA journal_mode=DELETE")
-        finally:
-            target.close()
-    except sqlite3.Error as exc:
-        raise ArchiveError(f"copying {src} failed: {exc}; run the archive again") from None
-    finally:
-        source.close()
-    fd = os.open(dst_path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        copy_month_file(src, _target(out, name))
+    except StoreUnavailable as exc:
+        raise ArchiveError(f"{exc}; run the archive again") from None
     made.files.append(str(name))
-
-
-def _open_source(src: Path) -> sqlite3.Connection:
-    """Read-only when SQLite allows it (a WAL database whose ``-shm`` is gone needs a
-    writable connection to be read at all); busy waits up to 30 s for a checkpoint."""
-    try:
-        db = sqlite3.connect(f"{src.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
-        db.execute("SELECT count(*) FROM sqlite_master").fetchone()
-        return db
-    except sqlite3.OperationalError:
-        return sqlite3.connect(str(src), timeout=30)
 
 
 def _public_key_files(keys_dir: Path) -> Iterator[tuple[Path, str]]:
@@ -316,17 +317,20 @@ def _fingerprint(pem: bytes, public_key: PublicKey) -> str:
 
 
 # --- the commands ----------------------------------------------------------------------
-def archive_command(home: Path, out: Path) -> int:
-    """``gateway archive --out DIR``: 0 written, 1 not (the reason on stderr)."""
+def archive_command(home: Path, out: Path, with_journal: bool = True) -> int:
+    """``gateway archive --out DIR [--without-journal]``: 0 written, 1 not (the reason
+    on stderr)."""
     try:
-        made = create(home, out)
+        made = create(home, out, with_journal=with_journal)
     except ArchiveError as exc:
         print(f"gateway archive: {exc}", file=sys.stderr)
         return EXIT_FAILED
     for line in made.left_out:
         print(f"gateway archive: left out {line}", file=sys.stderr)
-    print(f"archive {out}: {len(made.files)} files, {MANIFEST} signed ({MANIFEST_SIG}); "
-          f"check it with: gateway archive verify {out}")
+    print(f"archive {out}: {len(made.files)} files"
+          + ("" if with_journal else " (configuration and keys, no journal)")
+          + f", {MANIFEST} signed ({MANIFEST_SIG}); check it with: gateway archive verify"
+          f" {out}")
     return EXIT_OK
 
 

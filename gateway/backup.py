@@ -11,6 +11,9 @@ reuses it.
 suspension (``restored from backup taken at <time>``) written into the file itself, so
 a gateway started on it refuses new business (B340) until an operator resumes — peers
 may be ahead of it (§11; docs/operations.md "Backup and restore").
+
+The journal is the SQLite file ``[journal] url`` names; a PostgreSQL journal is backed
+up with PostgreSQL's own tools (:data:`POSTGRESQL_REFUSAL`, exit 1).
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ from .suspension import EVERY
 
 __all__ = ["BackupError", "CopyInfo", "backup", "backup_command", "copy_journal"]
 
-#: The journal of a home (PROTOCOL §9: data in ``DIR/data``).
+#: The journal of a home by default (PROTOCOL §9: data in ``DIR/data``).
 JOURNAL = Path("data") / "journal.sqlite3"
 
 
@@ -64,12 +67,34 @@ def backup(src: Path, dst: Path, clock: float | None = None) -> CopyInfo:
     return info
 
 
+#: ``backup`` of a gateway whose ``[journal] url`` is PostgreSQL (exit 1).
+POSTGRESQL_REFUSAL = (
+    "the journal is in PostgreSQL ([journal] url): back it up with PostgreSQL's own tools"
+    " — pg_dump for a consistent copy, base backups (pg_basebackup) with WAL archiving"
+    " for point-in-time recovery (docs/operations.md \"Backup and restore\")")
+
+
+def journal_file(home: Path) -> Path:
+    """The SQLite journal ``[journal] url`` names; BackupError (saying what to do
+    instead) for a PostgreSQL one or a gateway.toml that does not load."""
+    from .config import ConfigError, load
+    from .store import sqlite_path
+
+    try:
+        path = sqlite_path(load(home).journal_url, home)
+    except ConfigError as exc:
+        raise BackupError(f"{exc} (fix gateway.toml)") from None
+    if path is None:
+        raise BackupError(POSTGRESQL_REFUSAL)
+    return path
+
+
 def backup_command(home: Path, out: Path) -> int:
     """``gateway backup --out FILE``: exit 0 written, 1 not (one line on stderr)."""
     import sys
 
     try:
-        info = backup(home / JOURNAL, out)
+        info = backup(journal_file(home), out)
     except BackupError as exc:
         print(f"gateway backup: {exc}", file=sys.stderr)
         return 1

@@ -401,12 +401,12 @@ class FlushWatch:
 
     def __init__(self, gateway: Any) -> None:
         self.failed = False
-        self._flush: Callable[[], int] = gateway.flush
+        self._flush: Callable[[bool], int] = gateway.flush
         gateway.flush = self
 
-    def __call__(self) -> int:
+    def __call__(self, background: bool = False) -> int:
         try:
-            return self._flush()
+            return self._flush(background)
         except Exception as exc:
             from .store_pg.leasedb import Fenced
 
@@ -489,7 +489,7 @@ def _cmd_archive(args: argparse.Namespace, home: Home) -> int:
         return verify_command(args.dir, args.cert)
     if args.out is None:
         args.archive_parser.error("give --out DIR (a new or empty folder), or: verify DIR")
-    return archive_command(home.root, args.out)
+    return archive_command(home.root, args.out, with_journal=not args.without_journal)
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -534,9 +534,10 @@ exit codes (every command):
   {EXIT_OK:<4} done (eod check: the file is valid and reconciled)
   {EXIT_FAILED:<4} the command could not do its job: no key store, a journal that failed to
        commit, an error in gateway.toml, serve that cannot listen, no such record;
-       eod check: nothing was judged (no file at FILE, a journal too old);
-       eod export: the file is already there (--force); eod watch: another watcher
-       holds the folder, or (--once) the folder could not be sorted
+       eod check: nothing was judged (no file at FILE, a journal too old or
+       unreachable); eod export: the file is already there (--force), or the journal
+       unreachable; eod watch: another watcher holds the folder, or (--once) the
+       folder could not be sorted or the journal not read
   {EXIT_REJECTED:<4} eod check: the file is rejected; eod watch --once: a file was rejected;
        archive verify: the archive does not hold (a file missing, changed or extra,
        or a bad signature)
@@ -707,11 +708,15 @@ def _add_archive_commands(sub: Any) -> None:
         "moved to data/archive/), gateway.toml, the certificates and the peers' public "
         "keys (never a private key), and MANIFEST (sha256sum lines) with MANIFEST.sig, "
         "the gateway key's signature (PROTOCOL §8, §11). Safe while the gateway serves. "
-        "Exit 1 if it cannot be written (DIR not empty, no key store, no journal).")
+        "Exit 1 if it cannot be written (DIR not empty, no key store, no journal, a "
+        "PostgreSQL journal without --without-journal).")
     p.add_argument("--out", type=Path, metavar="DIR",
                    help="a new or empty folder to write the archive into (made 0700); "
                         "required unless the subcommand is verify (default: none: "
                         "without it, a usage error)")
+    p.add_argument("--without-journal", action="store_true",
+                   help="leave the journal and its month files out: the configuration "
+                        "and public keys only (a PostgreSQL journal: dump it with pg_dump)")
     p.set_defaults(run=_cmd_archive, archive_command=None, archive_parser=p)
     verbs = p.add_subparsers(dest="archive_command", metavar="SUBCOMMAND")
     v = verbs.add_parser(
@@ -848,13 +853,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_suspend_commands(sub)
     p = sub.add_parser(
         "backup", help="a consistent copy of the journal, taken while the gateway serves",
-        description="Copy data/journal.sqlite3 into the new file FILE (0600) with "
+        description="Copy the SQLite journal [journal] url names (default "
+        "data/journal.sqlite3) into the new file FILE (0600) with "
         "SQLite's online backup, beside a running gateway or a stopped one: the journal "
         "as of one commit. The copy carries an every-party suspension (\"restored from "
         "backup taken at …\"): a gateway restored from it refuses new business (B340) "
         "until `gateway resume` (PROTOCOL §11; restore procedure in docs/operations.md "
         "\"Backup and restore\"). Exit 0 written, 1 not (FILE exists, no journal, the "
-        "copy failed; nothing is left at FILE).")
+        "copy failed; nothing is left at FILE; a PostgreSQL journal: back it up with "
+        "pg_dump or PostgreSQL's base backups and WAL archiving instead).")
     p.add_argument("--out", type=Path, required=True, metavar="FILE",
                    help="the new file (relative to the current directory); never "
                         "replaced (default: none, required)")
@@ -864,15 +871,18 @@ def build_parser() -> argparse.ArgumentParser:
         dest="eod_command", metavar="SUBCOMMAND")
     eod.required = True
     p = eod.add_parser("check", help="check and reconcile one file",
-                       description="Check one §8 file and reconcile it with the journal: "
-                       "exit 0 reconciled, 3 discrepancies, 2 rejected, 1 nothing judged.")
+                       description="Check one §8 file and reconcile it with the journal "
+                       "[journal] url names in gateway.toml (default: sqlite:///data/"
+                       "journal.sqlite3; a postgresql:// one too): exit 0 reconciled, 3 "
+                       "discrepancies, 2 rejected, 1 nothing judged.")
     p.add_argument("file", type=Path, help="the end-of-day file")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object instead of the text report")
     p.set_defaults(run=_cmd_eod_check)
     p = eod.add_parser("export", help="write a signed file from the journal",
                        description="Write <TYPE>_<GATEWAY>_<PARTY>_<YYYYMMDD>.txt and its .sig "
-                       "from the journal's final records of that trade date.  Refuses a "
+                       "from the final records of that trade date in the journal [journal] "
+                       "url names (default: sqlite:///data/journal.sqlite3).  Refuses a "
                        "future date (exit 64) and a file already there (exit 1, see --force); "
                        "warns on stderr, exit 0, when the day is still open (today, or "
                        "records still PENDING/REVERSING: they are left out).")
@@ -892,7 +902,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Check every complete file (its .sig there) dropped into "
                        "DIR and move it, with its .sig and a report, into DIR/accepted or "
                        "DIR/rejected.  Runs until SIGTERM/SIGINT (exit 0), or one pass with "
-                       "--once.  One watcher per folder (a second exits 1).")
+                       "--once.  One watcher per folder (a second exits 1).  Reconciles "
+                       "against the journal [journal] url names (default: sqlite:///data/"
+                       "journal.sqlite3); one it cannot read judges nothing that pass.")
     p.add_argument("dir", type=Path, help="the drop folder")
     p.add_argument("--poll", type=_seconds, default=1.0, metavar="S",
                    help="seconds between folder scans (default 1)")

@@ -235,6 +235,14 @@ JOURNAL_KEYS = {"url": "journal_url", "failover_seconds": "journal_failover_seco
 SQLITE_DEFAULT_URL = "sqlite:///data/journal.sqlite3"
 
 
+#: ``[journal] retention_days`` above 0 with a PostgreSQL url (PROTOCOL §11, §12).
+RETENTION_ON_POSTGRESQL = (
+    "[journal] retention_days works with the SQLite journal only: remove it (or set 0)"
+    " with a postgresql:// url; the evidence then stays in PostgreSQL, shared by both"
+    " gateways: size the database for it and back it up with pg_dump or base backups"
+    " (docs/operations.md \"Retention\")")
+
+
 def is_postgresql(url: str) -> bool:
     """Whether ``[journal] url`` names PostgreSQL (an active/standby pair, §12)."""
     return url.startswith(("postgresql://", "postgres://"))
@@ -265,8 +273,7 @@ def from_mapping(values: dict[str, Any], journal: dict[str, Any] | None = None) 
         raise
     cfg = Config(**kwargs, journal=settings, extra={"explicit": frozenset(kwargs)})
     if cfg.journal.retention_days > 0 and not cfg.journal_url.startswith("sqlite:"):
-        raise ConfigError("[journal] retention_days works with the SQLite journal only: set it "
-                          "to 0 with a postgresql:// url (PROTOCOL §11, §12)")
+        raise ConfigError(RETENTION_ON_POSTGRESQL)
     if cfg.replay_retention_days < 7:
         raise ConfigError("replay_retention_days must be at least 7 (PROTOCOL §5)")
     if not _PARTY.match(cfg.party):

@@ -21,7 +21,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-import sqlite3
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -505,10 +504,18 @@ def exit_report_command(home: Path, party: str | None, as_json: bool,
     ``eod_dirs``: the drop folders whose accepted BAL files count (None: ``[ops]
     eod_dirs`` of gateway.toml)."""
     from .config import ConfigError
+    from .config import load as load_config
     from .opsconfig import load
+    from .store import StoreUnavailable, sqlite_path
+    from .store.snapshot import read_snapshot
 
-    path = home / "data" / "journal.sqlite3"
-    if not path.exists():
+    try:
+        url = load_config(home).journal_url
+    except ConfigError as exc:
+        print(f"gateway exit-report: {exc} (fix gateway.toml)", file=sys.stderr)
+        return EXIT_FAILED
+    path = sqlite_path(url, home)
+    if path is not None and not path.exists():
         print(f"gateway exit-report: no journal at {path} (is --home the gateway's home?)",
               file=sys.stderr)
         return EXIT_FAILED
@@ -522,20 +529,21 @@ def exit_report_command(home: Path, party: str | None, as_json: bool,
     bal_files, problems = accepted_bal_files(eod_dirs)
     now = now or dt.datetime.now(CHINA)
     try:
-        journal = Journal(path, read_only=True)
-    except (sqlite3.Error, ValueError) as exc:
-        print(f"gateway exit-report: cannot read {path}: {exc}", file=sys.stderr)
+        journal = Journal(path if path is not None else url, read_only=True, home=home)
+    except StoreUnavailable as exc:
+        print(f"gateway exit-report: cannot read {path or 'the PostgreSQL journal'}: {exc}",
+              file=sys.stderr)
         return EXIT_FAILED
     try:
-        journal.begin()  # one read transaction: every query sees the same moment
-        if party is not None and party not in known_parties(home, journal):
-            print(f"gateway exit-report: no party {party}: not a registered peer (`gateway "
-                  "peer list`) and in no agreement of the journal; check --party",
-                  file=sys.stderr)
-            return EXIT_FAILED
-        report = build_report(journal, now.date().isoformat(),
-                              now.isoformat(timespec="milliseconds"), party, bal_files,
-                              problems)
+        with read_snapshot(journal.store):  # every query sees the same moment
+            if party is not None and party not in known_parties(home, journal):
+                print(f"gateway exit-report: no party {party}: not a registered peer "
+                      "(`gateway peer list`) and in no agreement of the journal; check "
+                      "--party", file=sys.stderr)
+                return EXIT_FAILED
+            report = build_report(journal, now.date().isoformat(),
+                                  now.isoformat(timespec="milliseconds"), party, bal_files,
+                                  problems)
     finally:
         journal.close()
     if as_json:

@@ -12,7 +12,7 @@ docs/architecture.md, "Store layer".
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -28,14 +28,11 @@ from .store.model import (
     StoredMessage,
 )
 from .store.sqlite import MIGRATIONS, SLOW_COMMIT_SECONDS, SqliteStore
+from .store.sqlite.retention import MESSAGE_COLUMNS
 
 __all__ = ["MIGRATIONS", "SLOW_COMMIT_SECONDS", "Agreement", "CommitStats", "Journal",
            "MESSAGE_COLUMNS", "Record", "Reversal", "StoredMessage"]
 
-#: The columns of an evidence row (table ``message``), in order: what the evidence
-#: archive files keep too (gateway/evidencearchive.py, gateway/retention.py).
-MESSAGE_COLUMNS = ("id", "at", "direction", "session", "party", "msg_type", "msg_id", "ref_id",
-                   "envelope", "xml")
 
 
 class Journal:
@@ -61,15 +58,10 @@ class Journal:
 
     @property
     def _sqlite(self) -> SqliteStore:
-        """Transitional, for journal methods written against SQLite (merged branches):
-        new SQL goes to the stores."""
+        """The SQLite store (tests of its checkpointer); TypeError for another."""
         if not isinstance(self.store, SqliteStore):
             raise TypeError("this journal is not SQLite")
         return self.store
-
-    @property
-    def _db(self) -> Any:
-        return self._sqlite.uow.connection
 
     # --- unit of work ---------------------------------------------------------------
     @property
@@ -87,10 +79,6 @@ class Journal:
     @property
     def _checkpointer(self) -> Any:
         return self._sqlite.uow.checkpointer
-
-    def _write(self, sql: str, args: tuple[object, ...]) -> Any:
-        """Transitional (see ``_sqlite``)."""
-        return self._sqlite.uow.write(sql, args)
 
     def begin(self) -> None:
         self.uow.begin()
@@ -111,8 +99,11 @@ class Journal:
     def dirty(self) -> bool:
         return self.uow.dirty
 
-    def flush(self) -> int:
-        return self.uow.flush()
+    def flush(self, background: bool = False) -> int:
+        """Commit (group commit), then release what waited for it; ``background``: a
+        store that can commit off the calling thread may return before the commit is
+        durable and release the turn when it is (the PostgreSQL journal)."""
+        return self.uow.flush(background)
 
     def close(self) -> None:
         self.uow.close(self.flush)
@@ -133,49 +124,6 @@ class Journal:
     def reversal_answers(self, party: str, ref_id: str) -> int:
         return self.store.messages.count_reversal_answers(party, ref_id)
 
-    # --- retention (gateway/retention.py, PROTOCOL §11; transitional SQL, see ``_db``) ---
-    def messages_after(self, after_id: int, limit: int) -> list[tuple[Any, ...]]:
-        """Up to ``limit`` evidence rows with an id above ``after_id``, oldest first, every
-        column (:data:`MESSAGE_COLUMNS`), as tuples."""
-        return list(self._db.execute(
-            f"SELECT {', '.join(MESSAGE_COLUMNS)} FROM message WHERE id > ? ORDER BY id"
-            " LIMIT ?", (after_id, limit)))
-
-    def last_message_id(self) -> int:
-        """The largest evidence id (0 when there is none)."""
-        return int(self._db.execute("SELECT coalesce(max(id), 0) FROM message").fetchone()[0])
-
-    def delete_messages(self, ids: list[int]) -> int:
-        """Remove these evidence rows (copied to the archive and committed there first)."""
-        deleted = 0
-        for start in range(0, len(ids), 500):  # SQLite's bound-parameter limit
-            part = ids[start:start + 500]
-            deleted += self._write(f"DELETE FROM message WHERE id IN ({','.join('?' * len(part))})",
-                                   tuple(part)).rowcount
-        return deleted
-
-    def record_settled(self, key: tuple[str, str, str]) -> tuple[str, float] | None:
-        """(state, when it last changed) of the record, None if there is no such record."""
-        row = self._db.execute("SELECT state, updated_at FROM record WHERE origin=? AND"
-                               " biz_type=? AND biz_sn=?", key).fetchone()
-        return (str(row[0]), float(row[1])) if row else None
-
-    def record_of_answer(self, receiver: str, origin: str, msg_id: str,
-                         ) -> tuple[str, str, str] | None:
-        """The key of the record whose request ``origin`` sent with ``msg_id`` to
-        ``receiver`` (an answer that names its request by RefId only)."""
-        row = self._db.execute("SELECT origin, biz_type, biz_sn FROM record WHERE receiver=?"
-                               " AND msg_id=? AND origin=? LIMIT 1",
-                               (receiver, msg_id, origin)).fetchone()
-        return (str(row[0]), str(row[1]), str(row[2])) if row else None
-
-    def reversal_original(self, receiver: str, reversal_sn: str) -> tuple[str, str, str] | None:
-        """The original the gateway's reversal ``reversal_sn`` to ``receiver`` reverses."""
-        row = self._db.execute("SELECT origin, biz_type, biz_sn FROM reversal WHERE"
-                               " receiver=? AND reversal_sn=? LIMIT 1",
-                               (receiver, reversal_sn)).fetchone()
-        return (str(row[0]), str(row[1]), str(row[2])) if row else None
-
     # --- replay defence ---------------------------------------------------------------
     def remember(self, sender: str, msg_id: str, seen_at: float) -> bool:
         return self.store.seen.remember(sender, msg_id, seen_at)
@@ -184,9 +132,13 @@ class Journal:
         return self.store.seen.purge(older_than)
 
     # --- business records -------------------------------------------------------------
-    def _records(self, where: str, args: tuple[object, ...]) -> list[Record]:
-        """Transitional (see ``_sqlite``)."""
-        return self._sqlite.records.select(where, args)
+    def read_ahead(self, reads: Sequence[tuple[str, tuple[object, ...]]]) -> None:
+        """Tell the store the reads a message is about to make (``(name, args)`` of
+        :meth:`record`, :meth:`same_bizsn_between`, :meth:`binds`): a store over the
+        network fetches them in one round trip; SQLite reads in process and ignores it."""
+        ahead = getattr(self.store, "read_ahead", None)
+        if ahead is not None:
+            ahead(reads)
 
     def record(self, origin: str, biz_type: str, biz_sn: str) -> Record | None:
         return self.store.records.get((origin, biz_type, biz_sn))

@@ -289,14 +289,14 @@ class CommitWatch:
         self.clock = clock
         self.failed = False
         self.last_ok = clock()
-        self._flush: Callable[[], int] = gateway.flush
+        self._flush: Callable[[bool], int] = gateway.flush
         gateway.flush = self
 
-    def __call__(self) -> int:
+    def __call__(self, background: bool = False) -> int:
         stats = self.stats
         commits, spent = stats.commits, stats.seconds
         try:
-            released = self._flush()
+            released = self._flush(background)
         except Exception:
             self.failed = True
             raise

@@ -66,6 +66,7 @@ class Node:
         None: the six digits are all the counter's (one process speaks for the party)."""
         return None
 
-    def flush(self) -> int:
-        """Commit the journal, then release what waited for it (group commit)."""
-        return self.journal.flush()
+    def flush(self, background: bool = False) -> int:
+        """Commit the journal, then release what waited for it (group commit;
+        ``background``: the commit may run off this thread, see Journal.flush)."""
+        return self.journal.flush(background)

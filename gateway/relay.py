@@ -292,6 +292,7 @@ class Gateway(Node):
         biz_type, biz_sn = message.kind.business, str(message.body["BizSn"])
         key = (session.party, biz_type, biz_sn)
         digest = content_hash(message, plaintexts)
+        self._read_ahead(session.party, message, key)
         existing = self.journal.record(*key)
         if existing is not None:
             self._on_repeat(session, message, existing, digest, plaintexts)
@@ -331,6 +332,16 @@ class Gateway(Node):
                           now + self.config.relay_timeout_seconds, record)
         self._in_flight(pending)
         target.relay_xml(message.xml, message.type, message.head.msg_id, None, plaintexts)
+
+    def _read_ahead(self, origin: str, message: Message, key: tuple[str, str, str]) -> None:
+        """The request's journal reads in one go (a PostgreSQL journal: one round trip
+        instead of one each); what they find is then checked in §6's order below."""
+        reads: list[tuple[str, tuple[object, ...]]] = [("record", (key,))]
+        try:
+            reads += self.rules.reads_ahead(origin, message, self._trade_date_of(message))
+        except GatewayError:
+            pass  # B320 comes in its turn, after the repeat check
+        self.journal.read_ahead(reads)
 
     def _trade_date_of(self, message: Message) -> str:
         """§4: the gateway's trade date is the Asia/Shanghai calendar date, the previous

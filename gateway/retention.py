@@ -34,17 +34,18 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from . import catalog, records
 from .config import JournalSettings
 from .evidencearchive import EvidenceArchive, month_of
 from .journal import Journal
 from .message import parse_xml
+from .store.interfaces import RetentionQueries
+from .store.model import StoredMessage
+from .store.sqlite.retention import open_reader, retention_queries
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +58,7 @@ _NS = "{urn:sbdx:1}"
 
 Key = tuple[str, str, str]
 Settled = tuple[str, float] | None  # (state, last change) of a record; None: no record
-Row = Sequence[Any]  # MESSAGE_COLUMNS: id, at, direction, session, party, msg_type, ...
-_ID, _AT, _MSG_TYPE, _REF_ID, _XML = 0, 1, 5, 7, 9
+Row = StoredMessage
 
 
 @dataclass
@@ -85,8 +85,9 @@ class Retention:
                  archive: EvidenceArchive | None = None, *, inline: bool = False) -> None:
         if settings.retention_days <= 0:
             raise ValueError("retention is off (retention_days 0)")
-        if journal.path is None:
-            raise ValueError("retention_days works with the SQLite journal only")
+        self.queries = retention_queries(journal.store)  # ValueError unless SQLite
+        if journal.path is None:  # a SQLite store without its file: not the gateway's
+            raise ValueError("retention needs the journal's file (data/archive/ beside it)")
         self.path: Path = journal.path
         self.seconds = settings.retention_seconds
         self.journal = journal
@@ -95,7 +96,7 @@ class Retention:
         self._pool = None if inline else ThreadPoolExecutor(
             1, thread_name_prefix="retention")
         self._job: Future[Batch] | None = None
-        self._reader: Journal | None = None  # the job's own read-only connection
+        self._reader: RetentionQueries | None = None  # the job's own read-only connection
         self._cursor = 0  #: the running pass goes on after this evidence id
         self._next_at = float("-inf")
         self.moved = 0  #: rows moved since start (for tests and status)
@@ -167,7 +168,7 @@ class Retention:
         month files and commit them."""
         started = time.perf_counter()
         if self._reader is None:
-            self._reader = Journal(self.path, read_only=True)
+            self._reader = open_reader(self.path)
         reader = self._reader
         newest = reader.last_message_id()
         rows = reader.messages_after(cursor, BATCH_ROWS)
@@ -175,34 +176,34 @@ class Retention:
         settled: dict[Key, Settled] = {}
         movable: dict[str, list[Row]] = {}
         for row in rows:
-            if float(row[_AT]) >= cutoff or int(row[_ID]) >= newest:
+            if row.at >= cutoff or row.id >= newest:
                 batch.finished = True
                 break
             key = self._record_of(row, reader)
             if key is not None and key not in settled:
                 settled[key] = reader.record_settled(key)
             if _may_move(settled.get(key) if key else None, key, cutoff):
-                movable.setdefault(month_of(float(row[_AT])), []).append(row)
-                batch.key_of[int(row[_ID])] = key
+                movable.setdefault(month_of(row.at), []).append(row)
+                batch.key_of[row.id] = key
                 if key is not None:
                     batch.relied[key] = settled[key]
-            batch.last_id = int(row[_ID])
+            batch.last_id = row.id
         for month, part in sorted(movable.items()):
             self.archive.store(month, part)
-            batch.by_month[month] = [int(r[_ID]) for r in part]
+            batch.by_month[month] = [r.id for r in part]
         batch.seconds = time.perf_counter() - started
         return batch
 
-    def _record_of(self, row: Row, reader: Journal) -> Key | None:
+    def _record_of(self, row: Row, reader: RetentionQueries) -> Key | None:
         """The record ``row`` is evidence of (None: a session message, a query, ...)."""
-        msg_type = row[_MSG_TYPE]
-        if not isinstance(msg_type, str) or msg_type[-4:] not in (".REQ", ".RSP"):
+        msg_type = row.msg_type
+        if msg_type is None or msg_type[-4:] not in (".REQ", ".RSP"):
             return None
         business = msg_type[:-4]
         route = catalog.ROUTES.get(business)
         if route is None or route.to == catalog.TO_GATEWAY:
             return None  # SYS.* or a query the gateway answers itself
-        fields = _fields(bytes(row[_XML]))
+        fields = _fields(row.xml)
         if fields is None:
             return None
         sender, to, biz_sn = fields.get("From"), fields.get("To"), fields.get("BizSn")
@@ -215,8 +216,8 @@ class Retention:
             return reader.reversal_original(sender, biz_sn)
         if biz_sn:
             return _key(to, business, biz_sn)
-        ref = row[_REF_ID]
-        if sender and to and isinstance(ref, str) and ref:
+        ref = row.ref_id
+        if sender and to and ref:
             return reader.record_of_answer(sender, to, ref)
         return None
 
@@ -233,11 +234,11 @@ class Retention:
                 key = batch.key_of.get(i)
                 if key is not None:
                     if key not in now_settled:
-                        now_settled[key] = self.journal.record_settled(key)
+                        now_settled[key] = self.queries.record_settled(key)
                     if now_settled[key] != batch.relied.get(key):
                         continue
                 keep.append(i)
-            self.journal.delete_messages(keep)
+            self.queries.delete_messages(keep)
             deleted[month] = len(keep)
         spent = (time.perf_counter() - started) * 1e3
         for month, n in deleted.items():

@@ -100,6 +100,19 @@ class Rules:
         keep on its record."""
         return BUSINESS_TYPES[message.kind.business].admit(self, origin, message, plaintexts)
 
+    def reads_ahead(self, origin: str, m: Message, day: str) -> list[tuple[str, tuple[object, ...]]]:
+        """The journal reads :meth:`check_file_unique` and :meth:`admit` will make for
+        this request (as :meth:`gateway.journal.Journal.read_ahead` takes them)."""
+        reads: list[tuple[str, tuple[object, ...]]] = []
+        family = self.FILE_FAMILIES.get(m.kind.business)
+        parties = (origin, m.head.to_party)
+        if family is not None:
+            reads.append(("same_bizsn", (str(m.body["BizSn"]), family, parties, day)))
+        kind = BUSINESS_TYPES.get(m.kind.business)
+        if kind is not None and kind.admit is Rules._admit_transfer:
+            reads.append(("binds", (m.text("FundAcct"), m.text("WalletId"), parties)))
+        return reads
+
     def check_file_unique(self, origin: str, m: Message, day: str) -> None:
         """§6 makes (From, Type, BizSn) unique, but one §8 file lists both parties' records
         of a family by BizSn and refuses duplicates: a BizSn already used that trade date

@@ -312,13 +312,16 @@ class GatewayFactory(protocol.Factory):
 
     def _flush(self) -> None:
         self._flush_call = None
-        self.flush_or_stop()
+        self.flush_or_stop(background=True)
 
-    def flush_or_stop(self) -> None:
-        """Act on what was read and commit now; a commit that fails stops the gateway."""
+    def flush_or_stop(self, background: bool = False) -> None:
+        """Act on what was read and commit now; a commit that fails stops the gateway.
+        ``background``: the end of a reactor turn — a journal that can commit off the
+        reactor thread does (gateway/committhread.py), releasing the turn's frames
+        when the commit is durable."""
         try:
             self.act_on_reads()
-            self.gateway.flush()
+            self.gateway.flush(background=background)
         except Exception as exc:
             if self.fenced is not None and self.fenced(exc):
                 return  # nothing of the turn was written, nor sent: stood by
@@ -431,6 +434,12 @@ class GatewayService(service.MultiService):
         self.gateway.standing = LeaseStanding(self.pair.keeper)
         self.factory.guard = self.pair.check
         self.factory.fenced = self._commit_fenced
+        uow = getattr(self.journal.store, "uow", None)
+        if uow is not None and hasattr(uow, "background"):  # end-of-turn commits off-thread
+            from .committhread import ReactorBackground
+
+            uow.background = ReactorBackground(
+                self.reactor, lambda: self.factory.flush_or_stop(background=True))
 
     def _commit_fenced(self, exc: BaseException) -> bool:
         """A commit refused by the lease's fence (a PostgreSQL journal, §12): step down

@@ -217,3 +217,28 @@ def test_archive_keeps_next_and_retired_public_keys_and_no_private_one(
     assert "keys/gateway.next.crt" in names
     assert not {"keys/gateway.next.key", "keys/ops.token"} & names
     assert run("archive", "verify", str(out)).returncode == 0
+
+
+PG_TOML = '[journal]\nurl = "postgresql://gw@db.invalid/sbdx"\n'
+
+
+def test_archive_of_a_postgresql_journal_says_pg_dump_then_archives_config_and_keys(
+        home: GatewayHome, tmp_path: Path) -> None:
+    """The journal in PostgreSQL is not copied: exit 1, one line naming pg_dump and
+    --without-journal, nothing written; with --without-journal the configuration and
+    public keys, signed, and no journal (nothing connects to the database)."""
+    (home.root / "gateway.toml").write_text(PG_TOML, encoding="utf-8")
+    out = tmp_path / "exit"
+    refused = run("archive", "--out", str(out), home=home.root)
+    assert refused.returncode == 1
+    [line] = refused.stderr.strip().splitlines()
+    assert line.startswith("gateway archive: the journal is in PostgreSQL ([journal] url)")
+    assert "pg_dump" in line and "--without-journal" in line
+    assert not out.exists()
+    made = run("archive", "--out", str(out), "--without-journal", home=home.root)
+    assert made.returncode == 0, made.stderr
+    assert "(configuration and keys, no journal)" in made.stdout
+    names = set(tree(out))
+    assert "gateway.toml" in names and "keys/gateway.crt" in names
+    assert not any(n.startswith("data") for n in names), names
+    assert run("archive", "verify", str(out)).returncode == 0

@@ -116,7 +116,8 @@ def test_a_long_reader_never_holds_commits_back_for_long(tmp_path: Path) -> None
 def test_the_journal_checkpoints_in_the_background_and_reopens_intact(tmp_path: Path) -> None:
     path = tmp_path / "journal.sqlite3"
     journal = Journal(path)
-    assert journal._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    db = journal.store.uow.connection
+    assert db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
     for i in range(300):
         journal.log_message(0.0, "IN", "S1", "GTJA", "XFER.OUT.REQ", f"M{i}", None, b"env",
                             os.urandom(1000))

@@ -375,7 +375,7 @@ WALLET, FUND, OTHER_WALLET, OTHER_FUND = "0071130812093028", "100020003000", "00
 class Book:
     """A journal written the way the relay writes it, one record at a time."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path | str) -> None:
         self.journal = Journal(path)
         self.at = 1_000.0
         self.sn = 0
@@ -585,6 +585,28 @@ def test_exit_report_command_without_a_journal_exits_1(tmp_path: Path,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     assert exitreport.exit_report_command(tmp_path, None, False, []) == 1
     assert "no journal at" in capsys.readouterr().err
+
+
+def test_exit_report_reads_the_postgresql_journal_its_gateway_toml_names(
+        tmp_path: Path, pg_store_url: str) -> None:
+    """With ``[journal] url = "postgresql://…"`` the command reads that journal (one
+    REPEATABLE READ, READ ONLY transaction: tests/test_store_snapshot.py)."""
+    book = Book(pg_store_url)
+    book.agreement()
+    book.record("XFER.IN")  # 100.00 left in FUND: AG1 is blocked
+    book.agreement("AG2", fund=OTHER_FUND, wallet=OTHER_WALLET)  # nothing: ready
+    book.journal.close()
+    (tmp_path / "gateway.toml").write_text(f'[journal]\nurl = "{pg_store_url}"\n',
+                                           encoding="utf-8")
+    out = subprocess.run([sys.executable, "-m", "gateway", "--home", str(tmp_path),
+                          "exit-report", "--json"], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == exitreport.EXIT_BLOCKED, out.stderr
+    data = json.loads(out.stdout)
+    assert data["ready"] == ["AG2"]
+    [blocked] = [a for a in data["agreements"] if a["agreement_no"] == "AG1"]
+    assert [b["kind"] for b in blocked["blockers"]] == ["funds"]
+    assert data["exit_code"] == exitreport.EXIT_BLOCKED
 
 
 def test_the_broker_exit_plans_by_the_report() -> None:

@@ -316,6 +316,25 @@ def test_the_journal_table_of_gateway_toml(tmp_path: Path) -> None:
         from_mapping({"retention_days": 30})  # [gateway] is not its table
 
 
+def test_retention_with_a_postgresql_url_is_one_line_saying_what_to_do(
+        tmp_path: Path) -> None:
+    """Retention's month files are local files: a pair on PostgreSQL keeps its evidence
+    in the database.  ``serve`` refuses before it opens anything: exit 1, one line."""
+    home = make_home(tmp_path / "gw")
+    (home.root / "gateway.toml").write_text(
+        '[journal]\nurl = "postgresql://gw@db.invalid/sbdx"\nretention_days = 30\n')
+    out = subprocess.run([sys.executable, "-m", "gateway", "--home", str(home.root),
+                          "serve"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    [line] = out.stderr.strip().splitlines()
+    assert line.startswith("gateway serve: [journal] retention_days works with the SQLite "
+                           "journal only: remove it (or set 0) with a postgresql:// url")
+    assert "pg_dump" in line and 'docs/operations.md "Retention"' in line
+    (home.root / "gateway.toml").write_text(
+        '[journal]\nurl = "postgresql://gw@db.invalid/sbdx"\nretention_days = 0\n')
+    assert load(home.root).journal.retention_days == 0  # 0 (or none) is fine
+
+
 def test_no_retention_moves_nothing(tmp_path: Path) -> None:
     home = make_home(tmp_path / "gw")
     rig = Rig(home, fast_config(), Clock(time.time()),

@@ -117,7 +117,7 @@ def test_a_fenced_commit_makes_the_active_stand_by_instead_of_stopping(
     rig = active.rig
     msg_id, xml = active.peers[1].build("SYS.ECHO.REQ", [("Text", "fenced")])
 
-    def fenced_flush() -> int:  # what PgUnitOfWork.flush raises (branch pgstore)
+    def fenced_flush(background: bool = False) -> int:  # what PgUnitOfWork.flush raises (branch pgstore)
         raise Fenced("lease 'gateway' epoch 1 is no longer held by me")
 
     monkeypatch.setattr(rig.gateway, "flush", fenced_flush)
@@ -196,7 +196,7 @@ def _fence_next_commit(svc: GatewayService, monkeypatch: pytest.MonkeyPatch) -> 
     later ones go through."""
     real, uow, refused = svc.gateway.flush, svc.journal.store.uow, []
 
-    def flush() -> int:
+    def flush(background: bool = False) -> int:
         if not refused and uow.dirty:
             refused.append(1)
             if uow._in_tx:
@@ -205,7 +205,7 @@ def _fence_next_commit(svc: GatewayService, monkeypatch: pytest.MonkeyPatch) -> 
             uow._before.clear()
             uow._after.clear()
             raise Fenced("lease 'gateway' epoch 1 is no longer held by me")
-        return real()
+        return real(background)
 
     monkeypatch.setattr(svc.gateway, "flush", flush)
     return refused

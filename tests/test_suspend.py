@@ -453,3 +453,17 @@ def test_backup_under_load_then_restore_as_the_docs_say(home: GatewayHome, tmp_p
         broker.close()
     finally:
         assert gw.stop() == 0
+
+
+def test_backup_of_a_postgresql_journal_says_use_postgresqls_own_tools(
+        home: GatewayHome, tmp_path: Any) -> None:
+    (home.root / "gateway.toml").write_text(
+        '[journal]\nurl = "postgresql://gw@db.invalid/sbdx"\n', encoding="utf-8")
+    out = tmp_path / "b.sqlite3"
+    result = gateway_cmd(home, "backup", "--out", str(out))
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("gateway backup: the journal is in PostgreSQL ([journal] url): "
+                           "back it up with PostgreSQL's own tools")
+    assert "pg_dump" in line and "WAL archiving" in line and "point-in-time" in line
+    assert not out.exists()

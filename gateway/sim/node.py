@@ -113,11 +113,12 @@ class PeerNode(Node):
         if waiter is not None:
             waiter[1](verified.message)
 
-    def flush(self) -> int:
+    def flush(self, background: bool = False) -> int:
         """Group commit: the books (a no-op when they share the journal's transaction),
-        then the journal, then the queued writes."""
+        then the journal, then the queued writes (the sims' SQLite journal commits in
+        process: ``background`` changes nothing)."""
         self.book.flush()
-        return super().flush()
+        return super().flush(background)
 
     def tick(self) -> None:
         for session in list(self.sessions):

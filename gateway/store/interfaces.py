@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
-from pathlib import Path
 from typing import Protocol
 
 from .model import Agreement, Alert, CommitStats, Record, Reversal, StoredMessage
@@ -63,9 +62,11 @@ class UnitOfWork(Protocol):
     def dirty(self) -> bool:
         """Anything written or queued since the last flush."""
 
-    def flush(self) -> int:
+    def flush(self, background: bool = False) -> int:
         """Run the before-commit actions, commit, then run the after-commit actions in
-        order; how many after-commit actions ran."""
+        order; how many after-commit actions ran.  ``background``: a store whose commit
+        is a network round trip may commit off the calling thread and run the
+        after-commit actions when it is durable (its own docstring says how)."""
 
     def close(self, flush: Callable[[], object] | None = None) -> None:
         """Flush (through ``flush``: default :meth:`flush`), then release the connection
@@ -247,7 +248,9 @@ class EodQueries(Protocol):
     without Time (mapping.eod_line)."""
 
     def exists(self) -> bool:
-        """The journal exists (no journal yet: the gateway has seen no business)."""
+        """The journal exists (no journal yet: the gateway has seen no business);
+        :class:`StoreUnavailable` if it cannot be told (a server that cannot be
+        reached)."""
 
     def schema_has_lines(self) -> bool:
         """The store keeps each record's §8 line (False: too old; migrate first)."""
@@ -271,6 +274,12 @@ class EodQueries(Protocol):
         """How many records the file would cover are not final yet (PENDING or
         REVERSING): an export leaves them out."""
 
+    def day_rows(self, file_type: str, trade_date: str, gateway: str, from_party: str,
+                 to_party: str, batch: int) -> Iterator[list[tuple[str, str | None, bool]]]:
+        """(BizSn, line, owed) of every record the file covers, in any state, streamed
+        in batches: the journal side of the exact check's join (owed: the file must
+        list it; else it may list it or omit it)."""
+
 
 class FileWorkspace(Protocol):
     """The exact check's scratch space: a file's records (scanner rows of
@@ -285,11 +294,54 @@ class FileWorkspace(Protocol):
 
     def file_biz_sns(self) -> list[str]: ...
 
-    def join(self, journal: Path, file_type: str, trade_date: str, gateway: str,
+    def join(self, journal: EodQueries, file_type: str, trade_date: str, gateway: str,
              from_party: str, to_party: str,
              ) -> tuple[int, list[tuple[str, int | None, str | None, str | None]], list[str]]:
         """(matched by BizSn, differing rows (BizSn, file seq, file line, journal line),
-        BizSns only the file has); :class:`StoreTooOld` if the journal keeps no lines."""
+        BizSns only the file has); the journal's side is read through ``journal``, the
+        reader of whichever store keeps it; :class:`StoreTooOld` if the journal keeps no
+        lines."""
+
+    def close(self) -> None: ...
+
+
+class RetentionQueries(Protocol):
+    """What PROTOCOL §11 retention (gateway/retention.py) reads and deletes in the
+    journal: evidence rows oldest first, and the state of the record each is evidence
+    of.  SQLite only (gateway/store/sqlite/retention.py): the month files are local."""
+
+    def messages_after(self, after_id: int, limit: int) -> list[StoredMessage]:
+        """Up to ``limit`` evidence rows with an id above ``after_id``, oldest first."""
+
+    def last_message_id(self) -> int:
+        """The largest evidence id (0 when there is none)."""
+
+    def delete_messages(self, ids: Sequence[int]) -> int:
+        """Remove these evidence rows in the open transaction (copied to a month file
+        and committed there first); how many went."""
+
+    def record_settled(self, key: Key) -> tuple[str, float] | None:
+        """(state, when it last changed) of the record, None if there is no such one."""
+
+    def record_of_answer(self, receiver: str, origin: str, msg_id: str) -> Key | None:
+        """The key of the record whose request ``origin`` sent as ``msg_id`` to
+        ``receiver`` (an answer that names its request by RefId only)."""
+
+    def reversal_original(self, receiver: str, reversal_sn: str) -> Key | None:
+        """The original that the gateway's reversal ``reversal_sn`` to ``receiver``
+        reverses."""
+
+    def close(self) -> None:
+        """Release what the queries opened themselves (a reader's own connection)."""
+
+
+class MonthFile(Protocol):
+    """One month file of evidence moved out by retention (``data/archive/YYYYMM``):
+    the journal's ``message`` columns and ids (gateway/store/sqlite/monthfiles.py)."""
+
+    def store(self, rows: Sequence[StoredMessage]) -> tuple[int, list[tuple[int, int]]]:
+        """Copy ``rows`` in and commit (durable when this returns): (rows newly stored,
+        (id, new id) of each row whose id was there with other content)."""
 
     def close(self) -> None: ...
 

@@ -33,6 +33,9 @@ class Statements(Protocol):
 
     def read(self, sql: str, args: Sequence[object] = ()) -> Any: ...
 
+    #: SQL for the id the last ``INSERT INTO response`` of this connection drew.
+    last_response_id_sql: str
+
 
 _RECORD_FIELDS = tuple(f.name for f in fields(Record))
 #: The stored answer lives in table ``response`` (schema v2); read back in place.
@@ -42,6 +45,10 @@ _INSERT_FIELDS = tuple("response_id" if f == "response_xml" else f for f in _REC
 _INSERT_RECORD = (f"INSERT INTO record ({', '.join(_INSERT_FIELDS)}, created_at, updated_at)"
                   f" VALUES ({','.join('?' * (len(_RECORD_FIELDS) + 2))})")
 _RESPONSE_AT = _RECORD_FIELDS.index("response_xml")
+#: The insert of an answered record: its answer's id by the SQL put in place of ``@``.
+_INSERT_RECORD_ANSWERED = (
+    f"INSERT INTO record ({', '.join(_INSERT_FIELDS)}, created_at, updated_at) VALUES"
+    f" ({','.join(['?'] * _RESPONSE_AT + ['@'] + ['?'] * (len(_RECORD_FIELDS) - _RESPONSE_AT + 1))})")
 _AGREEMENT_FIELDS = tuple(f.name for f in fields(Agreement))
 _AGREEMENT_COLUMNS = ", ".join(_AGREEMENT_FIELDS)
 _REVERSAL_FIELDS = tuple(f.name for f in fields(Reversal))
@@ -101,6 +108,11 @@ class SqlMessages:
             " party=? AND direction='IN'", (ref_id, party)).fetchone()[0])
 
 
+#: A read the stores can say in advance (gateway.store.interfaces.ReadAhead): its SQL
+#: with ``?`` placeholders and its arguments, as the store method runs it.
+Query = tuple[str, tuple[object, ...]]
+
+
 class SqlSeenMsgIds:
     """gateway.store.interfaces.SeenMsgIds over table ``seen_msg_id``."""
 
@@ -131,11 +143,19 @@ class SqlRecords:
         self._uow = uow
 
     def select(self, where: str, args: tuple[object, ...]) -> list[Record]:
-        rows = self._uow.read(f"SELECT {_RECORD_SELECT} FROM record WHERE {where}", args)
+        rows = self._uow.read(*self._query(where, args))
         return [Record(*r) for r in rows]
 
+    @staticmethod
+    def _query(where: str, args: tuple[object, ...]) -> Query:
+        return f"SELECT {_RECORD_SELECT} FROM record WHERE {where}", args
+
+    @classmethod
+    def get_query(cls, key: Key) -> Query:
+        return cls._query("origin=? AND biz_type=? AND biz_sn=?", tuple(key))
+
     def get(self, key: Key) -> Record | None:
-        found = self.select("origin=? AND biz_type=? AND biz_sn=?", key)
+        found = [Record(*r) for r in self._uow.read(*self.get_query(key))]
         return found[0] if found else None
 
     def with_biz_sn(self, biz_sn: str, origins: tuple[str, ...] | None = None,
@@ -177,12 +197,18 @@ class SqlRecords:
             return self.select(where + " ORDER BY created_at", original)
         return self.select(where + " AND biz_type=? ORDER BY created_at", (*original, biz_type))
 
-    def same_bizsn_between(self, biz_sn: str, biz_types: tuple[str, ...],
-                           parties: tuple[str, str], trade_date: str) -> Record | None:
-        found = self.select(
+    @classmethod
+    def same_bizsn_query(cls, biz_sn: str, biz_types: tuple[str, ...],
+                         parties: tuple[str, str], trade_date: str) -> Query:
+        return cls._query(
             f"origin IN (?,?) AND biz_type IN ({_marks(biz_types)}) AND biz_sn=? AND receiver"
             " IN (?,?) AND trade_date=? LIMIT 1",
             (*parties, *biz_types, biz_sn, *parties, trade_date))
+
+    def same_bizsn_between(self, biz_sn: str, biz_types: tuple[str, ...],
+                           parties: tuple[str, str], trade_date: str) -> Record | None:
+        found = [Record(*r) for r in self._uow.read(
+            *self.same_bizsn_query(biz_sn, biz_types, parties, trade_date))]
         return found[0] if found else None
 
     def of_day(self, trade_date: str, parties: tuple[str, str],
@@ -207,28 +233,34 @@ class SqlRecords:
 
     def insert(self, rec: Record, now: float) -> None:
         values = [*_values(rec, _RECORD_FIELDS), now, now]
-        values[_RESPONSE_AT] = self._store_response(rec.response_xml)
-        self._uow.write(_INSERT_RECORD, tuple(values))
+        sql = _INSERT_RECORD
+        if self._store_response(rec.response_xml):
+            del values[_RESPONSE_AT]
+            sql = _INSERT_RECORD_ANSWERED.replace("@", self._uow.last_response_id_sql)
+        else:
+            values[_RESPONSE_AT] = None
+        self._uow.write(sql, tuple(values))
 
-    def _store_response(self, xml: bytes | None) -> int | None:
-        """Keep an answer in ``response``; its id for ``record.response_id``."""
+    def _store_response(self, xml: bytes | None) -> bool:
+        """Keep an answer in ``response`` (the statement that follows refers to it by
+        the unit of work's ``last_response_id_sql``: no round trip for the id)."""
         if xml is None:
-            return None
-        rows = self._uow.write("INSERT INTO response (xml) VALUES (?) RETURNING id",
-                               (xml,)).fetchall()
-        return int(rows[0][0]) if rows else None
+            return False
+        self._uow.write("INSERT INTO response (xml) VALUES (?)", (xml,))
+        return True
 
     def update(self, key: Key, now: float, **changes: object) -> None:
         bad = set(changes) - UPDATABLE
         if bad:
             raise ValueError(f"record fields {sorted(bad)} cannot change")
+        sets = [f"{k}=COALESCE(?, {k})" for k in changes if k != "response_xml"]
+        values = [v for k, v in changes.items() if k != "response_xml"]
         if "response_xml" in changes:
-            xml = changes.pop("response_xml")
-            changes["response_id"] = self._store_response(
-                xml if isinstance(xml, bytes) else None)
-        sets = ", ".join(f"{k}=COALESCE(?, {k})" for k in changes)
-        self._uow.write(f"UPDATE record SET {sets}, updated_at=? WHERE origin=? AND"
-                        " biz_type=? AND biz_sn=?", (*changes.values(), now, *key))
+            xml = changes["response_xml"]
+            if self._store_response(xml if isinstance(xml, bytes) else None):
+                sets.append(f"response_id={self._uow.last_response_id_sql}")
+        self._uow.write(f"UPDATE record SET {', '.join([*sets, 'updated_at=?'])} WHERE"
+                        " origin=? AND biz_type=? AND biz_sn=?", (*values, now, *key))
 
 
 class SqlAgreements:
@@ -276,14 +308,19 @@ class SqlAgreements:
                              " agreement_no=?", (agreement_no,)).fetchone()
         return Agreement(*row) if row else None
 
+    @staticmethod
+    def binds_query(fund_acct: str | None, wallet_id: str | None,
+                    parties: tuple[str, str]) -> Query:
+        a, b = parties
+        return ("SELECT 1 FROM agreement WHERE wallet_id=? AND status='ACTIVE' AND fund_acct=?"
+                " AND ((broker=? AND bank=?) OR (broker=? AND bank=?)) LIMIT 1",
+                (wallet_id, fund_acct, a, b, b, a))
+
     def binds(self, fund_acct: str | None, wallet_id: str | None,
               parties: tuple[str, str]) -> bool:
         """(one indexed probe)"""
-        a, b = parties
-        return self._uow.read(
-            "SELECT 1 FROM agreement WHERE wallet_id=? AND status='ACTIVE' AND fund_acct=?"
-            " AND ((broker=? AND bank=?) OR (broker=? AND bank=?)) LIMIT 1",
-            (wallet_id, fund_acct, a, b, b, a)).fetchone() is not None
+        return self._uow.read(*self.binds_query(fund_acct, wallet_id, parties)
+                              ).fetchone() is not None
 
 
 class SqlReversals:
@@ -426,5 +463,5 @@ class SqlMonitoring:
         return [(str(o), str(r), str(f), int(a)) for o, r, f, a in rows]
 
 
-__all__ = ["SqlAgreements", "SqlAlerts", "SqlMessages", "SqlMonitoring", "SqlRecords",
+__all__ = ["Query", "SqlAgreements", "SqlAlerts", "SqlMessages", "SqlMonitoring", "SqlRecords",
            "SqlReversals", "SqlSeenMsgIds", "SqlSuspensions", "Statements"]

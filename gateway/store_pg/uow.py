@@ -1,32 +1,34 @@
-"""The PostgreSQL unit of work: one connection, one open transaction per turn, fenced.
+"""The PostgreSQL unit of work: one connection, one transaction per turn, fenced.
 
-The synchronous first step of docs/architecture.md "PostgreSQL store (design)": writes
-of a reactor turn are executed at once inside one transaction on the store's own
-connection (so the turn's reads see its own uncommitted writes, as with SQLite), a
-savepoint per message is a PostgreSQL ``SAVEPOINT``, and :meth:`PgUnitOfWork.flush`
-commits — after the fence statement when a lease grant is set (PROTOCOL §12: the
-commit is conditional on our lease epoch; :class:`gateway.store_pg.leasedb.Fenced`
-otherwise, nothing of the turn written and none of its after-commit actions run).  The
-reactor waits for each statement's round trip and for the COMMIT; the non-blocking path
-(statements collected as a :data:`gateway.store_pg.committer.Unit` and committed by the
-:class:`~gateway.store_pg.committer.TurnCommitter`) is what remains.
+docs/architecture.md "The store as built": writes are queued and sent, pipelined, with
+the next statement that needs an answer (so the turn's reads see the turn's writes); a
+message's savepoint reaches the server only with the first of its writes that must be
+sent; a request's reads can be fetched ahead in one round trip (:meth:`prefetch`); the
+end-of-turn COMMIT — after the fence statement when a lease grant is set (PROTOCOL §12:
+the commit is conditional on our lease epoch; :class:`gateway.store_pg.leasedb.Fenced`
+otherwise, nothing of the turn written and none of its after-commit actions run) — can
+run off the reactor thread (``flush(background=True)``), the turn's after-commit
+actions waiting until it is durable.
 """
 from __future__ import annotations
 
 import functools
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import psycopg
+from psycopg.pq import TransactionStatus
 
 from gateway.store.interfaces import StoreUnavailable
 from gateway.store.model import CommitStats
 
 from .lease import Grant
-from .leasedb import Fenced, fence, is_fenced
+from .leasedb import Fenced, is_fenced
 from .schema import MIGRATIONS, migrate, schema_version
 
 #: The journal's own logger name (operators filter on it; docs/operations.md).
@@ -69,8 +71,112 @@ def _psycopg(sql: str) -> str:
     return sql.replace("%", "%%").replace("?", "%s")
 
 
+class Pending:
+    """A write of the turn not yet sent: queued until a statement whose result is needed
+    (a read, or this write's own rowcount / rows) sends everything queued before it in
+    one pipelined round trip (:meth:`PgUnitOfWork.sync`)."""
+
+    __slots__ = ("sql", "args", "cursor", "batch", "_uow")
+
+    def __init__(self, uow: PgUnitOfWork, sql: str, args: tuple[object, ...],
+                 batch: bool = False) -> None:
+        self.sql, self.args, self._uow = sql, args, uow
+        self.batch = batch  # a write: it may go in one executemany with its like
+        self.cursor: Cursor | None = None
+
+    def _sent(self) -> Cursor:
+        if self.cursor is None:
+            self._uow.sync()
+        if self.cursor is None:
+            raise psycopg.errors.InFailedSqlTransaction(
+                f"the statement {self.sql!r} was dropped with its savepoint")
+        return self.cursor
+
+    @property
+    def rowcount(self) -> int:
+        return self._sent().rowcount
+
+    def fetchall(self) -> list[Any]:
+        return self._sent().fetchall()
+
+    def fetchone(self) -> Any:
+        return self._sent().fetchone()
+
+
+@dataclass(slots=True)
+class _Commit:
+    """A turn's commit sent by the commit thread: its statements, its after-commit
+    actions, and (once ``finished``) how it went."""
+
+    statements: list[Pending]
+    after: list[Callable[[], None]]
+    finished: threading.Event = field(default_factory=threading.Event)
+    error: BaseException | None = None
+    spent: float | None = None
+
+
+class Background(Protocol):
+    """Where a background commit runs (the edge gives a thread of its own): ``submit``
+    runs ``work`` off the calling thread, then ``finished`` in the calling thread;
+    ``done`` is what the unit of work asks of the edge once a commit is durable —
+    flush again (gateway.server: the turn's flush path, which settles it)."""
+
+    def submit(self, work: Callable[[], None], finished: Callable[[], None]) -> None: ...
+
+    def done(self) -> None: ...
+
+
+#: The evidence log's insert: rows no statement of the turn depends on, so those of a
+#: round trip go together as one ``executemany`` (psycopg's cost per row drops ~4×).
+_EVIDENCE = "INSERT INTO message "
+#: Statements a write is never moved across (the transaction's and savepoints' own).
+_CONTROL = ("BEGIN", "COMMIT", "SAVEPOINT ", "ROLLBACK", "RELEASE ", "SELECT sbdx_fence")
+
+
+def _groups(queue: Sequence[Pending]) -> list[list[Pending]]:
+    """``queue`` in order, as groups sent one statement or one ``executemany`` each:
+    consecutive writes of one statement together, and every evidence insert between
+    two control statements (savepoints, the fence, COMMIT) with the first of them."""
+    groups: list[list[Pending]] = []
+    evidence: list[Pending] | None = None
+    for pending in queue:
+        if pending.sql.startswith(_CONTROL):
+            evidence = None
+        elif pending.batch and pending.sql.startswith(_EVIDENCE):
+            if evidence is not None and evidence[0].sql == pending.sql:
+                evidence.append(pending)
+                continue
+            evidence = [pending]
+            groups.append(evidence)
+            continue
+        last = groups[-1] if groups else None
+        if (pending.batch and last is not None and last is not evidence and last[0].batch
+                and last[0].sql == pending.sql):
+            last.append(pending)
+        else:
+            groups.append([pending])
+    return groups
+
+
+class _Rows(list[Any]):
+    """Rows read ahead (:meth:`PgUnitOfWork.prefetch`), answered as a cursor would."""
+
+    def fetchone(self) -> Any:
+        return self[0] if self else None
+
+    def fetchall(self) -> list[Any]:
+        return list(self)
+
+
 class PgUnitOfWork:
     """Group commit over one PostgreSQL connection (gateway.store.interfaces.UnitOfWork).
+
+    Writes are queued (:class:`Pending`) and sent in pipeline mode together with the
+    next statement that needs an answer — a read, a write whose rowcount or rows are
+    asked for, the COMMIT — so a turn costs a few round trips instead of one per
+    statement.  A message's savepoint is sent only if a round trip happens inside it;
+    if the message fails before, its queued writes are simply dropped.  A statement
+    that fails in the database fails the round trip that carried it, and so the turn.
 
     ``grant``: the lease this gateway holds (None: no fence — a single gateway, or a
     tool); every commit is fenced by it."""
@@ -80,6 +186,14 @@ class PgUnitOfWork:
         self.connection = conn
         self.grant: Grant | None = None
         self._in_tx = False
+        self._queue: list[Pending] = []
+        self._ahead: dict[tuple[str, tuple[object, ...]], list[Any]] = {}
+        #: Called at each flush and discard: what was read ahead for a turn is forgotten.
+        self.turn_listeners: list[Callable[[], None]] = []
+        #: Set by the edge: end-of-turn commits run off the reactor thread.
+        self.background: Background | None = None
+        self._committing: _Commit | None = None
+        self._round = 0  # round trips so far
         self._before: list[Callable[[], None]] = []
         self._after: list[Callable[[], None]] = []
         self._undo: list[Callable[[], None]] = []
@@ -87,18 +201,34 @@ class PgUnitOfWork:
         self.commit_stats = CommitStats()
         self._slow_commit = slow_commit_seconds
         self.commit_listeners: list[Callable[[float], None]] = []
+        #: SQL for the id the last ``INSERT INTO response`` drew (the stores use it in
+        #: the same turn instead of asking for it: no round trip).
+        self.last_response_id_sql = "currval(pg_get_serial_sequence('response', 'id'))"
 
     # --- statements (for the stores of this package only) ------------------------
-    def write(self, sql: str, args: Sequence[object] = ()) -> Cursor:
+    def write(self, sql: str, args: Sequence[object] = ()) -> Pending:
         """A statement of the stores (gateway/store/sqlstores.py, ``?`` placeholders)
-        in the turn's transaction."""
+        in the turn's transaction, queued: sent with the next round trip."""
         if not self._in_tx:
             self.begin()
-        return self.connection.execute(_psycopg(sql), tuple(args))
+        self._ahead.clear()  # what was read ahead may be what this changes
+        pending = Pending(self, _psycopg(sql), tuple(args), batch=True)
+        self._queue.append(pending)
+        return pending
 
-    def read(self, sql: str, args: Sequence[object] = ()) -> Cursor:
-        """(inside the turn's transaction if one is open: it sees the turn's writes;
-        else autocommitted)"""
+    def read(self, sql: str, args: Sequence[object] = ()) -> Cursor | _Rows:
+        """(inside the turn's transaction if one is open: it sees the turn's writes,
+        which ride in the same round trip; else autocommitted; a read asked ahead by
+        :meth:`prefetch`, with no write since, is answered from what it fetched)"""
+        ahead = self._ahead.pop((sql, tuple(args)), None)
+        if ahead is not None:
+            return _Rows(ahead)
+        if self._queue:
+            read = Pending(self, _psycopg(sql), tuple(args))
+            self.sync(read)
+            assert read.cursor is not None
+            return read.cursor
+        self._settle_wait()
         return self.connection.execute(_psycopg(sql), tuple(args))
 
     def row(self, sql: str, args: Sequence[object] = ()) -> tuple[Any, ...]:
@@ -108,10 +238,54 @@ class PgUnitOfWork:
             raise LookupError(f"no row from {sql}")
         return tuple(found)
 
+    def prefetch(self, queries: Sequence[tuple[str, Sequence[object]]]) -> None:
+        """Run ``queries`` (reads, ``?`` placeholders) now, in one round trip with the
+        queued writes; each is answered from what it fetched when :meth:`read` asks it
+        next — unless a write comes first (then every read goes to the database)."""
+        if not queries:
+            return
+        pendings = [Pending(self, _psycopg(sql), tuple(args)) for sql, args in queries]
+        self.sync(*pendings)
+        self._ahead = {(sql, tuple(args)): list(p.cursor.fetchall() if p.cursor else ())
+                       for (sql, args), p in zip(queries, pendings, strict=True)}
+
+    def sync(self, *reads: Pending) -> Cursor | None:
+        """Send every queued statement, then ``reads``, in one pipelined round trip; the
+        cursor of the last one sent.  Savepoints the queue ends with stay queued (a read
+        needs none: one is sent with the first write of its message, or never).
+        Consecutive queued writes of one statement (the evidence log's inserts) go as
+        one ``executemany``: their own cursor is that batch's (nothing asks a queued
+        write for its rowcount after the fact)."""
+        self._settle_wait()
+        queue, self._queue = self._queue, []
+        held = len(queue)  # savepoints with nothing after them yet wait for a write
+        while held and queue[held - 1].sql.startswith("SAVEPOINT "):
+            held -= 1
+        queue, self._queue = queue[:held], queue[held:]
+        self._send(queue, reads)
+        sent = reads or queue
+        return sent[-1].cursor if sent else None
+
+    def _send(self, queue: Sequence[Pending], reads: Sequence[Pending] = ()) -> None:
+        """One pipelined round trip (in the reactor thread, or the commit thread)."""
+        self._round += 1
+        db = self.connection
+        with db.pipeline():
+            for group in _groups(queue):
+                if len(group) == 1:
+                    group[0].cursor = db.execute(group[0].sql, group[0].args)
+                else:
+                    batch = db.cursor()
+                    batch.executemany(group[0].sql, [q.args for q in group])
+                    for pending in group:
+                        pending.cursor = batch
+            for read in reads:
+                read.cursor = db.execute(read.sql, read.args)
+
     # --- the unit of work ------------------------------------------------------------
     def begin(self) -> None:
         if not self._in_tx:
-            self.connection.execute("BEGIN")
+            self._queue.append(Pending(self, "BEGIN", ()))
             self._in_tx = True
 
     def before_commit(self, action: Callable[[], None]) -> None:
@@ -129,47 +303,79 @@ class PgUnitOfWork:
         self.begin()
         self._savepoints += 1
         name = f"msg{self._savepoints}"
-        db = self.connection
-        db.execute(f"SAVEPOINT {name}")
+        mark = Pending(self, f"SAVEPOINT {name}", ())
+        self._queue.append(mark)
         marks = (len(self._after), len(self._undo))
         try:
             yield
         except BaseException:
-            db.execute(f"ROLLBACK TO SAVEPOINT {name}")
-            db.execute(f"RELEASE SAVEPOINT {name}")
+            self._ahead.clear()
+            if mark.cursor is None:  # nothing of it sent: forget its statements
+                del self._queue[self._queue.index(mark):]
+            else:
+                self._queue += [Pending(self, f"ROLLBACK TO SAVEPOINT {name}", ()),
+                                Pending(self, f"RELEASE SAVEPOINT {name}", ())]
             undo = self._undo[marks[1]:]
             del self._after[marks[0]:], self._undo[marks[1]:]
             for action in reversed(undo):
                 action()
             raise
         else:
-            db.execute(f"RELEASE SAVEPOINT {name}")
+            if mark.cursor is None:  # never sent: its writes simply join the turn
+                self._queue.remove(mark)
+            else:
+                self._queue.append(Pending(self, f"RELEASE SAVEPOINT {name}", ()))
         finally:
+            self._ahead.clear()
             self._savepoints -= 1
             if not self._savepoints:
                 self._undo.clear()
 
     @property
     def dirty(self) -> bool:
-        return self._in_tx or bool(self._after) or bool(self._before)
+        return (self._in_tx or bool(self._after) or bool(self._before)
+                or self._committing is not None)
 
-    def flush(self) -> int:
+    def flush(self, background: bool = False) -> int:
         """As the Protocol says; a fenced commit raises :class:`Fenced` (nothing of the
         turn written, its after-commit actions dropped: step down), any other failed
-        commit raises psycopg's error (also dropping them: the edge stops)."""
+        commit raises psycopg's error (also dropping them: the edge stops).
+
+        ``background`` (the reactor's end-of-turn flush, once :attr:`background` is
+        set): the COMMIT's round trip runs on the commit thread and this returns at
+        once; the turn's after-commit actions run when it is durable — in the reactor
+        thread, through :attr:`background`'s ``done`` hook (which flushes again), or at
+        the start of the next flush, whichever comes first.  Until then the next turn
+        may queue writes; its first round trip waits for the commit (the database's
+        order is the turns' order).  A failed background commit is raised by that
+        next flush, before anything of the next turn commits."""
+        done = self._settle()
+        self._ahead.clear()
+        for forget in self.turn_listeners:
+            forget()
         while self._before:
             actions, self._before = self._before, []
             for action in actions:
                 action()
+        if self._in_tx and background and self.background is not None:
+            commit = _Commit(self._commit_statements(), self._after)
+            self._in_tx, self._after, self._committing = False, [], commit
+            self.background.submit(lambda: self._commit_off_thread(commit),
+                                   lambda: self._committed(commit))
+            return done
         spent = None
         if self._in_tx:
             started = time.perf_counter()
             self._commit()
             spent = time.perf_counter() - started
-            if self.commit_stats.add(spent, self._slow_commit):
-                log.warning("journal commit took %.0f ms; the turn's answers waited for it"
-                            " (a slow database?)", spent * 1e3)
         actions, self._after = self._after, []
+        return done + self._release(actions, spent)
+
+    def _release(self, actions: list[Callable[[], None]], spent: float | None) -> int:
+        """A durable commit's after-commit actions, then its commit listeners."""
+        if spent is not None and self.commit_stats.add(spent, self._slow_commit):
+            log.warning("journal commit took %.0f ms; the turn's answers waited for it"
+                        " (a slow database?)", spent * 1e3)
         for action in actions:
             action()
         if spent is not None:
@@ -177,41 +383,107 @@ class PgUnitOfWork:
                 listener(spent)
         return len(actions)
 
+    def _commit_statements(self) -> list[Pending]:
+        """The turn's queued writes, the fence (when a grant is set), COMMIT."""
+        statements, self._queue = self._queue, []
+        if self.grant is not None:
+            grant = self.grant
+            statements.append(Pending(self, "SELECT sbdx_fence(%s, %s, %s)",
+                                      (grant.name, grant.holder, grant.epoch)))
+        statements.append(Pending(self, "COMMIT", ()))
+        return statements
+
     def _commit(self) -> None:
-        """Fence (when a grant is set), then COMMIT; on any failure roll back and drop
-        the outbox — nothing queued reaches a peer unless its commit succeeded."""
+        """Fence (when a grant is set), then COMMIT, with the turn's last queued writes
+        in one round trip; on any failure roll back and drop the outbox — nothing
+        queued reaches a peer unless its commit succeeded."""
+        self._settle_wait()
+        self._in_tx = False
         try:
-            if self.grant is not None:
-                fence(self.connection, self.grant)
-            done = self.connection.execute("COMMIT").statusmessage
+            self._commit_round(self._commit_statements())
+        except BaseException as exc:
+            self._after.clear()
+            raise self._failed(exc) from exc
+
+    def _commit_round(self, statements: list[Pending]) -> None:
+        """Send a commit's statements; raise unless the database committed (on any
+        failure the connection is rolled back)."""
+        try:
+            self._send(statements)
+            status = statements[-1].cursor
+            done = status.statusmessage if status is not None else None
             if done != "COMMIT":  # an aborted transaction "commits" as ROLLBACK
                 raise psycopg.errors.InFailedSqlTransaction(
                     f"the journal transaction was rolled back ({done}): a statement of"
                     " this turn failed outside a savepoint")
-        except BaseException as exc:
-            self._in_tx = False
-            self._after.clear()
+        except BaseException:
             self._rollback_quietly()
-            if is_fenced(exc) and self.grant is not None:
-                grant = self.grant
-                raise Fenced(f"lease {grant.name!r} epoch {grant.epoch} is no longer held"
-                             f" by {grant.holder}: nothing of this commit was written"
-                             ) from exc
             raise
-        self._in_tx = False
+
+    def _failed(self, exc: BaseException) -> BaseException:
+        """What a failed commit raises: :class:`Fenced` for the fence's refusal."""
+        if is_fenced(exc) and self.grant is not None:
+            grant = self.grant
+            return Fenced(f"lease {grant.name!r} epoch {grant.epoch} is no longer held"
+                          f" by {grant.holder}: nothing of this commit was written")
+        return exc
+
+    # --- the commit in the background ------------------------------------------------
+    def _commit_off_thread(self, commit: _Commit) -> None:
+        """(on the commit thread: the reactor thread does not touch the connection
+        until :meth:`_settle_wait` has seen ``commit.finished``)"""
+        started = time.perf_counter()
+        try:
+            self._commit_round(commit.statements)
+        except BaseException as exc:  # reported in the reactor thread
+            commit.error = exc
+        finally:
+            commit.spent = time.perf_counter() - started
+            commit.finished.set()
+
+    def _committed(self, commit: _Commit) -> None:
+        """(in the reactor thread, once ``commit`` has finished)"""
+        if self._committing is commit:
+            assert self.background is not None
+            self.background.done()
+
+    def _settle_wait(self) -> None:
+        """Wait for the commit in flight, if any (before the connection is used)."""
+        if self._committing is not None:
+            self._committing.finished.wait()
+
+    def _settle(self) -> int:
+        """Finish the commit in flight: its after-commit actions if it committed (how
+        many ran), else its error raised."""
+        commit = self._committing
+        if commit is None:
+            return 0
+        commit.finished.wait()
+        self._committing = None
+        if commit.error is not None:
+            raise self._failed(commit.error) from commit.error
+        return self._release(commit.after, commit.spent)
 
     def discard(self) -> None:
         """Drop what this turn wrote and queued, uncommitted (a gateway that lost its
-        lease, §12: nothing of it may reach the journal or a peer)."""
+        lease, §12: nothing of it may reach the journal or a peer); a commit in flight
+        is waited for and its after-commit actions dropped."""
+        self._settle_wait()
+        self._committing = None
         self._before.clear()
         self._after.clear()
+        self._queue.clear()
+        self._ahead.clear()
+        for forget in self.turn_listeners:
+            forget()
         if self._in_tx:
             self._in_tx = False
             self._rollback_quietly()
 
     def _rollback_quietly(self) -> None:
         try:
-            if not self.connection.closed:
+            if not self.connection.closed and (
+                    self.connection.info.transaction_status != TransactionStatus.IDLE):
                 self.connection.execute("ROLLBACK")
         except psycopg.Error:
             log.debug("rollback after a failed commit failed too", exc_info=True)

@@ -1,9 +1,11 @@
 """The SQLite store: the journal file ``data/journal.sqlite3`` (WAL, group commit).
 
-:class:`SqliteStore` implements gateway.store.interfaces.Store; every SQL statement of
-the gateway is in this package (migrations.py: the schema; uow.py: transactions;
-../sqlstores.py: the live stores, shared with PostgreSQL; eod.py: the end-of-day queries; checkpoint.py: WAL
-checkpoints off the committing thread).
+:class:`SqliteStore` implements gateway.store.interfaces.Store; the SQLite statements
+of the gateway are in this package (migrations.py: the schema; uow.py: transactions;
+../sqlstores.py: the live stores, shared with PostgreSQL; eod.py: the end-of-day
+queries; checkpoint.py: WAL checkpoints off the committing thread; retention.py: §11
+retention's reads and deletes; monthfiles.py: retention's month files; backup.py: the
+online backup copy; ledger.py: the sims' books).
 """
 from __future__ import annotations
 

@@ -92,6 +92,8 @@ class SqliteUnitOfWork:
         self.commit_stats = CommitStats()
         self._slow_commit = slow_commit_seconds
         self.commit_listeners: list[Callable[[float], None]] = []
+        #: SQL for the id the last ``INSERT INTO response`` drew (gateway/store/sqlstores.py)
+        self.last_response_id_sql = "last_insert_rowid()"
 
     # --- statements (for gateway/store/sqlstores.py) ------------------------
     def write(self, sql: str, args: tuple[object, ...] = ()) -> sqlite3.Cursor:
@@ -147,7 +149,8 @@ class SqliteUnitOfWork:
     def dirty(self) -> bool:
         return self._in_tx or bool(self._after) or bool(self._before)
 
-    def flush(self) -> int:
+    def flush(self, background: bool = False) -> int:
+        """(``background`` is ignored: an in-process commit is not a network wait)"""
         while self._before:
             actions, self._before = self._before, []
             for action in actions:
