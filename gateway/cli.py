@@ -407,8 +407,11 @@ class FlushWatch:
     def __call__(self, background: bool = False) -> int:
         try:
             return self._flush(background)
-        except Exception:
-            self.failed = True
+        except Exception as exc:
+            from .store_pg.leasedb import Fenced
+
+            if not isinstance(exc, Fenced):  # §12: fenced = stood by, the journal is fine
+                self.failed = True
             raise
 
 

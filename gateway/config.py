@@ -115,6 +115,9 @@ class Config:
     journal_url: str = "sqlite:///data/journal.sqlite3"
     #: ``failover_seconds``: a standby takes a dead active's lease within this time.
     journal_failover_seconds: float = 5.0
+    #: ``statement_timeout_seconds``: PostgreSQL's statement_timeout and lock_timeout on
+    #: the gateway's connections (a hung database becomes an error, not a hang).
+    journal_statement_timeout_seconds: float = 10.0
     #: The ``[journal]`` table (not keys of ``[gateway]``).
     journal: JournalSettings = field(default_factory=JournalSettings)
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
@@ -226,7 +229,8 @@ def _coerce(name: str, default: Any, value: Any) -> Any:
 
 #: The keys of table ``[journal]`` kept as Config fields (the store, §12); the others
 #: (retention, §11) are :class:`JournalSettings`.
-JOURNAL_KEYS = {"url": "journal_url", "failover_seconds": "journal_failover_seconds"}
+JOURNAL_KEYS = {"url": "journal_url", "failover_seconds": "journal_failover_seconds",
+                "statement_timeout_seconds": "journal_statement_timeout_seconds"}
 #: ``[journal] url`` of the embedded journal (the default).
 SQLITE_DEFAULT_URL = "sqlite:///data/journal.sqlite3"
 
@@ -264,7 +268,8 @@ def from_mapping(values: dict[str, Any], journal: dict[str, Any] | None = None) 
         settings = journal_settings(lifecycle)
     except ConfigError as exc:
         if "unknown setting" in str(exc):
-            raise ConfigError(f"{exc} (known: url, failover_seconds, retention_days)") from None
+            raise ConfigError(f"{exc} (known: url, failover_seconds, "
+                              "statement_timeout_seconds, retention_days)") from None
         raise
     cfg = Config(**kwargs, journal=settings, extra={"explicit": frozenset(kwargs)})
     if cfg.journal.retention_days > 0 and not cfg.journal_url.startswith("sqlite:"):

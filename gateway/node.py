@@ -54,8 +54,17 @@ class Node:
         return self.local_now().date().isoformat()
 
     def next_msg_id(self) -> str:
-        """``<party><epoch ms><seq>``: unique across restarts (ms clock + random start)."""
-        return f"{self.config.party}{int(self.now() * 1000):013d}{next(self._seq) % 10**6:06d}"
+        """``<party><epoch ms><6 digits>``: unique across restarts (ms clock + a counter
+        from a random start).  With a lane (:meth:`msg_id_lane`, PROTOCOL §12) the six
+        digits are the lane's two and the counter's last four."""
+        n, lane = next(self._seq), self.msg_id_lane()
+        tail = n % 10**6 if lane is None else lane * 10**4 + n % 10**4
+        return f"{self.config.party}{int(self.now() * 1000):013d}{tail:06d}"
+
+    def msg_id_lane(self) -> int | None:
+        """0-99: MsgIds of this lane never equal another lane's, whatever the clocks;
+        None: the six digits are all the counter's (one process speaks for the party)."""
+        return None
 
     def flush(self, background: bool = False) -> int:
         """Commit the journal, then release what waited for it (group commit;

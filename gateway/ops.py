@@ -27,6 +27,7 @@ import hmac
 import json
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -142,6 +143,8 @@ class OpsEndpoint:
         self._checks.clock = svc.reactor
         self.port: Any = None
         self.closed = False
+        #: POSTs of §11 waiting for their commit: how to refuse each (§12: stood by).
+        self.pending_changes: dict[int, Callable[[], None]] = {}
 
     def reload_alerts(self, table: dict[str, Any]) -> None:
         """SIGHUP: ``[alerts] peer_down_seconds`` as the reloaded table says (its other
@@ -190,6 +193,13 @@ class OpsEndpoint:
         if self.port is None:
             return defer.succeed(None)
         return defer.maybeDeferred(self.port.stopListening)
+
+    def stood_by(self) -> None:
+        """§12: this gateway is not the active one any more; the changes waiting for a
+        commit will never have one (a fenced commit, or the turn dropped): each gets
+        503 now instead of an answer that never comes."""
+        for refuse in list(self.pending_changes.values()):
+            refuse()  # each takes itself out
 
     # --- checks ---------------------------------------------------------------------
     def health(self) -> tuple[bool, str]:
@@ -354,10 +364,13 @@ class OpsResource(Resource):
         """``POST /api/suspend`` or ``/api/resume`` (§11): a JSON body with optional
         ``party`` and (suspend) ``reason``; the answer, JSON with the suspensions after
         the change, is sent once the change is committed to the journal."""
+        gw = self.endpoint.svc.gateway
+        if not gw.accepts_logons:  # §12: a standby changes nothing in the shared journal
+            return _send(request, 503, "application/json; charset=utf-8",
+                         json.dumps({"error": STANDBY}).encode())
         try:
             fields = _json_body(request)
             party = check_party(fields.get("party"))
-            gw = self.endpoint.svc.gateway
             if path == b"/api/suspend":
                 change = gw.suspensions.suspend(party, check_reason(fields.get("reason")))
             else:
@@ -371,12 +384,17 @@ class OpsResource(Resource):
         gone: list[object] = []
         request.notifyFinish().addErrback(gone.append)  # the client hung up meanwhile
 
-        def committed() -> None:
-            if not gone:
-                request.write(_send(request, 200, "application/json; charset=utf-8", body))
+        pending, key = self.endpoint.pending_changes, id(request)
+
+        def answer(code: int, answer_body: bytes) -> None:
+            if pending.pop(key, None) is not None and not gone:
+                request.write(_send(request, code, "application/json; charset=utf-8",
+                                    answer_body))
                 request.finish()
 
-        gw.journal.after_commit(committed)
+        pending[key] = lambda: answer(503, json.dumps(
+            {"error": STANDBY + " (this change was not committed)"}).encode())
+        gw.journal.after_commit(lambda: answer(200, body))
         self.endpoint.svc.factory.schedule_flush()
         return int(NOT_DONE_YET)
 
@@ -403,6 +421,11 @@ class OpsResource(Resource):
             return _send(request, 401, _HTML_401, LOGIN.render(0))
         return _text(request, 401, "unauthorized\n")
 
+
+#: The answer (503) to a suspend/resume at a gateway that is not the active one (§12).
+STANDBY = ("this gateway is a standby of an active/standby pair (PROTOCOL §12): nothing was "
+           "changed; send it to the active gateway (`gateway status` on each home shows "
+           "the role)")
 
 #: Largest body of a POST of the ops API.
 MAX_BODY = 4096

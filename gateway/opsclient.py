@@ -82,10 +82,21 @@ def _ask(home: Path, method: str, path: str, body: bytes | None = None) -> dict[
                           "JSON") from None
     if response.status == 400 and isinstance(data.get("error"), str):
         raise StatusError(f"the gateway refused it: {data['error']}")
+    if response.status == 503:  # a standby of a pair (§12, JSON), or a stopping gateway
+        raise StatusError(f"the gateway on {where} refused {method} {path}: {_why(answer)}")
     if response.status != 200 or not isinstance(data, dict):
         raise StatusError(f"the gateway on {where} answered HTTP {response.status} "
                           f"to {method} {path} (a gateway of another version?)")
     return data
+
+
+def _why(answer: bytes) -> str:
+    """The reason in a 503's body: its JSON ``error``, or its text."""
+    try:
+        error = json.loads(answer).get("error")
+    except (ValueError, AttributeError):
+        error = None
+    return error if isinstance(error, str) else answer.decode("utf-8", "replace").strip()
 
 
 def summary(s: dict[str, Any]) -> str:

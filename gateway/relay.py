@@ -147,6 +147,17 @@ class Gateway(Node):
         self.suspensions.reload()
         return self._recover("the previous active gateway")
 
+    def msg_id_lane(self) -> int | None:
+        """§12: the two gateways of a pair sign as one party, so their MsgIds must
+        differ whatever their clocks say (a skewed clock repeats the other's
+        milliseconds): the active at lease epoch e numbers in lane 1 + e % 99 — the one
+        before it, at e - 1, in another — and a standby (its S903s) in lane 0.  Alone
+        (no lease) the whole counter is this process's."""
+        if not self.standing.lease:
+            return None
+        epoch = self.standing.epoch
+        return 0 if epoch is None or not self.standing.accepts_logons else 1 + epoch % 99
+
     # --- SessionOwner -----------------------------------------------------------
     @property
     def accepts_logons(self) -> bool:

@@ -419,11 +419,18 @@ class GatewayService(service.MultiService):
         """The lease loop on PostgreSQL (gateway/store_pg/pair.py): a standby until the
         lease is ours.  PairUnavailable (a RuntimeError) goes up: ``serve`` exits 1."""
         from .standing import LeaseStanding
+        from .store_pg.leasedb import bound_statements
         from .store_pg.pair import open_pair
 
         cfg = self.config
+        bound = cfg.journal_statement_timeout_seconds  # a hung database: errors, no hang
         self.pair = open_pair(cfg.journal_url, cfg.journal_failover_seconds, self.reactor,
-                              self._became_active, self._stand_by)
+                              self._became_active, self._stand_by, bound)
+        uow = getattr(self.journal.store, "uow", None)
+        if uow is not None and hasattr(uow, "grant"):  # the journal on PostgreSQL
+            bound_statements(uow.connection, bound)
+        if hasattr(self.keystore.registry, "bound"):
+            self.keystore.registry.bound(bound)
         self.gateway.standing = LeaseStanding(self.pair.keeper)
         self.factory.guard = self.pair.check
         self.factory.fenced = self._commit_fenced
@@ -468,6 +475,8 @@ class GatewayService(service.MultiService):
         if uow is not None and hasattr(uow, "grant"):
             uow.discard()  # the turn's uncommitted writes and frames: never unfenced
             uow.grant = None  # a standby journals no business, only refused logons
+        if self.ops is not None:
+            self.ops.stood_by()  # a suspend/resume waiting for its commit: 503
         self.update_dial_outs()
 
     # --- dial-outs -------------------------------------------------------------------
@@ -569,6 +578,16 @@ class GatewayService(service.MultiService):
         if self.pair is not None:
             self.pair.start()
 
+    def _flush_on_stop(self) -> None:
+        """Act on what was read and commit, while stopping.  A commit refused by the
+        lease's fence (§12: the other gateway took over meanwhile) stands this one by —
+        nothing of it written or sent — and the stop goes on; any other failure goes up."""
+        try:
+            self.factory.flush_now()
+        except Exception as exc:
+            if self.factory.fenced is None or not self.factory.fenced(exc):
+                raise
+
     @defer.inlineCallbacks
     def stopService(self):  # type: ignore[no-untyped-def]
         """Stop accepting (connections, and new requests on open sessions: S902), let
@@ -590,9 +609,9 @@ class GatewayService(service.MultiService):
         self.factory.act_on_reads()
         for session in list(self.gateway.sessions):
             session.close("the gateway is stopping")
-        self.gateway.flush()
+        self._flush_on_stop()
         yield service.MultiService.stopService(self)
-        self.factory.flush_now()  # what the closing connections left (connectionLost)
+        self._flush_on_stop()  # what the closing connections left (connectionLost)
         if self.ops is not None:
             yield self.ops.stop()
         if self.gateway.retention is not None:  # its job's copy without the delete is

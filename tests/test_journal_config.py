@@ -18,7 +18,15 @@ def test_defaults_are_the_embedded_journal_and_five_seconds() -> None:
     assert pg.journal_url == "postgresql://u@db/x" and pg.journal_failover_seconds == 2.0
 
 
+def test_statement_timeout_defaults_to_ten_seconds_and_is_read() -> None:
+    assert from_mapping({}).journal_statement_timeout_seconds == 10.0
+    cfg = from_mapping({}, {"url": "postgresql://u@db/x", "statement_timeout_seconds": 2.5})
+    assert cfg.journal_statement_timeout_seconds == 2.5
+
+
 @pytest.mark.parametrize(("table", "says"), [
+    ({"statement_timeout_seconds": 0},
+     r"\[journal\].statement_timeout_seconds must be positive"),
     ({"url": "mysql://db/x"}, "neither sqlite:///PATH .* nor postgresql://"),
     ({"failover_seconds": 0}, r"\[journal\].failover_seconds must be positive"),
     ({"failover_seconds": "5"}, r"\[journal\].failover_seconds must be a number"),

@@ -36,6 +36,18 @@ def holder_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
+def bound_statements(conn: Connection, seconds: float) -> None:
+    """PostgreSQL's ``statement_timeout`` and ``lock_timeout`` for the rest of this
+    session (``[journal] statement_timeout_seconds``): a statement of a database that
+    hangs — a lock held elsewhere, a stalled disk — fails after ``seconds`` with an
+    error the caller handles (a renewal not confirmed, a commit failed, a release that
+    did not happen) instead of holding the thread, and a stop, forever."""
+    ms = str(max(1, round(seconds * 1000)))
+    conn.execute("SELECT set_config('statement_timeout', %s, false),"
+                 " set_config('lock_timeout', %s, false)", (ms, ms))
+    _end(conn)
+
+
 def acquire(conn: Connection, holder: str, ttl: float, name: str = LEASE_NAME) -> Grant | None:
     """Take the lease if it is free, released or expired (epoch + 1); None if another
     holder has it.  A plain read first, so a standby's polls never lock the row the

@@ -9,11 +9,9 @@ session, stop dialling; the machine is standby after it); the view the gateway a
 (``accepts_logons``, the role and epoch) is :class:`gateway.standing.LeaseStanding`
 over :attr:`LeasePair.keeper`.
 
-The lease is taken on the database named by the url whatever store the journal is on.
-Until the journal stores are on PostgreSQL too (see docs/architecture.md "PostgreSQL
-store (design)"), each gateway of a pair keeps its own SQLite journal: that state is for
-testing the role logic only, not for production — a standby taking over would not see
-what the active journaled.
+The lease is taken on the database named by the url; the journal (gateway/store_pg/
+store.py) and the peer registry (registrystore.py) are in the same database, so a
+standby that takes over reads what the active journaled.
 """
 from __future__ import annotations
 
@@ -27,11 +25,14 @@ import psycopg
 from ..standing import StoreUnavailable
 from .committer import TurnCommitter
 from .lease import Grant, LeaseKeeper, LeaseTimings
-from .leasedb import holder_id
+from .leasedb import bound_statements, holder_id
 from .leasedriver import LeaseDriver
 from .schema import migrate
 
 log = logging.getLogger(__name__)
+
+#: ``[journal] statement_timeout_seconds``' default (gateway/config.py).
+STATEMENT_TIMEOUT = 10.0
 
 
 class PairUnavailable(StoreUnavailable):
@@ -70,10 +71,12 @@ class LeasePair:
 
 def open_pair(url: str, failover_seconds: float, reactor: Any,
               became_active: Callable[[Grant], object],
-              close_sessions: Callable[[], object]) -> LeasePair:
+              close_sessions: Callable[[], object],
+              statement_timeout: float = STATEMENT_TIMEOUT) -> LeasePair:
     """Connect (migrating the schema once for the pair) and build the lease loop; it
     starts with :meth:`LeasePair.start`.  PairUnavailable says what failed and what
-    to do."""
+    to do.  The lease connection's statements end after ``statement_timeout`` seconds
+    (:func:`bound_statements`): a renewal or the release at a stop never hangs."""
     try:
         with psycopg.connect(url, connect_timeout=10) as conn:
             migrate(conn)
@@ -82,8 +85,13 @@ def open_pair(url: str, failover_seconds: float, reactor: Any,
                               + " (check the url, that the server runs, and the user's"
                               " rights to create tables)") from None
     holder = holder_id()
-    committer = TurnCommitter(lambda: psycopg.connect(url, autocommit=True, connect_timeout=5),
-                              reactor.callFromThread, pipelined=False)
+
+    def connect() -> psycopg.Connection[Any]:
+        conn = psycopg.connect(url, autocommit=True, connect_timeout=5)
+        bound_statements(conn, statement_timeout)
+        return conn
+
+    committer = TurnCommitter(connect, reactor.callFromThread, pipelined=False)
     keeper = LeaseKeeper(LeaseTimings.from_failover(failover_seconds), reactor.seconds)
     driver = LeaseDriver(reactor, keeper, committer, holder, became_active, close_sessions)
     log.info("PostgreSQL lease at %s as %s: standby until the lease is ours"

@@ -17,13 +17,15 @@ import psycopg
 
 from ..registry import RegistryRefusal
 from . import registrydb
-from .leasedb import Connection
+from .leasedb import Connection, bound_statements
 from .schema import migrate
 
 log = logging.getLogger(__name__)
 
 #: Seconds a connection attempt may take (the server polls on a worker thread).
 CONNECT_TIMEOUT = 5
+#: Seconds a statement may take by default (``[journal] statement_timeout_seconds``).
+STATEMENT_TIMEOUT = 10.0
 
 
 class PgRegistry:
@@ -37,6 +39,8 @@ class PgRegistry:
         self._initial = initial
         self._conn: Connection | None = None
         self._revision = 0  # the revision last seen
+        #: [journal] statement_timeout_seconds (``serve`` sets it; see bound())
+        self.statement_timeout = STATEMENT_TIMEOUT
 
     def _connection(self) -> Connection:
         if self._conn is None or self._conn.closed:
@@ -55,8 +59,16 @@ class PgRegistry:
                     f"{self.where}: the schema could not be brought up to date "
                     f"({_first_line(exc)}): check the user's rights to create tables, or "
                     "run the newer gateway") from None
+            bound_statements(conn, self.statement_timeout)  # a hung database: an error
             self._conn = conn
         return self._conn
+
+    def bound(self, seconds: float) -> None:
+        """``[journal] statement_timeout_seconds`` for this registry's statements: a
+        poll never holds its worker thread (and so a stop) on a hung database."""
+        self.statement_timeout = seconds
+        if self._conn is not None and not self._conn.closed:
+            bound_statements(self._conn, seconds)
 
     def _run(self, action: Callable[[Connection], Any]) -> Any:
         conn = self._connection()
