@@ -1,9 +1,10 @@
 """PROTOCOL §12: two gateways with the same party and keys on one PostgreSQL lease, as
 real processes over loopback, the lease on a real throwaway PostgreSQL (tests/pg.py).
 
-Each gateway keeps its own SQLite journal here (the journal stores are not on
-PostgreSQL in this branch): these tests are of the roles — who accepts logons, who
-dials out, who takes over, who is fenced — not of a shared journal.
+Both gateways journal to that one PostgreSQL database (``[journal] url``); these tests
+are of the roles — who accepts logons, who dials out, who takes over, who is fenced
+(the paused old active's echo is not in the shared journal). tests/test_failover.py
+holds the money under load across a failover.
 """
 from __future__ import annotations
 
