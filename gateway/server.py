@@ -419,7 +419,7 @@ class GatewayService(service.MultiService):
         """The lease loop on PostgreSQL (gateway/store_pg/pair.py): a standby until the
         lease is ours.  PairUnavailable (a RuntimeError) goes up: ``serve`` exits 1."""
         from .standing import LeaseStanding
-        from .store_pg.leasedb import bound_statements
+        from .store_pg.leasedb import bound_statements, tag_journal
         from .store_pg.pair import open_pair
 
         cfg = self.config
@@ -428,7 +428,14 @@ class GatewayService(service.MultiService):
                               self._became_active, self._stand_by, bound)
         uow = getattr(self.journal.store, "uow", None)
         if uow is not None and hasattr(uow, "grant"):  # the journal on PostgreSQL
-            bound_statements(uow.connection, bound)
+            holder = self.pair.holder
+
+            def configure(conn: Any) -> None:
+                bound_statements(conn, bound)
+                tag_journal(conn, holder)  # a takeover ends it if it stalls mid-turn
+
+            configure(uow.connection)
+            self.journal.store.setup.append(configure)  # type: ignore[attr-defined]
         if hasattr(self.keystore.registry, "bound"):
             self.keystore.registry.bound(bound)
         self.gateway.standing = LeaseStanding(self.pair.keeper)
@@ -458,6 +465,12 @@ class GatewayService(service.MultiService):
                     grant.epoch)
         uow = getattr(self.journal.store, "uow", None)
         if uow is not None and hasattr(uow, "grant"):
+            from .store_pg.leasedb import end_stale_turns
+
+            ended = end_stale_turns(uow.connection, grant.holder)  # their locks go now
+            if ended:
+                log.warning("ended %d stale journal session(s) of the previous active"
+                            " (a turn it left open, uncommitted)", ended)
             uow.grant = grant  # every commit from now on is fenced by this epoch (§12)
         self.gateway.take_over()
         self.factory.flush_now()
@@ -475,6 +488,7 @@ class GatewayService(service.MultiService):
         if uow is not None and hasattr(uow, "grant"):
             uow.discard()  # the turn's uncommitted writes and frames: never unfenced
             uow.grant = None  # a standby journals no business, only refused logons
+            uow.reconnect_if_lost()  # ended by the new active's takeover: a fresh one
         if self.ops is not None:
             self.ops.stood_by()  # a suspend/resume waiting for its commit: 503
         self.update_dial_outs()

@@ -323,3 +323,31 @@ def test_msg_ids_asked_ahead_answer_the_replay_check_without_a_round_trip(
     store.uow.flush()  # a turn's answers are forgotten at its flush
     assert store.seen.remember("CCB", "M3", 3.0) and not store.seen.remember("CCB", "M3", 3.0)
     store.close()
+
+
+def test_a_paused_actives_open_turn_is_ended_by_the_takeover_and_it_reconnects(
+        pair: tuple[PgStore, PgStore]) -> None:
+    """A's turn sent a write (it rode with a read, before the COMMIT) and A stalls
+    there, its row locked.  B, taking the lease, ends A's session (A's turn could never
+    commit: fenced), so B writes the same row without waiting for A's lock; A, standing
+    by, discards its turn and gets a fresh connection; a standby's idle session is
+    never ended."""
+    import time
+
+    from gateway.store_pg.leasedb import bound_statements, end_stale_turns, tag_journal
+
+    a, b = pair
+    tag_journal(a.uow.connection, "A")
+    tag_journal(b.uow.connection, "B")
+    bound_statements(b.uow.connection, 5.0)  # B would wait at most this for a lock
+    assert end_stale_turns(b.uow.connection, "B") == 0  # A idle: left alone
+    a.suspensions.put("CCB", "A's turn", 1.0)
+    a.suspensions.all()  # the write is on the server now, its row locked, uncommitted
+    assert end_stale_turns(b.uow.connection, "B") == 1
+    started = time.monotonic()
+    b.suspensions.put("CCB", "B's turn", 2.0)
+    b.uow.flush()
+    assert time.monotonic() - started < 2.5  # not B's 5 s lock timeout
+    a.uow.discard()  # what standing by does
+    assert a.uow.reconnect_if_lost() and not a.uow.reconnect_if_lost()
+    assert a.suspensions.all() == [("CCB", "B's turn", 2.0)]  # nothing of A's turn

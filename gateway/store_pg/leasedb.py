@@ -36,6 +36,34 @@ def holder_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
+#: ``application_name`` of a gateway's journal connection: this prefix, then its holder.
+JOURNAL_TAG = "sbdx-journal "
+
+
+def tag_journal(conn: Connection, holder: str) -> None:
+    """Name ``conn`` as ``holder``'s journal connection (see :func:`end_stale_turns`)."""
+    conn.execute("SELECT set_config('application_name', %s, false)",
+                 ((JOURNAL_TAG + holder)[:63],))
+    _end(conn)
+
+
+def end_stale_turns(conn: Connection, holder: str) -> int:
+    """End every other gateway's journal session that is inside a transaction (§12,
+    run by a gateway that has just taken the lease, before it writes).  The active's
+    turn sends its writes before its COMMIT, so one paused mid-turn (SIGSTOP, a frozen
+    VM) would keep their row locks — and the new active's writes waiting — for as long
+    as its connection lives; ended, its turn rolls back (it was fenced anyway: its
+    COMMIT could never pass) and its locks go.  Idle sessions (a standby's) are left
+    alone.  How many were ended."""
+    rows = conn.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname ="
+        " current_database() AND pid <> pg_backend_pid() AND application_name LIKE %s"
+        " AND application_name <> %s AND xact_start IS NOT NULL",
+        (JOURNAL_TAG + "%", (JOURNAL_TAG + holder)[:63])).fetchall()
+    _end(conn)
+    return sum(1 for (ended,) in rows if ended)
+
+
 def bound_statements(conn: Connection, seconds: float) -> None:
     """PostgreSQL's ``statement_timeout`` and ``lock_timeout`` for the rest of this
     session (``[journal] statement_timeout_seconds``): a statement of a database that

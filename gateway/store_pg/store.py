@@ -2,7 +2,7 @@
 and one unit of work (gateway.store.interfaces.Store)."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from gateway.store.interfaces import Store
@@ -19,7 +19,7 @@ from ..store.sqlstores import (
     SqlSuspensions,
 )
 from .schema import schema_version
-from .uow import SLOW_COMMIT_SECONDS, PgUnitOfWork, open_connection
+from .uow import SLOW_COMMIT_SECONDS, Connection, PgUnitOfWork, open_connection
 
 Key = tuple[str, str, str]
 
@@ -133,6 +133,10 @@ class PgStore:
         self.url = url
         self.uow = PgUnitOfWork(open_connection(url, read_only=read_only),
                                 slow_commit_seconds)
+        #: Applied to every connection of the journal after the first (the edge adds its
+        #: timeouts and tag to the first itself, and here for the next ones).
+        self.setup: list[Callable[[Connection], None]] = []
+        self.uow.reopen = self._reopen
         self.messages = SqlMessages(self.uow)
         self.seen = PgSeenMsgIds(self.uow)
         self.records = PgRecords(self.uow)
@@ -180,6 +184,12 @@ class PgStore:
         if name == "binds":
             return args in self.agreements.bound
         raise ValueError(f"{name} cannot be read ahead")
+
+    def _reopen(self) -> Connection:
+        conn = open_connection(self.url)
+        for configure in self.setup:
+            configure(conn)
+        return conn
 
     @property
     def schema_version(self) -> int:

@@ -177,6 +177,8 @@ class PgUnitOfWork:
         self.grant: Grant | None = None
         self._in_tx = False
         self._queue: list[Pending] = []
+        #: A new connection like the first (PgStore sets it): see reconnect_if_lost.
+        self.reopen: Callable[[], Connection] | None = None
         #: Called at each flush and discard: what was read ahead for a turn is forgotten.
         self.turn_listeners: list[Callable[[], None]] = []
         #: Set by the edge: end-of-turn commits run off the reactor thread.
@@ -457,6 +459,20 @@ class PgUnitOfWork:
         if self._in_tx:
             self._in_tx = False
             self._rollback_quietly()
+
+    def reconnect_if_lost(self) -> bool:
+        """A connection the server ended (a takeover ending this gateway's stale turn,
+        §12) is replaced by a new one, set up as the first was (:attr:`reopen`); True if
+        that happened.  Nothing is in flight: call it after :meth:`discard`."""
+        if self.reopen is None or not (self.connection.closed or self.connection.broken):
+            return False
+        try:
+            self.connection.close()
+        except psycopg.Error:
+            pass
+        self.connection = self.reopen()
+        log.warning("the journal connection was ended by the server; connected again")
+        return True
 
     def _rollback_quietly(self) -> None:
         try:
