@@ -174,6 +174,7 @@ class MoneySequences(RuleBasedStateMachine):
         self.journaled: set[Key] = set()  # requests the gateway has a record of
         self.held: list[Frame] = []  # relayed to the bank, not answered yet
         self.done: list[tuple[Frame, str]] = []  # answered by the bank, with its Result
+        self.lost: list[tuple[Frame, str]] = []  # the same, the answer lost (takeover)
         self.originals: list[tuple[str, str, int]] = []  # (Type, BizSn, fen)
         self.sent: list[tuple[str, list[tuple[str, Any]]]] = []  # for repeats
         self.n = 0
@@ -304,12 +305,18 @@ class MoneySequences(RuleBasedStateMachine):
         self._answer(req, result)
         self._collect()
 
-    @precondition(lambda self: self.done)
+    @precondition(lambda self: self.done or self.lost)
     @rule(data=st.data(), conflicting=st.booleans())
     def bank_answers_again(self, data: st.DataObject, conflicting: bool) -> None:
-        """A duplicate answer, or one that contradicts the first (books unchanged)."""
-        req, result = data.draw(st.sampled_from(self.done), label="answered")
-        if conflicting:
+        """A duplicate answer, or one that contradicts the first (books unchanged).  An
+        answer lost with a fenced turn (``takeover``) is only repeated: the gateway never
+        had the first, so a contradiction would be the bank's word, not a conflict."""
+        pool = self.done + self.lost
+        i = data.draw(st.integers(0, len(pool) - 1), label="answered")
+        req, result = pool[i]
+        if i >= len(self.done):
+            self.done.append(self.lost.pop(i - len(self.done)))
+        elif conflicting:
             result = "B310" if result == "0000" else "0000"
         self._answer(req, result)
         self._collect()
@@ -424,7 +431,7 @@ class PgMoneySequences(MoneySequences):
         if stalled == "bank_answers" and self.held:
             req = self.held.pop(data.draw(st.integers(0, len(self.held) - 1), label="held"))
             result = self.model.handle(req, ok)
-            self.done.append((req, result))
+            self.lost.append((req, result))
             self.rig.bank.stalled = True
             self._answer(req, result)
         elif stalled == "original":
