@@ -531,9 +531,10 @@ exit codes (every command):
   {EXIT_OK:<4} done (eod check: the file is valid and reconciled)
   {EXIT_FAILED:<4} the command could not do its job: no key store, a journal that failed to
        commit, an error in gateway.toml, serve that cannot listen, no such record;
-       eod check: nothing was judged (no file at FILE, a journal too old);
-       eod export: the file is already there (--force); eod watch: another watcher
-       holds the folder, or (--once) the folder could not be sorted
+       eod check: nothing was judged (no file at FILE, a journal too old or
+       unreachable); eod export: the file is already there (--force), or the journal
+       unreachable; eod watch: another watcher holds the folder, or (--once) the
+       folder could not be sorted or the journal not read
   {EXIT_REJECTED:<4} eod check: the file is rejected; eod watch --once: a file was rejected;
        archive verify: the archive does not hold (a file missing, changed or extra,
        or a bad signature)
@@ -867,15 +868,18 @@ def build_parser() -> argparse.ArgumentParser:
         dest="eod_command", metavar="SUBCOMMAND")
     eod.required = True
     p = eod.add_parser("check", help="check and reconcile one file",
-                       description="Check one §8 file and reconcile it with the journal: "
-                       "exit 0 reconciled, 3 discrepancies, 2 rejected, 1 nothing judged.")
+                       description="Check one §8 file and reconcile it with the journal "
+                       "[journal] url names in gateway.toml (default: sqlite:///data/"
+                       "journal.sqlite3; a postgresql:// one too): exit 0 reconciled, 3 "
+                       "discrepancies, 2 rejected, 1 nothing judged.")
     p.add_argument("file", type=Path, help="the end-of-day file")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object instead of the text report")
     p.set_defaults(run=_cmd_eod_check)
     p = eod.add_parser("export", help="write a signed file from the journal",
                        description="Write <TYPE>_<GATEWAY>_<PARTY>_<YYYYMMDD>.txt and its .sig "
-                       "from the journal's final records of that trade date.  Refuses a "
+                       "from the final records of that trade date in the journal [journal] "
+                       "url names (default: sqlite:///data/journal.sqlite3).  Refuses a "
                        "future date (exit 64) and a file already there (exit 1, see --force); "
                        "warns on stderr, exit 0, when the day is still open (today, or "
                        "records still PENDING/REVERSING: they are left out).")
@@ -895,7 +899,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Check every complete file (its .sig there) dropped into "
                        "DIR and move it, with its .sig and a report, into DIR/accepted or "
                        "DIR/rejected.  Runs until SIGTERM/SIGINT (exit 0), or one pass with "
-                       "--once.  One watcher per folder (a second exits 1).")
+                       "--once.  One watcher per folder (a second exits 1).  Reconciles "
+                       "against the journal [journal] url names (default: sqlite:///data/"
+                       "journal.sqlite3); one it cannot read judges nothing that pass.")
     p.add_argument("dir", type=Path, help="the drop folder")
     p.add_argument("--poll", type=_seconds, default=1.0, metavar="S",
                    help="seconds between folder scans (default 1)")

@@ -12,7 +12,7 @@ docs/architecture.md, "Store layer".
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -132,7 +132,7 @@ class Journal:
         return self.store.seen.purge(older_than)
 
     # --- business records -------------------------------------------------------------
-    def read_ahead(self, reads: list[tuple[str, tuple[object, ...]]]) -> None:
+    def read_ahead(self, reads: Sequence[tuple[str, tuple[object, ...]]]) -> None:
         """Tell the store the reads a message is about to make (``(name, args)`` of
         :meth:`record`, :meth:`same_bizsn_between`, :meth:`binds`): a store over the
         network fetches them in one round trip; SQLite reads in process and ignores it."""

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import serialization
 
 from gateway.eod import check_command, export_command, fingerprint, watch_command, write_file
 from gateway.eod.check import _header, check_file, signer_key
+from gateway.eod.export import export_file
 from gateway.eod.fileformat import fen, fen_text, parse_name
 from gateway.eod.report import as_dict
 from gateway.eod.signing import sign_file
@@ -86,14 +87,25 @@ XFER_ROWS = [
 
 
 class Env:
-    def __init__(self, root: Path, records: Sequence[Record] = JOURNAL) -> None:
+    """A gateway home (keys, peers CCB and GTJA) and its journal holding ``records``:
+    the SQLite file ``data/journal.sqlite3``, or with ``url`` the PostgreSQL journal
+    gateway.toml's ``[journal] url`` names."""
+
+    def __init__(self, root: Path, records: Sequence[Record] = JOURNAL,
+                 url: str | None = None) -> None:
         self.home = root / "home"
         self.keys = KeyStore.create(self.home / "keys", party=GW)
         self.bank = generate_key_file(root / "ccb.key", "ES256")
         self.broker = generate_key_file(root / "gtja.key", "ED25519")
         self.keys.add_peer(BANK, "BANK", pem(self.bank))
         self.keys.add_peer(BROKER, "BROKER", pem(self.broker))
-        journal = Journal(self.home / "data" / "journal.sqlite3")
+        self.journal: Path | str = self.home / "data" / "journal.sqlite3"
+        if url is None:
+            journal = Journal(self.journal)
+        else:
+            (self.home / "gateway.toml").write_text(f'[journal]\nurl = "{url}"\n')
+            self.journal = url
+            journal = Journal(url, home=self.home)
         for i, r in enumerate(records):
             journal.insert_record(r, 1_790_000_000.0 + i)
         journal.flush()
@@ -122,14 +134,35 @@ class Env:
         path.with_name(name + ".sig").write_bytes(sig)
         return path
 
+    def alert_kinds(self) -> dict[str, int]:
+        """Alerts journaled so far (kind → how many), whichever store keeps them."""
+        journal = (Journal(self.journal) if isinstance(self.journal, Path)
+                   else Journal(self.journal, home=self.home))
+        try:
+            return dict(journal.store.alerts.counts())
+        finally:
+            journal.close()
+
     def check(self, path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, dict]:
         code = check_command(self.home, path, True)
         return code, json.loads(capsys.readouterr().out)
 
 
+def store_url(request: pytest.FixtureRequest) -> str | None:
+    """None for SQLite (the default), or a fresh migrated PostgreSQL journal's url when
+    the test is parametrized with ``env`` = "postgresql" (:data:`BOTH_STORES`)."""
+    if getattr(request, "param", "sqlite") == "sqlite":
+        return None
+    return str(request.getfixturevalue("pg_store_url"))
+
+
+#: Runs a test on each store (PROTOCOL §12): its ``env`` journal is SQLite, then PostgreSQL.
+BOTH_STORES = pytest.mark.parametrize("env", ["sqlite", "postgresql"], indirect=True)
+
+
 @pytest.fixture()
-def env(tmp_path: Path) -> Env:
-    return Env(tmp_path)
+def env(request: pytest.FixtureRequest, tmp_path: Path) -> Env:
+    return Env(tmp_path, url=store_url(request))
 
 
 def header(name: str = NAME) -> str:
@@ -138,6 +171,7 @@ def header(name: str = NAME) -> str:
 
 
 # --- valid files ------------------------------------------------------------------------
+@BOTH_STORES
 def test_valid_bank_file_reconciles_fully(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
     path = env.write(XFER_ROWS)
     before = path.read_bytes()
@@ -181,6 +215,7 @@ def test_rsa_pkcs1_and_pss_signatures_verify(tmp_path: Path, env: Env,
         assert code == 0, (kind, out)
 
 
+@BOTH_STORES
 def test_pay_and_otc_files_reconcile(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
     pay = env.write([["P1", "O1", WALLET, "99.00", "S", "L2", T]], "PAY")
     otc = env.write([["O1", "OR1", CORP, "1000000.00", "S", "2026-11-26", T]], "OTC")
@@ -287,6 +322,7 @@ def test_missing_signature_file_rejected(env: Env, capsys: pytest.CaptureFixture
 
 
 # --- discrepancies ----------------------------------------------------------------------------
+@BOTH_STORES
 def test_missing_extra_and_mismatched_reported_by_bizsn(
         env: Env, capsys: pytest.CaptureFixture[str]) -> None:
     rows = [list(r) for r in XFER_ROWS[1:]]             # X1 missing
@@ -306,6 +342,7 @@ def test_missing_extra_and_mismatched_reported_by_bizsn(
     assert out["matched"] == 1  # X4 only
 
 
+@BOTH_STORES
 def test_reversed_record_its_receiver_never_saw_may_be_absent(
         env: Env, capsys: pytest.CaptureFixture[str]) -> None:
     """X3 (GTJA → CCB) timed out and was reversed: the request may never have reached
@@ -319,6 +356,7 @@ def test_reversed_record_its_receiver_never_saw_may_be_absent(
     assert code == 3 and out["missing_in_file"] == ["X3"], out
 
 
+@BOTH_STORES
 def test_bank_refs_compared_only_where_both_hold_one(
         env: Env, capsys: pytest.CaptureFixture[str]) -> None:
     rows = [list(r) for r in XFER_ROWS]
@@ -352,6 +390,7 @@ def test_bal_trailer_sum_must_equal_total(env: Env, capsys: pytest.CaptureFixtur
 
 
 # --- export ------------------------------------------------------------------------------------
+@BOTH_STORES
 @pytest.mark.parametrize("file_type", ["XFER", "SIGN", "PAY", "OTC"])
 def test_export_rechecks_valid_and_reconciled(
         env: Env, tmp_path: Path, capsys: pytest.CaptureFixture[str], file_type: str) -> None:
@@ -389,6 +428,58 @@ def test_openssl_signed_file_is_accepted(env: Env, tmp_path: Path,
     assert env.check(path, capsys)[0] == 0
 
 
+def test_the_export_from_postgresql_is_the_export_from_sqlite(
+        tmp_path: Path, pg_store_url: str) -> None:
+    """The same business journaled in either store: every file the gateway exports is
+    the same bytes (the signature aside: another key), and checks clean against the
+    journal it came from (PROTOCOL §8, §12)."""
+    (tmp_path / "lite").mkdir()
+    (tmp_path / "pg").mkdir()
+    lite, pg = Env(tmp_path / "lite"), Env(tmp_path / "pg", url=pg_store_url)
+    for file_type in ("XFER", "SIGN", "PAY", "OTC"):
+        for peer in (BANK, BROKER):
+            made = [export_file(e.home, DAY, file_type, peer, e.home / "out", CREATED)
+                    for e in (lite, pg)]
+            assert made[0].name == made[1].name
+            assert made[0].read_bytes() == made[1].read_bytes(), made[0].name
+            assert made[1].read_text().count("\nD|") >= 1, made[1].name
+            report = check_file(pg.home, made[1])
+            assert report.exit_code == 0 and report.reconciliation is not None, report
+            assert report.reconciliation.clean and report.reconciliation.matched == \
+                report.records, report
+
+
+def test_an_unreachable_postgresql_journal_judges_nothing_and_exports_nothing(
+        tmp_path: Path, pg_store_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """The server down (or the url wrong) is no empty journal: check and export exit 1
+    saying so, write and judge nothing; the watcher leaves the file in .checking/ and
+    judges it at the first pass that can read the journal."""
+    env = Env(tmp_path, url=pg_store_url)
+    good = env.write(XFER_ROWS)
+    own = export_file(env.home, DAY, "XFER", BROKER, tmp_path / "own", CREATED)
+    config = env.home / "gateway.toml"
+    dead = f"postgresql://postgres@/nope?host={tmp_path / 'no-server'}&connect_timeout=2"
+    config.write_text(f'[journal]\nurl = "{dead}"\n')
+    assert check_command(env.home, good, True) == EXIT_FAILED
+    out, err = capsys.readouterr()
+    assert out == "" and "PostgreSQL" in err and "[journal] url" in err  # what to fix
+    assert "nothing was judged" in err and "Traceback" not in err
+    assert check_command(env.home, own, True) == EXIT_FAILED  # its signer is the gateway:
+    err = capsys.readouterr().err  # no registry read, the journal itself is unreachable
+    assert "cannot connect to the PostgreSQL journal" in err and "nothing was judged" in err
+    assert export_command(env.home, "2026-11-25", "XFER", BROKER, tmp_path / "out") == \
+        EXIT_FAILED
+    assert "no file was written" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    assert watch_command(env.home, env.drop, once=True) == EXIT_FAILED
+    out = capsys.readouterr().out
+    assert "cannot check files against the journal" in out and "judged nothing" in out
+    assert (env.drop / ".checking" / NAME).exists() and not (env.drop / "rejected").exists()
+    config.write_text(f'[journal]\nurl = "{pg_store_url}"\n')  # the server is back
+    assert watch_command(env.home, env.drop, once=True) == 0
+    assert (env.drop / "accepted" / NAME).exists() and not (env.drop / ".checking").exists()
+
+
 def test_export_refuses_bal_and_bad_date(env: Env, tmp_path: Path) -> None:
     assert export_command(env.home, "2026-11-25", "BAL", BROKER, tmp_path) == EXIT_USAGE
     assert export_command(env.home, "25/11/2026", "XFER", BROKER, tmp_path) == EXIT_USAGE
@@ -419,6 +510,7 @@ def test_watch_ignores_file_until_sig_then_accepts(env: Env, tmp_path: Path,
     assert not target.exists()
 
 
+@BOTH_STORES
 def test_watch_rejects_and_accepts_with_discrepancies(env: Env) -> None:
     env.write(XFER_ROWS[1:])  # X1 missing: valid with discrepancies -> accepted
     bad = env.write(XFER_ROWS, "XFER", BANK, "HTSC")
@@ -431,6 +523,8 @@ def test_watch_rejects_and_accepts_with_discrepancies(env: Env) -> None:
     assert rejected.exists() and (env.drop / "rejected" / (bad.name + ".sig")).exists()
     assert "legitimacy" in json.loads(
         (env.drop / "rejected" / (bad.name + ".report.json")).read_text())["reason"]
+    # §10: both verdicts journaled as alerts in the journal [journal] url names
+    assert env.alert_kinds() == {"eod_discrepancy": 1, "eod_rejected": 1}
 
 
 def test_watch_restart_mid_folder_processes_each_file_once(
@@ -561,6 +655,7 @@ JSON_KEYS = {"file", "valid", "reason", "records", "matched", "missing_in_file",
              "extra_in_file", "mismatched"}
 
 
+@BOTH_STORES
 def test_console_eod_check_exit_codes_and_json_keys(env: Env) -> None:
     good = env.write(XFER_ROWS)
     out = _console(env.home, "eod", "check", str(good), "--json")
@@ -584,6 +679,7 @@ def test_console_eod_check_exit_codes_and_json_keys(env: Env) -> None:
     assert discrepant.exists()  # check never moves or deletes input
 
 
+@BOTH_STORES
 def test_console_eod_export_writes_a_file_that_checks(env: Env, tmp_path: Path) -> None:
     out_dir = tmp_path / "out"
     out_dir.mkdir()
@@ -593,7 +689,8 @@ def test_console_eod_export_writes_a_file_that_checks(env: Env, tmp_path: Path) 
     files = sorted(p.name for p in out_dir.iterdir())
     assert files == ["XFER_GW01_GTJA_20261125.txt", "XFER_GW01_GTJA_20261125.txt.sig"]
     out = _console(env.home, "eod", "check", str(out_dir / files[0]), "--json")
-    assert json.loads(out.stdout)["valid"] is True
+    report = json.loads(out.stdout)
+    assert out.returncode == 0 and report["valid"] is True and report["matched"] == 4, report
 
 
 # --- a reversal of a payment or a subscription is no transfer (§8, issue 17 case 9) ---------

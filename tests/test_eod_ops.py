@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_eod import BANK, BROKER, JOURNAL, NAME, XFER_ROWS, Env
+from test_eod import BANK, BOTH_STORES, BROKER, JOURNAL, NAME, XFER_ROWS, Env, store_url
 
 from gateway.eod import export_command, watch_command
 from gateway.eod.export import CST
@@ -28,8 +28,8 @@ LATER = dt.datetime(2026, 12, 2, 10, 0, tzinfo=CST)
 
 
 @pytest.fixture()
-def env(tmp_path: Path) -> Env:
-    return Env(tmp_path)
+def env(request: pytest.FixtureRequest, tmp_path: Path) -> Env:
+    return Env(tmp_path, url=store_url(request))
 
 
 @pytest.fixture()
@@ -142,6 +142,7 @@ def test_console_export_refuses_the_future_and_warns_of_today(final_env: Env,
 
 
 # --- watch: exit codes, start and stop ----------------------------------------------------
+@BOTH_STORES
 def test_watch_once_exit_code_tells_what_it_found(env: Env, tmp_path: Path) -> None:
     assert watch_command(env.home, env.drop, once=True) == 0  # nothing there
     env.write(XFER_ROWS)
@@ -167,7 +168,9 @@ def test_watch_logs_its_start_options_and_its_stop_with_counts(
     assert watch_command(env.home, env.drop, once=True, replace=True) == 2
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == (f"eod watch: started on {env.drop.resolve()} (home "
-                        f"{env.home.resolve()}; one pass (--once), replace on: a valid file "
+                        f"{env.home.resolve()}, journal "
+                        f"{(env.home / 'data' / 'journal.sqlite3').resolve()}; one pass "
+                        "(--once), replace on: a valid file "
                         "replaces an accepted one of its name)")
     assert lines[-1] == (f"eod watch: stopped on {env.drop.resolve()} (one pass done "
                          "(--once)): 2 file(s): 0 accepted, 1 accepted with discrepancies, "
@@ -292,3 +295,12 @@ def test_superseded_reports_stay_counted_by_the_gateway(env: Env, tmp_path: Path
     drop(env, env.write(XFER_ROWS, out=tmp_path / "v2"))
     watch_command(env.home, env.drop, once=True, replace=True)
     assert sorted(r.verdict for r in reports.results()) == ["accepted", "discrepancies"]
+
+
+def test_the_watchers_start_line_names_a_postgresql_journal_never_its_password() -> None:
+    from gateway.eod.commands import _journal_text
+
+    assert _journal_text("postgresql://sbdx:secret@db.internal:5432/sbdx_gateway") == \
+        "PostgreSQL sbdx_gateway on db.internal"
+    assert _journal_text("postgresql://postgres@/postgres?host=/tmp/pg") == \
+        "PostgreSQL postgres on /tmp/pg"

@@ -11,12 +11,16 @@ once), no transfer was relayed to the bank twice across the pair, and the broker
 client funds (its BAL file total) are the bank's AGGREGATE account. The old active,
 started again, is a standby (S903, /readyz 503).
 
-End-of-day file reconciliation (`gateway eod check`) reads the SQLite journal and is not
-ported to PostgreSQL: the money check here is the sims' ledgers against each other and
-against the shared journal.
+End of day (§8) on the shared journal, run from the pair's homes while they serve: the
+gateway's own files of the day (`gateway eod export`, every TYPE to the bank and to the
+broker, from the new active's home) and the sims' closing files (the bank's XFER, SIGN,
+PAY and OTC, the broker's BAL) check clean from the other home — valid, exit 0, no
+discrepancy — by the fingerprint proof and by the exact join (`gateway eod watch
+--once` with a fixed hash seed, as a process).
 """
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import signal
@@ -29,6 +33,9 @@ from pathlib import Path
 
 import pytest
 
+from gateway.eod.check import check_file
+from gateway.eod.export import export_file, unfinished
+from gateway.eod.fileformat import parse_name
 from gateway.keystore import KeyStore
 from gateway.sim.runtime import ensure_key
 
@@ -190,6 +197,39 @@ def check_settled(rig: Rig, states: dict[str, str]) -> None:
     assert bal[-1].split("|")[2] == f"{aggregate // 100}.{aggregate % 100:02d}"
 
 
+def check_eod(rig: Rig, exporter: GatewayHome, checker: GatewayHome) -> str:
+    """The day's §8 files on the shared journal: ``exporter``'s home exports every TYPE
+    to both sims, ``checker``'s checks those and the sims' own files, each valid and
+    reconciled (exit 0, no discrepancy); then `eod watch --once` of the folder, the
+    exact path (fixed hash seed), accepts them all.  What it checked, as text."""
+    sims = sorted(rig.eod.glob("*.txt"))
+    assert sorted(p.name.split("_")[0] for p in sims) == ["BAL", "OTC", "PAY", "SIGN", "XFER"]
+    day = parse_name(sims[0].name).day
+    made = []
+    for file_type in ("XFER", "SIGN", "PAY", "OTC"):
+        for peer in (BANK, BROKER):
+            assert unfinished(exporter.root, file_type, day, peer) == 0, (file_type, peer)
+            made.append(export_file(exporter.root, day, file_type, peer, rig.eod,
+                                    force=False))
+    records = {}
+    for path in [*made, *sims]:
+        report = check_file(checker.root, path)
+        rec = report.reconciliation
+        assert report.valid and report.exit_code == 0, (path.name, report)
+        assert rec is None or (rec.clean and rec.matched == report.records), (path.name, rec)
+        records[path.name] = report.records
+    assert min(n for name, n in records.items() if name.startswith("XFER_")) > 20, records
+    watch = subprocess.run(
+        [sys.executable, "-m", "gateway", "--home", str(checker.root), "eod", "watch",
+         str(rig.eod), "--once"], capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONHASHSEED": "0"})  # the exact check for every file
+    files = len(made) + len(sims)
+    assert watch.returncode == 0, watch.stdout + watch.stderr
+    assert (f"{files} file(s): {files} accepted, 0 accepted with discrepancies, 0 rejected"
+            in watch.stdout), watch.stdout
+    return f"eod: {files} files clean ({', '.join(f'{k} {v}' for k, v in records.items())})"
+
+
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
 def test_the_active_killed_under_load_the_standby_carries_on_and_nothing_is_lost_or_doubled(
         how: str, rig: Rig) -> None:
@@ -234,6 +274,7 @@ def test_the_active_killed_under_load_the_standby_carries_on_and_nothing_is_lost
                                  ).fetchone()
     assert after > 10, after
     check_settled(rig, states)
+    eod = check_eod(rig, rig.b, rig.a)  # any home of the pair: end of day only reads
     relayed = relayed_per_bizsn(rig.url, BANK)  # no transfer relayed twice across the pair
     assert relayed and max(relayed.values()) == 1, [sn for sn, n in relayed.items() if n > 1]
     with psycopg.connect(rig.url) as journal:  # the pair's MsgIds: none used twice
@@ -254,4 +295,4 @@ def test_the_active_killed_under_load_the_standby_carries_on_and_nothing_is_lost
     assert readyz(b.ops_port) == 200
     print(f"{how}: takeover {took:.2f} s; {len(states)} transfers ({before} before the kill,"
           f" {after} succeeded through B); "
-          + "; ".join(re.findall(r"rate: .*|settled: .*", out)))
+          + "; ".join(re.findall(r"rate: .*|settled: .*", out)) + f"; {eod}")

@@ -119,7 +119,8 @@ def test_an_unreachable_or_newer_journal_is_refused_saying_what_to_do(
         PgStore(pg_store_url, read_only=True)
 
 
-def test_the_end_of_day_reader_answers_as_sqlites(pg_store_url: str, tmp_path: Path) -> None:
+def test_the_end_of_day_reader_answers_as_sqlites(pg_store_url: str, pg_url: str,
+                                                   tmp_path: Path) -> None:
     """The same records in both stores: every EodQueries answer is the same, for every
     file type and every pair of writer and receiver (PROTOCOL §8)."""
     from test_store import _records
@@ -138,7 +139,7 @@ def test_the_end_of_day_reader_answers_as_sqlites(pg_store_url: str, tmp_path: P
         store.close()
     lite, pg = eod_reader(tmp_path / "j.sqlite3"), eod_reader(pg_store_url)
     assert pg.exists() and pg.schema_has_lines()
-    day = "2026-11-25"
+    day, days = "2026-11-25", 0
     for file_type in BIZ_TYPES:
         for writer, reader in (("GTJA", "CCB"), ("CCB", "GTJA"), ("GW01", "CCB"),
                                ("GTJA", "GW01")):
@@ -148,13 +149,24 @@ def test_the_end_of_day_reader_answers_as_sqlites(pg_store_url: str, tmp_path: P
                 row for batch in lite.owed_lines(*args, 7) for row in batch), args
             assert sorted(pg.optional_lines(*args, 1000)) == sorted(
                 lite.optional_lines(*args, 1000)), args
+            lines = sorted(row for batch in pg.day_rows(*args, 5) for row in batch)
+            assert lines == sorted(row for batch in lite.day_rows(*args, 5) for row in batch)
+            days += len(lines)
         for reader in ("CCB", "GTJA"):
             args4 = (file_type, day, "GW01", reader)
             assert list(pg.export_rows(*args4)) == list(lite.export_rows(*args4)), args4
             assert pg.unfinished(*args4) == lite.unfinished(*args4) > 0, args4
     assert owed and any(pg.export_rows("XFER", day, "GW01", "CCB"))
+    assert days > 0
+    # a journal that cannot be reached is no empty one: an export must not sign an empty
+    # file, a check not report every record extra, because the server was down
     missing = eod_reader(pg_store_url.replace("/sbdx_test_", "/sbdx_nope_"))
-    assert not missing.exists() and list(missing.export_rows("XFER", day, "GW01", "CCB")) == []
+    with pytest.raises(StoreUnavailable, match=r"\[journal\] url"):
+        missing.exists()
+    with pytest.raises(StoreUnavailable):
+        list(missing.export_rows("XFER", day, "GW01", "CCB"))
+    empty = eod_reader(pg_url)  # reachable, never migrated: no business yet
+    assert not empty.exists() and list(empty.export_rows("XFER", day, "GW01", "CCB")) == []
 
 
 class ThreadBackground:
@@ -265,4 +277,49 @@ def test_reads_asked_ahead_are_answered_from_one_round_trip_until_a_write(
     store.records.insert(record, 1.0)
     found = store.records.get(key)  # not the absent answer fetched before the insert
     assert found is not None and found.msg_id == "M1"
+    store.close()
+
+
+def test_a_round_trip_sends_the_evidence_rows_together_never_across_a_savepoint() -> None:
+    """The evidence log's inserts of a round trip go as one executemany at the place of
+    the first, in order — but never across a savepoint, the fence or COMMIT (a message
+    rolled back to its savepoint must take its evidence with it)."""
+    from gateway.store_pg.uow import Pending, _groups
+
+    def write(sql: str) -> Pending:
+        return Pending(None, sql, (sql,), batch=True)  # type: ignore[arg-type]
+
+    log = "INSERT INTO message (at) VALUES (%s)"
+    queue = [Pending(None, "BEGIN", ()), write(log), write("INSERT INTO seen_msg_id x"),  # type: ignore[arg-type]
+             write("INSERT INTO record y"), write(log),
+             Pending(None, "SAVEPOINT msg1", ()), write(log), write("UPDATE record z"),  # type: ignore[arg-type]
+             write("UPDATE record z"), write(log), Pending(None, "COMMIT", ())]  # type: ignore[arg-type]
+    groups = _groups(queue)
+    assert [(len(g), g[0].sql) for g in groups] == [
+        (1, "BEGIN"), (2, log), (1, "INSERT INTO seen_msg_id x"), (1, "INSERT INTO record y"),
+        (1, "SAVEPOINT msg1"), (2, log), (2, "UPDATE record z"), (1, "COMMIT")]
+    assert len([p for g in groups for p in g]) == len(queue)
+    assert [p for g in groups for p in g if p.sql == log] == [p for p in queue if p.sql == log]
+
+
+def test_msg_ids_asked_ahead_answer_the_replay_check_without_a_round_trip(
+        pg_store_url: str) -> None:
+    """The turn's authenticated (From, MsgId)s are asked in one round trip; each replay
+    check then only queues its insert — a MsgId seen before is still a replay, and one
+    that comes twice in the turn is a replay the second time."""
+    store = PgStore(pg_store_url)
+    assert store.seen.remember("CCB", "M1", 1.0)
+    store.uow.flush()
+    store.read_ahead([("seen", ("CCB", "M1")), ("seen", ("CCB", "M2")),
+                      ("seen", ("GTJA", "M1"))])
+    rounds = store.uow._round
+    assert not store.seen.remember("CCB", "M1", 2.0)  # seen in an earlier turn
+    assert store.seen.remember("CCB", "M2", 2.0)
+    assert store.seen.remember("GTJA", "M1", 2.0)  # another sender's MsgId
+    assert store.uow._round == rounds  # no round trip for any of them
+    assert not store.seen.remember("CCB", "M2", 2.5)  # twice in one turn: a replay
+    store.uow.flush()
+    store.read_ahead([("seen", ("CCB", "M3"))])
+    store.uow.flush()  # a turn's answers are forgotten at its flush
+    assert store.seen.remember("CCB", "M3", 3.0) and not store.seen.remember("CCB", "M3", 3.0)
     store.close()

@@ -3,8 +3,10 @@
 
 ``gateway eod check`` and ``gateway eod watch`` run in a process of their own, beside a
 running gateway or without one, so they raise these alerts themselves, the way the
-gateway raises its own: journaled in ``HOME/data/journal.sqlite3`` (table ``alert``,
-where the gateway's page and metrics read every alert, whoever wrote it), logged as one
+gateway raises its own: journaled in the journal ``[journal] url`` names (table
+``alert`` of ``HOME/data/journal.sqlite3`` by default, or of the shared PostgreSQL
+journal, written as a tool, unfenced, whichever gateway of a pair is active: where the
+gateways' pages and metrics read every alert, whoever wrote it), logged as one
 ``ALERT`` line on the command's stderr, and handed to ``[alerts] command`` (read from
 ``gateway.toml`` for each file, so ``eod watch`` needs no restart when it changes).
 ``eod check`` waits for the command (at most ``command_timeout_seconds``) before it
@@ -21,7 +23,8 @@ from gateway.alertrules import SEVERITY, AlertSettings, AlertSettingsError, load
 from gateway.alerts import Alert, AlertCommand, Alerts
 from gateway.journal import Journal
 
-from .check import JOURNAL, CheckReport
+from .check import CheckReport
+from .source import journal_of
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +82,7 @@ class FileAlerts:
         try:
             announced = self._journaled(found)
         except Exception as exc:  # noqa: BLE001 - an alert must not be lost with the journal
-            log.error("alerts not journaled: %s could not be written (%s)",
-                      self.home / JOURNAL, exc)
+            log.error("alerts not journaled: the journal could not be written (%s)", exc)
             announced = False
         if not announced:
             for kind, subject, text in found:
@@ -91,7 +93,9 @@ class FileAlerts:
     def _journaled(self, found: list[Found]) -> bool:
         """Journal the alerts; they are logged and handed to the command once committed
         (True then)."""
-        journal = Journal(self.home / JOURNAL)
+        where = journal_of(self.home)
+        journal = (Journal(where) if isinstance(where, Path)
+                   else Journal(where, home=self.home))
         try:
             alerts = Alerts(journal, time.time)
             alerts.listeners.append(self.command)

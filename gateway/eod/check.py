@@ -38,9 +38,9 @@ from .fileformat import (
 from .reconcile import Reconciliation, Workspace
 from .scan import RecordError, Scanner, ScanResult
 from .signing import BadSignature, UnfitSignatureFile, read_signature, verify_file
+from .source import JournalRef, journal_of
 
 READ_BYTES = 1 << 20
-JOURNAL = Path("data") / "journal.sqlite3"
 
 log = logging.getLogger(__name__)
 
@@ -105,16 +105,19 @@ def check_file(home: Path, path: Path, progress: Progress | None = None) -> Chec
 
 
 def check_opened(home: Path, opened: Opened, progress: Progress | None = None) -> CheckReport:
-    """Check and reconcile an opened file; never raises for a bad file."""
+    """Check and reconcile an opened file against the journal of ``home``'s
+    ``[journal] url`` (source.py); never raises for a bad file (StoreUnavailable, and
+    JournalTooOld, when the journal cannot be read: nothing judged)."""
     report = CheckReport(file=str(opened.path))
     try:
         name = _name(opened.path)
         keys = KeyStore(Path(home) / "keys")
         key = signer_key(keys, name.from_party)
         sig = opened.signature()
-        if not _proved(Path(home) / JOURNAL, keys.party, name, opened.file, key, sig, report,
-                       progress):
-            _scan_and_check(home, keys.party, opened.file, name, key, sig, report, progress)
+        journal = journal_of(Path(home))
+        if not _proved(journal, keys.party, name, opened.file, key, sig, report, progress):
+            _scan_and_check(journal, keys.party, opened.file, name, key, sig, report,
+                            progress)
     except Rejected as exc:
         report.valid, report.reason = False, str(exc)
     return report
@@ -162,7 +165,7 @@ def signature_of(fd: int, name: str) -> bytes:
         raise Rejected(f"legitimacy: {exc}") from None
 
 
-def _proved(journal: Path, gateway: str, name: FileName, file: BinaryIO, key: PublicKey,
+def _proved(journal: JournalRef, gateway: str, name: FileName, file: BinaryIO, key: PublicKey,
             sig: bytes, report: CheckReport, progress: Progress | None) -> bool:
     """The fast path (fingerprint.py): True if it proved the file valid and matched."""
     if not fingerprint.available(name, gateway, journal):
@@ -176,7 +179,7 @@ def _proved(journal: Path, gateway: str, name: FileName, file: BinaryIO, key: Pu
     return True
 
 
-def _scan_and_check(home: Path, gateway: str, file: BinaryIO, name: FileName,
+def _scan_and_check(journal: JournalRef, gateway: str, file: BinaryIO, name: FileName,
                     key: PublicKey, sig: bytes, report: CheckReport,
                     progress: Progress | None) -> None:
     ws = Workspace(name.file_type) if name.file_type in RECONCILED_TYPES else None
@@ -191,7 +194,7 @@ def _scan_and_check(home: Path, gateway: str, file: BinaryIO, name: FileName,
         report.valid = True
         report.overdrafts = scan.overdrafts
         if ws is not None:
-            report.reconciliation = ws.reconcile(Path(home) / JOURNAL, gateway, name)
+            report.reconciliation = ws.reconcile(journal, gateway, name)
     finally:
         if ws is not None:
             ws.close()

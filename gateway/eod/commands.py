@@ -12,15 +12,18 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from gateway.exitcodes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE
-from gateway.keystore import KeyStore, KeyStoreMissing
+from gateway.keystore import KeyStore, KeyStoreMissing, RegistryRefusal
+from gateway.store import StoreUnavailable
 
 from . import report as render
 from .alerting import FileAlerts
 from .check import Progress, check_file
 from .export import CST, AlreadyExported, export_file, trade_date_now, unfinished
 from .reconcile import JournalTooOld
+from .source import JournalRef, journal_of
 from .watch import FolderBusy, Tally, hold_folder, sweep
 
 
@@ -65,8 +68,8 @@ def check_command(home: Path, file: Path, as_json: bool = False) -> int:
     _interrupt_on_sigterm()
     try:
         report = check_file(Path(home), Path(file), _progress_bar())
-    except (KeyStoreMissing, JournalTooOld) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (KeyStoreMissing, JournalTooOld, StoreUnavailable, RegistryRefusal) as exc:
+        print(f"error: {exc}; nothing was judged", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         print("interrupted; nothing was judged", file=sys.stderr)
@@ -98,16 +101,19 @@ def export_command(home: Path, day: str, file_type: str, to_party: str, out_dir:
               "today's", file=sys.stderr)
         return EXIT_USAGE
     kind = file_type.upper()
+    path: Path | None = None
     try:
         path = export_file(Path(home), date, kind, to_party, Path(out_dir), force=force)
         pending = unfinished(Path(home), kind, date, to_party)
+    except (KeyStoreMissing, StoreUnavailable, RegistryRefusal) as exc:
+        print(f"error: {exc}; " + ("no file was written" if path is None else
+                                   f"{path} was written but its open records not counted: "
+                                   "export again with --force"), file=sys.stderr)
+        return EXIT_FAILED
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except AlreadyExported as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    except KeyStoreMissing as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     print(path)
@@ -133,7 +139,8 @@ def watch_command(home: Path, folder: Path, *, poll_seconds: float = 1.0,
     folder = Path(folder)
     try:
         KeyStore(Path(home) / "keys")
-    except KeyStoreMissing as exc:
+        journal = journal_of(Path(home))
+    except (KeyStoreMissing, StoreUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     if not folder.is_dir():
@@ -150,7 +157,8 @@ def watch_command(home: Path, folder: Path, *, poll_seconds: float = 1.0,
         return EXIT_FAILED
     stopped, handlers = _stop_reason_on_signals()
     tally = Tally()
-    log(f"eod watch: started on {folder.resolve()} (home {Path(home).resolve()}; "
+    log(f"eod watch: started on {folder.resolve()} (home {Path(home).resolve()}, journal "
+        f"{_journal_text(journal)}; "
         + ("one pass (--once)" if once else f"every {poll_seconds:g} s until SIGTERM/SIGINT")
         + ", replace " + ("on: a valid file replaces an accepted one of its name"
                           if replace else "off: a second file for an accepted day is rejected")
@@ -175,6 +183,16 @@ def watch_command(home: Path, folder: Path, *, poll_seconds: float = 1.0,
         os.close(lock)
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
+
+
+def _journal_text(journal: JournalRef) -> str:
+    """The journal for a log line: the SQLite file, or PostgreSQL's database and host
+    (never the url's password)."""
+    if isinstance(journal, Path):
+        return str(journal.resolve())
+    parts = urlsplit(journal)
+    host = parse_qs(parts.query).get("host", [parts.hostname or "localhost"])[0]
+    return f"PostgreSQL {parts.path.lstrip('/') or '(default database)'} on {host}"
 
 
 def _stop_reason_on_signals() -> tuple[list[str], dict[signal.Signals, Any]]:

@@ -3,7 +3,8 @@
 The gateway writes ``<TYPE>_<GW>_<TO>_<YYYYMMDD>.txt``: the final (SUCCEEDED, FAILED,
 REVERSED) journal records of that trade date it relayed to or from TO, in the order
 they were journaled, mapped exactly as the reconciliation maps them — so the file
-reconciles with zero discrepancies against the journal it came from.
+reconciles with zero discrepancies against the journal it came from: the SQLite file
+or the PostgreSQL journal ``[journal] url`` names (source.py).
 """
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from gateway.keystore import KeyStore
-from gateway.store import eod_reader
+from gateway.store import StoreUnavailable, eod_reader
 
 from .fileformat import LAYOUTS, RECONCILED_TYPES, FileName, fen_text
+from .source import JournalRef, journal_of
 from .writer import write_file
 
 #: Offset the exporter stamps times in (trading days are Asia/Shanghai, no DST).
@@ -45,14 +47,12 @@ def trade_date_now(now: dt.datetime) -> dt.date:
 def unfinished(home: Path, file_type: str, day: dt.date, to_party: str) -> int:
     """How many journal records the file would cover are not final yet (PENDING or
     REVERSING): the export leaves them out."""
-    journal = Path(home) / "data" / "journal.sqlite3"
-    if not journal.exists():
-        return 0
     gateway = KeyStore(Path(home) / "keys").party
-    return eod_reader(journal).unfinished(file_type, day.isoformat(), gateway, to_party)
+    return eod_reader(journal_of(Path(home))).unfinished(file_type, day.isoformat(), gateway,
+                                                         to_party)
 
 
-def journal_records(journal: Path, file_type: str, day: dt.date, gateway: str,
+def journal_records(journal: JournalRef, file_type: str, day: dt.date, gateway: str,
                     to_party: str) -> Iterator[list[str]]:
     """The D fields of every final journal record the file covers, streamed."""
     names = tuple(n for n, _ in LAYOUTS[file_type])
@@ -80,7 +80,10 @@ def export_file(home: Path, day: dt.date, file_type: str, to_party: str, out_dir
                               "have been handed over already; to write it again in its "
                               "place, run the same command with --force")
     created = now or dt.datetime.now(CST)
-    records = journal_records(Path(home) / "data" / "journal.sqlite3", file_type, day,
-                              gateway, to_party)
+    journal = journal_of(Path(home))
+    if not eod_reader(journal).exists() and isinstance(journal, str):
+        raise StoreUnavailable("the PostgreSQL journal has no schema yet: start a gateway "
+                               "on it once (an empty database is not a day's business)")
+    records = journal_records(journal, file_type, day, gateway, to_party)
     return write_file(out_dir, file_type, gateway, to_party, day, records, keys.signer(),
                       created)

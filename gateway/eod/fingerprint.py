@@ -2,7 +2,7 @@
 
 A clearing file that reconciles cleanly — the everyday case — lists, each record's
 Time aside, exactly the lines the journal keeps for that day: every record carries its
-end-of-day line (``record.eod_line``, computed by SQLite on every write, the same text
+end-of-day line (``record.eod_line``, computed by the store on every write, the same text
 ``gateway eod export`` writes).  Equal multisets of lines mean every record matched
 on every compared field of §8 (a line holds them all), none missing, none extra.
 
@@ -10,7 +10,10 @@ So the file is read once, all of it in C: per block of complete lines one ``find
 of a one-group pattern validates every line (calendar-exact dates) and returns it
 without its Time; Python's keyed SipHash of each line is summed.  The journal side is
 one range scan of the day's lines (the record table is clustered by trade date),
-hashed and summed the same way.  Equal counts and equal sums prove equal multisets
+hashed and summed the same way.  The journal may be the SQLite file or the PostgreSQL
+journal: both keep ``record.eod_line`` rendered by the same SQL (PostgreSQL's reader,
+gateway/store_pg/eod.py, streams the day through a server-side cursor), so the proof
+is the same on either.  Equal counts and equal sums prove equal multisets
 except with probability about 2^-64 per check; the hash key is the interpreter's
 random per-process secret, which a file writer cannot know, so no file can be built to
 collide.  With a fixed ``PYTHONHASHSEED`` the secret is known and this path is off.
@@ -55,13 +58,13 @@ class Declined(Exception):
     """The fast path cannot conclude; the exact check decides."""
 
 
-def available(name: FileName, gateway: str, journal: Path) -> bool:
-    """Whether this file may be proved by fingerprint at all."""
+def available(name: FileName, gateway: str, journal: Path | str) -> bool:
+    """Whether this file may be proved by fingerprint at all (``journal``: the SQLite
+    file, or the PostgreSQL journal's url)."""
     seed = os.environ.get("PYTHONHASHSEED", "random")
     return (name.file_type in BIZ_TYPES and sys.flags.hash_randomization == 1
-            and seed == "random" and journal.is_file()
-            and gateway not in (name.from_party, name.to_party)
-            and name.from_party != name.to_party)
+            and seed == "random" and gateway not in (name.from_party, name.to_party)
+            and name.from_party != name.to_party and eod_reader(journal).exists())
 
 
 class LineSums:
@@ -127,13 +130,14 @@ class FileScan:
         self.sums.add(lines)
 
 
-def prove(journal: Path, gateway: str, name: FileName, file: BinaryIO, key: PublicKey,
+def prove(journal: Path | str, gateway: str, name: FileName, file: BinaryIO, key: PublicKey,
           sig: bytes, header_ok: Callable[[str, FileName], object],
           progress: Progress | None = None) -> Reconciliation:
     """Valid and fully matched, or :class:`Declined`.  ``header_ok`` raises if not.
 
     The journal's day is read on a second thread while this one reads the file:
-    SQLite runs without the GIL, so its range scan overlaps the file's regex work."""
+    SQLite runs without the GIL, so its range scan overlaps the file's regex work (and
+    PostgreSQL's: psycopg waits for the server without it)."""
     reader = eod_reader(journal)
     day = (name.file_type, name.day.isoformat(), gateway, name.from_party, name.to_party)
     if not reader.schema_has_lines():

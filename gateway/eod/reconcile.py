@@ -3,9 +3,11 @@ with the journal; the differing §8 fields worked out here.
 
 Neither side is held in Python.  The scanner streams well-formed records — each as its
 text without Time, its BizSn and its amount — into the workspace
-(gateway/store/sqlite/eod.py: a private on-disk SQLite database), which builds a UNIQUE
-index on BizSn (also the duplicate check) and joins the journal's day to it in one pass
-that returns only the rows whose texts differ from the journal's stored §8 line; the
+(gateway/store/sqlite/eod.py: a private on-disk SQLite database, whatever the journal's
+store), which builds a UNIQUE index on BizSn (also the duplicate check) and joins the
+journal's day to it in one pass (a SQLite journal attached; the PostgreSQL journal's
+day streamed in through its reader first) that returns only the rows whose texts
+differ from the journal's stored §8 line; the
 differing fields of those few are worked out in Python (a row whose texts differ only
 where §8 does not compare — a BankSn one side lacks, ProductCode — is matched).
 """
@@ -16,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.store import StoreTooOld, file_workspace
+from gateway.store import StoreTooOld, eod_reader, file_workspace
 
 from .fileformat import (
     COMPARED_IF_BOTH,
@@ -73,14 +75,16 @@ class Workspace:
         return self._space.first_duplicate()
 
     # --- the journal side ------------------------------------------------------------
-    def reconcile(self, journal: Path, gateway: str, name: FileName) -> Reconciliation:
-        """Compare the file's records (duplicate-free) with the journal records it covers."""
+    def reconcile(self, journal: Path | str, gateway: str, name: FileName) -> Reconciliation:
+        """Compare the file's records (duplicate-free) with the journal records it covers
+        (``journal``: the SQLite file, or the PostgreSQL journal's url)."""
         out = Reconciliation()
-        if not journal.exists():  # no journal yet: the gateway has seen no business
+        reader = eod_reader(journal)
+        if not reader.exists():  # no journal yet: the gateway has seen no business
             out.extra_in_file = self._space.file_biz_sns()
             return out
         joined, differing, out.extra_in_file = self._space.join(
-            journal, name.file_type, name.day.isoformat(), gateway, name.from_party,
+            reader, name.file_type, name.day.isoformat(), gateway, name.from_party,
             name.to_party)
         for bizsn, seq, file_line, journal_line in differing:
             if seq is None:

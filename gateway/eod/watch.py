@@ -27,7 +27,9 @@ into ``.checking/`` → check → write the reports into the destination → mov
 → move the ``.sig``.  A ``.sig`` left alone whose file already sits further on
 without one is a move interrupted by a crash, and is finished; files left in
 ``.checking/`` are checked first.  Never more than one watcher per folder
-(:func:`hold_folder`).
+(:func:`hold_folder`).  A journal that cannot be read (the PostgreSQL server down, a
+SQLite journal too old) judges nothing: the pass stops with an error, and the file
+stays in ``.checking/`` for the next one.
 """
 from __future__ import annotations
 
@@ -43,6 +45,8 @@ from pathlib import Path
 
 from gateway.exitcodes import EXIT_DISCREPANCIES, EXIT_FAILED, EXIT_OK, EXIT_REJECTED
 from gateway.filemodes import DIR_MODE, create_private
+from gateway.registry import RegistryRefusal
+from gateway.store import StoreTooOld, StoreUnavailable
 
 from .check import CheckReport, Opened, Rejected, check_opened, signature_of
 from .report import as_json, as_text
@@ -83,7 +87,8 @@ class Tally:
 
     @property
     def exit_code(self) -> int:
-        """``eod watch --once``: 1 the folder could not be sorted, 2 a file was rejected,
+        """``eod watch --once``: 1 the folder could not be sorted or the journal not
+        read, 2 a file was rejected,
         3 one had discrepancies, 0 every file accepted and reconciled (or none there)."""
         if self.errors:
             return EXIT_FAILED
@@ -99,7 +104,8 @@ class Tally:
                 f"discrepancies, {self.rejected} rejected, {self.replaced} replaced an "
                 "accepted file")
         if self.errors:
-            text += f"; {self.errors} pass(es) could not sort the folder"
+            text += (f"; {self.errors} pass(es) judged nothing (the folder could not be"
+                     " sorted, or the journal not read)")
         return text
 
 
@@ -286,6 +292,11 @@ def sweep(home: Path, folder: Path, log: Log, judged: Judged | None = None, *,
         log(f"error: cannot sort files: {exc}")
         run.tally.errors += 1
         return 0
+    except (StoreUnavailable, StoreTooOld, RegistryRefusal) as exc:
+        log(f"error: cannot check files against the journal: {exc}; nothing was judged, "
+            f"the file waits in {folder / CHECKING} and is checked first at the next pass")
+        run.tally.errors += 1
+        return 0
     finally:
         os.close(top)
 
@@ -448,6 +459,8 @@ def _checked(home: Path, path: Path, checking: int) -> CheckReport:
                                                                                path.name)))
     except Rejected as exc:
         return CheckReport(file=str(path), reason=str(exc))
+    except (StoreUnavailable, StoreTooOld, RegistryRefusal):
+        raise  # the journal's (registry's) fault, not the file's: it waits (sweep)
     except Exception:  # noqa: BLE001 - logged with its traceback, the file is rejected
         log.exception("checking %s failed", path.name)
         return CheckReport(file=str(path), reason="check failed: internal error (see the "

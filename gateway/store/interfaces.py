@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
-from pathlib import Path
 from typing import Protocol
 
 from .model import Agreement, Alert, CommitStats, Record, Reversal, StoredMessage
@@ -249,7 +248,9 @@ class EodQueries(Protocol):
     without Time (mapping.eod_line)."""
 
     def exists(self) -> bool:
-        """The journal exists (no journal yet: the gateway has seen no business)."""
+        """The journal exists (no journal yet: the gateway has seen no business);
+        :class:`StoreUnavailable` if it cannot be told (a server that cannot be
+        reached)."""
 
     def schema_has_lines(self) -> bool:
         """The store keeps each record's §8 line (False: too old; migrate first)."""
@@ -273,6 +274,12 @@ class EodQueries(Protocol):
         """How many records the file would cover are not final yet (PENDING or
         REVERSING): an export leaves them out."""
 
+    def day_rows(self, file_type: str, trade_date: str, gateway: str, from_party: str,
+                 to_party: str, batch: int) -> Iterator[list[tuple[str, str | None, bool]]]:
+        """(BizSn, line, owed) of every record the file covers, in any state, streamed
+        in batches: the journal side of the exact check's join (owed: the file must
+        list it; else it may list it or omit it)."""
+
 
 class FileWorkspace(Protocol):
     """The exact check's scratch space: a file's records (scanner rows of
@@ -287,11 +294,13 @@ class FileWorkspace(Protocol):
 
     def file_biz_sns(self) -> list[str]: ...
 
-    def join(self, journal: Path, file_type: str, trade_date: str, gateway: str,
+    def join(self, journal: EodQueries, file_type: str, trade_date: str, gateway: str,
              from_party: str, to_party: str,
              ) -> tuple[int, list[tuple[str, int | None, str | None, str | None]], list[str]]:
         """(matched by BizSn, differing rows (BizSn, file seq, file line, journal line),
-        BizSns only the file has); :class:`StoreTooOld` if the journal keeps no lines."""
+        BizSns only the file has); the journal's side is read through ``journal``, the
+        reader of whichever store keeps it; :class:`StoreTooOld` if the journal keeps no
+        lines."""
 
     def close(self) -> None: ...
 

@@ -3,9 +3,15 @@ gateway.store.interfaces.EodQueries of gateway/store/sqlite/eod.py, with the sam
 (the scope, the listed / owed / final rules and the exporter's fields are that module's
 one definition, placeholders translated) over ``record.eod_line``, which migration 1
 renders as SQLite's migration 2 does.  Each query is one read-only connection of its own,
-beside a running gateway.  The exact check's workspace is still SQLite's
-(gateway/store/sqlite/eod.py ``SqliteFileWorkspace``: its ``join`` attaches a SQLite
-journal); docs/architecture.md "What remains"."""
+beside a running gateway (either of an active/standby pair: nothing is written, so
+nothing is fenced).  The exact check's workspace stays SQLite's, for any store
+(gateway/store/sqlite/eod.py ``SqliteFileWorkspace``): the day's lines come into it
+through :meth:`PgEodReader.day_rows`.
+
+A server that cannot be reached is :class:`StoreUnavailable`, never "no journal": an
+export must not sign an empty file, nor a check report every record extra, because
+the database was down; a database never migrated (schema 0) is a journal with no
+business yet."""
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -14,8 +20,8 @@ from typing import Any
 import psycopg
 
 from gateway.eod.fileformat import LAYOUTS
-from gateway.store.interfaces import EodQueries
-from gateway.store.sqlite.eod import FINAL_SQL, day_where, field_sql
+from gateway.store.interfaces import EodQueries, StoreUnavailable
+from gateway.store.sqlite.eod import FINAL_SQL, day_sql, day_where, field_sql
 
 from .schema import schema_version
 
@@ -34,17 +40,19 @@ class PgEodReader:
         self.url = url
 
     def _connect(self) -> psycopg.Connection[Any]:
-        conn = psycopg.connect(self.url, autocommit=True)
+        try:
+            conn = psycopg.connect(self.url, autocommit=True)
+        except psycopg.Error as exc:
+            raise StoreUnavailable(
+                f"cannot connect to the PostgreSQL journal: {exc}".strip() + " (check "
+                "[journal] url and that the server runs; nothing was read)") from exc
         conn.read_only = True
         return conn
 
     def exists(self) -> bool:
-        """(reachable and migrated at least once)"""
-        try:
-            with self._connect() as conn:
-                return schema_version(conn) > 0
-        except psycopg.OperationalError:
-            return False
+        """(migrated at least once; StoreUnavailable if it cannot be reached)"""
+        with self._connect() as conn:
+            return schema_version(conn) > 0
 
     def schema_has_lines(self) -> bool:
         return self.exists()  # every PostgreSQL schema keeps record.eod_line
@@ -89,6 +97,16 @@ class PgEodReader:
             row = conn.execute(_pg(f"SELECT count(*) FROM record WHERE {where}"
                                    f" AND NOT ({FINAL_SQL})"), args).fetchone()
             return int(row[0]) if row else 0
+
+    def day_rows(self, file_type: str, trade_date: str, gateway: str, from_party: str,
+                 to_party: str, batch: int) -> Iterator[list[tuple[str, str | None, bool]]]:
+        sql, args = day_sql(file_type, trade_date, gateway, from_party, to_party)
+        with self._connect() as conn, conn.cursor(name="day") as cur:  # server-side
+            conn.autocommit = False  # a named cursor lives in a transaction
+            cur.execute(_pg(sql), args)
+            while rows := cur.fetchmany(batch):
+                yield [(str(sn), None if line is None else str(line), bool(owed))
+                       for sn, line, owed in rows]
 
 
 def _conforms(reader: PgEodReader) -> EodQueries:

@@ -126,6 +126,38 @@ class Background(Protocol):
     def done(self) -> None: ...
 
 
+#: The evidence log's insert: rows no statement of the turn depends on, so those of a
+#: round trip go together as one ``executemany`` (psycopg's cost per row drops ~4×).
+_EVIDENCE = "INSERT INTO message "
+#: Statements a write is never moved across (the transaction's and savepoints' own).
+_CONTROL = ("BEGIN", "COMMIT", "SAVEPOINT ", "ROLLBACK", "RELEASE ", "SELECT sbdx_fence")
+
+
+def _groups(queue: Sequence[Pending]) -> list[list[Pending]]:
+    """``queue`` in order, as groups sent one statement or one ``executemany`` each:
+    consecutive writes of one statement together, and every evidence insert between
+    two control statements (savepoints, the fence, COMMIT) with the first of them."""
+    groups: list[list[Pending]] = []
+    evidence: list[Pending] | None = None
+    for pending in queue:
+        if pending.sql.startswith(_CONTROL):
+            evidence = None
+        elif pending.batch and pending.sql.startswith(_EVIDENCE):
+            if evidence is not None and evidence[0].sql == pending.sql:
+                evidence.append(pending)
+                continue
+            evidence = [pending]
+            groups.append(evidence)
+            continue
+        last = groups[-1] if groups else None
+        if (pending.batch and last is not None and last is not evidence and last[0].batch
+                and last[0].sql == pending.sql):
+            last.append(pending)
+        else:
+            groups.append([pending])
+    return groups
+
+
 class _Rows(list[Any]):
     """Rows read ahead (:meth:`PgUnitOfWork.prefetch`), answered as a cursor would."""
 
@@ -156,6 +188,8 @@ class PgUnitOfWork:
         self._in_tx = False
         self._queue: list[Pending] = []
         self._ahead: dict[tuple[str, tuple[object, ...]], list[Any]] = {}
+        #: Called at each flush and discard: what was read ahead for a turn is forgotten.
+        self.turn_listeners: list[Callable[[], None]] = []
         #: Set by the edge: end-of-turn commits run off the reactor thread.
         self.background: Background | None = None
         self._committing: _Commit | None = None
@@ -237,21 +271,14 @@ class PgUnitOfWork:
         self._round += 1
         db = self.connection
         with db.pipeline():
-            at = 0
-            while at < len(queue):
-                sql = queue[at].sql
-                end = at + 1
-                while (queue[at].batch and end < len(queue) and queue[end].batch
-                       and queue[end].sql == sql):
-                    end += 1
-                if end - at == 1:
-                    queue[at].cursor = db.execute(sql, queue[at].args)
+            for group in _groups(queue):
+                if len(group) == 1:
+                    group[0].cursor = db.execute(group[0].sql, group[0].args)
                 else:
                     batch = db.cursor()
-                    batch.executemany(sql, [q.args for q in queue[at:end]])
-                    for pending in queue[at:end]:
+                    batch.executemany(group[0].sql, [q.args for q in group])
+                    for pending in group:
                         pending.cursor = batch
-                at = end
             for read in reads:
                 read.cursor = db.execute(read.sql, read.args)
 
@@ -324,6 +351,8 @@ class PgUnitOfWork:
         next flush, before anything of the next turn commits."""
         done = self._settle()
         self._ahead.clear()
+        for forget in self.turn_listeners:
+            forget()
         while self._before:
             actions, self._before = self._before, []
             for action in actions:
@@ -445,6 +474,8 @@ class PgUnitOfWork:
         self._after.clear()
         self._queue.clear()
         self._ahead.clear()
+        for forget in self.turn_listeners:
+            forget()
         if self._in_tx:
             self._in_tx = False
             self._rollback_quietly()

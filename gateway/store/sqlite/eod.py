@@ -3,8 +3,9 @@ the exporter, and the ``record.eod_line`` column, rendered from gateway/eod/mapp
 
 :class:`SqliteEodReader` reads the journal file read-only (a check runs beside the
 gateway, on a connection of its own per query: the fast path reads on two threads);
-:class:`SqliteFileWorkspace` is the exact check's scratch database, the file's records
-in table ``f``, joined with the journal attached read-only.
+:class:`SqliteFileWorkspace` is the exact check's scratch database, whatever the store:
+the file's records in table ``f``, joined with a SQLite journal attached read-only, or
+with another store's day (the PostgreSQL journal) copied in from its reader.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from ..interfaces import EodQueries, FileWorkspace, StoreTooOld
 JOURNAL_SCHEMA_WITH_LINES = 2
 CACHE_KIB = 65536  # page cache of the scratch database: bounds memory for any file size
 FEN_SPLIT = 100_000_000  # sum fen as high and low parts: no int64 overflow in SQL
+DAY_BATCH = 8192  # rows of another store's day copied into the workspace per batch
 
 
 def _quoted(values: Sequence[str]) -> str:
@@ -166,7 +168,6 @@ class SqliteEodReader:
         finally:
             db.close()
 
-
     def unfinished(self, file_type: str, trade_date: str, gateway: str,
                    to_party: str) -> int:
         if not self.exists():
@@ -179,6 +180,28 @@ class SqliteEodReader:
             return int(count)
         finally:
             db.close()
+
+    def day_rows(self, file_type: str, trade_date: str, gateway: str, from_party: str,
+                 to_party: str, batch: int) -> Iterator[list[tuple[str, str | None, bool]]]:
+        """(The exact check attaches this journal instead: :class:`SqliteFileWorkspace`.)"""
+        sql, args = day_sql(file_type, trade_date, gateway, from_party, to_party)
+        db = _connect(self.journal)
+        try:
+            cur = db.execute(sql, args)
+            while rows := cur.fetchmany(batch):
+                yield [(str(sn), line, bool(owed)) for sn, line, owed in rows]
+        finally:
+            db.close()
+
+
+def day_sql(file_type: str, trade_date: str, gateway: str, from_party: str, to_party: str,
+            table: str = "record") -> tuple[str, tuple[object, ...]]:
+    """SELECT (bizsn, eod_line, owed) of every row of ``table`` the file covers, any
+    state (EodQueries.day_rows), and its arguments."""
+    where, args = day_where(file_type, trade_date, gateway, from_party, to_party)
+    # OWED_SQL's parameter comes first: it precedes WHERE
+    return (f"SELECT biz_sn AS bizsn, eod_line, {OWED_SQL} AS owed FROM {table}"
+            f" WHERE {where}", (from_party, *args))
 
 
 class SqliteFileWorkspace:
@@ -235,36 +258,56 @@ class SqliteFileWorkspace:
     def file_biz_sns(self) -> list[str]:
         return [str(r[0]) for r in self.db.execute("SELECT bizsn FROM f ORDER BY seq")]
 
-    def join(self, journal: Path, file_type: str, trade_date: str, gateway: str,
+    def join(self, journal: EodQueries, file_type: str, trade_date: str, gateway: str,
              from_party: str, to_party: str,
              ) -> tuple[int, list[tuple[str, int | None, str | None, str | None]], list[str]]:
-        """The file's records against the journal's day, in one pass with the journal
-        attached read-only: (records of the day the file lists, the differing rows as
-        (BizSn, file seq or None if the file lacks an owed one, file line, journal
-        line) in file order, the file's BizSns the journal lacks).  StoreTooOld if the
-        journal keeps no lines yet."""
-        where, args = day_where(file_type, trade_date, gateway, from_party, to_party)
-        day = (f"SELECT biz_sn AS bizsn, eod_line, {OWED_SQL} AS owed FROM jr.record"
-               f" WHERE {where}")
-        args = (from_party, *args)  # OWED_SQL's parameter comes first: it precedes WHERE
+        """The file's records against the journal's day, in one pass: (records of the
+        day the file lists, the differing rows as (BizSn, file seq or None if the file
+        lacks an owed one, file line, journal line) in file order, the file's BizSns the
+        journal lacks).  A SQLite journal is attached read-only and joined in place;
+        another store's day (PostgreSQL) is first copied, streamed, from its reader
+        (``day_rows``) into table ``jday`` here.  StoreTooOld if the journal keeps no
+        lines yet."""
         total = self.db.execute("SELECT COUNT(*) FROM f").fetchone()[0]
-        self.db.execute("ATTACH DATABASE ? AS jr", (f"file:{journal}?mode=ro",))
+        day_args = (file_type, trade_date, gateway, from_party, to_party)
+        if not isinstance(journal, SqliteEodReader):
+            if not journal.schema_has_lines():
+                raise StoreTooOld("the journal keeps no end-of-day lines; start the gateway"
+                                  " once to migrate it")
+            self._copy_day(journal.day_rows(*day_args, batch=DAY_BATCH))
+            return self._joined("SELECT bizsn, eod_line, owed FROM jday", (), total)
+        self.db.execute("ATTACH DATABASE ? AS jr", (f"file:{journal.journal}?mode=ro",))
         try:
             if self.db.execute("PRAGMA jr.user_version").fetchone()[0] < \
                     JOURNAL_SCHEMA_WITH_LINES:
-                raise StoreTooOld(f"journal {journal} is schema v1; start the gateway once "
-                                  "to migrate it")
-            joined = int(self.db.execute(f"SELECT COUNT(*) FROM ({day}) AS j WHERE EXISTS "
-                                         "(SELECT 1 FROM f WHERE f.bizsn = j.bizsn)",
-                                         args).fetchone()[0])
-            differing = [(str(b), s, f, j) for b, s, f, j in self.db.execute(
-                f"SELECT j.bizsn, f.seq, f.line, j.eod_line FROM ({day}) AS j "
-                "LEFT JOIN f ON f.bizsn = j.bizsn WHERE (f.seq IS NULL AND j.owed) OR "
-                "(f.seq IS NOT NULL AND f.line IS NOT j.eod_line) ORDER BY f.seq, j.bizsn",
-                args)]
-            extra = self._extra(day, args) if joined < total else []
+                raise StoreTooOld(f"journal {journal.journal} is schema v1; start the gateway"
+                                  " once to migrate it")
+            return self._joined(*day_sql(*day_args, table="jr.record"), total)
         finally:
             self.db.execute("DETACH DATABASE jr")
+
+    def _copy_day(self, batches: Iterator[list[tuple[str, str | None, bool]]]) -> None:
+        """The journal's day, from another store, into table ``jday`` (one transaction)."""
+        self.db.execute("CREATE TABLE jday (bizsn TEXT, eod_line TEXT, owed INTEGER)")
+        began = not self.db.in_transaction
+        if began:
+            self.db.execute("BEGIN")
+        for rows in batches:
+            self.db.executemany("INSERT INTO jday VALUES (?, ?, ?)", rows)
+        if began:
+            self.db.execute("COMMIT")
+
+    def _joined(self, day: str, args: tuple[object, ...], total: int,
+                ) -> tuple[int, list[tuple[str, int | None, str | None, str | None]], list[str]]:
+        joined = int(self.db.execute(f"SELECT COUNT(*) FROM ({day}) AS j WHERE EXISTS "
+                                     "(SELECT 1 FROM f WHERE f.bizsn = j.bizsn)",
+                                     args).fetchone()[0])
+        differing = [(str(b), s, f, j) for b, s, f, j in self.db.execute(
+            f"SELECT j.bizsn, f.seq, f.line, j.eod_line FROM ({day}) AS j "
+            "LEFT JOIN f ON f.bizsn = j.bizsn WHERE (f.seq IS NULL AND j.owed) OR "
+            "(f.seq IS NOT NULL AND f.line IS NOT j.eod_line) ORDER BY f.seq, j.bizsn",
+            args)]
+        extra = self._extra(day, args) if joined < total else []
         return joined, differing, extra
 
     def _extra(self, day: str, args: tuple[object, ...]) -> list[str]:
