@@ -133,9 +133,9 @@ class ModelSuspensions:
         return self.every or bool(self.parties.intersection(parties))
 
 
-#: Answers the gateway gives without journaling the request (§11 B340; S-codes): a
-#: repeat of it is a new request.
-NOT_JOURNALED = ("B340", "S")
+#: Answers the gateway gives without journaling the request (B320, §11 B340, S-codes):
+#: a repeat of it is a new request.
+NOT_JOURNALED = ("B320", "B340", "S")
 
 
 def _amount(fen: int) -> str:
@@ -406,14 +406,14 @@ class PgMoneySequences(MoneySequences):
 
     server = template = ""  # set by the test (tests/pg.py's pg_server, pg_template)
 
-    def make_config(self) -> Any:
-        self.url = new_store_database(self.server, self.template)
-        return fast_config(journal_url=self.url)
-
     def __init__(self) -> None:
         super().__init__()
         # the end-of-day commands read the journal gateway.toml's [journal] url names
         (self.rig.home.root / "gateway.toml").write_text(f'[journal]\nurl = "{self.url}"\n')
+
+    def make_config(self) -> Any:
+        self.url = new_store_database(self.server, self.template)
+        return fast_config(journal_url=self.url)
 
     def teardown(self) -> None:
         try:
