@@ -8,8 +8,9 @@ Gateway on the same journal file, with new sessions (what was in memory is gone)
 
 With a PostgreSQL ``[journal] url`` (§12) each gateway of the rig takes the database's
 lease as it starts (the one before it loses it: its commits are fenced from then on), and
-:meth:`Rig.take_over` replaces the active gateway by a new one on the same database as a
-standby taking over does: the old one stands by, the new one runs ``take_over()``.
+:meth:`Rig.take_over` hands over to the standby of the pair (the active before the last
+take-over, else a gateway started then) as GatewayService does: the active stands by, the
+standby takes the lease and runs ``take_over()``.
 """
 from __future__ import annotations
 
