@@ -5,6 +5,12 @@ store and sessions whose links only collect the bytes written; the bank and the 
 are :class:`peer.TestPeer` builders (their own ES256 keys, session keys from a real X25519
 exchange with the gateway).  Time is a :class:`Clock` the test moves; a restart is a new
 Gateway on the same journal file, with new sessions (what was in memory is gone).
+
+With a PostgreSQL ``[journal] url`` (§12) each gateway of the rig takes the database's
+lease as it starts (the one before it loses it: its commits are fenced from then on), and
+:meth:`Rig.take_over` hands over to the standby of the pair (the active before the last
+take-over, else a gateway started then) as GatewayService does: the active stands by, the
+standby takes the lease and runs ``take_over()``.
 """
 from __future__ import annotations
 
@@ -83,12 +89,16 @@ class Side:
         self.session = Session(rig.gateway, self.link, sid)
         rig.gateway.add_session(self.session)
         self.pending: list[Frame] = []
+        #: While set, what the peer sends is read but its turn is not committed (a
+        #: gateway stalled mid-turn: see Rig.take_over).
+        self.stalled = False
         peer.send_raw = self.feed  # type: ignore[method-assign]
         peer.recv_frame = self.recv_frame  # type: ignore[method-assign]
 
     def feed(self, data: bytes) -> None:
         self.session.receive_bytes(data)
-        self.rig.gateway.flush()
+        if not self.stalled:
+            self.rig.gateway.flush()
 
     def open(self) -> None:
         _, xml = self.peer.build("SYS.LOGON.REQ", [
@@ -136,20 +146,33 @@ class Rig:
         self.peers = (bank, broker)
         self.generation = 0
         self.journal: Journal | None = None
+        #: §12 (PostgreSQL): the other gateway of the pair once there was a take-over
+        #: (the active before, stood by), with its journal.
+        self.standby: tuple[Gateway, Journal] | None = None
         self.start()
 
     @property
     def journal_path(self) -> Path:
         return self.home.root / "data" / "journal.sqlite3"
 
-    def start(self) -> None:
+    @property
+    def postgresql(self) -> bool:
+        return self.config.journal_url.startswith("postgresql")
+
+    def start(self, standby: tuple[Gateway, Journal] | None = None,
+              grant: Any = None) -> None:
+        """A gateway on the journal, with new sessions: a new one, or (a take-over)
+        ``standby``, which already holds the lease ``grant``."""
         self.generation += 1
-        if self.config.journal_url.startswith("postgresql"):  # [journal] url (§12)
-            self.journal = Journal(self.config.journal_url, home=self.home.root)
+        if standby is not None:
+            self.gateway, self.journal = standby
         else:
-            self.journal = Journal(self.journal_path, synchronous="OFF")
-        self.gateway = Gateway(self.config, KeyStore(self.home.root / "keys"), self.journal,
-                               self.clock)
+            self.gateway, self.journal = self._open_gateway()
+        if self.postgresql:  # as GatewayService._became_active (§12)
+            uow: Any = self.journal.store.uow
+            uow.grant = grant or self._take_lease(self.journal)
+            self.gateway.standing = Held(uow.grant.epoch)
+            self.gateway.take_over()
         self.gateway.flush()
         g = self.generation
         self.bank = Side(self, self.peers[0], f"B{g}")
@@ -157,11 +180,67 @@ class Rig:
         self.bank.open()
         self.broker.open()
 
+    def _open_gateway(self) -> tuple[Gateway, Journal]:
+        """A gateway process starting: its journal and Gateway, as GatewayService opens
+        them (on PostgreSQL a standby until it holds the lease: what was in flight is
+        reversed by take_over(), not at start)."""
+        if self.postgresql:  # [journal] url (§12)
+            journal = Journal(self.config.journal_url, home=self.home.root)
+        else:
+            journal = Journal(self.journal_path, synchronous="OFF")
+        gateway = Gateway(self.config, KeyStore(self.home.root / "keys"), journal,
+                          self.clock, recover=not self.postgresql)
+        if self.postgresql:
+            gateway.standing = Held(None)
+        return gateway, journal
+
     def restart(self) -> None:
         """Stop (what was in memory is lost; what was committed stays) and start."""
         assert self.journal is not None
         self.journal.close()
         self.start()
+
+    def _take_lease(self, journal: Journal) -> Any:
+        """§12: the database's lease for a new holder (epoch + 1); the holder before is
+        taken to have stalled: its lease is expired first."""
+        from gateway.store_pg.leasedb import acquire
+
+        conn: Any = journal.store.uow.connection  # type: ignore[attr-defined]
+        conn.execute("UPDATE lease SET expires_at = clock_timestamp()")
+        grant = acquire(conn, f"rig-{self.generation}-{id(journal)}", 3600.0)
+        assert grant is not None, "the lease could not be taken"
+        return grant
+
+    def take_over(self) -> None:
+        """§12 on PostgreSQL: the standby (the active before the last take-over, else a
+        gateway started now) takes the lease, then over (``take_over()``: suspensions
+        read again, the requests the active left in flight reversed).  The active stands
+        by as GatewayService._stand_by does, and stays the standby: a turn of it not
+        committed yet (a side was :attr:`Side.stalled`) is fenced, then discarded; its
+        sessions are cut and get nothing more."""
+        from gateway.store_pg.leasedb import Fenced
+
+        assert self.postgresql and self.journal is not None
+        old, old_journal, old_sides = self.gateway, self.journal, (self.bank, self.broker)
+        uow: Any = old_journal.store.uow
+        new_gateway, new_journal = self.standby or self._open_gateway()
+        new_journal.flush()  # a standby holds no transaction open
+        grant = self._take_lease(new_journal)  # the old one's commits are fenced from now
+        if uow.dirty:
+            try:
+                old.flush()
+            except Fenced:
+                pass
+            else:
+                raise AssertionError("a commit of the active before was not fenced")
+        old.standing = Held(None)
+        old.stand_by("this gateway is not the active one any more (test: take-over)")
+        uow.discard()
+        uow.grant = None
+        for side in old_sides:
+            assert side.link.closed and side.link.take() == [], "a stood-by session got frames"
+        self.standby = (old, old_journal)
+        self.start((new_gateway, new_journal), grant)
 
     def tick(self) -> None:
         self.gateway.tick()
@@ -171,6 +250,21 @@ class Rig:
         if self.journal is not None:
             self.journal.close()
             self.journal = None
+        if self.standby is not None:
+            self.standby[1].close()
+            self.standby = None
+
+
+class Held:
+    """A §12 standing without the lease machine (tests/test_standby_inproc.py drives
+    that): active with lease ``epoch``, or (None) a standby."""
+
+    lease = True
+
+    def __init__(self, epoch: int | None) -> None:
+        self.epoch = epoch
+        self.accepts_logons = epoch is not None
+        self.name = "standby" if epoch is None else "active"
 
 
 def fast_config(**overrides: Any) -> Config:

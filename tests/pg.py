@@ -93,14 +93,26 @@ def pg_template(pg_server: str) -> Iterator[str]:
         _admin(pg_server, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
-@pytest.fixture
-def pg_store_url(pg_server: str, pg_template: str) -> Iterator[str]:
+def new_store_database(pg_server: str, pg_template: str) -> str:
+    """A fresh database with the gateway's schema (a copy of ``pg_template``): its URL;
+    :func:`drop_database` drops it.  For tests that need one per example (hypothesis)."""
     name = f"sbdx_test_{os.getpid()}_{next(_numbers)}"
     _admin(pg_server, f"CREATE DATABASE {name} TEMPLATE {pg_template}")
+    return with_database(pg_server, name)
+
+
+def drop_database(pg_server: str, url: str) -> None:
+    name = urlsplit(url).path.lstrip("/")
+    _admin(pg_server, f"DROP DATABASE {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def pg_store_url(pg_server: str, pg_template: str) -> Iterator[str]:
+    url = new_store_database(pg_server, pg_template)
     try:
-        yield with_database(pg_server, name)
+        yield url
     finally:
-        _admin(pg_server, f"DROP DATABASE {name} WITH (FORCE)")
+        drop_database(pg_server, url)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
