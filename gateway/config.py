@@ -118,6 +118,9 @@ class Config:
     #: ``statement_timeout_seconds``: PostgreSQL's statement_timeout and lock_timeout on
     #: the gateway's connections (a hung database becomes an error, not a hang).
     journal_statement_timeout_seconds: float = 10.0
+    #: ``background_commit``: with PostgreSQL, the end-of-turn COMMIT on a pool thread
+    #: instead of the reactor's (docs/operations.md: measured slower on a two-core box).
+    journal_background_commit: bool = False
     #: The ``[journal]`` table (not keys of ``[gateway]``).
     journal: JournalSettings = field(default_factory=JournalSettings)
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
@@ -230,7 +233,8 @@ def _coerce(name: str, default: Any, value: Any) -> Any:
 #: The keys of table ``[journal]`` kept as Config fields (the store, §12); the others
 #: (retention, §11) are :class:`JournalSettings`.
 JOURNAL_KEYS = {"url": "journal_url", "failover_seconds": "journal_failover_seconds",
-                "statement_timeout_seconds": "journal_statement_timeout_seconds"}
+                "statement_timeout_seconds": "journal_statement_timeout_seconds",
+                "background_commit": "journal_background_commit"}
 #: ``[journal] url`` of the embedded journal (the default).
 SQLITE_DEFAULT_URL = "sqlite:///data/journal.sqlite3"
 
@@ -269,7 +273,8 @@ def from_mapping(values: dict[str, Any], journal: dict[str, Any] | None = None) 
     except ConfigError as exc:
         if "unknown setting" in str(exc):
             raise ConfigError(f"{exc} (known: url, failover_seconds, "
-                              "statement_timeout_seconds, retention_days)") from None
+                              "statement_timeout_seconds, background_commit, retention_days)"
+                              ) from None
         raise
     cfg = Config(**kwargs, journal=settings, extra={"explicit": frozenset(kwargs)})
     if cfg.journal.retention_days > 0 and not cfg.journal_url.startswith("sqlite:"):

@@ -442,11 +442,14 @@ class GatewayService(service.MultiService):
         self.factory.guard = self.pair.check
         self.factory.fenced = self._commit_fenced
         uow = getattr(self.journal.store, "uow", None)
-        if uow is not None and hasattr(uow, "background"):  # end-of-turn commits off-thread
+        if (cfg.journal_background_commit and uow is not None
+                and hasattr(uow, "background")):  # end-of-turn commits off-thread
             from .committhread import ReactorBackground
 
             uow.background = ReactorBackground(
                 self.reactor, lambda: self.factory.flush_or_stop(background=True))
+            log.info("journal commits run off the reactor thread ([journal]"
+                     " background_commit)")
 
     def _commit_fenced(self, exc: BaseException) -> bool:
         """A commit refused by the lease's fence (a PostgreSQL journal, §12): step down

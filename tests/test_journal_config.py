@@ -31,6 +31,7 @@ def test_statement_timeout_defaults_to_ten_seconds_and_is_read() -> None:
     ({"failover_seconds": 0}, r"\[journal\].failover_seconds must be positive"),
     ({"failover_seconds": "5"}, r"\[journal\].failover_seconds must be a number"),
     ({"failover": 5}, r"unknown setting \[journal\].failover \(known: url, failover_seconds"),
+    ({"background_commit": "yes"}, r"\[journal\].background_commit must be true or false"),
 ])
 def test_a_bad_journal_setting_says_what_is_wrong(table: dict[str, object], says: str) -> None:
     with pytest.raises(ConfigError, match=says):

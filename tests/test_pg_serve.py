@@ -17,17 +17,20 @@ from conftest import BANK, BROKER, GatewayHome  # noqa: E402
 from flows import signed  # noqa: E402
 
 
-def _use_postgres(home: GatewayHome, url: str) -> None:
+def _use_postgres(home: GatewayHome, url: str, background: bool = False) -> None:
     home.write_config(relay_timeout_seconds=5.0)
     with (home.root / "gateway.toml").open("a", encoding="utf-8") as f:
-        f.write(f'[journal]\nurl = "{url}"\nfailover_seconds = 5\n')
+        f.write(f'[journal]\nurl = "{url}"\nfailover_seconds = 5\n'
+                f'background_commit = {"true" if background else "false"}\n')
 
 
+@pytest.mark.parametrize("background", [False, True], ids=["commit", "background_commit"])
 def test_a_gateway_on_postgresql_relays_and_remembers_across_a_restart(
-        pg_url: str, home: GatewayHome, start_gateway: Any) -> None:
-    _use_postgres(home, pg_url)  # an empty database: the gateway migrates it
+        pg_url: str, home: GatewayHome, start_gateway: Any, background: bool) -> None:
+    _use_postgres(home, pg_url, background)  # an empty database: the gateway migrates it
     gw = start_gateway()
     gw.wait_for_log(r"active: lease epoch \d+ taken")  # alone on the url: a pair of one (§12)
+    assert ("commits run off the reactor thread" in gw.log_text()) == background
     bank, broker = gw.peer(BANK).open_session(), gw.peer(BROKER).open_session()
     signed(bank, broker)
     msg_id = broker.send("XFER.OUT.REQ", xfer("GTJAP1"), to=BANK)

@@ -151,6 +151,7 @@ class PgStore:
         yet this turn — ``("seen", (sender, msg_id))``, ``("record", (key,))``,
         ``("same_bizsn", (biz_sn, types, parties, day))``, ``("binds", (fund, wallet,
         parties))`` — so that the store methods answer them without one."""
+        self.uow.release_committed()  # the turn's start: the last turn's frames go first
         seen = list(dict.fromkeys(
             a for n, a in reads if n == "seen" and a not in self.seen.known))
         todo = list(dict.fromkeys(

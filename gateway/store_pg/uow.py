@@ -433,6 +433,19 @@ class PgUnitOfWork:
         if self._committing is not None:
             self._committing.finished.wait()
 
+    def release_committed(self) -> None:
+        """At a turn's start (nothing of a message in progress): wait for the commit in
+        flight and, if it committed, run its after-commit actions now — its frames
+        leave before this turn is acted on, not at its end.  A failed one is left for
+        the next flush to raise."""
+        commit = self._committing
+        if commit is None or self._savepoints:
+            return
+        commit.finished.wait()
+        if commit.error is None:
+            self._committing = None
+            self._release(commit.after, commit.spent)
+
     def _settle(self) -> int:
         """Finish the commit in flight: its after-commit actions if it committed (how
         many ran), else its error raised."""
