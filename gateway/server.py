@@ -470,6 +470,7 @@ class GatewayService(service.MultiService):
         if uow is not None and hasattr(uow, "grant"):
             from .store_pg.leasedb import end_stale_turns
 
+            uow.wait_for_commit()  # (a standby's refused logons may be committing)
             ended = end_stale_turns(uow.connection, grant.holder)  # their locks go now
             if ended:
                 log.warning("ended %d stale journal session(s) of the previous active"

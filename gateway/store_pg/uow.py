@@ -428,6 +428,11 @@ class PgUnitOfWork:
             assert self.background is not None
             self.background.done()
 
+    def wait_for_commit(self) -> None:
+        """Wait for a background commit in flight (the edge, before it uses
+        :attr:`connection` itself)."""
+        self._settle_wait()
+
     def _settle_wait(self) -> None:
         """Wait for the commit in flight, if any (before the connection is used)."""
         if self._committing is not None:
